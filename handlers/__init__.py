@@ -1,0 +1,1 @@
+"""Event Grid webhook service: blob events, labeling exports, drift, retraining."""

@@ -1,0 +1,259 @@
+"""The ``lakesight`` command. Each subcommand reads its options and calls one function.
+
+Heavy modules (Spark, TensorFlow, the jobs in ``streams``/``training``/``handlers``) are
+imported inside the commands, so ``--help`` is instant and ``infra`` keeps the dependency
+direction of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra.settings import Settings, get_settings
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    name="lakesight",
+    help="Event-driven deep-learning image classification on a lakehouse.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Generate sample images (digits, synthetic shapes).", no_args_is_help=True)
+stack_app = typer.Typer(help="Start, stop and inspect the local services (Azurite).", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks that print JSON figures.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(stack_app, name="stack")
+app.add_typer(bench_app, name="bench")
+
+
+def fail(message: str, code: int = 1) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return get_settings()
+    except ValueError as exc:
+        fail(f"invalid settings: {exc}")
+        raise  # unreachable; keeps type checkers content
+
+
+def print_json(payload: Any) -> None:
+    out.print_json(json.dumps(payload, default=str))
+
+
+def progress_bar(total: int | None = None, description: str = "working"):
+    """A rich progress bar on stderr, shared by long commands."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print(f"{title}: none")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+@app.command()
+def config() -> None:
+    """Print the effective settings (secrets masked)."""
+    print_json(settings_or_exit().public_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+def _image_sink(out_dir: Path | None, container: str | None, settings: Settings):
+    from infra.blob import BlobStore
+
+    if (out_dir is None) == (container is None):
+        fail("give exactly one of --out DIR or --container NAME")
+    if container is None:
+        return {"out_dir": out_dir}
+    try:
+        settings.model_validate({**settings.model_dump(), "images_container": container})
+    except ValueError:
+        fail(f"{container!r} is not a valid blob container name (3-63 lowercase letters, digits, '-')")
+    store = BlobStore(settings)
+    store.ensure_containers([container])
+    return {"upload": lambda name, data: store.upload(container, name, data, content_type="image/png")}
+
+
+def _write_with_progress(images, total: int, sink: dict[str, Any]) -> dict[str, int]:
+    from infra.sample_data import write_images
+
+    with progress_bar() as progress:
+        task = progress.add_task("writing images", total=total)
+        return write_images(images, on_written=lambda _name: progress.advance(task), **sink)
+
+
+@data_app.command("digits")
+def data_digits(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to write <split>/<label>/<name>.png")] = None,
+    container: Annotated[str | None, typer.Option(help="Upload to this blob container instead")] = None,
+    size: Annotated[int, typer.Option(min=8, max=512, help="Side of the square RGB images")] = 32,
+    holdout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share kept as holdout")] = 0.2,
+) -> None:
+    """Write scikit-learn's 1,797 digits as RGB PNGs with a deterministic train / holdout split."""
+    from infra.sample_data import digits_images
+
+    settings = settings_or_exit()
+    counts = _write_with_progress(
+        digits_images(size=size, holdout_fraction=holdout), 1797, _image_sink(out_dir, container, settings)
+    )
+    print_json({"written": counts, "out": str(out_dir) if out_dir else f"container:{container}"})
+
+
+@data_app.command("shapes")
+def data_shapes(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Folder to write <split>/<label>/<name>.png")] = None,
+    container: Annotated[str | None, typer.Option(help="Upload to this blob container instead")] = None,
+    count: Annotated[int, typer.Option(min=0, help="Number of images")] = 1000,
+    size: Annotated[int, typer.Option(min=8, max=1024, help="Side of the square images")] = 64,
+    classes: Annotated[str, typer.Option(help="Comma-separated classes: circle,square,triangle,cross")] = (
+        "circle,square,triangle,cross"
+    ),
+    weights: Annotated[str | None, typer.Option(help="Comma-separated class weights (balance)")] = None,
+    colour: Annotated[str, typer.Option(help="'random' or a colour name / #rrggbb")] = "random",
+    background: Annotated[str, typer.Option(help="black, white, gradient or noise")] = "black",
+    noise: Annotated[float, typer.Option(min=0.0, max=255.0, help="Gaussian pixel noise std")] = 0.0,
+    rotation: Annotated[float, typer.Option(min=0.0, max=180.0, help="Max rotation in degrees")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same images)")] = 0,
+    holdout: Annotated[float, typer.Option(min=0.0, max=0.9, help="Share kept as holdout")] = 0.2,
+) -> None:
+    """Write synthetic shape images, with knobs to create drift between batches."""
+    from infra.sample_data import ShapeKnobs, shape_images
+
+    settings = settings_or_exit()
+    try:
+        knobs = ShapeKnobs(
+            count=count,
+            size=size,
+            classes=tuple(c.strip() for c in classes.split(",") if c.strip()),
+            weights=tuple(float(w) for w in weights.split(",")) if weights else None,
+            colour=colour,
+            background=background,
+            noise=noise,
+            rotation=rotation,
+            seed=seed,
+            holdout_fraction=holdout,
+        )
+        knobs.validate()
+    except ValueError as exc:
+        fail(str(exc))
+    counts = _write_with_progress(shape_images(knobs), count, _image_sink(out_dir, container, settings))
+    print_json({"written": counts, "out": str(out_dir) if out_dir else f"container:{container}"})
+
+
+# ------------------------------------------------------------------------------------------------
+# ingest and tables
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="Folder (or abfss:// URI) of image files")],
+    labeled: Annotated[bool, typer.Option("--labeled", help="Take each image's label from its folder name")] = False,
+    classes: Annotated[str | None, typer.Option(help="Comma-separated known classes; others are reported")] = None,
+    glob: Annotated[str, typer.Option(help="File name filter")] = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}",
+    max_files_per_trigger: Annotated[int, typer.Option(min=1, help="Files per micro-batch")] = 2000,
+) -> None:
+    """Ingest image files not seen before into the images table (a trigger-once stream)."""
+    from infra.lake import LakeError
+    from streams.ingest import IngestError
+    from streams.ingest import ingest as run_ingest
+
+    settings = settings_or_exit()
+    known = [c.strip() for c in classes.split(",")] if classes else None
+    try:
+        with console.status("ingesting…") as status:
+            report = run_ingest(
+                settings,
+                source,
+                labeled=labeled,
+                classes=known,
+                glob=glob,
+                max_files_per_trigger=max_files_per_trigger,
+                on_batch=lambda r: status.update(f"ingesting… {r.files} files, {r.batches} batches"),
+            )
+    except (IngestError, LakeError) as exc:
+        fail(str(exc))
+    if report.unknown_labels:
+        console.print(f"[yellow]not a known class (ingested without label):[/] {dict(report.unknown_labels)}")
+    print_json(report.as_dict())
+
+
+@app.command()
+def tables() -> None:
+    """Show the lake's tables with their version, row and file counts."""
+    from infra.lake import Lake, LakeError
+
+    try:
+        rows = Lake(settings_or_exit()).summary()
+    except LakeError as exc:
+        fail(str(exc))
+    render_rows("tables", rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# stack
+@stack_app.command("start")
+def stack_start() -> None:
+    """Start Azurite (from the project's npm install) and create the containers."""
+    from infra.stack import Azurite, StackError, check_java
+
+    settings = settings_or_exit()
+    try:
+        check_java()
+        pid = Azurite(settings).start()
+    except StackError as exc:
+        fail(str(exc))
+    console.print(f"azurite running (pid {pid}) on port {settings.blob_port}")
+
+
+@stack_app.command("stop")
+def stack_stop() -> None:
+    """Stop the local services started by 'stack start'."""
+    from infra.stack import Azurite
+
+    stopped = Azurite(settings_or_exit()).stop()
+    console.print("azurite stopped" if stopped else "azurite was not running")
+
+
+@stack_app.command("status")
+def stack_status_cmd() -> None:
+    """Show whether the local services are running."""
+    from infra.stack import stack_status
+
+    render_rows("local stack", stack_status(settings_or_exit()))
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

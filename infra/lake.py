@@ -1,0 +1,255 @@
+"""Delta tables through delta-rs: create, idempotent keyed MERGE with conflict retry, snapshots.
+
+Every writer goes through :func:`Lake.merge`. It
+
+* names the partitions the batch touches in the predicate, so cost does not grow with the table;
+* records ``(app_id, version)`` with the commit and skips a batch already committed, so a
+  replayed micro-batch or event changes nothing;
+* retries a commit conflict on a fresh snapshot, because the scoring stream and the label
+  handlers both write ``images``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from infra.settings import Settings
+from infra.tables import IMAGES, IMAGES_PARTITION, IMAGES_SCHEMA, conform
+
+log = logging.getLogger(__name__)
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be used as configured (unwritable root, missing table, …)."""
+
+
+@dataclass(frozen=True)
+class MergeOutcome:
+    skipped: bool
+    version: int | None
+    inserted: int = 0
+    updated: int = 0
+    attempts: int = 1
+    seconds: float = 0.0
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _sql_literal(value: Any) -> str:
+    if isinstance(value, dt.date):
+        return f"'{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    return str(value)
+
+
+def from_source(columns: Iterable[str]) -> dict[str, str]:
+    """MERGE update expressions copying ``columns`` from the source row."""
+    return {c: f"s.{c}" for c in columns}
+
+
+class Lake:
+    """Access to the lake's Delta tables for one settings object."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = settings.lake_root
+        self.storage_options = dict(settings.lake_storage_options) or None
+        if _is_local(self.root):
+            self._prepare_local_root(Path(self.root.removeprefix("file://")))
+
+    @staticmethod
+    def _prepare_local_root(root: Path) -> None:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LakeError(f"cannot create lake root {root}: {exc.strerror}") from exc
+        if not os.access(root, os.W_OK | os.X_OK):
+            raise LakeError(f"lake root {root} is not writable by this user")
+
+    # Table handles -----------------------------------------------------------------------------
+    def uri(self, name: str) -> str:
+        return self.settings.table_uri(name)
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
+
+    def table(self, name: str, version: int | None = None) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+        except TableNotFoundError as exc:
+            raise LakeError(f"table {name!r} does not exist at {self.uri(name)}") from exc
+
+    def ensure(self, name: str, schema: pa.Schema, partition_by: list[str] | None = None) -> DeltaTable:
+        """Open ``name``, creating it empty with ``schema`` when missing."""
+        if not self.exists(name):
+            try:
+                write_deltalake(
+                    self.uri(name),
+                    schema.empty_table(),
+                    partition_by=partition_by,
+                    mode="append",
+                    storage_options=self.storage_options,
+                )
+            except Exception as exc:  # a concurrent creator may have won the race
+                if not self.exists(name):
+                    raise LakeError(f"cannot create table {name!r}: {exc}") from exc
+        return self.table(name)
+
+    def images(self) -> DeltaTable:
+        return self.ensure(IMAGES, IMAGES_SCHEMA, IMAGES_PARTITION)
+
+    # Reads --------------------------------------------------------------------------------------
+    def read(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        columns: list[str] | None = None,
+        filters: Any = None,
+    ) -> pa.Table:
+        """A snapshot of ``name`` (latest, or pinned ``version``) as Arrow."""
+        dataset = self.table(name, version).to_pyarrow_dataset()
+        return dataset.to_table(columns=columns, filter=filters)
+
+    def version(self, name: str) -> int:
+        return self.table(name).version()
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.table(name).history(limit)
+
+    def committed_version(self, name: str, app_id: str) -> int | None:
+        """The last transaction version ``app_id`` committed to ``name`` (None if never)."""
+        return self.table(name).transaction_version(app_id)
+
+    def summary(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Version, row count and file count of each table under the lake root."""
+        if names is None:
+            names = self.table_names()
+        rows = []
+        for name in names:
+            table = self.table(name)
+            actions = pa.table(table.get_add_actions(flatten=True))
+            records = pc.sum(actions.column("num_records")).as_py() if actions.num_rows else 0
+            rows.append(
+                {
+                    "table": name,
+                    "version": table.version(),
+                    "versions": table.version() + 1,
+                    "rows": int(records or 0),
+                    "files": actions.num_rows,
+                    "partitions": table.metadata().partition_columns,
+                }
+            )
+        return rows
+
+    def table_names(self) -> list[str]:
+        if not _is_local(self.root):
+            return [IMAGES]
+        root = Path(self.root.removeprefix("file://"))
+        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+
+    # Writes -------------------------------------------------------------------------------------
+    def merge(
+        self,
+        name: str,
+        source: pa.Table,
+        *,
+        keys: list[str],
+        schema: pa.Schema,
+        partition_by: list[str] | None = None,
+        update: dict[str, str] | None = None,
+        update_predicate: str | None = None,
+        insert: bool = True,
+        app_id: str | None = None,
+        txn_version: int | None = None,
+        max_attempts: int = 20,
+    ) -> MergeOutcome:
+        """MERGE ``source`` into ``name`` keyed on ``keys``.
+
+        Matched rows get ``update`` (target column → SQL expression over ``s.``/``t.``) when
+        ``update_predicate`` holds;
+        unmatched rows are inserted when ``insert``. With ``app_id``/``txn_version`` the commit is
+        recorded and a version already committed by ``app_id`` is skipped.
+        """
+        started = time.perf_counter()
+        source = conform(source, schema)
+        if source.num_rows == 0:
+            return MergeOutcome(skipped=True, version=None)
+        table = self.ensure(name, schema, partition_by)
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+        for column in partition_by or []:
+            values = pc.unique(source.column(column)).to_pylist()
+            literals = ", ".join(_sql_literal(v) for v in values if v is not None)
+            if literals:
+                predicate = f"t.{column} IN ({literals}) AND {predicate}"
+        properties = None
+        if app_id is not None and txn_version is not None:
+            properties = CommitProperties(app_transactions=[Transaction(app_id, txn_version)])
+
+        for attempt in range(1, max_attempts + 1):
+            if app_id is not None and txn_version is not None:
+                done = table.transaction_version(app_id)
+                if done is not None and done >= txn_version:
+                    return MergeOutcome(skipped=True, version=table.version(), attempts=attempt)
+            builder = table.merge(
+                source,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=properties,
+            )
+            if update:
+                builder = builder.when_matched_update(updates=update, predicate=update_predicate)
+            if insert:
+                builder = builder.when_not_matched_insert_all()
+            try:
+                metrics = builder.execute()
+            except CommitFailedError as exc:
+                if attempt == max_attempts:
+                    raise
+                log.info("commit conflict on %s (attempt %d): %s; retrying", name, attempt, exc)
+                time.sleep(min(2.0, 0.05 * attempt) * (1 + random.random()))
+                table = self.table(name)
+                continue
+            return MergeOutcome(
+                skipped=False,
+                version=table.version(),
+                inserted=int(metrics.get("num_target_rows_inserted", 0)),
+                updated=int(metrics.get("num_target_rows_updated", 0)),
+                attempts=attempt,
+                seconds=time.perf_counter() - started,
+            )
+        raise AssertionError("unreachable")
+
+    def merge_images(self, source: pa.Table, **options: Any) -> MergeOutcome:
+        """:meth:`merge` into ``images`` keyed on path within its load-date partitions."""
+        return self.merge(
+            IMAGES, source, keys=["path"], schema=IMAGES_SCHEMA, partition_by=IMAGES_PARTITION, **options
+        )
+
+    def append(self, name: str, rows: pa.Table, schema: pa.Schema, partition_by: list[str] | None = None) -> None:
+        """Append rows to an append-only log table (events, decisions, reports)."""
+        self.ensure(name, schema, partition_by)
+        write_deltalake(
+            self.uri(name),
+            conform(rows, schema),
+            mode="append",
+            partition_by=partition_by,
+            storage_options=self.storage_options,
+        )

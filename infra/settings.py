@@ -1,0 +1,152 @@
+"""One typed settings object, read from ``LAKESIGHT_*`` variables and an optional TOML file.
+
+Precedence: explicit keyword arguments > environment > TOML file > defaults. The TOML file
+is ``$LAKESIGHT_CONFIG`` when set, else ``./lakesight.toml`` when present.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+# Azurite's documented development account: public, and refused outside local mode.
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+DEFAULT_EVENT_KEY = "local-dev-key"
+
+
+def _config_file() -> Path | None:
+    explicit = os.environ.get("LAKESIGHT_CONFIG")
+    if explicit:
+        return Path(explicit)
+    local = Path("lakesight.toml")
+    return local if local.exists() else None
+
+
+class Settings(BaseSettings):
+    """Everything lakesight can be configured with. Paths may be local or ``abfss://`` URIs."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKESIGHT_", extra="ignore", validate_default=True)
+
+    mode: Literal["local", "azure"] = Field("local", description="local: embedded stack; azure: real cloud")
+    state_dir: Path = Field(Path(".lakesight"), description="Where local state lives (lake, logs, MLflow)")
+    lake_root: str = Field("", description="Delta tables root; default <state_dir>/lake")
+    checkpoint_root: str = Field("", description="Streaming checkpoints; default <state_dir>/checkpoints")
+    arrivals_root: str = Field("", description="Arrival records folder; default <state_dir>/arrivals")
+    lake_storage_options: dict[str, str] = Field(default_factory=dict, description="delta-rs storage options")
+
+    spark_master: str = Field("local[*]", description="Spark master URL")
+    spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration")
+
+    blob_port: int = Field(10000, description="Azurite blob port (local mode)")
+    blob_connection_string: SecretStr = Field(SecretStr(""), description="Blob storage connection string")
+    images_container: str = Field("images", description="Container where new images land")
+    labeling_container: str = Field("labeling", description="Container for images sent to humans")
+    exports_container: str = Field("labeling-exports", description="Container for labeling exports")
+
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; default SQLite in state_dir")
+    mlflow_artifact_root: str = Field("", description="MLflow artifact root; default <state_dir>/mlartifacts")
+    model_name: str = Field("lakesight-classifier", description="Registered model name")
+
+    max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger images are refused")
+    confidence_threshold: float = Field(0.95, ge=0, le=1, description="Below this, send for labeling")
+    labeling_fraction: float = Field(1.0, ge=0, le=1, description="Share of unsure images sent")
+    labeling_daily_budget: int = Field(1000, ge=0, description="Most images sent for labeling per day")
+    promotion_margin: float = Field(0.0, ge=0, le=1, description="Accuracy gain a challenger needs")
+    retrain_min_new_labels: int = Field(50, ge=1, description="New human labels that trigger retraining")
+    retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
+    retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")
+    retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
+
+    handler_host: str = Field("127.0.0.1", description="Webhook service bind address")
+    handler_port: int = Field(8765, description="Webhook service port")
+    event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
+    max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file()
+        if path is not None:
+            if not path.exists():
+                raise ValueError(f"LAKESIGHT_CONFIG names {path}, which does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("images_container", "labeling_container", "exports_container")
+    @classmethod
+    def _container_name(cls, value: str) -> str:
+        ok = 3 <= len(value) <= 63 and value.replace("-", "").isalnum() and value == value.lower()
+        if not ok or value.startswith("-") or "--" in value:
+            raise ValueError(f"{value!r} is not a valid blob container name")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> Settings:
+        state = self.state_dir.expanduser().absolute()
+        self.state_dir = state
+        if not self.lake_root:
+            self.lake_root = str(state / "lake")
+        if not self.checkpoint_root:
+            self.checkpoint_root = str(state / "checkpoints")
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
+        if not self.mlflow_artifact_root:
+            self.mlflow_artifact_root = str(state / "mlartifacts")
+        conn = self.blob_connection_string.get_secret_value()
+        if not conn and self.mode == "local":
+            self.blob_connection_string = SecretStr(
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
+            )
+        if self.mode != "local":
+            if not conn or AZURITE_KEY in conn:
+                raise ValueError("mode=azure needs LAKESIGHT_BLOB_CONNECTION_STRING for a real account")
+            if self.event_key.get_secret_value() == DEFAULT_EVENT_KEY:
+                raise ValueError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
+        return self
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    def table_uri(self, name: str) -> str:
+        return f"{self.lake_root.rstrip('/')}/{name}"
+
+    def checkpoint_uri(self, name: str) -> str:
+        return f"{self.checkpoint_root.rstrip('/')}/{name}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings as plain values with secrets masked, for printing and logging."""
+        out = self.model_dump(mode="json")
+        for name in ("blob_connection_string", "event_key"):
+            out[name] = "**********"
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

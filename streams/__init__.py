@@ -1,0 +1,1 @@
+"""Spark Structured Streaming jobs: batch ingest, continuous scoring, labeling hand-off."""

@@ -1,0 +1,76 @@
+"""Shared fixtures: one SparkSession per test session, Azurite started once, a fresh lake per test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.settings import Settings
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+# TensorFlow on 2 cores next to Spark: keep it quiet and from grabbing every thread.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("lakesight-session")
+
+
+@pytest.fixture(scope="session")
+def azurite_port(session_dir: Path) -> Iterator[int]:
+    """Azurite on a free port for the whole session (real blob storage, well-known dev key)."""
+    from infra.stack import Azurite
+
+    port = free_port()
+    service = Azurite(Settings(state_dir=session_dir / "azurite-state", blob_port=port))
+    service.start()
+    yield port
+    service.stop()
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings with a fresh lake, checkpoints and MLflow store under this test's tmp dir."""
+    return Settings(state_dir=tmp_path / "state", spark_master="local[2]")
+
+
+@pytest.fixture
+def blob_settings(tmp_path: Path, azurite_port: int) -> Settings:
+    """Like ``settings`` but wired to the session's Azurite."""
+    from infra.blob import BlobStore
+
+    value = Settings(state_dir=tmp_path / "state", spark_master="local[2]", blob_port=azurite_port)
+    BlobStore(value).ensure_containers()
+    return value
+
+
+@pytest.fixture(scope="session")
+def spark(session_dir: Path):
+    """The one SparkSession of the test session."""
+    from infra.spark import get_spark
+
+    session = get_spark(Settings(state_dir=session_dir / "spark-state", spark_master="local[2]"), "lakesight-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def digits_dir(session_dir: Path) -> Path:
+    """scikit-learn digits written once per session as <split>/<label>/<name>.png."""
+    from infra.sample_data import digits_images, write_images
+
+    out = session_dir / "digits"
+    write_images(digits_images(), out_dir=out)
+    return out

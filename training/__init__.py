@@ -1,0 +1,1 @@
+"""Training: Delta snapshot to tf.data, Keras models, MLflow tracking, promotion."""
