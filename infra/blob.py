@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,10 +75,8 @@ class BlobStore:
         from azure.core.exceptions import ResourceExistsError
 
         for name in names or self.containers():
-            try:
+            with contextlib.suppress(ResourceExistsError):
                 self.service.create_container(name)
-            except ResourceExistsError:
-                pass
 
     def url(self, container: str, name: str) -> str:
         return self.service.get_blob_client(container, name).url

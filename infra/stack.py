@@ -6,6 +6,7 @@ another shell (or the end of a test session) can end them cleanly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -113,10 +114,8 @@ class Service:
                 break
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and pid_alive(pid):
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
                 time.sleep(0.1)
             if not pid_alive(pid):
                 break

@@ -45,10 +45,7 @@ def unread_file_rows(listed: dict[str, int], present: set[str]) -> pd.DataFrame:
         if path in present:
             continue
         local = Path(path.removeprefix("file:")) if path.startswith("file:") else None
-        if local is not None and not local.exists():
-            reason = "file vanished before it was read"
-        else:
-            reason = "empty file"
+        reason = "file vanished before it was read" if local is not None and not local.exists() else "empty file"
         modified = pd.Timestamp(millis, unit="ms", tz="UTC")
         rows.append(
             {"path": path, "load_date": modified.date(), "content": None, "content_hash": None,
