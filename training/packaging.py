@@ -1,0 +1,152 @@
+"""The registered model: a Keras network plus the one preprocessing, taking raw image bytes.
+
+``ImageClassifier`` is an MLflow pyfunc. ``predict`` takes a DataFrame with a ``content``
+column of bytes and returns ``label``, ``confidence``, ``probabilities`` and ``error``.
+``classify`` is the same without pandas plumbing, for the scoring stream's hot path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+
+from training.preprocess import decode_images
+
+OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "error"]
+
+
+def limit_tensorflow_threads() -> None:
+    """Cap TensorFlow's thread pools when asked (Spark workers share few cores)."""
+    threads = os.environ.get("LAKESIGHT_TF_THREADS")
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
+        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
+    except RuntimeError:  # already initialised in this process: the first setting stays
+        pass
+
+
+def enable_gpu_memory_growth() -> None:
+    """Let several processes share a GPU instead of the first grabbing all its memory."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """Raw bytes in, label / confidence / per-class probabilities out."""
+
+    batch_size = 256
+
+    def load_context(self, context: Any) -> None:
+        self.load(Path(context.artifacts["keras_model"]), Path(context.artifacts["config"]))
+
+    def load(self, model_path: Path, config_path: Path) -> None:
+        limit_tensorflow_threads()
+        enable_gpu_memory_growth()
+        import keras
+        import tensorflow as tf
+
+        config = json.loads(config_path.read_text())
+        self.class_names: list[str] = list(config["class_names"])
+        self.image_size: int = int(config["image_size"])
+        self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
+        self.keras_model = keras.saving.load_model(model_path, compile=False)
+        spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
+        # A fixed input signature: one trace for every batch size (predict_on_batch retraced).
+        self._infer = tf.function(lambda x: self.keras_model(x, training=False), input_signature=[spec])
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities for already decoded images (for raw-model benchmarks)."""
+        outputs = [
+            np.asarray(self._infer(images[start : start + self.batch_size]), dtype=np.float32)
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
+
+    def classify(self, contents: Sequence[bytes | None]) -> pd.DataFrame:
+        images, errors = decode_images(contents, self.image_size, max_bytes=self.max_bytes)
+        good = [i for i, e in enumerate(errors) if e is None]
+        probs = self.probabilities(images[good]) if good else np.zeros((0, len(self.class_names)))
+        labels: list[str | None] = [None] * len(contents)
+        confidence: list[float | None] = [None] * len(contents)
+        per_class: list[list[float] | None] = [None] * len(contents)
+        for row, p in zip(good, probs, strict=True):
+            best = int(np.argmax(p))
+            labels[row] = self.class_names[best]
+            confidence[row] = float(p[best])
+            per_class[row] = [float(v) for v in p]
+        return pd.DataFrame(
+            {"label": labels, "confidence": confidence, "probabilities": per_class, "error": errors},
+            columns=OUTPUT_COLUMNS,
+        )
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        if "content" not in model_input.columns:
+            raise ValueError("model input needs a 'content' column of image bytes")
+        return self.classify(list(model_input["content"]))
+
+
+def model_signature() -> Any:
+    """Bytes in; label, confidence, probabilities and error out (all null for unreadable rows)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("binary", "content")]),
+        outputs=Schema(
+            [
+                ColSpec("string", "label", required=False),
+                ColSpec("double", "confidence", required=False),
+                ColSpec(Array("double"), "probabilities", required=False),
+                ColSpec("string", "error", required=False),
+            ]
+        ),
+    )
+
+
+def log_classifier(
+    keras_model: Any,
+    *,
+    class_names: Sequence[str],
+    image_size: int,
+    input_example: bytes,
+    registered_model_name: str | None = None,
+    name: str = "model",
+) -> Any:
+    """Log ``keras_model`` wrapped as an :class:`ImageClassifier` to the active run.
+
+    Returns MLflow's ModelInfo (with ``registered_model_version`` when registered).
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        model_path = Path(folder) / "model.keras"
+        config_path = Path(folder) / "config.json"
+        keras_model.save(model_path)
+        config_path.write_text(json.dumps({"class_names": list(class_names), "image_size": image_size}))
+        probe = ImageClassifier()
+        probe.load(model_path, config_path)
+        example = pd.DataFrame({"content": [input_example]})
+        probe.predict(None, example)  # fail here, not at serving time
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=ImageClassifier(),
+            artifacts={"keras_model": str(model_path), "config": str(config_path)},
+            signature=model_signature(),
+            input_example=example,
+            registered_model_name=registered_model_name,
+        )

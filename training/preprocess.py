@@ -1,0 +1,44 @@
+"""The one image preprocessing: raw bytes -> float32 RGB array of a fixed size in [0, 1].
+
+Training and the registered model (hence scoring) both call this, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image
+
+from infra.images import image_error
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Decode ``data`` (any supported format) to a ``(size, size, 3)`` float32 array in [0, 1]."""
+    with Image.open(io.BytesIO(data)) as image:
+        rgb = image.convert("RGB")
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        return np.asarray(rgb, dtype=np.float32) / 255.0
+
+
+def decode_images(
+    contents: Sequence[bytes | None], image_size: int, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[np.ndarray, list[str | None]]:
+    """Decode a batch. Rows that fail get a zero image and an error reason (never raise)."""
+    batch = np.zeros((len(contents), image_size, image_size, 3), dtype=np.float32)
+    errors: list[str | None] = []
+    for index, data in enumerate(contents):
+        reason = None if data else "empty file"
+        if reason is None and len(data) > max_bytes:  # type: ignore[arg-type]
+            reason = image_error(data, max_bytes)
+        if reason is None:
+            try:
+                batch[index] = decode_image(bytes(data), image_size)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - any decoder failure becomes the row's error
+                reason = image_error(bytes(data), max_bytes) or "undecodable image"  # type: ignore[arg-type]
+        errors.append(reason)
+    return batch, errors
