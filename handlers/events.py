@@ -1,0 +1,127 @@
+"""Payload models: Event Grid schema and CloudEvents 1.0 bodies parsed into one :class:`Event` shape.
+
+Event Grid batches are all-or-none, so one malformed event makes the whole body a 400.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
+DATASET_DRIFT = "Microsoft.MachineLearningServices.DatasetDriftDetected"
+RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
+
+CLOUDEVENTS_SINGLE = "application/cloudevents+json"
+CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+
+# The upload APIs whose BlobCreated marks a complete blob (PLATFORM_FACTS: chunked uploads and
+# async copies emit extra events for partial or empty blobs).
+COMPLETE_BLOB_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"})
+
+
+class PayloadError(ValueError):
+    """The request body is not a valid Event Grid or CloudEvents payload (answered with 400)."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One delivered event, whatever the schema it came in."""
+
+    id: str
+    type: str
+    subject: str
+    time: str
+    data: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    schema: str = "eventgrid"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "id": self.id,
+                "type": self.type,
+                "subject": self.subject,
+                "time": self.time,
+                "data": self.data,
+                "source": self.source,
+                "schema": self.schema,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        return cls(**json.loads(text))
+
+
+def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise PayloadError(f"event is missing {key!r}")
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise PayloadError(f"event field {key!r} must be a non-empty string")
+    return value
+
+
+def _data(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PayloadError("event data must be a JSON object")
+    return value
+
+
+def _eventgrid(obj: Any) -> Event:
+    if not isinstance(obj, dict):
+        raise PayloadError("each Event Grid event must be a JSON object")
+    return Event(
+        id=_text(obj, "id"),
+        type=_text(obj, "eventType"),
+        subject=_text(obj, "subject", required=False),
+        time=_text(obj, "eventTime", required=False),
+        data=_data(obj.get("data")),
+        source=_text(obj, "topic", required=False),
+        schema="eventgrid",
+    )
+
+
+def _cloudevent(obj: Any) -> Event:
+    if not isinstance(obj, dict):
+        raise PayloadError("each CloudEvent must be a JSON object")
+    if obj.get("specversion") != "1.0":
+        raise PayloadError("only CloudEvents specversion 1.0 is accepted")
+    return Event(
+        id=_text(obj, "id"),
+        type=_text(obj, "type"),
+        subject=_text(obj, "subject", required=False),
+        time=_text(obj, "time", required=False),
+        data=_data(obj.get("data")),
+        source=_text(obj, "source"),
+        schema="cloudevents",
+    )
+
+
+def parse_events(body: bytes, content_type: str) -> list[Event]:
+    """Events in ``body``: an Event Grid array, a CloudEvent, or a CloudEvents batch.
+
+    Raises :class:`PayloadError` for anything else (truncated JSON, wrong shapes, missing ids).
+    """
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}") from exc
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == CLOUDEVENTS_SINGLE or (isinstance(payload, dict) and "specversion" in payload):
+        return [_cloudevent(payload)]
+    if not isinstance(payload, list):
+        raise PayloadError("expected a JSON array of events")
+    if not payload:
+        raise PayloadError("the event array is empty")
+    if media == CLOUDEVENTS_BATCH or (isinstance(payload[0], dict) and "specversion" in payload[0]):
+        return [_cloudevent(item) for item in payload]
+    return [_eventgrid(item) for item in payload]
