@@ -18,7 +18,7 @@ from rich.table import Table
 
 from infra.settings import Settings, get_settings
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 app = typer.Typer(

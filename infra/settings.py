@@ -68,6 +68,23 @@ class Settings(BaseSettings):
     retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")
     retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
 
+    score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
+    score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
+    score_source_format: Literal["binaryFile", "cloudFiles"] = Field(
+        "binaryFile", description="Directory source: Spark binaryFile, or Databricks Auto Loader (cloudFiles)"
+    )
+    champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
+    score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")
+    blob_fetch_threads: int = Field(8, ge=1, description="Parallel blob downloads per scoring task")
+    retrain_min_sample: int = Field(20, ge=1, description="New labels needed before drift/accuracy rules apply")
+    retrain_backend: Literal["local", "azureml"] = Field("local", description="Where retraining runs")
+    retrain_command: str = Field("", description="Local training command override; {version} is replaced")
+    label_classes: list[str] = Field(default_factory=list, description="Classes exports may use; empty: seen labels")
+    azureml_subscription_id: str = Field("", description="Azure ML workspace subscription (retrain_backend=azureml)")
+    azureml_resource_group: str = Field("", description="Azure ML workspace resource group")
+    azureml_workspace: str = Field("", description="Azure ML workspace name")
+    azureml_compute: str = Field("gpu-cluster", description="Azure ML GPU compute cluster for retraining")
+
     handler_host: str = Field("127.0.0.1", description="Webhook service bind address")
     handler_port: int = Field(8765, description="Webhook service port")
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
@@ -118,7 +135,7 @@ class Settings(BaseSettings):
             )
         if self.mode != "local":
             if not conn or AZURITE_KEY in conn:
-                raise ValueError("mode=azure needs LAKESIGHT_BLOB_CONNECTION_STRING for a real account")
+                raise ValueError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
             if self.event_key.get_secret_value() == DEFAULT_EVENT_KEY:
                 raise ValueError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
         return self

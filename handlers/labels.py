@@ -1,0 +1,246 @@
+"""Azure ML data labeling exports (COCO JSON and JSONL) → human labels MERGEd into ``images``.
+
+Only the label columns are written (``label``, ``label_source='human'``, ``labeled_at``); prediction
+columns are never touched. The MERGE carries an app transaction named after the export event, so a
+replay of the same export commits nothing. Entries that match no image, match several, or name an
+unknown class are kept in the ``label_rejects`` table with the reason: no label is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra.lake import Lake
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
+
+log = logging.getLogger(__name__)
+
+LABEL_REJECTS = "label_rejects"
+LABEL_REJECTS_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("entry", pa.int64(), nullable=False),
+        pa.field("export_url", pa.string()),
+        pa.field("image_ref", pa.string()),
+        pa.field("label", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("recorded_at", TS),
+    ]
+)
+
+
+class ExportError(ValueError):
+    """The export file is not a COCO or JSONL labeling export."""
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    """One labeled image in an export: every reference it gives (URLs, file name) and its class."""
+
+    refs: tuple[str, ...]
+    label: str
+
+
+@dataclass
+class LabelReport:
+    entries: int = 0
+    merged: int = 0
+    updated: int = 0
+    skipped_replay: bool = False
+    delta_version: int | None = None
+    unknown_images: int = 0
+    ambiguous_images: int = 0
+    unknown_classes: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "entries": self.entries,
+            "merged": self.merged,
+            "updated": self.updated,
+            "skipped_replay": self.skipped_replay,
+            "delta_version": self.delta_version,
+            "unknown_images": self.unknown_images,
+            "ambiguous_images": self.ambiguous_images,
+            "unknown_classes": dict(self.unknown_classes),
+        }
+
+
+def _coco(doc: dict) -> list[LabelEntry]:
+    try:
+        categories = {c["id"]: str(c["name"]) for c in doc.get("categories", [])}
+        images = {i["id"]: i for i in doc["images"]}
+        entries = []
+        for ann in doc.get("annotations", []):
+            image = images.get(ann["image_id"])
+            if image is None:
+                raise ExportError(f"annotation names image id {ann['image_id']!r} missing from images[]")
+            label = categories.get(ann["category_id"])
+            if label is None:
+                raise ExportError(f"annotation names category id {ann['category_id']!r} missing from categories[]")
+            refs = tuple(str(image[k]) for k in ("absolute_url", "coco_url", "file_name") if image.get(k))
+            entries.append(LabelEntry(refs=refs, label=label))
+    except (KeyError, TypeError) as exc:
+        raise ExportError(f"COCO export is missing a field: {exc}") from exc
+    return entries
+
+
+def _jsonl(text: str) -> list[LabelEntry]:
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            url, label = row["image_url"], row["label"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ExportError(f"JSONL line {number} is not an image_url/label object: {exc}") from exc
+        if isinstance(label, list):  # multi-label exports: lakesight classifies, so one label only
+            if len(label) != 1:
+                raise ExportError(f"JSONL line {number} has {len(label)} labels; one expected")
+            label = label[0]
+        entries.append(LabelEntry(refs=(str(url),), label=str(label)))
+    return entries
+
+
+def parse_export(data: bytes) -> list[LabelEntry]:
+    """Entries of a COCO JSON or JSONL export; :class:`ExportError` for anything else."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ExportError("export is not UTF-8 text") from exc
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            doc = None  # a JSONL file also starts with "{"
+        if isinstance(doc, dict) and "images" in doc:
+            return _coco(doc)
+        if isinstance(doc, dict) and "image_url" not in doc:
+            raise ExportError("JSON export has no images[] (COCO) and is not a JSONL line")
+    return _jsonl(text)
+
+
+def ref_segments(ref: str) -> list[str]:
+    """Path segments of an image reference: blob URL, ``azureml://…/paths/…`` URI or file name."""
+    parsed = urlparse(ref)
+    path = unquote(parsed.path if parsed.scheme else ref)
+    if parsed.scheme == "azureml" and "/paths/" in path:
+        path = path.split("/paths/", 1)[1]
+    return [s for s in path.split("/") if s]
+
+
+class ImageIndex:
+    """Rows of ``images`` findable by exact path or by a unique path suffix."""
+
+    def __init__(self, paths: list[str], load_dates: list[dt.date]):
+        self.exact = dict(zip(paths, load_dates, strict=True))
+        self.suffixes: dict[tuple[str, ...], list[str]] = defaultdict(list)
+        for path in paths:
+            segments = ref_segments(path)
+            for start in range(len(segments)):
+                self.suffixes[tuple(segments[start:])].append(path)
+
+    def match(self, entry: LabelEntry) -> tuple[str | None, str]:
+        """``(path, "")`` for the image ``entry`` names, or ``(None, reason)``."""
+        for ref in entry.refs:
+            if ref in self.exact:
+                return ref, ""
+        ambiguous = False
+        for ref in entry.refs:
+            segments = ref_segments(ref)
+            # Longest suffix first: "images/2026/a.png" beats "a.png".
+            for start in range(len(segments)):
+                found = self.suffixes.get(tuple(segments[start:]), [])
+                if len(found) == 1:
+                    return found[0], ""
+                if len(found) > 1:
+                    ambiguous = True
+                    break
+        return None, "ambiguous image" if ambiguous else "unknown image"
+
+
+def known_classes(lake: Lake, configured: list[str]) -> set[str] | None:
+    """The classes an export may use: configured ones, else the labels already in ``images``.
+
+    None (accept all) on a lake with no labels yet: there is nothing to check against.
+    """
+    if configured:
+        return set(configured)
+    labels = lake.read(IMAGES, columns=["label"]).column("label")
+    found = {v for v in pc.unique(labels).to_pylist() if v is not None}
+    return found or None
+
+
+def apply_export(
+    lake: Lake,
+    entries: list[LabelEntry],
+    *,
+    event_id: str,
+    export_url: str,
+    classes: list[str] | None = None,
+    labeled_at: dt.datetime | None = None,
+) -> LabelReport:
+    """MERGE the export's labels into ``images`` once per ``event_id``; record what cannot be applied."""
+    report = LabelReport(entries=len(entries))
+    lake.images()
+    snapshot = lake.read(IMAGES, columns=["path", "load_date"])
+    index = ImageIndex(snapshot.column("path").to_pylist(), snapshot.column("load_date").to_pylist())
+    known = known_classes(lake, classes or [])
+    stamp = labeled_at or dt.datetime.now(dt.UTC)
+
+    chosen: dict[str, str] = {}  # path -> label; a later entry for the same image wins
+    rejects = []
+    for number, entry in enumerate(entries):
+        path, reason = index.match(entry)
+        if path is not None and known is not None and entry.label not in known:
+            path, reason = None, "unknown class"
+            report.unknown_classes[entry.label] += 1
+        elif reason == "unknown image":
+            report.unknown_images += 1
+        elif reason == "ambiguous image":
+            report.ambiguous_images += 1
+        if path is None:
+            rejects.append(
+                {"event_id": event_id, "entry": number, "export_url": export_url, "image_ref": entry.refs[0] if
+                 entry.refs else "", "label": entry.label, "reason": reason, "recorded_at": stamp}
+            )
+        else:
+            chosen[path] = entry.label
+
+    if rejects:
+        log.warning("export %s: %d entries not applied (%s)", export_url, len(rejects),
+                    dict(Counter(r["reason"] for r in rejects)))
+        lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS_SCHEMA),
+                   keys=["event_id", "entry"], schema=LABEL_REJECTS_SCHEMA, insert=True)
+    if chosen:
+        source = pa.table(
+            {
+                "path": list(chosen),
+                "load_date": pa.array([index.exact[p] for p in chosen], pa.date32()),
+                "label": list(chosen.values()),
+                "label_source": [LABEL_SOURCE_HUMAN] * len(chosen),
+                "labeled_at": pa.array([stamp] * len(chosen), TS),
+            }
+        )
+        outcome = lake.merge_images(
+            source,
+            update={"label": "s.label", "label_source": "s.label_source", "labeled_at": "s.labeled_at"},
+            update_predicate="(t.label IS DISTINCT FROM s.label) OR (t.label_source IS DISTINCT FROM s.label_source)",
+            insert=False,
+            app_id=f"lakesight-labels-{event_id}",
+            txn_version=1,
+        )
+        report.merged = len(chosen)
+        report.updated = outcome.updated
+        report.skipped_replay = outcome.skipped
+        report.delta_version = outcome.version
+    return report

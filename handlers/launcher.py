@@ -1,0 +1,310 @@
+"""The retraining launcher: single-flight, cooldown, coalesced triggers, persisted in SQLite.
+
+A trigger (a retraining decision's id) is recorded once (``INSERT OR IGNORE``); a launch claims
+every pending trigger at once inside one ``BEGIN IMMEDIATE`` transaction that also checks that no
+launch is running and the cooldown has passed. So triggers that arrive during a training run or a
+cooldown are coalesced into the next launch, and no trigger is ever launched twice, even across
+handler restarts or two handler processes sharing ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from handlers.eventlog import connect, now_iso
+from infra.settings import Settings
+from infra.stack import pid_alive
+
+log = logging.getLogger(__name__)
+
+RUNNING = "running"
+SUBMITTED = "submitted"  # handed to a remote backend; finished by its RunCompleted event
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+ABANDONED = "abandoned"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS triggers (
+    trigger_id TEXT PRIMARY KEY,
+    reason TEXT,
+    delta_version INTEGER,
+    requested_at TEXT NOT NULL,
+    launch_id INTEGER
+);
+CREATE INDEX IF NOT EXISTS triggers_pending ON triggers(launch_id);
+CREATE TABLE IF NOT EXISTS launches (
+    launch_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    backend TEXT NOT NULL,
+    delta_version INTEGER,
+    triggers INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at TEXT NOT NULL,
+    started_epoch REAL NOT NULL,
+    finished_epoch REAL,
+    host TEXT,
+    pid INTEGER,
+    external_id TEXT,
+    outcome TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    """What a backend reports: a final status (or ``submitted``) and its details."""
+
+    status: str
+    outcome: dict[str, Any] = field(default_factory=dict)
+    external_id: str | None = None
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, delta_version: int, launch_id: int) -> LaunchResult: ...
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``LAKESIGHT_*`` variables that rebuild ``settings`` in a child process (secrets included)."""
+    env = {}
+    for name, value in settings.model_dump(mode="python").items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        if isinstance(value, dict | list):
+            value = json.dumps(value)
+        env[f"LAKESIGHT_{name.upper()}"] = str(value)
+    return env
+
+
+def train_command(settings: Settings, delta_version: int) -> list[str]:
+    """The local training command: ``settings.retrain_command`` when set, else ``lakesight train``."""
+    if settings.retrain_command:
+        return [part.replace("{version}", str(delta_version)) for part in shlex.split(settings.retrain_command)]
+    return [sys.executable, "-m", "infra.cli", "train", "--version", str(delta_version), "--json"]
+
+
+class LocalBackend:
+    """Runs training as a separate process and reads its one JSON result line."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def run(self, delta_version: int, launch_id: int) -> LaunchResult:
+        argv = train_command(self.settings, delta_version)
+        self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.settings.logs_dir / f"retrain-{launch_id}.log"
+        env = {**os.environ, **settings_env(self.settings)}
+        log.info("launch %d: %s", launch_id, shlex.join(argv))
+        with log_path.open("wb") as stderr:
+            try:
+                proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, check=False)
+            except OSError as exc:
+                return LaunchResult(FAILED, {"error": f"cannot start {argv[0]}: {exc}", "log": str(log_path)})
+        tail = _tail(log_path)
+        if proc.returncode != 0:
+            return LaunchResult(
+                FAILED,
+                {"error": f"training exited with code {proc.returncode}", "stderr_tail": tail, "log": str(log_path)},
+            )
+        result = _last_json_line(proc.stdout.decode("utf-8", "replace"))
+        if result is None:
+            return LaunchResult(FAILED, {"error": "training printed no JSON result line", "stderr_tail": tail,
+                                         "log": str(log_path)})
+        return LaunchResult(SUCCEEDED, result, external_id=str(result.get("run_id") or "") or None)
+
+
+def _tail(path: Path, limit: int = 1500) -> str:
+    data = path.read_bytes()
+    return data[-limit:].decode("utf-8", "replace")
+
+
+def _last_json_line(text: str) -> dict[str, Any] | None:
+    for line in reversed(text.strip().splitlines()):
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            return value
+    return None
+
+
+class Launcher:
+    """Single-flight retraining with cooldown and coalescing over a :class:`Backend`."""
+
+    def __init__(self, settings: Settings, backend: Backend, *, db_path: Path | None = None):
+        self.settings = settings
+        self.backend = backend
+        self._conn = connect(db_path or settings.state_dir / "handlers" / "launcher.db")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._host = socket.gethostname()
+        self._recover()
+
+    # Lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lakesight-launcher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _recover(self) -> None:
+        """Launches left ``running`` by a dead process get a clear outcome; they are never rerun."""
+        rows = self._query("SELECT launch_id, host, pid FROM launches WHERE status = ?", (RUNNING,))
+        for launch_id, host, pid in rows:
+            if host == self._host and pid is not None and (pid == os.getpid() or pid_alive(pid)):
+                continue
+            log.error("launch %d was running in a process that stopped; marked abandoned, not rerun", launch_id)
+            self._finish(launch_id, LaunchResult(ABANDONED, {"error": "handler stopped while training ran"}))
+
+    # Requests ----------------------------------------------------------------------------------
+    def request(self, trigger_id: str, reason: str, delta_version: int) -> str:
+        """Record a trigger; return what happens to it (queued, coalesced, cooldown or duplicate)."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "INSERT OR IGNORE INTO triggers (trigger_id, reason, delta_version, requested_at) VALUES (?, ?, ?, ?)",
+                (trigger_id, reason, delta_version, now_iso()),
+            )
+        if cursor.rowcount == 0:
+            return "duplicate"
+        self._wake.set()
+        if self._active():
+            return "coalesced"
+        return "cooldown" if self._cooldown_left() > 0 else "queued"
+
+    def complete_external(self, external_id: str, status: str, outcome: dict[str, Any]) -> int | None:
+        """Finish a submitted launch when its remote run reports back; return its launch id."""
+        rows = self._query("SELECT launch_id FROM launches WHERE external_id = ? AND status = ?",
+                           (external_id, SUBMITTED))
+        if not rows:
+            return None
+        self._finish(rows[0][0], LaunchResult(status, outcome, external_id))
+        self._wake.set()
+        return rows[0][0]
+
+    # State -------------------------------------------------------------------------------------
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def _active(self) -> bool:
+        return bool(self._query("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", (RUNNING, SUBMITTED)))
+
+    def _cooldown_left(self) -> float:
+        rows = self._query("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
+        last = rows[0][0]
+        return 0.0 if last is None else max(0.0, last + self.settings.retrain_cooldown_s - time.time())
+
+    def launches(self) -> list[dict[str, Any]]:
+        cols = ["launch_id", "backend", "delta_version", "triggers", "status", "started_at", "external_id", "outcome"]
+        rows = self._query(f"SELECT {', '.join(cols)} FROM launches ORDER BY launch_id")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def pending_triggers(self) -> int:
+        return self._query("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL")[0][0]
+
+    def idle(self) -> bool:
+        return not self._active() and self.pending_triggers() == 0
+
+    # The launch loop ---------------------------------------------------------------------------
+    def _claim(self) -> tuple[int, int] | float | None:
+        """Start a launch for all pending triggers: ``(launch_id, delta_version)``, seconds to wait, or None."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                busy = self._conn.execute(
+                    "SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", (RUNNING, SUBMITTED)
+                ).fetchone()
+                pending = self._conn.execute(
+                    "SELECT COUNT(*), MAX(delta_version) FROM triggers WHERE launch_id IS NULL"
+                ).fetchone()
+                if busy or pending[0] == 0:
+                    self._conn.execute("COMMIT")
+                    return None
+                last = self._conn.execute("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
+                last_epoch = last.fetchone()[0]
+                wait = 0.0 if last_epoch is None else last_epoch + self.settings.retrain_cooldown_s - time.time()
+                if wait > 0:
+                    self._conn.execute("COMMIT")
+                    return wait
+                cursor = self._conn.execute(
+                    "INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host,"
+                    " pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (self.backend.name, pending[1], pending[0], RUNNING, now_iso(), time.time(), self._host,
+                     os.getpid()),
+                )
+                launch_id = cursor.lastrowid
+                self._conn.execute("UPDATE triggers SET launch_id = ? WHERE launch_id IS NULL", (launch_id,))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        log.info("launch %d: %d coalesced trigger(s), images@%s, backend %s", launch_id, pending[0], pending[1],
+                 self.backend.name)
+        return launch_id, pending[1]
+
+    def _finish(self, launch_id: int, result: LaunchResult) -> None:
+        finished = None if result.status == SUBMITTED else time.time()
+        with self._lock:
+            self._conn.execute(
+                "UPDATE launches SET status = ?, outcome = ?, external_id = COALESCE(?, external_id),"
+                " finished_epoch = ? WHERE launch_id = ?",
+                (result.status, json.dumps(result.outcome, default=str), result.external_id, finished, launch_id),
+            )
+        level = logging.ERROR if result.status in (FAILED, ABANDONED) else logging.INFO
+        log.log(level, "launch %d %s: %s", launch_id, result.status, result.outcome)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            claimed = self._claim()
+            if isinstance(claimed, tuple):
+                launch_id, delta_version = claimed
+                try:
+                    result = self.backend.run(delta_version, launch_id)
+                except Exception as exc:  # a backend bug must not kill the loop or leave a launch running
+                    log.exception("launch %d: backend %s raised", launch_id, self.backend.name)
+                    result = LaunchResult(FAILED, {"error": f"{type(exc).__name__}: {exc}"})
+                self._finish(launch_id, result)
+                continue
+            self._wake.wait(timeout=min(claimed, 60.0) if claimed else 60.0)
+            self._wake.clear()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until no launch runs and no trigger waits (tests and the bench use this)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend named by ``settings.retrain_backend``."""
+    if settings.retrain_backend == "azureml":
+        from handlers.azureml import AzureMLBackend
+
+        return AzureMLBackend(settings)
+    return LocalBackend(settings)

@@ -1,0 +1,234 @@
+"""The retraining policy: measure what changed since the champion was trained, decide, record.
+
+Metrics, each against a configurable threshold:
+
+* ``new_labels``: human labels in ``images`` now that were not in the snapshot the champion was
+  trained on (its model version's ``delta_version`` tag); all human labels when there is no champion;
+* ``psi`` (and ``js``, recorded): class-distribution drift between the champion's training labels
+  and the new labels;
+* ``champion_accuracy``: predicted vs human label on the newly labeled images that were scored.
+
+Every decision is one row of the ``retraining_decisions`` Delta table keyed by its trigger id, so a
+replayed trigger neither adds a row nor launches twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from infra.lake import Lake
+from infra.settings import Settings
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
+
+log = logging.getLogger(__name__)
+
+DECISIONS = "retraining_decisions"
+CHAMPION_ALIAS = "champion"
+DELTA_VERSION_TAG = "delta_version"
+EPSILON = 1e-4  # smoothing for classes absent on one side of PSI / JS
+
+DECISIONS_SCHEMA = pa.schema(
+    [
+        pa.field("decision_id", pa.string(), nullable=False),
+        pa.field("trigger", pa.string()),
+        pa.field("decided_at", TS),
+        pa.field("delta_version", pa.int64()),
+        pa.field("champion_version", pa.string()),
+        pa.field("champion_delta_version", pa.int64()),
+        pa.field("new_labels", pa.int64()),
+        pa.field("psi", pa.float64()),
+        pa.field("js", pa.float64()),
+        pa.field("champion_accuracy", pa.float64()),
+        pa.field("accuracy_sample", pa.int64()),
+        pa.field("dataset_drift", pa.float64()),
+        pa.field("min_new_labels", pa.int64()),
+        pa.field("drift_threshold", pa.float64()),
+        pa.field("min_accuracy", pa.float64()),
+        pa.field("min_sample", pa.int64()),
+        pa.field("retrain", pa.bool_()),
+        pa.field("reasons", pa.string()),
+        pa.field("launch", pa.string()),
+    ]
+)
+
+
+@dataclass
+class Metrics:
+    delta_version: int
+    champion_version: str | None = None
+    champion_delta_version: int | None = None
+    new_labels: int = 0
+    psi: float | None = None
+    js: float | None = None
+    champion_accuracy: float | None = None
+    accuracy_sample: int = 0
+    dataset_drift: float | None = None
+    new_distribution: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Decision:
+    decision_id: str
+    trigger: str
+    metrics: Metrics
+    retrain: bool
+    reasons: list[str]
+    launch: str = "none"
+
+    def row(self, settings: Settings) -> dict[str, object]:
+        metrics = asdict(self.metrics)
+        metrics.pop("new_distribution")
+        return {
+            "decision_id": self.decision_id,
+            "trigger": self.trigger,
+            "decided_at": dt.datetime.now(dt.UTC),
+            **metrics,
+            "min_new_labels": settings.retrain_min_new_labels,
+            "drift_threshold": settings.retrain_drift_threshold,
+            "min_accuracy": settings.retrain_min_accuracy,
+            "min_sample": settings.retrain_min_sample,
+            "retrain": self.retrain,
+            "reasons": ",".join(self.reasons),
+            "launch": self.launch,
+        }
+
+
+# Distribution distances -------------------------------------------------------------------------
+def _probabilities(counts: Counter, classes: list[str]) -> list[float]:
+    total = sum(counts.values())
+    raw = [counts.get(c, 0) / total + EPSILON for c in classes]
+    norm = sum(raw)
+    return [p / norm for p in raw]
+
+
+def psi(base: Counter, new: Counter) -> float:
+    """Population stability index of ``new`` against ``base`` (class counts), smoothed."""
+    classes = sorted(set(base) | set(new))
+    p, q = _probabilities(base, classes), _probabilities(new, classes)
+    return sum((qi - pi) * math.log(qi / pi) for pi, qi in zip(p, q, strict=True))
+
+
+def jensen_shannon(base: Counter, new: Counter) -> float:
+    """Jensen–Shannon divergence (base 2, in [0, 1]) between two class-count distributions."""
+    classes = sorted(set(base) | set(new))
+    p, q = _probabilities(base, classes), _probabilities(new, classes)
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+
+    def kl(x: list[float], y: list[float]) -> float:
+        return sum(a * math.log2(a / b) for a, b in zip(x, y, strict=True) if a > 0)
+
+    return (kl(p, m) + kl(q, m)) / 2
+
+
+# Champion ---------------------------------------------------------------------------------------
+def champion(settings: Settings) -> tuple[str | None, int | None]:
+    """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one."""
+    uri = settings.mlflow_tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return None, None  # no registry yet; opening it would create and migrate an empty one
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        version = client.get_model_version_by_alias(settings.model_name, CHAMPION_ALIAS)
+    except MlflowException:
+        return None, None
+    tag = (version.tags or {}).get(DELTA_VERSION_TAG)
+    try:
+        return str(version.version), int(tag) if tag is not None else None
+    except ValueError:
+        log.warning("champion version %s has a non-integer delta_version tag %r", version.version, tag)
+        return str(version.version), None
+
+
+# Metrics ----------------------------------------------------------------------------------------
+def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = None) -> Metrics:
+    """The policy's metrics for the latest ``images`` snapshot."""
+    lake.images()
+    version = lake.version(IMAGES)
+    columns = ["path", "label", "label_source", "predicted_label"]
+    current = lake.read(IMAGES, version=version, columns=columns).to_pylist()
+    champion_version, champion_delta = champion(settings)
+    metrics = Metrics(delta_version=version, champion_version=champion_version,
+                      champion_delta_version=champion_delta, dataset_drift=dataset_drift)
+
+    trained_human: dict[str, str] = {}
+    base = Counter()
+    if champion_delta is not None:
+        try:
+            trained = lake.read(IMAGES, version=champion_delta, columns=["path", "label", "label_source"]).to_pylist()
+        except Exception as exc:  # noqa: BLE001 - delta-rs raises its own error types for a vacuumed version
+            log.warning("cannot read images@%s (champion's training data): %s", champion_delta, exc)
+            trained = []
+        for row in trained:
+            if row["label"] is None:
+                continue
+            base[row["label"]] += 1
+            if row["label_source"] == LABEL_SOURCE_HUMAN:
+                trained_human[row["path"]] = row["label"]
+
+    new_rows = [
+        r for r in current
+        if r["label_source"] == LABEL_SOURCE_HUMAN and r["label"] is not None
+        and trained_human.get(r["path"]) != r["label"]
+    ]
+    metrics.new_labels = len(new_rows)
+    new = Counter(r["label"] for r in new_rows)
+    metrics.new_distribution = dict(new)
+    if base and new:
+        metrics.psi = psi(base, new)
+        metrics.js = jensen_shannon(base, new)
+    scored = [r for r in new_rows if r["predicted_label"] is not None]
+    metrics.accuracy_sample = len(scored)
+    if scored:
+        metrics.champion_accuracy = sum(r["predicted_label"] == r["label"] for r in scored) / len(scored)
+    return metrics
+
+
+def decide(settings: Settings, metrics: Metrics) -> tuple[bool, list[str]]:
+    """Whether to retrain, and which rules fired. Pure: thresholds come from ``settings``."""
+    reasons = []
+    if metrics.new_labels >= settings.retrain_min_new_labels:
+        reasons.append("new_labels")
+    enough = metrics.new_labels >= settings.retrain_min_sample
+    if enough and metrics.psi is not None and metrics.psi >= settings.retrain_drift_threshold:
+        reasons.append("label_drift")
+    if (metrics.accuracy_sample >= settings.retrain_min_sample and metrics.champion_accuracy is not None
+            and metrics.champion_accuracy < settings.retrain_min_accuracy):
+        reasons.append("accuracy")
+    if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_drift_threshold:
+        reasons.append("dataset_drift")
+    # Retraining on exactly the data the champion saw cannot help, whatever fired.
+    return bool(reasons) and metrics.new_labels > 0, reasons
+
+
+def evaluate(
+    settings: Settings,
+    lake: Lake,
+    *,
+    decision_id: str,
+    trigger: str,
+    request_launch: Callable[[str, str, int], str] | None = None,
+    dataset_drift: float | None = None,
+) -> Decision:
+    """Measure, decide, ask the launcher when retraining is due, and record the decision once."""
+    metrics = measure(settings, lake, dataset_drift=dataset_drift)
+    retrain, reasons = decide(settings, metrics)
+    decision = Decision(decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons)
+    if retrain and request_launch is not None:
+        decision.launch = request_launch(decision_id, ",".join(reasons), metrics.delta_version)
+    lake.merge(DECISIONS, pa.Table.from_pylist([decision.row(settings)], schema=DECISIONS_SCHEMA),
+               keys=["decision_id"], schema=DECISIONS_SCHEMA, insert=True)
+    log.info("retraining decision %s (%s): retrain=%s reasons=%s new_labels=%d psi=%s accuracy=%s launch=%s",
+             decision_id, trigger, retrain, reasons, metrics.new_labels, metrics.psi, metrics.champion_accuracy,
+             decision.launch)
+    return decision

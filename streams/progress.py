@@ -1,0 +1,155 @@
+"""Scoring-stream observability: a StreamingQueryListener plus a status file ``lakesight status`` reads.
+
+The listener (driver side) sees Spark's progress events; foreachBatch adds what only it knows
+(model version, MERGE time, errors, labeling). Both land in ``<run_dir>/score-status.json``,
+rewritten atomically, with the last few batches kept (bounded, so the file never grows).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from infra.settings import Settings
+
+log = logging.getLogger("lakesight.score")
+
+STATUS_FILE = "score-status.json"
+RECENT = 20
+# Source metrics that mean "work not yet read" (Auto Loader, Kafka, Delta sources).
+BACKLOG_METRICS = ("numFilesOutstanding", "numBytesOutstanding", "avgOffsetsBehindLatest", "numOffsetsBehindLatest")
+
+
+def status_path(settings: Settings) -> Path:
+    return settings.run_dir / STATUS_FILE
+
+
+def read_status(settings: Settings) -> dict[str, Any] | None:
+    """The scoring stream's last recorded status, or None if it never ran here."""
+    try:
+        return json.loads(status_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+class ScoreStatus:
+    """Thread-safe status of one scoring query, persisted on every change."""
+
+    def __init__(self, settings: Settings, *, source: str, query_name: str):
+        self.path = status_path(settings)
+        self._lock = threading.Lock()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.state: dict[str, Any] = {
+            "query": query_name,
+            "source": source,
+            "state": "starting",
+            "pid": os.getpid(),
+            "started_at": _now(),
+            "updated_at": _now(),
+            "model_name": settings.model_name,
+            "model_version": None,
+            "rows_total": 0,
+            "errors_total": 0,
+            "sent_to_labeling_total": 0,
+            "last_progress": None,
+            "last_batch": None,
+            "recent_batches": [],
+        }
+        self.write()
+
+    def update(self, **fields: Any) -> None:
+        with self._lock:
+            self.state.update(fields)
+            self.state["updated_at"] = _now()
+        self.write()
+
+    def batch(self, record: dict[str, Any]) -> None:
+        """Record a committed foreachBatch (rows, errors, model version, MERGE seconds)."""
+        with self._lock:
+            self._recent.append(record)
+            self.state["last_batch"] = record
+            self.state["recent_batches"] = list(self._recent)
+            self.state["rows_total"] += record.get("rows", 0)
+            self.state["errors_total"] += record.get("errors", 0)
+            self.state["sent_to_labeling_total"] += record.get("sent_to_labeling", 0)
+            if record.get("model_version"):
+                self.state["model_version"] = record["model_version"]
+            self.state["updated_at"] = _now()
+        self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            text = json.dumps(self.state, default=str, indent=1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
+        temp.write_text(text)
+        temp.replace(self.path)
+
+
+def progress_record(progress: Any) -> dict[str, Any]:
+    """The figures lakesight reports from a ``StreamingQueryProgress``."""
+    sources = list(getattr(progress, "sources", None) or [])
+    backlog = None
+    for source in sources:
+        metrics = dict(getattr(source, "metrics", None) or {})
+        for key in BACKLOG_METRICS:
+            if key in metrics:
+                backlog = {**(backlog or {}), key: metrics[key]}
+    durations = dict(progress.durationMs or {})
+    return {
+        "batch_id": progress.batchId,
+        "timestamp": progress.timestamp,
+        "input_rows": progress.numInputRows,
+        "input_rows_per_s": round(float(progress.inputRowsPerSecond or 0.0), 2),
+        "processed_rows_per_s": round(float(progress.processedRowsPerSecond or 0.0), 2),
+        "batch_duration_ms": progress.batchDuration,
+        "trigger_ms": durations.get("triggerExecution"),
+        "backlog": backlog,
+    }
+
+
+def make_listener(status: ScoreStatus, query_name: str) -> Any:
+    """A StreamingQueryListener writing ``query_name``'s progress to ``status`` and the log."""
+    from pyspark.sql.streaming import StreamingQueryListener
+
+    class ScoreListener(StreamingQueryListener):
+        def onQueryStarted(self, event: Any) -> None:
+            if event.name == query_name:
+                status.update(state="running", query_id=str(event.id), run_id=str(event.runId))
+
+        def onQueryProgress(self, event: Any) -> None:
+            progress = event.progress
+            if progress.name != query_name:
+                return
+            record = progress_record(progress)
+            record["model_version"] = status.state.get("model_version")
+            status.update(last_progress=record)
+            if record["input_rows"]:
+                log.info(
+                    "batch %s: %s rows, %.1f rows/s in, %.1f rows/s processed, %s ms, model %s",
+                    record["batch_id"],
+                    record["input_rows"],
+                    record["input_rows_per_s"],
+                    record["processed_rows_per_s"],
+                    record["batch_duration_ms"],
+                    record["model_version"],
+                )
+
+        def onQueryIdle(self, event: Any) -> None:
+            pass
+
+        def onQueryTerminated(self, event: Any) -> None:
+            if str(event.id) == status.state.get("query_id"):
+                status.update(state="failed" if event.exception else "stopped", error=event.exception)
+
+    return ScoreListener()

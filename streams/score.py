@@ -1,0 +1,263 @@
+"""The always-on scoring stream: arrivals -> champion predictions -> ``images``, exactly once.
+
+Executors read (or download) the images, check them and score them with the cached champion
+(``streams.scoring``); foreachBatch, on the driver, hands unsure images to labeling and MERGEs
+the batch into ``images`` keyed on path, recording ``(query id, batch id)`` with the commit so a
+batch replayed after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra.lake import Lake, MergeOutcome, from_source
+from infra.settings import Settings
+from infra.spark import get_spark
+from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
+from streams.arrivals import with_unread_files
+from streams.checkpoints import query_app_id
+from streams.labeling import hand_off
+from streams.progress import ScoreStatus, make_listener
+from streams.scoring import SCORED_DDL, score_rows
+from streams.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
+
+log = logging.getLogger("lakesight.score")
+
+# Matched rows: predictions always follow the latest scoring; a sent_to_labeling_at once set
+# stays; label columns are never named, so a human label cannot be overwritten.
+_UPDATE_PREDICTION = {
+    **from_source(c for c in column_names(PREDICTION_COLUMNS) if c != "sent_to_labeling_at"),
+    "sent_to_labeling_at": "COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at)",
+}
+# Arrival columns change only when the bytes did (a rewritten file); the error follows the scoring.
+_UPDATE_ARRIVAL = {
+    c: f"CASE WHEN (s.content_hash IS DISTINCT FROM t.content_hash) THEN s.{c} ELSE t.{c} END"
+    for c in column_names(ARRIVAL_COLUMNS)
+    if c not in ("path", "load_date", "error")
+}
+SCORE_UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_PREDICTION, "error": "s.error"}
+# A fetch that got no bytes (vanished blob) never wipes a row that has them.
+SCORE_UPDATE_WHEN = "(s.content_hash IS NOT NULL) OR (t.content_hash IS NULL)"
+
+
+class ScoreError(RuntimeError):
+    """The scoring stream cannot start (no champion, bad source)."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    batch_id: int
+    table: pa.Table
+    outcome: MergeOutcome
+    committed_at: float  # time.time() right after the MERGE committed
+    sent_to_labeling: int = 0
+
+
+@dataclass
+class ScoreReport:
+    source: str
+    batches: int = 0
+    rows: int = 0
+    inserted: int = 0
+    updated: int = 0
+    errors: int = 0
+    skipped_batches: int = 0
+    sent_to_labeling: int = 0
+    model_versions: Counter[str] = field(default_factory=Counter)
+    merge_seconds: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by: str = "end of input"
+    table_version: int | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        out = dict(self.__dict__)
+        out["model_versions"] = dict(self.model_versions)
+        merges = out.pop("merge_seconds")
+        out["merge_seconds_mean"] = round(sum(merges) / len(merges), 4) if merges else None
+        return out
+
+
+def dedupe_paths(table: pa.Table) -> pa.Table:
+    """Keep the last row per path: a MERGE source must not name one target row twice."""
+    if table.num_rows < 2 or pc.count_distinct(table.column("path")).as_py() == table.num_rows:
+        return table
+    indexed = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
+    last = indexed.group_by("path").aggregate([("__row", "max")]).column("__row_max")
+    return table.take(pc.sort_indices(last))
+
+
+def _count_errors(table: pa.Table) -> int:
+    return int(pc.sum(pc.is_valid(table.column("error"))).as_py() or 0)
+
+
+def _model_version(table: pa.Table) -> str | None:
+    versions = [v for v in pc.unique(table.column("model_version")).to_pylist() if v is not None]
+    return max(versions, key=lambda v: (len(v), v)) if versions else None
+
+
+def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
+    """A folder path -> directory source; None -> the arrival records folder."""
+    from streams.sources import SourceError
+
+    try:
+        return directory_source(source, glob=glob) if source is not None else arrivals_source(settings)
+    except SourceError as exc:
+        raise ScoreError(str(exc)) from exc
+
+
+def _require_champion(settings: Settings) -> None:
+    from infra.registry import RegistryError, champion
+
+    try:
+        if champion(settings) is None:
+            raise ScoreError(f"model {settings.model_name!r} has no champion yet: run 'lakesight train'")
+    except RegistryError as exc:
+        raise ScoreError(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[dict[str, str]]:
+    """SIGTERM/SIGINT set ``stop`` (main thread only); the previous handlers come back afterwards."""
+    received: dict[str, str] = {}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        received["signal"] = signal.Signals(signum).name
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _stop_gracefully(query: Any, grace_s: float) -> None:
+    """Let a running micro-batch finish (up to ``grace_s``), then stop; a cut batch is replayed later."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            if not query.status.get("isTriggerActive", False):
+                break
+        except Exception:  # noqa: BLE001 - the query may already be gone
+            break
+        time.sleep(0.1)
+    query.stop()
+
+
+def run_scoring(
+    settings: Settings,
+    *,
+    source: str | Path | None = None,
+    once: bool = False,
+    stop_event: threading.Event | None = None,
+    glob: str = IMAGE_GLOB,
+    trigger_s: float | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    on_start: Callable[[Any], None] | None = None,
+    handle_signals: bool = True,
+    grace_s: float = 30.0,
+) -> ScoreReport:
+    """Score ``source`` (a folder; None: arrival records) until stopped, or once over what is there.
+
+    Continuous by default (processing-time trigger); ``once`` runs an ``availableNow`` pass.
+    Stops on ``stop_event`` or SIGTERM/SIGINT; a restart resumes from the checkpoint.
+    """
+    src = resolve_source(settings, source, glob)
+    _require_champion(settings)
+    started = time.perf_counter()
+    lake = Lake(settings)
+    lake.images()
+    spark = get_spark(settings, "lakesight-score")
+    checkpoint = settings.checkpoint_uri(src.checkpoint)
+    query_name = src.checkpoint.replace("-", "_")
+    report = ScoreReport(source=f"{src.kind}:{src.location}")
+    status = ScoreStatus(settings, source=report.source, query_name=query_name)
+    stop = stop_event or threading.Event()
+
+    scored = file_rows(spark, settings, src).mapInPandas(lambda it: score_rows(it, settings=settings), SCORED_DDL)
+
+    def write_batch(batch: Any, batch_id: int) -> None:
+        app_id = query_app_id(checkpoint, "score")
+        done = lake.committed_version(IMAGES, app_id)
+        if done is not None and done >= batch_id:
+            report.skipped_batches += 1  # replayed after a crash: already in the table
+            return
+        table = batch.toArrow()
+        if src.reads_files:
+            table = with_unread_files(table, checkpoint, batch_id)
+        if table.num_rows == 0:
+            return
+        table = dedupe_paths(table)
+        handed = hand_off(settings, lake, table, app_id=app_id, batch_id=batch_id)
+        outcome = lake.merge_images(
+            handed.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN, app_id=app_id, txn_version=batch_id
+        )
+        committed_at = time.time()
+        errors = _count_errors(table)
+        version = _model_version(table)
+        report.batches += 1
+        report.rows += table.num_rows
+        report.errors += errors
+        report.inserted += outcome.inserted
+        report.updated += outcome.updated
+        report.sent_to_labeling += handed.sent
+        report.skipped_batches += int(outcome.skipped)
+        report.merge_seconds.append(outcome.seconds)
+        for value, count in Counter(table.column("model_version").to_pylist()).items():
+            if value is not None:
+                report.model_versions[value] += count
+        status.batch(
+            {
+                "batch_id": batch_id,
+                "rows": table.num_rows,
+                "errors": errors,
+                "inserted": outcome.inserted,
+                "updated": outcome.updated,
+                "sent_to_labeling": handed.sent,
+                "model_version": version,
+                "merge_s": round(outcome.seconds, 4),
+                "table_version": outcome.version,
+                "committed_at": committed_at,
+            }
+        )
+        if on_batch is not None:
+            on_batch(BatchResult(batch_id, table, outcome, committed_at, handed.sent))
+
+    listener = make_listener(status, query_name)
+    spark.streams.addListener(listener)
+    writer = scored.writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint).queryName(query_name)
+    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{trigger_s or settings.score_trigger_s} seconds")
+    try:
+        with _stop_on_signals(stop, handle_signals) as received:
+            query = writer.start()
+            log.info("scoring %s (query %s, checkpoint %s)", report.source, query.id, checkpoint)
+            if on_start is not None:
+                on_start(query)
+            while query.isActive and not stop.is_set():
+                query.awaitTermination(0.5)  # raises if the query failed
+            if query.isActive:
+                report.stopped_by = received.get("signal", "stop requested")
+                _stop_gracefully(query, grace_s)
+            query.awaitTermination()
+    finally:
+        spark.streams.removeListener(listener)
+    report.seconds = time.perf_counter() - started
+    report.table_version = lake.version(IMAGES)
+    status.update(state="stopped", stopped_by=report.stopped_by, report=report.as_dict())
+    return report

@@ -1,0 +1,323 @@
+"""Offline validation of the infrastructure-as-code files in infra/iac (Bicep, Databricks, Azure ML)."""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from infra import iac
+from infra.iac import specs
+from infra.settings import Settings
+from infra.spark import DEFAULT_CONF
+from infra.tables import IMAGES
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = specs.bicep_outline(specs.bicep_template())
+WEBHOOKS = specs.bicep_outline(specs.AZURE_DIR / "modules" / "event-webhooks.bicep")
+ML = specs.bicep_outline(specs.AZURE_DIR / "modules" / "ml.bicep")
+SECRET_REF = re.compile(r"^\{\{secrets/[\w.-]+/[\w.-]+\}\}$")
+
+
+def _default(outline: specs.BicepOutline, name: str) -> str:
+    """A Bicep param's default as a plain value (quotes stripped)."""
+    raw = outline.params[name].default
+    assert raw is not None, f"param {name} has no default"
+    return raw.strip("'")
+
+
+def _setting_default(name: str):
+    return Settings.model_fields[name].default
+
+
+# ------------------------------------------------------------------------------------------------
+# files and packaging
+def test_every_file_exists_inside_the_installed_package() -> None:
+    package_dir = Path(importlib.resources.files("infra")) / "iac"
+    for path in specs.all_files():
+        assert path.is_file(), path
+        assert path.resolve().is_relative_to(package_dir.resolve()), path
+
+
+def test_pyproject_ships_the_iac_files_as_package_data() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["infra"]
+    infra_dir = ROOT / "infra"
+    shipped = {p for pattern in patterns for p in infra_dir.glob(pattern) if p.is_file()}
+    assert set(specs.all_files()) <= shipped
+
+
+# ------------------------------------------------------------------------------------------------
+# Databricks
+def test_training_dag_runs_ingest_then_train_on_gpu_then_the_registry_step() -> None:
+    spec = iac.load_databricks_job("training")
+    order = iac.task_order(spec)
+    assert order[:2] == ["ingest", "train"] and len(order) == 3
+    tasks = {t["task_key"]: t for t in spec["tasks"]}
+    assert [d["task_key"] for d in tasks["train"]["depends_on"]] == ["ingest"]
+    assert [d["task_key"] for d in tasks[order[2]]["depends_on"]] == ["train"]
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in spec["job_clusters"]}
+    train_cluster = clusters[tasks["train"]["job_cluster_key"]]
+    ingest_cluster = clusters[tasks["ingest"]["job_cluster_key"]]
+    assert "-gpu-ml-" in train_cluster["spark_version"] and train_cluster["node_type_id"].startswith("Standard_NC")
+    assert "-cpu-ml-" in ingest_cluster["spark_version"]
+    commands = specs.wheel_commands(spec)
+    assert commands["ingest"][0] == "ingest" and "--labeled" in commands["ingest"]
+    assert commands["train"] == ["train", "--json"]
+
+
+def test_scoring_job_is_continuous_with_the_measured_spark_conf() -> None:
+    spec = iac.load_databricks_job("scoring")
+    assert spec["continuous"]["pause_status"] == "UNPAUSED"
+    assert specs.wheel_commands(spec) == {"score": ["score"]}
+    conf = spec["job_clusters"][0]["new_cluster"]["spark_conf"]
+    # On Databricks get_spark() returns the cluster's session, so DEFAULT_CONF only applies through this.
+    for key in (
+        "spark.sql.sources.parallelPartitionDiscovery.threshold",
+        "spark.sql.execution.arrow.pyspark.enabled",
+        "spark.sql.execution.arrow.maxRecordsPerBatch",
+        "spark.sql.session.timeZone",
+    ):
+        assert conf[key] == DEFAULT_CONF[key], key
+    assert int(conf["spark.sql.sources.parallelPartitionDiscovery.threshold"]) > 32  # Spark's default
+
+
+def _broken(mutate) -> dict:
+    spec = copy.deepcopy(iac.load_databricks_job("training"))
+    mutate(spec)
+    return spec
+
+
+def _tasks(spec: dict) -> dict:
+    return {t["task_key"]: t for t in spec["tasks"]}
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s: _tasks(s)["ingest"].update(depends_on=[{"task_key": "train"}]), "cycle"),
+        (lambda s: _tasks(s)["train"].update(depends_on=[{"task_key": "nope"}]), "unknown tasks"),
+        (lambda s: _tasks(s)["train"].update(job_cluster_key="gpu-typo"), "undefined job_cluster_key"),
+        (lambda s: s["tasks"].append(copy.deepcopy(s["tasks"][0])), "duplicate task_key"),
+        (lambda s: s.update(parameters=[]), "undeclared job parameters"),
+        (lambda s: s["job_clusters"][1]["new_cluster"].update(spark_version="17.3.x-scala2.13"), "ML runtime"),
+        (lambda s: s["job_clusters"][0]["new_cluster"].pop("num_workers"), "num_workers or autoscale"),
+        (lambda s: _tasks(s)["train"].update(notebook_task={"notebook_path": "/x"}), "exactly one task type"),
+        (lambda s: s.update(continuous={"pause_status": "UNPAUSED"}), "max_retries"),
+    ],
+)
+def test_validator_rejects_broken_job_specs(mutate, message: str) -> None:
+    with pytest.raises(specs.SpecError, match=message):
+        specs.validate_databricks_job(_broken(mutate))
+
+
+@pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
+def test_cluster_env_is_a_valid_azure_mode_settings_object(job: str, monkeypatch) -> None:
+    spec = iac.load_databricks_job(job)
+    for cluster_key, env in specs.spark_env_vars(spec):
+        lakesight = {k: v for k, v in env.items() if k.startswith("LAKESIGHT_")}
+        unknown = {k for k in lakesight if k.removeprefix("LAKESIGHT_").lower() not in Settings.model_fields}
+        assert not unknown, f"{job}/{cluster_key}: not settings: {unknown}"
+        assert lakesight["LAKESIGHT_MODE"] == "azure"
+        for name in ("LAKESIGHT_BLOB_CONNECTION_STRING", "LAKESIGHT_EVENT_KEY", "LAKESIGHT_LAKE_STORAGE_OPTIONS"):
+            assert SECRET_REF.match(lakesight[name]), f"{job}/{cluster_key}: {name} must be a secret reference"
+        # Stand-ins for what the secret scope holds; mode=azure must accept this environment.
+        stand_ins = {
+            "LAKESIGHT_BLOB_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=b",
+            "LAKESIGHT_EVENT_KEY": "not-the-default",
+            "LAKESIGHT_LAKE_STORAGE_OPTIONS": "{}",
+        }
+        monkeypatch.delenv("LAKESIGHT_CONFIG", raising=False)
+        for name, value in lakesight.items():
+            real = stand_ins.get(name, "abfss://lake@acct.dfs.core.windows.net/x" if SECRET_REF.match(value) else value)
+            monkeypatch.setenv(name, real)
+        settings = Settings()
+        assert settings.mode == "azure" and settings.lake_root.startswith("abfss://")
+
+
+@pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
+def test_wheel_tasks_install_this_project(job: str) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wheel = f"{project['name']}-{importlib.metadata.version(project['name'])}-py3-none-any.whl"
+    for task in iac.load_databricks_job(job)["tasks"]:
+        assert task["python_wheel_task"]["package_name"] == project["name"]
+        assert task["python_wheel_task"]["entry_point"] in project["scripts"]
+        assert [Path(lib["whl"]).name for lib in task["libraries"]] == [wheel]
+
+
+def test_wheel_tasks_call_existing_cli_commands() -> None:
+    import typer
+
+    from infra.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    used = {c[0] for job in specs.DATABRICKS_JOBS for c in specs.wheel_commands(iac.load_databricks_job(job)).values()}
+    assert "ingest" in commands
+    # train, models and score come from the training and scoring work; until they land they are reported.
+    if missing := sorted(used - commands):
+        pytest.skip(f"lakesight commands not registered yet: {missing}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Azure ML
+def test_retrain_job_loads_with_azure_ai_ml() -> None:
+    job = iac.load_retrain_job()
+    assert job.compute == _default(MAIN, "gpuClusterName")
+    assert job.experiment_name == _default(MAIN, "retrainExperimentName")
+    assert "lakesight train --version ${{inputs.delta_version}} --json" in job.command
+    table = job.inputs["delta_table"]._data
+    assert table.type == "uri_folder" and table.path.rstrip("/").endswith(f"/{IMAGES}")
+    assert isinstance(job.inputs["delta_version"]._data, int)
+    pip = next(d["pip"] for d in job.environment.conda_file["dependencies"] if isinstance(d, dict))
+    assert any(p.startswith("tensorflow[and-cuda]") for p in pip)
+
+
+def test_retrain_job_code_is_the_repository_root() -> None:
+    job = iac.load_retrain_job()
+    assert (specs.AZUREML_DIR / job.code).resolve() == ROOT
+
+
+def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
+    table = "abfss://lake@acct.dfs.core.windows.net/tables/images"
+    job = iac.load_retrain_job(
+        delta_table=table, delta_version=42, compute="gpu-big", experiment_name="exp", code=tmp_path
+    )
+    assert job.inputs["delta_table"]._data.path == table
+    assert job.inputs["delta_version"]._data == 42
+    assert job.compute == "gpu-big" and job.experiment_name == "exp"
+    assert Path(job.code) == tmp_path.resolve()
+
+
+def test_retrain_environment_mirrors_project_dependencies() -> None:
+    import yaml
+
+    conda = yaml.safe_load((specs.AZUREML_DIR / "conda.yml").read_text())
+    pip = next(d["pip"] for d in conda["dependencies"] if isinstance(d, dict))
+    pinned = {re.sub(r"\[.*?\]", "", p).replace(" ", "") for p in pip}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {d.replace(" ", "") for d in project} <= pinned
+    python = next(d for d in conda["dependencies"] if isinstance(d, str) and d.startswith("python="))
+    assert python == "python=3.11"
+
+
+# ------------------------------------------------------------------------------------------------
+# Bicep (parse level; compiled below when a compiler exists)
+def test_container_params_default_to_the_settings_names() -> None:
+    for param, setting in (
+        ("imagesContainer", "images_container"),
+        ("labelingContainer", "labeling_container"),
+        ("exportsContainer", "exports_container"),
+    ):
+        assert _default(MAIN, param) == _setting_default(setting)
+    containers = re.search(r"containers: \[(.*?)\]", MAIN.text, re.S)[1].split()
+    assert containers == [
+        "imagesContainer",
+        "labelingContainer",
+        "exportsContainer",
+        "lakeContainer",
+        "deadLetterContainer",
+    ]
+
+
+def test_blob_subscriptions_are_filtered_per_container() -> None:
+    text = MAIN.text
+    assert "for container in [imagesContainer, exportsContainer]:" in text
+    assert "subjectBeginsWith: '/blobServices/default/containers/${container}/'" in text
+    assert re.search(r"includedEventTypes: \[\s*'Microsoft\.Storage\.BlobCreated'\s*\]", text)
+    apis = re.search(r"var blobCreatedApis = \[(.*?)\]", text, re.S)[1].split()
+    assert apis == ["'PutBlob'", "'PutBlockList'", "'CopyBlob'", "'FlushWithClose'"]
+    assert re.search(r"operatorType: 'StringIn'\s*key: 'data.api'\s*values: blobCreatedApis", text)
+    assert re.search(r"operatorType: 'NumberGreaterThan'\s*key: 'data.contentLength'\s*value: 0", text)
+
+
+def test_ml_events_reach_the_handler() -> None:
+    for event in ("RunCompleted", "DatasetDriftDetected"):
+        assert f"'Microsoft.MachineLearningServices.{event}'" in MAIN.text
+    assert "topicType: 'Microsoft.MachineLearningServices.Workspaces'" in MAIN.text
+    assert "values: [\n          retrainExperimentName\n        ]" in MAIN.text
+
+
+def test_webhook_delivery_has_key_retry_and_dead_letter() -> None:
+    text = WEBHOOKS.text
+    assert "endpointUrl: '${baseUrl}/api/events?code=${uriComponent(eventKey)}'" in text
+    assert re.search(
+        r"retryPolicy: \{\s*maxDeliveryAttempts: maxDeliveryAttempts\s*"
+        r"eventTimeToLiveInMinutes: eventTimeToLiveInMinutes\s*\}",
+        text,
+    )
+    assert re.search(r"deadLetterDestination: \{\s*endpointType: 'StorageBlob'", text)
+    assert "blobContainerName: deadLetterContainer" in text
+    assert WEBHOOKS.resources["webhooks"].startswith("Microsoft.EventGrid/systemTopics/eventSubscriptions@")
+    for module in ("blobEvents", "mlEvents"):
+        assert MAIN.modules[module] == "modules/event-webhooks.bicep"
+
+
+def test_event_key_is_secure_and_never_written_down() -> None:
+    for outline in (MAIN, WEBHOOKS):
+        key = outline.params["eventKey"]
+        assert key.secure and key.default is None
+        assert not [name for name, expr in outline.outputs.items() if "eventKey" in expr]
+    params = json.loads(specs.bicep_parameters().read_text())["parameters"]
+    assert "eventKey" not in params
+    secretish = re.compile(
+        r"AccountKey=[A-Za-z0-9+/=]{10}|SharedAccessSignature|[?&]sig=|code=[A-Za-z0-9]|dapi[0-9a-f]{16}"
+        r"|[A-Za-z0-9+/]{60,}={0,2}"
+    )
+    for path in specs.all_files():
+        assert not secretish.search(path.read_text()), f"possible secret in {path.name}"
+
+
+def test_modules_get_exactly_their_params() -> None:
+    for symbol, relative in MAIN.modules.items():
+        module = specs.bicep_outline(specs.AZURE_DIR / relative)
+        passed = MAIN.module_params[symbol]
+        required = {name for name, p in module.params.items() if p.default is None}
+        assert passed <= set(module.params), f"{symbol}: unknown params {passed - set(module.params)}"
+        assert required <= passed, f"{symbol}: missing params {required - passed}"
+
+
+def test_parameters_file_names_declared_params() -> None:
+    document = json.loads(specs.bicep_parameters().read_text())
+    assert document["$schema"].endswith("deploymentParameters.json#")
+    params = document["parameters"]
+    assert set(params) <= set(MAIN.params)
+    required = {n for n, p in MAIN.params.items() if p.default is None and not p.secure}
+    assert required <= set(params)
+    for name in ("imagesContainer", "labelingContainer", "exportsContainer", "gpuClusterName"):
+        assert params[name]["value"] == _default(MAIN, name)
+
+
+def test_ml_workspace_has_its_dependencies_and_a_gpu_cluster_that_scales_to_zero() -> None:
+    for dependency in ("storageAccount: mlStorage.id", "keyVault: keyVault.id", "applicationInsights: appInsights.id"):
+        assert dependency in ML.text
+    assert ML.resources["gpuCluster"].startswith("Microsoft.MachineLearningServices/workspaces/computes@")
+    assert re.search(r"computeType: 'AmlCompute'", ML.text) and "minNodeCount: 0" in ML.text
+    assert _default(MAIN, "gpuVmSize") == "Standard_NC4as_T4_v3"
+
+
+def test_outputs_name_the_deployed_resources() -> None:
+    assert {"storageAccountName", "topicName", "workspaceName"} <= set(MAIN.outputs)
+
+
+def test_outline_rejects_unbalanced_brackets(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.bicep"
+    broken.write_text("param a string = '{'\nresource x 'T@1' = {\n  name: a\n")
+    with pytest.raises(specs.SpecError, match="unbalanced"):
+        specs.bicep_outline(broken)
+
+
+@pytest.mark.skipif(
+    specs.bicep_executable() is None,
+    reason="no Bicep compiler here: neither `bicep` on PATH nor ~/.azure/bin/bicep (az bicep install downloads "
+    "it from GitHub, which this machine cannot reach); parse-level checks above still ran",
+)
+def test_bicep_build_compiles_the_template() -> None:
+    template = specs.build_bicep()
+    types = json.dumps(template)
+    assert "Microsoft.EventGrid/systemTopics" in types and "Microsoft.MachineLearningServices/workspaces" in types
+    assert set(template["outputs"]) >= {"storageAccountName", "topicName", "workspaceName"}

@@ -1,0 +1,139 @@
+import datetime as dt
+import os
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from infra.lake import Lake, LakeError, from_source
+from infra.settings import Settings
+from infra.tables import IMAGES, PREDICTION_COLUMNS, column_names
+
+
+def rows(paths: list[str], day: dt.date, label: str | None = None, confidence: float | None = None) -> pa.Table:
+    return pa.table(
+        {
+            "path": paths,
+            "load_date": [day] * len(paths),
+            "content_hash": [f"h-{p}" for p in paths],
+            "label": [label] * len(paths),
+            "confidence": [confidence] * len(paths),
+        }
+    )
+
+
+DAY = dt.date(2026, 11, 1)
+
+
+def test_images_table_is_created_partitioned(settings: Settings) -> None:
+    lake = Lake(settings)
+    table = lake.images()
+    assert table.metadata().partition_columns == ["load_date"]
+    assert lake.summary() == [
+        {"table": IMAGES, "version": 0, "versions": 1, "rows": 0, "files": 0, "partitions": ["load_date"]}
+    ]
+
+
+def test_merge_same_batch_twice_changes_nothing(settings: Settings) -> None:
+    lake = Lake(settings)
+    batch = rows(["a", "b"], DAY)
+    first = lake.merge_images(batch, app_id="test", txn_version=0)
+    assert (first.inserted, first.skipped) == (2, False)
+    version = lake.version(IMAGES)
+    again = lake.merge_images(batch, app_id="test", txn_version=0)
+    assert again.skipped
+    assert lake.version(IMAGES) == version
+    assert lake.read(IMAGES).num_rows == 2
+    assert lake.committed_version(IMAGES, "test") == 0
+
+
+def test_merge_without_transaction_is_still_keyed(settings: Settings) -> None:
+    lake = Lake(settings)
+    lake.merge_images(rows(["a"], DAY))
+    outcome = lake.merge_images(rows(["a", "c"], DAY))
+    assert (outcome.inserted, outcome.updated) == (1, 0)
+    assert sorted(lake.read(IMAGES, columns=["path"]).column("path").to_pylist()) == ["a", "c"]
+
+
+def test_update_touches_only_named_columns(settings: Settings) -> None:
+    lake = Lake(settings)
+    lake.merge_images(rows(["a"], DAY, label="cat"))
+    update = from_source(["confidence"])
+    outcome = lake.merge_images(rows(["a"], DAY, label=None, confidence=0.5), update=update)
+    assert outcome.updated == 1
+    row = lake.read(IMAGES).to_pylist()[0]
+    assert (row["label"], row["confidence"]) == ("cat", 0.5)
+
+
+def test_merge_predicate_names_only_touched_partitions(settings: Settings) -> None:
+    lake = Lake(settings)
+    for day in range(1, 6):
+        lake.merge_images(rows([f"p{day}"], dt.date(2026, 11, day)))
+    lake.merge_images(rows(["p1"], dt.date(2026, 11, 1), confidence=0.9), update=from_source(["confidence"]))
+    last = lake.history(IMAGES, 1)[0]
+    predicate = last["operationParameters"]["predicate"]
+    assert "2026-11-01" in predicate and "2026-11-02" not in predicate
+    # Files outside the batch's partition were neither read for rewrite nor removed.
+    assert int(last["operationMetrics"]["num_target_files_removed"]) <= 1
+
+
+def test_time_travel_reads_a_pinned_version(settings: Settings) -> None:
+    lake = Lake(settings)
+    lake.merge_images(rows(["a"], DAY))
+    pinned = lake.version(IMAGES)
+    lake.merge_images(rows(["b"], DAY))
+    assert lake.read(IMAGES, version=pinned).num_rows == 1
+    assert lake.read(IMAGES).num_rows == 2
+
+
+def test_concurrent_writers_both_land(settings: Settings) -> None:
+    """The stream and the label handlers write images at once: conflicts are retried, nothing lost."""
+    lake = Lake(settings)
+    lake.merge_images(rows([f"x{i}" for i in range(20)], DAY))
+    errors: list[BaseException] = []
+
+    def writer(name: str, column: str) -> None:
+        try:
+            for i in range(5):
+                batch = rows([f"x{i}", f"{name}{i}"], DAY, label="l", confidence=0.1 * i)
+                Lake(settings).merge_images(batch, update=from_source([column]))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=("s", "confidence")),
+               threading.Thread(target=writer, args=("h", "label"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    table = lake.read(IMAGES).to_pylist()
+    assert len(table) == 30
+    assert len({r["path"] for r in table}) == 30
+
+
+def test_missing_lake_root_is_created_and_unwritable_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "deep" / "lake"
+    Lake(Settings(state_dir=tmp_path, lake_root=str(root)))
+    assert root.is_dir()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(LakeError, match="cannot create lake root"):
+        Lake(Settings(state_dir=tmp_path, lake_root=str(blocker / "lake")))
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user that ignores permissions")
+        with pytest.raises(LakeError, match="not writable"):
+            Lake(Settings(state_dir=tmp_path, lake_root=str(locked)))
+    finally:
+        locked.chmod(0o700)
+
+
+def test_prediction_columns_are_owned_by_the_stream() -> None:
+    assert {"predicted_label", "confidence", "model_version", "sent_to_labeling_at"} <= set(
+        column_names(PREDICTION_COLUMNS)
+    )

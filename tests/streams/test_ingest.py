@@ -1,0 +1,97 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+from infra.lake import Lake
+from infra.settings import Settings
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
+from streams.ingest import IngestError, ingest
+from tests.helpers.images import solid_png, truncated_png
+
+pytestmark = pytest.mark.spark
+DIGITS = [str(i) for i in range(10)]
+
+
+@pytest.fixture
+def small_labeled(tmp_path: Path, digits_dir: Path) -> Path:
+    """40 real digit images, 4 per class, in <label>/ folders."""
+    out = tmp_path / "incoming"
+    for path in [p for label in DIGITS for p in sorted((digits_dir / "train" / label).glob("*.png"))[:4]]:
+        target = out / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    return out
+
+
+def test_second_run_adds_nothing_and_new_files_are_picked_up(spark, settings: Settings, small_labeled: Path) -> None:
+    first = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    assert (first.files, first.inserted, first.errors) == (40, 40, 0)
+    lake = Lake(settings)
+    version = lake.version(IMAGES)
+
+    second = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    assert (second.files, second.inserted, second.batches) == (0, 0, 0)
+    assert lake.version(IMAGES) == version
+
+    (small_labeled / "7" / "late.png").write_bytes(solid_png(10))
+    third = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    assert third.inserted == 1
+    table = lake.read(IMAGES, columns=["path", "label", "label_source", "content", "content_hash", "load_date"])
+    assert table.num_rows == 41
+    assert len(set(table.column("path").to_pylist())) == 41
+    row = [r for r in table.to_pylist() if r["path"].endswith("/7/late.png")][0]
+    assert (row["label"], row["label_source"]) == ("7", "path")
+    assert row["content"] == solid_png(10)
+    assert row["load_date"] is not None
+
+
+def test_bad_files_get_one_error_row_each_and_good_rows_all_land(
+    spark, settings: Settings, small_labeled: Path
+) -> None:
+    (small_labeled / "3" / "truncated.png").write_bytes(truncated_png())
+    (small_labeled / "3" / "empty.png").write_bytes(b"")
+    (small_labeled / "3" / "notes.png").write_bytes(b"this is text, not a picture")
+    (small_labeled / "3" / "odd name ü #1.png").write_bytes(solid_png(50))
+    report = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    table = Lake(settings).read(IMAGES, columns=["path", "error", "label"]).to_pylist()
+    assert len(table) == 44
+    errors = {Path(r["path"]).name: r["error"] for r in table if r["error"]}
+    assert set(errors) == {"truncated.png", "empty.png", "notes.png"}
+    assert errors["empty.png"] == "empty file"
+    assert errors["notes.png"] == "not an image"
+    assert "truncated" in errors["truncated.png"] or "undecodable" in errors["truncated.png"]
+    assert report.errors == 3
+    assert any(r["path"].endswith("odd name ü #1.png") and r["label"] == "3" for r in table)
+
+
+def test_unknown_label_folder_is_reported_not_guessed(spark, settings: Settings, small_labeled: Path) -> None:
+    (small_labeled / "dog").mkdir()
+    (small_labeled / "dog" / "rex.png").write_bytes(solid_png(200))
+    report = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    assert report.unknown_labels == {"dog": 1}
+    rex = [r for r in Lake(settings).read(IMAGES).to_pylist() if r["path"].endswith("/dog/rex.png")][0]
+    assert rex["label"] is None and rex["error"] is None
+
+
+def test_reingest_keeps_a_human_label(spark, settings: Settings, small_labeled: Path) -> None:
+    ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    lake = Lake(settings)
+    target = lake.read(IMAGES, columns=["path", "load_date"]).slice(0, 1)
+    import pyarrow as pa
+
+    human = pa.table({"path": target.column("path"), "load_date": target.column("load_date"),
+                      "label": ["9"], "label_source": [LABEL_SOURCE_HUMAN]})
+    lake.merge_images(human, update={"label": "s.label", "label_source": "s.label_source"})
+    # A fresh checkpoint re-reads every file with its folder label.
+    shutil.rmtree(settings.checkpoint_root)
+    ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
+    path = target.column("path")[0].as_py()
+    row = [r for r in lake.read(IMAGES).to_pylist() if r["path"] == path][0]
+    assert (row["label"], row["label_source"]) == ("9", LABEL_SOURCE_HUMAN)
+    assert lake.read(IMAGES).num_rows == 40
+
+
+def test_missing_source_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(IngestError, match="does not exist"):
+        ingest(settings, str(tmp_path / "nowhere"))

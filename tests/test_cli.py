@@ -1,0 +1,64 @@
+"""The lakesight command, run the way a user runs it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def lakesight(*args: str, state: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "LAKESIGHT_STATE_DIR": str(state), "LAKESIGHT_SPARK_MASTER": "local[2]", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, env=environment, timeout=300
+    )
+
+
+def test_help_lists_the_subcommands(tmp_path: Path) -> None:
+    result = lakesight("--help", state=tmp_path)
+    assert result.returncode == 0
+    for command in ("data", "ingest", "stack", "tables", "config"):
+        assert command in result.stdout
+
+
+def test_config_masks_secrets(tmp_path: Path) -> None:
+    result = lakesight("config", state=tmp_path, LAKESIGHT_EVENT_KEY="hush-hush")
+    assert result.returncode == 0
+    shown = json.loads(result.stdout)
+    assert shown["event_key"] == "**********" and "hush-hush" not in result.stdout
+
+
+def test_bad_setting_is_a_one_line_error(tmp_path: Path) -> None:
+    result = lakesight("config", state=tmp_path, LAKESIGHT_CONFIDENCE_THRESHOLD="2")
+    assert result.returncode == 1
+    assert "invalid settings" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_data_ingest_twice_and_tables(tmp_path: Path) -> None:
+    out = tmp_path / "shapes"
+    made = lakesight("data", "shapes", "--out", str(out), "--count", "30", "--size", "32", state=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert sum(json.loads(made.stdout)["written"].values()) == 30
+    first = lakesight("ingest", str(out), "--labeled", state=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["inserted"] == 30
+    second = lakesight("ingest", str(out), "--labeled", state=tmp_path)
+    assert json.loads(second.stdout)["inserted"] == 0
+    tables = lakesight("tables", state=tmp_path)
+    assert tables.returncode == 0
+    assert "images" in tables.stdout and "30" in tables.stdout
+
+
+def test_ingest_of_missing_folder_fails_cleanly(tmp_path: Path) -> None:
+    result = lakesight("ingest", str(tmp_path / "missing"), state=tmp_path)
+    assert result.returncode == 1
+    assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_data_needs_exactly_one_destination(tmp_path: Path) -> None:
+    result = lakesight("data", "digits", state=tmp_path)
+    assert result.returncode == 1 and "exactly one" in result.stderr

@@ -1,0 +1,256 @@
+"""Training data: a pinned Delta snapshot of ``images`` -> labeled, decoded, split -> ``tf.data``.
+
+* Labeled rows only. The label columns already hold the human label where one exists
+  (ingest never lets a path label replace a human one), so "human wins" is the table's job.
+* Rows with an ``error`` or bytes that do not decode are skipped and counted.
+* The train / validation / test side of a row is a hash of its path (the same hashing as the
+  sample data's holdout), so a row never changes side between runs or Delta versions.
+* Decoding is :mod:`training.preprocess`, the one preprocessing the registered model ships.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+from PIL import Image
+
+from infra.lake import Lake, LakeError
+from infra.sample_data import holdout_side
+from infra.settings import Settings
+from infra.tables import IMAGES
+from training.preprocess import decode_images
+
+log = logging.getLogger(__name__)
+
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+TEST_FRACTION = 0.15
+VALIDATION_FRACTION = 0.15
+MIN_IMAGE_SIZE = 32  # the keras.applications backbones refuse smaller inputs
+MAX_IMAGE_SIZE = 224
+_COLUMNS = ["path", "content", "content_hash", "label", "label_source", "error"]
+_DECODE_CHUNK = 512
+
+
+class TrainingDataError(ValueError):
+    """The snapshot cannot be trained on (no table, no labeled rows, a single class, …)."""
+
+
+def split_of(path: str, *, test_fraction: float = TEST_FRACTION, validation_fraction: float = VALIDATION_FRACTION) -> str:
+    """``train``, ``validation`` or ``test`` for ``path``: a hash decides, so it never changes."""
+    if holdout_side(path, test_fraction) == "holdout":
+        return TEST
+    # A second, independent hash splits the rest; its share is of what the test side left.
+    share = validation_fraction / (1.0 - test_fraction)
+    return VALIDATION if holdout_side(f"validation:{path}", share) == "holdout" else TRAIN
+
+
+def _native_size(data: bytes) -> int | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            return max(image.size)
+    except Exception:  # noqa: BLE001 - undecodable rows are counted when decoded
+        return None
+
+
+def infer_image_size(contents: Sequence[bytes], sample: int = 256) -> int:
+    """The most common image side in the data, clamped to what the models accept."""
+    sides = Counter(s for s in (_native_size(c) for c in contents[:sample]) if s)
+    side = sides.most_common(1)[0][0] if sides else MIN_IMAGE_SIZE
+    return int(min(MAX_IMAGE_SIZE, max(MIN_IMAGE_SIZE, side)))
+
+
+@dataclass
+class Snapshot:
+    """Labeled, decodable rows of one Delta version of ``images``, with their split side."""
+
+    table_uri: str
+    delta_version: int
+    image_size: int
+    class_names: list[str]
+    paths: list[str]
+    contents: list[bytes]
+    labels: list[str]
+    splits: list[str]
+    images: np.ndarray | None = None  # decoded, aligned with paths (None until decoded)
+    skipped: Counter[str] = field(default_factory=Counter)
+    unlabeled: int = 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.paths)
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.asarray([i for i, s in enumerate(self.splits) if s == split], dtype=np.int64)
+
+    def label_ids(self, indices: np.ndarray | None = None) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        chosen = range(self.rows) if indices is None else indices
+        return np.asarray([lookup[self.labels[i]] for i in chosen], dtype=np.int32)
+
+    def split_counts(self) -> dict[str, int]:
+        return dict(Counter(self.splits))
+
+    def digest(self) -> str:
+        """A short digest of what was trained on: paths, labels and content hashes."""
+        h = hashlib.sha256()
+        for path, label, content in sorted(zip(self.paths, self.labels, self.contents, strict=True)):
+            h.update(f"{path}\0{label}\0{hashlib.sha256(content).hexdigest()}\n".encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> Any:
+        """One row per image (path, label, split): what MLflow records as the input dataset."""
+        import pandas as pd
+
+        return pd.DataFrame({"path": self.paths, "label": self.labels, "split": self.splits})
+
+    def decoded(self, indices: np.ndarray) -> np.ndarray:
+        assert self.images is not None, "decode() first"
+        return self.images[indices]
+
+
+def load_snapshot(
+    settings: Settings,
+    *,
+    version: int | None = None,
+    image_size: int | None = None,
+    decode: bool = True,
+    decode_only: Sequence[str] | None = None,
+) -> Snapshot:
+    """Labeled rows of ``images`` at ``version`` (latest when None), decoded and split.
+
+    Raises :class:`TrainingDataError` when there is nothing to learn from (no labeled rows,
+    a single class) so that no training starts. With ``decode_only`` (split names) only
+    those rows are decoded, for workers that need part of the data.
+    """
+    lake = Lake(settings)
+    try:
+        pinned = lake.version(IMAGES) if version is None else int(version)
+        table = lake.read(IMAGES, version=pinned, columns=_COLUMNS)
+    except LakeError as exc:
+        raise TrainingDataError(f"no images table to train on ({exc}): ingest labeled images first") from exc
+    except Exception as exc:  # delta-rs raises its own errors for a version that does not exist
+        raise TrainingDataError(f"cannot read images at Delta version {version}: {exc}") from exc
+
+    labeled = table.filter(pc.is_valid(table.column("label")))
+    unlabeled = table.num_rows - labeled.num_rows
+    skipped: Counter[str] = Counter()
+    errors = labeled.column("error").to_pylist()
+    for reason in errors:
+        if reason is not None:
+            skipped["error in table"] += 1
+    good = labeled.filter(pc.is_null(labeled.column("error")))
+    paths = good.column("path").to_pylist()
+    contents = good.column("content").to_pylist()
+    labels = good.column("label").to_pylist()
+    # Empty bytes never decode: count them now rather than after a decode.
+    keep = [i for i, c in enumerate(contents) if c]
+    skipped["empty content"] += len(contents) - len(keep)
+    paths, contents, labels = [paths[i] for i in keep], [contents[i] for i in keep], [labels[i] for i in keep]
+
+    _check_learnable(labels, table.num_rows, pinned)
+    size = image_size or infer_image_size(contents)
+    snapshot = Snapshot(
+        table_uri=settings.table_uri(IMAGES),
+        delta_version=pinned,
+        image_size=size,
+        class_names=sorted(set(labels)),
+        paths=paths,
+        contents=contents,
+        labels=labels,
+        splits=[split_of(p) for p in paths],
+        skipped=skipped,
+        unlabeled=unlabeled,
+    )
+    if decode:
+        _decode(snapshot, settings.max_image_bytes, decode_only)
+    skipped_total = sum(snapshot.skipped.values())
+    if skipped_total:
+        log.warning("skipped %d labeled rows of images@%d: %s", skipped_total, pinned, dict(snapshot.skipped))
+    return snapshot
+
+
+def _check_learnable(labels: list[str], rows: int, version: int) -> None:
+    if not labels:
+        raise TrainingDataError(
+            f"images@{version} has no usable labeled rows ({rows} rows in all): "
+            "ingest with --labeled or import human labels first"
+        )
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise TrainingDataError(
+            f"images@{version} has labels of a single class ({classes[0]!r}, {len(labels)} rows): "
+            "a classifier needs at least two classes"
+        )
+
+
+def _decode(snapshot: Snapshot, max_bytes: int, only: Sequence[str] | None) -> None:
+    """Decode rows (all, or those of the ``only`` splits); drop and count the undecodable."""
+    wanted = [i for i, s in enumerate(snapshot.splits) if only is None or s in only]
+    images = np.zeros((len(wanted), snapshot.image_size, snapshot.image_size, 3), dtype=np.float32)
+    bad: set[int] = set()
+    for start in range(0, len(wanted), _DECODE_CHUNK):
+        chunk = wanted[start : start + _DECODE_CHUNK]
+        batch, errors = decode_images([snapshot.contents[i] for i in chunk], snapshot.image_size, max_bytes=max_bytes)
+        images[start : start + len(chunk)] = batch
+        for offset, reason in enumerate(errors):
+            if reason is not None:
+                bad.add(start + offset)
+                snapshot.skipped["undecodable" if "undecodable" in reason else reason.split(":")[0]] += 1
+    keep = [k for k in range(len(wanted)) if k not in bad]
+    rows = [wanted[k] for k in keep]
+    snapshot.paths = [snapshot.paths[i] for i in rows]
+    snapshot.contents = [snapshot.contents[i] for i in rows]
+    snapshot.labels = [snapshot.labels[i] for i in rows]
+    snapshot.splits = [snapshot.splits[i] for i in rows]
+    snapshot.images = images[keep]
+    if only is None:
+        _check_learnable(snapshot.labels, snapshot.rows, snapshot.delta_version)
+
+
+# tf.data ---------------------------------------------------------------------------------------
+def augment(image: Any, seed: Any = None) -> Any:
+    """Light augmentation for training only: shift by up to 1/16 of the side, jitter brightness."""
+    import tensorflow as tf
+
+    size = image.shape[0]
+    pad = max(1, size // 16)
+    padded = tf.image.resize_with_crop_or_pad(image, size + 2 * pad, size + 2 * pad)
+    shifted = tf.image.random_crop(padded, [size, size, 3])
+    brighter = tf.image.random_brightness(shifted, 0.1)
+    return tf.clip_by_value(brighter, 0.0, 1.0)
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    training: bool,
+    seed: int = 0,
+    shard: tuple[int, int] | None = None,
+) -> Any:
+    """A batched, prefetched ``tf.data.Dataset``; shuffled, augmented and repeated when ``training``.
+
+    ``shard=(index, count)`` keeps every ``count``-th row from ``index`` (one worker's share).
+    """
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    if shard is not None and shard[1] > 1:
+        dataset = dataset.shard(shard[1], shard[0])
+    if training:
+        dataset = dataset.shuffle(max(1, len(labels)), seed=seed, reshuffle_each_iteration=True).repeat()
+        dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=False)
+    options = tf.data.Options()
+    # Sharding is done above, by row; tf.distribute must not shard again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
