@@ -251,6 +251,58 @@ def stack_status_cmd() -> None:
     render_rows("local stack", stack_status(settings_or_exit()))
 
 
+# ------------------------------------------------------------------------------------------------
+# event handlers (handlers/)
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings.handler_host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings.handler_port)")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+) -> None:
+    """Serve the Event Grid webhook (POST /api/events, GET /healthz) with uvicorn."""
+    from handlers.server import serve as run_server
+
+    run_server(settings_or_exit(), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def relay(
+    url: Annotated[str | None, typer.Option(help="Handler events URL (default: from settings)")] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between container polls")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Poll once, print the count and exit")] = False,
+) -> None:
+    """Announce new Azurite blobs to the handler as Event Grid BlobCreated events (each once)."""
+    import logging
+
+    from handlers.relay import Relay
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    watcher = Relay(settings_or_exit(), endpoint=url)
+    try:
+        if once:
+            print_json({"announced": watcher.poll()})
+        else:
+            console.print(f"relaying {watcher.containers} to {watcher.endpoint} (Ctrl-C stops)")
+            watcher.run(interval=interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()
+
+
+@bench_app.command("events")
+def bench_events_cmd(
+    events: Annotated[int, typer.Option(min=1, help="Unique BlobCreated events")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, max=5000, help="Events per request")] = 50,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent publisher clients")] = 4,
+    duplicates: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of events delivered twice")] = 0.1,
+) -> None:
+    """Send BlobCreated batches with the Event Grid SDK to a local webhook; print throughput JSON."""
+    from handlers.bench import bench_events
+
+    print_json(bench_events(events=events, batch=batch, concurrency=concurrency, duplicate_fraction=duplicates))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -177,6 +177,15 @@ def test_retrain_job_loads_with_azure_ai_ml() -> None:
     assert any(p.startswith("tensorflow[and-cuda]") for p in pip)
 
 
+def test_retrain_job_agrees_with_the_handlers_azureml_backend() -> None:
+    from handlers import azureml
+
+    job = iac.load_retrain_job()
+    # The RunCompleted subscription filters on this experiment; the compute is the settings default.
+    assert job.experiment_name == azureml.EXPERIMENT == _default(MAIN, "retrainExperimentName")
+    assert job.compute == _setting_default("azureml_compute")
+
+
 def test_retrain_job_code_is_the_repository_root() -> None:
     job = iac.load_retrain_job()
     assert (specs.AZUREML_DIR / job.code).resolve() == ROOT

@@ -56,7 +56,7 @@ param gpuVmSize string = 'Standard_NC4as_T4_v3'
 param gpuMaxNodes int = 1
 
 @description('Experiment of the retraining command job (infra/iac/azureml/retrain-job.yml); only its RunCompleted events are sent.')
-param retrainExperimentName string = 'lakesight-retrain'
+param retrainExperimentName string = 'lakesight-retraining'
 
 param tags object = {
   project: 'lakesight'

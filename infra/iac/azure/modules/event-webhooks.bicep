@@ -61,8 +61,8 @@ resource webhooks 'Microsoft.EventGrid/systemTopics/eventSubscriptions@2022-06-1
       destination: {
         endpointType: 'WebHook'
         properties: {
-          // Event Grid never returns the full endpoint URL, so the key in its query string stays secret;
-          // `code` is also the query parameter Azure Functions reads its function key from.
+          // Event Grid never returns the full endpoint URL, so the key in its query string stays secret.
+          // The handler checks `code` itself (its Azure Functions wrapper is anonymous at that level).
           endpointUrl: '${baseUrl}/api/events?code=${uriComponent(eventKey)}'
           maxEventsPerBatch: maxEventsPerBatch
           preferredBatchSizeInKilobytes: 64
