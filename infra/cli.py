@@ -303,6 +303,40 @@ def bench_events_cmd(
     print_json(bench_events(events=events, batch=batch, concurrency=concurrency, duplicate_fraction=duplicates))
 
 
+# ------------------------------------------------------------------------------------------------
+# always-on local deployment
+@app.command()
+def up() -> None:
+    """Start every local service (Azurite, MLflow UI, handler, relay, scoring stream) under a supervisor."""
+    from infra.stack import StackError, check_java
+    from infra.supervisor import up as start_supervisor
+
+    settings = settings_or_exit()
+    try:
+        check_java()
+        pid = start_supervisor(settings)
+    except StackError as exc:
+        fail(str(exc))
+    console.print(f"supervisor running (pid {pid}); logs in {settings.logs_dir}; 'lakesight status' to watch")
+
+
+@app.command()
+def down() -> None:
+    """Stop the supervisor and every service it runs."""
+    from infra.supervisor import down as stop_supervisor
+
+    stopped = stop_supervisor(settings_or_exit())
+    console.print("stopped" if stopped else "nothing was running")
+
+
+@app.command(hidden=True)
+def supervise() -> None:
+    """Run the supervisor in the foreground (what 'up' starts detached)."""
+    from infra.supervisor import serve_forever
+
+    serve_forever(settings_or_exit())
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
 
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; default SQLite in state_dir")
     mlflow_artifact_root: str = Field("", description="MLflow artifact root; default <state_dir>/mlartifacts")
+    mlflow_ui_port: int = Field(5000, description="Port of the MLflow UI started by 'lakesight up'")
     model_name: str = Field("lakesight-classifier", description="Registered model name")
 
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger images are refused")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import importlib.resources
 import json
 import re
 import tomllib

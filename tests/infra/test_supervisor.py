@@ -1,0 +1,46 @@
+import sys
+import threading
+import time
+from pathlib import Path
+
+from infra.settings import Settings
+from infra.stack import pid_alive
+from infra.supervisor import Child, Supervisor, read_state
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_crashed_child_is_restarted_and_stop_ends_everything(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    marker = tmp_path / "runs.txt"
+    crasher = f"open({str(marker)!r}, 'a').write('x'); import time; time.sleep(0.3)"
+    children = [
+        Child("steady", [sys.executable, "-c", "import time; time.sleep(600)"]),
+        Child("crasher", [sys.executable, "-c", crasher]),
+    ]
+    supervisor = Supervisor(settings, children, poll_s=0.1, max_backoff_s=0.2)
+    stop = threading.Event()
+    thread = threading.Thread(target=supervisor.run, args=(stop,))
+    thread.start()
+    try:
+        assert wait_for(lambda: marker.exists() and len(marker.read_text()) >= 3)
+        state = read_state(settings)
+        assert state is not None
+        by_name = {c["name"]: c for c in state["children"]}
+        assert by_name["crasher"]["restarts"] >= 2
+        assert by_name["steady"]["restarts"] == 0
+        steady_pid = by_name["steady"]["pid"]
+        assert steady_pid and pid_alive(steady_pid)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert not pid_alive(steady_pid)
+    assert (settings.logs_dir / "steady.log").exists()

@@ -1,0 +1,167 @@
+"""The scoring stream in-process: bad input, replay, human labels, promotion, SQL function."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from infra.lake import Lake
+from infra.sample_data import ShapeKnobs, shape_images, write_images
+from infra.settings import Settings
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
+from streams.models import register_champion, tiny_cnn
+from streams.progress import read_status
+from streams.score import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, run_scoring
+from tests.helpers.images import solid_png, truncated_png
+from tests.streams.conftest import CLASSES, IMAGE_SIZE
+
+pytestmark = pytest.mark.spark
+
+
+def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:
+    write_images(shape_images(ShapeKnobs(count=count, size=24, seed=seed, prefix=prefix, holdout_fraction=0)), out_dir=folder)
+    return sorted(folder.rglob(f"{prefix}-*.png"))
+
+
+def rows_by_name(settings: Settings) -> dict[str, dict]:
+    table = Lake(settings).read(IMAGES).to_pylist()
+    return {Path(r["path"]).name: r for r in table}
+
+
+def test_scores_good_images_and_records_bad_input_without_stopping(spark, score_settings: Settings, tmp_path: Path) -> None:
+    settings = score_settings.model_copy(update={"max_image_bytes": 5000})
+    incoming = tmp_path / "incoming"
+    good = shapes(incoming, 12)
+    bad = incoming / "bad"
+    bad.mkdir()
+    (bad / "truncated.png").write_bytes(truncated_png())
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "text.png").write_bytes(b"not an image at all")
+    (bad / "huge.png").write_bytes(solid_png(3, size=200) + b"\0" * 6000)
+    (bad / "pixmap.png").write_bytes(b"P6\n2 2\n255\n" + bytes(12))  # a PPM: decodable, unsupported
+
+    report = run_scoring(settings, source=incoming, once=True)
+
+    rows = rows_by_name(settings)
+    assert len(rows) == len(good) + 5
+    assert report.rows == len(rows) and report.inserted == len(rows)
+    for path in good:
+        row = rows[path.name]
+        assert row["error"] is None
+        assert row["predicted_label"] in CLASSES
+        assert row["class_names"] == CLASSES
+        assert 0 < row["confidence"] <= 1 and len(row["probabilities"]) == len(CLASSES)
+        assert (row["model_name"], row["model_version"]) == (settings.model_name, "1")
+        assert row["scored_at"] is not None and row["content"] == path.read_bytes()
+    reasons = {name: rows[name]["error"] for name in ("truncated.png", "empty.png", "text.png", "huge.png", "pixmap.png")}
+    assert reasons["empty.png"] == "empty file"
+    assert reasons["huge.png"].startswith("too large")
+    assert reasons["text.png"] == "not an image"
+    assert reasons["truncated.png"].startswith("undecodable")
+    assert reasons["pixmap.png"] == "unsupported format PPM"
+    for name in reasons:
+        assert rows[name]["predicted_label"] is None and rows[name]["model_version"] is None
+    assert rows["huge.png"]["content"] is None
+    status = read_status(settings)
+    assert status is not None and status["state"] == "stopped"
+    assert status["model_version"] == "1" and status["rows_total"] == len(rows) and status["errors_total"] == 5
+
+
+def test_replayed_batch_changes_nothing_and_human_labels_survive(spark, score_settings: Settings, tmp_path: Path) -> None:
+    lake = Lake(score_settings)
+    incoming = tmp_path / "incoming"
+    paths = shapes(incoming, 6)
+    batches = []
+    run_scoring(score_settings, source=incoming, once=True, on_batch=batches.append)
+    assert len(batches) == 1
+    first = batches[0]
+
+    # A human labels one image (the handlers' MERGE), then the same batch is replayed.
+    target = f"file:{paths[0]}"
+    human = pa.table({"path": [target], "load_date": [first.table.column("load_date")[0].as_py()],
+                      "label": ["square"], "label_source": [LABEL_SOURCE_HUMAN]})
+    lake.merge_images(human, update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
+    version = lake.version(IMAGES)
+    from streams.checkpoints import query_app_id
+    from streams.sources import directory_source
+
+    app_id = query_app_id(score_settings.checkpoint_uri(directory_source(incoming).checkpoint), "score")
+    replay = lake.merge_images(first.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN,
+                               app_id=app_id, txn_version=first.batch_id)
+    assert replay.skipped and lake.version(IMAGES) == version
+
+    # Re-scoring the same path later (a new batch) updates predictions but not the human label.
+    rescored = first.table.set_column(first.table.column_names.index("predicted_label"), "predicted_label",
+                                      pa.array(["triangle"] * first.table.num_rows))
+    outcome = lake.merge_images(rescored, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN,
+                                app_id=app_id, txn_version=first.batch_id + 1)
+    assert outcome.updated == len(paths) and outcome.inserted == 0
+    row = rows_by_name(score_settings)[paths[0].name]
+    assert (row["label"], row["label_source"], row["predicted_label"]) == ("square", LABEL_SOURCE_HUMAN, "triangle")
+    assert Lake(score_settings).read(IMAGES).num_rows == len(paths)
+
+
+def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    stop = threading.Event()
+    result: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: result.setdefault("report", run_scoring(score_settings, source=incoming, stop_event=stop)),
+        daemon=True,
+    )
+    worker.start()
+    try:
+        first = shapes(incoming / "a", 4, seed=1, prefix="before")
+        wait_for_rows(score_settings, len(first))
+        version = register_champion(score_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=7),
+                                    class_names=CLASSES, image_size=IMAGE_SIZE)
+        assert version == "2"
+        time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the new alias
+        second = shapes(incoming / "b", 4, seed=2, prefix="after")
+        wait_for_rows(score_settings, len(first) + len(second))
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not worker.is_alive()
+    rows = rows_by_name(score_settings)
+    assert {rows[p.name]["model_version"] for p in first} == {"1"}
+    assert {rows[p.name]["model_version"] for p in second} == {"2"}
+    assert result["report"].stopped_by == "stop requested"  # type: ignore[union-attr]
+    status = read_status(score_settings)
+    assert status["model_version"] == "2" and status["last_progress"] is not None
+    assert status["last_progress"]["processed_rows_per_s"] >= 0
+
+
+def wait_for_rows(settings: Settings, count: int, timeout: float = 60) -> None:
+    lake = Lake(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lake.exists(IMAGES) and lake.read(IMAGES, columns=["path"]).num_rows >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+
+
+def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, tmp_path: Path) -> None:
+    with pytest.raises(ScoreError, match="does not exist|not an existing folder"):
+        run_scoring(settings, source=tmp_path / "nope", once=True)
+    (tmp_path / "here").mkdir()
+    with pytest.raises(ScoreError, match="no champion"):
+        run_scoring(settings, source=tmp_path / "here", once=True)
+
+
+def test_sql_classify_function(spark, score_settings: Settings) -> None:
+    from streams.scoring import register_classify
+
+    register_classify(spark, score_settings)
+    frame = spark.createDataFrame([(solid_png(200),), (b"junk",), (None,)], "content binary")
+    frame.createOrReplaceTempView("uploads")
+    rows = spark.sql("SELECT classify(content) AS c FROM uploads").collect()
+    assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
+    assert rows[1].c.label is None and rows[1].c.confidence is None
+    assert rows[2].c.label is None
