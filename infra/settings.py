@@ -168,3 +168,19 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings (read once)."""
     return Settings()
+
+
+def reference_markdown() -> str:
+    """The configuration reference table (README), generated from :class:`Settings`."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    defaults = Settings.model_construct()
+    for name, info in Settings.model_fields.items():
+        value = getattr(defaults, name, info.default)
+        if isinstance(value, SecretStr):
+            shown = "(secret)" if name != "blob_connection_string" else "(Azurite in local mode)"
+        elif value in ("", {}, None):
+            shown = "(derived)" if isinstance(value, str) else "(empty)"
+        else:
+            shown = f"`{value}`"
+        lines.append(f"| `LAKESIGHT_{name.upper()}` | {shown} | {info.description or ''} |")
+    return "\n".join(lines)

@@ -59,7 +59,7 @@ def _cnn_features(inputs: Any) -> Any:
     for block, filters in enumerate((32, 64, 128)):
         for conv in range(2):
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}_{conv}")(x)
-            x = keras.layers.BatchNormalization(name=f"bn{block}_{conv}")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{block}_{conv}")(x)
             x = keras.layers.Activation("relu", name=f"relu{block}_{conv}")(x)
         x = keras.layers.MaxPooling2D(name=f"pool{block}")(x)
     return keras.layers.GlobalAveragePooling2D(name="gap")(x)

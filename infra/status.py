@@ -1,0 +1,130 @@
+"""One snapshot of the live pipeline, for ``lakesight status`` and the status page.
+
+Everything is read from where the running pieces leave it (the lake, MLflow, the state dir),
+so the snapshot works from any process, and a missing piece shows as absent, not as an error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+STATS_COLUMNS = ["label", "label_source", "predicted_label", "confidence", "model_version", "scored_at",
+                 "sent_to_labeling_at", "error", "labeled_at"]
+STREAM_STATUS_FILE = "score-status.json"
+DECISIONS_TABLE = "retraining_decisions"
+
+
+def stream_status_path(settings: Settings) -> Path:
+    """Where the scoring stream keeps its progress (rewritten atomically on every batch)."""
+    return settings.run_dir / STREAM_STATUS_FILE
+
+
+def read_stream_status(settings: Settings) -> dict[str, Any] | None:
+    try:
+        return json.loads(stream_status_path(settings).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _counts(values: list[Any]) -> dict[str, int]:
+    return dict(sorted(Counter(str(v) for v in values if v is not None).items()))
+
+
+def image_stats(table: pa.Table) -> dict[str, Any]:
+    """Counts and distributions over the images table's label and prediction columns."""
+    def column(name: str) -> list[Any]:
+        return table.column(name).to_pylist()
+
+    confidence = [c for c in column("confidence") if c is not None]
+    hist, edges = np.histogram(confidence, bins=10, range=(0.0, 1.0)) if confidence else (np.zeros(10), None)
+    sent = pc.is_valid(table.column("sent_to_labeling_at"))
+    human = pc.equal(table.column("label_source"), "human")
+    pending = pc.and_(sent, pc.invert(pc.fill_null(human, False)))
+    training_labels = pc.filter(table.column("label"), pc.is_valid(table.column("label"))).to_pylist()
+    return {
+        "images": table.num_rows,
+        "scored": int(pc.sum(pc.is_valid(table.column("scored_at"))).as_py() or 0),
+        "errors": int(pc.sum(pc.is_valid(table.column("error"))).as_py() or 0),
+        "labeled": len(training_labels),
+        "human_labels": int(pc.sum(pc.fill_null(human, False)).as_py() or 0),
+        "sent_to_labeling": int(pc.sum(sent).as_py() or 0),
+        "pending_labels": int(pc.sum(pending).as_py() or 0),
+        "confidence_histogram": [int(v) for v in hist],
+        "predicted_classes": _counts(column("predicted_label")),
+        "label_classes": _counts(training_labels),
+        "rows_by_model_version": _counts(column("model_version")),
+    }
+
+
+def _models(settings: Settings) -> dict[str, Any]:
+    from infra import registry
+
+    mlflow_client = registry.client(settings)
+    versions = []
+    for version in mlflow_client.search_model_versions(f"name = '{settings.model_name}'"):
+        tags = dict(version.tags or {})
+        versions.append(
+            {
+                "version": str(version.version),
+                "aliases": list(getattr(version, "aliases", []) or []),
+                "accuracy": tags.get("accuracy") or tags.get("test_accuracy"),
+                "delta_version": tags.get(registry.TAG_DELTA_VERSION),
+                "created": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC).isoformat(),
+            }
+        )
+    versions.sort(key=lambda v: int(v["version"]))
+    champion = next((v["version"] for v in versions if registry.CHAMPION in v["aliases"]), None)
+    return {"champion": champion, "versions": versions}
+
+
+def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    from infra.lake import Lake
+
+    lake = Lake(settings)
+    if not lake.exists(DECISIONS_TABLE):
+        return []
+    rows = lake.read(DECISIONS_TABLE).to_pylist()
+    key = next((k for k in ("decided_at", "created_at", "at", "time") if rows and k in rows[0]), None)
+    if key:
+        rows.sort(key=lambda r: str(r.get(key)), reverse=True)
+    return [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.items()}
+            for r in rows[:limit]]
+
+
+def snapshot(settings: Settings) -> dict[str, Any]:
+    """The whole status as plain JSON-able values; each section degrades to ``None`` on failure."""
+    from infra.lake import Lake
+    from infra.supervisor import read_state
+    from infra.tables import IMAGES
+
+    result: dict[str, Any] = {"at": dt.datetime.now(dt.UTC).isoformat(), "model_name": settings.model_name,
+                              "mlflow_ui": f"http://127.0.0.1:{settings.mlflow_ui_port}"}
+    sections = {
+        "services": lambda: read_state(settings),
+        "stream": lambda: read_stream_status(settings),
+        "images": lambda: image_stats(Lake(settings).read(IMAGES, columns=STATS_COLUMNS))
+        if Lake(settings).exists(IMAGES) else None,
+        "models": lambda: _models(settings),
+        "decisions": lambda: _decisions(settings),
+    }
+    for name, read in sections.items():
+        try:
+            result[name] = read()
+        except Exception as exc:  # noqa: BLE001 - a status page shows what it can
+            log.info("status section %s unavailable: %s", name, exc)
+            result[name] = None
+            result.setdefault("unavailable", {})[name] = str(exc)[:300]
+    return result
