@@ -129,11 +129,17 @@ def jensen_shannon(base: Counter, new: Counter) -> float:
 
 
 # Champion ---------------------------------------------------------------------------------------
+def registry_exists(settings: Settings) -> bool:
+    """False for a local SQLite registry not created yet (opening it would create and migrate one)."""
+    uri = settings.mlflow_tracking_uri
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+
 def champion(settings: Settings) -> tuple[str | None, int | None]:
     """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one."""
+    if not registry_exists(settings):
+        return None, None
     uri = settings.mlflow_tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        return None, None  # no registry yet; opening it would create and migrate an empty one
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from handlers.azureml import RETRAINING_TAG
-from handlers.policy import CHAMPION_ALIAS, champion
+from handlers.policy import CHAMPION_ALIAS, champion, registry_exists
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,8 @@ def should_promote(challenger: float | None, incumbent: float | None, margin: fl
 
 def promotion_check(settings: Settings, run_id: str) -> dict[str, Any]:
     """Promote the model version registered by ``run_id`` when it beats the champion."""
+    if not registry_exists(settings):
+        return {"promoted": False, "reason": "no model registry yet"}
     from mlflow import MlflowClient
 
     uri = settings.mlflow_tracking_uri
@@ -55,7 +57,7 @@ def promotion_check(settings: Settings, run_id: str) -> dict[str, Any]:
     promoted = should_promote(accuracy, incumbent, settings.promotion_margin)
     if promoted:
         client.set_registered_model_alias(settings.model_name, CHAMPION_ALIAS, challenger.version)
-    outcome = {"promoted": promoted, "model_version": challenger.version, "accuracy": accuracy,
+    outcome = {"promoted": promoted, "model_version": str(challenger.version), "accuracy": accuracy,
                "champion_version": champion_version, "champion_accuracy": incumbent}
     log.info("promotion check for run %s: %s", run_id, outcome)
     return outcome

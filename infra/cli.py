@@ -304,6 +304,41 @@ def bench_events_cmd(
 
 
 # ------------------------------------------------------------------------------------------------
+# demo
+@app.command()
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Run the whole story on the digits data: stream, label hand-off, retraining, promotion (≈5-10 min)."""
+    from infra.demo import DemoError, run_demo
+    from infra.stack import StackError
+
+    settings = settings_or_exit()
+    try:
+        report = run_demo(settings, console)
+    except (DemoError, StackError) as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted; every demo process was stopped", code=130)
+    if as_json:
+        print_json(report.__dict__)
+        return
+    render_rows("demo summary", [
+        {"what": "images uploaded / scored", "value": f"{report.images_uploaded} / {report.images_scored}"},
+        {"what": "sent to labeling / labels merged", "value": f"{report.sent_to_labeling} / {report.labels_merged}"},
+        {"what": "v1 holdout accuracy", "value": f"{report.v1_holdout_accuracy} (version {report.v1})"},
+        {"what": "v2 holdout accuracy", "value": f"{report.v2_holdout_accuracy} (version {report.v2})"},
+        {"what": "champion now", "value": str(report.champion)},
+        {"what": "last images scored by version", "value": json.dumps(report.final_wave_versions)},
+        {"what": "retraining decisions", "value": str(len(report.decisions))},
+        {"what": "total time", "value": f"{report.seconds}s"},
+    ])
+    out.print(f"state: {report.state_dir}  ·  MLflow UI: mlflow ui --backend-store-uri "
+              f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve, then http://127.0.0.1:"
+              f"{settings.handler_port}/")
+
+
+# ------------------------------------------------------------------------------------------------
 # always-on local deployment
 @app.command()
 def up() -> None:

@@ -111,3 +111,45 @@ def load_classifier(settings: Settings, version: str | int | None = None) -> tup
     configure_mlflow(settings)
     loaded = mlflow.pyfunc.load_model(model_uri(settings, version))
     return loaded.unwrap_python_model(), str(version)
+
+
+TAG_ACCURACY = "test_accuracy"
+TAG_CHAMPION_ACCURACY = "champion_test_accuracy"
+TAG_DECISION = "promotion_decision"
+
+
+def set_version_tags(settings: Settings, version: str | int, tags: dict[str, Any]) -> None:
+    """Set ``tags`` (values as strings) on model version ``version``."""
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(settings.model_name, str(version), key, str(value))
+
+
+def list_versions(settings: Settings) -> list[dict[str, Any]]:
+    """Every version of the registered model, newest first, with aliases, scores and Delta version."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(settings)
+    try:
+        model = mlflow_client.get_registered_model(settings.model_name)
+    except MlflowException:
+        return []
+    aliases: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = mlflow_client.search_model_versions(f"name='{settings.model_name}'")
+    rows = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = mv.tags or {}
+        rows.append(
+            {
+                "version": str(mv.version),
+                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                "accuracy": tags.get(TAG_ACCURACY, ""),
+                "champion_accuracy": tags.get(TAG_CHAMPION_ACCURACY, ""),
+                "decision": tags.get(TAG_DECISION, ""),
+                "delta_version": tags.get(TAG_DELTA_VERSION, ""),
+                "run_id": mv.run_id or "",
+            }
+        )
+    return rows

@@ -6,7 +6,6 @@ writer puts them in a folder or a blob container.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from collections.abc import Callable, Iterator
@@ -16,13 +15,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from infra.hashing import stable_fraction
+
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 
 
 def holdout_side(key: str, holdout_fraction: float) -> str:
     """``'holdout'`` or ``'train'``, decided by a hash of ``key`` so it never changes."""
-    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-    return "holdout" if bucket < holdout_fraction else "train"
+    return "holdout" if stable_fraction(key) < holdout_fraction else "train"
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -98,7 +98,8 @@ def _draw_shape(kind: str, size: int, colour: tuple[int, int, int], rng: np.rand
     elif kind == "square":
         draw.rectangle([cx - radius, cy - radius, cx + radius, cy + radius], fill=fill)
     elif kind == "triangle":
-        pts = [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+        corners = (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)
+        pts = [(cx + radius * math.cos(a), cy + radius * math.sin(a)) for a in corners]
         draw.polygon(pts, fill=fill)
     else:  # cross
         w = radius / 3
@@ -126,7 +127,8 @@ def shape_images(knobs: ShapeKnobs) -> Iterator[tuple[str, bytes]]:
         base = _background(rng, knobs)
         shape = _draw_shape(kind, knobs.size, _colour(rng, knobs.colour), rng)
         if knobs.rotation:
-            shape = shape.rotate(float(rng.uniform(-knobs.rotation, knobs.rotation)), resample=Image.Resampling.BILINEAR)
+            angle = float(rng.uniform(-knobs.rotation, knobs.rotation))
+            shape = shape.rotate(angle, resample=Image.Resampling.BILINEAR)
         rgba = np.asarray(shape, dtype=np.float32)
         alpha = rgba[..., 3:4] / 255.0
         pixels = base * (1 - alpha) + rgba[..., :3] * alpha

@@ -1,0 +1,316 @@
+"""``lakesight demo``: the whole story on the digits data, unattended, on one machine.
+
+1. start Azurite, the webhook handler, the relay and the scoring stream (child processes);
+2. ingest a small labeled seed set and train v1, which becomes champion;
+3. upload the other training images to the images container: blob events drive scoring;
+4. unsure images land in the labeling container; the demo plays the labeling service and
+   writes an export with their true labels;
+5. labels merge, the retraining policy fires, v2 trains and is promoted if better, and the
+   running stream scores later images with it;
+6. print a summary.
+
+Children talk to each other only as in production: through blob storage, events, the lake and
+MLflow. Each run starts from a clean demo state dir; Ctrl-C stops every child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from infra.settings import Settings
+from infra.stack import Service, port_open
+
+SEED_PER_CLASS = 15  # a deliberately small seed set: v1 is unsure often enough to need humans
+FINAL_WAVE = 40  # images uploaded after promotion, to show the stream follows the champion
+
+
+class DemoError(RuntimeError):
+    """A demo step did not complete; the message says which and where to look."""
+
+
+@dataclass
+class DemoReport:
+    seconds: float = 0.0
+    images_uploaded: int = 0
+    images_scored: int = 0
+    sent_to_labeling: int = 0
+    labels_merged: int = 0
+    v1: str | None = None
+    v2: str | None = None
+    champion: str | None = None
+    v1_holdout_accuracy: float | None = None
+    v2_holdout_accuracy: float | None = None
+    final_wave_versions: dict[str, int] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    state_dir: str = ""
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(what: str, check: Callable[[], Any], *, timeout: float, every: float = 1.0,
+               on_wait: Callable[[], None] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f}s waiting for {what}")
+        if on_wait is not None:
+            on_wait()
+        time.sleep(every)
+
+
+class Demo:
+    def __init__(self, base: Settings, console: Console):
+        self.console = console
+        self.root = base.state_dir / "demo"
+        self.blob_port = free_port()
+        self.handler_port = free_port()
+        self.env = {
+            "LAKESIGHT_STATE_DIR": str(self.root),
+            "LAKESIGHT_BLOB_PORT": str(self.blob_port),
+            "LAKESIGHT_HANDLER_PORT": str(self.handler_port),
+            "LAKESIGHT_SPARK_MASTER": "local[2]",
+            "LAKESIGHT_MODEL_NAME": base.model_name,
+            "LAKESIGHT_CONFIDENCE_THRESHOLD": "0.9",
+            "LAKESIGHT_RETRAIN_MIN_NEW_LABELS": "25",
+            "LAKESIGHT_RETRAIN_MIN_SAMPLE": "10",
+            "LAKESIGHT_RETRAIN_COOLDOWN_S": "0",
+            "LAKESIGHT_CHAMPION_CHECK_S": "2",
+            "LAKESIGHT_LABEL_CLASSES": json.dumps([str(i) for i in range(10)]),
+            "LAKESIGHT_RETRAIN_COMMAND": f"{sys.executable} -m infra.cli train --version {{version}} --epochs 12 --json",
+        }
+        self.settings = Settings(
+            state_dir=self.root, blob_port=self.blob_port, handler_port=self.handler_port,
+            spark_master="local[2]", model_name=base.model_name,
+        )
+        self.services: list[Service] = []
+        self.report = DemoReport(state_dir=str(self.root))
+        self.truth: dict[str, str] = {}
+
+    # plumbing ----------------------------------------------------------------------------------
+    def step(self, title: str) -> contextlib.AbstractContextManager[None]:
+        @contextlib.contextmanager
+        def timed() -> Iterator[None]:
+            started = time.perf_counter()
+            self.console.print(f"[bold cyan]▶[/] {title}")
+            yield
+            took = time.perf_counter() - started
+            self.report.steps[title] = round(took, 1)
+            self.console.print(f"  [green]✓[/] {title} [dim]({took:.1f}s)[/]")
+
+        return timed()
+
+    def spawn(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Service:
+        service = Service(name, self.settings)
+        service.spawn([sys.executable, "-m", "infra.cli", *args], env={**self.env, **(extra_env or {})})
+        self.services.append(service)
+        return service
+
+    def check_children(self) -> None:
+        for service in self.services:
+            if service.pid() is None:
+                raise DemoError(f"{service.name} exited unexpectedly; see {service.log_file}")
+
+    def stop_all(self) -> None:
+        for service in reversed(self.services):
+            service.stop(timeout=20)
+        self.services.clear()
+
+    def run_cli(self, *args: str, timeout: float = 600) -> str:
+        import subprocess
+
+        result = subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True,
+                                env={**os.environ, **self.env}, timeout=timeout)
+        if result.returncode != 0:
+            raise DemoError(f"'lakesight {' '.join(args)}' failed: {result.stderr.strip()[-800:]}")
+        return result.stdout
+
+    # the story ---------------------------------------------------------------------------------
+    def run(self) -> DemoReport:
+        started = time.perf_counter()
+        for name, value in self.env.items():
+            os.environ[name] = value
+        if self.root.exists():
+            shutil.rmtree(self.root)
+        self.root.mkdir(parents=True)
+        try:
+            self._story()
+        finally:
+            self.stop_all()
+        self.report.seconds = round(time.perf_counter() - started, 1)
+        return self.report
+
+    def _story(self) -> None:
+        from infra.blob import BlobStore
+        from infra.sample_data import digits_images, write_images
+        from infra.stack import Azurite, check_java
+
+        check_java()
+        with self.step("start Azurite and create the containers"):
+            self.services.append(Azurite(self.settings))
+            Azurite(self.settings).start()
+        data = self.root / "data"
+        with self.step("write scikit-learn digits (train / holdout)"):
+            write_images(digits_images(), out_dir=data)
+            seed = data / "seed"
+            incoming: list[Path] = []
+            for label_dir in sorted((data / "train").iterdir()):
+                files = sorted(label_dir.glob("*.png"))
+                for path in files[:SEED_PER_CLASS]:
+                    (seed / label_dir.name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(path, seed / label_dir.name / path.name)
+                incoming.extend(files[SEED_PER_CLASS:])
+                for path in files[SEED_PER_CLASS:]:
+                    self.truth[path.name] = label_dir.name
+        with self.step("start the webhook handler, the relay and the scoring stream"):
+            self.spawn("handler", "serve", "--log-level", "warning")
+            wait_until("the handler", lambda: port_open("127.0.0.1", self.handler_port), timeout=60,
+                       on_wait=self.check_children)
+            self.spawn("relay", "relay", "--interval", "0.5")
+        with self.step(f"ingest the labeled seed set ({SEED_PER_CLASS} images per class)"):
+            self.run_cli("ingest", str(seed), "--labeled", "--classes", ",".join(str(i) for i in range(10)))
+        with self.step("train v1 and register it as champion"):
+            v1 = json.loads(self.run_cli("train", "--epochs", "8", "--json").strip().splitlines()[-1])
+            self.report.v1 = str(v1["model_version"])
+            if not v1.get("promoted"):
+                raise DemoError(f"v1 was not promoted: {v1}")
+        with self.step("start the scoring stream on blob arrivals"):
+            self.spawn("score", "score", "--source", "arrivals", extra_env={"LAKESIGHT_TF_THREADS": "1"})
+        store = BlobStore(self.settings)
+        final_wave = incoming[-FINAL_WAVE:]
+        first_wave = incoming[:-FINAL_WAVE]
+        with self.step(f"upload {len(first_wave)} unlabeled images: blob events drive scoring"):
+            for path in first_wave:
+                store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
+                             content_type="image/png")
+            self.report.images_uploaded += len(first_wave)
+            wait_until("every uploaded image to be scored", lambda: self._scored() >= len(first_wave),
+                       timeout=300, on_wait=self.check_children)
+        with self.step("play the labeling service: export true labels of the unsure images"):
+            requested = wait_until("labeling requests", self._labeling_requests, timeout=60)
+            self.report.sent_to_labeling = len(requested)
+            lines = [json.dumps({"image_url": url, "label": self.truth[url.rsplit("/", 1)[-1]]})
+                     for url in requested if url.rsplit("/", 1)[-1] in self.truth]
+            store.upload(self.settings.exports_container, "exports/round-1.jsonl",
+                         ("\n".join(lines) + "\n").encode(), content_type="application/x-ndjson")
+        with self.step("labels merge, the policy fires, v2 trains and is promoted if better"):
+            wait_until("human labels in the images table", lambda: self._human_labels() >= len(lines) > 0,
+                       timeout=120, on_wait=self.check_children)
+            self.report.labels_merged = self._human_labels()
+            self.report.v2 = wait_until("a retrained model version", self._newer_version, timeout=420,
+                                        every=2.0, on_wait=self.check_children)
+            wait_until("the promotion decision", lambda: self._alias_settled(self.report.v2), timeout=120)
+        with self.step(f"upload {len(final_wave)} more images: scored by the current champion"):
+            for path in final_wave:
+                store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
+                             content_type="image/png")
+            self.report.images_uploaded += len(final_wave)
+            wait_until("the last images to be scored", lambda: self._scored() >= self.report.images_uploaded,
+                       timeout=240, on_wait=self.check_children)
+            self.report.final_wave_versions = self._versions_of([f"incoming/{p.name}" for p in final_wave])
+        with self.step("evaluate v1 and v2 on the holdout images"):
+            holdout = sorted((data / "holdout").rglob("*.png"))
+            self.report.v1_holdout_accuracy = self._accuracy(self.report.v1, holdout)
+            self.report.v2_holdout_accuracy = self._accuracy(self.report.v2, holdout)
+        self.report.images_scored = self._scored()
+        self.report.champion = self._champion()
+        self.report.decisions = self._decisions()
+
+    # observations --------------------------------------------------------------------------------
+    def _images(self, columns: list[str]) -> Any:
+        from infra.lake import Lake
+        from infra.tables import IMAGES
+
+        lake = Lake(self.settings)
+        return lake.read(IMAGES, columns=columns) if lake.exists(IMAGES) else None
+
+    def _scored(self) -> int:
+        import pyarrow.compute as pc
+
+        table = self._images(["path", "scored_at", "error"])
+        if table is None:
+            return 0
+        incoming = pc.match_substring(table.column("path"), f"/{self.settings.images_container}/incoming/")
+        done = pc.or_(pc.is_valid(table.column("scored_at")), pc.is_valid(table.column("error")))
+        return int(pc.sum(pc.and_(incoming, done)).as_py() or 0)
+
+    def _human_labels(self) -> int:
+        import pyarrow.compute as pc
+
+        table = self._images(["label_source"])
+        return 0 if table is None else int(pc.sum(pc.equal(table.column("label_source"), "human")).as_py() or 0)
+
+    def _labeling_requests(self) -> list[str]:
+        table = self._images(["path", "sent_to_labeling_at"])
+        if table is None:
+            return []
+        return [r["path"] for r in table.to_pylist() if r["sent_to_labeling_at"] is not None]
+
+    def _versions_of(self, names: list[str]) -> dict[str, int]:
+        table = self._images(["path", "model_version"])
+        wanted = {n.rsplit("/", 1)[-1] for n in names}
+        counts: dict[str, int] = {}
+        for row in table.to_pylist():
+            if row["path"].rsplit("/", 1)[-1] in wanted and "/incoming/" in row["path"]:
+                counts[str(row["model_version"])] = counts.get(str(row["model_version"]), 0) + 1
+        return counts
+
+    def _newer_version(self) -> str | None:
+        from infra import registry
+
+        versions = registry.client(self.settings).search_model_versions(f"name = '{self.settings.model_name}'")
+        newer = [int(v.version) for v in versions if int(v.version) > int(self.report.v1 or 0)]
+        return str(min(newer)) if newer else None
+
+    def _alias_settled(self, version: str | None) -> bool:
+        from infra import registry
+
+        if version is None:
+            return False
+        details = registry.client(self.settings).get_model_version(self.settings.model_name, version)
+        return bool(getattr(details, "aliases", None))
+
+    def _champion(self) -> str | None:
+        from infra import registry
+
+        current = registry.champion(self.settings)
+        return None if current is None else str(current.version)
+
+    def _accuracy(self, version: str | None, holdout: list[Path]) -> float | None:
+        from infra import registry
+
+        if version is None:
+            return None
+        classifier, _ = registry.load_classifier(self.settings, version)
+        result = classifier.classify([p.read_bytes() for p in holdout])
+        correct = sum(1 for label, p in zip(result["label"], holdout, strict=True) if label == p.parent.name)
+        return round(correct / len(holdout), 4)
+
+    def _decisions(self) -> list[dict[str, Any]]:
+        from infra.status import snapshot
+
+        return snapshot(self.settings).get("decisions") or []
+
+
+def run_demo(base: Settings, console: Console) -> DemoReport:
+    return Demo(base, console).run()

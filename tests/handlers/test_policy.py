@@ -1,0 +1,142 @@
+"""Retraining policy against a real Delta table and a real MLflow registry (champion with delta_version tag)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from handlers.policy import DECISIONS, Metrics, decide, evaluate, jensen_shannon, measure, psi
+from handlers.runs import promotion_check, should_promote
+from infra.lake import Lake
+from infra.settings import Settings
+from infra.tables import IMAGES
+
+DAY = dt.date(2026, 1, 3)
+
+
+def test_distances() -> None:
+    same = Counter(a=10, b=10)
+    assert psi(same, Counter(a=5, b=5)) == pytest.approx(0.0, abs=1e-9)
+    assert jensen_shannon(same, same) == pytest.approx(0.0, abs=1e-9)
+    shifted = Counter(a=1, b=19)
+    assert psi(same, shifted) > 0.5
+    assert 0 < jensen_shannon(same, shifted) < 1
+    assert jensen_shannon(Counter(a=1), Counter(b=1)) == pytest.approx(1.0, abs=1e-2)  # disjoint: maximal
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        (Metrics(delta_version=1, new_labels=60), (True, ["new_labels"])),
+        (Metrics(delta_version=1, new_labels=25, psi=0.5), (True, ["label_drift"])),
+        (Metrics(delta_version=1, new_labels=5, psi=0.5), (False, [])),  # too few for drift to count
+        (Metrics(delta_version=1, new_labels=30, champion_accuracy=0.5, accuracy_sample=30), (True, ["accuracy"])),
+        (Metrics(delta_version=1, new_labels=0, dataset_drift=0.9), (False, ["dataset_drift"])),
+        (Metrics(delta_version=1, new_labels=3, dataset_drift=0.9), (True, ["dataset_drift"])),
+    ],
+)
+def test_decide_rules(settings: Settings, metrics: Metrics, expected: tuple[bool, list[str]]) -> None:
+    assert decide(settings, metrics) == expected
+
+
+def _labels(lake: Lake, paths: list[str], labels: list[str], source: str) -> None:
+    lake.merge_images(
+        pa.table({"path": paths, "load_date": pa.array([DAY] * len(paths), pa.date32()), "label": labels,
+                  "label_source": [source] * len(paths),
+                  "labeled_at": pa.array([dt.datetime.now(dt.UTC)] * len(paths), pa.timestamp("us", tz="UTC"))}),
+        update={"label": "s.label", "label_source": "s.label_source", "labeled_at": "s.labeled_at"},
+    )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow SQLite registry for the module (creating one costs seconds)."""
+    from mlflow import MlflowClient
+
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments()
+    return uri
+
+
+def _register(uri: str, name: str, *, accuracy: float, delta_version: int | None, tmp: Path) -> tuple[str, str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment(
+        "t", artifact_location=str(tmp / "artifacts")))
+    run = client.create_run(experiment.experiment_id)
+    client.log_metric(run.info.run_id, "accuracy", accuracy)
+    client.set_terminated(run.info.run_id)
+    try:
+        client.create_registered_model(name)
+    except Exception:  # noqa: BLE001 - already registered by an earlier call
+        pass
+    tags = {"delta_version": str(delta_version)} if delta_version is not None else {}
+    version = client.create_model_version(name, source=str(tmp / "model"), run_id=run.info.run_id, tags=tags)
+    return str(version.version), run.info.run_id
+
+
+def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> None:
+    settings = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="policy-model",
+                        retrain_min_new_labels=100, retrain_min_sample=4, retrain_drift_threshold=0.2,
+                        retrain_min_accuracy=0.9)
+    lake = Lake(settings)
+    paths = [f"/data/img-{i}.png" for i in range(16)]
+    _labels(lake, paths[:10], ["circle"] * 5 + ["square"] * 5, "path")
+    _labels(lake, paths[10:11], ["square"], "human")  # human label the champion already trained on
+    trained_on = lake.version(IMAGES)
+    from mlflow import MlflowClient
+
+    version, _ = _register(registry, "policy-model", accuracy=0.9, delta_version=trained_on, tmp=tmp_path)
+    MlflowClient(tracking_uri=registry, registry_uri=registry).set_registered_model_alias(
+        "policy-model", "champion", version)
+
+    # After training: four new human labels of a new class, all predicted wrong.
+    lake.merge_images(pa.table({"path": paths[11:15], "load_date": pa.array([DAY] * 4, pa.date32()),
+                                "predicted_label": ["circle"] * 4}), update={"predicted_label": "s.predicted_label"})
+    _labels(lake, paths[11:15], ["triangle"] * 4, "human")
+
+    metrics = measure(settings, lake)
+    assert metrics.champion_version == version and metrics.champion_delta_version == trained_on
+    assert metrics.new_labels == 4 and metrics.new_distribution == {"triangle": 4}
+    assert metrics.psi > 1 and 0 < metrics.js <= 1
+    assert metrics.champion_accuracy == 0.0 and metrics.accuracy_sample == 4
+
+    requested = []
+
+    def launch(trigger_id: str, reason: str, delta_version: int) -> str:
+        requested.append((trigger_id, reason, delta_version))
+        return "queued"
+
+    first = evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)
+    evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)  # replay
+    assert first.retrain and first.reasons == ["label_drift", "accuracy"]
+    rows = lake.read(DECISIONS).to_pylist()
+    assert len(rows) == 1, "a replayed trigger must not add a decision row"
+    assert rows[0]["psi"] == pytest.approx(metrics.psi) and rows[0]["champion_version"] == version
+    assert rows[0]["drift_threshold"] == 0.2 and rows[0]["launch"] == "queued"
+    assert requested[0] == ("evt-1", "label_drift,accuracy", lake.version(IMAGES))
+
+
+def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None:
+    settings = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="promo-model",
+                        promotion_margin=0.01)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
+    champion_version, _ = _register(registry, "promo-model", accuracy=0.90, delta_version=1, tmp=tmp_path)
+    client.set_registered_model_alias("promo-model", "champion", champion_version)
+    _, weak_run = _register(registry, "promo-model", accuracy=0.905, delta_version=2, tmp=tmp_path)
+    strong_version, strong_run = _register(registry, "promo-model", accuracy=0.95, delta_version=3, tmp=tmp_path)
+
+    assert promotion_check(settings, weak_run)["promoted"] is False  # within the margin
+    outcome = promotion_check(settings, strong_run)
+    assert outcome["promoted"] and outcome["model_version"] == strong_version
+    assert str(client.get_model_version_by_alias("promo-model", "champion").version) == strong_version
+    assert promotion_check(settings, "no-such-run")["promoted"] is False
+    assert should_promote(0.5, None, 0.1) and not should_promote(None, None, 0.0)
