@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 
 from handlers.events import SUBSCRIPTION_VALIDATION, PayloadError, parse_events
 from handlers.service import HandlerService
+from handlers.status_page import router as status_router
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def create_app(settings: Settings, *, service: HandlerService | None = None) -> 
 
     app = FastAPI(title="lakesight event handlers", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    app.state.settings = settings
+    app.include_router(status_router)  # the live status page (/, /api/status): read-only, no key
 
     @app.options(EVENTS_PATH)
     async def handshake(request: Request) -> Response:

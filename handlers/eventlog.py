@@ -137,7 +137,7 @@ class EventLog:
     def get(self, event_id: str) -> dict[str, str] | None:
         with self._lock:
             row = self._conn.execute(
-                "SELECT id, type, status, outcome, received_at, finished_at FROM events WHERE id = ?", (event_id,)
+                "SELECT id, type, status, outcome, received_at, finished_at FROM events WHERE id = ?", (str(event_id),)
             ).fetchone()
         if row is None:
             return None

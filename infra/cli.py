@@ -372,6 +372,68 @@ def supervise() -> None:
     serve_forever(settings_or_exit())
 
 
+# ------------------------------------------------------------------------------------------------
+# scoring stream (streams/)
+@app.command()
+def score(
+    source: Annotated[str, typer.Option(help="A folder of images, or 'arrivals' for blob arrival records")] = (
+        "arrivals"
+    ),
+    once: Annotated[bool, typer.Option("--once", help="Score what is there now (availableNow) and exit")] = False,
+    trigger: Annotated[float | None, typer.Option(min=0.05, help="Seconds between micro-batches")] = None,
+    glob: Annotated[str, typer.Option(help="File name filter (folder source)")] = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}",
+) -> None:
+    """Score new images with the champion model into the images table until stopped (SIGTERM/Ctrl-C)."""
+    import logging
+
+    from infra.lake import LakeError
+    from streams.score import ScoreError, run_scoring
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = settings_or_exit()
+    try:
+        report = run_scoring(
+            settings, source=None if source == "arrivals" else source, once=once, glob=glob, trigger_s=trigger
+        )
+    except (ScoreError, LakeError) as exc:
+        fail(str(exc))
+    print_json(report.as_dict())
+
+
+@app.command()
+def status() -> None:
+    """Print the live pipeline's status as JSON (scoring stream progress, tables, models)."""
+    from infra.status import snapshot
+
+    print_json(snapshot(settings_or_exit()))
+
+
+@bench_app.command("score")
+def bench_score_cmd(
+    images: Annotated[int, typer.Option(min=100, help="Images to score end to end")] = 20000,
+    model: Annotated[str, typer.Option(help="'default' (training's CNN) or 'tiny' (pipeline capacity)")] = "default",
+    offered: Annotated[float, typer.Option(min=1, help="Images/s offered in the latency phase")] = 100.0,
+    latency_seconds: Annotated[float, typer.Option(min=2, help="Length of the latency phase")] = 20.0,
+    seed_rows: Annotated[int, typer.Option(min=0, help="Rows seeded for the large-table MERGE phase")] = 200_000,
+) -> None:
+    """Benchmark the scoring stream (throughput, latency, MERGE cost, memory); print JSON."""
+    from streams.bench import bench_score
+
+    if model not in ("default", "tiny"):
+        fail("--model must be 'default' or 'tiny'")
+    print_json(
+        bench_score(
+            settings_or_exit(),
+            images=images,
+            model=model,
+            offered_per_s=offered,
+            latency_s=latency_seconds,
+            seed_rows=seed_rows,
+            log=lambda message: console.print(f"[dim]{message}[/]"),
+        )
+    )
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

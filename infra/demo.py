@@ -31,8 +31,18 @@ from rich.console import Console
 from infra.settings import Settings
 from infra.stack import Service, port_open
 
-SEED_PER_CLASS = 15  # a deliberately small seed set: v1 is unsure often enough to need humans
-FINAL_WAVE = 40  # images uploaded after promotion, to show the stream follows the champion
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How big the story is. The defaults are the README demo; tests run a smaller one."""
+
+    seed_per_class: int = 15  # a deliberately small seed set: v1 is unsure often enough to need humans
+    incoming_per_class: int | None = None  # None: every other training image
+    final_wave: int = 40  # images uploaded after promotion, to show the stream follows the champion
+    v1_epochs: int = 8
+    v2_epochs: int = 12
+    min_new_labels: int = 25
+    confidence_threshold: float = 0.9
 
 
 class DemoError(RuntimeError):
@@ -80,8 +90,9 @@ def wait_until(what: str, check: Callable[[], Any], *, timeout: float, every: fl
 
 
 class Demo:
-    def __init__(self, base: Settings, console: Console):
+    def __init__(self, base: Settings, console: Console, plan: DemoPlan | None = None):
         self.console = console
+        self.plan = plan = plan or DemoPlan()
         self.root = base.state_dir / "demo"
         self.blob_port = free_port()
         self.handler_port = free_port()
@@ -91,13 +102,14 @@ class Demo:
             "LAKESIGHT_HANDLER_PORT": str(self.handler_port),
             "LAKESIGHT_SPARK_MASTER": "local[2]",
             "LAKESIGHT_MODEL_NAME": base.model_name,
-            "LAKESIGHT_CONFIDENCE_THRESHOLD": "0.9",
-            "LAKESIGHT_RETRAIN_MIN_NEW_LABELS": "25",
-            "LAKESIGHT_RETRAIN_MIN_SAMPLE": "10",
+            "LAKESIGHT_CONFIDENCE_THRESHOLD": str(plan.confidence_threshold),
+            "LAKESIGHT_RETRAIN_MIN_NEW_LABELS": str(plan.min_new_labels),
+            "LAKESIGHT_RETRAIN_MIN_SAMPLE": str(min(10, plan.min_new_labels)),
             "LAKESIGHT_RETRAIN_COOLDOWN_S": "0",
             "LAKESIGHT_CHAMPION_CHECK_S": "2",
             "LAKESIGHT_LABEL_CLASSES": json.dumps([str(i) for i in range(10)]),
-            "LAKESIGHT_RETRAIN_COMMAND": f"{sys.executable} -m infra.cli train --version {{version}} --epochs 12 --json",
+            "LAKESIGHT_RETRAIN_COMMAND": f"{sys.executable} -m infra.cli train --version {{version}} "
+            f"--epochs {plan.v2_epochs} --json",
         }
         self.settings = Settings(
             state_dir=self.root, blob_port=self.blob_port, handler_port=self.handler_port,
@@ -174,31 +186,35 @@ class Demo:
             write_images(digits_images(), out_dir=data)
             seed = data / "seed"
             incoming: list[Path] = []
+            plan = self.plan
             for label_dir in sorted((data / "train").iterdir()):
                 files = sorted(label_dir.glob("*.png"))
-                for path in files[:SEED_PER_CLASS]:
+                for path in files[: plan.seed_per_class]:
                     (seed / label_dir.name).mkdir(parents=True, exist_ok=True)
                     shutil.copy(path, seed / label_dir.name / path.name)
-                incoming.extend(files[SEED_PER_CLASS:])
-                for path in files[SEED_PER_CLASS:]:
+                stop = None if plan.incoming_per_class is None else plan.seed_per_class + plan.incoming_per_class
+                for path in files[plan.seed_per_class : stop]:
+                    incoming.append(path)
                     self.truth[path.name] = label_dir.name
+            # Interleave classes so every wave holds every class.
+            incoming.sort(key=lambda p: p.name)
         with self.step("start the webhook handler, the relay and the scoring stream"):
             self.spawn("handler", "serve", "--log-level", "warning")
             wait_until("the handler", lambda: port_open("127.0.0.1", self.handler_port), timeout=60,
                        on_wait=self.check_children)
             self.spawn("relay", "relay", "--interval", "0.5")
-        with self.step(f"ingest the labeled seed set ({SEED_PER_CLASS} images per class)"):
+        with self.step(f"ingest the labeled seed set ({self.plan.seed_per_class} images per class)"):
             self.run_cli("ingest", str(seed), "--labeled", "--classes", ",".join(str(i) for i in range(10)))
         with self.step("train v1 and register it as champion"):
-            v1 = json.loads(self.run_cli("train", "--epochs", "8", "--json").strip().splitlines()[-1])
+            v1 = json.loads(self.run_cli("train", "--epochs", str(self.plan.v1_epochs), "--json").strip().splitlines()[-1])
             self.report.v1 = str(v1["model_version"])
             if not v1.get("promoted"):
                 raise DemoError(f"v1 was not promoted: {v1}")
         with self.step("start the scoring stream on blob arrivals"):
             self.spawn("score", "score", "--source", "arrivals", extra_env={"LAKESIGHT_TF_THREADS": "1"})
         store = BlobStore(self.settings)
-        final_wave = incoming[-FINAL_WAVE:]
-        first_wave = incoming[:-FINAL_WAVE]
+        final_wave = incoming[-self.plan.final_wave :]
+        first_wave = incoming[: -self.plan.final_wave]
         with self.step(f"upload {len(first_wave)} unlabeled images: blob events drive scoring"):
             for path in first_wave:
                 store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
@@ -312,5 +328,5 @@ class Demo:
         return snapshot(self.settings).get("decisions") or []
 
 
-def run_demo(base: Settings, console: Console) -> DemoReport:
-    return Demo(base, console).run()
+def run_demo(base: Settings, console: Console, plan: DemoPlan | None = None) -> DemoReport:
+    return Demo(base, console, plan).run()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.hashing import stable_fraction
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import TS
@@ -55,10 +56,7 @@ class HandOff:
 
 def sampled(path: str, fraction: float) -> bool:
     """Whether ``path`` falls in the sampled ``fraction`` (a stable hash: same answer on replay)."""
-    if fraction >= 1:
-        return True
-    bucket = int.from_bytes(hashlib.sha256(path.encode()).digest()[:8], "big") / 2**64
-    return bucket < fraction
+    return fraction >= 1 or stable_fraction(path) < fraction
 
 
 def labeling_blob_name(path: str, day: dt.date) -> str:

@@ -24,7 +24,8 @@ def arrival_lines(settings: Settings) -> list[dict]:
     folder = arrivals_dir(settings)
     if not folder.exists():
         return []
-    return [json.loads(line) for path in sorted(folder.glob("arrivals-*.jsonl")) for line in path.read_text().splitlines()]
+    paths = sorted(folder.glob("arrivals-*.jsonl"))
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
 def test_subscription_validation_and_cloudevents_handshake(server) -> None:
@@ -151,7 +152,7 @@ def test_guards_and_refusals_are_logged(settings: Settings, server, publisher) -
     assert status == {"put-block": "ignored", "empty": "ignored", "other-container": "refused",
                       "unsafe-name": "refused", "not-export": "ignored", "other-account": "refused"}
     assert "outside the configured storage account" in service.events.get(foreign.id)["outcome"]
-    logged = service.events.get(unknown["id"] if isinstance(unknown, dict) else unknown.id)
+    logged = service.events.get(unknown.id)
     assert logged["status"] == IGNORED and "unknown event type" in logged["outcome"]
     assert arrival_lines(settings) == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections import Counter
 from pathlib import Path
@@ -72,10 +73,8 @@ def _register(uri: str, name: str, *, accuracy: float, delta_version: int | None
     run = client.create_run(experiment.experiment_id)
     client.log_metric(run.info.run_id, "accuracy", accuracy)
     client.set_terminated(run.info.run_id)
-    try:
+    with contextlib.suppress(Exception):  # already registered by an earlier call
         client.create_registered_model(name)
-    except Exception:  # noqa: BLE001 - already registered by an earlier call
-        pass
     tags = {"delta_version": str(delta_version)} if delta_version is not None else {}
     version = client.create_model_version(name, source=str(tmp / "model"), run_id=run.info.run_id, tags=tags)
     return str(version.version), run.info.run_id

@@ -1,0 +1,182 @@
+"""Launcher: single-flight with coalescing, cooldown, a crashing trainer, recovery; the Azure ML job spec."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from handlers.azureml import RETRAINING_TAG, AzureMLBackend, build_job
+from handlers.eventlog import connect
+from handlers.events import RUN_COMPLETED
+from handlers.launcher import ABANDONED, FAILED, SUBMITTED, SUCCEEDED, Launcher, LocalBackend, train_command
+from infra.settings import Settings
+from tests.handlers.conftest import fake_train_command, serving
+
+
+def _wait(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _launcher(settings: Settings, record: Path, *extra: str, cooldown: float = 0.0) -> Launcher:
+    configured = settings.model_copy(update={"retrain_command": fake_train_command(record, *extra),
+                                             "retrain_cooldown_s": cooldown})
+    launcher = Launcher(configured, LocalBackend(configured))
+    launcher.start()
+    return launcher
+
+
+def test_default_command_is_the_training_contract(settings: Settings) -> None:
+    assert train_command(settings, 12) == [sys.executable, "-m", "infra.cli", "train", "--version", "12", "--json"]
+
+
+def test_single_flight_coalesces_triggers(settings: Settings, tmp_path: Path) -> None:
+    record = tmp_path / "runs.txt"
+    launcher = _launcher(settings, record, "--sleep", "0.8")
+    try:
+        assert launcher.request("t1", "new_labels", 5) == "queued"
+        _wait(lambda: any(x["status"] == "running" for x in launcher.launches()))
+        assert launcher.request("t2", "label_drift", 6) == "coalesced"
+        assert launcher.request("t3", "accuracy", 7) == "coalesced"
+        assert launcher.request("t1", "new_labels", 5) == "duplicate"
+        assert launcher.wait_idle(30)
+    finally:
+        launcher.stop()
+    launches = launcher.launches()
+    assert [(x["triggers"], x["delta_version"], x["status"]) for x in launches] == [(1, 5, SUCCEEDED),
+                                                                                  (2, 7, SUCCEEDED)]
+    assert json.loads(launches[0]["outcome"])["model_version"] == "2"
+    assert record.read_text().split() == ["5", "7"]  # one run per launch, never overlapping
+
+
+def test_cooldown_delays_the_next_launch(settings: Settings, tmp_path: Path) -> None:
+    record = tmp_path / "runs.txt"
+    launcher = _launcher(settings, record, cooldown=1.0)
+    try:
+        launcher.request("a", "new_labels", 1)
+        assert launcher.wait_idle(30)
+        finished = time.monotonic()
+        assert launcher.request("b", "new_labels", 2) == "cooldown"
+        assert launcher.wait_idle(30)
+        assert time.monotonic() - finished >= 0.8
+    finally:
+        launcher.stop()
+    assert record.read_text().split() == ["1", "2"]
+
+
+def test_crashing_trainer_is_reported_and_not_rerun(settings: Settings, tmp_path: Path) -> None:
+    record = tmp_path / "runs.txt"
+    launcher = _launcher(settings, record, "--crash")
+    try:
+        launcher.request("crash-1", "new_labels", 3)
+        assert launcher.wait_idle(30)
+        time.sleep(0.3)
+        launches = launcher.launches()
+        assert launcher.request("crash-1", "new_labels", 3) == "duplicate"
+    finally:
+        launcher.stop()
+    assert len(launches) == 1 and launches[0]["status"] == FAILED
+    outcome = json.loads(launches[0]["outcome"])
+    assert "exited with code 137" in outcome["error"] and "out of memory" in outcome["stderr_tail"]
+    assert Path(outcome["log"]).exists()
+    assert record.read_text().split() == ["3"]
+
+
+def test_launch_of_a_dead_process_is_abandoned_not_rerun(settings: Settings, tmp_path: Path) -> None:
+    record = tmp_path / "runs.txt"
+    first = Launcher(settings, LocalBackend(settings))  # creates the database
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    conn = connect(settings.state_dir / "handlers" / "launcher.db")
+    conn.execute("INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host, pid)"
+                 " VALUES ('local', 4, 1, 'running', 'x', 0, ?, ?)", (first._host, dead.pid))
+    conn.execute("INSERT INTO triggers VALUES ('old', 'new_labels', 4, 'x', 1)")
+    conn.close()
+    launcher = _launcher(settings, record)
+    try:
+        time.sleep(0.3)
+        assert launcher.idle()
+    finally:
+        launcher.stop()
+    assert [x["status"] for x in launcher.launches()] == [ABANDONED]
+    assert not record.exists()
+
+
+class FakeJobs:
+    """Stands in for ``MLClient.jobs`` (Azure cannot be reached here): records submitted jobs."""
+
+    def __init__(self) -> None:
+        self.submitted = []
+
+    def create_or_update(self, job):
+        self.submitted.append(job)
+        return SimpleNamespace(name=f"job-{len(self.submitted)}", studio_url="https://ml.azure.com/x")
+
+
+def test_azureml_job_spec_loads_with_the_sdk(tmp_path: Path) -> None:
+    from azure.ai.ml import load_job
+
+    settings = Settings(state_dir=tmp_path / "state", lake_root="abfss://lake@acct.dfs.core.windows.net/lakesight",
+                        azureml_compute="gpu-a100")
+    job = build_job(settings, 42, launch_id=7)
+    path = tmp_path / "job.yml"
+    job.dump(path)
+    loaded = load_job(path)
+    assert loaded.type == "command" and loaded.compute == "gpu-a100"
+    assert "--version ${{inputs.delta_version}}" in loaded.command and "--json" in loaded.command
+    assert loaded.inputs["delta_version"]._data == 42
+    table = loaded.inputs["images_table"]._data
+    # The SDK's YAML writer prefixes non-azureml:// URIs with "azureml:"; the in-memory job holds the URI itself.
+    assert table["path"].removeprefix("azureml:") == settings.table_uri("images") and table["type"] == "uri_folder"
+    assert job.inputs["images_table"].path == settings.table_uri("images")
+    assert loaded.environment.image.startswith("mcr.microsoft.com/azureml/") and "cuda" in loaded.environment.image
+    assert Path(loaded.code) == Path(__file__).resolve().parents[2]
+    assert loaded.environment_variables["LAKESIGHT_LAKE_ROOT"] == settings.lake_root
+    assert loaded.tags[RETRAINING_TAG] == "true" and loaded.tags["delta_version"] == "42"
+
+
+def test_azureml_backend_single_flight_until_run_completed(settings: Settings, publisher) -> None:
+    jobs = FakeJobs()
+    backend = AzureMLBackend(settings, client=SimpleNamespace(jobs=jobs))
+    with serving(settings.model_copy(update={"retrain_cooldown_s": 0.0}), backend=backend) as (url, service):
+        launcher = service.launcher
+        launcher.request("d1", "dataset_drift", 3)
+        _wait(lambda: [x["status"] for x in launcher.launches()] == [SUBMITTED])
+        assert launcher.request("d2", "dataset_drift", 4) == "coalesced"
+        from azure.eventgrid import EventGridEvent
+
+        done = EventGridEvent(subject="/experiments/x/runs/job-1", event_type=RUN_COMPLETED, data_version="2",
+                              data={"experimentName": "lakesight-retraining", "runId": "job-1",
+                                    "runType": "azureml.command", "runTags": {RETRAINING_TAG: "true"},
+                                    "runProperties": {}})
+        other = EventGridEvent(subject="/experiments/y/runs/r", event_type=RUN_COMPLETED, data_version="2",
+                               data={"runId": "someone-elses", "runTags": {}})
+        publisher(url).send([done, other])
+        assert service.wait_idle(30)
+        _wait(lambda: [x["status"] for x in launcher.launches()] == [SUCCEEDED, SUBMITTED])
+        assert json.loads(service.events.get(done.id)["outcome"])["launch_id"] == 1
+        assert service.events.get(other.id)["status"] == "ignored"
+    assert [j.inputs["delta_version"] for j in jobs.submitted] == [3, 4]
+
+
+def test_azureml_submission_failure_is_recorded(settings: Settings) -> None:
+    class Broken:
+        def create_or_update(self, job):
+            raise PermissionError("AuthorizationFailed")
+
+    launcher = Launcher(settings, AzureMLBackend(settings, client=SimpleNamespace(jobs=Broken())))
+    launcher.start()
+    try:
+        launcher.request("z", "new_labels", 1)
+        assert launcher.wait_idle(20)
+    finally:
+        launcher.stop()
+    (launch,) = launcher.launches()
+    assert launch["status"] == FAILED and "AuthorizationFailed" in launch["outcome"]
+

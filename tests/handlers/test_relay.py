@@ -1,0 +1,57 @@
+"""The local relay: Azurite blobs → BlobCreated events through the SDK → the handler, each upload once."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from pydantic import SecretStr
+
+from handlers.relay import Relay
+from infra.blob import BlobStore
+from infra.settings import Settings
+from tests.handlers.conftest import serving
+from tests.handlers.test_app import arrival_lines
+from tests.helpers.images import solid_png
+
+pytestmark = pytest.mark.azurite
+
+
+def test_relay_announces_each_upload_once(blob_settings: Settings) -> None:
+    # Containers of its own: the session's Azurite holds other tests' blobs.
+    tag = uuid.uuid4().hex[:8]
+    settings = blob_settings.model_copy(update={"images_container": f"img-{tag}", "exports_container": f"exp-{tag}"})
+    store = BlobStore(settings)
+    store.ensure_containers([settings.images_container, settings.exports_container, "elsewhere"])
+    images = {f"cam1/{i}.png": solid_png(10 * i) for i in range(3)}
+    for name, data in images.items():
+        store.upload(settings.images_container, name, data, content_type="image/png")
+    store.upload(settings.images_container, "cam1/empty.png", b"")  # a placeholder: never announced
+    store.upload("elsewhere", "x.png", solid_png(1))  # not a watched container
+
+    with serving(settings) as (url, service):
+        forged = Relay(settings.model_copy(update={"event_key": SecretStr("wrong")}), endpoint=url)
+        with pytest.raises(HttpResponseError):
+            forged.poll()  # refused with 401: nothing is recorded as announced
+        forged.close()
+
+        relay = Relay(settings, endpoint=url)
+        assert relay.poll() == 3
+        assert relay.poll() == 0
+        relay.close()
+        restarted = Relay(settings, endpoint=url)  # the announced set persists under state_dir
+        assert restarted.poll() == 0
+        store.upload(settings.images_container, "cam1/0.png", solid_png(99), content_type="image/png")  # new eTag
+        assert restarted.poll() == 1
+        restarted.close()
+        assert service.wait_idle()
+
+    records = arrival_lines(settings)
+    assert sorted(r["name"] for r in records) == ["cam1/0.png", "cam1/0.png", "cam1/1.png", "cam1/2.png"]
+    first = next(r for r in records if r["name"] == "cam1/1.png")
+    props = store.service.get_blob_client(settings.images_container, "cam1/1.png").get_blob_properties()
+    assert first["etag"] == props.etag.strip('"') and first["content_length"] == props.size
+    assert first["content_type"] == "image/png" and len(first["sequencer"]) == 32
+    assert first["url"] == store.url(settings.images_container, "cam1/1.png")
+    assert len({r["etag"] for r in records if r["name"] == "cam1/0.png"}) == 2

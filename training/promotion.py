@@ -1,0 +1,132 @@
+"""Champion / challenger promotion.
+
+The rules are small pure functions (:func:`decide`); :func:`promote` evaluates the new version
+and the current champion on the same held-out rows, both loaded through the registry as the
+raw-bytes classifiers the stream uses, then applies the rule (or only reports it: dry run).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+from infra import registry
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    alias: str  # the alias the new version gets: champion or challenger
+    reason: str
+
+
+def decide(new_accuracy: float, champion_accuracy: float | None, margin: float) -> Decision:
+    """The first model becomes champion; a later one only when better by more than ``margin``.
+
+    Ties never promote: a challenger must beat ``champion + margin`` strictly.
+    """
+    if champion_accuracy is None:
+        return Decision(True, registry.CHAMPION, "no champion yet")
+    if new_accuracy > champion_accuracy + margin:
+        return Decision(
+            True, registry.CHAMPION, f"{new_accuracy:.4f} beats champion {champion_accuracy:.4f} by more than {margin}"
+        )
+    return Decision(
+        False,
+        registry.CHALLENGER,
+        f"{new_accuracy:.4f} does not beat champion {champion_accuracy:.4f} by more than {margin}",
+    )
+
+
+def accuracy(truth: Sequence[str], predicted: Sequence[str | None]) -> float:
+    """Share of rows predicted right (an unreadable row counts as wrong)."""
+    if not truth:
+        raise ValueError("no rows to evaluate on")
+    return sum(t == p for t, p in zip(truth, predicted, strict=True)) / len(truth)
+
+
+@dataclass
+class Evaluation:
+    version: str
+    accuracy: float
+    predicted: list[str | None]
+
+
+def evaluate_version(settings: Settings, version: str | int, contents: Sequence[bytes], truth: Sequence[str]) -> Evaluation:
+    """Accuracy of registered ``version`` on raw image bytes, through the registry."""
+    classifier, resolved = registry.load_classifier(settings, version)
+    predicted = list(classifier.classify(list(contents))["label"])
+    return Evaluation(resolved, accuracy(truth, predicted), predicted)
+
+
+@dataclass
+class PromotionResult:
+    version: str
+    promoted: bool
+    alias: str | None  # None on a dry run: nothing was changed
+    accuracy: float
+    champion_version: str | None
+    champion_accuracy: float | None
+    reason: str
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def promote(
+    settings: Settings,
+    version: str | int,
+    contents: Sequence[bytes],
+    truth: Sequence[str],
+    *,
+    new: Evaluation | None = None,
+    dry_run: bool = False,
+) -> PromotionResult:
+    """Evaluate ``version`` and the champion on the same rows; move the aliases unless ``dry_run``.
+
+    The decision and both scores are set as tags on the model version and, inside an active
+    MLflow run, on the run.
+    """
+    import mlflow
+
+    version = str(version)
+    new = new or evaluate_version(settings, version, contents, truth)
+    current = registry.champion(settings)
+    champion_version = str(current.version) if current is not None and str(current.version) != version else None
+    champion_accuracy = None
+    if champion_version is not None:
+        champion_accuracy = evaluate_version(settings, champion_version, contents, truth).accuracy
+    decision = decide(new.accuracy, champion_accuracy, settings.promotion_margin)
+    if not dry_run:
+        registry.set_alias(settings, decision.alias, version)
+    label = ("would be " if dry_run else "") + decision.alias
+    tags = {
+        registry.TAG_ACCURACY: f"{new.accuracy:.6f}",
+        registry.TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
+        registry.TAG_DECISION: label,
+        "champion_version": champion_version or "",
+        "promotion_reason": decision.reason,
+    }
+    registry.set_version_tags(settings, version, tags)
+    if mlflow.active_run() is not None:
+        mlflow.set_tags(tags)
+        metrics = {"test_accuracy": new.accuracy}
+        if champion_accuracy is not None:
+            metrics["champion_test_accuracy"] = champion_accuracy
+        mlflow.log_metrics(metrics)
+    log.info("model version %s: %s (%s)", version, label, decision.reason)
+    return PromotionResult(
+        version=version,
+        promoted=decision.promote and not dry_run,
+        alias=None if dry_run else decision.alias,
+        accuracy=new.accuracy,
+        champion_version=champion_version,
+        champion_accuracy=champion_accuracy,
+        reason=decision.reason,
+        dry_run=dry_run,
+    )

@@ -1,0 +1,217 @@
+"""One training process launched from a Spark task: a multi-worker member or a search trial.
+
+Each runs in a fresh interpreter (``python -m training.worker JOB RESULT``) rather than inside
+the Spark Python worker: TensorFlow configures collective ops once per process, and Spark
+reuses its Python workers, so a second distributed run in the same worker would fail. The
+process reads the pinned Delta version itself, keeps its shard, trains, and (chief / trial)
+logs to MLflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.settings import Settings
+from training.loop import EpochMetrics, HyperParams
+
+log = logging.getLogger(__name__)
+
+DISTRIBUTED = "distributed"
+TRIAL = "trial"
+
+
+class WorkerError(RuntimeError):
+    """A training process failed; the message holds the tail of its log."""
+
+
+@dataclass
+class WorkerJob:
+    kind: str  # DISTRIBUTED or TRIAL
+    settings: Settings
+    hyper: HyperParams
+    delta_version: int
+    image_size: int
+    class_names: list[str]
+    train_rows: int
+    run_id: str | None = None  # the MLflow run the chief (or the trial) logs to
+    register: bool = False  # register the model (distributed chief); trials only log it
+    input_example: bytes = b""
+    name: str = "worker"
+
+
+@dataclass
+class WorkerOutcome:
+    name: str
+    worker_index: int = 0
+    num_workers: int = 1
+    ok: bool = True
+    error: str | None = None
+    weights_digest: str = ""
+    train_images: int = 0
+    train_seconds: float = 0.0
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    history: list[EpochMetrics] = field(default_factory=list)
+    model_uri: str | None = None
+    model_version: str | None = None
+    run_id: str | None = None
+    hyper: HyperParams | None = None
+    device: str = ""
+
+
+def run_job(job: WorkerJob) -> WorkerOutcome:
+    """Train as ``job`` says, in this process. ``TF_CONFIG`` set means: one of several workers."""
+    from training.feed import TRAIN, VALIDATION, load_snapshot
+    from training.loop import fit, weights_digest
+    from training.strategy import LocalStrategy, MultiWorkerStrategy, setup_device
+
+    device = setup_device(mixed_precision=job.hyper.mixed_precision)
+    # Before any other TensorFlow work: collective ops are configured when the strategy is made.
+    strategy = MultiWorkerStrategy() if os.environ.get("TF_CONFIG") else LocalStrategy()
+    snapshot = load_snapshot(
+        job.settings, version=job.delta_version, image_size=job.image_size, decode_only=(TRAIN, VALIDATION)
+    )
+    snapshot.class_names = list(job.class_names)  # the driver's classes: ids must agree
+    train_idx, val_idx = snapshot.indices(TRAIN), snapshot.indices(VALIDATION)
+    train = (snapshot.decoded(train_idx), snapshot.label_ids(train_idx))
+    validation = (snapshot.decoded(val_idx), snapshot.label_ids(val_idx))
+    outcome = WorkerOutcome(
+        name=job.name, worker_index=strategy.worker_index, num_workers=strategy.num_workers, device=device
+    )
+    logs_to_mlflow = strategy.is_chief and job.run_id is not None
+
+    import mlflow
+
+    if logs_to_mlflow:
+        from infra.registry import configure_mlflow
+
+        configure_mlflow(job.settings)
+        mlflow.start_run(run_id=job.run_id)
+        if job.kind == TRIAL:
+            mlflow.log_params(job.hyper.as_params())
+    try:
+        result = fit(
+            train,
+            validation,
+            num_classes=len(job.class_names),
+            hyper=job.hyper,
+            strategy=strategy,
+            train_rows=job.train_rows,
+            on_epoch=(lambda m: mlflow.log_metrics(m.as_metrics(), step=m.epoch)) if logs_to_mlflow else None,
+        )
+        outcome.weights_digest = weights_digest(result.model)
+        outcome.train_images = result.train_images
+        outcome.train_seconds = result.train_seconds
+        outcome.history = result.history
+        outcome.hyper = job.hyper
+        if result.history:
+            outcome.val_accuracy = result.history[-1].val_accuracy
+            outcome.val_loss = result.history[-1].val_loss
+        if logs_to_mlflow:
+            info = log_model(job, result.model)
+            outcome.model_uri = info.model_uri
+            outcome.model_version = _registered_version(info)
+            outcome.run_id = job.run_id
+    finally:
+        if logs_to_mlflow:
+            mlflow.end_run()
+    if strategy.num_workers > 1:
+        _sync_exit(strategy)
+    return outcome
+
+
+def log_model(job: WorkerJob, model: Any) -> Any:
+    """Log the trained model (float32, outside any strategy) to the active run; maybe register it."""
+    from training.loop import portable_copy
+    from training.packaging import log_classifier
+
+    serving = portable_copy(model, job.hyper, num_classes=len(job.class_names))
+    return log_classifier(
+        serving,
+        class_names=job.class_names,
+        image_size=job.image_size,
+        input_example=job.input_example,
+        registered_model_name=job.settings.model_name if job.register else None,
+    )
+
+
+def _registered_version(info: Any) -> str | None:
+    version = getattr(info, "registered_model_version", None)
+    return None if version is None else str(version)
+
+
+def _sync_exit(strategy: Any) -> None:
+    """One all-reduce, so no worker leaves while the chief is still logging and registering."""
+    import tensorflow as tf
+
+    tfs = strategy.tf_strategy
+
+    @tf.function
+    def together() -> tf.Tensor:
+        ones = tfs.run(lambda: tf.constant(1.0))
+        return tfs.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+    together()
+
+
+# Launching ------------------------------------------------------------------------------------
+def run_in_subprocess(
+    job: WorkerJob, *, env: dict[str, str] | None = None, threads: int | None = 1, timeout_s: float | None = None
+) -> WorkerOutcome:
+    """Run ``job`` in a fresh Python process; return its outcome or raise :class:`WorkerError`.
+
+    Its output goes to ``<logs_dir>/training/<name>.log``. ``threads`` caps TensorFlow's pools.
+    """
+    logs = job.settings.logs_dir / "training"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{job.name}.log"
+    child_env = {**os.environ, **(env or {})}
+    if threads:  # processes sharing one machine's cores each get their share
+        child_env["LAKESIGHT_TF_THREADS"] = str(threads)
+    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="lakesight-worker-") as folder:
+        job_path, result_path = Path(folder) / "job.pkl", Path(folder) / "outcome.pkl"
+        job_path.write_bytes(pickle.dumps(job))
+        started = time.perf_counter()
+        with open(log_path, "wb") as log_file:
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-m", "training.worker", str(job_path), str(result_path)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    env=child_env,
+                    timeout=timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise WorkerError(f"{job.name} ran past {timeout_s}s; log: {log_path}") from exc
+        if done.returncode != 0 or not result_path.exists():
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise WorkerError(f"{job.name} exited with {done.returncode} after {time.perf_counter() - started:.0f}s "
+                              f"(log {log_path}):\n{tail}")
+        return pickle.loads(result_path.read_bytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    job_path, result_path = Path(args[0]), Path(args[1])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    job: WorkerJob = pickle.loads(job_path.read_bytes())
+    outcome = run_job(job)
+    temp = result_path.with_suffix(".tmp")
+    temp.write_bytes(pickle.dumps(outcome))
+    temp.replace(result_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
