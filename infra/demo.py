@@ -206,7 +206,8 @@ class Demo:
         with self.step(f"ingest the labeled seed set ({self.plan.seed_per_class} images per class)"):
             self.run_cli("ingest", str(seed), "--labeled", "--classes", ",".join(str(i) for i in range(10)))
         with self.step("train v1 and register it as champion"):
-            v1 = json.loads(self.run_cli("train", "--epochs", str(self.plan.v1_epochs), "--json").strip().splitlines()[-1])
+            printed = self.run_cli("train", "--epochs", str(self.plan.v1_epochs), "--json")
+            v1 = json.loads(printed.strip().splitlines()[-1])
             self.report.v1 = str(v1["model_version"])
             if not v1.get("promoted"):
                 raise DemoError(f"v1 was not promoted: {v1}")
