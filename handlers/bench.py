@@ -65,7 +65,10 @@ def bench_events(
 
     with tempfile.TemporaryDirectory(prefix="lakesight-bench-") as tmp:
         key = uuid.uuid4().hex
-        settings = Settings(state_dir=state_dir or Path(tmp), event_key=key)
+        root = state_dir or Path(tmp)
+        # Every location pinned under the throw-away root: bench events must never reach a real stream.
+        settings = Settings(state_dir=root, arrivals_root=str(root / "arrivals"), lake_root=str(root / "lake"),
+                            mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}", event_key=key)
         base = account_url(settings)
         unique = _events(base, settings.images_container, events)
         rng = random.Random(seed)

@@ -24,6 +24,9 @@ IGNORED = "ignored"
 REFUSED = "refused"
 DUPLICATE = "duplicate"
 
+# Event Grid retries a delivery for at most 24 hours; a week of ids is ample to suppress replays.
+RETENTION = dt.timedelta(days=7)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY,
@@ -125,6 +128,25 @@ class EventLog:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    def prune(self, older_than: dt.timedelta = RETENTION) -> int:
+        """Forget finished events (and their uploads) received before ``older_than`` ago; return how many."""
+        cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat()
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "DELETE FROM blobs WHERE event_id IN"
+                    " (SELECT id FROM events WHERE received_at < ? AND status != ?)", (cutoff, PENDING)
+                )
+                removed = self._conn.execute(
+                    "DELETE FROM events WHERE received_at < ? AND status != ?", (cutoff, PENDING)
+                ).rowcount
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return removed
 
     def pending(self) -> list[Event]:
         """Events claimed but never finished (a previous process stopped first), oldest first."""

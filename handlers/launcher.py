@@ -79,6 +79,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """``LAKESIGHT_*`` variables that rebuild ``settings`` in a child process (secrets included)."""
     env = {}
     for name, value in settings.model_dump(mode="python").items():
+        if value is None:
+            continue  # the child's default is None too; "None" would not parse
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         if isinstance(value, dict | list):

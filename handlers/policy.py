@@ -3,7 +3,8 @@
 Metrics, each against a configurable threshold:
 
 * ``new_labels``: human labels in ``images`` now that were not in the snapshot the champion was
-  trained on (its model version's ``delta_version`` tag); all human labels when there is no champion;
+  trained on (its model version's ``delta_version`` tag, read through :mod:`infra.registry`); all
+  human labels when there is no champion;
 * ``psi`` (and ``js``, recorded): class-distribution drift between the champion's training labels
   and the new labels;
 * ``champion_accuracy``: predicted vs human label on the newly labeled images that were scored.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from infra import registry
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
@@ -31,8 +33,6 @@ from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
 log = logging.getLogger(__name__)
 
 DECISIONS = "retraining_decisions"
-CHAMPION_ALIAS = "champion"
-DELTA_VERSION_TAG = "delta_version"
 EPSILON = 1e-4  # smoothing for classes absent on one side of PSI / JS
 
 DECISIONS_SCHEMA = pa.schema(
@@ -139,21 +139,16 @@ def champion(settings: Settings) -> tuple[str | None, int | None]:
     """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one."""
     if not registry_exists(settings):
         return None, None
-    uri = settings.mlflow_tracking_uri
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    try:
-        version = client.get_model_version_by_alias(settings.model_name, CHAMPION_ALIAS)
-    except MlflowException:
+    current = registry.champion(settings)
+    if current is None:
         return None, None
-    tag = (version.tags or {}).get(DELTA_VERSION_TAG)
+    tag = (current.tags or {}).get(registry.TAG_DELTA_VERSION)
     try:
-        return str(version.version), int(tag) if tag is not None else None
+        return str(current.version), int(tag) if tag is not None else None
     except ValueError:
-        log.warning("champion version %s has a non-integer delta_version tag %r", version.version, tag)
-        return str(version.version), None
+        log.warning("champion version %s has a non-integer %s tag %r", current.version, registry.TAG_DELTA_VERSION,
+                    tag)
+        return str(current.version), None
 
 
 # Metrics ----------------------------------------------------------------------------------------

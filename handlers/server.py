@@ -22,8 +22,12 @@ def _config(app: FastAPI, host: str, port: int, log_level: str):
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
-    """Serve the webhook until interrupted."""
+    """Serve the webhook until interrupted; handler outcomes are logged at ``log_level``."""
+    import logging
+
     import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     uvicorn.Server(_config(create_app(settings), host or settings.handler_host, port or settings.handler_port,
                            log_level)).run()

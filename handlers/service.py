@@ -21,6 +21,7 @@ from handlers.blob_created import EXPORT, BlobTarget, Refused
 from handlers.eventlog import DONE, DUPLICATE, FAILED, IGNORED, Claim, EventLog
 from handlers.events import BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import SUCCEEDED, Backend, Launcher, make_backend
+from handlers.scoring import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.lake import Lake
 from infra.settings import Settings
@@ -41,7 +42,8 @@ class HandlerService:
         self.events = EventLog(settings.state_dir / "handlers" / "events.db")
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
-        self.duplicates_suppressed = 0
+        self.scorer = ScorePass(settings) if settings.score_when_idle else None
+        self._duplicates = 0
         self._fast: queue.Queue = queue.Queue()
         self._slow: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
@@ -60,6 +62,11 @@ class HandlerService:
                 thread.start()
                 self._threads.append(thread)
             self.launcher.start()
+            if self.scorer is not None:
+                self.scorer.start()
+        pruned = self.events.prune()
+        if pruned:
+            log.info("pruned %d finished event(s) past the replay window", pruned)
         leftover = self.events.pending()
         if leftover:
             log.warning("re-queuing %d event(s) claimed before the last stop but never finished", len(leftover))
@@ -73,6 +80,8 @@ class HandlerService:
         for thread in threads:
             thread.join(timeout)
         self.launcher.stop()
+        if self.scorer is not None:
+            self.scorer.stop()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block until every queued event has been processed (tests and the bench use this)."""
@@ -82,6 +91,15 @@ class HandlerService:
                 return True
             time.sleep(0.01)
         return False
+
+    @property
+    def duplicates_suppressed(self) -> int:
+        """Deliveries suppressed so far: repeated event ids and repeated (url, eTag) uploads."""
+        return self._duplicates
+
+    def _count_duplicates(self, count: int) -> None:
+        with self._lock:  # incremented from the request loop and the fast lane
+            self._duplicates += count
 
     @property
     def lake(self) -> Lake:
@@ -101,7 +119,7 @@ class HandlerService:
     def submit(self, events: list[Event]) -> dict[str, int]:
         """Claim ``events`` and queue the new ones; unknown types are acknowledged and logged."""
         claim: Claim = self.events.claim(events)
-        self.duplicates_suppressed += claim.duplicates
+        self._count_duplicates(claim.duplicates)
         if claim.duplicates:
             log.info("suppressed %d duplicate delivery(ies)", claim.duplicates)
         known = [e for e in claim.new if e.type in KNOWN_TYPES]
@@ -145,7 +163,7 @@ class HandlerService:
                 target = blob_created.blob_target(self.settings, self.base_url, event)
                 first = self.events.claim_blob(target.url, target.etag, event.id)
                 if first is not None:
-                    self.duplicates_suppressed += 1
+                    self._count_duplicates(1)
                     outcomes.append((event.id, DUPLICATE, f"same upload as event {first}"))
                 elif target.kind == EXPORT:
                     self._slow.put((event, target))
@@ -158,6 +176,8 @@ class HandlerService:
                 log.warning("event %s refused: %s", event.id, exc)
                 outcomes.append((event.id, "refused", str(exc)))
         path = write_arrival_records(self.settings, records)
+        if path is not None and self.scorer is not None:
+            self.scorer.notify()
         outcomes.extend((r.event_id, DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records)
         self.events.finish(outcomes)
 

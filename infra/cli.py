@@ -434,6 +434,139 @@ def bench_score_cmd(
     )
 
 
+# ------------------------------------------------------------------------------------------------
+# training (training/)
+def _stdout_to_stderr():
+    """While training runs, send everything written to stdout (ours, TensorFlow's, Spark's) to
+    stderr, so that ``--json`` leaves exactly one line on stdout."""
+    import contextlib
+    import os
+
+    @contextlib.contextmanager
+    def redirect():
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(2, 1)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+    return redirect()
+
+
+def _train_options(**values: Any):
+    from training.pipeline import TrainOptions
+
+    options = TrainOptions(**{k: v for k, v in values.items() if v is not None})
+    try:
+        options.check()
+    except ValueError as exc:
+        fail(str(exc))
+    return options
+
+
+def _training_errors() -> tuple[type[BaseException], ...]:
+    from infra.lake import LakeError
+    from infra.registry import RegistryError
+    from training.distributed import DistributedError
+    from training.search import SearchError
+    from training.worker import WorkerError
+
+    return (ValueError, RegistryError, LakeError, DistributedError, SearchError, WorkerError)
+
+
+@app.command()
+def train(
+    version: Annotated[
+        int | None, typer.Option("--version", min=0, help="Delta version of images (default: latest)")
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 15,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")] = 64,
+    model: Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")] = "cnn",
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the model (never downloaded)")] = None,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on a GPU")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers as Spark barrier tasks")] = 1,
+    search: Annotated[int, typer.Option(min=0, help="Random hyperparameter trials as parallel Spark tasks")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Register and evaluate, but move no alias")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line on stdout (for launchers)")] = False,
+) -> None:
+    """Train on the images table, register the model, evaluate it against the champion and promote it."""
+    from training.pipeline import train as run_train
+
+    settings = settings_or_exit()
+    options = _train_options(
+        version=version,
+        epochs=epochs,
+        batch_size=batch_size,
+        model=model,
+        weights=str(weights) if weights else None,
+        mixed_precision=mixed_precision,
+        workers=workers,
+        search=search,
+        dry_run=dry_run,
+    )
+    try:
+        with _stdout_to_stderr():
+            result = run_train(settings, options, progress=lambda message: console.print(f"[dim]{message}[/]"))
+    except _training_errors() as exc:
+        fail(str(exc))
+    if as_json:
+        sys.stdout.write(json.dumps(result.contract(), default=str) + "\n")
+        sys.stdout.flush()
+        return
+    render_rows("training", [{"what": k, "value": str(v)} for k, v in result.contract().items()]
+                + [{"what": "reason", "value": result.reason}, {"what": "device", "value": result.device},
+                   {"what": "train images/s", "value": f"{result.train_images_per_s:.1f}"}])
+
+
+@app.command()
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """List the registered model's versions with their aliases, test scores and Delta version."""
+    from infra.registry import RegistryError, list_versions
+
+    settings = settings_or_exit()
+    try:
+        rows = list_versions(settings)
+    except RegistryError as exc:
+        fail(str(exc))
+    if as_json:
+        print_json(rows)
+    else:
+        render_rows(f"model versions of {settings.model_name}", rows)
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 15,
+    model: Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")] = "cnn",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")] = 64,
+    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers")] = 1,
+    mixed_precision: Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on a GPU")] = False,
+    state: Annotated[Path | None, typer.Option(help="Folder for the digits and the bench's own lake/MLflow")] = None,
+) -> None:
+    """Train on the digits (train split ingested into a fresh lake) and print holdout accuracy, time, img/s."""
+    from training.bench import bench_train
+
+    settings = settings_or_exit()
+    options = _train_options(
+        epochs=epochs, model=model, batch_size=batch_size, workers=workers, mixed_precision=mixed_precision
+    )
+    try:
+        with _stdout_to_stderr():
+            figures = bench_train(
+                settings, options, state_dir=state, progress=lambda message: console.print(f"[dim]{message}[/]")
+            )
+    except _training_errors() as exc:
+        fail(str(exc))
+    print_json(figures)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

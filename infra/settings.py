@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     azureml_resource_group: str = Field("", description="Azure ML workspace resource group")
     azureml_workspace: str = Field("", description="Azure ML workspace name")
     azureml_compute: str = Field("gpu-cluster", description="Azure ML GPU compute cluster for retraining")
+    score_when_idle: bool = Field(False, description="Handlers run an availableNow scoring pass when no stream runs")
 
     handler_host: str = Field("127.0.0.1", description="Webhook service bind address")
     handler_port: int = Field(8765, description="Webhook service port")

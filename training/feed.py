@@ -43,7 +43,9 @@ class TrainingDataError(ValueError):
     """The snapshot cannot be trained on (no table, no labeled rows, a single class, …)."""
 
 
-def split_of(path: str, *, test_fraction: float = TEST_FRACTION, validation_fraction: float = VALIDATION_FRACTION) -> str:
+def split_of(
+    path: str, *, test_fraction: float = TEST_FRACTION, validation_fraction: float = VALIDATION_FRACTION
+) -> str:
     """``train``, ``validation`` or ``test`` for ``path``: a hash decides, so it never changes."""
     if holdout_side(path, test_fraction) == "holdout":
         return TEST
@@ -152,7 +154,8 @@ def load_snapshot(
     labels = good.column("label").to_pylist()
     # Empty bytes never decode: count them now rather than after a decode.
     keep = [i for i, c in enumerate(contents) if c]
-    skipped["empty content"] += len(contents) - len(keep)
+    if len(keep) < len(contents):
+        skipped["empty content"] += len(contents) - len(keep)
     paths, contents, labels = [paths[i] for i in keep], [contents[i] for i in keep], [labels[i] for i in keep]
 
     _check_learnable(labels, table.num_rows, pinned)

@@ -179,7 +179,34 @@ def fit(
         if on_epoch is not None and strategy.is_chief:
             on_epoch(metrics)
     result.train_seconds = time.perf_counter() - started
+    if strategy.num_workers > 1:
+        _average_state(model, tfs)
     return result
+
+
+def _average_state(model: Any, tfs: Any) -> None:
+    """Average the non-trainable float state (BatchNorm moving statistics) across workers.
+
+    Gradients are all-reduced, so trainable weights already agree; each worker's moving
+    statistics come from its own batches. Averaging them leaves every worker the same model.
+    """
+    import tensorflow as tf
+
+    state = [v for v in model.non_trainable_variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
+    if not state:
+        return
+
+    @tf.function
+    def gather() -> Any:
+        def replica_fn() -> Any:
+            context = tf.distribute.get_replica_context()
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state])
+
+        return tfs.run(replica_fn)
+
+    averaged = gather()
+    for variable, value in zip(state, averaged, strict=True):
+        variable.assign(tfs.experimental_local_results(value)[0])
 
 
 def _evaluate(predict: Callable[[Any], Any], loss_fn: Any, data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:

@@ -38,10 +38,8 @@ def build_model(
     if weights is not None and not Path(weights).is_file():
         raise ModelError(f"weights file {weights} does not exist (weights are never downloaded)")
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    if name == "cnn":
-        features = _cnn_features(inputs)
-    else:
-        features = _backbone_features(name, inputs, image_size, weights)
+    is_cnn = name == "cnn"
+    features = _cnn_features(inputs) if is_cnn else _backbone_features(name, inputs, image_size, weights)
     x = keras.layers.Dense(dense_units, activation="relu", name="dense")(features)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)

@@ -7,6 +7,7 @@ column of bytes and returns ``label``, ``confidence``, ``probabilities`` and ``e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -42,10 +43,9 @@ def enable_gpu_memory_growth() -> None:
     import tensorflow as tf
 
     for gpu in tf.config.list_physical_devices("GPU"):
-        try:
+        # Already initialised in this process: the first setting stays.
+        with contextlib.suppress(RuntimeError):
             tf.config.experimental.set_memory_growth(gpu, True)
-        except RuntimeError:
-            pass
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):

@@ -153,7 +153,8 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
     mode = "search" if options.search else DISTRIBUTED if options.workers > 1 else "local"
     experiment_id = registry.ensure_experiment(settings, settings.model_name)
 
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{mode}-{hyper.model}-v{snapshot.delta_version}") as run:
+    run_name = f"{mode}-{hyper.model}-v{snapshot.delta_version}"
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         run_id = run.info.run_id
         mlflow.set_tags({**run_tags(snapshot), "mode": mode, "evaluation_split": eval_split})
         mlflow.log_params(
@@ -190,9 +191,8 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
         new = evaluate_version(settings, version, eval_contents, eval_truth)
         log_evaluation(eval_truth, new.predicted, snapshot.class_names)
         decision = promote(settings, version, eval_contents, eval_truth, new=new, dry_run=options.dry_run)
-        mlflow.log_metrics(
-            {"train_seconds": chosen.train_seconds, "train_images_per_s": _rate(chosen.train_images, chosen.train_seconds)}
-        )
+        rate = _rate(chosen.train_images, chosen.train_seconds)
+        mlflow.log_metrics({"train_seconds": chosen.train_seconds, "train_images_per_s": rate})
     result = TrainResult(
         model_version=version,
         promoted=decision.promoted,
@@ -319,5 +319,5 @@ def _train_search(
     mlflow.set_tags({"best_trial": best.name, "best_trial_run_id": best.run_id or "", "device": best.device})
     mlflow.log_params({f"best_{k}": v for k, v in best.hyper.as_params().items()})
     mlflow.log_metrics({"best_val_accuracy": best.val_accuracy or 0.0, "trials_finished": sum(o.ok for o in outcomes)})
-    say(f"best trial {best.name}: val_accuracy {best.val_accuracy} ({best.hyper.model}); registered version {best.model_version}")
+    say(f"best trial {best.name} ({best.hyper.model}): val_accuracy {best.val_accuracy}; version {best.model_version}")
     return best, outcomes

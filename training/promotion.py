@@ -56,7 +56,9 @@ class Evaluation:
     predicted: list[str | None]
 
 
-def evaluate_version(settings: Settings, version: str | int, contents: Sequence[bytes], truth: Sequence[str]) -> Evaluation:
+def evaluate_version(
+    settings: Settings, version: str | int, contents: Sequence[bytes], truth: Sequence[str]
+) -> Evaluation:
     """Accuracy of registered ``version`` on raw image bytes, through the registry."""
     classifier, resolved = registry.load_classifier(settings, version)
     predicted = list(classifier.classify(list(contents))["label"])

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -112,7 +111,3 @@ def log_evaluation(truth: Sequence[str], predicted: Sequence[str | None], class_
     )
     mlflow.log_dict({"labels": labels, "matrix": matrix.tolist()}, "evaluation/confusion_matrix.json")
     return report
-
-
-def dumps(payload: Any) -> str:
-    return json.dumps(payload, default=str, sort_keys=True)

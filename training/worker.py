@@ -214,4 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the module's own copy, so pickled jobs and outcomes name training.worker, not __main__.
+    from training.worker import main as module_main
+
+    sys.exit(module_main())

@@ -66,3 +66,39 @@ def test_cli_relay_once(env_settings, azurite_port: int) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["announced"] >= 1  # the session's Azurite may hold other tests' blobs
     assert json.loads(again.stdout) == {"announced": 0}
+
+
+def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from handlers.server import free_port
+
+    port = free_port()
+    env = {**os.environ, "LAKESIGHT_STATE_DIR": str(tmp_path / "state"), "LAKESIGHT_EVENT_KEY": "serve-key"}
+    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level",
+                             "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "lakesight serve did not come up"
+            time.sleep(0.2)
+        validation = [{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+                       "data": {"validationCode": "c0de"}}]
+        answer = httpx.post(f"{base}/api/events", json=validation, headers={"aeg-sas-key": "serve-key"})
+        assert answer.json() == {"validationResponse": "c0de"}
+        assert httpx.post(f"{base}/api/events", json=validation).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert "refused unauthenticated delivery" in proc.stderr.read().decode()

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from handlers.azureml import RETRAINING_TAG, AzureMLBackend, build_job
 from handlers.eventlog import connect
 from handlers.events import RUN_COMPLETED
@@ -180,3 +182,17 @@ def test_azureml_submission_failure_is_recorded(settings: Settings) -> None:
     (launch,) = launcher.launches()
     assert launch["status"] == FAILED and "AuthorizationFailed" in launch["outcome"]
 
+
+
+def test_settings_travel_to_the_training_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import SecretStr
+
+    from handlers.launcher import settings_env
+
+    original = Settings(state_dir=tmp_path / "s", label_classes=["a", "b"], spark_conf={"k": "v"},
+                        event_key=SecretStr("secret-key"), retrain_min_new_labels=7)
+    for name, value in settings_env(original).items():
+        monkeypatch.setenv(name, value)
+    rebuilt = Settings()
+    assert rebuilt.model_dump() == original.model_dump()
+    assert rebuilt.event_key.get_secret_value() == "secret-key"

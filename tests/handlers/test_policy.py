@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from handlers.policy import DECISIONS, Metrics, decide, evaluate, jensen_shannon, measure, psi
-from handlers.runs import promotion_check, should_promote
+from handlers.runs import promotion_check
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES
@@ -133,9 +133,42 @@ def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None
     _, weak_run = _register(registry, "promo-model", accuracy=0.905, delta_version=2, tmp=tmp_path)
     strong_version, strong_run = _register(registry, "promo-model", accuracy=0.95, delta_version=3, tmp=tmp_path)
 
-    assert promotion_check(settings, weak_run)["promoted"] is False  # within the margin
+    weak = promotion_check(settings, weak_run)
+    assert weak["promoted"] is False and "does not beat" in weak["reason"]  # within the margin
     outcome = promotion_check(settings, strong_run)
     assert outcome["promoted"] and outcome["model_version"] == strong_version
+    assert outcome["champion_accuracy"] == pytest.approx(0.90)
     assert str(client.get_model_version_by_alias("promo-model", "champion").version) == strong_version
+    # A redelivered RunCompleted finds the decision already taken and changes nothing.
+    again = promotion_check(settings, strong_run)
+    assert again["promoted"] and again["reason"].startswith("decided by the run")
     assert promotion_check(settings, "no-such-run")["promoted"] is False
-    assert should_promote(0.5, None, 0.1) and not should_promote(None, None, 0.0)
+
+
+def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: Path, publisher) -> None:
+    from azure.eventgrid import EventGridEvent
+
+    from handlers.events import DATASET_DRIFT
+    from tests.handlers.conftest import fake_train_command, serving
+
+    record = tmp_path / "runs.txt"
+    settings = settings.model_copy(update={"retrain_command": fake_train_command(record), "retrain_cooldown_s": 0.0})
+    lake = Lake(settings)
+    _labels(lake, ["/d/1.png", "/d/2.png"], ["a", "b"], "human")
+    drift = EventGridEvent(
+        subject="datadrift/abc/run/r1", event_type=DATASET_DRIFT, data_version="2",
+        data={"dataDriftId": "abc", "dataDriftName": "images", "runId": "r1", "baseDatasetId": "b",
+              "targetDatasetId": "t", "driftCoefficient": 0.83, "startTime": "2026-01-01T00:00:00Z",
+              "endTime": "2026-01-02T00:00:00Z"},
+    )
+    calm = EventGridEvent(subject="datadrift/abc/run/r2", event_type=DATASET_DRIFT, data_version="2",
+                          data={"dataDriftId": "abc", "runId": "r2", "driftCoefficient": 0.01})
+    with serving(settings) as (url, service):
+        publisher(url).send([drift, calm])
+        publisher(url).send([drift])  # redelivery
+        assert service.wait_idle(30) and service.launcher.wait_idle(30)
+    rows = {r["decision_id"]: r for r in lake.read(DECISIONS).to_pylist()}
+    assert rows[str(drift.id)]["retrain"] and rows[str(drift.id)]["reasons"] == "dataset_drift"
+    assert rows[str(drift.id)]["dataset_drift"] == pytest.approx(0.83)
+    assert not rows[str(calm.id)]["retrain"] and rows[str(calm.id)]["launch"] == "none"
+    assert record.read_text().split() == [str(lake.version(IMAGES))]

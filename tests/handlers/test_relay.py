@@ -55,3 +55,34 @@ def test_relay_announces_each_upload_once(blob_settings: Settings) -> None:
     assert first["content_type"] == "image/png" and len(first["sequencer"]) == 32
     assert first["url"] == store.url(settings.images_container, "cam1/1.png")
     assert len({r["etag"] for r in records if r["name"] == "cam1/0.png"}) == 2
+
+
+def test_relay_loop_keeps_going_while_the_handler_is_down(blob_settings: Settings) -> None:
+    import threading
+    import time
+
+    from handlers.server import free_port
+
+    tag = uuid.uuid4().hex[:8]
+    settings = blob_settings.model_copy(update={"images_container": f"img-{tag}", "exports_container": f"exp-{tag}",
+                                                "handler_port": free_port()})
+    BlobStore(settings).ensure_containers()
+    BlobStore(settings).upload(settings.images_container, "late.png", solid_png(), content_type="image/png")
+    relay = Relay(settings)  # aims at settings.handler_port, where nothing listens yet
+    stop = threading.Event()
+    thread = threading.Thread(target=relay.run, kwargs={"interval": 0.1, "stop": stop}, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # a few failed polls: logged, retried
+        from handlers.app import create_app
+        from handlers.server import running
+
+        with running(create_app(settings), port=settings.handler_port):
+            deadline = time.monotonic() + 20
+            while [r["name"] for r in arrival_lines(settings)] != ["late.png"]:
+                assert time.monotonic() < deadline, "the relay never delivered once the handler came up"
+                time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(5)
+        relay.close()

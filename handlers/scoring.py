@@ -1,0 +1,93 @@
+"""Scoring without an always-on stream: an ``availableNow`` pass after image arrivals (``score_when_idle``).
+
+When no continuous scoring stream runs (no live ``score`` service pid under ``run_dir``), new arrival
+records start ``lakesight score --source arrivals --once`` as a separate process. One pass at a
+time; arrivals during a pass are coalesced into exactly one more pass, which picks them all up
+because the stream's checkpoint remembers what earlier passes read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from infra.settings import Settings
+from infra.stack import Service
+
+log = logging.getLogger(__name__)
+
+STREAM_SERVICE = "score"
+
+
+def stream_running(settings: Settings) -> bool:
+    """Whether the continuous scoring stream (service ``score``) is alive."""
+    return Service(STREAM_SERVICE, settings).pid() is not None
+
+
+class ScorePass:
+    """Single-flight, coalescing runner of availableNow scoring passes."""
+
+    def __init__(self, settings: Settings, *, argv: list[str] | None = None):
+        self.settings = settings
+        self.argv = argv or [sys.executable, "-m", "infra.cli", "score", "--source", "arrivals", "--once"]
+        self.passes: list[int] = []  # exit codes, oldest first
+        self._wanted = threading.Event()
+        self._stop = threading.Event()
+        self._busy = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="lakesight-score-pass", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wanted.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> str:
+        """New arrivals were written: ask for a pass unless a stream will score them anyway."""
+        if stream_running(self.settings):
+            return "stream running"
+        self._wanted.set()
+        return "coalesced" if self._busy else "requested"
+
+    def idle(self) -> bool:
+        return not self._busy and not self._wanted.is_set()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _loop(self) -> None:
+        from handlers.launcher import settings_env
+
+        while not self._stop.is_set():
+            self._wanted.wait()
+            if self._stop.is_set():
+                return
+            self._busy = True
+            self._wanted.clear()  # arrivals from here on ask for the next pass
+            try:
+                self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
+                with (self.settings.logs_dir / "score-pass.log").open("ab") as out:
+                    code = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, check=False,
+                                          env={**os.environ, **settings_env(self.settings)}).returncode
+            except OSError as exc:
+                log.error("cannot start a scoring pass: %s", exc)
+                code = -1
+            self.passes.append(code)
+            (log.info if code == 0 else log.error)("availableNow scoring pass exited with %d", code)
+            self._busy = False
+

@@ -1,0 +1,311 @@
+"""``lakesight bench score``: throughput, raw-model ratio, latency under steady load, MERGE cost, memory.
+
+Phases, all in one process and one SparkSession (so the Python workers stay warm):
+
+1. warm-up over a few images (starts Spark, loads TensorFlow and the model in the workers);
+2. throughput: an ``availableNow`` pass over N 64x64 shape PNGs, bytes stored in Delta;
+3. latency: the continuous query runs while a writer thread drops files atomically at a steady
+   rate; latency = MERGE commit time - file modification time;
+4. MERGE cost: the same batches into an empty ``images`` and into one seeded with many rows
+   spread over load-date partitions;
+5. raw model: ``classifier.probabilities`` on the same images decoded in memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infra.settings import Settings
+
+CLASSES = ["circle", "square", "triangle", "cross"]
+IMAGE_SIZE = 64
+
+
+class RssSampler:
+    """Samples the RSS of this process and its children (JVM, Python workers) in the background."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        self._me = psutil.Process()
+        self._every = every
+        self._stop = threading.Event()
+        self.driver: list[float] = []
+        self.tree: list[float] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(self._every):
+            total = 0
+            try:
+                own = self._me.memory_info().rss
+                total = own
+                for child in self._me.children(recursive=True):
+                    try:
+                        total += child.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                continue
+            self.driver.append(own / 2**20)
+            self.tree.append(total / 2**20)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, Any]:
+        if not self.tree:
+            return {}
+        quarter = max(1, len(self.tree) // 4)
+        return {
+            "peak_driver_mb": round(max(self.driver), 1),
+            "peak_tree_mb": round(max(self.tree), 1),
+            "tree_mb_first_quarter_max": round(max(self.tree[:quarter]), 1),
+            "tree_mb_last_quarter_max": round(max(self.tree[-quarter:]), 1),
+            "samples": len(self.tree),
+        }
+
+
+def _write_shapes(folder: Path, count: int, seed: int) -> list[Path]:
+    from infra.sample_data import ShapeKnobs, shape_images, write_images
+
+    write_images(shape_images(ShapeKnobs(count=count, size=IMAGE_SIZE, seed=seed, holdout_fraction=0)), out_dir=folder)
+    return sorted(folder.rglob("*.png"))
+
+
+def _variant(base: Settings, name: str) -> Settings:
+    """``base`` with its own lake and checkpoints (same MLflow registry)."""
+    root = base.state_dir / name
+    return base.model_copy(update={"lake_root": str(root / "lake"), "checkpoint_root": str(root / "checkpoints")})
+
+
+def seed_images(settings: Settings, rows: int, *, days: int = 200) -> None:
+    """Write ``rows`` scored-looking rows without bytes across ``days`` load-date partitions (fast)."""
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from infra.lake import Lake
+    from infra.tables import IMAGES, IMAGES_PARTITION, IMAGES_SCHEMA, conform
+
+    lake = Lake(settings)
+    lake.images()
+    today = dt.datetime.now(dt.UTC).date()
+    index = np.arange(rows)
+    dates = [today - dt.timedelta(days=int(d)) for d in index % days]
+    now = dt.datetime.now(dt.UTC)
+    table = pa.table(
+        {
+            "path": [f"seed://images/{i:08d}.png" for i in index],
+            "load_date": pa.array(dates, type=pa.date32()),
+            "content_hash": [f"{i:064x}" for i in index],
+            "size_bytes": pa.array(np.full(rows, 700, dtype=np.int64)),
+            "predicted_label": pa.array([CLASSES[i % 4] for i in index]),
+            "confidence": pa.array(np.full(rows, 0.9)),
+            "model_version": pa.array(["0"] * rows),
+            "scored_at": pa.array([now] * rows, type=pa.timestamp("us", tz="UTC")),
+        }
+    )
+    write_deltalake(lake.uri(IMAGES), conform(table, IMAGES_SCHEMA), mode="append", partition_by=IMAGES_PARTITION)
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    return round(float(np.percentile(np.asarray(values), q)), 3)
+
+
+def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seconds: float) -> dict[str, Any]:
+    from infra.sample_data import ShapeKnobs, shape_images
+    from streams.score import run_scoring
+
+    count = int(offered_per_s * seconds)
+    payloads = list(shape_images(ShapeKnobs(count=count, size=IMAGE_SIZE, seed=11, holdout_fraction=0, prefix="lat")))
+    incoming, staging = root / "latency", root / "latency-staging"
+    incoming.mkdir(parents=True)
+    staging.mkdir(parents=True)
+    latencies: list[float] = []
+    stop = threading.Event()
+    started = threading.Event()
+
+    def on_batch(result: Any) -> None:
+        modified = result.table.column("modified_at").to_pylist()
+        latencies.extend(result.committed_at - m.timestamp() for m in modified if m is not None)
+
+    def writer() -> None:
+        started.wait(120)
+        time.sleep(3.0)  # the query's first (empty) trigger is planned before the load starts
+        begin = time.monotonic()
+        for index, (name, data) in enumerate(payloads):
+            target = begin + index / offered_per_s
+            pause = target - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            temp = staging / Path(name).name
+            temp.write_bytes(data)
+            os.replace(temp, incoming / Path(name).name)  # atomic: the source never sees half a file
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result["report"] = run_scoring(
+            settings, source=incoming, stop_event=stop, on_batch=on_batch, on_start=lambda _q: started.set(),
+            handle_signals=False,
+        )
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    thread.join()
+    deadline = time.monotonic() + 120
+    while len(latencies) < count and time.monotonic() < deadline and runner.is_alive():
+        time.sleep(0.2)
+    stop.set()
+    runner.join(120)
+    report = result.get("report")
+    return {
+        "offered_per_s": offered_per_s,
+        "images": count,
+        "committed": len(latencies),
+        "trigger_s": settings.score_trigger_s,
+        "p50_s": _percentile(latencies, 50),
+        "p95_s": _percentile(latencies, 95),
+        "max_s": round(max(latencies), 3) if latencies else None,
+        "batches": report.batches if report else None,
+    }
+
+
+def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int) -> dict[str, Any]:
+    from streams.score import run_scoring
+
+    folder = root / "merge-images"
+    folder.mkdir(parents=True)
+    for path in images:
+        os.link(path, folder / path.name)
+    empty = _variant(base, "merge-empty")
+    seeded = _variant(base, "merge-seeded")
+    started = time.perf_counter()
+    seed_images(seeded, seed_rows)
+    seed_seconds = time.perf_counter() - started
+    figures: dict[str, Any] = {"batch_files": base.score_max_files_per_trigger, "batches_each": 0}
+    for name, settings in (("empty", empty), ("seeded", seeded)):
+        merges: list[float] = []
+        run_scoring(settings, source=folder, once=True, handle_signals=False,
+                    on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds))
+        figures[f"seconds_per_batch_{name}"] = round(statistics.mean(merges), 4)
+        figures[f"seconds_per_batch_{name}_all"] = [round(m, 3) for m in merges]
+        figures["batches_each"] = len(merges)
+    figures["seeded_rows"] = seed_rows
+    figures["seed_seconds"] = round(seed_seconds, 1)
+    figures["seeded_over_empty"] = round(figures["seconds_per_batch_seeded"] / figures["seconds_per_batch_empty"], 2)
+    return figures
+
+
+def _raw_model(settings: Settings, images: list[Path], sample: int) -> dict[str, Any]:
+    from infra.registry import load_classifier
+    from training.preprocess import decode_images
+
+    classifier, version = load_classifier(settings)
+    chosen = images[:sample]
+    decoded, errors = decode_images([p.read_bytes() for p in chosen], classifier.image_size)
+    assert not any(errors)
+    classifier.probabilities(decoded[:256])  # trace once, as the workers did during warm-up
+    started = time.perf_counter()
+    classifier.probabilities(decoded)
+    seconds = time.perf_counter() - started
+    return {"images_per_s": round(len(chosen) / seconds, 1), "images": len(chosen), "model_version": version}
+
+
+def bench_score(
+    settings: Settings,
+    *,
+    images: int = 20000,
+    model: str = "default",
+    offered_per_s: float = 100.0,
+    latency_s: float = 20.0,
+    seed_rows: int = 200_000,
+    merge_images: int = 4000,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every phase on a fresh state folder under ``settings.state_dir``; return the figures."""
+    from infra.lake import Lake
+    from infra.tables import IMAGES
+    from streams.models import build_keras, register_champion
+    from streams.score import run_scoring
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+    root = (settings.state_dir / "bench" / f"score-{stamp}").absolute()
+    base = Settings(
+        state_dir=root / "state",
+        spark_master=settings.spark_master,
+        spark_conf=settings.spark_conf,
+        labeling_daily_budget=0,  # the hand-off is measured by tests, not here (no blob store needed)
+        score_trigger_s=settings.score_trigger_s,
+        score_max_files_per_trigger=settings.score_max_files_per_trigger,
+        champion_check_s=settings.champion_check_s,
+    )
+    load_before = os.getloadavg()
+    log(f"registering the {model} model")
+    version = register_champion(base, build_keras(model, IMAGE_SIZE, len(CLASSES)), class_names=CLASSES,
+                                image_size=IMAGE_SIZE)
+    log(f"writing {images} PNGs")
+    started = time.perf_counter()
+    files = _write_shapes(root / "images", images, seed=0)
+    write_seconds = time.perf_counter() - started
+    log("warm-up (Spark, TensorFlow in the workers)")
+    _write_shapes(root / "warmup", 200, seed=99)
+    run_scoring(_variant(base, "warmup"), source=root / "warmup", once=True, handle_signals=False)
+
+    log("throughput phase")
+    throughput = _variant(base, "throughput")
+    with RssSampler() as rss:
+        report = run_scoring(throughput, source=root / "images", once=True, handle_signals=False)
+    rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
+    stored = sum(1 for c in rows.column("content").to_pylist() if c)
+    log("latency phase")
+    latency = _latency_phase(_variant(base, "latency"), root, offered_per_s=offered_per_s, seconds=latency_s)
+    log("merge phase")
+    merge = _merge_phase(base, files[:merge_images], root, seed_rows)
+    log("raw model")
+    raw = _raw_model(base, files, sample=min(len(files), 4000))
+    images_per_s = report.rows / report.seconds
+    return {
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": {"kind": model, "version": version, "image_size": IMAGE_SIZE, "classes": len(CLASSES)},
+        "cores": os.cpu_count(),
+        "load_average_before": [round(v, 2) for v in load_before],
+        "load_average_after": [round(v, 2) for v in os.getloadavg()],
+        "images": report.rows,
+        "rows_in_delta": rows.num_rows,
+        "rows_with_bytes": stored,
+        "batches": report.batches,
+        "seconds": round(report.seconds, 2),
+        "images_per_s": round(images_per_s, 1),
+        "raw_model_images_per_s": raw["images_per_s"],
+        "raw_model_sample": raw["images"],
+        "ratio": round(images_per_s / raw["images_per_s"], 3),
+        "merge_seconds_per_batch_throughput_run": round(statistics.mean(report.merge_seconds), 4),
+        "latency": latency,
+        "p50_latency_s": latency["p50_s"],
+        "p95_latency_s": latency["p95_s"],
+        "merge": merge,
+        "rss": rss.summary(),
+        "png_write_seconds": round(write_seconds, 1),
+        "state_dir": str(root),
+    }

@@ -1,0 +1,36 @@
+"""End to end across processes: Azurite, relay, handler, scoring stream, MLflow and retraining.
+
+Uploading image blobs leads to scored rows; the unsure ones are sent for labeling; an export of
+their labels merges, the policy decides to retrain, a launched training registers a new version,
+promotion runs, and images uploaded afterwards are scored by whatever is champion then.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from infra.demo import DemoPlan, run_demo
+from infra.settings import Settings
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_blob_events_to_scores_labels_retraining_and_promotion(tmp_path: Path) -> None:
+    plan = DemoPlan(seed_per_class=6, incoming_per_class=8, final_wave=10, v1_epochs=2, v2_epochs=3,
+                    min_new_labels=10, confidence_threshold=0.99)
+    report = run_demo(Settings(state_dir=tmp_path / "state"), Console(stderr=True), plan)
+
+    assert report.images_uploaded == 80
+    assert report.images_scored == 80
+    assert report.sent_to_labeling >= 10
+    assert report.labels_merged == report.sent_to_labeling
+    assert report.v1 == "1" and report.v2 == "2"
+    assert any(d.get("retrain") for d in report.decisions)
+    # Promotion ran: v2 is champion or challenger, and the last wave carries the champion of that time.
+    assert report.champion in ("1", "2")
+    assert set(report.final_wave_versions) == {report.champion}
+    assert sum(report.final_wave_versions.values()) == 10
+    assert 0 < (report.v1_holdout_accuracy or 0) <= 1 and 0 < (report.v2_holdout_accuracy or 0) <= 1
