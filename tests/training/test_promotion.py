@@ -1,0 +1,84 @@
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from infra import registry
+from infra.settings import Settings
+from tests.helpers.images import solid_png, truncated_png
+from training.packaging import log_classifier
+from training.promotion import decide, promote
+
+CLASSES = ["dark", "light"]
+IMAGES = [solid_png(v) for v in (10, 30, 50, 200, 220, 240)]
+TRUTH = ["dark", "dark", "dark", "light", "light", "light"]
+
+
+def test_first_model_becomes_champion() -> None:
+    decision = decide(0.2, None, margin=0.05)
+    assert (decision.promote, decision.alias) == (True, registry.CHAMPION)
+
+
+def test_better_by_more_than_the_margin_is_promoted() -> None:
+    assert decide(0.96, 0.90, margin=0.05).promote is True
+    assert decide(0.96, 0.90, margin=0.05).alias == registry.CHAMPION
+
+
+@pytest.mark.parametrize(("new", "old", "margin"), [(0.90, 0.90, 0.0), (0.94, 0.90, 0.05), (0.80, 0.90, 0.0)])
+def test_not_better_enough_becomes_challenger(new: float, old: float, margin: float) -> None:
+    decision = decide(new, old, margin=margin)
+    assert (decision.promote, decision.alias) == (False, registry.CHALLENGER)
+    assert str(old) in decision.reason or f"{old:.4f}" in decision.reason
+
+
+def _register(settings: Settings, *, perfect: bool) -> str:
+    """A tiny model: mean brightness -> dark/light (perfect) or always 'dark'."""
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    if perfect:
+        kernel = np.stack([np.full(3, -10.0), np.full(3, 10.0)], axis=1)
+        model.layers[-1].set_weights([kernel.astype("float32"), np.array([15.0, -15.0], "float32")])
+    else:
+        model.layers[-1].set_weights([np.zeros((3, 2), "float32"), np.array([1.0, 0.0], "float32")])
+    with mlflow.start_run(experiment_id=registry.ensure_experiment(settings, settings.model_name)):
+        info = log_classifier(
+            model, class_names=CLASSES, image_size=8, input_example=IMAGES[0], registered_model_name=settings.model_name
+        )
+    return str(info.registered_model_version)
+
+
+def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> None:
+    settings = settings.model_copy(update={"promotion_margin": 0.1})
+    weak = _register(settings, perfect=False)
+    first = promote(settings, weak, IMAGES, TRUTH)
+    assert (first.promoted, first.alias, first.accuracy, first.champion_accuracy) == (True, "champion", 0.5, None)
+
+    strong = _register(settings, perfect=True)
+    dry = promote(settings, strong, IMAGES, TRUTH, dry_run=True)
+    assert (dry.promoted, dry.alias, dry.accuracy, dry.champion_accuracy) == (False, None, 1.0, 0.5)
+    assert registry.champion(settings).version == weak  # a dry run moves nothing
+
+    real = promote(settings, strong, IMAGES, TRUTH)
+    assert (real.promoted, real.alias, real.champion_version) == (True, "champion", weak)
+    again_weak = _register(settings, perfect=False)
+    worse = promote(settings, again_weak, IMAGES, TRUTH)
+    assert (worse.promoted, worse.alias, worse.accuracy, worse.champion_accuracy) == (False, "challenger", 0.5, 1.0)
+    assert registry.champion(settings).version == strong
+    assert registry.version_by_alias(settings, registry.CHALLENGER).version == again_weak
+
+    listed = {row["version"]: row for row in registry.list_versions(settings)}
+    assert listed[strong]["aliases"] == "champion" and listed[again_weak]["aliases"] == "challenger"
+    assert float(listed[strong]["accuracy"]) == 1.0 and float(listed[again_weak]["champion_accuracy"]) == 1.0
+    assert listed[again_weak]["decision"] == "challenger" and listed[weak]["decision"] == "champion"
+
+    # Round trip on raw bytes: the pyfunc and the stream's fast path agree, bad bytes included.
+    contents = [*IMAGES, truncated_png()]
+    classifier, version = registry.load_classifier(settings)
+    fast = classifier.classify(contents)
+    pyfunc = mlflow.pyfunc.load_model(registry.model_uri(settings, version)).predict(pd.DataFrame({"content": contents}))
+    assert version == strong
+    assert list(fast["label"][:6]) == TRUTH and fast["error"][6] is not None
+    pd.testing.assert_frame_equal(pyfunc.reset_index(drop=True), fast.reset_index(drop=True))
