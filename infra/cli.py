@@ -381,7 +381,9 @@ def score(
     ),
     once: Annotated[bool, typer.Option("--once", help="Score what is there now (availableNow) and exit")] = False,
     trigger: Annotated[float | None, typer.Option(min=0.05, help="Seconds between micro-batches")] = None,
-    glob: Annotated[str, typer.Option(help="File name filter (folder source)")] = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}",
+    glob: Annotated[str, typer.Option(help="File name filter (folder source)")] = (
+        "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}"
+    ),
 ) -> None:
     """Score new images with the champion model into the images table until stopped (SIGTERM/Ctrl-C)."""
     import logging
@@ -389,7 +391,7 @@ def score(
     from infra.lake import LakeError
     from streams.score import ScoreError, run_scoring
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     settings = settings_or_exit()
     try:
         report = run_scoring(

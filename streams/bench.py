@@ -13,6 +13,7 @@ Phases, all in one process and one SparkSession (so the Python workers stay warm
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import statistics
@@ -52,10 +53,8 @@ class RssSampler:
                 own = self._me.memory_info().rss
                 total = own
                 for child in self._me.children(recursive=True):
-                    try:
+                    with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
                         total += child.memory_info().rss
-                    except psutil.Error:
-                        pass
             except psutil.Error:
                 continue
             self.driver.append(own / 2**20)
@@ -198,17 +197,19 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
     folder.mkdir(parents=True)
     for path in images:
         os.link(path, folder / path.name)
-    empty = _variant(base, "merge-empty")
-    seeded = _variant(base, "merge-seeded")
+    # Smaller batches than the throughput run: several samples per table, medians reported.
+    small = base.model_copy(update={"score_max_files_per_trigger": max(1, len(images) // 4)})
+    empty = _variant(small, "merge-empty")
+    seeded = _variant(small, "merge-seeded")
     started = time.perf_counter()
     seed_images(seeded, seed_rows)
     seed_seconds = time.perf_counter() - started
-    figures: dict[str, Any] = {"batch_files": base.score_max_files_per_trigger, "batches_each": 0}
+    figures: dict[str, Any] = {"batch_files": small.score_max_files_per_trigger, "batches_each": 0}
     for name, settings in (("empty", empty), ("seeded", seeded)):
         merges: list[float] = []
         run_scoring(settings, source=folder, once=True, handle_signals=False,
                     on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds))
-        figures[f"seconds_per_batch_{name}"] = round(statistics.mean(merges), 4)
+        figures[f"seconds_per_batch_{name}"] = round(statistics.median(merges), 4)
         figures[f"seconds_per_batch_{name}_all"] = [round(m, 3) for m in merges]
         figures["batches_each"] = len(merges)
     figures["seeded_rows"] = seed_rows

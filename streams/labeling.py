@@ -128,7 +128,9 @@ def hand_off(
     committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
     if committed is not None and committed >= batch_id:
         # Replay: this batch's ledger write already committed; reuse its selection.
-        mine = ledger.filter(pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id)))
+        mine = ledger.filter(
+            pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
+        )
         sent_at = dict(zip(mine.column("path").to_pylist(), mine.column("sent_at").to_pylist(), strict=True))
         return HandOff(_mark(table, sent_at), sent=0, replayed=True)
 

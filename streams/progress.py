@@ -47,6 +47,7 @@ class ScoreStatus:
 
     def __init__(self, settings: Settings, *, source: str, query_name: str):
         self.path = status_path(settings)
+        self.terminated = threading.Event()  # set by the listener: Spark delivered the last event
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.state: dict[str, Any] = {
@@ -151,5 +152,6 @@ def make_listener(status: ScoreStatus, query_name: str) -> Any:
         def onQueryTerminated(self, event: Any) -> None:
             if str(event.id) == status.state.get("query_id"):
                 status.update(state="failed" if event.exception else "stopped", error=event.exception)
+                status.terminated.set()
 
     return ScoreListener()

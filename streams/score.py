@@ -198,7 +198,9 @@ def run_scoring(
         if done is not None and done >= batch_id:
             report.skipped_batches += 1  # replayed after a crash: already in the table
             return
-        table = batch.toArrow()
+        began = time.perf_counter()
+        table = batch.toArrow()  # runs the micro-batch's Spark job: read, check, score on executors
+        collected = time.perf_counter()
         if src.reads_files:
             table = with_unread_files(table, checkpoint, batch_id)
         if table.num_rows == 0:
@@ -231,6 +233,8 @@ def run_scoring(
                 "updated": outcome.updated,
                 "sent_to_labeling": handed.sent,
                 "model_version": version,
+                "executors_s": round(collected - began, 4),
+                "driver_s": round(time.perf_counter() - collected, 4),
                 "merge_s": round(outcome.seconds, 4),
                 "table_version": outcome.version,
                 "committed_at": committed_at,
@@ -242,7 +246,8 @@ def run_scoring(
     listener = make_listener(status, query_name)
     spark.streams.addListener(listener)
     writer = scored.writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint).queryName(query_name)
-    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{trigger_s or settings.score_trigger_s} seconds")
+    interval = f"{trigger_s or settings.score_trigger_s} seconds"
+    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=interval)
     try:
         with _stop_on_signals(stop, handle_signals) as received:
             query = writer.start()
@@ -256,6 +261,8 @@ def run_scoring(
                 _stop_gracefully(query, grace_s)
             query.awaitTermination()
     finally:
+        # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
+        status.terminated.wait(5)
         spark.streams.removeListener(listener)
     report.seconds = time.perf_counter() - started
     report.table_version = lake.version(IMAGES)

@@ -135,7 +135,8 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
         if frame.empty:
             continue
         fetch_errors = frame[FETCH_ERROR] if FETCH_ERROR in frame.columns else None
-        for rows in arrival_rows([frame.drop(columns=[FETCH_ERROR], errors="ignore")], max_bytes=settings.max_image_bytes):
+        files = frame.drop(columns=[FETCH_ERROR], errors="ignore")
+        for rows in arrival_rows([files], max_bytes=settings.max_image_bytes):
             if fetch_errors is not None:
                 failed = fetch_errors.notna().to_numpy()
                 rows.loc[failed, "error"] = fetch_errors[failed].to_numpy()

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.spark
 
 
 def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:
-    write_images(shape_images(ShapeKnobs(count=count, size=24, seed=seed, prefix=prefix, holdout_fraction=0)), out_dir=folder)
+    knobs = ShapeKnobs(count=count, size=24, seed=seed, prefix=prefix, holdout_fraction=0)
+    write_images(shape_images(knobs), out_dir=folder)
     return sorted(folder.rglob(f"{prefix}-*.png"))
 
 
@@ -32,7 +33,9 @@ def rows_by_name(settings: Settings) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in table}
 
 
-def test_scores_good_images_and_records_bad_input_without_stopping(spark, score_settings: Settings, tmp_path: Path) -> None:
+def test_scores_good_images_and_records_bad_input_without_stopping(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
     settings = score_settings.model_copy(update={"max_image_bytes": 5000})
     incoming = tmp_path / "incoming"
     good = shapes(incoming, 12)
@@ -57,7 +60,8 @@ def test_scores_good_images_and_records_bad_input_without_stopping(spark, score_
         assert 0 < row["confidence"] <= 1 and len(row["probabilities"]) == len(CLASSES)
         assert (row["model_name"], row["model_version"]) == (settings.model_name, "1")
         assert row["scored_at"] is not None and row["content"] == path.read_bytes()
-    reasons = {name: rows[name]["error"] for name in ("truncated.png", "empty.png", "text.png", "huge.png", "pixmap.png")}
+    bad_names = ("truncated.png", "empty.png", "text.png", "huge.png", "pixmap.png")
+    reasons = {name: rows[name]["error"] for name in bad_names}
     assert reasons["empty.png"] == "empty file"
     assert reasons["huge.png"].startswith("too large")
     assert reasons["text.png"] == "not an image"
@@ -71,7 +75,9 @@ def test_scores_good_images_and_records_bad_input_without_stopping(spark, score_
     assert status["model_version"] == "1" and status["rows_total"] == len(rows) and status["errors_total"] == 5
 
 
-def test_replayed_batch_changes_nothing_and_human_labels_survive(spark, score_settings: Settings, tmp_path: Path) -> None:
+def test_replayed_batch_changes_nothing_and_human_labels_survive(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
     lake = Lake(score_settings)
     incoming = tmp_path / "incoming"
     paths = shapes(incoming, 6)

@@ -18,16 +18,16 @@ from infra.settings import Settings
 from infra.tables import IMAGES
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e, pytest.mark.slow]
-FILES = 120
+FILES = 60
 
 
 def start_score(settings: Settings, source: Path, log: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "LAKESIGHT_STATE_DIR": str(settings.state_dir),
-        "LAKESIGHT_SPARK_MASTER": "local[2]",
+        "LAKESIGHT_SPARK_MASTER": "local[1]",  # one Python worker: one TensorFlow start-up
         "LAKESIGHT_LABELING_DAILY_BUDGET": "0",
-        "LAKESIGHT_SCORE_MAX_FILES_PER_TRIGGER": "8",
+        "LAKESIGHT_SCORE_MAX_FILES_PER_TRIGGER": "6",
         "LAKESIGHT_SCORE_TRIGGER_S": "0.2",
     }
     cli = Path(sys.executable).with_name("lakesight")

@@ -59,20 +59,21 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     strong = _register(settings, perfect=True)
     dry = promote(settings, strong, IMAGES, TRUTH, dry_run=True)
     assert (dry.promoted, dry.alias, dry.accuracy, dry.champion_accuracy) == (False, None, 1.0, 0.5)
-    assert registry.champion(settings).version == weak  # a dry run moves nothing
+    assert str(registry.champion(settings).version) == weak  # a dry run moves nothing
 
     real = promote(settings, strong, IMAGES, TRUTH)
     assert (real.promoted, real.alias, real.champion_version) == (True, "champion", weak)
-    again_weak = _register(settings, perfect=False)
+    # The weak version offered again is now worse than the champion: challenger.
+    again_weak = weak
     worse = promote(settings, again_weak, IMAGES, TRUTH)
     assert (worse.promoted, worse.alias, worse.accuracy, worse.champion_accuracy) == (False, "challenger", 0.5, 1.0)
-    assert registry.champion(settings).version == strong
-    assert registry.version_by_alias(settings, registry.CHALLENGER).version == again_weak
+    assert str(registry.champion(settings).version) == strong
+    assert str(registry.version_by_alias(settings, registry.CHALLENGER).version) == again_weak
 
     listed = {row["version"]: row for row in registry.list_versions(settings)}
     assert listed[strong]["aliases"] == "champion" and listed[again_weak]["aliases"] == "challenger"
     assert float(listed[strong]["accuracy"]) == 1.0 and float(listed[again_weak]["champion_accuracy"]) == 1.0
-    assert listed[again_weak]["decision"] == "challenger" and listed[weak]["decision"] == "champion"
+    assert listed[again_weak]["decision"] == "challenger" and listed[strong]["decision"] == "champion"
 
     # Round trip on raw bytes: the pyfunc and the stream's fast path agree, bad bytes included.
     contents = [*IMAGES, truncated_png()]

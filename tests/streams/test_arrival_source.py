@@ -1,0 +1,58 @@
+"""Arrival records -> blob bytes fetched on executors from Azurite -> scored rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from infra.arrivals import ArrivalRecord, write_arrival_records
+from infra.blob import BlobStore
+from infra.lake import Lake
+from infra.settings import Settings
+from infra.tables import IMAGES
+from streams.score import run_scoring
+from streams.sources import VANISHED
+from tests.helpers.images import solid_png, truncated_png
+from tests.streams.conftest import CLASSES
+
+pytestmark = [pytest.mark.spark, pytest.mark.azurite]
+
+
+def record(settings: Settings, store: BlobStore, name: str, data: bytes, *, at: str) -> ArrivalRecord:
+    container = settings.images_container
+    return ArrivalRecord(url=store.url(container, name), container=container, name=name, etag="0x1",
+                         content_type="image/png", content_length=len(data), event_time=at, event_id=f"ev-{name}")
+
+
+def test_records_are_fetched_scored_and_a_vanished_blob_is_recorded_once(spark, score_blob_settings: Settings) -> None:
+    settings = score_blob_settings
+    store = BlobStore(settings)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    present = {f"incoming/img-{i}.png": solid_png(40 * i + 20) for i in range(4)}
+    for name, data in present.items():
+        store.upload(settings.images_container, name, data, content_type="image/png")
+    store.upload(settings.images_container, "incoming/broken.png", truncated_png())
+    records = [record(settings, store, name, data, at=now) for name, data in present.items()]
+    records.append(record(settings, store, "incoming/broken.png", truncated_png(), at=now))
+    records.append(record(settings, store, "incoming/gone.png", solid_png(1), at=now))  # never uploaded
+    records.append(records[0])  # Event Grid delivers at least once
+    write_arrival_records(settings, records[:3])
+    write_arrival_records(settings, records[3:])
+
+    report = run_scoring(settings, once=True)
+
+    rows = {r["path"]: r for r in Lake(settings).read(IMAGES).to_pylist()}
+    assert len(rows) == 6 and report.rows == 6
+    for name, data in present.items():
+        row = rows[store.url(settings.images_container, name)]
+        assert row["content"] == data and row["error"] is None
+        assert row["predicted_label"] in CLASSES and row["model_version"] == "1"
+        assert row["load_date"] == dt.date.fromisoformat(now[:10])
+    gone = rows[store.url(settings.images_container, "incoming/gone.png")]
+    assert gone["error"] == VANISHED and gone["predicted_label"] is None and gone["content"] is None
+    broken = rows[store.url(settings.images_container, "incoming/broken.png")]
+    assert broken["error"].startswith("undecodable") and broken["predicted_label"] is None
+
+    # Nothing new: a second pass reads no record again (the vanished blob is not retried).
+    assert run_scoring(settings, once=True).rows == 0
