@@ -82,8 +82,15 @@ def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------------------------------
 # config
 @app.command()
-def config() -> None:
-    """Print the effective settings (secrets masked)."""
+def config(
+    reference: Annotated[bool, typer.Option("--reference", help="Print the configuration reference (Markdown)")] = False,
+) -> None:
+    """Print the effective settings (secrets masked), or the reference of every setting."""
+    if reference:
+        from infra.settings import reference_markdown
+
+        out.print(reference_markdown(), markup=False, highlight=False, soft_wrap=True)
+        return
     print_json(settings_or_exit().public_dict())
 
 
