@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from infra.hashing import stable_fraction
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import TS
+from infra.tables import TS, conform
 
 LABELING_REQUESTS = "labeling_requests"
 LABELING_REQUESTS_SCHEMA = pa.schema(
@@ -85,7 +85,11 @@ def _candidates(table: pa.Table, settings: Settings) -> list[int]:
 def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
     if not lake.exists(LABELING_REQUESTS) or not paths:
         return LABELING_REQUESTS_SCHEMA.empty_table()
-    return lake.read(LABELING_REQUESTS, filters=pc.field("path").isin(paths))
+    # Filtered in memory: the ledger holds at most the daily budget per day, and pushing an
+    # ``isin`` down fails on delta-rs's string_view statistics.
+    columns = ["path", "sent_at", "app_id", "batch_id"]
+    ledger = conform(lake.read(LABELING_REQUESTS, columns=columns), LABELING_REQUESTS_SCHEMA)
+    return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
 
 
 def sent_today(lake: Lake, day: dt.date) -> int:

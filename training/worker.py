@@ -164,6 +164,22 @@ def _sync_exit(strategy: Any) -> None:
 
 
 # Launching ------------------------------------------------------------------------------------
+def _die_with_parent() -> Any:
+    """Linux: a pre-exec hook that ends the child when the Spark task that started it goes
+    (a killed barrier stage must not leave a worker blocked in an all-reduce forever)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before the fork, not after
+    except OSError:
+        return None
+    sigterm = int(signal.SIGTERM)
+    return lambda: libc.prctl(1, sigterm)  # PR_SET_PDEATHSIG
+
+
 def run_in_subprocess(
     job: WorkerJob, *, env: dict[str, str] | None = None, threads: int | None = 1, timeout_s: float | None = None
 ) -> WorkerOutcome:
@@ -190,6 +206,7 @@ def run_in_subprocess(
                     stderr=subprocess.STDOUT,
                     env=child_env,
                     timeout=timeout_s,
+                    preexec_fn=_die_with_parent(),
                     check=False,
                 )
             except subprocess.TimeoutExpired as exc:

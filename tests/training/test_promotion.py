@@ -79,7 +79,8 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     contents = [*IMAGES, truncated_png()]
     classifier, version = registry.load_classifier(settings)
     fast = classifier.classify(contents)
-    pyfunc = mlflow.pyfunc.load_model(registry.model_uri(settings, version)).predict(pd.DataFrame({"content": contents}))
+    loaded = mlflow.pyfunc.load_model(registry.model_uri(settings, version))
+    pyfunc = loaded.predict(pd.DataFrame({"content": contents}))
     assert version == strong
     assert list(fast["label"][:6]) == TRUTH and fast["error"][6] is not None
     pd.testing.assert_frame_equal(pyfunc.reset_index(drop=True), fast.reset_index(drop=True))
