@@ -3,7 +3,7 @@
 * Labeled rows only. The label columns already hold the human label where one exists
   (ingest never lets a path label replace a human one), so "human wins" is the table's job.
 * Rows with an ``error`` or bytes that do not decode are skipped and counted.
-* The train / validation / test side of a row is a hash of its path (the same hashing as the
+* The train / validation / test side of a row is a hash of its path (``infra.hashing``, as the
   sample data's holdout), so a row never changes side between runs or Delta versions.
 * Decoding is :mod:`training.preprocess`, the one preprocessing the registered model ships.
 """
@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
+from infra.hashing import stable_fraction
 from infra.lake import Lake, LakeError
-from infra.sample_data import holdout_side
 from infra.settings import Settings
 from infra.tables import IMAGES
 from training.preprocess import decode_images
@@ -47,11 +47,11 @@ def split_of(
     path: str, *, test_fraction: float = TEST_FRACTION, validation_fraction: float = VALIDATION_FRACTION
 ) -> str:
     """``train``, ``validation`` or ``test`` for ``path``: a hash decides, so it never changes."""
-    if holdout_side(path, test_fraction) == "holdout":
+    if stable_fraction(path) < test_fraction:  # the same hashing as the sample data's holdout
         return TEST
     # A second, independent hash splits the rest; its share is of what the test side left.
     share = validation_fraction / (1.0 - test_fraction)
-    return VALIDATION if holdout_side(f"validation:{path}", share) == "holdout" else TRAIN
+    return VALIDATION if stable_fraction(f"validation:{path}") < share else TRAIN
 
 
 def _native_size(data: bytes) -> int | None:
