@@ -95,7 +95,7 @@ def dedupe_paths(table: pa.Table) -> pa.Table:
         return table
     indexed = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
     last = indexed.group_by("path").aggregate([("__row", "max")]).column("__row_max")
-    return table.take(pc.sort_indices(last))
+    return table.take(pa.array(sorted(last.to_pylist()), type=pa.int64()))
 
 
 def _count_errors(table: pa.Table) -> int:

@@ -171,3 +171,12 @@ def test_sql_classify_function(spark, score_settings: Settings) -> None:
     assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
     assert rows[1].c.label is None and rows[1].c.confidence is None
     assert rows[2].c.label is None
+
+
+def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
+    from streams.score import dedupe_paths
+
+    table = pa.table({"path": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
+    assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
+        {"path": "a", "v": 3}, {"path": "c", "v": 4}, {"path": "b", "v": 5}
+    ]
