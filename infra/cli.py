@@ -83,7 +83,7 @@ def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
 # config
 @app.command()
 def config(
-    reference: Annotated[bool, typer.Option("--reference", help="Print the configuration reference (Markdown)")] = False,
+    reference: Annotated[bool, typer.Option("--reference", help="Print every setting as a Markdown table")] = False,
 ) -> None:
     """Print the effective settings (secrets masked), or the reference of every setting."""
     if reference:
