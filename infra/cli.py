@@ -493,7 +493,7 @@ def train(
     version: Annotated[
         int | None, typer.Option("--version", min=0, help="Delta version of images (default: latest)")
     ] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 15,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 25,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")] = 64,
     model: Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")] = "cnn",
     weights: Annotated[Path | None, typer.Option(help="Local weights file for the model (never downloaded)")] = None,
@@ -552,7 +552,7 @@ def models(
 
 @bench_app.command("train")
 def bench_train_cmd(
-    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 15,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs")] = 25,
     model: Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")] = "cnn",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")] = 64,
     workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers")] = 1,

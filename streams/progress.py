@@ -13,29 +13,16 @@ import logging
 import os
 import threading
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings
+from infra.status import stream_status_path
 
 log = logging.getLogger("lakesight.score")
 
-STATUS_FILE = "score-status.json"
 RECENT = 20
 # Source metrics that mean "work not yet read" (Auto Loader, Kafka, Delta sources).
 BACKLOG_METRICS = ("numFilesOutstanding", "numBytesOutstanding", "avgOffsetsBehindLatest", "numOffsetsBehindLatest")
-
-
-def status_path(settings: Settings) -> Path:
-    return settings.run_dir / STATUS_FILE
-
-
-def read_status(settings: Settings) -> dict[str, Any] | None:
-    """The scoring stream's last recorded status, or None if it never ran here."""
-    try:
-        return json.loads(status_path(settings).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _now() -> str:
@@ -46,7 +33,7 @@ class ScoreStatus:
     """Thread-safe status of one scoring query, persisted on every change."""
 
     def __init__(self, settings: Settings, *, source: str, query_name: str):
-        self.path = status_path(settings)
+        self.path = stream_status_path(settings)
         self.terminated = threading.Event()  # set by the listener: Spark delivered the last event
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=RECENT)

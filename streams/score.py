@@ -236,6 +236,7 @@ def run_scoring(
                 "executors_s": round(collected - began, 4),
                 "driver_s": round(time.perf_counter() - collected, 4),
                 "merge_s": round(outcome.seconds, 4),
+                "rows_per_s": round(table.num_rows / max(time.perf_counter() - began, 1e-6), 1),
                 "table_version": outcome.version,
                 "committed_at": committed_at,
             }

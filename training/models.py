@@ -50,15 +50,19 @@ def build_model(
 
 
 def _cnn_features(inputs: Any) -> Any:
-    """Three conv blocks and global pooling: about 0.3 M parameters, fast on two CPU cores."""
+    """Three conv blocks and global pooling: about 0.1 M parameters.
+
+    One convolution per block: on two CPU cores the scoring stream is bound by the model, and
+    this costs a quarter of the two-conv blocks (41 vs 155 M multiply-adds at 64x64) while
+    still passing the digits holdout target.
+    """
     import keras
 
     x = inputs
     for block, filters in enumerate((32, 64, 128)):
-        for conv in range(2):
-            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}_{conv}")(x)
-            x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{block}_{conv}")(x)
-            x = keras.layers.Activation("relu", name=f"relu{block}_{conv}")(x)
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{block}")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{block}")(x)
+        x = keras.layers.Activation("relu", name=f"relu{block}")(x)
         x = keras.layers.MaxPooling2D(name=f"pool{block}")(x)
     return keras.layers.GlobalAveragePooling2D(name="gap")(x)
 

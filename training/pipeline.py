@@ -32,7 +32,7 @@ Progress = Callable[[str], None]
 @dataclass
 class TrainOptions:
     version: int | None = None  # Delta version of images; latest when None
-    epochs: int = 15
+    epochs: int = 25
     batch_size: int = 64
     model: str = DEFAULT_MODEL
     weights: str | None = None  # local weights file; nothing is downloaded
