@@ -12,9 +12,9 @@ import pytest
 from infra.lake import Lake
 from infra.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
+from infra.status import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
 from streams.models import register_champion, tiny_cnn
-from infra.status import read_stream_status as read_status
 from streams.score import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, run_scoring
 from tests.helpers.images import solid_png, truncated_png
 from tests.streams.conftest import CLASSES, IMAGE_SIZE
