@@ -410,11 +410,37 @@ def score(
 
 
 @app.command()
-def status() -> None:
-    """Print the live pipeline's status as JSON (scoring stream progress, tables, models)."""
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole snapshot as JSON")] = False,
+) -> None:
+    """Show the live pipeline: services, stream progress and backlog, champion, pending labels, decisions."""
     from infra.status import snapshot
 
-    print_json(snapshot(settings_or_exit()))
+    snap = snapshot(settings_or_exit())
+    if as_json:
+        print_json(snap)
+        return
+    stream = snap.get("stream") or {}
+    progress = stream.get("last_progress") or {}
+    images = snap.get("images") or {}
+    models = snap.get("models") or {}
+    render_rows("pipeline", [
+        {"what": "scoring stream",
+         "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})"},
+        {"what": "last batch", "value": f"{progress.get('input_rows')} rows, "
+                                        f"{progress.get('processed_rows_per_s')} rows/s, backlog {progress.get('backlog')}"},
+        {"what": "images / scored / errors", "value": f"{images.get('images')} / {images.get('scored')} / "
+                                                     f"{images.get('errors')}"},
+        {"what": "pending labels / human labels", "value": f"{images.get('pending_labels')} / "
+                                                          f"{images.get('human_labels')}"},
+        {"what": "champion", "value": str(models.get("champion"))},
+    ])
+    services = (snap.get("services") or {}).get("children") or []
+    render_rows("services", [{k: c.get(k) for k in ("name", "pid", "restarts", "last_exit")} for c in services])
+    decisions = snap.get("decisions") or []
+    render_rows("recent retraining decisions", [
+        {k: d.get(k) for k in ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")} for d in decisions[:5]
+    ])
 
 
 @bench_app.command("score")
