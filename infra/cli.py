@@ -427,8 +427,9 @@ def status(
     render_rows("pipeline", [
         {"what": "scoring stream",
          "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})"},
-        {"what": "last batch", "value": f"{progress.get('input_rows')} rows, "
-                                        f"{progress.get('processed_rows_per_s')} rows/s, backlog {progress.get('backlog')}"},
+        {"what": "last batch",
+         "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "
+                  f"backlog {progress.get('backlog')}"},
         {"what": "images / scored / errors", "value": f"{images.get('images')} / {images.get('scored')} / "
                                                      f"{images.get('errors')}"},
         {"what": "pending labels / human labels", "value": f"{images.get('pending_labels')} / "
