@@ -439,9 +439,8 @@ def status(
     services = (snap.get("services") or {}).get("children") or []
     render_rows("services", [{k: c.get(k) for k in ("name", "pid", "restarts", "last_exit")} for c in services])
     decisions = snap.get("decisions") or []
-    render_rows("recent retraining decisions", [
-        {k: d.get(k) for k in ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")} for d in decisions[:5]
-    ])
+    columns = ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")
+    render_rows("recent retraining decisions", [{k: d.get(k) for k in columns} for d in decisions[:5]])
 
 
 @bench_app.command("score")
