@@ -39,8 +39,8 @@ class DemoPlan:
     seed_per_class: int = 15  # a deliberately small seed set: v1 is unsure often enough to need humans
     incoming_per_class: int | None = None  # None: every other training image
     final_wave: int = 40  # images uploaded after promotion, to show the stream follows the champion
-    v1_epochs: int = 8
-    v2_epochs: int = 12
+    v1_epochs: int = 25
+    v2_epochs: int = 25
     min_new_labels: int = 25
     confidence_threshold: float = 0.9
 
@@ -138,6 +138,16 @@ class Demo:
         self.services.append(service)
         return service
 
+    def wait_for_count(self, what: str, count: Callable[[], int], target: int, *, timeout: float) -> None:
+        """Wait until ``count()`` reaches ``target``, showing the live count."""
+        with self.console.status(f"{what}: 0 / {target}") as status:
+            def done() -> bool:
+                current = count()
+                status.update(f"{what}: {current} / {target}")
+                return current >= target
+
+            wait_until(f"{target} images {what}", done, timeout=timeout, on_wait=self.check_children)
+
     def check_children(self) -> None:
         for service in self.services:
             if service.pid() is None:
@@ -160,6 +170,7 @@ class Demo:
     # the story ---------------------------------------------------------------------------------
     def run(self) -> DemoReport:
         started = time.perf_counter()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         for name, value in self.env.items():
             os.environ[name] = value
         if self.root.exists():
@@ -198,7 +209,7 @@ class Demo:
                     self.truth[path.name] = label_dir.name
             # Interleave classes so every wave holds every class.
             incoming.sort(key=lambda p: p.name)
-        with self.step("start the webhook handler, the relay and the scoring stream"):
+        with self.step("start the webhook handler and the relay"):
             self.spawn("handler", "serve", "--log-level", "warning")
             wait_until("the handler", lambda: port_open("127.0.0.1", self.handler_port), timeout=60,
                        on_wait=self.check_children)
@@ -221,8 +232,7 @@ class Demo:
                 store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
                              content_type="image/png")
             self.report.images_uploaded += len(first_wave)
-            wait_until("every uploaded image to be scored", lambda: self._scored() >= len(first_wave),
-                       timeout=300, on_wait=self.check_children)
+            self.wait_for_count("scored", self._scored, len(first_wave), timeout=300)
         with self.step("play the labeling service: export true labels of the unsure images"):
             requested = wait_until("labeling requests", self._labeling_requests, timeout=60)
             self.report.sent_to_labeling = len(requested)
@@ -242,8 +252,7 @@ class Demo:
                 store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
                              content_type="image/png")
             self.report.images_uploaded += len(final_wave)
-            wait_until("the last images to be scored", lambda: self._scored() >= self.report.images_uploaded,
-                       timeout=240, on_wait=self.check_children)
+            self.wait_for_count("scored", self._scored, self.report.images_uploaded, timeout=240)
             self.report.final_wave_versions = self._versions_of([f"incoming/{p.name}" for p in final_wave])
         with self.step("evaluate v1 and v2 on the holdout images"):
             holdout = sorted((data / "holdout").rglob("*.png"))
