@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -65,6 +66,10 @@ class DemoReport:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     state_dir: str = ""
     steps: dict[str, float] = field(default_factory=dict)
+
+
+def _interrupted(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def free_port() -> int:
@@ -176,9 +181,14 @@ class Demo:
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in previous:  # SIGTERM too, and SIGINT even when the shell started us ignoring it
+            signal.signal(sig, _interrupted)
         try:
             self._story()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.stop_all()
         self.report.seconds = round(time.perf_counter() - started, 1)
         return self.report
