@@ -149,9 +149,16 @@ def read_state(settings: Settings) -> dict[str, Any] | None:
 
 def serve_forever(settings: Settings, children: list[Child] | None = None) -> None:
     """Run the supervisor in this process until SIGTERM/SIGINT."""
+    from infra.registry import RegistryError, configure_mlflow
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    try:
+        # Create the MLflow schema once, before the MLflow server and the other children race to.
+        configure_mlflow(settings)
+    except RegistryError as exc:
+        log.warning("MLflow store not initialised before start: %s", exc)
     Supervisor(settings, children or default_children(settings)).run(stop)
 
 
