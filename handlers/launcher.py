@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from handlers.background import WakeableWorker
 from handlers.eventlog import connect, now_iso
 from infra.settings import Settings
 from infra.stack import pid_alive
@@ -144,34 +145,22 @@ def _last_json_line(text: str) -> dict[str, Any] | None:
     return None
 
 
-class Launcher:
+class Launcher(WakeableWorker):
     """Single-flight retraining with cooldown and coalescing over a :class:`Backend`."""
 
+    thread_name = "lakesight-launcher"
+
     def __init__(self, settings: Settings, backend: Backend, *, db_path: Path | None = None):
+        super().__init__()
         self.settings = settings
         self.backend = backend
         self._conn = connect(db_path or settings.state_dir / "handlers" / "launcher.db")
         self._conn.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._host = socket.gethostname()
         self._recover()
 
     # Lifecycle ---------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="lakesight-launcher", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
     def _recover(self) -> None:
         """Launches left ``running`` by a dead process get a clear outcome; they are never rerun."""
         rows = self._query("SELECT launch_id, host, pid FROM launches WHERE status = ?", (RUNNING,))

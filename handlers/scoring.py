@@ -12,9 +12,9 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
 
+from handlers.background import WakeableWorker
 from infra.settings import Settings
 from infra.stack import Service
 
@@ -28,39 +28,27 @@ def stream_running(settings: Settings) -> bool:
     return Service(STREAM_SERVICE, settings).pid() is not None
 
 
-class ScorePass:
+class ScorePass(WakeableWorker):
     """Single-flight, coalescing runner of availableNow scoring passes."""
 
+    thread_name = "lakesight-score-pass"
+
     def __init__(self, settings: Settings, *, argv: list[str] | None = None):
+        super().__init__()
         self.settings = settings
         self.argv = argv or [sys.executable, "-m", "infra.cli", "score", "--source", "arrivals", "--once"]
         self.passes: list[int] = []  # exit codes, oldest first
-        self._wanted = threading.Event()
-        self._stop = threading.Event()
         self._busy = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="lakesight-score-pass", daemon=True)
-            self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wanted.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
 
     def notify(self) -> str:
         """New arrivals were written: ask for a pass unless a stream will score them anyway."""
         if stream_running(self.settings):
             return "stream running"
-        self._wanted.set()
+        self._wake.set()
         return "coalesced" if self._busy else "requested"
 
     def idle(self) -> bool:
-        return not self._busy and not self._wanted.is_set()
+        return not self._busy and not self._wake.is_set()
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -74,11 +62,11 @@ class ScorePass:
         from handlers.launcher import settings_env
 
         while not self._stop.is_set():
-            self._wanted.wait()
+            self._wake.wait()
             if self._stop.is_set():
                 return
             self._busy = True
-            self._wanted.clear()  # arrivals from here on ask for the next pass
+            self._wake.clear()  # arrivals from here on ask for the next pass
             try:
                 self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
                 with (self.settings.logs_dir / "score-pass.log").open("ab") as out:
