@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
 
     score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
+    score_max_bytes_per_trigger: int = Field(
+        64 * 1024 * 1024, ge=0,
+        description="Folder source: most image bytes per micro-batch (0: limit by score_max_files_per_trigger)",
+    )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(
         "binaryFile", description="Directory source: Spark binaryFile, or Databricks Auto Loader (cloudFiles)"

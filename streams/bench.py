@@ -198,7 +198,9 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
     for path in images:
         os.link(path, folder / path.name)
     # Smaller batches than the throughput run: several samples per table, medians reported.
-    small = base.model_copy(update={"score_max_files_per_trigger": max(1, len(images) // 4)})
+    small = base.model_copy(
+        update={"score_max_files_per_trigger": max(1, len(images) // 4), "score_max_bytes_per_trigger": 0}
+    )
     empty = _variant(small, "merge-empty")
     seeded = _variant(small, "merge-seeded")
     started = time.perf_counter()
@@ -259,6 +261,7 @@ def bench_score(
         labeling_daily_budget=0,  # the hand-off is measured by tests, not here (no blob store needed)
         score_trigger_s=settings.score_trigger_s,
         score_max_files_per_trigger=settings.score_max_files_per_trigger,
+        score_max_bytes_per_trigger=settings.score_max_bytes_per_trigger,
         champion_check_s=settings.champion_check_s,
     )
     load_before = os.getloadavg()

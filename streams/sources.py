@@ -81,14 +81,16 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
         return records.repartition(parallelism).mapInPandas(
             lambda it: fetch_blobs(it, settings=settings), FETCHED_DDL
         )
+    # A byte budget keeps batches large for small images (the fixed cost of a micro-batch is
+    # about a second here) and small for large ones (the batch is collected on the driver).
+    by_bytes = settings.score_max_bytes_per_trigger
     if settings.score_source_format == "cloudFiles":
-        reader = (
-            spark.readStream.format("cloudFiles")
-            .option("cloudFiles.format", "binaryFile")
-            .option("cloudFiles.maxFilesPerTrigger", limit)
-        )
+        reader = spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
+        option = "cloudFiles.maxBytesPerTrigger" if by_bytes else "cloudFiles.maxFilesPerTrigger"
     else:
-        reader = spark.readStream.format("binaryFile").option("maxFilesPerTrigger", limit)
+        reader = spark.readStream.format("binaryFile")
+        option = "maxBytesPerTrigger" if by_bytes else "maxFilesPerTrigger"
+    reader = reader.option(option, by_bytes or limit)
     files = (
         reader.schema(BINARY_FILE_DDL)
         .option("recursiveFileLookup", "true")

@@ -28,6 +28,7 @@ def start_score(settings: Settings, source: Path, log: Path) -> subprocess.Popen
         "LAKESIGHT_SPARK_MASTER": "local[1]",  # one Python worker: one TensorFlow start-up
         "LAKESIGHT_LABELING_DAILY_BUDGET": "0",
         "LAKESIGHT_SCORE_MAX_FILES_PER_TRIGGER": "6",
+        "LAKESIGHT_SCORE_MAX_BYTES_PER_TRIGGER": "0",
         "LAKESIGHT_SCORE_TRIGGER_S": "0.2",
     }
     cli = Path(sys.executable).with_name("lakesight")
