@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 
 class WakeableWorker:
@@ -26,6 +27,19 @@ class WakeableWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def idle(self) -> bool:
+        """Nothing running and nothing waiting."""
+        raise NotImplementedError
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block until :meth:`idle` (tests and the bench use this); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.idle():
+                return True
+            time.sleep(0.02)
+        return False
 
     def _loop(self) -> None:
         raise NotImplementedError

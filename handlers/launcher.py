@@ -282,15 +282,6 @@ class Launcher(WakeableWorker):
             self._wake.wait(timeout=min(claimed, 60.0) if claimed else 60.0)
             self._wake.clear()
 
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        """Block until no launch runs and no trigger waits (tests and the bench use this)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.idle():
-                return True
-            time.sleep(0.05)
-        return False
-
 
 def make_backend(settings: Settings) -> Backend:
     """The backend named by ``settings.retrain_backend``."""

@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 
 from handlers.background import WakeableWorker
 from infra.settings import Settings
@@ -49,14 +48,6 @@ class ScorePass(WakeableWorker):
 
     def idle(self) -> bool:
         return not self._busy and not self._wake.is_set()
-
-    def wait_idle(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.idle():
-                return True
-            time.sleep(0.02)
-        return False
 
     def _loop(self) -> None:
         from handlers.launcher import settings_env
