@@ -16,8 +16,12 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def image_error(data: bytes | None, max_bytes: int) -> str | None:
-    """Why ``data`` cannot be used as an image, or None when it decodes fully."""
+def image_error(data: bytes | None, max_bytes: int, *, decode: bool = True) -> str | None:
+    """Why ``data`` cannot be used as an image, or None when it decodes fully.
+
+    ``decode=False`` checks the header and format only, for callers that decode the image
+    anyway and record a decoder failure themselves (the scoring path: one decode, not two).
+    """
     if data is None or len(data) == 0:
         return "empty file"
     if len(data) > max_bytes:
@@ -27,7 +31,8 @@ def image_error(data: bytes | None, max_bytes: int) -> str | None:
             fmt = image.format or "unknown"
             if fmt not in SUPPORTED_FORMATS:
                 return f"unsupported format {fmt}"
-            image.load()
+            if decode:
+                image.load()
     except UnidentifiedImageError:
         return "not an image"
     except Image.DecompressionBombError as exc:

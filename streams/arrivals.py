@@ -61,18 +61,20 @@ def arrival_rows(
     max_bytes: int,
     labeled: bool = False,
     classes: frozenset[str] | None = None,
+    decode: bool = True,
 ) -> Iterator[pd.DataFrame]:
     """Map binaryFile batches (path, modificationTime, length, content) to arrival rows.
 
     A file that is empty, too large or undecodable keeps its row with ``error`` set (so a
     poison file is stored, never retried, never fatal); only over-size bytes are not stored.
+    ``decode=False`` leaves the decoder check to a caller that decodes anyway (see ``image_error``).
     """
     for frame in batches:
         now = pd.Timestamp.now(tz="UTC")
         contents, hashes, errors, labels = [], [], [], []
         for path, data in zip(frame["path"], frame["content"], strict=True):
             data = bytes(data) if data is not None else None
-            error = image_error(data, max_bytes)
+            error = image_error(data, max_bytes, decode=decode)
             errors.append(error)
             hashes.append(content_hash(data) if data else None)
             # Undecodable bytes are kept (quarantined in place); only over-size ones are dropped.

@@ -136,7 +136,9 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
             continue
         fetch_errors = frame[FETCH_ERROR] if FETCH_ERROR in frame.columns else None
         files = frame.drop(columns=[FETCH_ERROR], errors="ignore")
-        for rows in arrival_rows([files], max_bytes=settings.max_image_bytes):
+        # The model decodes every image and reports what it cannot decode (``predictions``):
+        # a full decode here as well would be the same work twice on the hot path.
+        for rows in arrival_rows([files], max_bytes=settings.max_image_bytes, decode=False):
             if fetch_errors is not None:
                 failed = fetch_errors.notna().to_numpy()
                 rows.loc[failed, "error"] = fetch_errors[failed].to_numpy()

@@ -16,20 +16,30 @@ from infra.images import image_error
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
-def decode_image(data: bytes, image_size: int) -> np.ndarray:
-    """Decode ``data`` (any supported format) to a ``(size, size, 3)`` float32 array in [0, 1]."""
+def _decode_rgb(data: bytes, image_size: int) -> np.ndarray:
+    """``(size, size, 3)`` uint8 RGB pixels of ``data``."""
     with Image.open(io.BytesIO(data)) as image:
         rgb = image.convert("RGB")
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        return np.asarray(rgb, dtype=np.float32) / 255.0
+        return np.asarray(rgb)
+
+
+def _scale(pixels: np.ndarray) -> np.ndarray:
+    return np.divide(pixels, np.float32(255), dtype=np.float32)
+
+
+def decode_image(data: bytes, image_size: int) -> np.ndarray:
+    """Decode ``data`` (any supported format) to a ``(size, size, 3)`` float32 array in [0, 1]."""
+    return _scale(_decode_rgb(data, image_size))
 
 
 def decode_images(
     contents: Sequence[bytes | None], image_size: int, *, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> tuple[np.ndarray, list[str | None]]:
     """Decode a batch. Rows that fail get a zero image and an error reason (never raise)."""
-    batch = np.zeros((len(contents), image_size, image_size, 3), dtype=np.float32)
+    # Pixels stay uint8 until the whole batch is scaled at once (a quarter of the per-image cost).
+    pixels = np.zeros((len(contents), image_size, image_size, 3), dtype=np.uint8)
     errors: list[str | None] = []
     for index, data in enumerate(contents):
         reason = None if data else "empty file"
@@ -37,8 +47,8 @@ def decode_images(
             reason = image_error(data, max_bytes)
         if reason is None:
             try:
-                batch[index] = decode_image(bytes(data), image_size)  # type: ignore[arg-type]
+                pixels[index] = _decode_rgb(bytes(data), image_size)  # type: ignore[arg-type]
             except Exception:  # noqa: BLE001 - any decoder failure becomes the row's error
                 reason = image_error(bytes(data), max_bytes) or "undecodable image"  # type: ignore[arg-type]
         errors.append(reason)
-    return batch, errors
+    return _scale(pixels), errors
