@@ -448,7 +448,9 @@ def bench_score_cmd(
     images: Annotated[int, typer.Option(min=100, help="Images to score end to end")] = 20000,
     model: Annotated[str, typer.Option(help="'default' (training's CNN) or 'tiny' (pipeline capacity)")] = "default",
     offered: Annotated[float, typer.Option(min=1, help="Images/s offered in the latency phase")] = 100.0,
-    latency_seconds: Annotated[float, typer.Option(min=2, help="Length of the latency phase")] = 20.0,
+    latency_seconds: Annotated[
+        float, typer.Option(min=2, help="Seconds of steady load on the continuous stream; make it long for a soak")
+    ] = 20.0,
     seed_rows: Annotated[int, typer.Option(min=0, help="Rows seeded for the large-table MERGE phase")] = 200_000,
 ) -> None:
     """Benchmark the scoring stream (throughput, latency, MERGE cost, memory); print JSON."""

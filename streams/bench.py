@@ -4,8 +4,10 @@ Phases, all in one process and one SparkSession (so the Python workers stay warm
 
 1. warm-up over a few images (starts Spark, loads TensorFlow and the model in the workers);
 2. throughput: an ``availableNow`` pass over N 64x64 shape PNGs, bytes stored in Delta;
-3. latency: the continuous query runs while a writer thread drops files atomically at a steady
-   rate; latency = MERGE commit time - file modification time;
+3. latency and memory: the continuous query runs while a writer thread drops files atomically at
+   a steady rate; latency = MERGE commit time - file modification time; the RSS of the process
+   tree after each batch shows whether memory grows with the number of batches (run it long
+   with ``--latency-seconds`` for a soak);
 4. MERGE cost: the same batches into an empty ``images`` and into one seeded with many rows
    spread over load-date partitions;
 5. raw model: ``classifier.probabilities`` on the same images decoded in memory.
@@ -68,6 +70,9 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
+    def latest_tree_mb(self) -> float | None:
+        return self.tree[-1] if self.tree else None
+
     def summary(self) -> dict[str, Any]:
         if not self.tree:
             return {}
@@ -123,6 +128,25 @@ def seed_images(settings: Settings, rows: int, *, days: int = 200) -> None:
     write_deltalake(lake.uri(IMAGES), conform(table, IMAGES_SCHEMA), mode="append", partition_by=IMAGES_PARTITION)
 
 
+def memory_growth(per_batch_mb: list[float]) -> dict[str, Any]:
+    """Whether the stream's memory grows with the number of batches: a line fitted to RSS per batch.
+
+    The first tenth of the batches is left out (TensorFlow and the Python workers settle).
+    """
+    settled = per_batch_mb[len(per_batch_mb) // 10 :]
+    if len(settled) < 3:
+        return {"batches": len(per_batch_mb)}
+    tenth = max(1, len(settled) // 10)
+    slope = float(np.polyfit(np.arange(len(settled)), np.asarray(settled), 1)[0])
+    return {
+        "batches": len(per_batch_mb),
+        "tree_mb_first_tenth_max": round(max(settled[:tenth]), 1),
+        "tree_mb_last_tenth_max": round(max(settled[-tenth:]), 1),
+        "tree_mb_max": round(max(settled), 1),
+        "growth_mb_per_100_batches": round(slope * 100, 2),
+    }
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -139,12 +163,17 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
     incoming.mkdir(parents=True)
     staging.mkdir(parents=True)
     latencies: list[float] = []
+    rss_per_batch: list[float] = []
     stop = threading.Event()
     started = threading.Event()
+    rss = RssSampler(every=0.25)
 
     def on_batch(result: Any) -> None:
         modified = result.table.column("modified_at").to_pylist()
         latencies.extend(result.committed_at - m.timestamp() for m in modified if m is not None)
+        latest = rss.latest_tree_mb()
+        if latest is not None:
+            rss_per_batch.append(latest)
 
     def writer() -> None:
         started.wait(120)
@@ -170,13 +199,14 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
         )
 
     runner = threading.Thread(target=run, daemon=True)
-    runner.start()
-    thread.join()
-    deadline = time.monotonic() + 120
-    while len(latencies) < count and time.monotonic() < deadline and runner.is_alive():
-        time.sleep(0.2)
-    stop.set()
-    runner.join(120)
+    with rss:
+        runner.start()
+        thread.join()
+        deadline = time.monotonic() + 120
+        while len(latencies) < count and time.monotonic() < deadline and runner.is_alive():
+            time.sleep(0.2)
+        stop.set()
+        runner.join(120)
     report = result.get("report")
     return {
         "offered_per_s": offered_per_s,
@@ -187,6 +217,7 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
         "p95_s": _percentile(latencies, 95),
         "max_s": round(max(latencies), 3) if latencies else None,
         "batches": report.batches if report else None,
+        "memory": memory_growth(rss_per_batch),
     }
 
 
@@ -310,6 +341,7 @@ def bench_score(
         "p95_latency_s": latency["p95_s"],
         "merge": merge,
         "rss": rss.summary(),
+        "memory_over_batches": latency["memory"],
         "png_write_seconds": round(write_seconds, 1),
         "state_dir": str(root),
     }
