@@ -78,6 +78,13 @@ class Settings(BaseSettings):
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(
         "binaryFile", description="Directory source: Spark binaryFile, or Databricks Auto Loader (cloudFiles)"
     )
+    score_clean_source: Literal["off", "archive", "delete"] = Field(
+        "off",
+        description="Folder source: what happens to an image file after its batch commits (keeps listings short)",
+    )
+    score_archive_dir: str = Field(
+        "", description="Folder source: where score_clean_source=archive moves files (outside the watched folder)"
+    )
     champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
     score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")
     blob_fetch_threads: int = Field(8, ge=1, description="Parallel blob downloads per scoring task")
@@ -139,6 +146,8 @@ class Settings(BaseSettings):
                 f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
                 f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
             )
+        if self.score_clean_source == "archive" and not self.score_archive_dir:
+            raise ValueError("score_clean_source=archive needs score_archive_dir (where processed files go)")
         if self.mode != "local":
             if not conn or AZURITE_KEY in conn:
                 raise ValueError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")

@@ -109,10 +109,12 @@ def _model_version(table: pa.Table) -> str | None:
 
 def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
     """A folder path -> directory source; None -> the arrival records folder."""
-    from streams.sources import SourceError
+    from streams.sources import SourceError, clean_source_options
 
     try:
-        return directory_source(source, glob=glob) if source is not None else arrivals_source(settings)
+        src = directory_source(source, glob=glob) if source is not None else arrivals_source(settings)
+        clean_source_options(settings, src)  # refuse a bad archive folder before Spark starts
+        return src
     except SourceError as exc:
         raise ScoreError(str(exc)) from exc
 

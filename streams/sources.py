@@ -59,6 +59,37 @@ def directory_source(path: str | Path, *, glob: str = IMAGE_GLOB) -> Source:
     return Source("directory", location, glob)
 
 
+def _local_folder(location: str) -> Path | None:
+    if location.startswith("file:"):
+        location = location.removeprefix("file:").removeprefix("//")
+    return None if "://" in location else Path(location).expanduser().absolute()
+
+
+def clean_source_options(settings: Settings, source: Source) -> dict[str, str]:
+    """Reader options that archive or delete a folder source's files once their batch has committed.
+
+    The images are in Delta by then (bytes included), and a folder that only ever grows makes
+    every trigger's listing slower. The archive must lie outside the watched folder, or the
+    archived files would be listed, and scored, again.
+    """
+    mode = settings.score_clean_source
+    if mode == "off" or source.kind != "directory":
+        return {}
+    archive = settings.score_archive_dir
+    if mode == "archive":
+        watched, target = _local_folder(source.location), _local_folder(archive)
+        if watched is not None and target is not None and (
+            target == watched or watched in target.parents or target in watched.parents
+        ):
+            raise SourceError(f"score_archive_dir {archive} must lie outside the watched folder {source.location}")
+    if settings.score_source_format == "cloudFiles":
+        options = {"cloudFiles.cleanSource": "MOVE" if mode == "archive" else "DELETE"}
+        if mode == "archive":
+            options["cloudFiles.cleanSource.moveDestination"] = archive
+        return options
+    return {"cleanSource": mode, **({"sourceArchiveDir": archive} if mode == "archive" else {})}
+
+
 def arrivals_source(settings: Settings) -> Source:
     folder = arrivals_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
@@ -90,7 +121,7 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
     else:
         reader = spark.readStream.format("binaryFile")
         option = "maxBytesPerTrigger" if by_bytes else "maxFilesPerTrigger"
-    reader = reader.option(option, by_bytes or limit)
+    reader = reader.option(option, by_bytes or limit).options(**clean_source_options(settings, source))
     files = (
         reader.schema(BINARY_FILE_DDL)
         .option("recursiveFileLookup", "true")

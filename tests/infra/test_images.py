@@ -40,4 +40,4 @@ def test_batch_decode_matches_single_decode_and_reports_bad_rows() -> None:
     assert np.array_equal(batch[0], decode_image(contents[0], 32))
     assert np.array_equal(batch[3], decode_image(contents[3], 32))  # RGBA converted, 48 -> 32 resized
     assert np.allclose(batch[0], 200 / 255) and not batch[1].any() and not batch[2].any()
-    assert 0.0 <= batch.min() and batch.max() <= 1.0
+    assert batch.min() >= 0.0 and batch.max() <= 1.0

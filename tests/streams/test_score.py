@@ -161,6 +161,36 @@ def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, 
         run_scoring(settings, source=tmp_path / "here", once=True)
 
 
+def test_processed_files_are_archived_and_a_bad_archive_folder_is_refused(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    incoming = tmp_path / "incoming"
+    settings = score_settings.model_copy(
+        update={"score_clean_source": "archive", "score_archive_dir": str(archive),
+                "score_max_bytes_per_trigger": 0, "score_max_files_per_trigger": 2}
+    )
+    files = shapes(incoming, 6)
+    contents = {p.name: p.read_bytes() for p in files}
+
+    report = run_scoring(settings, source=incoming, once=True)
+
+    assert report.batches == 3
+    rows = rows_by_name(settings)
+    assert {name: row["content"] for name, row in rows.items()} == contents  # every image kept in Delta
+    # Spark moves a batch's files once the next batch starts: the last batch's stay until then.
+    archived = {p.name for p in archive.rglob("*.png")}
+    left = {p.name for p in incoming.rglob("*.png")}
+    assert len(archived) == 4 and archived | left == set(contents) and not archived & left
+    assert all(str(incoming).lstrip("/") in str(p) for p in archive.rglob("*.png"))  # original path kept
+
+    inside = settings.model_copy(update={"score_archive_dir": str(incoming / "done")})
+    with pytest.raises(ScoreError, match="outside the watched folder"):
+        run_scoring(inside, source=incoming, once=True)
+    with pytest.raises(ValueError, match="needs score_archive_dir"):
+        Settings(state_dir=tmp_path / "other", score_clean_source="archive")
+
+
 def test_sql_classify_function(spark, score_settings: Settings) -> None:
     from streams.scoring import register_classify
 
