@@ -128,10 +128,10 @@ def hand_off(
     if not rows:
         return HandOff(table)
     paths = table.column("path").to_pylist()
-    ledger = _ledger(lake, [paths[i] for i in rows])
     committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
     if committed is not None and committed >= batch_id:
         # Replay: this batch's ledger write already committed; reuse its selection.
+        ledger = _ledger(lake, [paths[i] for i in rows])
         mine = ledger.filter(
             pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
         )
@@ -140,10 +140,14 @@ def hand_off(
 
     now = now or dt.datetime.now(dt.UTC)
     day = now.date()
-    already = set(ledger.column("path").to_pylist())
-    fresh = [i for i in rows if paths[i] not in already]
+    # The budget first: once the day's is spent (the steady state under load) one partition
+    # count answers, and the whole ledger is not read for every batch.
     remaining = settings.labeling_daily_budget - sent_today(lake, day)
-    if not fresh or remaining <= 0:
+    if remaining <= 0:
+        return HandOff(table)
+    already = set(_ledger(lake, [paths[i] for i in rows]).column("path").to_pylist())
+    fresh = [i for i in rows if paths[i] not in already]
+    if not fresh:
         return HandOff(table)
     confidence = table.column("confidence").to_pylist()
     chosen = sorted(fresh, key=lambda i: (confidence[i], paths[i]))[:remaining]
