@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
-from infra.settings import Settings
+from infra.settings import Settings, local_path
 from infra.tables import IMAGES, IMAGES_PARTITION, IMAGES_SCHEMA, conform
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ class MergeOutcome:
     updated: int = 0
     attempts: int = 1
     seconds: float = 0.0
-
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
 
 
 def _sql_literal(value: Any) -> str:
@@ -70,8 +66,9 @@ class Lake:
         self.settings = settings
         self.root = settings.lake_root
         self.storage_options = dict(settings.lake_storage_options) or None
-        if _is_local(self.root):
-            self._prepare_local_root(Path(self.root.removeprefix("file://")))
+        root = local_path(self.root)
+        if root is not None:
+            self._prepare_local_root(root)
 
     @staticmethod
     def _prepare_local_root(root: Path) -> None:
@@ -159,9 +156,9 @@ class Lake:
         return rows
 
     def table_names(self) -> list[str]:
-        if not _is_local(self.root):
+        root = local_path(self.root)
+        if root is None:
             return [IMAGES]
-        root = Path(self.root.removeprefix("file://"))
         return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
 
     # Writes -------------------------------------------------------------------------------------
@@ -236,6 +233,25 @@ class Lake:
                 seconds=time.perf_counter() - started,
             )
         raise AssertionError("unreachable")
+
+    def compact(self, name: str, column: str | None = None, values: Iterable[Any] = ()) -> dict[str, Any]:
+        """Bin-pack small files (of the partitions where ``column`` is one of ``values``; all without).
+
+        A frequent writer adds a file per commit, and a keyed MERGE scans every file of the
+        partitions it names: without this its cost grows with the number of commits. The rows do
+        not change (the commit is marked as no data change), so readers and time travel are not
+        affected. A concurrent MERGE makes it fail with ``CommitFailedError``: callers retry later.
+        """
+        started = time.perf_counter()
+        table = self.table(name)
+        chosen = sorted({v.isoformat() if isinstance(v, dt.date) else str(v) for v in values})
+        filters = [(column, "in", chosen)] if column is not None and chosen else None
+        metrics = table.optimize.compact(partition_filters=filters)
+        return {
+            "files_removed": int(metrics.get("numFilesRemoved", 0)),
+            "files_added": int(metrics.get("numFilesAdded", 0)),
+            "seconds": round(time.perf_counter() - started, 4),
+        }
 
     def merge_images(self, source: pa.Table, **options: Any) -> MergeOutcome:
         """:meth:`merge` into ``images`` keyed on path within its load-date partitions."""

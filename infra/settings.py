@@ -33,6 +33,18 @@ def _config_file() -> Path | None:
     return local if local.exists() else None
 
 
+
+def local_path(uri: str) -> Path | None:
+    """The local path a plain path or ``file:`` URI names; None for cloud storage."""
+    if uri.startswith("file:"):
+        uri = uri.removeprefix("file:")
+        uri = "/" + uri.lstrip("/") if uri.startswith("//") else uri
+    return None if "://" in uri else Path(uri).expanduser()
+
+
+def is_local_uri(uri: str) -> bool:
+    return local_path(uri) is not None
+
 class Settings(BaseSettings):
     """Everything lakesight can be configured with. Paths may be local or ``abfss://`` URIs."""
 
@@ -84,6 +96,9 @@ class Settings(BaseSettings):
     )
     score_archive_dir: str = Field(
         "", description="Folder source: where score_clean_source=archive moves files (outside the watched folder)"
+    )
+    score_compact_every: int = Field(
+        50, ge=0, description="Scoring stream compacts the images partitions it wrote every N batches (0: never)"
     )
     champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
     score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")

@@ -107,6 +107,38 @@ def _model_version(table: pa.Table) -> str | None:
     return max(versions, key=lambda v: (len(v), v)) if versions else None
 
 
+class Compactor:
+    """Compacts the ``images`` partitions the stream wrote, every ``every`` batches.
+
+    Each batch's MERGE adds a file, and the next MERGE scans every file of its partitions
+    (measured here: 0.06 s per batch with 10 files in today's partition, 0.76 s with 1,000).
+    A compaction that loses to a concurrent writer (a label MERGE) is retried after the next batch.
+    """
+
+    def __init__(self, lake: Lake, every: int):
+        self.lake = lake
+        self.every = every
+        self.dates: set[Any] = set()
+        self.batches = 0
+
+    def after_batch(self, load_dates: list[Any]) -> dict[str, Any] | None:
+        if self.every <= 0:
+            return None
+        self.dates.update(d for d in load_dates if d is not None)
+        self.batches += 1
+        if self.batches < self.every or not self.dates:
+            return None
+        try:
+            figures = self.lake.compact(IMAGES, "load_date", self.dates)
+        except Exception as exc:  # noqa: BLE001 - never fatal: the next batch tries again
+            log.warning("compacting %s failed (will retry): %s", IMAGES, exc)
+            return None
+        log.info("compacted %s partitions %s: %s", IMAGES, sorted(map(str, self.dates)), figures)
+        self.dates.clear()
+        self.batches = 0
+        return figures
+
+
 def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
     """A folder path -> directory source; None -> the arrival records folder."""
     from streams.sources import SourceError, clean_source_options
@@ -193,6 +225,7 @@ def run_scoring(
     stop = stop_event or threading.Event()
 
     scored = file_rows(spark, settings, src).mapInPandas(lambda it: score_rows(it, settings=settings), SCORED_DDL)
+    compactor = Compactor(lake, settings.score_compact_every)
 
     def write_batch(batch: Any, batch_id: int) -> None:
         app_id = query_app_id(checkpoint, "score")
@@ -213,6 +246,7 @@ def run_scoring(
             handed.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN, app_id=app_id, txn_version=batch_id
         )
         committed_at = time.time()
+        compacted = compactor.after_batch(handed.table.column("load_date").to_pylist())
         errors = _count_errors(table)
         version = _model_version(table)
         report.batches += 1
@@ -238,6 +272,7 @@ def run_scoring(
                 "executors_s": round(collected - began, 4),
                 "driver_s": round(time.perf_counter() - collected, 4),
                 "merge_s": round(outcome.seconds, 4),
+                "compact_s": compacted.get("seconds") if compacted else None,
                 "rows_per_s": round(table.num_rows / max(time.perf_counter() - began, 1e-6), 1),
                 "table_version": outcome.version,
                 "committed_at": committed_at,

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from infra.arrivals import ARRIVAL_RECORD_DDL, arrivals_dir
-from infra.settings import Settings
+from infra.settings import Settings, local_path
 from streams.arrivals import BINARY_FILE_DDL
 from streams.checkpoints import checkpoint_name
 from streams.scoring import FETCH_ERROR
@@ -59,10 +59,13 @@ def directory_source(path: str | Path, *, glob: str = IMAGE_GLOB) -> Source:
     return Source("directory", location, glob)
 
 
-def _local_folder(location: str) -> Path | None:
-    if location.startswith("file:"):
-        location = location.removeprefix("file:").removeprefix("//")
-    return None if "://" in location else Path(location).expanduser().absolute()
+def _overlap(first: str, second: str) -> bool:
+    """Whether two local folders are the same or one holds the other (cloud paths: not checked)."""
+    a, b = local_path(first), local_path(second)
+    if a is None or b is None:
+        return False
+    a, b = a.absolute(), b.absolute()
+    return a == b or a in b.parents or b in a.parents
 
 
 def clean_source_options(settings: Settings, source: Source) -> dict[str, str]:
@@ -76,12 +79,8 @@ def clean_source_options(settings: Settings, source: Source) -> dict[str, str]:
     if mode == "off" or source.kind != "directory":
         return {}
     archive = settings.score_archive_dir
-    if mode == "archive":
-        watched, target = _local_folder(source.location), _local_folder(archive)
-        if watched is not None and target is not None and (
-            target == watched or watched in target.parents or target in watched.parents
-        ):
-            raise SourceError(f"score_archive_dir {archive} must lie outside the watched folder {source.location}")
+    if mode == "archive" and _overlap(source.location, archive):
+        raise SourceError(f"score_archive_dir {archive} must lie outside the watched folder {source.location}")
     if settings.score_source_format == "cloudFiles":
         options = {"cloudFiles.cleanSource": "MOVE" if mode == "archive" else "DELETE"}
         if mode == "archive":

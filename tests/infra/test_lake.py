@@ -137,3 +137,22 @@ def test_prediction_columns_are_owned_by_the_stream() -> None:
     assert {"predicted_label", "confidence", "model_version", "sent_to_labeling_at"} <= set(
         column_names(PREDICTION_COLUMNS)
     )
+
+
+def test_compaction_merges_small_files_of_named_partitions_only(settings: Settings) -> None:
+    lake = Lake(settings)
+    other = DAY - dt.timedelta(days=1)
+    for batch in range(4):
+        lake.merge_images(rows([f"p{batch}"], DAY), app_id="stream", txn_version=batch)
+        lake.merge_images(rows([f"q{batch}"], other))
+    before = lake.read(IMAGES).sort_by("path")
+
+    figures = lake.compact(IMAGES, "load_date", [DAY])
+
+    assert (figures["files_removed"], figures["files_added"]) == (4, 1)
+    table = lake.table(IMAGES)
+    files = [uri for uri in table.file_uris() if DAY.isoformat() in uri]
+    assert len(files) == 1 and len(table.file_uris()) == 5  # the other day keeps its 4 files
+    assert lake.read(IMAGES).sort_by("path").equals(before)
+    assert lake.committed_version(IMAGES, "stream") == 3  # exactly-once bookkeeping survives
+    assert lake.compact(IMAGES, "load_date", [DAY])["files_removed"] == 0  # nothing left to do

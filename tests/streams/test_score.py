@@ -210,3 +210,24 @@ def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
     assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
         {"path": "a", "v": 3}, {"path": "c", "v": 4}, {"path": "b", "v": 5}
     ]
+
+
+def test_compactor_runs_every_n_batches_over_the_dates_it_saw(settings: Settings) -> None:
+    import datetime as dt
+
+    from streams.score import Compactor
+
+    lake = Lake(settings)
+    day = dt.date(2026, 11, 2)
+    compactor = Compactor(lake, every=3)
+    results = []
+    for batch in range(6):
+        lake.merge_images(pa.table({"path": [f"x{batch}"], "load_date": [day], "content_hash": ["h"]}))
+        results.append(compactor.after_batch([day]))
+    assert results[:2] == [None, None] and results[3:5] == [None, None]
+    assert results[2]["files_removed"] == 3 and results[5]["files_removed"] == 4  # earlier output + 3 new
+    assert len(lake.table(IMAGES).file_uris()) == 1 and lake.read(IMAGES).num_rows == 6
+    assert Compactor(lake, every=0).after_batch([day]) is None
+    # A failing compaction is logged and retried later, never raised into the stream.
+    broken = Compactor(Lake(settings.model_copy(update={"lake_root": str(settings.state_dir / "no-lake")})), every=1)
+    assert broken.after_batch([day]) is None and broken.dates == {day}
