@@ -147,6 +147,10 @@ def memory_growth(per_batch_mb: list[float]) -> dict[str, Any]:
     }
 
 
+def _median_of(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
 def _percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -164,11 +168,13 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
     staging.mkdir(parents=True)
     latencies: list[float] = []
     rss_per_batch: list[float] = []
+    merges: list[float] = []
     stop = threading.Event()
     started = threading.Event()
     rss = RssSampler(every=0.25)
 
     def on_batch(result: Any) -> None:
+        merges.append(result.outcome.seconds)
         modified = result.table.column("modified_at").to_pylist()
         latencies.extend(result.committed_at - m.timestamp() for m in modified if m is not None)
         latest = rss.latest_tree_mb()
@@ -218,6 +224,9 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
         "max_s": round(max(latencies), 3) if latencies else None,
         "batches": report.batches if report else None,
         "memory": memory_growth(rss_per_batch),
+        "merge_s_first_tenth": _median_of(merges[: max(1, len(merges) // 10)]),
+        "merge_s_last_tenth": _median_of(merges[-max(1, len(merges) // 10) :]),
+        "compact_every": settings.score_compact_every,
     }
 
 
@@ -234,11 +243,14 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
     )
     empty = _variant(small, "merge-empty")
     seeded = _variant(small, "merge-seeded")
+    # The harder case: every seeded row in today's partition, the one the stream writes to.
+    same_day = _variant(small, "merge-seeded-today")
     started = time.perf_counter()
     seed_images(seeded, seed_rows)
     seed_seconds = time.perf_counter() - started
+    seed_images(same_day, seed_rows, days=1)
     figures: dict[str, Any] = {"batch_files": small.score_max_files_per_trigger, "batches_each": 0}
-    for name, settings in (("empty", empty), ("seeded", seeded)):
+    for name, settings in (("empty", empty), ("seeded", seeded), ("seeded_today", same_day)):
         merges: list[float] = []
         run_scoring(settings, source=folder, once=True, handle_signals=False,
                     on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds))
@@ -247,7 +259,9 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
         figures["batches_each"] = len(merges)
     figures["seeded_rows"] = seed_rows
     figures["seed_seconds"] = round(seed_seconds, 1)
-    figures["seeded_over_empty"] = round(figures["seconds_per_batch_seeded"] / figures["seconds_per_batch_empty"], 2)
+    empty_s = figures["seconds_per_batch_empty"]
+    for name in ("seeded", "seeded_today"):
+        figures[f"{name}_over_empty"] = round(figures[f"seconds_per_batch_{name}"] / empty_s, 2)
     return figures
 
 

@@ -33,5 +33,8 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     assert latency["memory"]["batches"] == latency["batches"] >= 1
     merge = figures["merge"]
     assert merge["seeded_rows"] == 3000 and merge["batches_each"] >= 2
-    assert merge["seconds_per_batch_empty"] > 0 and merge["seconds_per_batch_seeded"] > 0
+    for name in ("empty", "seeded", "seeded_today"):
+        assert merge[f"seconds_per_batch_{name}"] > 0 and len(merge[f"seconds_per_batch_{name}_all"]) >= 2
+    assert merge["seeded_today_over_empty"] > 0
+    assert latency["merge_s_first_tenth"] > 0 and latency["merge_s_last_tenth"] > 0
     assert figures["rss"]["peak_tree_mb"] >= figures["rss"]["peak_driver_mb"] > 0
