@@ -210,6 +210,9 @@ class Lake:
                 source_alias="s",
                 target_alias="t",
                 commit_properties=properties,
+                # The source is a small in-memory batch: materialised, its key ranges prune
+                # target files by their statistics (the streamed default skips that).
+                streamed_exec=False,
             )
             if update:
                 builder = builder.when_matched_update(updates=update, predicate=update_predicate)
