@@ -452,12 +452,17 @@ def bench_score_cmd(
         float, typer.Option(min=2, help="Seconds of steady load on the continuous stream; make it long for a soak")
     ] = 20.0,
     seed_rows: Annotated[int, typer.Option(min=0, help="Rows seeded for the large-table MERGE phase")] = 200_000,
+    clean_source: Annotated[
+        str, typer.Option(help="Continuous phase: 'archive' scored files (as an always-on stream should) or 'off'")
+    ] = "archive",
 ) -> None:
     """Benchmark the scoring stream (throughput, latency, MERGE cost, memory); print JSON."""
     from streams.bench import bench_score
 
     if model not in ("default", "tiny"):
         fail("--model must be 'default' or 'tiny'")
+    if clean_source not in ("archive", "off"):
+        fail("--clean-source must be 'archive' or 'off'")
     print_json(
         bench_score(
             settings_or_exit(),
@@ -466,6 +471,7 @@ def bench_score_cmd(
             offered_per_s=offered,
             latency_s=latency_seconds,
             seed_rows=seed_rows,
+            clean_source=clean_source,
             log=lambda message: console.print(f"[dim]{message}[/]"),
         )
     )

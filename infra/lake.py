@@ -62,8 +62,14 @@ def from_source(columns: Iterable[str]) -> dict[str, str]:
 class Lake:
     """Access to the lake's Delta tables for one settings object."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, reuse_tables: bool = False):
+        """``reuse_tables`` keeps each opened table and brings it up to date incrementally (only
+        the new commits are read) instead of replaying the log from the last checkpoint on every
+        call: for one writer thread committing often (the scoring stream), where a full load
+        costs up to 99 JSON commits. Not for objects shared between threads.
+        """
         self.settings = settings
+        self._open: dict[str, DeltaTable] | None = {} if reuse_tables else None
         self.root = settings.lake_root
         self.storage_options = dict(settings.lake_storage_options) or None
         root = local_path(self.root)
@@ -87,13 +93,23 @@ class Lake:
         return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
 
     def table(self, name: str, version: int | None = None) -> DeltaTable:
+        reusable = self._open is not None and version is None
+        if reusable and name in self._open:  # type: ignore[operator]
+            table = self._open[name]  # type: ignore[index]
+            table.update_incremental()
+            return table
         try:
-            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+            table = DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
         except TableNotFoundError as exc:
             raise LakeError(f"table {name!r} does not exist at {self.uri(name)}") from exc
+        if reusable:
+            self._open[name] = table  # type: ignore[index]
+        return table
 
     def ensure(self, name: str, schema: pa.Schema, partition_by: list[str] | None = None) -> DeltaTable:
         """Open ``name``, creating it empty with ``schema`` when missing."""
+        if self._open is not None and name in self._open:
+            return self.table(name)
         if not self.exists(name):
             try:
                 write_deltalake(

@@ -157,9 +157,17 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values), q)), 3)
 
 
-def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seconds: float) -> dict[str, Any]:
+def _latency_phase(
+    settings: Settings, root: Path, *, offered_per_s: float, seconds: float, clean_source: str = "archive"
+) -> dict[str, Any]:
     from infra.sample_data import ShapeKnobs, shape_images
     from streams.score import run_scoring
+
+    # An always-on folder stream should move what it has scored away (see docs/STREAMING.md):
+    # otherwise every trigger lists everything that ever arrived.
+    settings = settings.model_copy(
+        update={"score_clean_source": clean_source, "score_archive_dir": str(root / "latency-archive")}
+    )
 
     count = int(offered_per_s * seconds)
     payloads = list(shape_images(ShapeKnobs(count=count, size=IMAGE_SIZE, seed=11, holdout_fraction=0, prefix="lat")))
@@ -227,6 +235,7 @@ def _latency_phase(settings: Settings, root: Path, *, offered_per_s: float, seco
         "merge_s_first_tenth": _median_of(merges[: max(1, len(merges) // 10)]),
         "merge_s_last_tenth": _median_of(merges[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,
+        "clean_source": clean_source,
     }
 
 
@@ -289,6 +298,7 @@ def bench_score(
     latency_s: float = 20.0,
     seed_rows: int = 200_000,
     merge_images: int = 4000,
+    clean_source: str = "archive",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run every phase on a fresh state folder under ``settings.state_dir``; return the figures."""
@@ -328,7 +338,9 @@ def bench_score(
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
     stored = sum(1 for c in rows.column("content").to_pylist() if c)
     log("latency phase")
-    latency = _latency_phase(_variant(base, "latency"), root, offered_per_s=offered_per_s, seconds=latency_s)
+    latency = _latency_phase(
+        _variant(base, "latency"), root, offered_per_s=offered_per_s, seconds=latency_s, clean_source=clean_source
+    )
     log("merge phase")
     merge = _merge_phase(base, files[:merge_images], root, seed_rows)
     log("raw model")

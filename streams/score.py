@@ -215,7 +215,7 @@ def run_scoring(
     src = resolve_source(settings, source, glob)
     _require_champion(settings)
     started = time.perf_counter()
-    lake = Lake(settings)
+    lake = Lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
     lake.images()
     spark = get_spark(settings, "lakesight-score")
     checkpoint = settings.checkpoint_uri(src.checkpoint)

@@ -156,3 +156,20 @@ def test_compaction_merges_small_files_of_named_partitions_only(settings: Settin
     assert lake.read(IMAGES).sort_by("path").equals(before)
     assert lake.committed_version(IMAGES, "stream") == 3  # exactly-once bookkeeping survives
     assert lake.compact(IMAGES, "load_date", [DAY])["files_removed"] == 0  # nothing left to do
+
+
+def test_reused_tables_follow_commits_from_other_writers(settings: Settings) -> None:
+    stream = Lake(settings, reuse_tables=True)
+    other = Lake(settings)
+    first = stream.merge_images(rows(["a"], DAY), app_id="stream", txn_version=0)
+    assert stream.table(IMAGES) is stream.table(IMAGES)  # one handle, brought up to date in place
+
+    other.merge_images(rows(["b"], DAY, label="cat"))  # e.g. a label MERGE from the handlers
+    second = stream.merge_images(rows(["c"], DAY), app_id="stream", txn_version=1)
+
+    assert (first.version, second.version) == (1, 3)
+    assert stream.version(IMAGES) == other.version(IMAGES) == 3
+    assert sorted(stream.read(IMAGES, columns=["path"]).column("path").to_pylist()) == ["a", "b", "c"]
+    assert stream.committed_version(IMAGES, "stream") == 1
+    assert stream.merge_images(rows(["c"], DAY), app_id="stream", txn_version=1).skipped
+    assert stream.read(IMAGES, version=1).num_rows == 1  # time travel still opens its own snapshot

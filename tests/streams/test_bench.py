@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from infra.settings import Settings
@@ -30,7 +32,8 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     latency = figures["latency"]
     assert latency["images"] == latency["committed"] == 90
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
-    assert latency["memory"]["batches"] == latency["batches"] >= 1
+    assert latency["memory"]["batches"] == latency["batches"] >= 1 and latency["clean_source"] == "archive"
+    assert len(list((Path(figures["state_dir"]) / "latency-archive").rglob("*.png"))) > 0  # scored files moved
     merge = figures["merge"]
     assert merge["seeded_rows"] == 3000 and merge["batches_each"] >= 2
     for name in ("empty", "seeded", "seeded_today"):
