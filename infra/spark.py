@@ -66,7 +66,7 @@ def _plain_checkpoint_files(spark: SparkSession) -> None:
     under the latency benchmark), each a fork of the whole JVM. Older Sparks name the class
     elsewhere: then the default stays.
     """
-    if "spark.sql.streaming.checkpointFileManagerClass" in spark.sparkContext.getConf().toDebugString():
+    if spark.sparkContext.getConf().contains("spark.sql.streaming.checkpointFileManagerClass"):
         return  # chosen by the user (spark_conf)
     try:
         spark._jvm.java.lang.Class.forName(PLAIN_CHECKPOINT_MANAGER)  # type: ignore[union-attr]

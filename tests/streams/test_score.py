@@ -231,3 +231,10 @@ def test_compactor_runs_every_n_batches_over_the_dates_it_saw(settings: Settings
     # A failing compaction is logged and retried later, never raised into the stream.
     broken = Compactor(Lake(settings.model_copy(update={"lake_root": str(settings.state_dir / "no-lake")})), every=1)
     assert broken.after_batch([day]) is None and broken.dates == {day}
+
+
+def test_local_checkpoints_use_the_filesystem_manager(spark) -> None:
+    from infra.spark import PLAIN_CHECKPOINT_MANAGER
+
+    # Every stream test in this session (SIGKILL/restart, replay) then runs on this manager.
+    assert spark.conf.get("spark.sql.streaming.checkpointFileManagerClass") == PLAIN_CHECKPOINT_MANAGER
