@@ -69,7 +69,8 @@ class Lake:
         costs up to 99 JSON commits. Not for objects shared between threads.
         """
         self.settings = settings
-        self._open: dict[str, DeltaTable] | None = {} if reuse_tables else None
+        self._reuse = reuse_tables
+        self._open: dict[str, DeltaTable] = {}
         self.root = settings.lake_root
         self.storage_options = dict(settings.lake_storage_options) or None
         root = local_path(self.root)
@@ -93,9 +94,9 @@ class Lake:
         return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
 
     def table(self, name: str, version: int | None = None) -> DeltaTable:
-        reusable = self._open is not None and version is None
-        if reusable and name in self._open:  # type: ignore[operator]
-            table = self._open[name]  # type: ignore[index]
+        reusable = self._reuse and version is None
+        if reusable and name in self._open:
+            table = self._open[name]
             table.update_incremental()
             return table
         try:
@@ -103,12 +104,12 @@ class Lake:
         except TableNotFoundError as exc:
             raise LakeError(f"table {name!r} does not exist at {self.uri(name)}") from exc
         if reusable:
-            self._open[name] = table  # type: ignore[index]
+            self._open[name] = table
         return table
 
     def ensure(self, name: str, schema: pa.Schema, partition_by: list[str] | None = None) -> DeltaTable:
         """Open ``name``, creating it empty with ``schema`` when missing."""
-        if self._open is not None and name in self._open:
+        if name in self._open:
             return self.table(name)
         if not self.exists(name):
             try:

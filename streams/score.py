@@ -246,7 +246,7 @@ def run_scoring(
             handed.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN, app_id=app_id, txn_version=batch_id
         )
         committed_at = time.time()
-        compacted = compactor.after_batch(handed.table.column("load_date").to_pylist())
+        compacted = compactor.after_batch(pc.unique(handed.table.column("load_date")).to_pylist())
         errors = _count_errors(table)
         version = _model_version(table)
         report.batches += 1

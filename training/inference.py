@@ -24,12 +24,13 @@ PROBE_IMAGES = 8
 def _foldable(conv: Any, norm: Any) -> bool:
     import keras
 
+    if not (isinstance(conv, keras.layers.Conv2D) and isinstance(norm, keras.layers.BatchNormalization)):
+        return False
+    config = conv.get_config()
     return (
-        isinstance(conv, keras.layers.Conv2D)
-        and isinstance(norm, keras.layers.BatchNormalization)
-        and conv.get_config().get("activation") == "linear"
-        and conv.get_config().get("data_format", "channels_last") == "channels_last"
-        and conv.get_config().get("groups", 1) == 1
+        config.get("activation") == "linear"
+        and config.get("data_format", "channels_last") == "channels_last"
+        and config.get("groups", 1) == 1
         and norm.axis in (-1, 3, [-1], [3])
     )
 
