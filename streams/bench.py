@@ -31,10 +31,15 @@ from infra.settings import Settings
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 IMAGE_SIZE = 64
+MEMORY_ROLES = ("driver", "jvm", "workers", "tree")
 
 
 class RssSampler:
-    """Samples the RSS of this process and its children (JVM, Python workers) in the background."""
+    """Samples the RSS of this process and its children (JVM, Python workers) in the background.
+
+    ``latest`` holds the last sample per role: ``driver`` (this process), ``jvm``, ``workers``
+    (every other child: Spark's Python daemon and workers) and ``tree`` (all of them).
+    """
 
     def __init__(self, every: float = 0.5):
         import psutil
@@ -44,23 +49,25 @@ class RssSampler:
         self._stop = threading.Event()
         self.driver: list[float] = []
         self.tree: list[float] = []
+        self.latest: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         import psutil
 
         while not self._stop.wait(self._every):
-            total = 0
+            roles = {"driver": 0, "jvm": 0, "workers": 0}
             try:
-                own = self._me.memory_info().rss
-                total = own
+                roles["driver"] = self._me.memory_info().rss
                 for child in self._me.children(recursive=True):
                     with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
-                        total += child.memory_info().rss
+                        roles["jvm" if child.name() == "java" else "workers"] += child.memory_info().rss
             except psutil.Error:
                 continue
-            self.driver.append(own / 2**20)
-            self.tree.append(total / 2**20)
+            roles["tree"] = sum(roles.values())
+            self.latest = {role: value / 2**20 for role, value in roles.items()}
+            self.driver.append(self.latest["driver"])
+            self.tree.append(self.latest["tree"])
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -69,9 +76,6 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
-
-    def latest_tree_mb(self) -> float | None:
-        return self.tree[-1] if self.tree else None
 
     def summary(self) -> dict[str, Any]:
         if not self.tree:
@@ -128,23 +132,48 @@ def seed_images(settings: Settings, rows: int, *, days: int = 200) -> None:
     write_deltalake(lake.uri(IMAGES), conform(table, IMAGES_SCHEMA), mode="append", partition_by=IMAGES_PARTITION)
 
 
-def memory_growth(per_batch_mb: list[float]) -> dict[str, Any]:
+def _growth(series: list[float]) -> dict[str, Any]:
+    tenth = max(1, len(series) // 10)
+    half = series[len(series) // 2 :]
+
+    def per_100(values: list[float]) -> float:
+        return round(float(np.polyfit(np.arange(len(values)), np.asarray(values), 1)[0]) * 100, 2)
+
+    return {
+        "mb_first_tenth_max": round(max(series[:tenth]), 1),
+        "mb_last_tenth_max": round(max(series[-tenth:]), 1),
+        "mb_max": round(max(series), 1),
+        "growth_mb_per_100_batches": per_100(series),
+        "growth_mb_per_100_batches_second_half": per_100(half) if len(half) >= 3 else None,
+    }
+
+
+def memory_growth(per_batch: list[dict[str, float]]) -> dict[str, Any]:
     """Whether the stream's memory grows with the number of batches: a line fitted to RSS per batch.
 
-    The first tenth of the batches is left out (TensorFlow and the Python workers settle).
+    One fit per role (driver, JVM, Python workers, whole tree), over all settled batches and over
+    their second half (memory that levels off has a second-half slope near zero). The first tenth
+    of the batches is left out (TensorFlow and the Python workers settle).
     """
-    settled = per_batch_mb[len(per_batch_mb) // 10 :]
+    settled = per_batch[len(per_batch) // 10 :]
     if len(settled) < 3:
-        return {"batches": len(per_batch_mb)}
-    tenth = max(1, len(settled) // 10)
-    slope = float(np.polyfit(np.arange(len(settled)), np.asarray(settled), 1)[0])
-    return {
-        "batches": len(per_batch_mb),
-        "tree_mb_first_tenth_max": round(max(settled[:tenth]), 1),
-        "tree_mb_last_tenth_max": round(max(settled[-tenth:]), 1),
-        "tree_mb_max": round(max(settled), 1),
-        "growth_mb_per_100_batches": round(slope * 100, 2),
+        return {"batches": len(per_batch)}
+    return {"batches": len(per_batch)} | {
+        role: _growth([sample[role] for sample in settled]) for role in MEMORY_ROLES if role in settled[0]
     }
+
+
+def jvm_heap_after_gc_mb(spark: Any) -> float:
+    """Heap the JVM still holds after a full collection: its live data, unlike its RSS.
+
+    The JVM's RSS grows until the heap reaches ``-Xmx`` whatever the live data does, so growth of
+    the live heap between two points is what would show a leak there (local mode: driver and
+    executors share this JVM).
+    """
+    jvm = spark._jvm
+    jvm.java.lang.System.gc()
+    usage = jvm.java.lang.management.ManagementFactory.getMemoryMXBean().getHeapMemoryUsage()
+    return round(usage.getUsed() / 2**20, 1)
 
 
 def _median_of(values: list[float]) -> float | None:
@@ -161,6 +190,7 @@ def _latency_phase(
     settings: Settings, root: Path, *, offered_per_s: float, seconds: float, clean_source: str = "archive"
 ) -> dict[str, Any]:
     from infra.sample_data import ShapeKnobs, shape_images
+    from infra.spark import get_spark
     from streams.score import run_scoring
 
     # An always-on folder stream should move what it has scored away (see docs/STREAMING.md):
@@ -175,7 +205,7 @@ def _latency_phase(
     incoming.mkdir(parents=True)
     staging.mkdir(parents=True)
     latencies: list[float] = []
-    rss_per_batch: list[float] = []
+    rss_per_batch: list[dict[str, float]] = []
     merges: list[float] = []
     stop = threading.Event()
     started = threading.Event()
@@ -185,9 +215,8 @@ def _latency_phase(
         merges.append(result.outcome.seconds)
         modified = result.table.column("modified_at").to_pylist()
         latencies.extend(result.committed_at - m.timestamp() for m in modified if m is not None)
-        latest = rss.latest_tree_mb()
-        if latest is not None:
-            rss_per_batch.append(latest)
+        if rss.latest:
+            rss_per_batch.append(rss.latest)
 
     def writer() -> None:
         started.wait(120)
@@ -213,6 +242,7 @@ def _latency_phase(
         )
 
     runner = threading.Thread(target=run, daemon=True)
+    live_heap_before = jvm_heap_after_gc_mb(get_spark(settings))
     with rss:
         runner.start()
         thread.join()
@@ -221,6 +251,7 @@ def _latency_phase(
             time.sleep(0.2)
         stop.set()
         runner.join(120)
+    live_heap_after = jvm_heap_after_gc_mb(get_spark(settings))
     report = result.get("report")
     return {
         "offered_per_s": offered_per_s,
@@ -232,6 +263,7 @@ def _latency_phase(
         "max_s": round(max(latencies), 3) if latencies else None,
         "batches": report.batches if report else None,
         "memory": memory_growth(rss_per_batch),
+        "jvm_heap_after_gc_mb": {"before": live_heap_before, "after": live_heap_after},
         "merge_s_first_tenth": _median_of(merges[: max(1, len(merges) // 10)]),
         "merge_s_last_tenth": _median_of(merges[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,

@@ -173,3 +173,31 @@ def test_reused_tables_follow_commits_from_other_writers(settings: Settings) -> 
     assert stream.committed_version(IMAGES, "stream") == 1
     assert stream.merge_images(rows(["c"], DAY), app_id="stream", txn_version=1).skipped
     assert stream.read(IMAGES, version=1).num_rows == 1  # time travel still opens its own snapshot
+
+
+def test_compaction_leaves_files_at_the_target_size_alone(settings: Settings) -> None:
+    lake = Lake(settings)
+    for batch in range(3):
+        lake.merge_images(rows([f"p{batch}-{i:05d}" for i in range(2000)], DAY))
+    sizes = sorted(a["size_bytes"] for a in pa.table(lake.table(IMAGES).get_add_actions()).to_pylist())
+
+    # Every file already counts as full: nothing to rewrite.
+    assert lake.compact(IMAGES, "load_date", [DAY], target_bytes=sizes[0])["files_removed"] == 0
+    assert lake.compact(IMAGES, "load_date", [DAY], target_bytes=10 * sizes[-1])["files_removed"] == 3
+
+
+def test_path_statistics_are_not_truncated_so_newer_names_skip_older_files(settings: Settings) -> None:
+    lake = Lake(settings)
+    prefix = "abfss://images@account.dfs.core.windows.net/" + "camera-07/" * 12  # 160 characters
+    lake.merge_images(rows([f"{prefix}2026-11-01T08-{i:02d}.png" for i in range(50)], DAY))
+    older = pa.table(lake.table(IMAGES).get_add_actions(flatten=True)).to_pylist()[0]
+    assert older["min.path"] == f"{prefix}2026-11-01T08-00.png"
+    assert older["max.path"] == f"{prefix}2026-11-01T08-49.png"
+    assert older.get("min.content") is None  # image bytes carry no statistics
+
+    lake.merge_images(rows([f"{prefix}2026-11-01T09-{i:02d}.png" for i in range(50)], DAY))
+    newer = lake.merge_images(rows([f"{prefix}2026-11-01T10-{i:02d}.png" for i in range(50)], DAY))
+
+    assert newer.inserted == 50 and lake.read(IMAGES).num_rows == 150
+    metrics = lake.table(IMAGES).history(1)[0]["operationMetrics"]
+    assert metrics["num_target_files_scanned"] == 0 and metrics["num_target_files_skipped_during_scan"] == 2

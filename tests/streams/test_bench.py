@@ -10,14 +10,32 @@ from infra.settings import Settings
 from streams.bench import bench_score, memory_growth
 
 
-def test_memory_growth_fits_rss_per_batch_after_the_warm_up() -> None:
-    flat = memory_growth([500.0] * 5 + [1000.0 + (i % 2) for i in range(100)])
-    assert flat["batches"] == 105
-    assert abs(flat["growth_mb_per_100_batches"]) < 5  # the warm-up jump is left out
-    leaking = memory_growth([1000.0 + 2 * i for i in range(200)])
-    assert leaking["growth_mb_per_100_batches"] == pytest.approx(200, rel=0.01)
-    assert leaking["tree_mb_last_tenth_max"] > leaking["tree_mb_first_tenth_max"]
-    assert memory_growth([1.0, 2.0]) == {"batches": 2}
+def _samples(driver: list[float], workers: list[float]) -> list[dict[str, float]]:
+    return [
+        {"driver": d, "jvm": 600.0, "workers": w, "tree": d + 600.0 + w} for d, w in zip(driver, workers, strict=True)
+    ]
+
+
+def test_memory_growth_fits_rss_per_batch_and_role_after_the_warm_up() -> None:
+    flat = [1000.0 + (i % 2) for i in range(100)]
+    leaking = [1000.0 + 2 * i for i in range(100)]
+    growth = memory_growth(_samples([500.0] * 5 + flat, [300.0] * 5 + leaking[:5] + leaking[:95]))
+
+    assert growth["batches"] == 105
+    assert abs(growth["driver"]["growth_mb_per_100_batches"]) < 5  # the warm-up jump is left out
+    assert growth["jvm"]["growth_mb_per_100_batches"] == 0
+    assert growth["workers"]["growth_mb_per_100_batches"] == pytest.approx(200, rel=0.05)
+    assert growth["tree"]["growth_mb_per_100_batches"] == pytest.approx(200, rel=0.05)
+    assert growth["workers"]["mb_last_tenth_max"] > growth["workers"]["mb_first_tenth_max"]
+
+
+def test_memory_that_levels_off_has_a_flat_second_half() -> None:
+    levelling = [1000.0 + min(i, 100) for i in range(300)]
+    growth = memory_growth(_samples(levelling, levelling))
+
+    assert growth["driver"]["growth_mb_per_100_batches"] > 10
+    assert growth["driver"]["growth_mb_per_100_batches_second_half"] == pytest.approx(0, abs=1e-6)
+    assert memory_growth(_samples([1.0, 2.0], [1.0, 2.0])) == {"batches": 2}
 
 
 def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings) -> None:
@@ -33,6 +51,9 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     assert latency["images"] == latency["committed"] == 90
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
     assert latency["memory"]["batches"] == latency["batches"] >= 1 and latency["clean_source"] == "archive"
+    assert latency["jvm_heap_after_gc_mb"]["before"] > 0 and latency["jvm_heap_after_gc_mb"]["after"] > 0
+    if latency["batches"] >= 30:  # enough settled batches for a fit
+        assert latency["memory"]["workers"]["mb_max"] > 0 and latency["memory"]["jvm"]["mb_max"] > 0
     assert len(list((Path(figures["state_dir"]) / "latency-archive").rglob("*.png"))) > 0  # scored files moved
     merge = figures["merge"]
     assert merge["seeded_rows"] == 3000 and merge["batches_each"] >= 2
