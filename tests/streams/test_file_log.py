@@ -1,0 +1,25 @@
+"""Reading which files Spark assigned to a batch from the file source's log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streams.file_log import listed_files
+
+
+def _entry(path: str, batch_id: int, timestamp: int = 1_000) -> str:
+    return json.dumps({"path": path, "timestamp": timestamp, "batchId": batch_id}, separators=(",", ":"))
+
+
+def test_a_compact_log_yields_only_the_batchs_own_files(tmp_path: Path) -> None:
+    folder = tmp_path / "sources" / "0"
+    folder.mkdir(parents=True)
+    lines = ["v1"] + [_entry(f"file:///in/b{b}-{i}.png", b) for b in (9, 10, 19, 99, 199) for i in range(3)]
+    (folder / "199.compact").write_text("\n".join(lines) + "\n")
+    (folder / "9").write_text("v1\n" + _entry("file:///in/odd%20name.png", 9, 7) + "\n")
+
+    assert listed_files(str(tmp_path), 199) == {f"file:/in/b199-{i}.png": 1_000 for i in range(3)}
+    # The plain log of batch 9 wins over the compact file; "batchId":9 must not match 99 or 199.
+    assert listed_files(f"file:{tmp_path}", 9) == {"file:/in/odd name.png": 7}
+    assert listed_files(str(tmp_path), 42) == {}
