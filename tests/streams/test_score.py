@@ -238,3 +238,9 @@ def test_local_checkpoints_use_the_filesystem_manager(spark) -> None:
 
     # Every stream test in this session (SIGKILL/restart, replay) then runs on this manager.
     assert spark.conf.get("spark.sql.streaming.checkpointFileManagerClass") == PLAIN_CHECKPOINT_MANAGER
+
+
+def test_the_file_status_cache_is_capped(spark) -> None:
+    # Each micro-batch's file index caches its files' statuses session-wide; uncapped (250 MB) the
+    # stream's heap grows with every file it scores until the cap.
+    assert int(spark.conf.get("spark.sql.hive.filesourcePartitionFileCacheSize")) == 32 * 2**20
