@@ -392,7 +392,12 @@ def score(
         "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}"
     ),
 ) -> None:
-    """Score new images with the champion model into the images table until stopped (SIGTERM/Ctrl-C)."""
+    """Score new images with the champion model into the images table until stopped (SIGTERM/Ctrl-C).
+
+    Left running, set LAKESIGHT_SCORE_CLEAN_SOURCE=archive (with LAKESIGHT_SCORE_ARCHIVE_DIR) or
+    delete: scored files then leave the source folder, and the stream starts a fresh checkpoint
+    every LAKESIGHT_SCORE_CHECKPOINT_MAX_FILES files, so listing time and memory stay bounded.
+    """
     import logging
 
     from infra.lake import LakeError

@@ -92,10 +92,17 @@ class Settings(BaseSettings):
     )
     score_clean_source: Literal["off", "archive", "delete"] = Field(
         "off",
-        description="Folder source: what happens to an image file after its batch commits (keeps listings short)",
+        description="What happens to a source file (image, arrival record) after its batch commits (keeps listings "
+        "and memory short)",
     )
     score_archive_dir: str = Field(
-        "", description="Folder source: where score_clean_source=archive moves files (outside the watched folder)"
+        "", description="Where score_clean_source=archive moves files (outside the watched folder)"
+    )
+    score_checkpoint_max_files: int = Field(
+        50_000,
+        ge=0,
+        description="With score_clean_source on: start a fresh stream checkpoint after this many source files "
+        "(bounds what Spark remembers; 0: never)",
     )
     score_compact_every: int = Field(
         50, ge=0, description="Scoring stream compacts the images partitions it wrote every N batches (0: never)"

@@ -29,9 +29,14 @@ DEFAULT_CONF = {
     "spark.python.worker.reuse": "true",
     # A file stream hands each batch's files to a new file index, which caches every file's
     # status in a session-wide cache of 250 MB by default: the JVM's live heap grew ~1.5 KB per
-    # scored file until that cap (jmap: one LocatedFileStatus per file). Nothing reads the
-    # entries again, so a small cap bounds the stream's heap sooner at no cost.
-    "spark.sql.hive.filesourcePartitionFileCacheSize": str(32 * 2**20),
+    # scored file (jmap: one LocatedFileStatus per file). lakesight reads no table through Spark,
+    # so nothing reads those entries again; 0 turns the cache off (Spark's NoopCache).
+    "spark.sql.hive.filesourcePartitionFileCacheSize": "0",
+    # Finished jobs, stages and SQL executions are kept for the UI and status API (1,000 each by
+    # default, ~1.5 per micro-batch): a long stream's heap then levels off at a fraction of that.
+    "spark.ui.retainedJobs": "100",
+    "spark.ui.retainedStages": "100",
+    "spark.sql.ui.retainedExecutions": "50",
 }
 
 

@@ -103,10 +103,15 @@ def arrival_rows(
         )
 
 
-def with_unread_files(table: pa.Table, checkpoint: str, batch_id: int) -> pa.Table:
-    """``table`` plus error rows for the batch's listed files that Spark did not read."""
+def with_unread_files(
+    table: pa.Table, checkpoint: str, batch_id: int, listed: dict[str, int] | None = None
+) -> pa.Table:
+    """``table`` plus error rows for the batch's listed files that Spark did not read.
+
+    ``listed``: the batch's files when the caller has read them already.
+    """
     present = {normalise_path(p) for p in table.column("path").to_pylist()}
-    missing = unread_file_rows(listed_files(checkpoint, batch_id), present)
+    missing = unread_file_rows(listed_files(checkpoint, batch_id) if listed is None else listed, present)
     if missing.empty:
         return table
     extra = conform(pa.Table.from_pandas(missing, preserve_index=False), IMAGES_SCHEMA)

@@ -268,6 +268,8 @@ def _latency_phase(
         "merge_s_last_tenth": _median_of(merges[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,
         "clean_source": clean_source,
+        "checkpoint_max_files": settings.score_checkpoint_max_files,
+        "checkpoints_retired": report.checkpoints_retired if report else None,
     }
 
 
@@ -349,6 +351,7 @@ def bench_score(
         score_trigger_s=settings.score_trigger_s,
         score_max_files_per_trigger=settings.score_max_files_per_trigger,
         score_max_bytes_per_trigger=settings.score_max_bytes_per_trigger,
+        score_checkpoint_max_files=settings.score_checkpoint_max_files,
         champion_check_s=settings.champion_check_s,
     )
     load_before = os.getloadavg()

@@ -7,6 +7,7 @@ DataFrame without a word; comparing with the source log finds them so they still
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -19,9 +20,13 @@ def normalise_path(path: str) -> str:
     return path
 
 
+def _source_log(checkpoint: str, source_index: int = 0) -> Path:
+    return Path(checkpoint.removeprefix("file:")) / "sources" / str(source_index)
+
+
 def listed_files(checkpoint: str, batch_id: int, source_index: int = 0) -> dict[str, int]:
     """``{path: modification time in ms}`` of the files Spark assigned to ``batch_id``."""
-    folder = Path(checkpoint.removeprefix("file:")) / "sources" / str(source_index)
+    folder = _source_log(checkpoint, source_index)
     for candidate in (folder / str(batch_id), folder / f"{batch_id}.compact"):
         if candidate.exists():
             break
@@ -39,4 +44,36 @@ def listed_files(checkpoint: str, batch_id: int, source_index: int = 0) -> dict[
             entry = json.loads(line)
             if entry.get("batchId") == batch_id:
                 files[normalise_path(entry["path"])] = int(entry["timestamp"])
+    return files
+
+
+def _current_logs(checkpoint: str) -> list[Path]:
+    """The latest compact file (every file up to its batch) and the batch logs after it, in order."""
+    folder = _source_log(checkpoint)
+    if not folder.is_dir():
+        return []
+    batches = {int(p.name.removesuffix(".compact")): p for p in folder.iterdir()
+               if p.name.removesuffix(".compact").isdigit()}
+    start = max((b for b, p in batches.items() if p.suffix == ".compact"), default=-1)
+    return [batches[b] for b in sorted(batches) if b >= start]
+
+
+def _entries(checkpoint: str) -> Iterator[bytes]:
+    for log in _current_logs(checkpoint):
+        with log.open("rb") as handle:
+            yield from (line for line in handle if line.startswith(b"{"))  # the first line is a version
+
+
+def seen_file_count(checkpoint: str) -> int:
+    """How many files the query's file source has recorded (0 for a new checkpoint)."""
+    return sum(1 for _ in _entries(checkpoint))
+
+
+def logged_files(checkpoint: str, up_to_batch: int) -> list[str]:
+    """Every file the source log assigned to batches up to ``up_to_batch``."""
+    files = []
+    for line in _entries(checkpoint):
+        entry = json.loads(line)
+        if entry.get("batchId", up_to_batch + 1) <= up_to_batch:
+            files.append(normalise_path(entry["path"]))
     return files

@@ -9,6 +9,7 @@ batch replayed after a crash changes nothing.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -28,8 +29,10 @@ from infra.spark import get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
 from streams.arrivals import with_unread_files
 from streams.checkpoints import query_app_id
+from streams.file_log import listed_files, seen_file_count
 from streams.labeling import hand_off
 from streams.progress import ScoreStatus, make_listener
+from streams.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
 from streams.scoring import SCORED_DDL, score_rows
 from streams.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 
@@ -75,6 +78,7 @@ class ScoreReport:
     errors: int = 0
     skipped_batches: int = 0
     sent_to_labeling: int = 0
+    checkpoints_retired: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     merge_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -186,8 +190,14 @@ def _stop_on_signals(stop: threading.Event, enabled: bool) -> Iterator[dict[str,
             signal.signal(sig, old)
 
 
-def _stop_gracefully(query: Any, grace_s: float) -> None:
-    """Let a running micro-batch finish (up to ``grace_s``), then stop; a cut batch is replayed later."""
+def _stop_gracefully(query: Any, grace_s: float, batch_done: threading.Event) -> None:
+    """Stop between micro-batches: when none runs, or as soon as foreachBatch returns (up to
+    ``grace_s``); a cut batch is replayed later, and skipped if it had committed.
+
+    A stream that is falling behind starts each batch as the last ends, so waiting for an idle
+    trigger alone could take the whole grace period and then cut a batch anyway.
+    """
+    batch_done.clear()
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         try:
@@ -195,7 +205,8 @@ def _stop_gracefully(query: Any, grace_s: float) -> None:
                 break
         except Exception:  # noqa: BLE001 - the query may already be gone
             break
-        time.sleep(0.1)
+        if batch_done.wait(0.1):
+            break
     query.stop()
 
 
@@ -215,7 +226,9 @@ def run_scoring(
     """Score ``source`` (a folder; None: arrival records) until stopped, or once over what is there.
 
     Continuous by default (processing-time trigger); ``once`` runs an ``availableNow`` pass.
-    Stops on ``stop_event`` or SIGTERM/SIGINT; a restart resumes from the checkpoint.
+    Stops on ``stop_event`` or SIGTERM/SIGINT; a restart resumes from the checkpoint. When scored
+    files leave the folder (``score_clean_source``), the query moves to a fresh checkpoint every
+    ``score_checkpoint_max_files`` files (``streams.rotation``), which bounds Spark's memory.
     """
     src = resolve_source(settings, source, glob)
     _require_champion(settings)
@@ -231,8 +244,43 @@ def run_scoring(
 
     scored = file_rows(spark, settings, src).mapInPandas(lambda it: score_rows(it, settings=settings), SCORED_DDL)
     compactor = Compactor(lake, settings.score_compact_every)
+    rotates = rotation_enabled(settings, src, checkpoint)
+    if not once and settings.score_clean_source == "off" and remembers_every_file(settings, src):
+        log.warning(
+            "Spark's file source keeps every file this query scores in memory (a week by default): "
+            "set score_clean_source so the stream can start fresh checkpoints (docs/STREAMING.md, Memory)"
+        )
+    files_seen = [0]  # by the current checkpoint
+
+    def rotation_due() -> bool:
+        return rotates and files_seen[0] >= settings.score_checkpoint_max_files
+
+    def start_query() -> Any:
+        if rotates:
+            remove_retired(checkpoint)
+            files_seen[0] = seen_file_count(checkpoint)
+            if rotation_due():
+                committed = lake.committed_version(IMAGES, query_app_id(checkpoint, "score"))
+                retired = retire_checkpoint(settings, checkpoint, committed)
+                status.update(last_checkpoint_retired={**retired, "at": time.time()})
+                report.checkpoints_retired += 1
+                files_seen[0] = 0
+        status.terminated.clear()  # set again when this query's last event has arrived
+        query = writer.start()
+        log.info("scoring %s (query %s, checkpoint %s)", report.source, query.id, checkpoint)
+        if on_start is not None:
+            on_start(query)
+        return query
+
+    batch_done = threading.Event()
 
     def write_batch(batch: Any, batch_id: int) -> None:
+        try:
+            commit_batch(batch, batch_id)
+        finally:
+            batch_done.set()
+
+    def commit_batch(batch: Any, batch_id: int) -> None:
         app_id = query_app_id(checkpoint, "score")
         done = lake.committed_version(IMAGES, app_id)
         if done is not None and done >= batch_id:
@@ -241,8 +289,10 @@ def run_scoring(
         began = time.perf_counter()
         table = batch.toArrow()  # runs the micro-batch's Spark job: read, check, score on executors
         collected = time.perf_counter()
+        listed = listed_files(checkpoint, batch_id) if rotates or src.reads_files else {}
+        files_seen[0] += len(listed)
         if src.reads_files:
-            table = with_unread_files(table, checkpoint, batch_id)
+            table = with_unread_files(table, checkpoint, batch_id, listed)
         if table.num_rows == 0:
             return
         table = dedupe_paths(table)
@@ -293,16 +343,22 @@ def run_scoring(
     writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=interval)
     try:
         with _stop_on_signals(stop, handle_signals) as received:
-            query = writer.start()
-            log.info("scoring %s (query %s, checkpoint %s)", report.source, query.id, checkpoint)
-            if on_start is not None:
-                on_start(query)
-            while query.isActive and not stop.is_set():
-                query.awaitTermination(0.5)  # raises if the query failed
-            if query.isActive:
-                report.stopped_by = received.get("signal", "stop requested")
-                _stop_gracefully(query, grace_s)
-            query.awaitTermination()
+            while True:
+                query = start_query()
+                while query.isActive and not stop.is_set() and not rotation_due():
+                    query.awaitTermination(0.5)  # raises if the query failed
+                if query.isActive:
+                    _stop_gracefully(query, grace_s, batch_done)
+                query.awaitTermination()
+                if stop.is_set():
+                    report.stopped_by = received.get("signal", "stop requested")
+                if stop.is_set() or once or not rotation_due():
+                    break
+                # The JVM frees a stopped query (with its memory of every file it saw) only once
+                # py4j's wrapper is collected, and that wrapper sits in a reference cycle: without
+                # this, every retired query stayed in the heap (jmap, and a 3-query experiment).
+                del query
+                gc.collect()
     finally:
         # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
         status.terminated.wait(5)

@@ -69,19 +69,20 @@ def _overlap(first: str, second: str) -> bool:
 
 
 def clean_source_options(settings: Settings, source: Source) -> dict[str, str]:
-    """Reader options that archive or delete a folder source's files once their batch has committed.
+    """Reader options that archive or delete a source's files (images, or arrival records) once
+    their batch has committed.
 
-    The images are in Delta by then (bytes included), and a folder that only ever grows makes
+    The rows are in Delta by then (image bytes included), and a folder that only ever grows makes
     every trigger's listing slower. The archive must lie outside the watched folder, or the
     archived files would be listed, and scored, again.
     """
     mode = settings.score_clean_source
-    if mode == "off" or source.kind != "directory":
+    if mode == "off":
         return {}
     archive = settings.score_archive_dir
     if mode == "archive" and _overlap(source.location, archive):
         raise SourceError(f"score_archive_dir {archive} must lie outside the watched folder {source.location}")
-    if settings.score_source_format == "cloudFiles":
+    if settings.score_source_format == "cloudFiles" and source.kind == "directory":
         options = {"cloudFiles.cleanSource": "MOVE" if mode == "archive" else "DELETE"}
         if mode == "archive":
             options["cloudFiles.cleanSource.moveDestination"] = archive
@@ -104,6 +105,7 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
             .schema(ARRIVAL_RECORD_DDL)
             .option("maxFilesPerTrigger", limit)
             .option("pathGlobFilter", "*.jsonl")
+            .options(**clean_source_options(settings, source))
             .load(source.location)
         )
         # Few records per file: repartition so every core downloads and scores.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streams.file_log import listed_files
+from streams.file_log import listed_files, logged_files, seen_file_count
 
 
 def _entry(path: str, batch_id: int, timestamp: int = 1_000) -> str:
@@ -23,3 +23,18 @@ def test_a_compact_log_yields_only_the_batchs_own_files(tmp_path: Path) -> None:
     # The plain log of batch 9 wins over the compact file; "batchId":9 must not match 99 or 199.
     assert listed_files(f"file:{tmp_path}", 9) == {"file:/in/odd name.png": 7}
     assert listed_files(str(tmp_path), 42) == {}
+
+
+def test_the_current_log_is_the_latest_compact_file_and_the_batches_after_it(tmp_path: Path) -> None:
+    folder = tmp_path / "sources" / "0"
+    folder.mkdir(parents=True)
+    assert seen_file_count(str(tmp_path)) == 0
+    old = ["v1"] + [_entry(f"file:///in/old-{i}.png", 8) for i in range(5)]
+    (folder / "9.compact").write_text("\n".join(old) + "\n")  # superseded by 19.compact
+    compact = ["v1"] + [_entry(f"file:///in/b{b}.png", b) for b in range(20)]
+    (folder / "19.compact").write_text("\n".join(compact) + "\n")
+    for batch in (20, 21):
+        (folder / str(batch)).write_text(f"v1\n{_entry(f'file:///in/b{batch}.png', batch)}\n")
+
+    assert seen_file_count(f"file:{tmp_path}") == 22
+    assert logged_files(str(tmp_path), 20) == [f"file:/in/b{b}.png" for b in range(21)]

@@ -240,7 +240,11 @@ def test_local_checkpoints_use_the_filesystem_manager(spark) -> None:
     assert spark.conf.get("spark.sql.streaming.checkpointFileManagerClass") == PLAIN_CHECKPOINT_MANAGER
 
 
-def test_the_file_status_cache_is_capped(spark) -> None:
-    # Each micro-batch's file index caches its files' statuses session-wide; uncapped (250 MB) the
-    # stream's heap grows with every file it scores until the cap.
-    assert int(spark.conf.get("spark.sql.hive.filesourcePartitionFileCacheSize")) == 32 * 2**20
+def test_the_file_status_cache_is_off_and_finished_work_is_kept_briefly(spark) -> None:
+    # Each micro-batch's file index caches its files' statuses session-wide; with the cache on
+    # (250 MB by default) the stream's heap grows with every file it scores.
+    jvm = spark._jvm
+    cache = jvm.org.apache.spark.sql.execution.datasources.FileStatusCache.getOrCreate(spark._jsparkSession)
+    assert cache.getClass().getSimpleName() == "NoopCache$"
+    conf = spark.sparkContext.getConf()
+    assert int(conf.get("spark.ui.retainedJobs")) <= 100 and int(conf.get("spark.sql.ui.retainedExecutions")) <= 50

@@ -72,3 +72,13 @@ def test_registered_classifier_serves_the_folded_network(tmp_path: Path) -> None
     assert not _has_batch_norm(classifier.keras_model)
     images = np.random.default_rng(2).random((300, SIZE, SIZE, 3), dtype=np.float32)  # over one inference batch
     np.testing.assert_allclose(classifier.probabilities(images), np.asarray(model(images)), rtol=1e-4, atol=1e-6)
+
+    # Odd batch sizes reach the network padded to a few shapes; the padding never shows.
+    shapes: list[int] = []
+    infer = classifier._infer
+    classifier._infer = lambda batch: (shapes.append(len(batch)), infer(batch))[1]
+    for count in (1, 5, 33, 300):
+        got = classifier.probabilities(images[:count])
+        assert got.shape == (count, 3)
+        np.testing.assert_allclose(got, np.asarray(model(images[:count])), rtol=1e-4, atol=1e-6)
+    assert shapes == [32, 32, 64, 256, 64]
