@@ -255,6 +255,9 @@ def run_scoring(
     def rotation_due() -> bool:
         return rotates and files_seen[0] >= settings.score_checkpoint_max_files
 
+    def rotate_now() -> bool:
+        return not once and rotation_due()  # a run-once pass finishes first; the next run rotates
+
     def start_query() -> Any:
         if rotates:
             remove_retired(checkpoint)
@@ -345,14 +348,14 @@ def run_scoring(
         with _stop_on_signals(stop, handle_signals) as received:
             while True:
                 query = start_query()
-                while query.isActive and not stop.is_set() and not rotation_due():
+                while query.isActive and not stop.is_set() and not rotate_now():
                     query.awaitTermination(0.5)  # raises if the query failed
                 if query.isActive:
                     _stop_gracefully(query, grace_s, batch_done)
                 query.awaitTermination()
                 if stop.is_set():
                     report.stopped_by = received.get("signal", "stop requested")
-                if stop.is_set() or once or not rotation_due():
+                if stop.is_set() or not rotate_now():
                     break
                 # The JVM frees a stopped query (with its memory of every file it saw) only once
                 # py4j's wrapper is collected, and that wrapper sits in a reference cycle: without
