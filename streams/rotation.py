@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings, local_path
-from streams.file_log import logged_files, seen_file_count
+from streams.file_log import logged_files
 from streams.sources import Source
 
 log = logging.getLogger("lakesight.score")
@@ -59,7 +59,9 @@ def clean_scored_file(path: str, settings: Settings) -> bool:
     return True
 
 
-def retire_checkpoint(settings: Settings, checkpoint: str, committed_batch: int | None) -> dict[str, Any]:
+def retire_checkpoint(
+    settings: Settings, checkpoint: str, committed_batch: int | None, files_seen: int
+) -> dict[str, Any]:
     """Clean the files of the last committed batches, then remove the checkpoint.
 
     ``committed_batch`` is the last batch id the table recorded for this checkpoint's query.
@@ -74,12 +76,11 @@ def retire_checkpoint(settings: Settings, checkpoint: str, committed_batch: int 
         cleaned = sum(clean_scored_file(path, settings) for path in logged_files(checkpoint, committed_batch))
     folder = local_path(checkpoint)
     assert folder is not None  # rotation_enabled checked it
-    seen = seen_file_count(checkpoint)
     if folder.exists():
         retired = folder.with_name(f"{folder.name}{RETIRED}{time.time_ns()}")
         folder.rename(retired)
         shutil.rmtree(retired, ignore_errors=True)
-    figures = {"files_seen": seen, "files_cleaned": cleaned, "seconds": round(time.perf_counter() - began, 3)}
+    figures = {"files_seen": files_seen, "files_cleaned": cleaned, "seconds": round(time.perf_counter() - began, 3)}
     log.info("retired checkpoint %s: %s", checkpoint, figures)
     return figures
 

@@ -264,7 +264,7 @@ def run_scoring(
             files_seen[0] = seen_file_count(checkpoint)
             if rotation_due():
                 committed = lake.committed_version(IMAGES, query_app_id(checkpoint, "score"))
-                retired = retire_checkpoint(settings, checkpoint, committed)
+                retired = retire_checkpoint(settings, checkpoint, committed, files_seen[0])
                 status.update(last_checkpoint_retired={**retired, "at": time.time()})
                 report.checkpoints_retired += 1
                 files_seen[0] = 0
