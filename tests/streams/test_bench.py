@@ -39,9 +39,9 @@ def test_memory_that_levels_off_has_a_flat_second_half() -> None:
 
 
 def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings) -> None:
-    # A small checkpoint limit: the continuous phase starts fresh checkpoints under load.
+    # A one-file checkpoint limit: every batch but the last is followed by a fresh checkpoint, under load.
     figures = bench_score(
-        settings.model_copy(update={"score_checkpoint_max_files": 40}), images=120, model="tiny", offered_per_s=30,
+        settings.model_copy(update={"score_checkpoint_max_files": 1}), images=120, model="tiny", offered_per_s=30,
         latency_s=3, seed_rows=3000, merge_images=80,
         log=lambda _message: None,
     )
@@ -51,7 +51,7 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     assert figures["ratio"] == pytest.approx(figures["images_per_s"] / figures["raw_model_images_per_s"], abs=1e-3)
     latency = figures["latency"]
     assert latency["images"] == latency["committed"] == 90
-    assert latency["checkpoint_max_files"] == 40 and latency["checkpoints_retired"] >= 1
+    assert latency["checkpoint_max_files"] == 1 and latency["checkpoints_retired"] >= 1
     assert 0 < latency["p50_s"] <= latency["p95_s"] <= latency["max_s"]
     assert latency["memory"]["batches"] == latency["batches"] >= 1 and latency["clean_source"] == "archive"
     assert latency["jvm_heap_after_gc_mb"]["before"] > 0 and latency["jvm_heap_after_gc_mb"]["after"] > 0
