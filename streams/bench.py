@@ -21,6 +21,7 @@ import os
 import statistics
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,28 @@ from infra.settings import Settings
 CLASSES = ["circle", "square", "triangle", "cross"]
 IMAGE_SIZE = 64
 MEMORY_ROLES = ("driver", "jvm", "workers", "tree")
+
+
+class Recorder:
+    """Floats in a buffer allocated (and touched) up front, so recording them during a soak does not
+    itself grow the process being measured (a Python list of floats adds ~40 bytes per value).
+    """
+
+    def __init__(self, capacity: int):
+        self._values = np.full(max(1, capacity), np.nan)
+        self._count = 0
+
+    def add(self, value: float) -> None:
+        if self._count < len(self._values):  # a full buffer drops the rest instead of growing
+            self._values[self._count] = value
+            self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def values(self) -> list[float]:
+        return self._values[: self._count].tolist()
 
 
 class RssSampler:
@@ -47,8 +70,8 @@ class RssSampler:
         self._me = psutil.Process()
         self._every = every
         self._stop = threading.Event()
-        self.driver: list[float] = []
-        self.tree: list[float] = []
+        self.driver = array("d")  # 8 bytes a sample: a long soak samples ~30,000 times an hour
+        self.tree = array("d")
         self.latest: dict[str, float] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -148,19 +171,20 @@ def _growth(series: list[float]) -> dict[str, Any]:
     }
 
 
-def memory_growth(per_batch: list[dict[str, float]]) -> dict[str, Any]:
+def memory_growth(per_batch: dict[str, list[float]]) -> dict[str, Any]:
     """Whether the stream's memory grows with the number of batches: a line fitted to RSS per batch.
 
     One fit per role (driver, JVM, Python workers, whole tree), over all settled batches and over
     their second half (memory that levels off has a second-half slope near zero). The first tenth
     of the batches is left out (TensorFlow and the Python workers settle).
     """
-    settled = per_batch[len(per_batch) // 10 :]
-    if len(settled) < 3:
-        return {"batches": len(per_batch)}
-    return {"batches": len(per_batch)} | {
-        role: _growth([sample[role] for sample in settled]) for role in MEMORY_ROLES if role in settled[0]
-    }
+    batches = min((len(series) for series in per_batch.values()), default=0)
+    out: dict[str, Any] = {"batches": batches}
+    for role in MEMORY_ROLES:
+        settled = per_batch.get(role, [])[batches // 10 : batches]
+        if len(settled) >= 3:
+            out[role] = _growth(settled)
+    return out
 
 
 def jvm_heap_after_gc_mb(spark: Any) -> float:
@@ -204,19 +228,22 @@ def _latency_phase(
     incoming, staging = root / "latency", root / "latency-staging"
     incoming.mkdir(parents=True)
     staging.mkdir(parents=True)
-    latencies: list[float] = []
-    rss_per_batch: list[dict[str, float]] = []
-    merges: list[float] = []
+    # Every image commits in a batch of at least one image: ``count`` bounds both.
+    latencies, merges = Recorder(count), Recorder(count)
+    rss_per_batch = {role: Recorder(count) for role in MEMORY_ROLES}
     stop = threading.Event()
     started = threading.Event()
     rss = RssSampler(every=0.25)
 
     def on_batch(result: Any) -> None:
-        merges.append(result.outcome.seconds)
-        modified = result.table.column("modified_at").to_pylist()
-        latencies.extend(result.committed_at - m.timestamp() for m in modified if m is not None)
-        if rss.latest:
-            rss_per_batch.append(rss.latest)
+        merges.add(result.outcome.seconds)
+        for modified in result.table.column("modified_at").to_pylist():
+            if modified is not None:
+                latencies.add(result.committed_at - modified.timestamp())
+        sample = rss.latest
+        if sample:
+            for role, recorder in rss_per_batch.items():
+                recorder.add(sample[role])
 
     def writer() -> None:
         started.wait(120)
@@ -258,14 +285,14 @@ def _latency_phase(
         "images": count,
         "committed": len(latencies),
         "trigger_s": settings.score_trigger_s,
-        "p50_s": _percentile(latencies, 50),
-        "p95_s": _percentile(latencies, 95),
-        "max_s": round(max(latencies), 3) if latencies else None,
+        "p50_s": _percentile(latencies.values, 50),
+        "p95_s": _percentile(latencies.values, 95),
+        "max_s": round(max(latencies.values), 3) if len(latencies) else None,
         "batches": report.batches if report else None,
-        "memory": memory_growth(rss_per_batch),
+        "memory": memory_growth({role: recorder.values for role, recorder in rss_per_batch.items()}),
         "jvm_heap_after_gc_mb": {"before": live_heap_before, "after": live_heap_after},
-        "merge_s_first_tenth": _median_of(merges[: max(1, len(merges) // 10)]),
-        "merge_s_last_tenth": _median_of(merges[-max(1, len(merges) // 10) :]),
+        "merge_s_first_tenth": _median_of(merges.values[: max(1, len(merges) // 10)]),
+        "merge_s_last_tenth": _median_of(merges.values[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,
         "clean_source": clean_source,
         "checkpoint_max_files": settings.score_checkpoint_max_files,
@@ -396,7 +423,7 @@ def bench_score(
         "raw_model_images_per_s": raw["images_per_s"],
         "raw_model_sample": raw["images"],
         "ratio": round(images_per_s / raw["images_per_s"], 3),
-        "merge_seconds_per_batch_throughput_run": round(statistics.mean(report.merge_seconds), 4),
+        "merge_seconds_per_batch_throughput_run": report.merge_seconds_mean,
         "latency": latency,
         "p50_latency_s": latency["p50_s"],
         "p95_latency_s": latency["p95_s"],

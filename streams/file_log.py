@@ -69,11 +69,10 @@ def seen_file_count(checkpoint: str) -> int:
     return sum(1 for _ in _entries(checkpoint))
 
 
-def logged_files(checkpoint: str, up_to_batch: int) -> list[str]:
-    """Every file the source log assigned to batches up to ``up_to_batch``."""
-    files = []
+def logged_files(checkpoint: str, up_to_batch: int) -> Iterator[str]:
+    """Every file the source log assigned to batches up to ``up_to_batch``, one at a time (a log
+    names 50,000 files at a rotation: a list of them all would be ~10 MB of short-lived strings)."""
     for line in _entries(checkpoint):
         entry = json.loads(line)
         if entry.get("batchId", up_to_batch + 1) <= up_to_batch:
-            files.append(normalise_path(entry["path"]))
-    return files
+            yield normalise_path(entry["path"])

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from streams.bench import bench_score, memory_growth
+from streams.bench import Recorder, bench_score, memory_growth
 
 
-def _samples(driver: list[float], workers: list[float]) -> list[dict[str, float]]:
-    return [
-        {"driver": d, "jvm": 600.0, "workers": w, "tree": d + 600.0 + w} for d, w in zip(driver, workers, strict=True)
-    ]
+def _samples(driver: list[float], workers: list[float]) -> dict[str, list[float]]:
+    tree = [d + 600.0 + w for d, w in zip(driver, workers, strict=True)]
+    return {"driver": driver, "jvm": [600.0] * len(driver), "workers": workers, "tree": tree}
 
 
 def test_memory_growth_fits_rss_per_batch_and_role_after_the_warm_up() -> None:
@@ -36,6 +35,14 @@ def test_memory_that_levels_off_has_a_flat_second_half() -> None:
     assert growth["driver"]["growth_mb_per_100_batches"] > 10
     assert growth["driver"]["growth_mb_per_100_batches_second_half"] == pytest.approx(0, abs=1e-6)
     assert memory_growth(_samples([1.0, 2.0], [1.0, 2.0])) == {"batches": 2}
+
+
+def test_recorder_keeps_values_in_order_and_drops_what_exceeds_its_capacity() -> None:
+    recorder = Recorder(3)
+    assert len(recorder) == 0 and recorder.values == []
+    for value in (0.5, 1.5, 2.5, 3.5):
+        recorder.add(value)
+    assert len(recorder) == 3 and recorder.values == [0.5, 1.5, 2.5]
 
 
 def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings) -> None:

@@ -37,4 +37,4 @@ def test_the_current_log_is_the_latest_compact_file_and_the_batches_after_it(tmp
         (folder / str(batch)).write_text(f"v1\n{_entry(f'file:///in/b{batch}.png', batch)}\n")
 
     assert seen_file_count(f"file:{tmp_path}") == 22
-    assert logged_files(str(tmp_path), 20) == [f"file:/in/b{b}.png" for b in range(21)]
+    assert list(logged_files(str(tmp_path), 20)) == [f"file:/in/b{b}.png" for b in range(21)]
