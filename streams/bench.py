@@ -228,7 +228,7 @@ def _latency_phase(
     incoming, staging = root / "latency", root / "latency-staging"
     incoming.mkdir(parents=True)
     staging.mkdir(parents=True)
-    # Every image commits in a batch of at least one image: ``count`` bounds both.
+    # Every image commits in a batch of at least one image: ``count`` bounds the images and the batches.
     latencies, merges = Recorder(count), Recorder(count)
     rss_per_batch = {role: Recorder(count) for role in MEMORY_ROLES}
     stop = threading.Event()
