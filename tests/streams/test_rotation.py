@@ -101,7 +101,9 @@ def test_the_running_stream_rotates_and_scores_every_file_once(
     assert not worker.is_alive()
     report = result["report"]
     assert report.rows == len(files) and report.updated == 0  # type: ignore[attr-defined]
-    assert report.checkpoints_retired >= 2 and len(set(queries)) == report.checkpoints_retired + 1  # type: ignore[attr-defined]
+    # At least one rotation: how many depends on how many batches run before the stream notices the
+    # limit (it checks every 0.5 s), and the stop can come before a due rotation (seen in CI: 1 of 2).
+    assert report.checkpoints_retired >= 1 and len(set(queries)) == report.checkpoints_retired + 1  # type: ignore[attr-defined]
     assert set(rows_by_name(settings)) == {p.name for p in files}
     assert seen_file_count(_checkpoint(settings, incoming)) <= 4 + 2
 
