@@ -258,8 +258,8 @@ def _latency_phase(
             temp.write_bytes(data)
             os.replace(temp, incoming / Path(name).name)  # atomic: the source never sees half a file
 
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    writer_thread = threading.Thread(target=writer, daemon=True)
+    writer_thread.start()
     result: dict[str, Any] = {}
 
     def run() -> None:
@@ -270,15 +270,17 @@ def _latency_phase(
 
     runner = threading.Thread(target=run, daemon=True)
     live_heap_before = jvm_heap_after_gc_mb(get_spark(settings))
+    threads_before = threading.active_count()
     with rss:
         runner.start()
-        thread.join()
+        writer_thread.join()
         deadline = time.monotonic() + 120
         while len(latencies) < count and time.monotonic() < deadline and runner.is_alive():
             time.sleep(0.2)
         stop.set()
         runner.join(120)
     live_heap_after = jvm_heap_after_gc_mb(get_spark(settings))
+    threads_after = threading.active_count() - (writer_thread.is_alive() + runner.is_alive())
     report = result.get("report")
     return {
         "offered_per_s": offered_per_s,
@@ -291,6 +293,9 @@ def _latency_phase(
         "batches": report.batches if report else None,
         "memory": memory_growth({role: recorder.values for role, recorder in rss_per_batch.items()}),
         "jvm_heap_after_gc_mb": {"before": live_heap_before, "after": live_heap_after},
+        # Python threads in the driver before the stream and after it stopped: a query per fresh
+        # checkpoint must not leave one behind (infra.spark.CallbackConnections).
+        "driver_python_threads": {"before": threads_before, "after": threads_after},
         "merge_s_first_tenth": _median_of(merges.values[: max(1, len(merges) // 10)]),
         "merge_s_last_tenth": _median_of(merges.values[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,

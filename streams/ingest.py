@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from infra.lake import Lake, from_source
 from infra.settings import Settings
-from infra.spark import get_spark
+from infra.spark import CallbackConnections, get_spark
 from infra.tables import ARRIVAL_COLUMNS, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
 from streams.arrivals import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder, with_unread_files
 from streams.checkpoints import checkpoint_name, query_app_id
@@ -103,7 +103,10 @@ def ingest(
         lambda it: arrival_rows(it, max_bytes=max_bytes, labeled=labeled, classes=known), ARRIVAL_DDL
     )
 
+    callbacks = CallbackConnections()
+
     def write_batch(batch, batch_id: int) -> None:
+        callbacks.record()
         table = with_unread_files(batch.toArrow(), checkpoint, batch_id)
         if table.num_rows == 0:
             return
@@ -135,7 +138,10 @@ def ingest(
         .queryName(checkpoint_name("ingest", source).replace("-", "_"))
         .start()
     )
-    query.awaitTermination()
+    try:
+        query.awaitTermination()
+    finally:
+        callbacks.release(query)
     report.seconds = time.perf_counter() - started
     report.table_version = lake.version("images")
     return report

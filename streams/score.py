@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from infra.lake import Lake, MergeOutcome, from_source
 from infra.settings import Settings
-from infra.spark import get_spark
+from infra.spark import CallbackConnections, get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
 from streams.arrivals import with_unread_files
 from streams.checkpoints import query_app_id
@@ -279,8 +279,10 @@ def run_scoring(
         return query
 
     batch_done = threading.Event()
+    callbacks = CallbackConnections()
 
     def write_batch(batch: Any, batch_id: int) -> None:
+        callbacks.record()
         try:
             commit_batch(batch, batch_id)
         finally:
@@ -351,11 +353,14 @@ def run_scoring(
         with _stop_on_signals(stop, handle_signals) as received:
             while True:
                 query = start_query()
-                while query.isActive and not stop.is_set() and not rotate_now():
-                    query.awaitTermination(0.5)  # raises if the query failed
-                if query.isActive:
-                    _stop_gracefully(query, grace_s, batch_done)
-                query.awaitTermination()
+                try:
+                    while query.isActive and not stop.is_set() and not rotate_now():
+                        query.awaitTermination(0.5)  # raises if the query failed
+                    if query.isActive:
+                        _stop_gracefully(query, grace_s, batch_done)
+                    query.awaitTermination()
+                finally:
+                    callbacks.release(query)
                 if stop.is_set():
                     report.stopped_by = received.get("signal", "stop requested")
                 if stop.is_set() or not rotate_now():

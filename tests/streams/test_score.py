@@ -111,6 +111,21 @@ def test_replayed_batch_changes_nothing_and_human_labels_survive(
     assert Lake(score_settings).read(IMAGES).num_rows == len(paths)
 
 
+def test_a_finished_query_leaves_no_py4j_thread_behind(spark, score_settings: Settings, tmp_path: Path) -> None:
+    # foreachBatch runs on a Python thread serving the query's own py4j connection: a long stream
+    # starts a query per fresh checkpoint, and each used to leave that thread (and its memory).
+    callback_threads: set[threading.Thread] = set()
+    for run in range(2):
+        shapes(tmp_path / f"incoming-{run}", 3, prefix=f"run{run}")
+        run_scoring(score_settings, source=tmp_path / f"incoming-{run}", once=True,
+                    on_batch=lambda _result: callback_threads.add(threading.current_thread()))
+    assert len(callback_threads) == 2  # one per query
+    for thread in callback_threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), f"{thread.name} still serves a stopped query's connection"
+    assert run_scoring(score_settings, source=tmp_path / "incoming-0", once=True).rows == 0  # the session still works
+
+
 def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
