@@ -61,7 +61,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def create_app(settings: Settings, *, service: HandlerService | None = None) -> FastAPI:
     """The webhook app for ``settings``; ``service`` lets tests inject a backend or share state."""
     service = service or HandlerService(settings)
-    key = settings.event_key.get_secret_value().encode()
+    key = settings.event_secret().encode()
     limit = settings.max_event_body_bytes
 
     @asynccontextmanager

@@ -40,7 +40,7 @@ def account_url(settings: Settings) -> str:
     """The configured blob account's base URL (``http://host:port/account/`` on Azurite)."""
     from azure.storage.blob import BlobServiceClient
 
-    conn = settings.blob_connection_string.get_secret_value()
+    conn = settings.blob_connection()
     return BlobServiceClient.from_connection_string(conn).url
 
 

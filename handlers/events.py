@@ -9,6 +9,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from infra.errors import LakesightError
+
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 DATASET_DRIFT = "Microsoft.MachineLearningServices.DatasetDriftDetected"
@@ -22,7 +24,7 @@ CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 COMPLETE_BLOB_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"})
 
 
-class PayloadError(ValueError):
+class PayloadError(LakesightError, ValueError):
     """The request body is not a valid Event Grid or CloudEvents payload (answered with 400)."""
 
 

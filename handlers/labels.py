@@ -18,26 +18,13 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.lake import Lake
-from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
+from infra.errors import LakesightError
+from infra.lake import Lake, Transaction
+from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
 
 log = logging.getLogger(__name__)
 
-LABEL_REJECTS = "label_rejects"
-LABEL_REJECTS_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("entry", pa.int64(), nullable=False),
-        pa.field("export_url", pa.string()),
-        pa.field("image_ref", pa.string()),
-        pa.field("label", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("recorded_at", TS),
-    ]
-)
-
-
-class ExportError(ValueError):
+class ExportError(LakesightError, ValueError):
     """The export file is not a COCO or JSONL labeling export."""
 
 
@@ -219,8 +206,7 @@ def apply_export(
     if rejects:
         log.warning("export %s: %d entries not applied (%s)", export_url, len(rejects),
                     dict(Counter(r["reason"] for r in rejects)))
-        lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS_SCHEMA),
-                   keys=["event_id", "entry"], schema=LABEL_REJECTS_SCHEMA, insert=True)
+        lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS.schema))
     if chosen:
         source = pa.table(
             {
@@ -231,13 +217,13 @@ def apply_export(
                 "labeled_at": pa.array([stamp] * len(chosen), TS),
             }
         )
-        outcome = lake.merge_images(
+        outcome = lake.merge(
+            IMAGES,
             source,
             update={"label": "s.label", "label_source": "s.label_source", "labeled_at": "s.labeled_at"},
-            update_predicate="(t.label IS DISTINCT FROM s.label) OR (t.label_source IS DISTINCT FROM s.label_source)",
+            when="(t.label IS DISTINCT FROM s.label) OR (t.label_source IS DISTINCT FROM s.label_source)",
             insert=False,
-            app_id=f"lakesight-labels-{event_id}",
-            txn_version=1,
+            txn=Transaction(f"lakesight-labels-{event_id}", 1),
         )
         report.merged = len(chosen)
         report.updated = outcome.updated

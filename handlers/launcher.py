@@ -15,7 +15,6 @@ import os
 import shlex
 import socket
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,8 +23,8 @@ from typing import Any, Protocol
 
 from handlers.background import WakeableWorker
 from handlers.eventlog import connect, now_iso
+from infra.processes import lakesight_argv, pid_alive
 from infra.settings import Settings
-from infra.stack import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -76,25 +75,11 @@ class Backend(Protocol):
     def run(self, delta_version: int, launch_id: int) -> LaunchResult: ...
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``LAKESIGHT_*`` variables that rebuild ``settings`` in a child process (secrets included)."""
-    env = {}
-    for name, value in settings.model_dump(mode="python").items():
-        if value is None:
-            continue  # the child's default is None too; "None" would not parse
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        if isinstance(value, dict | list):
-            value = json.dumps(value)
-        env[f"LAKESIGHT_{name.upper()}"] = str(value)
-    return env
-
-
 def train_command(settings: Settings, delta_version: int) -> list[str]:
     """The local training command: ``settings.retrain_command`` when set, else ``lakesight train``."""
     if settings.retrain_command:
         return [part.replace("{version}", str(delta_version)) for part in shlex.split(settings.retrain_command)]
-    return [sys.executable, "-m", "infra.cli", "train", "--version", str(delta_version), "--json"]
+    return lakesight_argv("train", "--version", str(delta_version), "--json")
 
 
 class LocalBackend:
@@ -109,7 +94,7 @@ class LocalBackend:
         argv = train_command(self.settings, delta_version)
         self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.settings.logs_dir / f"retrain-{launch_id}.log"
-        env = {**os.environ, **settings_env(self.settings)}
+        env = {**os.environ, **self.settings.to_env()}
         log.info("launch %d: %s", launch_id, shlex.join(argv))
         with log_path.open("wb") as stderr:
             try:

@@ -21,43 +21,17 @@ import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import pyarrow as pa
 
 from infra import registry
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, TS
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
 
-DECISIONS = "retraining_decisions"
 EPSILON = 1e-4  # smoothing for classes absent on one side of PSI / JS
-
-DECISIONS_SCHEMA = pa.schema(
-    [
-        pa.field("decision_id", pa.string(), nullable=False),
-        pa.field("trigger", pa.string()),
-        pa.field("decided_at", TS),
-        pa.field("delta_version", pa.int64()),
-        pa.field("champion_version", pa.string()),
-        pa.field("champion_delta_version", pa.int64()),
-        pa.field("new_labels", pa.int64()),
-        pa.field("psi", pa.float64()),
-        pa.field("js", pa.float64()),
-        pa.field("champion_accuracy", pa.float64()),
-        pa.field("accuracy_sample", pa.int64()),
-        pa.field("dataset_drift", pa.float64()),
-        pa.field("min_new_labels", pa.int64()),
-        pa.field("drift_threshold", pa.float64()),
-        pa.field("min_accuracy", pa.float64()),
-        pa.field("min_sample", pa.int64()),
-        pa.field("retrain", pa.bool_()),
-        pa.field("reasons", pa.string()),
-        pa.field("launch", pa.string()),
-    ]
-)
 
 
 @dataclass
@@ -75,7 +49,7 @@ class Metrics:
 
 
 @dataclass
-class Decision:
+class RetrainDecision:
     decision_id: str
     trigger: str
     metrics: Metrics
@@ -129,15 +103,9 @@ def jensen_shannon(base: Counter, new: Counter) -> float:
 
 
 # Champion ---------------------------------------------------------------------------------------
-def registry_exists(settings: Settings) -> bool:
-    """False for a local SQLite registry not created yet (opening it would create and migrate one)."""
-    uri = settings.mlflow_tracking_uri
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
-
-
-def champion(settings: Settings) -> tuple[str | None, int | None]:
+def champion_training_version(settings: Settings) -> tuple[str | None, int | None]:
     """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one."""
-    if not registry_exists(settings):
+    if not registry.registry_exists(settings):
         return None, None
     current = registry.champion(settings)
     if current is None:
@@ -158,7 +126,7 @@ def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = Non
     version = lake.version(IMAGES)
     columns = ["path", "label", "label_source", "predicted_label"]
     current = lake.read(IMAGES, version=version, columns=columns).to_pylist()
-    champion_version, champion_delta = champion(settings)
+    champion_version, champion_delta = champion_training_version(settings)
     metrics = Metrics(delta_version=version, champion_version=champion_version,
                       champion_delta_version=champion_delta, dataset_drift=dataset_drift)
 
@@ -195,7 +163,7 @@ def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = Non
     return metrics
 
 
-def decide(settings: Settings, metrics: Metrics) -> tuple[bool, list[str]]:
+def decide_retraining(settings: Settings, metrics: Metrics) -> tuple[bool, list[str]]:
     """Whether to retrain, and which rules fired. Pure: thresholds come from ``settings``."""
     reasons = []
     if metrics.new_labels >= settings.retrain_min_new_labels:
@@ -220,15 +188,15 @@ def evaluate(
     trigger: str,
     request_launch: Callable[[str, str, int], str] | None = None,
     dataset_drift: float | None = None,
-) -> Decision:
+) -> RetrainDecision:
     """Measure, decide, ask the launcher when retraining is due, and record the decision once."""
     metrics = measure(settings, lake, dataset_drift=dataset_drift)
-    retrain, reasons = decide(settings, metrics)
-    decision = Decision(decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons)
+    retrain, reasons = decide_retraining(settings, metrics)
+    decision = RetrainDecision(decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons)
     if retrain and request_launch is not None:
         decision.launch = request_launch(decision_id, ",".join(reasons), metrics.delta_version)
-    lake.merge(DECISIONS, pa.Table.from_pylist([decision.row(settings)], schema=DECISIONS_SCHEMA),
-               keys=["decision_id"], schema=DECISIONS_SCHEMA, insert=True)
+    rows = pa.Table.from_pylist([decision.row(settings)], schema=RETRAINING_DECISIONS.schema)
+    lake.merge(RETRAINING_DECISIONS, rows)
     log.info("retraining decision %s (%s): retrain=%s reasons=%s new_labels=%d psi=%s accuracy=%s launch=%s",
              decision_id, trigger, retrain, reasons, metrics.new_labels, metrics.psi, metrics.champion_accuracy,
              decision.launch)

@@ -87,7 +87,7 @@ class Relay:
         self.endpoint = endpoint or handler_url(settings)
         self.store = BlobStore(settings)
         self.containers = list(containers or [settings.images_container, settings.exports_container])
-        self.client = EventGridPublisherClient(self.endpoint, AzureKeyCredential(settings.event_key.get_secret_value()))
+        self.client = EventGridPublisherClient(self.endpoint, AzureKeyCredential(settings.event_secret()))
         self._conn = connect(settings.state_dir / "handlers" / "relay.db")
         self._conn.executescript(_SCHEMA)
         self._seen = {tuple(row) for row in self._conn.execute("SELECT container, name, etag FROM announced")}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 from fastapi import FastAPI
 
 from handlers.app import EVENTS_PATH, create_app
+from infra.processes import free_port
 from infra.settings import Settings
 
 
@@ -31,12 +31,6 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
     uvicorn.Server(_config(create_app(settings), host or settings.handler_host, port or settings.handler_port,
                            log_level)).run()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from handlers.blob_created import EXPORT, BlobTarget, Refused
 from handlers.eventlog import DONE, DUPLICATE, FAILED, IGNORED, Claim, EventLog
 from handlers.events import BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import SUCCEEDED, Backend, Launcher, make_backend
-from handlers.scoring import ScorePass
+from handlers.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.lake import Lake
 from infra.settings import Settings

@@ -61,7 +61,7 @@ class ArrivalRecord:
 
 
 def arrivals_dir(settings: Settings) -> Path:
-    return settings.state_dir / "arrivals" if not settings.arrivals_root else Path(settings.arrivals_root)
+    return Path(settings.arrivals_root)
 
 
 def write_arrival_records(settings: Settings, records: list[ArrivalRecord]) -> Path | None:

@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from infra.errors import LakesightError
 from infra.settings import Settings
 
 MAX_BLOB_NAME = 1024
 
 
-class BlobNameError(ValueError):
+class BlobNameError(LakesightError, ValueError):
     """A blob name that lakesight refuses to read or write."""
 
 
@@ -64,7 +65,7 @@ class BlobStore:
 
         self.settings = settings
         self.service = BlobServiceClient.from_connection_string(
-            settings.blob_connection_string.get_secret_value()
+            settings.blob_connection()
         )
 
     def containers(self) -> list[str]:

@@ -8,6 +8,8 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"})
+# The file names every folder reader (ingest, the scoring stream, the CLI) picks up by default.
+IMAGE_GLOB = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}"
 # Decompression bombs are refused rather than decoded.
 Image.MAX_IMAGE_PIXELS = 64_000_000
 

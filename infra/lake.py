@@ -3,8 +3,8 @@
 Every writer goes through :func:`Lake.merge`. It
 
 * names the partitions the batch touches in the predicate, so cost does not grow with the table;
-* records ``(app_id, version)`` with the commit and skips a batch already committed, so a
-  replayed micro-batch or event changes nothing;
+* records a :class:`Transaction` ``(app_id, version)`` with the commit and skips a batch already
+  committed, so a replayed micro-batch or event changes nothing;
 * retries a commit conflict on a fresh snapshot, because the scoring stream and the label
   handlers both write ``images``.
 """
@@ -26,8 +26,14 @@ import pyarrow.compute as pc
 from deltalake import ColumnProperties, CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
+from infra.errors import LakesightError
 from infra.settings import Settings, local_path
-from infra.tables import IMAGES, IMAGES_PARTITION, IMAGES_SCHEMA, conform
+from infra.tables import IMAGES, TableSpec
+
+__all__ = ["Lake", "LakeError", "MergeOutcome", "TableRef", "Transaction", "from_source"]
+
+# A table named by its spec or by its name (a table the lake holds but lakesight does not define).
+TableRef = str | TableSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,7 @@ WRITER_PROPERTIES = WriterProperties(
 )
 
 
-class LakeError(RuntimeError):
+class LakeError(LakesightError, RuntimeError):
     """The lake cannot be used as configured (unwritable root, missing table, …)."""
 
 
@@ -98,13 +104,14 @@ class Lake:
             raise LakeError(f"lake root {root} is not writable by this user")
 
     # Table handles -----------------------------------------------------------------------------
-    def uri(self, name: str) -> str:
-        return self.settings.table_uri(name)
+    def uri(self, table: TableRef) -> str:
+        return self.settings.table_uri(str(table))
 
-    def exists(self, name: str) -> bool:
-        return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
+    def exists(self, table: TableRef) -> bool:
+        return DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options)
 
-    def table(self, name: str, version: int | None = None) -> DeltaTable:
+    def table(self, table: TableRef, version: int | None = None) -> DeltaTable:
+        name = str(table)
         reusable = self._reuse and version is None
         if reusable and name in self._open:
             table = self._open[name]
@@ -118,16 +125,17 @@ class Lake:
             self._open[name] = table
         return table
 
-    def ensure(self, name: str, schema: pa.Schema, partition_by: list[str] | None = None) -> DeltaTable:
-        """Open ``name``, creating it empty with ``schema`` when missing."""
+    def ensure(self, spec: TableSpec) -> DeltaTable:
+        """Open ``spec``'s table, creating it empty when missing."""
+        name = spec.name
         if name in self._open:
             return self.table(name)
         if not self.exists(name):
             try:
                 write_deltalake(
                     self.uri(name),
-                    schema.empty_table(),
-                    partition_by=partition_by,
+                    spec.schema.empty_table(),
+                    partition_by=list(spec.partition_by) or None,
                     mode="append",
                     storage_options=self.storage_options,
                     writer_properties=WRITER_PROPERTIES,
@@ -138,12 +146,12 @@ class Lake:
         return self.table(name)
 
     def images(self) -> DeltaTable:
-        return self.ensure(IMAGES, IMAGES_SCHEMA, IMAGES_PARTITION)
+        return self.ensure(IMAGES)
 
     # Reads --------------------------------------------------------------------------------------
     def read(
         self,
-        name: str,
+        name: TableRef,
         *,
         version: int | None = None,
         columns: list[str] | None = None,
@@ -153,17 +161,17 @@ class Lake:
         dataset = self.table(name, version).to_pyarrow_dataset()
         return dataset.to_table(columns=columns, filter=filters)
 
-    def version(self, name: str) -> int:
+    def version(self, name: TableRef) -> int:
         return self.table(name).version()
 
-    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def history(self, name: TableRef, limit: int | None = None) -> list[dict[str, Any]]:
         return self.table(name).history(limit)
 
-    def committed_version(self, name: str, app_id: str) -> int | None:
+    def committed_version(self, name: TableRef, app_id: str) -> int | None:
         """The last transaction version ``app_id`` committed to ``name`` (None if never)."""
         return self.table(name).transaction_version(app_id)
 
-    def summary(self, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def summary(self, names: Iterable[TableRef] | None = None) -> list[dict[str, Any]]:
         """Version, row count and file count of each table under the lake root."""
         if names is None:
             names = self.table_names()
@@ -174,7 +182,7 @@ class Lake:
             records = pc.sum(actions.column("num_records")).as_py() if actions.num_rows else 0
             rows.append(
                 {
-                    "table": name,
+                    "table": str(name),
                     "version": table.version(),
                     "versions": table.version() + 1,
                     "rows": int(records or 0),
@@ -187,52 +195,38 @@ class Lake:
     def table_names(self) -> list[str]:
         root = local_path(self.root)
         if root is None:
-            return [IMAGES]
+            return [IMAGES.name]
         return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
 
     # Writes -------------------------------------------------------------------------------------
     def merge(
         self,
-        name: str,
+        spec: TableSpec,
         source: pa.Table,
         *,
-        keys: list[str],
-        schema: pa.Schema,
-        partition_by: list[str] | None = None,
         update: dict[str, str] | None = None,
-        update_predicate: str | None = None,
+        when: str | None = None,
         insert: bool = True,
-        app_id: str | None = None,
-        txn_version: int | None = None,
+        txn: Transaction | None = None,
         max_attempts: int = 20,
     ) -> MergeOutcome:
-        """MERGE ``source`` into ``name`` keyed on ``keys``.
+        """MERGE ``source`` into ``spec``'s table, keyed on its keys within the partitions it touches.
 
-        Matched rows get ``update`` (target column → SQL expression over ``s.``/``t.``) when
-        ``update_predicate`` holds;
-        unmatched rows are inserted when ``insert``. With ``app_id``/``txn_version`` the commit is
-        recorded and a version already committed by ``app_id`` is skipped.
+        Matched rows get ``update`` (target column → SQL expression over ``s.``/``t.``) when the
+        predicate ``when`` holds; unmatched rows are inserted when ``insert``. With ``txn`` the
+        commit records ``(txn.app_id, txn.version)``, and a version that app already committed is
+        skipped.
         """
         started = time.perf_counter()
-        source = conform(source, schema)
+        source = spec.conform(source)
         if source.num_rows == 0:
             return MergeOutcome(skipped=True, version=None)
-        table = self.ensure(name, schema, partition_by)
-        predicate = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-        for column in partition_by or []:
-            values = pc.unique(source.column(column)).to_pylist()
-            literals = ", ".join(_sql_literal(v) for v in values if v is not None)
-            if literals:
-                predicate = f"t.{column} IN ({literals}) AND {predicate}"
-        properties = None
-        if app_id is not None and txn_version is not None:
-            properties = CommitProperties(app_transactions=[Transaction(app_id, txn_version)])
-
+        table = self.ensure(spec)
+        predicate = _merge_predicate(spec, source)
+        properties = CommitProperties(app_transactions=[txn]) if txn is not None else None
         for attempt in range(1, max_attempts + 1):
-            if app_id is not None and txn_version is not None:
-                done = table.transaction_version(app_id)
-                if done is not None and done >= txn_version:
-                    return MergeOutcome(skipped=True, version=table.version(), attempts=attempt)
+            if txn is not None and _already_committed(table, txn):
+                return MergeOutcome(skipped=True, version=table.version(), attempts=attempt)
             builder = table.merge(
                 source,
                 predicate=predicate,
@@ -245,7 +239,7 @@ class Lake:
                 streamed_exec=False,
             )
             if update:
-                builder = builder.when_matched_update(updates=update, predicate=update_predicate)
+                builder = builder.when_matched_update(updates=update, predicate=when)
             if insert:
                 builder = builder.when_not_matched_insert_all()
             try:
@@ -253,9 +247,9 @@ class Lake:
             except CommitFailedError as exc:
                 if attempt == max_attempts:
                     raise
-                log.info("commit conflict on %s (attempt %d): %s; retrying", name, attempt, exc)
+                log.info("commit conflict on %s (attempt %d): %s; retrying", spec, attempt, exc)
                 time.sleep(min(2.0, 0.05 * attempt) * (1 + random.random()))
-                table = self.table(name)
+                table = self.table(spec)
                 continue
             return MergeOutcome(
                 skipped=False,
@@ -268,7 +262,7 @@ class Lake:
         raise AssertionError("unreachable")
 
     def compact(
-        self, name: str, column: str | None = None, values: Iterable[Any] = (), *, target_bytes: int | None = None
+        self, name: TableRef, column: str | None = None, values: Iterable[Any] = (), *, target_bytes: int | None = None
     ) -> dict[str, Any]:
         """Bin-pack small files (of the partitions where ``column`` is one of ``values``; all without).
 
@@ -292,19 +286,18 @@ class Lake:
             "seconds": round(time.perf_counter() - started, 4),
         }
 
-    def merge_images(self, source: pa.Table, **options: Any) -> MergeOutcome:
-        """:meth:`merge` into ``images`` keyed on path within its load-date partitions."""
-        return self.merge(
-            IMAGES, source, keys=["path"], schema=IMAGES_SCHEMA, partition_by=IMAGES_PARTITION, **options
-        )
 
-    def append(self, name: str, rows: pa.Table, schema: pa.Schema, partition_by: list[str] | None = None) -> None:
-        """Append rows to an append-only log table (events, decisions, reports)."""
-        self.ensure(name, schema, partition_by)
-        write_deltalake(
-            self.uri(name),
-            conform(rows, schema),
-            mode="append",
-            partition_by=partition_by,
-            storage_options=self.storage_options,
-        )
+def _merge_predicate(spec: TableSpec, source: pa.Table) -> str:
+    """Key equality, behind the list of partition values the batch touches (so others are pruned)."""
+    predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
+    for column in spec.partition_by:
+        values = pc.unique(source.column(column)).to_pylist()
+        literals = ", ".join(_sql_literal(v) for v in values if v is not None)
+        if literals:
+            predicate = f"t.{column} IN ({literals}) AND {predicate}"
+    return predicate
+
+
+def _already_committed(table: DeltaTable, txn: Transaction) -> bool:
+    done = table.transaction_version(txn.app_id)
+    return done is not None and done >= txn.version

@@ -1,26 +1,68 @@
-"""MLflow tracking and model registry, configured from settings.
+"""MLflow tracking and model registry, configured from settings: the one contract between training and scoring.
 
 Aliases, not stages (MLflow 3): ``champion`` is the model the stream scores with,
-``challenger`` the latest model that did not beat it.
+``challenger`` the latest model that did not beat it. This module owns every model-version tag
+name, the listing of versions, the promotion rule and the write that applies it, and the
+:class:`Classifier` protocol that a loaded model version satisfies.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
+from infra.errors import LakesightError
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+# How many threads TensorFlow may use in this process: set by whoever starts a process that loads
+# the model (the scoring executors from ``score_tf_threads``, training from its share of cores),
+# read by ``training.tf_runtime`` when the model loads.
+TF_THREADS_ENV = "LAKESIGHT_TF_THREADS"
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-TAG_DELTA_VERSION = "delta_version"
+
+# Model-version tags, written by training and the RunCompleted check, read by the CLI, the status
+# page and the retraining policy.
+TAG_DELTA_VERSION = "delta_version"  # the images table version the model was trained on
+TAG_ACCURACY = "test_accuracy"
+TAG_CHAMPION_ACCURACY = "champion_test_accuracy"
+TAG_CHAMPION_VERSION = "champion_version"  # the champion it was compared with
+TAG_DECISION = "promotion_decision"
+TAG_REASON = "promotion_reason"
+
+
+class Classifier(Protocol):
+    """What a registered model version is once loaded: raw image bytes in, predictions out.
+
+    ``classify`` returns one row per input with ``label``, ``confidence``, ``probabilities`` and
+    ``error`` (set, with the others null, for bytes the model cannot decode). ``decode`` and
+    ``probabilities`` are its two halves, for benchmarks of the model alone.
+    """
+
+    class_names: list[str]
+    image_size: int
+
+    def classify(self, contents: Sequence[bytes | None]) -> pd.DataFrame: ...
+
+    def decode(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]: ...
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray: ...
 
 _lock = threading.Lock()
 _configured: set[tuple[str, str]] = set()
 
 
-class RegistryError(RuntimeError):
+class RegistryError(LakesightError, RuntimeError):
     """MLflow cannot be reached or holds no usable model."""
 
 
@@ -96,7 +138,7 @@ def model_uri(settings: Settings, version: str | int | None = None) -> str:
     return f"models:/{settings.model_name}/{version}"
 
 
-def load_classifier(settings: Settings, version: str | int | None = None) -> tuple[Any, str]:
+def load_classifier(settings: Settings, version: str | int | None = None) -> tuple[Classifier, str]:
     """``(classifier, version)`` for ``version`` or the current champion.
 
     The classifier is the registered pyfunc's Python model: ``classify(list[bytes])``.
@@ -113,9 +155,10 @@ def load_classifier(settings: Settings, version: str | int | None = None) -> tup
     return loaded.unwrap_python_model(), str(version)
 
 
-TAG_ACCURACY = "test_accuracy"
-TAG_CHAMPION_ACCURACY = "champion_test_accuracy"
-TAG_DECISION = "promotion_decision"
+def registry_exists(settings: Settings) -> bool:
+    """False for a local SQLite registry not created yet (opening it would create and migrate one)."""
+    uri = settings.mlflow_tracking_uri
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def set_version_tags(settings: Settings, version: str | int, tags: dict[str, Any]) -> None:
@@ -125,8 +168,46 @@ def set_version_tags(settings: Settings, version: str | int, tags: dict[str, Any
         mlflow_client.set_model_version_tag(settings.model_name, str(version), key, str(value))
 
 
-def list_versions(settings: Settings) -> list[dict[str, Any]]:
-    """Every version of the registered model, newest first, with aliases, scores and Delta version."""
+# Versions ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as lakesight reads it."""
+
+    version: str
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    created: str = ""
+
+    @property
+    def accuracy(self) -> float | None:
+        value = self.tags.get(TAG_ACCURACY)
+        return float(value) if value else None
+
+    @property
+    def delta_version(self) -> int | None:
+        """The training table's version, or None when absent or not an integer."""
+        value = self.tags.get(TAG_DELTA_VERSION)
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
+
+    def summary(self) -> dict[str, str]:
+        """The row ``lakesight models`` prints."""
+        return {
+            "version": self.version,
+            "aliases": ",".join(sorted(self.aliases)),
+            "accuracy": self.tags.get(TAG_ACCURACY, ""),
+            "champion_accuracy": self.tags.get(TAG_CHAMPION_ACCURACY, ""),
+            "decision": self.tags.get(TAG_DECISION, ""),
+            "delta_version": self.tags.get(TAG_DELTA_VERSION, ""),
+            "run_id": self.run_id,
+        }
+
+
+def versions(settings: Settings) -> list[VersionRow]:
+    """Every version of the registered model, newest first (empty when the model does not exist)."""
     from mlflow.exceptions import MlflowException
 
     mlflow_client = client(settings)
@@ -137,19 +218,69 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
-    versions = mlflow_client.search_model_versions(f"name='{settings.model_name}'")
-    rows = []
-    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
-        tags = mv.tags or {}
-        rows.append(
-            {
-                "version": str(mv.version),
-                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
-                "accuracy": tags.get(TAG_ACCURACY, ""),
-                "champion_accuracy": tags.get(TAG_CHAMPION_ACCURACY, ""),
-                "decision": tags.get(TAG_DECISION, ""),
-                "delta_version": tags.get(TAG_DELTA_VERSION, ""),
-                "run_id": mv.run_id or "",
-            }
+    found = mlflow_client.search_model_versions(f"name='{settings.model_name}'")
+    rows = [
+        VersionRow(
+            version=str(mv.version),
+            aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+            tags=dict(mv.tags or {}),
+            run_id=mv.run_id or "",
+            created=dt.datetime.fromtimestamp(mv.creation_timestamp / 1000, dt.UTC).isoformat(),
         )
-    return rows
+        for mv in found
+    ]
+    return sorted(rows, key=lambda row: int(row.version), reverse=True)
+
+
+def list_versions(settings: Settings) -> list[dict[str, str]]:
+    """Every version of the registered model, newest first, with aliases, scores and Delta version."""
+    return [row.summary() for row in versions(settings)]
+
+
+# Promotion ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    alias: str  # the alias the new version gets: champion or challenger
+    reason: str
+
+
+def promotion_decision(new_accuracy: float, champion_accuracy: float | None, margin: float) -> PromotionDecision:
+    """The first model becomes champion; a later one only when better by more than ``margin``.
+
+    Ties never promote: a challenger must beat ``champion + margin`` strictly.
+    """
+    if champion_accuracy is None:
+        return PromotionDecision(True, CHAMPION, "no champion yet")
+    if new_accuracy > champion_accuracy + margin:
+        reason = f"{new_accuracy:.4f} beats champion {champion_accuracy:.4f} by more than {margin}"
+        return PromotionDecision(True, CHAMPION, reason)
+    reason = f"{new_accuracy:.4f} does not beat champion {champion_accuracy:.4f} by more than {margin}"
+    return PromotionDecision(False, CHALLENGER, reason)
+
+
+def record_promotion(
+    settings: Settings,
+    version: str | int,
+    decision: PromotionDecision,
+    *,
+    accuracy: float,
+    champion_version: str | None,
+    champion_accuracy: float | None,
+    dry_run: bool = False,
+) -> dict[str, str]:
+    """Apply ``decision`` to ``version`` (its alias, unless ``dry_run``) and tag the version with it.
+
+    Returns the tags written, so a caller can copy them onto its MLflow run.
+    """
+    if not dry_run:
+        set_alias(settings, decision.alias, version)
+    tags = {
+        TAG_ACCURACY: f"{accuracy:.6f}",
+        TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
+        TAG_DECISION: ("would be " if dry_run else "") + decision.alias,
+        TAG_CHAMPION_VERSION: champion_version or "",
+        TAG_REASON: decision.reason,
+    }
+    set_version_tags(settings, version, tags)
+    return tags

@@ -6,6 +6,7 @@ is ``$LAKESIGHT_CONFIG`` when set, else ``./lakesight.toml`` when present.
 
 from __future__ import annotations
 
+import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -19,10 +20,15 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.errors import SettingsError
+
 # Azurite's documented development account: public, and refused outside local mode.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEFAULT_EVENT_KEY = "local-dev-key"
+# An event key shorter than this is guessable; azure mode refuses it.
+MIN_EVENT_KEY_CHARS = 32
+SECRET_FIELDS = ("blob_connection_string", "event_key")
 
 
 def _config_file() -> Path | None:
@@ -31,7 +37,6 @@ def _config_file() -> Path | None:
         return Path(explicit)
     local = Path("lakesight.toml")
     return local if local.exists() else None
-
 
 
 def local_path(uri: str) -> Path | None:
@@ -44,6 +49,7 @@ def local_path(uri: str) -> Path | None:
 
 def is_local_uri(uri: str) -> bool:
     return local_path(uri) is not None
+
 
 class Settings(BaseSettings):
     """Everything lakesight can be configured with. Paths may be local or ``abfss://`` URIs."""
@@ -162,6 +168,8 @@ class Settings(BaseSettings):
             self.mlflow_tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
         if not self.mlflow_artifact_root:
             self.mlflow_artifact_root = str(state / "mlartifacts")
+        if not self.arrivals_root:
+            self.arrivals_root = str(state / "arrivals")
         conn = self.blob_connection_string.get_secret_value()
         if not conn and self.mode == "local":
             self.blob_connection_string = SecretStr(
@@ -170,11 +178,8 @@ class Settings(BaseSettings):
             )
         if self.score_clean_source == "archive" and not self.score_archive_dir:
             raise ValueError("score_clean_source=archive needs score_archive_dir (where processed files go)")
-        if self.mode != "local":
-            if not conn or AZURITE_KEY in conn:
-                raise ValueError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
-            if self.event_key.get_secret_value() == DEFAULT_EVENT_KEY:
-                raise ValueError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
+        if self.mode != "local" and AZURITE_KEY in conn:
+            raise ValueError("mode=azure refuses Azurite's development account key in LAKESIGHT_BLOB_CONNECTION_STRING")
         return self
 
     # Derived locations -------------------------------------------------------------------------
@@ -192,18 +197,72 @@ class Settings(BaseSettings):
     def checkpoint_uri(self, name: str) -> str:
         return f"{self.checkpoint_root.rstrip('/')}/{name}"
 
+    # Secrets, checked where they are used ------------------------------------------------------
+    # A process checks only the secrets it uses: a retraining job that never touches blob storage
+    # or the webhook starts in azure mode without them (docs/ARCHITECTURE.md, "Settings").
+    def blob_connection(self) -> str:
+        """The blob connection string; in azure mode an empty one is a :class:`SettingsError`."""
+        conn = self.blob_connection_string.get_secret_value()
+        if not conn:
+            raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
+        return conn
+
+    def event_secret(self) -> str:
+        """The webhook's shared key; in azure mode the default, an empty or a short one is refused."""
+        key = self.event_key.get_secret_value()
+        if self.mode != "local":
+            if key == DEFAULT_EVENT_KEY:
+                raise SettingsError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
+            if len(key) < MIN_EVENT_KEY_CHARS:
+                raise SettingsError(
+                    f"mode=azure needs an event key of at least {MIN_EVENT_KEY_CHARS} characters (LAKESIGHT_EVENT_KEY)"
+                )
+        return key
+
+    # Serialised forms --------------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values with secrets masked, for printing and logging."""
         out = self.model_dump(mode="json")
-        for name in ("blob_connection_string", "event_key"):
+        for name in SECRET_FIELDS:
             out[name] = "**********"
         return out
+
+    def to_env(self, *, secrets: bool = True, only: tuple[str, ...] | None = None) -> dict[str, str]:
+        """``LAKESIGHT_*`` variables that rebuild these settings in a child process.
+
+        ``secrets=False`` leaves the secret fields out (a job definition others can read);
+        ``only`` limits the variables to those fields.
+        """
+        env = {}
+        for name, value in self.model_dump(mode="python").items():
+            if value is None or (only is not None and name not in only):
+                continue  # the child's default is None too; "None" would not parse
+            if name in SECRET_FIELDS:
+                if not secrets:
+                    continue
+                value = value.get_secret_value()
+            if isinstance(value, dict | list):
+                value = json.dumps(value)
+            env[f"LAKESIGHT_{name.upper()}"] = str(value)
+        return env
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (read once)."""
-    return Settings()
+    """The process-wide settings (read once); invalid ones are a one-line :class:`SettingsError`."""
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError, or a missing config file
+        raise SettingsError(f"invalid settings: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in errors()
+        )
+    return str(exc)
 
 
 def reference_markdown() -> str:

@@ -17,14 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.settings import Settings
+from infra.settings import Settings, local_path
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
 
 STATS_COLUMNS = ["label", "label_source", "predicted_label", "confidence", "model_version", "scored_at",
                  "sent_to_labeling_at", "error", "labeled_at"]
 STREAM_STATUS_FILE = "score-status.json"
-DECISIONS_TABLE = "retraining_decisions"
+SUPERVISOR_STATE_FILE = "supervisor.json"
 
 
 def stream_status_path(settings: Settings) -> Path:
@@ -32,11 +33,24 @@ def stream_status_path(settings: Settings) -> Path:
     return settings.run_dir / STREAM_STATUS_FILE
 
 
-def read_stream_status(settings: Settings) -> dict[str, Any] | None:
+def supervisor_state_path(settings: Settings) -> Path:
+    """Where ``lakesight up``'s supervisor records its children (rewritten atomically)."""
+    return settings.run_dir / SUPERVISOR_STATE_FILE
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(stream_status_path(settings).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_stream_status(settings: Settings) -> dict[str, Any] | None:
+    return _read_json(stream_status_path(settings))
+
+
+def read_supervisor_state(settings: Settings) -> dict[str, Any] | None:
+    return _read_json(supervisor_state_path(settings))
 
 
 def _counts(values: list[Any]) -> dict[str, int]:
@@ -51,7 +65,7 @@ def image_stats(table: pa.Table) -> dict[str, Any]:
     confidence = [c for c in column("confidence") if c is not None]
     hist, edges = np.histogram(confidence, bins=10, range=(0.0, 1.0)) if confidence else (np.zeros(10), None)
     sent = pc.is_valid(table.column("sent_to_labeling_at"))
-    human = pc.equal(table.column("label_source"), "human")
+    human = pc.equal(table.column("label_source"), LABEL_SOURCE_HUMAN)
     pending = pc.and_(sent, pc.invert(pc.fill_null(human, False)))
     training_labels = pc.filter(table.column("label"), pc.is_valid(table.column("label"))).to_pylist()
     return {
@@ -69,54 +83,61 @@ def image_stats(table: pa.Table) -> dict[str, Any]:
     }
 
 
-def _models(settings: Settings) -> dict[str, Any]:
+def _models(settings: Settings) -> dict[str, Any] | None:
+    """The registered versions, oldest first, and the champion; None before any registry exists
+    (reading a local SQLite registry would create one: a status read must change nothing)."""
     from infra import registry
 
-    mlflow_client = registry.client(settings)
-    versions = []
-    for version in mlflow_client.search_model_versions(f"name = '{settings.model_name}'"):
-        tags = dict(version.tags or {})
-        versions.append(
-            {
-                "version": str(version.version),
-                "aliases": list(getattr(version, "aliases", []) or []),
-                "accuracy": tags.get("accuracy") or tags.get("test_accuracy"),
-                "delta_version": tags.get(registry.TAG_DELTA_VERSION),
-                "created": dt.datetime.fromtimestamp(version.creation_timestamp / 1000, dt.UTC).isoformat(),
-            }
-        )
-    versions.sort(key=lambda v: int(v["version"]))
-    champion = next((v["version"] for v in versions if registry.CHAMPION in v["aliases"]), None)
+    if not registry.registry_exists(settings):
+        return None
+    rows = sorted(registry.versions(settings), key=lambda row: int(row.version))
+    versions = [
+        {
+            "version": row.version,
+            "aliases": list(row.aliases),
+            "accuracy": row.tags.get(registry.TAG_ACCURACY),
+            "delta_version": row.tags.get(registry.TAG_DELTA_VERSION),
+            "created": row.created,
+        }
+        for row in rows
+    ]
+    champion = next((row.version for row in rows if registry.CHAMPION in row.aliases), None)
     return {"champion": champion, "versions": versions}
 
 
-def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+def _existing_lake(settings: Settings) -> Any:
+    """The lake, or None when its local root does not exist yet (opening it would create the folder)."""
     from infra.lake import Lake
 
-    lake = Lake(settings)
-    if not lake.exists(DECISIONS_TABLE):
+    root = local_path(settings.lake_root)
+    return None if root is not None and not root.exists() else Lake(settings)
+
+
+def _images(settings: Settings) -> dict[str, Any] | None:
+    lake = _existing_lake(settings)
+    if lake is None or not lake.exists(IMAGES):
+        return None
+    return image_stats(lake.read(IMAGES, columns=STATS_COLUMNS))
+
+
+def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
+    lake = _existing_lake(settings)
+    if lake is None or not lake.exists(RETRAINING_DECISIONS):
         return []
-    rows = lake.read(DECISIONS_TABLE).to_pylist()
-    key = next((k for k in ("decided_at", "created_at", "at", "time") if rows and k in rows[0]), None)
-    if key:
-        rows.sort(key=lambda r: str(r.get(key)), reverse=True)
+    rows = lake.read(RETRAINING_DECISIONS).to_pylist()
+    rows.sort(key=lambda r: str(r[RETRAINING_DECISIONS.sort_by]), reverse=True)
     return [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.items()}
             for r in rows[:limit]]
 
 
 def snapshot(settings: Settings) -> dict[str, Any]:
     """The whole status as plain JSON-able values; each section degrades to ``None`` on failure."""
-    from infra.lake import Lake
-    from infra.supervisor import read_state
-    from infra.tables import IMAGES
-
     result: dict[str, Any] = {"at": dt.datetime.now(dt.UTC).isoformat(), "model_name": settings.model_name,
                               "mlflow_ui": f"http://127.0.0.1:{settings.mlflow_ui_port}"}
     sections = {
-        "services": lambda: read_state(settings),
+        "services": lambda: read_supervisor_state(settings),
         "stream": lambda: read_stream_status(settings),
-        "images": lambda: image_stats(Lake(settings).read(IMAGES, columns=STATS_COLUMNS))
-        if Lake(settings).exists(IMAGES) else None,
+        "images": lambda: _images(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),
     }

@@ -1,11 +1,15 @@
-"""Schemas of lakesight's Delta tables, defined once.
+"""Every Delta table of lakesight, defined once as a :class:`TableSpec` (name, schema, keys, partitions).
 
 ``images`` is the heart: one row per image path, partitioned by ``load_date`` so that a
 MERGE names only the partitions its batch touches and costs the same on day 1 and day 1,000.
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
+The other tables are the labeling ledger (the stream), label rejects and retraining decisions
+(the handlers); ``infra.status`` reads them by these specs.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -43,10 +47,104 @@ PREDICTION_COLUMNS = [
 
 IMAGES_SCHEMA = pa.schema(ARRIVAL_COLUMNS + LABEL_COLUMNS + PREDICTION_COLUMNS)
 IMAGES_PARTITION = ["load_date"]
-IMAGES = "images"
 
 LABEL_SOURCE_PATH = "path"
 LABEL_SOURCE_HUMAN = "human"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A Delta table: its name under the lake root, schema, MERGE keys and partition columns.
+
+    It prints as its name, so it can stand where a table name is expected (URIs, log lines).
+    """
+
+    name: str
+    schema: pa.Schema
+    keys: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+    sort_by: str | None = None  # the column readers order recent rows by
+
+    def __str__(self) -> str:
+        return self.name
+
+    def conform(self, table: pa.Table) -> pa.Table:
+        return conform(table, self.schema)
+
+
+IMAGES = TableSpec("images", IMAGES_SCHEMA, keys=("path",), partition_by=tuple(IMAGES_PARTITION))
+
+# The scoring stream's labeling ledger: one row per image sent to humans.
+LABELING_REQUESTS = TableSpec(
+    "labeling_requests",
+    pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("request_date", pa.date32(), nullable=False),
+            pa.field("sent_at", TS),
+            pa.field("image_url", pa.string()),
+            pa.field("manifest_url", pa.string()),
+            pa.field("predicted_label", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field("model_version", pa.string()),
+            pa.field("app_id", pa.string()),
+            pa.field("batch_id", pa.int64()),
+        ]
+    ),
+    keys=("path",),
+    partition_by=("request_date",),
+    sort_by="sent_at",
+)
+
+# Labeling-export entries the handlers could not apply, with the reason.
+LABEL_REJECTS = TableSpec(
+    "label_rejects",
+    pa.schema(
+        [
+            pa.field("event_id", pa.string(), nullable=False),
+            pa.field("entry", pa.int64(), nullable=False),
+            pa.field("export_url", pa.string()),
+            pa.field("image_ref", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("recorded_at", TS),
+        ]
+    ),
+    keys=("event_id", "entry"),
+    sort_by="recorded_at",
+)
+
+# One row per retraining decision, keyed by its trigger (so a replayed trigger adds nothing).
+RETRAINING_DECISIONS = TableSpec(
+    "retraining_decisions",
+    pa.schema(
+        [
+            pa.field("decision_id", pa.string(), nullable=False),
+            pa.field("trigger", pa.string()),
+            pa.field("decided_at", TS),
+            pa.field("delta_version", pa.int64()),
+            pa.field("champion_version", pa.string()),
+            pa.field("champion_delta_version", pa.int64()),
+            pa.field("new_labels", pa.int64()),
+            pa.field("psi", pa.float64()),
+            pa.field("js", pa.float64()),
+            pa.field("champion_accuracy", pa.float64()),
+            pa.field("accuracy_sample", pa.int64()),
+            pa.field("dataset_drift", pa.float64()),
+            pa.field("min_new_labels", pa.int64()),
+            pa.field("drift_threshold", pa.float64()),
+            pa.field("min_accuracy", pa.float64()),
+            pa.field("min_sample", pa.int64()),
+            pa.field("retrain", pa.bool_()),
+            pa.field("reasons", pa.string()),
+            pa.field("launch", pa.string()),
+        ]
+    ),
+    keys=("decision_id",),
+    sort_by="decided_at",
+)
+
+TABLES = (IMAGES, LABELING_REQUESTS, LABEL_REJECTS, RETRAINING_DECISIONS)
 
 
 def column_names(fields: list[pa.Field]) -> list[str]:

@@ -1,1 +1,10 @@
-"""Spark Structured Streaming jobs: batch ingest, continuous scoring, labeling hand-off."""
+"""Spark Structured Streaming jobs: batch ingest and the continuous scoring stream.
+
+- ``ingest``: an availableNow pass over image files into ``images``.
+- ``file_rows``: binaryFile rows → ``images`` arrival rows (executors; shared by both jobs).
+- ``checkpoint``: checkpoint names, the file source's log, checkpoint rotation.
+- ``scoring``: the scoring stream (query, executor side, sources, labeling hand-off, progress, bench).
+
+Imports only ``infra``; meets training through the registered MLflow model and the handlers through
+arrival records and the lake (docs/ARCHITECTURE.md).
+"""

@@ -14,15 +14,17 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from infra.lake import Lake, from_source
+from infra.errors import LakesightError
+from infra.images import IMAGE_GLOB
+from infra.lake import Lake, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import CallbackConnections, get_spark
-from infra.tables import ARRIVAL_COLUMNS, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
-from streams.arrivals import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder, with_unread_files
-from streams.checkpoints import checkpoint_name, query_app_id
+from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
+from streams.checkpoint.names import checkpoint_name, query_app_id
+from streams.file_rows import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder, with_unread_files
 
 
-class IngestError(ValueError):
+class IngestError(LakesightError, ValueError):
     """The ingest cannot start (missing source, bad options)."""
 
 
@@ -76,7 +78,7 @@ def ingest(
     *,
     labeled: bool = False,
     classes: list[str] | None = None,
-    glob: str = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}",
+    glob: str = IMAGE_GLOB,
     max_files_per_trigger: int = 2000,
     on_batch: Callable[[IngestReport], None] | None = None,
 ) -> IngestReport:
@@ -110,12 +112,12 @@ def ingest(
         table = with_unread_files(batch.toArrow(), checkpoint, batch_id)
         if table.num_rows == 0:
             return
-        outcome = lake.merge_images(
+        outcome = lake.merge(
+            IMAGES,
             table,
             update={**_UPDATE_ARRIVAL, **_UPDATE_LABEL},
-            update_predicate=_UPDATE_WHEN,
-            app_id=query_app_id(checkpoint, "ingest"),
-            txn_version=batch_id,
+            when=_UPDATE_WHEN,
+            txn=Transaction(query_app_id(checkpoint, "ingest"), batch_id),
         )
         report.batches += 1
         report.files += table.num_rows
@@ -143,5 +145,5 @@ def ingest(
     finally:
         callbacks.release(query)
     report.seconds = time.perf_counter() - started
-    report.table_version = lake.version("images")
+    report.table_version = lake.version(IMAGES)
     return report

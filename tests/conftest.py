@@ -31,7 +31,7 @@ def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def azurite_port(session_dir: Path) -> Iterator[int]:
     """Azurite on a free port for the whole session (real blob storage, well-known dev key)."""
-    from infra.stack import Azurite
+    from infra.local.stack import Azurite
 
     port = free_port()
     service = Azurite(Settings(state_dir=session_dir / "azurite-state", blob_port=port))
@@ -69,7 +69,7 @@ def spark(session_dir: Path):
 @pytest.fixture(scope="session")
 def digits_dir(session_dir: Path) -> Path:
     """scikit-learn digits written once per session as <split>/<label>/<name>.png."""
-    from infra.sample_data import digits_images, write_images
+    from infra.local.sample_data import digits_images, write_images
 
     out = session_dir / "digits"
     write_images(digits_images(), out_dir=out)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from infra.demo import DemoPlan, run_demo
+from infra.local.demo import DemoPlan, run_demo
 from infra.settings import Settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -10,19 +10,15 @@ from __future__ import annotations
 import socket
 from dataclasses import replace
 
+from infra.errors import LakesightError
+from infra.processes import free_port
 from infra.settings import Settings
 from infra.spark import get_spark
 from training.worker import WorkerJob, WorkerOutcome, run_in_subprocess
 
 
-class DistributedError(RuntimeError):
+class DistributedError(LakesightError, RuntimeError):
     """The multi-worker run could not start or a worker failed."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
 
 
 def _barrier_task(job: WorkerJob, threads: int | None):
@@ -35,7 +31,7 @@ def _barrier_task(job: WorkerJob, threads: int | None):
         index = context.partitionId()
         # The executor's address as Spark knows it; the port is ours.
         host = context.getTaskInfos()[index].address.rsplit(":", 1)[0] or socket.gethostname()
-        addresses = context.allGather(f"{host}:{free_port()}")
+        addresses = context.allGather(f"{host}:{free_port('')}")
         worker = replace(job, name=f"{job.name}-worker-{index}")
         yield run_in_subprocess(worker, env={"TF_CONFIG": tf_config(addresses, index)}, threads=threads)
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 from PIL import Image
 
+from infra.errors import LakesightError
 from infra.hashing import stable_fraction
 from infra.lake import Lake, LakeError
 from infra.settings import Settings
@@ -39,7 +40,7 @@ _COLUMNS = ["path", "content", "content_hash", "label", "label_source", "error"]
 _DECODE_CHUNK = 512
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(LakesightError, ValueError):
     """The snapshot cannot be trained on (no table, no labeled rows, a single class, …)."""
 
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from infra.errors import LakesightError
+
 MODELS = ("cnn", "mobilenetv3small", "efficientnetb0", "resnet50")
 DEFAULT_MODEL = "cnn"
 # Caffe-style preprocessing ResNet50's published weights expect: BGR order, ImageNet means.
 _RESNET_MEANS_BGR = (103.939, 116.779, 123.68)
 
 
-class ModelError(ValueError):
+class ModelError(LakesightError, ValueError):
     """Unknown model name or unusable weights file."""
 
 

@@ -7,9 +7,7 @@ column of bytes and returns ``label``, ``confidence``, ``probabilities`` and ``e
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,32 +19,9 @@ import pandas as pd
 
 from training.inference import fold_batch_norm
 from training.preprocess import decode_images
+from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
 OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "error"]
-
-
-def limit_tensorflow_threads() -> None:
-    """Cap TensorFlow's thread pools when asked (Spark workers share few cores)."""
-    threads = os.environ.get("LAKESIGHT_TF_THREADS")
-    if not threads:
-        return
-    import tensorflow as tf
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-        tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-    except RuntimeError:  # already initialised in this process: the first setting stays
-        pass
-
-
-def enable_gpu_memory_growth() -> None:
-    """Let several processes share a GPU instead of the first grabbing all its memory."""
-    import tensorflow as tf
-
-    for gpu in tf.config.list_physical_devices("GPU"):
-        # Already initialised in this process: the first setting stays.
-        with contextlib.suppress(RuntimeError):
-            tf.config.experimental.set_memory_growth(gpu, True)
 
 
 def _pad_rows(batch: np.ndarray, step: int) -> np.ndarray:
@@ -94,8 +69,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             outputs.append(np.asarray(self._infer(padded), dtype=np.float32)[: len(chunk)])
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
 
+    def decode(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
+        """The model's own preprocessing: images as its input array, and why each row failed (or None)."""
+        return decode_images(contents, self.image_size, max_bytes=self.max_bytes)
+
     def classify(self, contents: Sequence[bytes | None]) -> pd.DataFrame:
-        images, errors = decode_images(contents, self.image_size, max_bytes=self.max_bytes)
+        images, errors = self.decode(contents)
         good = [i for i, e in enumerate(errors) if e is None]
         probs = self.probabilities(images[good]) if good else np.zeros((0, len(self.class_names)))
         labels: list[str | None] = [None] * len(contents)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra import registry
+from infra.errors import UsageError
 from infra.settings import Settings
 from training.feed import TEST, TRAIN, VALIDATION, Snapshot, TrainingDataError, load_snapshot
 from training.loop import EpochMetrics, HyperParams, fit
@@ -65,16 +66,16 @@ class TrainOptions:
     def check(self) -> None:
         """Refuse contradictory or out-of-range options before any work starts."""
         if self.model.lower() not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+            raise UsageError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch size must be at least 1")
+            raise UsageError("epochs and batch size must be at least 1")
         if self.workers < 1 or self.search < 0:
-            raise ValueError("workers must be at least 1 and search at least 0")
+            raise UsageError("workers must be at least 1 and search at least 0")
         if self.workers > 1 and self.search:
-            raise ValueError("--workers and --search cannot be combined: a search runs one process per trial")
+            raise UsageError("--workers and --search cannot be combined: a search runs one process per trial")
         unknown = set(self.search_models) - set(MODELS)
         if unknown:
-            raise ValueError(f"unknown search models {sorted(unknown)}")
+            raise UsageError(f"unknown search models {sorted(unknown)}")
 
 
 @dataclass

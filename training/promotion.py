@@ -1,8 +1,9 @@
-"""Champion / challenger promotion.
+"""Champion / challenger evaluation.
 
-The rules are small pure functions (:func:`decide`); :func:`promote` evaluates the new version
-and the current champion on the same held-out rows, both loaded through the registry as the
-raw-bytes classifiers the stream uses, then applies the rule (or only reports it: dry run).
+:func:`promote` evaluates the new version and the current champion on the same held-out rows,
+both loaded through the registry as the raw-bytes classifiers the stream uses, then applies the
+registry's rule (:func:`infra.registry.promotion_decision`, written by
+:func:`infra.registry.record_promotion`), or only reports it on a dry run.
 """
 
 from __future__ import annotations
@@ -15,31 +16,6 @@ from infra import registry
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    alias: str  # the alias the new version gets: champion or challenger
-    reason: str
-
-
-def decide(new_accuracy: float, champion_accuracy: float | None, margin: float) -> Decision:
-    """The first model becomes champion; a later one only when better by more than ``margin``.
-
-    Ties never promote: a challenger must beat ``champion + margin`` strictly.
-    """
-    if champion_accuracy is None:
-        return Decision(True, registry.CHAMPION, "no champion yet")
-    if new_accuracy > champion_accuracy + margin:
-        return Decision(
-            True, registry.CHAMPION, f"{new_accuracy:.4f} beats champion {champion_accuracy:.4f} by more than {margin}"
-        )
-    return Decision(
-        False,
-        registry.CHALLENGER,
-        f"{new_accuracy:.4f} does not beat champion {champion_accuracy:.4f} by more than {margin}",
-    )
 
 
 def accuracy(truth: Sequence[str], predicted: Sequence[str | None]) -> float:
@@ -103,23 +79,22 @@ def promote(
     champion_accuracy = None
     if champion_version is not None:
         champion_accuracy = evaluate_version(settings, champion_version, contents, truth).accuracy
-    decision = decide(new.accuracy, champion_accuracy, settings.promotion_margin)
-    if not dry_run:
-        registry.set_alias(settings, decision.alias, version)
-    label = ("would be " if dry_run else "") + decision.alias
-    tags = {
-        registry.TAG_ACCURACY: f"{new.accuracy:.6f}",
-        registry.TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
-        registry.TAG_DECISION: label,
-        "champion_version": champion_version or "",
-        "promotion_reason": decision.reason,
-    }
-    registry.set_version_tags(settings, version, tags)
+    decision = registry.promotion_decision(new.accuracy, champion_accuracy, settings.promotion_margin)
+    tags = registry.record_promotion(
+        settings,
+        version,
+        decision,
+        accuracy=new.accuracy,
+        champion_version=champion_version,
+        champion_accuracy=champion_accuracy,
+        dry_run=dry_run,
+    )
+    label = tags[registry.TAG_DECISION]
     if mlflow.active_run() is not None:
         mlflow.set_tags(tags)
-        metrics = {"test_accuracy": new.accuracy}
+        metrics = {registry.TAG_ACCURACY: new.accuracy}
         if champion_accuracy is not None:
-            metrics["champion_test_accuracy"] = champion_accuracy
+            metrics[registry.TAG_CHAMPION_ACCURACY] = champion_accuracy
         mlflow.log_metrics(metrics)
     log.info("model version %s: %s (%s)", version, label, decision.reason)
     return PromotionResult(

@@ -11,6 +11,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 
+from infra.errors import LakesightError
 from infra.settings import Settings
 from infra.spark import get_spark
 from training.loop import HyperParams
@@ -24,7 +25,7 @@ BATCH_SIZES = (32, 64, 128)
 DENSE_UNITS = (64, 128, 256)
 
 
-class SearchError(RuntimeError):
+class SearchError(LakesightError, RuntimeError):
     """No trial finished."""
 
 

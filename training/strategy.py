@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from training.packaging import enable_gpu_memory_growth, limit_tensorflow_threads
+from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
 log = logging.getLogger(__name__)
 

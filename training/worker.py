@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.errors import LakesightError
+from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
 from training.loop import EpochMetrics, HyperParams
 
@@ -29,7 +31,7 @@ DISTRIBUTED = "distributed"
 TRIAL = "trial"
 
 
-class WorkerError(RuntimeError):
+class WorkerError(LakesightError, RuntimeError):
     """A training process failed; the message holds the tail of its log."""
 
 
@@ -192,7 +194,7 @@ def run_in_subprocess(
     log_path = logs / f"{job.name}.log"
     child_env = {**os.environ, **(env or {})}
     if threads:  # processes sharing one machine's cores each get their share
-        child_env["LAKESIGHT_TF_THREADS"] = str(threads)
+        child_env[TF_THREADS_ENV] = str(threads)
     child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with tempfile.TemporaryDirectory(prefix="lakesight-worker-") as folder:
         job_path, result_path = Path(folder) / "job.pkl", Path(folder) / "outcome.pkl"

@@ -8,12 +8,18 @@ import json
 import pyarrow as pa
 import pytest
 
-from handlers.labels import LABEL_REJECTS, ExportError, ImageIndex, LabelEntry, parse_export
-from handlers.policy import DECISIONS
+from handlers.labels import ExportError, ImageIndex, LabelEntry, parse_export
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, PREDICTION_COLUMNS, column_names
+from infra.tables import (
+    IMAGES,
+    LABEL_REJECTS,
+    LABEL_SOURCE_HUMAN,
+    PREDICTION_COLUMNS,
+    RETRAINING_DECISIONS,
+    column_names,
+)
 from tests.handlers.conftest import blob_event, fake_train_command, serving
 
 pytestmark = pytest.mark.azurite
@@ -41,7 +47,7 @@ def seed_images(settings: Settings, count: int = 6) -> list[str]:
             "scored_at": pa.array([now] * count, pa.timestamp("us", tz="UTC")),
         }
     )
-    Lake(settings).merge_images(rows)
+    Lake(settings).merge(IMAGES, rows)
     return paths
 
 
@@ -126,7 +132,7 @@ def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_pat
                                                                   ("unknown image", "circle")]
     assert {r["image_ref"] for r in rejects} == {"img-3.png", "never-uploaded.png"}
 
-    decisions = lake.read(DECISIONS).to_pylist()
+    decisions = lake.read(RETRAINING_DECISIONS).to_pylist()
     assert len(decisions) == 1
     decision = decisions[0]
     assert decision["decision_id"] == event.id and decision["retrain"] and decision["reasons"] == "new_labels"
@@ -140,7 +146,7 @@ def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_pat
 def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> None:
     settings = blob_settings.model_copy(update={"retrain_min_new_labels": 50})
     paths = seed_images(settings, 3)
-    Lake(settings).merge_images(pa.table({"path": [paths[2]], "load_date": pa.array([DAY], pa.date32()),
+    Lake(settings).merge(IMAGES, pa.table({"path": [paths[2]], "load_date": pa.array([DAY], pa.date32()),
                                           "label": ["circle"], "label_source": ["path"]}),
                                 update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
     lines = [{"image_url": "azureml://datastores/ws/paths/images/2026/01/img-0.png", "label": "circle"},
@@ -157,4 +163,4 @@ def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> Non
     assert outcome["labels"]["merged"] == 1 and outcome["labels"]["unknown_classes"] == {"rhombus": 1}
     assert outcome["decision"] == {"retrain": False, "reasons": [], "launch": "none", "new_labels": 1,
                                    "psi": None, "champion_accuracy": 1.0}  # no champion: no baseline
-    assert Lake(settings).read(DECISIONS).num_rows == 1
+    assert Lake(settings).read(RETRAINING_DECISIONS).num_rows == 1

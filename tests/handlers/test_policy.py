@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from handlers.policy import DECISIONS, Metrics, decide, evaluate, jensen_shannon, measure, psi
+from handlers.policy import Metrics, decide_retraining, evaluate, jensen_shannon, measure, psi
 from handlers.runs import promotion_check
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import IMAGES
+from infra.tables import IMAGES, RETRAINING_DECISIONS
 
 DAY = dt.date(2026, 1, 3)
 
@@ -41,11 +41,11 @@ def test_distances() -> None:
     ],
 )
 def test_decide_rules(settings: Settings, metrics: Metrics, expected: tuple[bool, list[str]]) -> None:
-    assert decide(settings, metrics) == expected
+    assert decide_retraining(settings, metrics) == expected
 
 
 def _labels(lake: Lake, paths: list[str], labels: list[str], source: str) -> None:
-    lake.merge_images(
+    lake.merge(IMAGES, 
         pa.table({"path": paths, "load_date": pa.array([DAY] * len(paths), pa.date32()), "label": labels,
                   "label_source": [source] * len(paths),
                   "labeled_at": pa.array([dt.datetime.now(dt.UTC)] * len(paths), pa.timestamp("us", tz="UTC"))}),
@@ -96,7 +96,7 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
         "policy-model", "champion", version)
 
     # After training: four new human labels of a new class, all predicted wrong.
-    lake.merge_images(pa.table({"path": paths[11:15], "load_date": pa.array([DAY] * 4, pa.date32()),
+    lake.merge(IMAGES, pa.table({"path": paths[11:15], "load_date": pa.array([DAY] * 4, pa.date32()),
                                 "predicted_label": ["circle"] * 4}), update={"predicted_label": "s.predicted_label"})
     _labels(lake, paths[11:15], ["triangle"] * 4, "human")
 
@@ -115,7 +115,7 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
     first = evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)
     evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)  # replay
     assert first.retrain and first.reasons == ["label_drift", "accuracy"]
-    rows = lake.read(DECISIONS).to_pylist()
+    rows = lake.read(RETRAINING_DECISIONS).to_pylist()
     assert len(rows) == 1, "a replayed trigger must not add a decision row"
     assert rows[0]["psi"] == pytest.approx(metrics.psi) and rows[0]["champion_version"] == version
     assert rows[0]["drift_threshold"] == 0.2 and rows[0]["launch"] == "queued"
@@ -167,7 +167,7 @@ def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: P
         publisher(url).send([drift, calm])
         publisher(url).send([drift])  # redelivery
         assert service.wait_idle(30) and service.launcher.wait_idle(30)
-    rows = {r["decision_id"]: r for r in lake.read(DECISIONS).to_pylist()}
+    rows = {r["decision_id"]: r for r in lake.read(RETRAINING_DECISIONS).to_pylist()}
     assert rows[str(drift.id)]["retrain"] and rows[str(drift.id)]["reasons"] == "dataset_drift"
     assert rows[str(drift.id)]["dataset_drift"] == pytest.approx(0.83)
     assert not rows[str(calm.id)]["retrain"] and rows[str(calm.id)]["launch"] == "none"

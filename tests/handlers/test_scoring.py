@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 from handlers.app import create_app
-from handlers.scoring import STREAM_SERVICE, ScorePass
+from handlers.score_pass import ScorePass
 from handlers.server import running
 from handlers.service import HandlerService
+from infra.processes import SCORING_SERVICE
 from infra.settings import Settings
 from tests.handlers.conftest import blob_event
 
@@ -39,7 +40,7 @@ def test_passes_are_single_flight_and_coalesced(settings: Settings, tmp_path: Pa
 
 def test_no_pass_beside_a_running_stream(settings: Settings, tmp_path: Path) -> None:
     settings.run_dir.mkdir(parents=True)
-    (settings.run_dir / f"{STREAM_SERVICE}.pid").write_text(str(os.getpid()))  # a live "score" service
+    (settings.run_dir / f"{SCORING_SERVICE}.pid").write_text(str(os.getpid()))  # a live "score" service
     record = tmp_path / "passes.txt"
     scorer = ScorePass(settings, argv=_fake(record))
     scorer.start()

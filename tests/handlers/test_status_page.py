@@ -17,6 +17,7 @@ import uvicorn
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.status import snapshot
+from infra.tables import IMAGES
 from tests.conftest import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -27,7 +28,7 @@ NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
 def seed_images(settings: Settings) -> None:
     """12 scored rows (3 errors, 2 sent for labeling, 1 human label) in the images table."""
     n = 12
-    Lake(settings).merge_images(
+    Lake(settings).merge(IMAGES, 
         pa.table(
             {
                 "path": [f"file:/img/{i}.png" for i in range(n)],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infra.sample_data import png_bytes
+from infra.local.sample_data import png_bytes
 
 
 def solid_png(value: int = 128, size: int = 32) -> bytes:

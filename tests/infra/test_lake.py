@@ -6,7 +6,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from infra.lake import Lake, LakeError, from_source
+from infra.lake import Lake, LakeError, Transaction, from_source
 from infra.settings import Settings
 from infra.tables import IMAGES, PREDICTION_COLUMNS, column_names
 
@@ -31,17 +31,17 @@ def test_images_table_is_created_partitioned(settings: Settings) -> None:
     table = lake.images()
     assert table.metadata().partition_columns == ["load_date"]
     assert lake.summary() == [
-        {"table": IMAGES, "version": 0, "versions": 1, "rows": 0, "files": 0, "partitions": ["load_date"]}
+        {"table": IMAGES.name, "version": 0, "versions": 1, "rows": 0, "files": 0, "partitions": ["load_date"]}
     ]
 
 
 def test_merge_same_batch_twice_changes_nothing(settings: Settings) -> None:
     lake = Lake(settings)
     batch = rows(["a", "b"], DAY)
-    first = lake.merge_images(batch, app_id="test", txn_version=0)
+    first = lake.merge(IMAGES, batch, txn=Transaction("test", 0))
     assert (first.inserted, first.skipped) == (2, False)
     version = lake.version(IMAGES)
-    again = lake.merge_images(batch, app_id="test", txn_version=0)
+    again = lake.merge(IMAGES, batch, txn=Transaction("test", 0))
     assert again.skipped
     assert lake.version(IMAGES) == version
     assert lake.read(IMAGES).num_rows == 2
@@ -50,17 +50,17 @@ def test_merge_same_batch_twice_changes_nothing(settings: Settings) -> None:
 
 def test_merge_without_transaction_is_still_keyed(settings: Settings) -> None:
     lake = Lake(settings)
-    lake.merge_images(rows(["a"], DAY))
-    outcome = lake.merge_images(rows(["a", "c"], DAY))
+    lake.merge(IMAGES, rows(["a"], DAY))
+    outcome = lake.merge(IMAGES, rows(["a", "c"], DAY))
     assert (outcome.inserted, outcome.updated) == (1, 0)
     assert sorted(lake.read(IMAGES, columns=["path"]).column("path").to_pylist()) == ["a", "c"]
 
 
 def test_update_touches_only_named_columns(settings: Settings) -> None:
     lake = Lake(settings)
-    lake.merge_images(rows(["a"], DAY, label="cat"))
+    lake.merge(IMAGES, rows(["a"], DAY, label="cat"))
     update = from_source(["confidence"])
-    outcome = lake.merge_images(rows(["a"], DAY, label=None, confidence=0.5), update=update)
+    outcome = lake.merge(IMAGES, rows(["a"], DAY, label=None, confidence=0.5), update=update)
     assert outcome.updated == 1
     row = lake.read(IMAGES).to_pylist()[0]
     assert (row["label"], row["confidence"]) == ("cat", 0.5)
@@ -69,8 +69,8 @@ def test_update_touches_only_named_columns(settings: Settings) -> None:
 def test_merge_predicate_names_only_touched_partitions(settings: Settings) -> None:
     lake = Lake(settings)
     for day in range(1, 6):
-        lake.merge_images(rows([f"p{day}"], dt.date(2026, 11, day)))
-    lake.merge_images(rows(["p1"], dt.date(2026, 11, 1), confidence=0.9), update=from_source(["confidence"]))
+        lake.merge(IMAGES, rows([f"p{day}"], dt.date(2026, 11, day)))
+    lake.merge(IMAGES, rows(["p1"], dt.date(2026, 11, 1), confidence=0.9), update=from_source(["confidence"]))
     last = lake.history(IMAGES, 1)[0]
     predicate = last["operationParameters"]["predicate"]
     assert "2026-11-01" in predicate and "2026-11-02" not in predicate
@@ -80,9 +80,9 @@ def test_merge_predicate_names_only_touched_partitions(settings: Settings) -> No
 
 def test_time_travel_reads_a_pinned_version(settings: Settings) -> None:
     lake = Lake(settings)
-    lake.merge_images(rows(["a"], DAY))
+    lake.merge(IMAGES, rows(["a"], DAY))
     pinned = lake.version(IMAGES)
-    lake.merge_images(rows(["b"], DAY))
+    lake.merge(IMAGES, rows(["b"], DAY))
     assert lake.read(IMAGES, version=pinned).num_rows == 1
     assert lake.read(IMAGES).num_rows == 2
 
@@ -90,14 +90,14 @@ def test_time_travel_reads_a_pinned_version(settings: Settings) -> None:
 def test_concurrent_writers_both_land(settings: Settings) -> None:
     """The stream and the label handlers write images at once: conflicts are retried, nothing lost."""
     lake = Lake(settings)
-    lake.merge_images(rows([f"x{i}" for i in range(20)], DAY))
+    lake.merge(IMAGES, rows([f"x{i}" for i in range(20)], DAY))
     errors: list[BaseException] = []
 
     def writer(name: str, column: str) -> None:
         try:
             for i in range(5):
                 batch = rows([f"x{i}", f"{name}{i}"], DAY, label="l", confidence=0.1 * i)
-                Lake(settings).merge_images(batch, update=from_source([column]))
+                Lake(settings).merge(IMAGES, batch, update=from_source([column]))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -143,8 +143,8 @@ def test_compaction_merges_small_files_of_named_partitions_only(settings: Settin
     lake = Lake(settings)
     other = DAY - dt.timedelta(days=1)
     for batch in range(4):
-        lake.merge_images(rows([f"p{batch}"], DAY), app_id="stream", txn_version=batch)
-        lake.merge_images(rows([f"q{batch}"], other))
+        lake.merge(IMAGES, rows([f"p{batch}"], DAY), txn=Transaction("stream", batch))
+        lake.merge(IMAGES, rows([f"q{batch}"], other))
     before = lake.read(IMAGES).sort_by("path")
 
     figures = lake.compact(IMAGES, "load_date", [DAY])
@@ -161,24 +161,24 @@ def test_compaction_merges_small_files_of_named_partitions_only(settings: Settin
 def test_reused_tables_follow_commits_from_other_writers(settings: Settings) -> None:
     stream = Lake(settings, reuse_tables=True)
     other = Lake(settings)
-    first = stream.merge_images(rows(["a"], DAY), app_id="stream", txn_version=0)
+    first = stream.merge(IMAGES, rows(["a"], DAY), txn=Transaction("stream", 0))
     assert stream.table(IMAGES) is stream.table(IMAGES)  # one handle, brought up to date in place
 
-    other.merge_images(rows(["b"], DAY, label="cat"))  # e.g. a label MERGE from the handlers
-    second = stream.merge_images(rows(["c"], DAY), app_id="stream", txn_version=1)
+    other.merge(IMAGES, rows(["b"], DAY, label="cat"))  # e.g. a label MERGE from the handlers
+    second = stream.merge(IMAGES, rows(["c"], DAY), txn=Transaction("stream", 1))
 
     assert (first.version, second.version) == (1, 3)
     assert stream.version(IMAGES) == other.version(IMAGES) == 3
     assert sorted(stream.read(IMAGES, columns=["path"]).column("path").to_pylist()) == ["a", "b", "c"]
     assert stream.committed_version(IMAGES, "stream") == 1
-    assert stream.merge_images(rows(["c"], DAY), app_id="stream", txn_version=1).skipped
+    assert stream.merge(IMAGES, rows(["c"], DAY), txn=Transaction("stream", 1)).skipped
     assert stream.read(IMAGES, version=1).num_rows == 1  # time travel still opens its own snapshot
 
 
 def test_compaction_leaves_files_at_the_target_size_alone(settings: Settings) -> None:
     lake = Lake(settings)
     for batch in range(3):
-        lake.merge_images(rows([f"p{batch}-{i:05d}" for i in range(2000)], DAY))
+        lake.merge(IMAGES, rows([f"p{batch}-{i:05d}" for i in range(2000)], DAY))
     sizes = sorted(a["size_bytes"] for a in pa.table(lake.table(IMAGES).get_add_actions()).to_pylist())
 
     # Every file already counts as full: nothing to rewrite.
@@ -189,14 +189,14 @@ def test_compaction_leaves_files_at_the_target_size_alone(settings: Settings) ->
 def test_path_statistics_are_not_truncated_so_newer_names_skip_older_files(settings: Settings) -> None:
     lake = Lake(settings)
     prefix = "abfss://images@account.dfs.core.windows.net/" + "camera-07/" * 12  # 160 characters
-    lake.merge_images(rows([f"{prefix}2026-11-01T08-{i:02d}.png" for i in range(50)], DAY))
+    lake.merge(IMAGES, rows([f"{prefix}2026-11-01T08-{i:02d}.png" for i in range(50)], DAY))
     older = pa.table(lake.table(IMAGES).get_add_actions(flatten=True)).to_pylist()[0]
     assert older["min.path"] == f"{prefix}2026-11-01T08-00.png"
     assert older["max.path"] == f"{prefix}2026-11-01T08-49.png"
     assert older.get("min.content") is None  # image bytes carry no statistics
 
-    lake.merge_images(rows([f"{prefix}2026-11-01T09-{i:02d}.png" for i in range(50)], DAY))
-    newer = lake.merge_images(rows([f"{prefix}2026-11-01T10-{i:02d}.png" for i in range(50)], DAY))
+    lake.merge(IMAGES, rows([f"{prefix}2026-11-01T09-{i:02d}.png" for i in range(50)], DAY))
+    newer = lake.merge(IMAGES, rows([f"{prefix}2026-11-01T10-{i:02d}.png" for i in range(50)], DAY))
 
     assert newer.inserted == 50 and lake.read(IMAGES).num_rows == 150
     metrics = lake.table(IMAGES).history(1)[0]["operationMetrics"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from infra.sample_data import ShapeKnobs, digits_images, holdout_side, shape_images, write_images
+from infra.local.sample_data import ShapeKnobs, digits_images, holdout_side, shape_images, write_images
 
 
 def test_digits_are_rgb_pngs_with_a_stable_split() -> None:

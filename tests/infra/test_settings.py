@@ -1,8 +1,10 @@
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
-from infra.settings import AZURITE_KEY, Settings
+from infra.errors import SettingsError
+from infra.settings import AZURITE_KEY, Settings, get_settings
 
 
 def test_defaults_live_under_state_dir(tmp_path: Path) -> None:
@@ -37,16 +39,55 @@ def test_invalid_values_are_refused(field: str, value: object) -> None:
         Settings(**{field: value})
 
 
-def test_azure_mode_refuses_default_secrets() -> None:
-    with pytest.raises(ValueError, match="connection string"):
-        Settings(mode="azure")
+def test_azure_mode_checks_each_secret_where_it_is_used() -> None:
+    # A process that uses neither secret (a retraining job) starts in azure mode without them.
+    bare = Settings(mode="azure")
+    with pytest.raises(SettingsError, match="connection string"):
+        bare.blob_connection()
+    with pytest.raises(SettingsError, match="default event key"):
+        bare.event_secret()
     conn = f"DefaultEndpointsProtocol=https;AccountName=a;AccountKey={AZURITE_KEY};EndpointSuffix=core.windows.net"
-    with pytest.raises(ValueError, match="connection string"):
+    with pytest.raises(ValueError, match="development account key"):
         Settings(mode="azure", blob_connection_string=conn)
     real = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"
-    with pytest.raises(ValueError, match="event key"):
-        Settings(mode="azure", blob_connection_string=real)
-    assert Settings(mode="azure", blob_connection_string=real, event_key="s3cret-key").mode == "azure"
+    for weak in ("", "s3cret-key"):
+        with pytest.raises(SettingsError, match="at least 32 characters"):
+            Settings(mode="azure", blob_connection_string=real, event_key=weak).event_secret()
+    strong = "k" * 32
+    settings = Settings(mode="azure", blob_connection_string=real, event_key=strong)
+    assert settings.blob_connection() == real and settings.event_secret() == strong
+
+
+def test_local_mode_fills_every_location_from_the_state_dir(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path)
+    assert settings.arrivals_root == str(tmp_path / "arrivals")
+    assert settings.lake_root == str(tmp_path / "lake") and settings.checkpoint_root == str(tmp_path / "checkpoints")
+    shown = settings.public_dict()  # what 'lakesight config' prints: resolved paths, not ""
+    assert all(shown[name] for name in ("lake_root", "checkpoint_root", "arrivals_root", "mlflow_artifact_root"))
+
+
+def test_settings_travel_to_a_child_process_through_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(state_dir=tmp_path / "s", label_classes=["a", "b"], spark_conf={"k": "v"},
+                        event_key=SecretStr("secret-key"), retrain_min_new_labels=7)
+    for name, value in original.to_env().items():
+        monkeypatch.setenv(name, value)
+    rebuilt = Settings()
+    assert rebuilt.model_dump() == original.model_dump()
+    assert rebuilt.event_key.get_secret_value() == "secret-key"
+    public = original.to_env(secrets=False)
+    assert "LAKESIGHT_EVENT_KEY" not in public and "LAKESIGHT_BLOB_CONNECTION_STRING" not in public
+    assert original.to_env(only=("model_name",)) == {"LAKESIGHT_MODEL_NAME": original.model_name}
+
+
+def test_invalid_environment_is_one_line_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKESIGHT_CONFIDENCE_THRESHOLD", "2")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsError, match="confidence_threshold") as caught:
+            get_settings()
+    finally:
+        get_settings.cache_clear()
+    assert "\n" not in str(caught.value)
 
 
 def test_secrets_are_masked_when_printed() -> None:

@@ -1,7 +1,7 @@
 import pytest
 
+from infra.local.stack import Azurite, StackError, require_tool, stack_status
 from infra.settings import Settings
-from infra.stack import Azurite, StackError, require_tool, stack_status
 from tests.conftest import free_port
 
 

@@ -3,9 +3,10 @@ import threading
 import time
 from pathlib import Path
 
+from infra.local.stack import pid_alive
+from infra.local.supervisor import Child, Supervisor
 from infra.settings import Settings
-from infra.stack import pid_alive
-from infra.supervisor import Child, Supervisor, read_state
+from infra.status import read_supervisor_state
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -31,7 +32,7 @@ def test_crashed_child_is_restarted_and_stop_ends_everything(tmp_path: Path) -> 
     thread.start()
     try:
         assert wait_for(lambda: marker.exists() and len(marker.read_text()) >= 3)
-        state = read_state(settings)
+        state = read_supervisor_state(settings)
         assert state is not None
         by_name = {c["name"]: c for c in state["children"]}
         assert by_name["crasher"]["restarts"] >= 2

@@ -16,7 +16,7 @@ IMAGE_SIZE = 16
 @pytest.fixture(scope="session")
 def model_store(session_dir: Path) -> Path:
     """An MLflow store holding version 1 of a tiny CNN as champion (built once per session)."""
-    from streams.models import register_champion, tiny_cnn
+    from training.toy_models import register_champion, tiny_cnn
 
     state = session_dir / "model-store"
     settings = Settings(state_dir=state)

@@ -11,8 +11,8 @@ from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES
-from streams.score import run_scoring
-from streams.sources import VANISHED
+from streams.scoring.query import run_scoring
+from streams.scoring.sources import VANISHED
 from tests.helpers.images import solid_png, truncated_png
 from tests.streams.conftest import CLASSES
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from streams.bench import Recorder, bench_score, memory_growth
+from streams.scoring.bench import CLASSES, IMAGE_SIZE, Recorder, bench_score, bench_state, memory_growth
+from training.toy_models import register_champion, tiny_cnn
 
 
 def _samples(driver: list[float], workers: list[float]) -> dict[str, list[float]]:
@@ -45,13 +46,18 @@ def test_recorder_keeps_values_in_order_and_drops_what_exceeds_its_capacity() ->
     assert len(recorder) == 3 and recorder.values == [0.5, 1.5, 2.5]
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings) -> None:
     # A one-file checkpoint limit: every batch but the last is followed by a fresh checkpoint, under load.
+    base = bench_state(settings.model_copy(update={"score_checkpoint_max_files": 1}))
+    version = register_champion(base, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
     figures = bench_score(
-        settings.model_copy(update={"score_checkpoint_max_files": 1}), images=120, model="tiny", offered_per_s=30,
+        base, model={"kind": "tiny", "version": version}, images=120, offered_per_s=30,
         latency_s=3, seed_rows=3000, merge_images=80,
         log=lambda _message: None,
     )
+    assert figures["model"]["version"] == version and figures["model"]["kind"] == "tiny"
 
     assert figures["images"] == figures["rows_in_delta"] == figures["rows_with_bytes"] == 120
     assert figures["images_per_s"] > 0 and figures["raw_model_images_per_s"] > 0

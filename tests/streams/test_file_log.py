@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from streams.file_log import listed_files, logged_files, seen_file_count
+from streams.checkpoint.source_log import listed_files, logged_files, seen_file_count
 
 
 def _entry(path: str, batch_id: int, timestamp: int = 1_000) -> str:

@@ -82,7 +82,7 @@ def test_reingest_keeps_a_human_label(spark, settings: Settings, small_labeled: 
 
     human = pa.table({"path": target.column("path"), "load_date": target.column("load_date"),
                       "label": ["9"], "label_source": [LABEL_SOURCE_HUMAN]})
-    lake.merge_images(human, update={"label": "s.label", "label_source": "s.label_source"})
+    lake.merge(IMAGES, human, update={"label": "s.label", "label_source": "s.label_source"})
     # A fresh checkpoint re-reads every file with its folder label.
     shutil.rmtree(settings.checkpoint_root)
     ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)

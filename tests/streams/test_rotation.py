@@ -11,10 +11,10 @@ import pytest
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES
-from streams.file_log import listed_files, seen_file_count
-from streams.rotation import RETIRED, clean_scored_file, rotation_enabled
-from streams.score import run_scoring
-from streams.sources import arrivals_source, directory_source
+from streams.checkpoint.rotation import RETIRED, clean_scored_file, rotation_enabled
+from streams.checkpoint.source_log import listed_files, seen_file_count
+from streams.scoring.query import run_scoring
+from streams.scoring.sources import arrivals_source, directory_source
 from tests.streams.test_score import rows_by_name, shapes, wait_for_rows
 
 pytestmark = pytest.mark.spark

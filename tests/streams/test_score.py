@@ -9,15 +9,15 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from infra.lake import Lake
-from infra.sample_data import ShapeKnobs, shape_images, write_images
+from infra.lake import Lake, Transaction
+from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
-from streams.models import register_champion, tiny_cnn
-from streams.score import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, run_scoring
+from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, run_scoring
 from tests.helpers.images import solid_png, truncated_png
 from tests.streams.conftest import CLASSES, IMAGE_SIZE
+from training.toy_models import register_champion, tiny_cnn
 
 pytestmark = pytest.mark.spark
 
@@ -90,21 +90,21 @@ def test_replayed_batch_changes_nothing_and_human_labels_survive(
     target = f"file:{paths[0]}"
     human = pa.table({"path": [target], "load_date": [first.table.column("load_date")[0].as_py()],
                       "label": ["square"], "label_source": [LABEL_SOURCE_HUMAN]})
-    lake.merge_images(human, update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
+    lake.merge(IMAGES, human, update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
     version = lake.version(IMAGES)
-    from streams.checkpoints import query_app_id
-    from streams.sources import directory_source
+    from streams.checkpoint.names import query_app_id
+    from streams.scoring.sources import directory_source
 
     app_id = query_app_id(score_settings.checkpoint_uri(directory_source(incoming).checkpoint), "score")
-    replay = lake.merge_images(first.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN,
-                               app_id=app_id, txn_version=first.batch_id)
+    replay = lake.merge(IMAGES, first.table, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN,
+                        txn=Transaction(app_id, first.batch_id))
     assert replay.skipped and lake.version(IMAGES) == version
 
     # Re-scoring the same path later (a new batch) updates predictions but not the human label.
     rescored = first.table.set_column(first.table.column_names.index("predicted_label"), "predicted_label",
                                       pa.array(["triangle"] * first.table.num_rows))
-    outcome = lake.merge_images(rescored, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN,
-                                app_id=app_id, txn_version=first.batch_id + 1)
+    outcome = lake.merge(IMAGES, rescored, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN,
+                         txn=Transaction(app_id, first.batch_id + 1))
     assert outcome.updated == len(paths) and outcome.inserted == 0
     row = rows_by_name(score_settings)[paths[0].name]
     assert (row["label"], row["label_source"], row["predicted_label"]) == ("square", LABEL_SOURCE_HUMAN, "triangle")
@@ -207,7 +207,7 @@ def test_processed_files_are_archived_and_a_bad_archive_folder_is_refused(
 
 
 def test_sql_classify_function(spark, score_settings: Settings) -> None:
-    from streams.scoring import register_classify
+    from streams.scoring.executor import register_classify
 
     register_classify(spark, score_settings)
     frame = spark.createDataFrame([(solid_png(200),), (b"junk",), (None,)], "content binary")
@@ -219,7 +219,7 @@ def test_sql_classify_function(spark, score_settings: Settings) -> None:
 
 
 def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
-    from streams.score import dedupe_paths
+    from streams.scoring.query import dedupe_paths
 
     table = pa.table({"path": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
     assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
@@ -230,14 +230,14 @@ def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
 def test_compactor_runs_every_n_batches_over_the_dates_it_saw(settings: Settings) -> None:
     import datetime as dt
 
-    from streams.score import Compactor
+    from streams.scoring.query import Compactor
 
     lake = Lake(settings)
     day = dt.date(2026, 11, 2)
     compactor = Compactor(lake, every=3)
     results = []
     for batch in range(6):
-        lake.merge_images(pa.table({"path": [f"x{batch}"], "load_date": [day], "content_hash": ["h"]}))
+        lake.merge(IMAGES, pa.table({"path": [f"x{batch}"], "load_date": [day], "content_hash": ["h"]}))
         results.append(compactor.after_batch([day]))
     assert results[:2] == [None, None] and results[3:5] == [None, None]
     assert results[2]["files_removed"] == 3 and results[5]["files_removed"] == 4  # earlier output + 3 new

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from infra.lake import Lake
-from infra.sample_data import ShapeKnobs, shape_images, write_images
+from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import IMAGES
 

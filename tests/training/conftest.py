@@ -12,7 +12,7 @@ import pytest
 from infra.images import content_hash
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import LABEL_SOURCE_PATH
+from infra.tables import IMAGES, LABEL_SOURCE_PATH
 
 
 def write_rows(settings: Settings, rows: Sequence[tuple[str, bytes, str | None, str | None]]) -> int:
@@ -31,7 +31,7 @@ def write_rows(settings: Settings, rows: Sequence[tuple[str, bytes, str | None, 
             "error": [r[3] for r in rows],
         }
     )
-    outcome = Lake(settings).merge_images(table)
+    outcome = Lake(settings).merge(IMAGES, table)
     assert outcome.version is not None
     return outcome.version
 

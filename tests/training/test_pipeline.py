@@ -14,7 +14,6 @@ from tests.helpers.images import solid_png
 from tests.training.conftest import write_rows
 from training.feed import TrainingDataError
 from training.pipeline import TrainOptions, train
-from training.promotion import decide
 
 CONTRACT = {"model_version", "promoted", "alias", "accuracy", "champion_accuracy", "run_id", "delta_version"}
 TINY = {"epochs": 1, "max_steps_per_epoch": 2, "batch_size": 32}
@@ -67,7 +66,7 @@ def test_cli_trains_logs_registers_and_promotes_then_a_pinned_dry_run(settings: 
     assert pinned.delta_version == digits_lake and pinned.alias is None and not pinned.promoted
     assert pinned.rows["train"] > 100 and set(pinned.contract()) == CONTRACT
     assert pinned.champion_accuracy == pytest.approx(first["accuracy"])
-    would = decide(pinned.accuracy, pinned.champion_accuracy, settings.promotion_margin)
+    would = registry.promotion_decision(pinned.accuracy, pinned.champion_accuracy, settings.promotion_margin)
     tags = client.get_model_version(settings.model_name, pinned.model_version).tags
     assert tags[registry.TAG_DECISION] == f"would be {would.alias}"
     assert str(registry.champion(settings).version) == first["model_version"]  # a dry run moves nothing

@@ -7,7 +7,7 @@ from infra import registry
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
 from training.packaging import log_classifier
-from training.promotion import decide, promote
+from training.promotion import promote
 
 CLASSES = ["dark", "light"]
 IMAGES = [solid_png(v) for v in (10, 30, 50, 200, 220, 240)]
@@ -15,18 +15,18 @@ TRUTH = ["dark", "dark", "dark", "light", "light", "light"]
 
 
 def test_first_model_becomes_champion() -> None:
-    decision = decide(0.2, None, margin=0.05)
+    decision = registry.promotion_decision(0.2, None, margin=0.05)
     assert (decision.promote, decision.alias) == (True, registry.CHAMPION)
 
 
 def test_better_by_more_than_the_margin_is_promoted() -> None:
-    assert decide(0.96, 0.90, margin=0.05).promote is True
-    assert decide(0.96, 0.90, margin=0.05).alias == registry.CHAMPION
+    assert registry.promotion_decision(0.96, 0.90, margin=0.05).promote is True
+    assert registry.promotion_decision(0.96, 0.90, margin=0.05).alias == registry.CHAMPION
 
 
 @pytest.mark.parametrize(("new", "old", "margin"), [(0.90, 0.90, 0.0), (0.94, 0.90, 0.05), (0.80, 0.90, 0.0)])
 def test_not_better_enough_becomes_challenger(new: float, old: float, margin: float) -> None:
-    decision = decide(new, old, margin=margin)
+    decision = registry.promotion_decision(new, old, margin=margin)
     assert (decision.promote, decision.alias) == (False, registry.CHALLENGER)
     assert str(old) in decision.reason or f"{old:.4f}" in decision.reason
 

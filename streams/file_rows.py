@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from infra.images import content_hash, image_error
 from infra.tables import IMAGES_SCHEMA, LABEL_SOURCE_PATH, conform
-from streams.file_log import listed_files, normalise_path
+from streams.checkpoint.source_log import listed_files, normalise_path
 
 BINARY_FILE_DDL = "path string, modificationTime timestamp, length long, content binary"
 ARRIVAL_DDL = (

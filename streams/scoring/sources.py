@@ -17,17 +17,18 @@ from typing import Any
 import pandas as pd
 
 from infra.arrivals import ARRIVAL_RECORD_DDL, arrivals_dir
+from infra.errors import LakesightError
+from infra.images import IMAGE_GLOB
 from infra.settings import Settings, local_path
-from streams.arrivals import BINARY_FILE_DDL
-from streams.checkpoints import checkpoint_name
-from streams.scoring import FETCH_ERROR
+from streams.checkpoint.names import checkpoint_name
+from streams.file_rows import BINARY_FILE_DDL
+from streams.scoring.executor import FETCH_ERROR
 
-IMAGE_GLOB = "*.{png,jpg,jpeg,gif,bmp,webp,tif,tiff}"
 FETCHED_DDL = f"{BINARY_FILE_DDL}, {FETCH_ERROR} string"
 VANISHED = "blob vanished before it was read"
 
 
-class SourceError(ValueError):
+class SourceError(LakesightError, ValueError):
     """The stream cannot start on this source (missing folder, bad option)."""
 
 
@@ -140,7 +141,7 @@ _clients: dict[str, Any] = {}
 def _blob_service(settings: Settings) -> Any:
     from azure.storage.blob import BlobServiceClient
 
-    conn = settings.blob_connection_string.get_secret_value()
+    conn = settings.blob_connection()
     client = _clients.get(conn)
     if client is None:
         client = _clients[conn] = BlobServiceClient.from_connection_string(conn)

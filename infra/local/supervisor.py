@@ -18,10 +18,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from infra.local.stack import azurite_argv
+from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
-from infra.stack import Service, azurite_executable
+from infra.status import supervisor_state_path
 
 log = logging.getLogger(__name__)
 
@@ -39,28 +40,21 @@ class Child:
     backoff: float = 1.0
 
 
-def cli_argv(*args: str) -> list[str]:
-    """argv running a lakesight subcommand with this interpreter (no PATH lookup needed)."""
-    return [sys.executable, "-m", "infra.cli", *args]
-
-
 def default_children(settings: Settings) -> list[Child]:
     """Every service of the local deployment, in start order."""
     return [
-        Child(
-            "azurite",
-            [azurite_executable(), "--blobHost", "127.0.0.1", "--blobPort", str(settings.blob_port),
-             "--location", str(settings.state_dir / "azurite"), "--skipApiVersionCheck", "--loose", "--silent"],
-        ),
+        Child("azurite", azurite_argv(settings)),
         Child(
             "mlflow",
             [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", settings.mlflow_tracking_uri,
              "--default-artifact-root", settings.mlflow_artifact_root, "--host", "127.0.0.1",
              "--port", str(settings.mlflow_ui_port)],
         ),
-        Child("handler", cli_argv("serve")),
-        Child("relay", cli_argv("relay")),
-        Child("score", cli_argv("score", "--source", "arrivals"), {"LAKESIGHT_TF_THREADS": "1"}),
+        Child("handler", lakesight_argv("serve")),
+        Child("relay", lakesight_argv("relay")),
+        # The stream's executors size TensorFlow from the settings (score_tf_threads), which the
+        # child reads like every other setting: nothing here may override them.
+        Child(SCORING_SERVICE, lakesight_argv("score", "--source", "arrivals")),
     ]
 
 
@@ -75,7 +69,7 @@ class Supervisor:
 
     @property
     def state_file(self) -> Path:
-        return self.settings.run_dir / "supervisor.json"
+        return supervisor_state_path(self.settings)
 
     def _start(self, child: Child) -> None:
         self.services[child.name].spawn(child.argv, env=child.env)
@@ -139,14 +133,6 @@ class Supervisor:
             self.stop_all()
 
 
-def read_state(settings: Settings) -> dict[str, Any] | None:
-    path = settings.run_dir / "supervisor.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def serve_forever(settings: Settings, children: list[Child] | None = None) -> None:
     """Run the supervisor in this process until SIGTERM/SIGINT."""
     from infra.registry import RegistryError, configure_mlflow
@@ -168,7 +154,7 @@ def up(settings: Settings) -> int:
     pid = service.pid()
     if pid is not None:
         return pid
-    return service.spawn(cli_argv("supervise"))
+    return service.spawn(lakesight_argv("supervise"))
 
 
 def down(settings: Settings, timeout: float = 60.0) -> bool:

@@ -1,7 +1,7 @@
 """The always-on scoring stream: arrivals -> champion predictions -> ``images``, exactly once.
 
 Executors read (or download) the images, check them and score them with the cached champion
-(``streams.scoring``); foreachBatch, on the driver, hands unsure images to labeling and MERGEs
+(``streams.scoring.executor``); foreachBatch, on the driver, hands unsure images to labeling and MERGEs
 the batch into ``images`` keyed on path, recording ``(query id, batch id)`` with the commit so a
 batch replayed after a crash changes nothing.
 """
@@ -23,18 +23,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.lake import Lake, MergeOutcome, from_source
+from infra.errors import LakesightError
+from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import CallbackConnections, get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
-from streams.arrivals import with_unread_files
-from streams.checkpoints import query_app_id
-from streams.file_log import listed_files, seen_file_count
-from streams.labeling import hand_off
-from streams.progress import ScoreStatus, make_listener
-from streams.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
-from streams.scoring import SCORED_DDL, score_rows
-from streams.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
+from streams.checkpoint.names import query_app_id
+from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
+from streams.checkpoint.source_log import listed_files, seen_file_count
+from streams.file_rows import with_unread_files
+from streams.scoring.executor import SCORED_DDL, score_rows
+from streams.scoring.labeling import hand_off
+from streams.scoring.progress import ScoreStatus, make_listener
+from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 
 log = logging.getLogger("lakesight.score")
 
@@ -55,7 +56,7 @@ SCORE_UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_PREDICTION, "error": "s.error"}
 SCORE_UPDATE_WHEN = "(s.content_hash IS NOT NULL) OR (t.content_hash IS NULL)"
 
 
-class ScoreError(RuntimeError):
+class ScoreError(LakesightError, RuntimeError):
     """The scoring stream cannot start (no champion, bad source)."""
 
 
@@ -153,7 +154,7 @@ class Compactor:
 
 def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
     """A folder path -> directory source; None -> the arrival records folder."""
-    from streams.sources import SourceError, clean_source_options
+    from streams.scoring.sources import SourceError, clean_source_options
 
     try:
         src = directory_source(source, glob=glob) if source is not None else arrivals_source(settings)
@@ -231,7 +232,7 @@ def run_scoring(
     Continuous by default (processing-time trigger); ``once`` runs an ``availableNow`` pass.
     Stops on ``stop_event`` or SIGTERM/SIGINT; a restart resumes from the checkpoint. When scored
     files leave the folder (``score_clean_source``), the query moves to a fresh checkpoint every
-    ``score_checkpoint_max_files`` files (``streams.rotation``), which bounds Spark's memory.
+    ``score_checkpoint_max_files`` files (``streams.checkpoint.rotation``), which bounds Spark's memory.
     """
     src = resolve_source(settings, source, glob)
     _require_champion(settings)
@@ -305,8 +306,8 @@ def run_scoring(
             return
         table = dedupe_paths(table)
         handed = hand_off(settings, lake, table, app_id=app_id, batch_id=batch_id)
-        outcome = lake.merge_images(
-            handed.table, update=SCORE_UPDATE, update_predicate=SCORE_UPDATE_WHEN, app_id=app_id, txn_version=batch_id
+        outcome = lake.merge(
+            IMAGES, handed.table, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN, txn=Transaction(app_id, batch_id)
         )
         committed_at = time.time()
         compacted = compactor.after_batch(pc.unique(handed.table.column("load_date")).to_pylist())

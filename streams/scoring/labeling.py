@@ -24,26 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.hashing import stable_fraction
-from infra.lake import Lake
+from infra.lake import Lake, Transaction
 from infra.settings import Settings
-from infra.tables import TS, conform
-
-LABELING_REQUESTS = "labeling_requests"
-LABELING_REQUESTS_SCHEMA = pa.schema(
-    [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("request_date", pa.date32(), nullable=False),
-        pa.field("sent_at", TS),
-        pa.field("image_url", pa.string()),
-        pa.field("manifest_url", pa.string()),
-        pa.field("predicted_label", pa.string()),
-        pa.field("confidence", pa.float64()),
-        pa.field("model_version", pa.string()),
-        pa.field("app_id", pa.string()),
-        pa.field("batch_id", pa.int64()),
-    ]
-)
-LABELING_PARTITION = ["request_date"]
+from infra.tables import LABELING_REQUESTS, TS
 
 
 @dataclass(frozen=True)
@@ -84,11 +67,11 @@ def _candidates(table: pa.Table, settings: Settings) -> list[int]:
 
 def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
     if not lake.exists(LABELING_REQUESTS) or not paths:
-        return LABELING_REQUESTS_SCHEMA.empty_table()
+        return LABELING_REQUESTS.schema.empty_table()
     # Filtered in memory: the ledger holds at most the daily budget per day, and pushing an
     # ``isin`` down fails on delta-rs's string_view statistics.
     columns = ["path", "sent_at", "app_id", "batch_id"]
-    ledger = conform(lake.read(LABELING_REQUESTS, columns=columns), LABELING_REQUESTS_SCHEMA)
+    ledger = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=columns))
     return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
 
 
@@ -214,15 +197,7 @@ def _send(
             "batch_id": [batch_id] * len(picked),
         }
     )
-    lake.merge(
-        LABELING_REQUESTS,
-        ledger_rows,
-        keys=["path"],
-        schema=LABELING_REQUESTS_SCHEMA,
-        partition_by=LABELING_PARTITION,
-        app_id=app_id,
-        txn_version=batch_id,
-    )
+    lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
     sent_at = {row["path"]: now for row in picked}
     return HandOff(_mark(table, sent_at), sent=len(picked), manifest_url=manifest_url)
 

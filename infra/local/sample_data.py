@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from infra.errors import UsageError
 from infra.hashing import stable_fraction
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
@@ -64,15 +65,15 @@ class ShapeKnobs:
     def validate(self) -> None:
         unknown = set(self.classes) - set(SHAPE_CLASSES)
         if unknown:
-            raise ValueError(f"unknown shape classes {sorted(unknown)}; known: {', '.join(SHAPE_CLASSES)}")
+            raise UsageError(f"unknown shape classes {sorted(unknown)}; known: {', '.join(SHAPE_CLASSES)}")
         if self.weights is not None and len(self.weights) != len(self.classes):
-            raise ValueError(f"{len(self.weights)} weights given for {len(self.classes)} classes")
+            raise UsageError(f"{len(self.weights)} weights given for {len(self.classes)} classes")
         if self.weights is not None and (min(self.weights) < 0 or sum(self.weights) <= 0):
-            raise ValueError("class weights must be non-negative and not all zero")
+            raise UsageError("class weights must be non-negative and not all zero")
         if self.background not in ("black", "white", "gradient", "noise"):
-            raise ValueError("background must be black, white, gradient or noise")
+            raise UsageError("background must be black, white, gradient or noise")
         if self.size < 8 or self.count < 0:
-            raise ValueError("size must be at least 8 and count non-negative")
+            raise UsageError("size must be at least 8 and count non-negative")
 
 
 def _background(rng: np.random.Generator, knobs: ShapeKnobs) -> np.ndarray:

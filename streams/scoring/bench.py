@@ -114,7 +114,7 @@ class RssSampler:
 
 
 def _write_shapes(folder: Path, count: int, seed: int) -> list[Path]:
-    from infra.sample_data import ShapeKnobs, shape_images, write_images
+    from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 
     write_images(shape_images(ShapeKnobs(count=count, size=IMAGE_SIZE, seed=seed, holdout_fraction=0)), out_dir=folder)
     return sorted(folder.rglob("*.png"))
@@ -213,9 +213,9 @@ def _percentile(values: list[float], q: float) -> float | None:
 def _latency_phase(
     settings: Settings, root: Path, *, offered_per_s: float, seconds: float, clean_source: str = "archive"
 ) -> dict[str, Any]:
-    from infra.sample_data import ShapeKnobs, shape_images
+    from infra.local.sample_data import ShapeKnobs, shape_images
     from infra.spark import get_spark
-    from streams.score import run_scoring
+    from streams.scoring.query import run_scoring
 
     # An always-on folder stream should move what it has scored away (see docs/STREAMING.md):
     # otherwise every trigger lists everything that ever arrived.
@@ -306,7 +306,7 @@ def _latency_phase(
 
 
 def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int) -> dict[str, Any]:
-    from streams.score import run_scoring
+    from streams.scoring.query import run_scoring
 
     folder = root / "merge-images"
     folder.mkdir(parents=True)
@@ -342,11 +342,10 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
 
 def _raw_model(settings: Settings, images: list[Path], sample: int) -> dict[str, Any]:
     from infra.registry import load_classifier
-    from training.preprocess import decode_images
 
     classifier, version = load_classifier(settings)
     chosen = images[:sample]
-    decoded, errors = decode_images([p.read_bytes() for p in chosen], classifier.image_size)
+    decoded, errors = classifier.decode([p.read_bytes() for p in chosen])
     assert not any(errors)
     classifier.probabilities(decoded[:256])  # trace once, as the workers did during warm-up
     started = time.perf_counter()
@@ -355,27 +354,14 @@ def _raw_model(settings: Settings, images: list[Path], sample: int) -> dict[str,
     return {"images_per_s": round(len(chosen) / seconds, 1), "images": len(chosen), "model_version": version}
 
 
-def bench_score(
-    settings: Settings,
-    *,
-    images: int = 20000,
-    model: str = "default",
-    offered_per_s: float = 100.0,
-    latency_s: float = 20.0,
-    seed_rows: int = 200_000,
-    merge_images: int = 4000,
-    clean_source: str = "archive",
-    log: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run every phase on a fresh state folder under ``settings.state_dir``; return the figures."""
-    from infra.lake import Lake
-    from infra.tables import IMAGES
-    from streams.models import build_keras, register_champion
-    from streams.score import run_scoring
+def bench_state(settings: Settings) -> Settings:
+    """A fresh state folder for one benchmark run under ``settings.state_dir``, with its tuning.
 
+    The caller registers the model to benchmark there (as champion) before :func:`bench_score`.
+    """
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     root = (settings.state_dir / "bench" / f"score-{stamp}").absolute()
-    base = Settings(
+    return Settings(
         state_dir=root / "state",
         spark_master=settings.spark_master,
         spark_conf=settings.spark_conf,
@@ -386,10 +372,30 @@ def bench_score(
         score_checkpoint_max_files=settings.score_checkpoint_max_files,
         champion_check_s=settings.champion_check_s,
     )
+
+
+def bench_score(
+    base: Settings,
+    *,
+    model: dict[str, Any],
+    images: int = 20000,
+    offered_per_s: float = 100.0,
+    latency_s: float = 20.0,
+    seed_rows: int = 200_000,
+    merge_images: int = 4000,
+    clean_source: str = "archive",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every phase in ``base`` (from :func:`bench_state`, champion registered); return the figures.
+
+    ``model`` describes the registered champion for the report (kind, version).
+    """
+    from infra.lake import Lake
+    from infra.tables import IMAGES
+    from streams.scoring.query import run_scoring
+
+    root = base.state_dir.parent
     load_before = os.getloadavg()
-    log(f"registering the {model} model")
-    version = register_champion(base, build_keras(model, IMAGE_SIZE, len(CLASSES)), class_names=CLASSES,
-                                image_size=IMAGE_SIZE)
     log(f"writing {images} PNGs")
     started = time.perf_counter()
     files = _write_shapes(root / "images", images, seed=0)
@@ -415,7 +421,7 @@ def bench_score(
     images_per_s = report.rows / report.seconds
     return {
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "model": {"kind": model, "version": version, "image_size": IMAGE_SIZE, "classes": len(CLASSES)},
+        "model": {**model, "image_size": IMAGE_SIZE, "classes": len(CLASSES)},
         "cores": os.cpu_count(),
         "load_average_before": [round(v, 2) for v in load_before],
         "load_average_after": [round(v, 2) for v in os.getloadavg()],

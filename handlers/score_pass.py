@@ -11,20 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 
 from handlers.background import WakeableWorker
+from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
-from infra.stack import Service
 
 log = logging.getLogger(__name__)
 
-STREAM_SERVICE = "score"
-
-
 def stream_running(settings: Settings) -> bool:
     """Whether the continuous scoring stream (service ``score``) is alive."""
-    return Service(STREAM_SERVICE, settings).pid() is not None
+    return Service(SCORING_SERVICE, settings).pid() is not None
 
 
 class ScorePass(WakeableWorker):
@@ -35,7 +31,7 @@ class ScorePass(WakeableWorker):
     def __init__(self, settings: Settings, *, argv: list[str] | None = None):
         super().__init__()
         self.settings = settings
-        self.argv = argv or [sys.executable, "-m", "infra.cli", "score", "--source", "arrivals", "--once"]
+        self.argv = argv or lakesight_argv("score", "--source", "arrivals", "--once")
         self.passes: list[int] = []  # exit codes, oldest first
         self._busy = False
 
@@ -50,7 +46,6 @@ class ScorePass(WakeableWorker):
         return not self._busy and not self._wake.is_set()
 
     def _loop(self) -> None:
-        from handlers.launcher import settings_env
 
         while not self._stop.is_set():
             self._wake.wait()
@@ -62,7 +57,7 @@ class ScorePass(WakeableWorker):
                 self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
                 with (self.settings.logs_dir / "score-pass.log").open("ab") as out:
                     code = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, check=False,
-                                          env={**os.environ, **settings_env(self.settings)}).returncode
+                                          env={**os.environ, **self.settings.to_env()}).returncode
             except OSError as exc:
                 log.error("cannot start a scoring pass: %s", exc)
                 code = -1

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings, local_path
-from streams.file_log import logged_files
-from streams.sources import Source
+from streams.checkpoint.source_log import logged_files
+from streams.scoring.sources import Source
 
 log = logging.getLogger("lakesight.score")
 

@@ -51,8 +51,8 @@ def register_champion(
     import mlflow
     import numpy as np
 
+    from infra.local.sample_data import png_bytes
     from infra.registry import CHAMPION, configure_mlflow, ensure_experiment, set_alias
-    from infra.sample_data import png_bytes
     from training.packaging import log_classifier
 
     configure_mlflow(settings)

@@ -18,8 +18,9 @@ from typing import Any
 
 import pandas as pd
 
+from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
-from streams.arrivals import ARRIVAL_DDL, arrival_rows
+from streams.file_rows import ARRIVAL_DDL, arrival_rows
 
 PREDICTION_DDL = (
     "predicted_label string, confidence double, probabilities array<float>, class_names array<string>, "
@@ -45,8 +46,9 @@ _MAX_MODELS = 3
 
 
 def _prepare_worker(settings: Settings) -> None:
-    # Two Spark workers on two cores must not each start a full TensorFlow thread pool.
-    os.environ.setdefault("LAKESIGHT_TF_THREADS", str(settings.score_tf_threads))
+    # Two Spark workers on two cores must not each start a full TensorFlow thread pool. The
+    # setting wins over whatever the worker inherited: it is the one knob (docs/ARCHITECTURE.md).
+    os.environ[TF_THREADS_ENV] = str(settings.score_tf_threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,8 +29,9 @@ from typing import Any
 
 from rich.console import Console
 
+from infra.errors import LakesightError
+from infra.processes import SCORING_SERVICE, Service, free_port, lakesight_argv, port_open
 from infra.settings import Settings
-from infra.stack import Service, port_open
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class DemoPlan:
     confidence_threshold: float = 0.9
 
 
-class DemoError(RuntimeError):
+class DemoError(LakesightError, RuntimeError):
     """A demo step did not complete; the message says which and where to look."""
 
 
@@ -70,14 +71,6 @@ class DemoReport:
 
 def _interrupted(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(what: str, check: Callable[[], Any], *, timeout: float, every: float = 1.0,
@@ -113,8 +106,9 @@ class Demo:
             "LAKESIGHT_RETRAIN_COOLDOWN_S": "0",
             "LAKESIGHT_CHAMPION_CHECK_S": "2",
             "LAKESIGHT_LABEL_CLASSES": json.dumps([str(i) for i in range(10)]),
-            "LAKESIGHT_RETRAIN_COMMAND": f"{sys.executable} -m infra.cli train --version {{version}} "
-            f"--epochs {plan.v2_epochs} --json",
+            "LAKESIGHT_RETRAIN_COMMAND": shlex.join(
+                lakesight_argv("train", "--version", "{version}", "--epochs", str(plan.v2_epochs), "--json")
+            ),
         }
         self.settings = Settings(
             state_dir=self.root, blob_port=self.blob_port, handler_port=self.handler_port,
@@ -139,7 +133,7 @@ class Demo:
 
     def spawn(self, name: str, *args: str, extra_env: dict[str, str] | None = None) -> Service:
         service = Service(name, self.settings)
-        service.spawn([sys.executable, "-m", "infra.cli", *args], env={**self.env, **(extra_env or {})})
+        service.spawn(lakesight_argv(*args), env={**self.env, **(extra_env or {})})
         self.services.append(service)
         return service
 
@@ -166,7 +160,7 @@ class Demo:
     def run_cli(self, *args: str, timeout: float = 600) -> str:
         import subprocess
 
-        result = subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True,
+        result = subprocess.run(lakesight_argv(*args), capture_output=True, text=True,
                                 env={**os.environ, **self.env}, timeout=timeout)
         if result.returncode != 0:
             raise DemoError(f"'lakesight {' '.join(args)}' failed: {result.stderr.strip()[-800:]}")
@@ -195,8 +189,8 @@ class Demo:
 
     def _story(self) -> None:
         from infra.blob import BlobStore
-        from infra.sample_data import digits_images, write_images
-        from infra.stack import Azurite, check_java
+        from infra.local.sample_data import digits_images, write_images
+        from infra.local.stack import Azurite, check_java
 
         check_java()
         with self.step("start Azurite and create the containers"):
@@ -233,7 +227,7 @@ class Demo:
             if not v1.get("promoted"):
                 raise DemoError(f"v1 was not promoted: {v1}")
         with self.step("start the scoring stream on blob arrivals"):
-            self.spawn("score", "score", "--source", "arrivals", extra_env={"LAKESIGHT_TF_THREADS": "1"})
+            self.spawn(SCORING_SERVICE, "score", "--source", "arrivals")
         store = BlobStore(self.settings)
         final_wave = incoming[-self.plan.final_wave :]
         first_wave = incoming[: -self.plan.final_wave]

@@ -1,0 +1,5 @@
+"""``python -m infra.cli``: the ``lakesight`` command run by this interpreter (what child processes use)."""
+
+from infra.cli import main
+
+main()

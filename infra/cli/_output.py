@@ -1,0 +1,111 @@
+"""What every command shares: the root app with its error boundary, output helpers and logging set-up."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from infra.errors import LakesightError
+
+console = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """End the command with ``error: message`` on stderr and exit status ``code``."""
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+class _Boundary(TyperGroup):
+    """The single error boundary: a project error is one line and exit 1; anything else is a bug
+    and keeps its traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LakesightError as exc:
+            fail(str(exc))
+
+
+app = typer.Typer(
+    name="lakesight",
+    help="Event-driven deep-learning image classification on a lakehouse.",
+    cls=_Boundary,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def sub_app(name: str, help_text: str) -> typer.Typer:
+    """A group of subcommands (``lakesight NAME …``) under the root app."""
+    group = typer.Typer(help=help_text, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    return group
+
+
+def configure_logging(level: str = "INFO", *, force: bool = False) -> None:
+    """One log format for every long-running command (stderr)."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+
+
+def print_json(payload: Any) -> None:
+    out.print_json(json.dumps(payload, default=str))
+
+
+def progress_bar() -> Any:
+    """A rich progress bar on stderr, shared by long commands."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        out.print(f"{title}: none")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    out.print(table)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (dim), for callbacks of long work."""
+    console.print(f"[dim]{message}[/]", highlight=False)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout (ours, TensorFlow's, Spark's) to stderr while the block
+    runs, so that ``--json`` leaves exactly one line on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)

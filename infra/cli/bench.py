@@ -1,0 +1,122 @@
+"""``lakesight bench score|events|train``: benchmarks that print JSON figures.
+
+The cross-package set-up lives here, in the composition root: ``bench score`` registers the model
+it measures (training's CNN or a tiny one) and hands the stream's benchmark a registered
+champion; ``bench train`` ingests the digits with the ingest stream and hands training a lake.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from infra.cli._output import print_json, say, stdout_to_stderr, sub_app
+from infra.cli.training import BatchSizeOption, EpochsOption, MixedPrecisionOption, ModelOption, train_options
+from infra.errors import UsageError
+from infra.settings import Settings, get_settings
+
+BENCH_MODELS = ("default", "tiny")
+CLEAN_SOURCES = ("archive", "off")
+DIGIT_CLASSES = [str(d) for d in range(10)]
+
+
+def register(app: typer.Typer) -> None:
+    group = sub_app("bench", "Benchmarks that print JSON figures.")
+    group.command("score")(bench_score)
+    group.command("events")(bench_events)
+    group.command("train")(bench_train)
+
+
+def run_score_bench(settings: Settings, *, model: str = "default", **options: Any) -> dict[str, Any]:
+    """Register ``model`` as champion in a fresh bench state, then run every phase of the stream's benchmark."""
+    from streams.scoring import bench
+    from training.toy_models import build_keras, register_champion
+
+    if model not in BENCH_MODELS:
+        raise UsageError(f"--model must be one of {', '.join(BENCH_MODELS)}, not {model!r}")
+    base = bench.bench_state(settings)
+    log = options.get("log", say)
+    log(f"registering the {model} model")
+    keras_model = build_keras(model, bench.IMAGE_SIZE, len(bench.CLASSES))
+    version = register_champion(base, keras_model, class_names=bench.CLASSES, image_size=bench.IMAGE_SIZE)
+    return bench.bench_score(base, model={"kind": model, "version": version}, **options)
+
+
+def bench_score(
+    images: Annotated[int, typer.Option(min=100, help="Images to score end to end")] = 20000,
+    model: Annotated[str, typer.Option(help="'default' (training's CNN) or 'tiny' (pipeline capacity)")] = "default",
+    offered: Annotated[float, typer.Option(min=1, help="Images/s offered in the latency phase")] = 100.0,
+    latency_seconds: Annotated[
+        float, typer.Option(min=2, help="Seconds of steady load on the continuous stream; make it long for a soak")
+    ] = 20.0,
+    seed_rows: Annotated[int, typer.Option(min=0, help="Rows seeded for the large-table MERGE phase")] = 200_000,
+    clean_source: Annotated[
+        str, typer.Option(help="Continuous phase: 'archive' scored files (as an always-on stream should) or 'off'")
+    ] = "archive",
+) -> None:
+    """Benchmark the scoring stream (throughput, latency, MERGE cost, memory); print JSON."""
+    if clean_source not in CLEAN_SOURCES:
+        raise UsageError(f"--clean-source must be one of {', '.join(CLEAN_SOURCES)}")
+    figures = run_score_bench(
+        get_settings(),
+        model=model,
+        images=images,
+        offered_per_s=offered,
+        latency_s=latency_seconds,
+        seed_rows=seed_rows,
+        clean_source=clean_source,
+        log=say,
+    )
+    print_json(figures)
+
+
+def bench_events(
+    events: Annotated[int, typer.Option(min=1, help="Unique BlobCreated events")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, max=5000, help="Events per request")] = 50,
+    concurrency: Annotated[int, typer.Option(min=1, help="Concurrent publisher clients")] = 4,
+    duplicates: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of events delivered twice")] = 0.1,
+) -> None:
+    """Send BlobCreated batches with the Event Grid SDK to a local webhook; print throughput JSON."""
+    from handlers.bench import bench_events as run
+
+    print_json(run(events=events, batch=batch, concurrency=concurrency, duplicate_fraction=duplicates))
+
+
+def digits_lake(settings: Settings, folder: Path) -> tuple[Settings, Path, int]:
+    """A fresh lake under ``folder`` holding the digits' train split (labeled); returns its settings,
+    the holdout folder and the number of images ingested."""
+    from infra.local.sample_data import digits_images, write_images
+    from streams.ingest import ingest
+
+    local = Settings(state_dir=folder / "state", spark_master=settings.spark_master, spark_conf=settings.spark_conf)
+    digits = folder / "digits"
+    if not (digits / "holdout").is_dir():
+        say(f"writing the digits to {digits}")
+        write_images(digits_images(), out_dir=digits)
+    say("ingesting the train split (labeled)")
+    report = ingest(local, str(digits / "train"), labeled=True, classes=DIGIT_CLASSES)
+    return local, digits / "holdout", report.inserted
+
+
+def bench_train(
+    epochs: EpochsOption = 25,
+    model: ModelOption = "cnn",
+    batch_size: BatchSizeOption = 64,
+    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers")] = 1,
+    mixed_precision: MixedPrecisionOption = False,
+    state: Annotated[Path | None, typer.Option(help="Folder for the digits and the bench's own lake/MLflow")] = None,
+) -> None:
+    """Train on the digits (train split ingested into a fresh lake) and print holdout accuracy, time, img/s."""
+    from training.bench import bench_train as run
+
+    options = train_options(
+        epochs=epochs, model=model, batch_size=batch_size, workers=workers, mixed_precision=mixed_precision
+    )
+    folder = state or Path(tempfile.mkdtemp(prefix="lakesight-bench-"))
+    with stdout_to_stderr():
+        local, holdout, ingested = digits_lake(get_settings(), folder)
+        figures = run(local, options, holdout=holdout, ingested_images=ingested, progress=say)
+    print_json(figures)

@@ -1,0 +1,49 @@
+"""``lakesight serve`` and ``lakesight relay``: the Event Grid webhook and the local blob-event relay."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from infra.cli._output import configure_logging, console, print_json
+from infra.settings import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(relay)
+
+
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: settings.handler_host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: settings.handler_port)")] = None,
+    log_level: Annotated[str, typer.Option(help="Log level of the handlers and uvicorn")] = "info",
+) -> None:
+    """Serve the Event Grid webhook (POST /api/events, GET /healthz) with uvicorn."""
+    from handlers.server import serve as run_server
+
+    configure_logging(log_level)
+    run_server(get_settings(), host=host, port=port, log_level=log_level)
+
+
+def relay(
+    url: Annotated[str | None, typer.Option(help="Handler events URL (default: from settings)")] = None,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between container polls")] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Poll once, print the count and exit")] = False,
+) -> None:
+    """Announce new Azurite blobs to the handler as Event Grid BlobCreated events (each once)."""
+    from handlers.relay import Relay
+
+    configure_logging()
+    watcher = Relay(get_settings(), endpoint=url)
+    try:
+        if once:
+            print_json({"announced": watcher.poll()})
+        else:
+            console.print(f"relaying {watcher.containers} to {watcher.endpoint} (Ctrl-C stops)")
+            watcher.run(interval=interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        watcher.close()

@@ -1,0 +1,150 @@
+"""The local runtime's commands: ``stack``, ``up``/``down``/``supervise``, ``status`` and ``demo``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from infra.cli._output import console, fail, out, print_json, render_rows, sub_app
+from infra.settings import get_settings
+
+
+def register(app: typer.Typer) -> None:
+    stack = sub_app("stack", "Start, stop and inspect the local services (Azurite).")
+    stack.command("start")(stack_start)
+    stack.command("stop")(stack_stop)
+    stack.command("status")(stack_status)
+    app.command()(demo)
+    app.command()(up)
+    app.command()(down)
+    app.command(hidden=True)(supervise)
+    app.command()(status)
+
+
+def stack_start() -> None:
+    """Start Azurite (from the project's npm install) and create the containers."""
+    from infra.local.stack import Azurite, check_java
+
+    settings = get_settings()
+    check_java()
+    pid = Azurite(settings).start()
+    console.print(f"azurite running (pid {pid}) on port {settings.blob_port}")
+
+
+def stack_stop() -> None:
+    """Stop the local services started by 'stack start'."""
+    from infra.local.stack import Azurite
+
+    stopped = Azurite(get_settings()).stop()
+    console.print("azurite stopped" if stopped else "azurite was not running")
+
+
+def stack_status() -> None:
+    """Show whether the local services are running."""
+    from infra.local.stack import stack_status as services
+
+    render_rows("local stack", services(get_settings()))
+
+
+def demo(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Run the whole story on the digits data: stream, label hand-off, retraining, promotion (≈5-10 min)."""
+    from infra.local.demo import run_demo
+
+    settings = get_settings()
+    try:
+        report = run_demo(settings, console)
+    except KeyboardInterrupt:
+        fail("interrupted; every demo process was stopped", code=130)
+    if as_json:
+        print_json(report.__dict__)
+        return
+    render_rows("demo summary", _demo_rows(report))
+    out.print(
+        f"state: {report.state_dir}  ·  MLflow UI: mlflow ui --backend-store-uri "
+        f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve, then http://127.0.0.1:"
+        f"{settings.handler_port}/"
+    )
+
+
+def _demo_rows(report: Any) -> list[dict[str, str]]:
+    return [
+        {"what": "images uploaded / scored", "value": f"{report.images_uploaded} / {report.images_scored}"},
+        {"what": "sent to labeling / labels merged", "value": f"{report.sent_to_labeling} / {report.labels_merged}"},
+        {"what": "v1 holdout accuracy", "value": f"{report.v1_holdout_accuracy} (version {report.v1})"},
+        {"what": "v2 holdout accuracy", "value": f"{report.v2_holdout_accuracy} (version {report.v2})"},
+        {"what": "champion now", "value": str(report.champion)},
+        {"what": "last images scored by version", "value": json.dumps(report.final_wave_versions)},
+        {"what": "retraining decisions", "value": str(len(report.decisions))},
+        {"what": "total time", "value": f"{report.seconds}s"},
+    ]
+
+
+def up() -> None:
+    """Start every local service (Azurite, MLflow UI, handler, relay, scoring stream) under a supervisor."""
+    from infra.local.stack import check_java
+    from infra.local.supervisor import up as start_supervisor
+
+    settings = get_settings()
+    check_java()
+    pid = start_supervisor(settings)
+    console.print(f"supervisor running (pid {pid}); logs in {settings.logs_dir}; 'lakesight status' to watch")
+
+
+def down() -> None:
+    """Stop the supervisor and every service it runs."""
+    from infra.local.supervisor import down as stop_supervisor
+
+    console.print("stopped" if stop_supervisor(get_settings()) else "nothing was running")
+
+
+def supervise() -> None:
+    """Run the supervisor in the foreground (what 'up' starts detached)."""
+    from infra.local.supervisor import serve_forever
+
+    serve_forever(get_settings())
+
+
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole snapshot as JSON")] = False,
+) -> None:
+    """Show the live pipeline: services, stream progress and backlog, champion, pending labels, decisions."""
+    from infra.status import snapshot
+
+    snap = snapshot(get_settings())
+    if as_json:
+        print_json(snap)
+        return
+    render_rows("pipeline", _pipeline_rows(snap))
+    services = (snap.get("services") or {}).get("children") or []
+    render_rows("services", [{k: c.get(k) for k in ("name", "pid", "restarts", "last_exit")} for c in services])
+    columns = ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")
+    decisions = snap.get("decisions") or []
+    render_rows("recent retraining decisions", [{k: d.get(k) for k in columns} for d in decisions[:5]])
+
+
+def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
+    stream = snap.get("stream") or {}
+    progress = stream.get("last_progress") or {}
+    images = snap.get("images") or {}
+    models = snap.get("models") or {}
+    return [
+        {"what": "scoring stream", "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})"},
+        {
+            "what": "last batch",
+            "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "
+            f"backlog {progress.get('backlog')}",
+        },
+        {
+            "what": "images / scored / errors",
+            "value": f"{images.get('images')} / {images.get('scored')} / {images.get('errors')}",
+        },
+        {
+            "what": "pending labels / human labels",
+            "value": f"{images.get('pending_labels')} / {images.get('human_labels')}",
+        },
+        {"what": "champion", "value": str(models.get("champion"))},
+    ]

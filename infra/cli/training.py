@@ -1,0 +1,90 @@
+"""``lakesight train`` and ``lakesight models``: training, registration, promotion, and the registry's view."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from infra.cli._output import print_json, render_rows, say, stdout_to_stderr
+from infra.settings import get_settings
+
+EpochsOption = Annotated[int, typer.Option(min=1, help="Training epochs")]
+ModelOption = Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")]
+MixedPrecisionOption = Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on a GPU")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command()(models)
+
+
+def train_options(**values: Any) -> Any:
+    """Checked :class:`training.pipeline.TrainOptions` from the options given (None: the default)."""
+    from training.pipeline import TrainOptions
+
+    options = TrainOptions(**{k: v for k, v in values.items() if v is not None})
+    options.check()
+    return options
+
+
+def train(
+    version: Annotated[
+        int | None, typer.Option("--version", min=0, help="Delta version of images (default: latest)")
+    ] = None,
+    epochs: EpochsOption = 25,
+    batch_size: BatchSizeOption = 64,
+    model: ModelOption = "cnn",
+    weights: Annotated[Path | None, typer.Option(help="Local weights file for the model (never downloaded)")] = None,
+    mixed_precision: MixedPrecisionOption = False,
+    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers as Spark barrier tasks")] = 1,
+    search: Annotated[int, typer.Option(min=0, help="Random hyperparameter trials as parallel Spark tasks")] = 0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Register and evaluate, but move no alias")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line on stdout (for launchers)")] = False,
+) -> None:
+    """Train on the images table, register the model, evaluate it against the champion and promote it."""
+    from training.pipeline import train as run_train
+
+    settings = get_settings()
+    options = train_options(
+        version=version,
+        epochs=epochs,
+        batch_size=batch_size,
+        model=model,
+        weights=str(weights) if weights else None,
+        mixed_precision=mixed_precision,
+        workers=workers,
+        search=search,
+        dry_run=dry_run,
+    )
+    with stdout_to_stderr():
+        result = run_train(settings, options, progress=say)
+    if as_json:
+        sys.stdout.write(json.dumps(result.contract(), default=str) + "\n")
+        sys.stdout.flush()
+        return
+    rows = [{"what": k, "value": str(v)} for k, v in result.contract().items()]
+    rows += [
+        {"what": "reason", "value": result.reason},
+        {"what": "device", "value": result.device},
+        {"what": "train images/s", "value": f"{result.train_images_per_s:.1f}"},
+    ]
+    render_rows("training", rows)
+
+
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """List the registered model's versions with their aliases, test scores and Delta version."""
+    from infra.registry import list_versions
+
+    settings = get_settings()
+    rows = list_versions(settings)
+    if as_json:
+        print_json(rows)
+    else:
+        render_rows(f"model versions of {settings.model_name}", rows)
