@@ -2,11 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The inner loop: everything that needs no Spark session, no Azurite and no multi-process run.
+FAST := not spark and not azurite and not slow and not e2e
 
-.PHONY: help install demo test lint clean
+.PHONY: help install browser demo test test-fast lint format clean
 
 help: ## Show the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt package.json
 	@command -v java >/dev/null || { echo "Java 17 is required (e.g. apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -17,16 +19,37 @@ $(STAMP): pyproject.toml constraints.txt package.json
 	npm install --no-audit --no-fund --silent
 	touch $(STAMP)
 
-install: $(STAMP) ## Install Python packages (venv) and Azurite (npm) into the project
+install: $(STAMP) browser ## Install Python packages (venv), Azurite (npm) and, where allowed, Chromium
+
+# The status page is checked in headless Chromium: Debian's package, never a browser download.
+# Installed when missing and this user may run apt-get; otherwise that one test says why it skips
+# (and fails under CI=true, where a missing browser is a broken install, not a choice).
+browser: ## Install Debian's chromium for the status-page test when it is missing and apt-get is usable
+	@command -v chromium >/dev/null || { \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium (status-page test)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	      || echo "warning: could not install chromium"; \
+	  else echo "note: chromium missing and apt-get not usable as this user; the status-page screenshot test will skip"; fi; }
 
 demo: install ## Run the end-to-end demo on the digits data
 	$(VENV)/bin/lakesight demo
 
 test: install ## Run the whole test suite (what CI runs)
-	$(VENV)/bin/python -m pytest
+	$(PY) -m pytest
 
-lint: install ## Ruff
+test-fast: install ## The inner loop: tests without Spark, Azurite or multi-process runs (~1 min)
+	$(PY) -m pytest -m "$(FAST)"
+
+lint: install ## Formatter check, ruff, the import contracts, mypy on infra
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+format: install ## Apply the formatter and ruff's safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean: ## Remove local state (lake, checkpoints, MLflow, logs)
 	rm -rf .lakesight

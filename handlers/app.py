@@ -114,7 +114,10 @@ def create_app(settings: Settings, *, service: HandlerService | None = None) -> 
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"status": "ok", "duplicates_suppressed": service.duplicates_suppressed,
-                "pending_triggers": service.launcher.pending_triggers()}
+        return {
+            "status": "ok",
+            "duplicates_suppressed": service.duplicates_suppressed,
+            "pending_triggers": service.launcher.pending_triggers(),
+        }
 
     return app

@@ -56,8 +56,13 @@ def _events(base_url: str, container: str, count: int) -> list[Any]:
 
 
 def bench_events(
-    *, events: int = 5000, batch: int = 50, concurrency: int = 4, duplicate_fraction: float = 0.1,
-    state_dir: Path | None = None, seed: int = 0,
+    *,
+    events: int = 5000,
+    batch: int = 50,
+    concurrency: int = 4,
+    duplicate_fraction: float = 0.1,
+    state_dir: Path | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Run the events bench; return its figures."""
     from azure.core.credentials import AzureKeyCredential
@@ -67,8 +72,13 @@ def bench_events(
         key = uuid.uuid4().hex
         root = state_dir or Path(tmp)
         # Every location pinned under the throw-away root: bench events must never reach a real stream.
-        settings = Settings(state_dir=root, arrivals_root=str(root / "arrivals"), lake_root=str(root / "lake"),
-                            mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}", event_key=key)
+        settings = Settings(
+            state_dir=root,
+            arrivals_root=str(root / "arrivals"),
+            lake_root=str(root / "lake"),
+            mlflow_tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
+            event_key=key,
+        )
         base = account_url(settings)
         unique = _events(base, settings.images_container, events)
         rng = random.Random(seed)

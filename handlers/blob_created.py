@@ -1,6 +1,6 @@
 """``Microsoft.Storage.BlobCreated``: which upload it is, whether lakesight cares, and the arrival record.
 
-Guards from PLATFORM_FACTS: only the APIs that complete a blob count, empty blobs are skipped, the
+Guards from docs/PLATFORM.md: only the APIs that complete a blob count, empty blobs are skipped, the
 URL must name a configured container of the configured account, and the blob name must be safe.
 """
 

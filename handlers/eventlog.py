@@ -136,8 +136,8 @@ class EventLog:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.execute(
-                    "DELETE FROM blobs WHERE event_id IN"
-                    " (SELECT id FROM events WHERE received_at < ? AND status != ?)", (cutoff, PENDING)
+                    "DELETE FROM blobs WHERE event_id IN (SELECT id FROM events WHERE received_at < ? AND status != ?)",
+                    (cutoff, PENDING),
                 )
                 removed = self._conn.execute(
                     "DELETE FROM events WHERE received_at < ? AND status != ?", (cutoff, PENDING)

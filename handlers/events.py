@@ -19,7 +19,7 @@ RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
 CLOUDEVENTS_SINGLE = "application/cloudevents+json"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 
-# The upload APIs whose BlobCreated marks a complete blob (PLATFORM_FACTS: chunked uploads and
+# The upload APIs whose BlobCreated marks a complete blob (docs/PLATFORM.md: chunked uploads and
 # async copies emit extra events for partial or empty blobs).
 COMPLETE_BLOB_APIS = frozenset({"PutBlob", "PutBlockList", "CopyBlob", "FlushWithClose"})
 

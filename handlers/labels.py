@@ -24,6 +24,7 @@ from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
 
 log = logging.getLogger(__name__)
 
+
 class ExportError(LakesightError, ValueError):
     """The export file is not a COCO or JSONL labeling export."""
 
@@ -197,15 +198,26 @@ def apply_export(
             report.ambiguous_images += 1
         if path is None:
             rejects.append(
-                {"event_id": event_id, "entry": number, "export_url": export_url, "image_ref": entry.refs[0] if
-                 entry.refs else "", "label": entry.label, "reason": reason, "recorded_at": stamp}
+                {
+                    "event_id": event_id,
+                    "entry": number,
+                    "export_url": export_url,
+                    "image_ref": entry.refs[0] if entry.refs else "",
+                    "label": entry.label,
+                    "reason": reason,
+                    "recorded_at": stamp,
+                }
             )
         else:
             chosen[path] = entry.label
 
     if rejects:
-        log.warning("export %s: %d entries not applied (%s)", export_url, len(rejects),
-                    dict(Counter(r["reason"] for r in rejects)))
+        log.warning(
+            "export %s: %d entries not applied (%s)",
+            export_url,
+            len(rejects),
+            dict(Counter(r["reason"] for r in rejects)),
+        )
         lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS.schema))
     if chosen:
         source = pa.table(

@@ -109,8 +109,9 @@ class LocalBackend:
             )
         result = _last_json_line(proc.stdout.decode("utf-8", "replace"))
         if result is None:
-            return LaunchResult(FAILED, {"error": "training printed no JSON result line", "stderr_tail": tail,
-                                         "log": str(log_path)})
+            return LaunchResult(
+                FAILED, {"error": "training printed no JSON result line", "stderr_tail": tail, "log": str(log_path)}
+            )
         return LaunchResult(SUCCEEDED, result, external_id=str(result.get("run_id") or "") or None)
 
 
@@ -172,8 +173,9 @@ class Launcher(WakeableWorker):
 
     def complete_external(self, external_id: str, status: str, outcome: dict[str, Any]) -> int | None:
         """Finish a submitted launch when its remote run reports back; return its launch id."""
-        rows = self._query("SELECT launch_id FROM launches WHERE external_id = ? AND status = ?",
-                           (external_id, SUBMITTED))
+        rows = self._query(
+            "SELECT launch_id FROM launches WHERE external_id = ? AND status = ?", (external_id, SUBMITTED)
+        )
         if not rows:
             return None
         self._finish(rows[0][0], LaunchResult(status, outcome, external_id))
@@ -228,8 +230,16 @@ class Launcher(WakeableWorker):
                 cursor = self._conn.execute(
                     "INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host,"
                     " pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (self.backend.name, pending[1], pending[0], RUNNING, now_iso(), time.time(), self._host,
-                     os.getpid()),
+                    (
+                        self.backend.name,
+                        pending[1],
+                        pending[0],
+                        RUNNING,
+                        now_iso(),
+                        time.time(),
+                        self._host,
+                        os.getpid(),
+                    ),
                 )
                 launch_id = cursor.lastrowid
                 self._conn.execute("UPDATE triggers SET launch_id = ? WHERE launch_id IS NULL", (launch_id,))
@@ -237,8 +247,13 @@ class Launcher(WakeableWorker):
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        log.info("launch %d: %d coalesced trigger(s), images@%s, backend %s", launch_id, pending[0], pending[1],
-                 self.backend.name)
+        log.info(
+            "launch %d: %d coalesced trigger(s), images@%s, backend %s",
+            launch_id,
+            pending[0],
+            pending[1],
+            self.backend.name,
+        )
         return launch_id, pending[1]
 
     def _finish(self, launch_id: int, result: LaunchResult) -> None:

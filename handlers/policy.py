@@ -114,8 +114,7 @@ def champion_training_version(settings: Settings) -> tuple[str | None, int | Non
     try:
         return str(current.version), int(tag) if tag is not None else None
     except ValueError:
-        log.warning("champion version %s has a non-integer %s tag %r", current.version, registry.TAG_DELTA_VERSION,
-                    tag)
+        log.warning("champion version %s has a non-integer %s tag %r", current.version, registry.TAG_DELTA_VERSION, tag)
         return str(current.version), None
 
 
@@ -127,8 +126,12 @@ def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = Non
     columns = ["path", "label", "label_source", "predicted_label"]
     current = lake.read(IMAGES, version=version, columns=columns).to_pylist()
     champion_version, champion_delta = champion_training_version(settings)
-    metrics = Metrics(delta_version=version, champion_version=champion_version,
-                      champion_delta_version=champion_delta, dataset_drift=dataset_drift)
+    metrics = Metrics(
+        delta_version=version,
+        champion_version=champion_version,
+        champion_delta_version=champion_delta,
+        dataset_drift=dataset_drift,
+    )
 
     trained_human: dict[str, str] = {}
     base = Counter()
@@ -146,8 +149,10 @@ def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = Non
                 trained_human[row["path"]] = row["label"]
 
     new_rows = [
-        r for r in current
-        if r["label_source"] == LABEL_SOURCE_HUMAN and r["label"] is not None
+        r
+        for r in current
+        if r["label_source"] == LABEL_SOURCE_HUMAN
+        and r["label"] is not None
         and trained_human.get(r["path"]) != r["label"]
     ]
     metrics.new_labels = len(new_rows)
@@ -171,8 +176,11 @@ def decide_retraining(settings: Settings, metrics: Metrics) -> tuple[bool, list[
     enough = metrics.new_labels >= settings.retrain_min_sample
     if enough and metrics.psi is not None and metrics.psi >= settings.retrain_drift_threshold:
         reasons.append("label_drift")
-    if (metrics.accuracy_sample >= settings.retrain_min_sample and metrics.champion_accuracy is not None
-            and metrics.champion_accuracy < settings.retrain_min_accuracy):
+    if (
+        metrics.accuracy_sample >= settings.retrain_min_sample
+        and metrics.champion_accuracy is not None
+        and metrics.champion_accuracy < settings.retrain_min_accuracy
+    ):
         reasons.append("accuracy")
     if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_drift_threshold:
         reasons.append("dataset_drift")
@@ -192,12 +200,22 @@ def evaluate(
     """Measure, decide, ask the launcher when retraining is due, and record the decision once."""
     metrics = measure(settings, lake, dataset_drift=dataset_drift)
     retrain, reasons = decide_retraining(settings, metrics)
-    decision = RetrainDecision(decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons)
+    decision = RetrainDecision(
+        decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons
+    )
     if retrain and request_launch is not None:
         decision.launch = request_launch(decision_id, ",".join(reasons), metrics.delta_version)
     rows = pa.Table.from_pylist([decision.row(settings)], schema=RETRAINING_DECISIONS.schema)
     lake.merge(RETRAINING_DECISIONS, rows)
-    log.info("retraining decision %s (%s): retrain=%s reasons=%s new_labels=%d psi=%s accuracy=%s launch=%s",
-             decision_id, trigger, retrain, reasons, metrics.new_labels, metrics.psi, metrics.champion_accuracy,
-             decision.launch)
+    log.info(
+        "retraining decision %s (%s): retrain=%s reasons=%s new_labels=%d psi=%s accuracy=%s launch=%s",
+        decision_id,
+        trigger,
+        retrain,
+        reasons,
+        metrics.new_labels,
+        metrics.psi,
+        metrics.champion_accuracy,
+        decision.launch,
+    )
     return decision

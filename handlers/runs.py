@@ -51,7 +51,9 @@ def promotion_check(settings: Settings, run_id: str) -> dict[str, Any]:
     return _decide(settings, challenger, champion)
 
 
-def _decide(settings: Settings, challenger: registry.VersionRow, champion: registry.VersionRow | None) -> dict[str, Any]:
+def _decide(
+    settings: Settings, challenger: registry.VersionRow, champion: registry.VersionRow | None
+) -> dict[str, Any]:
     mlflow_client = registry.client(settings)
     accuracy = _accuracy(challenger, mlflow_client)
     if accuracy is None:

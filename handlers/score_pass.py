@@ -18,6 +18,7 @@ from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
 def stream_running(settings: Settings) -> bool:
     """Whether the continuous scoring stream (service ``score``) is alive."""
     return Service(SCORING_SERVICE, settings).pid() is not None
@@ -56,12 +57,16 @@ class ScorePass(WakeableWorker):
             try:
                 self.settings.logs_dir.mkdir(parents=True, exist_ok=True)
                 with (self.settings.logs_dir / "score-pass.log").open("ab") as out:
-                    code = subprocess.run(self.argv, stdout=out, stderr=subprocess.STDOUT, check=False,
-                                          env={**os.environ, **self.settings.to_env()}).returncode
+                    code = subprocess.run(
+                        self.argv,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        check=False,
+                        env={**os.environ, **self.settings.to_env()},
+                    ).returncode
             except OSError as exc:
                 log.error("cannot start a scoring pass: %s", exc)
                 code = -1
             self.passes.append(code)
             (log.info if code == 0 else log.error)("availableNow scoring pass exited with %d", code)
             self._busy = False
-

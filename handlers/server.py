@@ -29,13 +29,15 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    uvicorn.Server(_config(create_app(settings), host or settings.handler_host, port or settings.handler_port,
-                           log_level)).run()
+    uvicorn.Server(
+        _config(create_app(settings), host or settings.handler_host, port or settings.handler_port, log_level)
+    ).run()
 
 
 @contextmanager
-def running(app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None,
-            log_level: str = "warning", timeout: float = 20.0) -> Iterator[str]:
+def running(
+    app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning", timeout: float = 20.0
+) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yield its events URL; stop it on exit."""
     import uvicorn
 

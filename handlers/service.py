@@ -223,17 +223,29 @@ class HandlerService:
         return str(result.pop("status", DONE)), json.dumps(result, default=str)
 
     def _policy(self, event: Event, trigger: str, **options: Any) -> dict[str, Any]:
-        decision = policy.evaluate(self.settings, self.lake, decision_id=event.id, trigger=trigger,
-                                   request_launch=self.launcher.request, **options)
-        return {"retrain": decision.retrain, "reasons": decision.reasons, "launch": decision.launch,
-                "new_labels": decision.metrics.new_labels, "psi": decision.metrics.psi,
-                "champion_accuracy": decision.metrics.champion_accuracy}
+        decision = policy.evaluate(
+            self.settings,
+            self.lake,
+            decision_id=event.id,
+            trigger=trigger,
+            request_launch=self.launcher.request,
+            **options,
+        )
+        return {
+            "retrain": decision.retrain,
+            "reasons": decision.reasons,
+            "launch": decision.launch,
+            "new_labels": decision.metrics.new_labels,
+            "psi": decision.metrics.psi,
+            "champion_accuracy": decision.metrics.champion_accuracy,
+        }
 
     def _export(self, event: Event, target: BlobTarget) -> dict[str, Any]:
         data = self.store.download(target.container, target.name)
         entries = labels.parse_export(data)
-        report = labels.apply_export(self.lake, entries, event_id=event.id, export_url=target.url,
-                                     classes=self.settings.label_classes)
+        report = labels.apply_export(
+            self.lake, entries, event_id=event.id, export_url=target.url, classes=self.settings.label_classes
+        )
         log.info("export %s: %s", target.url, report.as_dict())
         return {"labels": report.as_dict(), "decision": self._policy(event, "labeling-export")}
 

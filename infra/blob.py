@@ -64,9 +64,7 @@ class BlobStore:
         from azure.storage.blob import BlobServiceClient
 
         self.settings = settings
-        self.service = BlobServiceClient.from_connection_string(
-            settings.blob_connection()
-        )
+        self.service = BlobServiceClient.from_connection_string(settings.blob_connection())
 
     def containers(self) -> list[str]:
         s = self.settings

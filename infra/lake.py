@@ -110,8 +110,8 @@ class Lake:
     def exists(self, table: TableRef) -> bool:
         return DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options)
 
-    def table(self, table: TableRef, version: int | None = None) -> DeltaTable:
-        name = str(table)
+    def table(self, ref: TableRef, version: int | None = None) -> DeltaTable:
+        name = str(ref)
         reusable = self._reuse and version is None
         if reusable and name in self._open:
             table = self._open[name]

@@ -120,5 +120,3 @@ class Service:
                 break
         self.pid_file.unlink(missing_ok=True)
         return True
-
-

@@ -58,6 +58,7 @@ class Classifier(Protocol):
 
     def probabilities(self, images: np.ndarray) -> np.ndarray: ...
 
+
 _lock = threading.Lock()
 _configured: set[tuple[str, str]] = set()
 
@@ -86,7 +87,7 @@ def configure_mlflow(settings: Settings) -> None:
         mlflow.set_registry_uri(uri)
         try:
             mlflow.MlflowClient().search_experiments(max_results=1)
-        except Exception as exc:  # noqa: BLE001 - any failure here means "cannot reach it"
+        except Exception as exc:  # any failure here means "cannot reach it"
             raise RegistryError(f"MLflow tracking URI {uri} is not reachable: {exc}") from exc
         _configured.add(key)
 
@@ -107,7 +108,7 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     location = f"{settings.mlflow_artifact_root.rstrip('/')}/{name}"
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
-    except Exception:  # noqa: BLE001 - another process may have created it meanwhile
+    except Exception:  # another process may have created it meanwhile
         experiment = mlflow_client.get_experiment_by_name(name)
         if experiment is None:
             raise

@@ -10,7 +10,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -21,6 +21,9 @@ from pydantic_settings import (
 )
 
 from infra.errors import SettingsError
+
+if TYPE_CHECKING:
+    from infra.tables import TableSpec
 
 # Azurite's documented development account: public, and refused outside local mode.
 AZURITE_ACCOUNT = "devstoreaccount1"
@@ -89,7 +92,8 @@ class Settings(BaseSettings):
 
     score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
     score_max_bytes_per_trigger: int = Field(
-        64 * 1024 * 1024, ge=0,
+        64 * 1024 * 1024,
+        ge=0,
         description="Folder source: most image bytes per micro-batch (0: limit by score_max_files_per_trigger)",
     )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
@@ -191,8 +195,8 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         return self.state_dir / "run"
 
-    def table_uri(self, name: str) -> str:
-        return f"{self.lake_root.rstrip('/')}/{name}"
+    def table_uri(self, table: str | TableSpec) -> str:
+        return f"{self.lake_root.rstrip('/')}/{table}"
 
     def checkpoint_uri(self, name: str) -> str:
         return f"{self.checkpoint_root.rstrip('/')}/{name}"

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 _lock = threading.Lock()
 
-# Measured (PLATFORM_FACTS): keeping file listing on the driver tripled stream throughput,
+# Measured (docs/PLATFORM.md): keeping file listing on the driver tripled stream throughput,
 # and Arrow moves micro-batch results to delta-rs without row-by-row Python.
 DEFAULT_CONF = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
@@ -42,9 +42,7 @@ DEFAULT_CONF = {
 }
 
 
-PLAIN_CHECKPOINT_MANAGER = (
-    "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
-)
+PLAIN_CHECKPOINT_MANAGER = "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
 
 
 def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:

@@ -22,8 +22,17 @@ from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
 
-STATS_COLUMNS = ["label", "label_source", "predicted_label", "confidence", "model_version", "scored_at",
-                 "sent_to_labeling_at", "error", "labeled_at"]
+STATS_COLUMNS = [
+    "label",
+    "label_source",
+    "predicted_label",
+    "confidence",
+    "model_version",
+    "scored_at",
+    "sent_to_labeling_at",
+    "error",
+    "labeled_at",
+]
 STREAM_STATUS_FILE = "score-status.json"
 SUPERVISOR_STATE_FILE = "supervisor.json"
 
@@ -59,11 +68,12 @@ def _counts(values: list[Any]) -> dict[str, int]:
 
 def image_stats(table: pa.Table) -> dict[str, Any]:
     """Counts and distributions over the images table's label and prediction columns."""
+
     def column(name: str) -> list[Any]:
         return table.column(name).to_pylist()
 
     confidence = [c for c in column("confidence") if c is not None]
-    hist, edges = np.histogram(confidence, bins=10, range=(0.0, 1.0)) if confidence else (np.zeros(10), None)
+    hist, _edges = np.histogram(confidence, bins=10, range=(0.0, 1.0)) if confidence else (np.zeros(10), None)
     sent = pc.is_valid(table.column("sent_to_labeling_at"))
     human = pc.equal(table.column("label_source"), LABEL_SOURCE_HUMAN)
     pending = pc.and_(sent, pc.invert(pc.fill_null(human, False)))
@@ -126,14 +136,19 @@ def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
         return []
     rows = lake.read(RETRAINING_DECISIONS).to_pylist()
     rows.sort(key=lambda r: str(r[RETRAINING_DECISIONS.sort_by]), reverse=True)
-    return [{k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.items()}
-            for r in rows[:limit]]
+    return [
+        {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in r.items()}
+        for r in rows[:limit]
+    ]
 
 
 def snapshot(settings: Settings) -> dict[str, Any]:
     """The whole status as plain JSON-able values; each section degrades to ``None`` on failure."""
-    result: dict[str, Any] = {"at": dt.datetime.now(dt.UTC).isoformat(), "model_name": settings.model_name,
-                              "mlflow_ui": f"http://127.0.0.1:{settings.mlflow_ui_port}"}
+    result: dict[str, Any] = {
+        "at": dt.datetime.now(dt.UTC).isoformat(),
+        "model_name": settings.model_name,
+        "mlflow_ui": f"http://127.0.0.1:{settings.mlflow_ui_port}",
+    }
     sections = {
         "services": lambda: read_supervisor_state(settings),
         "stream": lambda: read_stream_status(settings),

@@ -48,9 +48,17 @@ def unread_file_rows(listed: dict[str, int], present: set[str]) -> pd.DataFrame:
         reason = "file vanished before it was read" if local is not None and not local.exists() else "empty file"
         modified = pd.Timestamp(millis, unit="ms", tz="UTC")
         rows.append(
-            {"path": path, "load_date": modified.date(), "content": None, "content_hash": None,
-             "size_bytes": 0, "modified_at": modified, "arrived_at": modified, "ingested_at": now,
-             "error": reason}
+            {
+                "path": path,
+                "load_date": modified.date(),
+                "content": None,
+                "content_hash": None,
+                "size_bytes": 0,
+                "modified_at": modified,
+                "arrived_at": modified,
+                "ingested_at": now,
+                "error": reason,
+            }
         )
     return pd.DataFrame(rows)
 

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from infra.processes import free_port
 from infra.settings import Settings
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # TensorFlow on 2 cores next to Spark: keep it quiet and from grabbing every thread.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,15 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_blob_events_to_scores_labels_retraining_and_promotion(tmp_path: Path) -> None:
-    plan = DemoPlan(seed_per_class=6, incoming_per_class=8, final_wave=10, v1_epochs=2, v2_epochs=3,
-                    min_new_labels=10, confidence_threshold=0.99)
+    plan = DemoPlan(
+        seed_per_class=6,
+        incoming_per_class=8,
+        final_wave=10,
+        v1_epochs=2,
+        v2_epochs=3,
+        min_new_labels=10,
+        confidence_threshold=0.99,
+    )
     report = run_demo(Settings(state_dir=tmp_path / "state"), Console(stderr=True), plan)
 
     assert report.images_uploaded == 80

@@ -52,6 +52,6 @@ def train_distributed(settings: Settings, job: WorkerJob, workers: int) -> list[
     rdd = spark.sparkContext.parallelize(range(workers), workers).barrier()
     try:
         outcomes = rdd.mapPartitions(_barrier_task(job, threads)).collect()
-    except Exception as exc:  # noqa: BLE001 - Spark wraps the worker's error; keep its text
+    except Exception as exc:  # Spark wraps the worker's error; keep its text
         raise DistributedError(f"multi-worker training failed: {exc}") from exc
     return sorted(outcomes, key=lambda o: o.worker_index)

@@ -1,7 +1,7 @@
 """The training loop: one custom step (``strategy.run`` + ``GradientTape`` +
 ``tf.nn.compute_average_loss``) for every strategy.
 
-Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (PLATFORM_FACTS), so local and
+Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (docs/PLATFORM.md), so local and
 multi-worker training share this loop instead of having two.
 """
 

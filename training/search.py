@@ -29,9 +29,9 @@ class SearchError(LakesightError, RuntimeError):
     """No trial finished."""
 
 
-def sample_trials(count: int, base: HyperParams, *, seed: int = 0, models: Sequence[str] = SEARCH_MODELS) -> list[
-    HyperParams
-]:
+def sample_trials(
+    count: int, base: HyperParams, *, seed: int = 0, models: Sequence[str] = SEARCH_MODELS
+) -> list[HyperParams]:
     """``count`` random variations of ``base``: learning rate, dropout, dense units, batch size, backbone."""
     rng = random.Random(seed)
     trials = []
@@ -88,8 +88,11 @@ def run_search(
             run_name=f"trial-{index}",
             tags={"mlflow.parentRunId": parent_run_id, "trial": str(index)},
         )
-        jobs.append(replace(job, kind=TRIAL, hyper=hyper, run_id=child.info.run_id, register=False,
-                            name=f"{job.name}-trial-{index}"))
+        jobs.append(
+            replace(
+                job, kind=TRIAL, hyper=hyper, run_id=child.info.run_id, register=False, name=f"{job.name}-trial-{index}"
+            )
+        )
     spark = get_spark(settings, "lakesight-train")
     slots = spark.sparkContext.defaultParallelism
     threads = max(1, slots // min(slots, len(jobs))) if spark.sparkContext.master.startswith("local") else None

@@ -215,8 +215,10 @@ def run_in_subprocess(
                 raise WorkerError(f"{job.name} ran past {timeout_s}s; log: {log_path}") from exc
         if done.returncode != 0 or not result_path.exists():
             tail = log_path.read_text(errors="replace")[-3000:]
-            raise WorkerError(f"{job.name} exited with {done.returncode} after {time.perf_counter() - started:.0f}s "
-                              f"(log {log_path}):\n{tail}")
+            raise WorkerError(
+                f"{job.name} exited with {done.returncode} after {time.perf_counter() - started:.0f}s "
+                f"(log {log_path}):\n{tail}"
+            )
         return pickle.loads(result_path.read_bytes())
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,13 +33,14 @@ def _image_sink(out_dir: Path | None, container: str | None, settings: Settings)
     try:
         settings.model_validate({**settings.model_dump(), "images_container": container})
     except ValueError as exc:
-        raise UsageError(f"{container!r} is not a valid blob container name (3-63 lowercase letters, digits, '-')") from exc
+        rule = "3-63 lowercase letters, digits, '-'"
+        raise UsageError(f"{container!r} is not a valid blob container name ({rule})") from exc
     store = BlobStore(settings)
     store.ensure_containers([container])
     return {"upload": lambda name, data: store.upload(container, name, data, content_type="image/png")}
 
 
-def _write(images: Iterable[tuple[str, bytes]], total: int, out_dir: Path | None, container: str | None) -> None:
+def _write(images: Iterator[tuple[str, bytes]], total: int, out_dir: Path | None, container: str | None) -> None:
     from infra.local.sample_data import write_images
 
     sink = _image_sink(out_dir, container, get_settings())

@@ -132,7 +132,10 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     images = snap.get("images") or {}
     models = snap.get("models") or {}
     return [
-        {"what": "scoring stream", "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})"},
+        {
+            "what": "scoring stream",
+            "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})",
+        },
         {
             "what": "last batch",
             "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "

@@ -1,16 +1,21 @@
-"""Infrastructure as code: Azure Bicep, Databricks Jobs JSON and the Azure ML retraining job.
+"""Infrastructure as code: Azure Bicep, the Databricks Asset Bundle and the Azure ML retraining job.
 
 The files live beside this module and ship with the package; :mod:`infra.iac.specs` finds, loads and
 checks them offline.
 """
 
 from infra.iac.specs import (
+    LOCAL_ONLY_SPARK_CONF,
+    RETRAINING_TAG,
     SpecError,
     bicep_files,
     bicep_outline,
     bicep_parameters,
     bicep_template,
-    databricks_job_path,
+    bundle_files,
+    bundle_path,
+    bundle_targets,
+    load_bundle,
     load_databricks_job,
     load_retrain_job,
     retrain_job_path,
@@ -18,12 +23,17 @@ from infra.iac.specs import (
 )
 
 __all__ = [
+    "LOCAL_ONLY_SPARK_CONF",
+    "RETRAINING_TAG",
     "SpecError",
     "bicep_files",
     "bicep_outline",
     "bicep_parameters",
     "bicep_template",
-    "databricks_job_path",
+    "bundle_files",
+    "bundle_path",
+    "bundle_targets",
+    "load_bundle",
     "load_databricks_job",
     "load_retrain_job",
     "retrain_job_path",

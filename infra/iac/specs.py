@@ -1,7 +1,7 @@
 """Paths, loaders and offline checks for the infrastructure-as-code files shipped in ``infra/iac``.
 
-The files themselves are the deployable artifacts (``az deployment group create``, ``databricks jobs
-create``, ``az ml job create``); this module lets code and tests find them in an installed package and
+The files themselves are the deployable artifacts (``az deployment group create``, ``databricks bundle
+deploy``, ``az ml job create``); this module lets code and tests find them in an installed package and
 reject a broken one before it reaches the cloud.
 """
 
@@ -11,10 +11,14 @@ import json
 import re
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from infra.settings import SECRET_FIELDS
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Command
@@ -24,6 +28,7 @@ AZURE_DIR = IAC_DIR / "azure"
 DATABRICKS_DIR = IAC_DIR / "databricks"
 AZUREML_DIR = IAC_DIR / "azureml"
 
+# The jobs of the Databricks bundle, by their key under resources.jobs.
 DATABRICKS_JOBS = ("training", "scoring")
 # Jobs API 2.1 task types; a task names exactly one.
 TASK_TYPES = (
@@ -40,6 +45,32 @@ TASK_TYPES = (
     "pipeline_task",
 )
 _JOB_PARAM_REF = re.compile(r"\{\{\s*job\.parameters\.([A-Za-z0-9_.-]+)\s*\}\}")
+_BUNDLE_REF = re.compile(r"\$\{([A-Za-z0-9_.\[\]-]+)\}")
+# Substitutions the Databricks CLI fills at deploy time, from the login and the deployed resources; the
+# offline rendering leaves them as written.
+_DEPLOY_TIME_REFS = ("workspace.", "resources.")
+
+# Keys of infra.spark.DEFAULT_CONF that a Databricks cluster must not get; every other key is in every
+# cluster's spark_conf (tests/infra/test_iac.py), because on Databricks get_spark() returns the
+# cluster's own session and DEFAULT_CONF is not applied there.
+LOCAL_ONLY_SPARK_CONF = (
+    # Sized for the few cores of the embedded local[*] session; a cluster's cores change with
+    # autoscaling, and Spark's default with adaptive execution fits them.
+    "spark.sql.shuffle.partitions",
+    # Off locally because nothing reads it; Databricks serves the cluster's Spark UI from the driver.
+    "spark.ui.enabled",
+    # In local mode this one heap holds driver and executors (docs/STREAMING.md, Memory); on a cluster
+    # the node type sizes the driver, and 2g would shrink it.
+    "spark.driver.memory",
+)
+
+# The tag that marks an Azure ML run as a lakesight retraining: the job carries it, and
+# handlers/runs.py acts on a RunCompleted event only when its runTags have it set to "true".
+RETRAINING_TAG = "lakesight.retraining"
+# Variables a retraining job must not be given: its definition is readable by everyone with access to
+# the workspace. The lake's storage options can hold a service principal's secret; the GPU cluster reads
+# the lake with its managed identity instead (docs/DEPLOY.md, section 4).
+JOB_SECRET_VARIABLES = tuple(f"LAKESIGHT_{name.upper()}" for name in (*SECRET_FIELDS, "lake_storage_options"))
 
 
 class SpecError(ValueError):
@@ -63,11 +94,15 @@ def bicep_files() -> list[Path]:
     return [bicep_template(), *sorted((AZURE_DIR / "modules").glob("*.bicep"))]
 
 
-def databricks_job_path(name: str) -> Path:
-    """The Jobs API 2.1 JSON of one workflow (``training`` or ``scoring``)."""
-    if name not in DATABRICKS_JOBS:
-        raise SpecError(f"unknown Databricks job {name!r}; known: {', '.join(DATABRICKS_JOBS)}")
-    return DATABRICKS_DIR / f"{name}-job.json"
+def bundle_path() -> Path:
+    """The Databricks Asset Bundle's root file (``databricks bundle validate|deploy`` run beside it)."""
+    return DATABRICKS_DIR / "databricks.yml"
+
+
+def bundle_files(path: Path | None = None) -> list[Path]:
+    """The bundle's root file and the files its ``include`` globs name, in load order."""
+    root = path or bundle_path()
+    return [root, *_included(root, _read_yaml(root))]
 
 
 def retrain_job_path() -> Path:
@@ -77,30 +112,157 @@ def retrain_job_path() -> Path:
 
 def all_files() -> list[Path]:
     """Every infrastructure file that a deployment uses (what the package must ship)."""
-    return [
-        *bicep_files(),
-        bicep_parameters(),
-        *(databricks_job_path(n) for n in DATABRICKS_JOBS),
-        retrain_job_path(),
-        AZUREML_DIR / "conda.yml",
-    ]
+    return [*bicep_files(), bicep_parameters(), *bundle_files(), retrain_job_path(), AZUREML_DIR / "conda.yml"]
 
 
 # ------------------------------------------------------------------------------------------------
-# Databricks
-def load_databricks_job(name: str) -> dict[str, Any]:
-    """Load one Databricks job spec and return it after :func:`validate_databricks_job` passed."""
-    path = databricks_job_path(name)
+# Databricks bundle, rendered offline
+def load_bundle(
+    target: str | None = None, variables: Mapping[str, Any] | None = None, *, path: Path | None = None
+) -> dict[str, Any]:
+    """The bundle as ``databricks bundle validate -t <target>`` resolves it, without a workspace.
+
+    The ``include`` files are merged in, YAML anchors and merge keys resolved (by the YAML loader), and
+    every ``${var.x}``, ``${bundle.name}`` and ``${bundle.target}`` replaced. A variable's value is,
+    first to last: ``variables`` (what ``--var x=...`` gives the CLI), the target's ``variables``, the
+    declared default. ``target`` None means the target marked ``default: true``. Substitutions of
+    deploy-time values (``${workspace.*}``, ``${resources.*}``) stay as written; anything else that
+    cannot be resolved is a :class:`SpecError`. The targets themselves are left out of the result.
+    """
+    root = path or bundle_path()
+    bundle = _read_yaml(root)
+    for included in _included(root, bundle):
+        _merge(bundle, _read_yaml(included), included.name)
+    targets = bundle.pop("targets", None) or {}
+    name = target or _default_target(targets)
+    context = {"bundle.name": (bundle.get("bundle") or {}).get("name"), "bundle.target": name}
+    values = _variable_values(bundle.pop("variables", None) or {}, name, _target(targets, name), variables or {})
+    context.update({f"var.{k}": v for k, v in _substitute(values, context, "variables").items()})
+    rendered = _substitute(bundle, context, "")
+    rendered.setdefault("bundle", {})["target"] = name
+    return rendered
+
+
+def load_databricks_job(
+    name: str, target: str | None = None, variables: Mapping[str, Any] | None = None, *, path: Path | None = None
+) -> dict[str, Any]:
+    """One job of the rendered bundle (:func:`load_bundle`), after :func:`validate_databricks_job` passed."""
+    if name not in DATABRICKS_JOBS:
+        raise SpecError(f"unknown Databricks job {name!r}; known: {', '.join(DATABRICKS_JOBS)}")
+    jobs = (load_bundle(target, variables, path=path).get("resources") or {}).get("jobs") or {}
+    if name not in jobs:
+        raise SpecError(f"the bundle defines no job {name!r} under resources.jobs")
+    validate_databricks_job(jobs[name])
+    return jobs[name]
+
+
+def bundle_targets(path: Path | None = None) -> list[str]:
+    """The names of the bundle's targets."""
+    return list(_read_yaml(path or bundle_path()).get("targets") or {})
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        spec = json.loads(path.read_text())
+        document = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
         raise SpecError(f"{path} is missing") from exc
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON ({exc})") from exc
-    validate_databricks_job(spec)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(document, dict):
+        raise SpecError(f"{path}: expected a mapping at the top level")
+    return document
+
+
+def _included(root: Path, bundle: dict[str, Any]) -> list[Path]:
+    found: list[Path] = []
+    for pattern in bundle.get("include") or []:
+        matches = sorted(root.parent.glob(pattern))
+        if not matches:
+            raise SpecError(f"{root}: include {pattern!r} matches no file")
+        found.extend(m for m in matches if m not in found)
+    return found
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any], where: str) -> None:
+    """Merge ``other`` into ``into``; one key set in two files is an error (the CLI refuses it too)."""
+    for key, value in other.items():
+        if isinstance(into.get(key), dict) and isinstance(value, dict):
+            _merge(into[key], value, f"{where}: {key}")
+        elif key in into:
+            raise SpecError(f"{where}: {key!r} is already defined by another bundle file")
+        else:
+            into[key] = value
+
+
+def _default_target(targets: dict[str, Any]) -> str:
+    defaults = [name for name, spec in targets.items() if (spec or {}).get("default")]
+    if len(defaults) != 1:
+        raise SpecError(f"the bundle needs exactly one target with default: true to pick one, has {defaults}")
+    return defaults[0]
+
+
+def _target(targets: dict[str, Any], name: str) -> dict[str, Any]:
+    if name not in targets:
+        raise SpecError(f"unknown bundle target {name!r}; the bundle has: {', '.join(targets) or 'no targets'}")
+    spec = targets[name] or {}
+    if "resources" in spec:
+        # Databricks merges these into the jobs by task and cluster key; the offline rendering does not.
+        raise SpecError(f"target {name!r} overrides resources, which the offline rendering cannot check")
     return spec
 
 
+def _variable_values(
+    declared: dict[str, Any], target: str, spec: dict[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    given = {**(spec.get("variables") or {}), **overrides}
+    if unknown := sorted(set(given) - set(declared)):
+        raise SpecError(f"target {target!r}: values given for undeclared variables {unknown}")
+    values = {}
+    for name, declaration in declared.items():
+        if name in given:
+            values[name] = given[name]
+        elif "default" in (declaration or {}):
+            values[name] = declaration["default"]
+        else:
+            raise SpecError(
+                f"variable {name!r} has no value for target {target!r}: set targets.{target}.variables.{name}, "
+                f"pass --var {name}=... or export BUNDLE_VAR_{name}"
+            )
+    return values
+
+
+def _substitute(node: Any, context: dict[str, Any], where: str) -> Any:
+    if isinstance(node, dict):
+        return {key: _substitute(value, context, f"{where}.{key}".lstrip(".")) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_substitute(value, context, f"{where}[{i}]") for i, value in enumerate(node)]
+    if isinstance(node, str):
+        return _substitute_text(node, context, where)
+    return node
+
+
+def _substitute_text(text: str, context: dict[str, Any], where: str) -> Any:
+    whole = _BUNDLE_REF.fullmatch(text)
+    if whole and whole[1] in context:
+        return context[whole[1]]  # a reference on its own keeps the value's type (numbers, complex values)
+
+    def one(match: re.Match[str]) -> str:
+        ref = match[1]
+        if ref in context and not isinstance(context[ref], dict | list):
+            return str(context[ref])
+        if ref in context:
+            raise SpecError(f"{where}: the complex value of ${{{ref}}} cannot be part of a longer string")
+        if ref.startswith(_DEPLOY_TIME_REFS):
+            return match[0]
+        known = sorted(k.removeprefix("var.") for k in context if k.startswith("var."))
+        what = f"unknown variable {ref.removeprefix('var.')!r}" if ref.startswith("var.") else "unknown reference"
+        raise SpecError(f"{where}: {what} in ${{{ref}}}; declared variables: {', '.join(known) or 'none'}")
+
+    return _BUNDLE_REF.sub(one, text)
+
+
+# ------------------------------------------------------------------------------------------------
+# Databricks jobs
 def validate_databricks_job(spec: dict[str, Any]) -> None:
     """Raise :class:`SpecError` unless ``spec`` is a well-formed Jobs API 2.1 create request.
 
@@ -123,36 +285,41 @@ def validate_databricks_job(spec: dict[str, Any]) -> None:
     clusters = {c.get("job_cluster_key"): c for c in spec.get("job_clusters", [])}
     for key, cluster in clusters.items():
         _check_cluster(key, cluster.get("new_cluster") or {})
-    used = set()
-    for task in tasks:
-        kinds = [k for k in TASK_TYPES if k in task]
-        if len(kinds) != 1:
-            raise SpecError(f"task {task['task_key']!r} must have exactly one task type, has {kinds}")
-        wheel = task.get("python_wheel_task")
-        if wheel is not None and not (wheel.get("package_name") and wheel.get("entry_point")):
-            raise SpecError(f"task {task['task_key']!r}: python_wheel_task needs package_name and entry_point")
-        cluster_key = task.get("job_cluster_key")
-        if cluster_key is not None:
-            if cluster_key not in clusters:
-                raise SpecError(f"task {task['task_key']!r} uses undefined job_cluster_key {cluster_key!r}")
-            used.add(cluster_key)
+    used = {_check_task(task, clusters) for task in tasks}
     if unused := set(clusters) - used:
         raise SpecError(f"job clusters defined but not used: {sorted(unused)}")
 
     declared = {p["name"] for p in spec.get("parameters", [])}
     if missing := set(_JOB_PARAM_REF.findall(json.dumps(tasks))) - declared:
         raise SpecError(f"tasks reference undeclared job parameters: {sorted(missing)}")
-
     if "continuous" in spec:
-        if spec["continuous"].get("pause_status") not in ("PAUSED", "UNPAUSED"):
-            raise SpecError("continuous.pause_status must be PAUSED or UNPAUSED")
-        # Databricks restarts continuous runs itself and rejects these settings on them.
-        if "schedule" in spec or "trigger" in spec:
-            raise SpecError("a continuous job cannot also have a schedule or trigger")
-        if spec.get("max_concurrent_runs", 1) != 1:
-            raise SpecError("a continuous job runs one instance at a time (max_concurrent_runs 1)")
-        if any("max_retries" in t for t in tasks):
-            raise SpecError("continuous jobs retry on their own; tasks may not set max_retries")
+        _check_continuous(spec)
+
+
+def _check_task(task: dict[str, Any], clusters: dict[str, Any]) -> str | None:
+    """Raise on a malformed task; return the job cluster it runs on (None: none of the job's)."""
+    kinds = [k for k in TASK_TYPES if k in task]
+    if len(kinds) != 1:
+        raise SpecError(f"task {task['task_key']!r} must have exactly one task type, has {kinds}")
+    wheel = task.get("python_wheel_task")
+    if wheel is not None and not (wheel.get("package_name") and wheel.get("entry_point")):
+        raise SpecError(f"task {task['task_key']!r}: python_wheel_task needs package_name and entry_point")
+    cluster_key = task.get("job_cluster_key")
+    if cluster_key is not None and cluster_key not in clusters:
+        raise SpecError(f"task {task['task_key']!r} uses undefined job_cluster_key {cluster_key!r}")
+    return cluster_key
+
+
+def _check_continuous(spec: dict[str, Any]) -> None:
+    if spec["continuous"].get("pause_status") not in ("PAUSED", "UNPAUSED"):
+        raise SpecError("continuous.pause_status must be PAUSED or UNPAUSED")
+    # Databricks restarts continuous runs itself and rejects these settings on them.
+    if "schedule" in spec or "trigger" in spec:
+        raise SpecError("a continuous job cannot also have a schedule or trigger")
+    if spec.get("max_concurrent_runs", 1) != 1:
+        raise SpecError("a continuous job runs one instance at a time (max_concurrent_runs 1)")
+    if any("max_retries" in t for t in spec["tasks"]):
+        raise SpecError("continuous jobs retry on their own; tasks may not set max_retries")
 
 
 def _check_cluster(key: str, cluster: dict[str, Any]) -> None:
@@ -198,6 +365,12 @@ def spark_env_vars(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]
         yield cluster["job_cluster_key"], dict(cluster["new_cluster"].get("spark_env_vars", {}))
 
 
+def spark_confs(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:
+    """(job_cluster_key, spark_conf) for every job cluster."""
+    for cluster in spec.get("job_clusters", []):
+        yield cluster["job_cluster_key"], dict(cluster["new_cluster"].get("spark_conf", {}))
+
+
 # ------------------------------------------------------------------------------------------------
 # Azure ML
 def load_retrain_job(
@@ -207,16 +380,40 @@ def load_retrain_job(
     compute: str | None = None,
     experiment_name: str | None = None,
     code: str | Path | None = None,
+    launch_id: int | None = None,
+    environment: Mapping[str, str] | None = None,
 ) -> Command:
     """Load the retraining command job with azure-ai-ml's own loader, with optional overrides.
 
     ``code`` is the folder uploaded as the job's snapshot; the YAML names the repository root, so a
-    caller running from an installed package (not a checkout) must pass its own. The returned job
-    is ready for ``MLClient.jobs.create_or_update``; nothing is contacted here.
+    caller running from an installed package (not a checkout) must pass its own. ``launch_id`` (and
+    ``delta_version``) become tags of the run; ``environment`` adds variables to the job's, and may
+    hold no secret (:data:`JOB_SECRET_VARIABLES`). The returned job is ready for
+    ``MLClient.jobs.create_or_update``; nothing is contacted here.
     """
     from azure.ai.ml import load_job
     from azure.ai.ml.entities import Command
 
+    if leaked := sorted(set(environment or {}) & set(JOB_SECRET_VARIABLES)):
+        raise SpecError(f"a retraining job's definition is readable by the workspace; not putting {leaked} in it")
+    overrides = _retrain_overrides(delta_table, delta_version, compute, experiment_name, code)
+    job = load_job(retrain_job_path(), params_override=overrides)
+    if not isinstance(job, Command):
+        raise SpecError(f"{retrain_job_path()} is a {type(job).__name__}, not a command job")
+    _check_retrain_job(job)
+    job.environment_variables = {**(job.environment_variables or {}), **(environment or {})}
+    extra_tags = {"launch_id": launch_id, "delta_version": delta_version}
+    job.tags = {**(job.tags or {}), **{k: str(v) for k, v in extra_tags.items() if v is not None}}
+    return job
+
+
+def _retrain_overrides(
+    delta_table: str | None,
+    delta_version: int | None,
+    compute: str | None,
+    experiment_name: str | None,
+    code: str | Path | None,
+) -> list[dict[str, Any]]:
     overrides: list[dict[str, Any]] = []
     if delta_table is not None:
         overrides.append({"inputs.delta_table.path": delta_table})
@@ -228,13 +425,15 @@ def load_retrain_job(
         overrides.append({"experiment_name": experiment_name})
     if code is not None:
         overrides.append({"code": str(Path(code).resolve())})
-    job = load_job(retrain_job_path(), params_override=overrides)
-    if not isinstance(job, Command):
-        raise SpecError(f"{retrain_job_path()} is a {type(job).__name__}, not a command job")
+    return overrides
+
+
+def _check_retrain_job(job: Command) -> None:
     for name in ("delta_table", "delta_version"):
-        if name not in job.inputs or "${{inputs." + name + "}}" not in job.command:
+        if name not in job.inputs or "${{inputs." + name + "}}" not in (job.command or ""):
             raise SpecError(f"retrain job must take input {name!r} and use it in its command")
-    return job
+    if str((job.tags or {}).get(RETRAINING_TAG, "")).lower() != "true":
+        raise SpecError(f"retrain job must carry the tag {RETRAINING_TAG}: 'true' (handlers/runs.py acts on it)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,45 +474,63 @@ def bicep_outline(path: Path) -> BicepOutline:
     """Top-level params, resources, modules and outputs of a Bicep file; raise on unbalanced brackets."""
     text = path.read_text()
     outline = BicepOutline(text=text)
-    decorators: list[str] = []
+    reader = _OutlineReader(outline)
     code_lines = []
-    module: str | None = None  # the module block being read
-    params_indent: int | None = None  # indentation of its `params: {` line
     for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("//"):
             continue
         code_lines.append(_strip_strings(line))
         if raw[0].isspace():  # nested: not a top-level declaration
-            indent = len(raw) - len(raw.lstrip())
-            if module and line == "params: {":
-                params_indent = indent
-            elif module and params_indent is not None:
-                if indent == params_indent and line.startswith("}"):
-                    params_indent = None
-                elif indent == params_indent + 2 and (key := re.match(r"(\w+):", line)):
-                    outline.module_params[module].add(key[1])
-            continue
-        module = None
-        if line.startswith("@"):
-            decorators.append(line)
-            continue
-        if m := _PARAM.match(line):
-            outline.params[m[1]] = BicepParam(m[1], m[2], m[3], tuple(decorators))
-        elif m := _RESOURCE.match(line):
-            outline.resources[m[1]] = m[2]
-        elif m := _MODULE.match(line):
-            outline.modules[m[1]] = m[2]
-            module = m[1]
-            outline.module_params[module] = set()
-        elif m := _OUTPUT.match(line):
-            outline.outputs[m[1]] = m[2]
-        decorators = []
+            reader.nested(len(raw) - len(raw.lstrip()), line)
+        else:
+            reader.top_level(line)
     code = "\n".join(code_lines)
     for open_, close in ("{}", "[]", "()"):
         if code.count(open_) != code.count(close):
             raise SpecError(f"{path}: unbalanced {open_}{close}")
     return outline
+
+
+@dataclass
+class _OutlineReader:
+    """Fills a :class:`BicepOutline` one line at a time."""
+
+    outline: BicepOutline
+    decorators: list[str] = field(default_factory=list)
+    module: str | None = None  # the module block being read
+    params_indent: int | None = None  # indentation of its `params: {` line
+
+    def nested(self, indent: int, line: str) -> None:
+        """A line inside a block: only the keys of a module's ``params`` matter."""
+        if not self.module:
+            return
+        if line == "params: {":
+            self.params_indent = indent
+        elif self.params_indent is not None:
+            if indent == self.params_indent and line.startswith("}"):
+                self.params_indent = None
+            elif indent == self.params_indent + 2 and (key := re.match(r"(\w+):", line)):
+                self.outline.module_params[self.module].add(key[1])
+
+    def top_level(self, line: str) -> None:
+        """A declaration (or a decorator of the next one)."""
+        self.module = None
+        if line.startswith("@"):
+            self.decorators.append(line)
+            return
+        outline = self.outline
+        if m := _PARAM.match(line):
+            outline.params[m[1]] = BicepParam(m[1], m[2], m[3], tuple(self.decorators))
+        elif m := _RESOURCE.match(line):
+            outline.resources[m[1]] = m[2]
+        elif m := _MODULE.match(line):
+            outline.modules[m[1]] = m[2]
+            self.module = m[1]
+            outline.module_params[m[1]] = set()
+        elif m := _OUTPUT.match(line):
+            outline.outputs[m[1]] = m[2]
+        self.decorators = []
 
 
 def _strip_strings(line: str) -> str:

@@ -73,8 +73,14 @@ def _interrupted(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def wait_until(what: str, check: Callable[[], Any], *, timeout: float, every: float = 1.0,
-               on_wait: Callable[[], None] | None = None) -> Any:
+def wait_until(
+    what: str,
+    check: Callable[[], Any],
+    *,
+    timeout: float,
+    every: float = 1.0,
+    on_wait: Callable[[], None] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -111,8 +117,11 @@ class Demo:
             ),
         }
         self.settings = Settings(
-            state_dir=self.root, blob_port=self.blob_port, handler_port=self.handler_port,
-            spark_master="local[2]", model_name=base.model_name,
+            state_dir=self.root,
+            blob_port=self.blob_port,
+            handler_port=self.handler_port,
+            spark_master="local[2]",
+            model_name=base.model_name,
         )
         self.services: list[Service] = []
         self.report = DemoReport(state_dir=str(self.root))
@@ -140,6 +149,7 @@ class Demo:
     def wait_for_count(self, what: str, count: Callable[[], int], target: int, *, timeout: float) -> None:
         """Wait until ``count()`` reaches ``target``, showing the live count."""
         with self.console.status(f"{what}: 0 / {target}") as status:
+
             def done() -> bool:
                 current = count()
                 status.update(f"{what}: {current} / {target}")
@@ -160,8 +170,9 @@ class Demo:
     def run_cli(self, *args: str, timeout: float = 600) -> str:
         import subprocess
 
-        result = subprocess.run(lakesight_argv(*args), capture_output=True, text=True,
-                                env={**os.environ, **self.env}, timeout=timeout)
+        result = subprocess.run(
+            lakesight_argv(*args), capture_output=True, text=True, env={**os.environ, **self.env}, timeout=timeout
+        )
         if result.returncode != 0:
             raise DemoError(f"'lakesight {' '.join(args)}' failed: {result.stderr.strip()[-800:]}")
         return result.stdout
@@ -215,8 +226,12 @@ class Demo:
             incoming.sort(key=lambda p: p.name)
         with self.step("start the webhook handler and the relay"):
             self.spawn("handler", "serve", "--log-level", "warning")
-            wait_until("the handler", lambda: port_open("127.0.0.1", self.handler_port), timeout=60,
-                       on_wait=self.check_children)
+            wait_until(
+                "the handler",
+                lambda: port_open("127.0.0.1", self.handler_port),
+                timeout=60,
+                on_wait=self.check_children,
+            )
             self.spawn("relay", "relay", "--interval", "0.5")
         with self.step(f"ingest the labeled seed set ({self.plan.seed_per_class} images per class)"):
             self.run_cli("ingest", str(seed), "--labeled", "--classes", ",".join(str(i) for i in range(10)))
@@ -233,28 +248,42 @@ class Demo:
         first_wave = incoming[: -self.plan.final_wave]
         with self.step(f"upload {len(first_wave)} unlabeled images: blob events drive scoring"):
             for path in first_wave:
-                store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
-                             content_type="image/png")
+                store.upload(
+                    self.settings.images_container, f"incoming/{path.name}", path.read_bytes(), content_type="image/png"
+                )
             self.report.images_uploaded += len(first_wave)
             self.wait_for_count("scored", self._scored, len(first_wave), timeout=300)
         with self.step("play the labeling service: export true labels of the unsure images"):
             requested = wait_until("labeling requests", self._labeling_requests, timeout=60)
             self.report.sent_to_labeling = len(requested)
-            lines = [json.dumps({"image_url": url, "label": self.truth[url.rsplit("/", 1)[-1]]})
-                     for url in requested if url.rsplit("/", 1)[-1] in self.truth]
-            store.upload(self.settings.exports_container, "exports/round-1.jsonl",
-                         ("\n".join(lines) + "\n").encode(), content_type="application/x-ndjson")
+            lines = [
+                json.dumps({"image_url": url, "label": self.truth[url.rsplit("/", 1)[-1]]})
+                for url in requested
+                if url.rsplit("/", 1)[-1] in self.truth
+            ]
+            store.upload(
+                self.settings.exports_container,
+                "exports/round-1.jsonl",
+                ("\n".join(lines) + "\n").encode(),
+                content_type="application/x-ndjson",
+            )
         with self.step("labels merge, the policy fires, v2 trains and is promoted if better"):
-            wait_until("human labels in the images table", lambda: self._human_labels() >= len(lines) > 0,
-                       timeout=120, on_wait=self.check_children)
+            wait_until(
+                "human labels in the images table",
+                lambda: self._human_labels() >= len(lines) > 0,
+                timeout=120,
+                on_wait=self.check_children,
+            )
             self.report.labels_merged = self._human_labels()
-            self.report.v2 = wait_until("a retrained model version", self._newer_version, timeout=420,
-                                        every=2.0, on_wait=self.check_children)
+            self.report.v2 = wait_until(
+                "a retrained model version", self._newer_version, timeout=420, every=2.0, on_wait=self.check_children
+            )
             wait_until("the promotion decision", lambda: self._alias_settled(self.report.v2), timeout=120)
         with self.step(f"upload {len(final_wave)} more images: scored by the current champion"):
             for path in final_wave:
-                store.upload(self.settings.images_container, f"incoming/{path.name}", path.read_bytes(),
-                             content_type="image/png")
+                store.upload(
+                    self.settings.images_container, f"incoming/{path.name}", path.read_bytes(), content_type="image/png"
+                )
             self.report.images_uploaded += len(final_wave)
             self.wait_for_count("scored", self._scored, self.report.images_uploaded, timeout=240)
             self.report.final_wave_versions = self._versions_of([f"incoming/{p.name}" for p in final_wave])

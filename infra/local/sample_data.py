@@ -111,10 +111,12 @@ def _draw_shape(kind: str, size: int, colour: tuple[int, int, int], rng: np.rand
 
 def _colour(rng: np.random.Generator, spec: str) -> tuple[int, int, int]:
     if spec == "random":
-        return tuple(int(v) for v in rng.integers(90, 256, 3))  # type: ignore[return-value]
+        red, green, blue = (int(v) for v in rng.integers(90, 256, 3))
+        return red, green, blue
     from PIL import ImageColor
 
-    return ImageColor.getrgb(spec)[:3]  # type: ignore[return-value]
+    red, green, blue = ImageColor.getrgb(spec)[:3]
+    return red, green, blue
 
 
 def shape_images(knobs: ShapeKnobs) -> Iterator[tuple[str, bytes]]:

@@ -52,8 +52,9 @@ def _current_logs(checkpoint: str) -> list[Path]:
     folder = _source_log(checkpoint)
     if not folder.is_dir():
         return []
-    batches = {int(p.name.removesuffix(".compact")): p for p in folder.iterdir()
-               if p.name.removesuffix(".compact").isdigit()}
+    batches = {
+        int(p.name.removesuffix(".compact")): p for p in folder.iterdir() if p.name.removesuffix(".compact").isdigit()
+    }
     start = max((b for b, p in batches.items() if p.suffix == ".compact"), default=-1)
     return [batches[b] for b in sorted(batches) if b >= start]
 

@@ -264,7 +264,11 @@ def _latency_phase(
 
     def run() -> None:
         result["report"] = run_scoring(
-            settings, source=incoming, stop_event=stop, on_batch=on_batch, on_start=lambda _q: started.set(),
+            settings,
+            source=incoming,
+            stop_event=stop,
+            on_batch=on_batch,
+            on_start=lambda _q: started.set(),
             handle_signals=False,
         )
 
@@ -327,8 +331,13 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
     figures: dict[str, Any] = {"batch_files": small.score_max_files_per_trigger, "batches_each": 0}
     for name, settings in (("empty", empty), ("seeded", seeded), ("seeded_today", same_day)):
         merges: list[float] = []
-        run_scoring(settings, source=folder, once=True, handle_signals=False,
-                    on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds))
+        run_scoring(
+            settings,
+            source=folder,
+            once=True,
+            handle_signals=False,
+            on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds),
+        )
         figures[f"seconds_per_batch_{name}"] = round(statistics.median(merges), 4)
         figures[f"seconds_per_batch_{name}_all"] = [round(m, 3) for m in merges]
         figures["batches_each"] = len(merges)

@@ -214,7 +214,7 @@ def _stop_gracefully(query: Any, grace_s: float, batch_done: threading.Event) ->
     query.stop()
 
 
-def run_scoring(
+def run_scoring(  # noqa: C901 - to become ScoringQuery (docs/ARCHITECTURE.md, "Still open")
     settings: Settings,
     *,
     source: str | Path | None = None,

@@ -27,8 +27,9 @@ def fake_train_command(record: Path, *extra: str) -> str:
     return shlex.join([sys.executable, str(FAKE_TRAIN), "--version", "{version}", "--record", str(record), *extra])
 
 
-def blob_data(url: str, *, etag: str | None = None, length: int = 1234, api: str = "PutBlob",
-              content_type: str = "image/png") -> dict[str, Any]:
+def blob_data(
+    url: str, *, etag: str | None = None, length: int = 1234, api: str = "PutBlob", content_type: str = "image/png"
+) -> dict[str, Any]:
     """The data of a BlobCreated event as Azure Storage sends it."""
     return {
         "api": api,
@@ -61,8 +62,15 @@ def blob_event(settings: Settings, container: str, name: str, *, event_id: str |
 def blob_event_dict(settings: Settings, container: str, name: str, **options: Any) -> dict[str, Any]:
     """The same event as the Event Grid JSON dict (for raw httpx requests)."""
     event = blob_event(settings, container, name, **options)
-    return {"id": event.id, "eventType": event.event_type, "subject": event.subject, "data": event.data,
-            "dataVersion": "", "eventTime": str(event.event_time), "metadataVersion": "1"}
+    return {
+        "id": event.id,
+        "eventType": event.event_type,
+        "subject": event.subject,
+        "data": event.data,
+        "dataVersion": "",
+        "eventTime": str(event.event_time),
+        "metadataVersion": "1",
+    }
 
 
 @pytest.fixture

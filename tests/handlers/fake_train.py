@@ -25,5 +25,16 @@ if args.crash:
     print("Killed: out of memory in epoch 2", file=sys.stderr, flush=True)
     sys.exit(137)
 print("some progress output")
-print(json.dumps({"model_version": "2", "promoted": True, "alias": "champion", "accuracy": 0.97,
-                  "champion_accuracy": 0.9, "run_id": "run-abc", "delta_version": args.version}))
+print(
+    json.dumps(
+        {
+            "model_version": "2",
+            "promoted": True,
+            "alias": "champion",
+            "accuracy": 0.97,
+            "champion_accuracy": 0.9,
+            "run_id": "run-abc",
+            "delta_version": args.version,
+        }
+    )
+)

@@ -30,12 +30,22 @@ def arrival_lines(settings: Settings) -> list[dict]:
 
 def test_subscription_validation_and_cloudevents_handshake(server) -> None:
     url, _ = server
-    validation = [{"id": "v1", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent", "subject": "",
-                   "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
-                            "validationUrl": "https://rp-eastus2.eventgrid.azure.net/..."},
-                   "dataVersion": "2", "eventTime": "2026-01-01T00:00:00Z"}]
-    response = httpx.post(url, json=validation, params={"code": "local-dev-key"},
-                          headers={"aeg-event-type": "SubscriptionValidation"})
+    validation = [
+        {
+            "id": "v1",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "subject": "",
+            "data": {
+                "validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
+                "validationUrl": "https://rp-eastus2.eventgrid.azure.net/...",
+            },
+            "dataVersion": "2",
+            "eventTime": "2026-01-01T00:00:00Z",
+        }
+    ]
+    response = httpx.post(
+        url, json=validation, params={"code": "local-dev-key"}, headers={"aeg-event-type": "SubscriptionValidation"}
+    )
     assert response.status_code == 200
     assert response.json() == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
 
@@ -76,18 +86,31 @@ def test_auth_size_and_malformed(settings: Settings, server, publisher) -> None:
 
 def test_both_schemas_write_arrival_records(settings: Settings, server, publisher) -> None:
     url, service = server
-    publisher(url).send([blob_event(settings, "images", "2026/01/a.png", etag="0x8DA"),
-                         blob_event(settings, "images", "2026/01/b.png", etag="0x8DB")])
+    publisher(url).send(
+        [
+            blob_event(settings, "images", "2026/01/a.png", etag="0x8DA"),
+            blob_event(settings, "images", "2026/01/b.png", etag="0x8DB"),
+        ]
+    )
     base = blob_event(settings, "images", "x").data["url"].removesuffix("x")
-    cloud = CloudEvent(source="/subscriptions/s/storageAccounts/devstoreaccount1", type=BLOB_CREATED,
-                       subject="/blobServices/default/containers/images/blobs/c.png",
-                       data=blob_data(f"{base}c.png", etag="0x8DC"))
+    cloud = CloudEvent(
+        source="/subscriptions/s/storageAccounts/devstoreaccount1",
+        type=BLOB_CREATED,
+        subject="/blobServices/default/containers/images/blobs/c.png",
+        data=blob_data(f"{base}c.png", etag="0x8DC"),
+    )
     publisher(url).send([cloud])  # the SDK sends application/cloudevents-batch+json
-    single = {"specversion": "1.0", "id": str(uuid.uuid4()), "type": BLOB_CREATED, "source": "/s",
-              "subject": "/blobServices/default/containers/images/blobs/d.png",
-              "data": blob_data(f"{base}d.png", etag="0x8DD")}
-    response = httpx.post(url, content=json.dumps(single),
-                          headers={**KEY, "content-type": "application/cloudevents+json; charset=utf-8"})
+    single = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "type": BLOB_CREATED,
+        "source": "/s",
+        "subject": "/blobServices/default/containers/images/blobs/d.png",
+        "data": blob_data(f"{base}d.png", etag="0x8DD"),
+    }
+    response = httpx.post(
+        url, content=json.dumps(single), headers={**KEY, "content-type": "application/cloudevents+json; charset=utf-8"}
+    )
     assert response.status_code == 200 and response.json()["accepted"] == 1
     assert service.wait_idle()
     records = {r["name"]: r for r in arrival_lines(settings)}
@@ -149,8 +172,14 @@ def test_guards_and_refusals_are_logged(settings: Settings, server, publisher) -
     publisher(url).send([unknown])
     assert service.wait_idle()
     status = {name: service.events.get(e.id)["status"] for name, e in cases.items()}
-    assert status == {"put-block": "ignored", "empty": "ignored", "other-container": "refused",
-                      "unsafe-name": "refused", "not-export": "ignored", "other-account": "refused"}
+    assert status == {
+        "put-block": "ignored",
+        "empty": "ignored",
+        "other-container": "refused",
+        "unsafe-name": "refused",
+        "not-export": "ignored",
+        "other-account": "refused",
+    }
     assert "outside the configured storage account" in service.events.get(foreign.id)["outcome"]
     logged = service.events.get(unknown.id)
     assert logged["status"] == IGNORED and "unknown event type" in logged["outcome"]
@@ -163,8 +192,13 @@ def test_event_log_survives_restart(settings: Settings, publisher) -> None:
         publisher(url).send([event])
         assert service.wait_idle()
     # A crash after the claim but before processing: the event is pending in the log.
-    orphan = Event(id="orphan-1", type=BLOB_CREATED, subject="", time="2026-01-01T00:00:00Z",
-                   data=blob_event(settings, "images", "orphan.png").data)
+    orphan = Event(
+        id="orphan-1",
+        type=BLOB_CREATED,
+        subject="",
+        time="2026-01-01T00:00:00Z",
+        data=blob_event(settings, "images", "orphan.png").data,
+    )
     log = EventLog(settings.state_dir / "handlers" / "events.db")
     assert log.claim([orphan]).new == [orphan]
     log.close()

@@ -80,8 +80,12 @@ def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
 
     port = free_port()
     env = {**os.environ, "LAKESIGHT_STATE_DIR": str(tmp_path / "state"), "LAKESIGHT_EVENT_KEY": "serve-key"}
-    proc = subprocess.Popen([sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level",
-                             "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -93,8 +97,13 @@ def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "lakesight serve did not come up"
             time.sleep(0.2)
-        validation = [{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
-                       "data": {"validationCode": "c0de"}}]
+        validation = [
+            {
+                "id": "v",
+                "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+                "data": {"validationCode": "c0de"},
+            }
+        ]
         answer = httpx.post(f"{base}/api/events", json=validation, headers={"aeg-sas-key": "serve-key"})
         assert answer.json() == {"validationResponse": "c0de"}
         assert httpx.post(f"{base}/api/events", json=validation).status_code == 401

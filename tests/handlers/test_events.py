@@ -10,13 +10,27 @@ from handlers.events import CLOUDEVENTS_BATCH, CLOUDEVENTS_SINGLE, PayloadError,
 
 
 def _eg(event_id: str = "e1") -> dict:
-    return {"id": event_id, "eventType": "Microsoft.Storage.BlobCreated", "subject": "/s", "data": {"a": 1},
-            "dataVersion": "", "eventTime": "2026-01-02T03:04:05.1234567Z", "topic": "/t"}
+    return {
+        "id": event_id,
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": "/s",
+        "data": {"a": 1},
+        "dataVersion": "",
+        "eventTime": "2026-01-02T03:04:05.1234567Z",
+        "topic": "/t",
+    }
 
 
 def _ce(event_id: str = "c1") -> dict:
-    return {"specversion": "1.0", "id": event_id, "type": "Microsoft.Storage.BlobCreated", "source": "/t",
-            "subject": "/s", "time": "2026-01-02T03:04:05Z", "data": {"a": 1}}
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "type": "Microsoft.Storage.BlobCreated",
+        "source": "/t",
+        "subject": "/s",
+        "time": "2026-01-02T03:04:05Z",
+        "data": {"a": 1},
+    }
 
 
 def test_eventgrid_array() -> None:

@@ -71,10 +71,14 @@ def coco_export(paths: list[str]) -> bytes:
 
 
 def test_parse_export_forms() -> None:
-    jsonl = (b'{"image_url": "azureml://datastores/d/paths/images/a.png", "image_details": {"format": "png"},'
-             b' "label": "cat"}\n\n{"image_url": "azureml://datastores/d/paths/images/b.png", "label": ["dog"]}\n')
-    assert parse_export(jsonl) == [LabelEntry(("azureml://datastores/d/paths/images/a.png",), "cat"),
-                                   LabelEntry(("azureml://datastores/d/paths/images/b.png",), "dog")]
+    jsonl = (
+        b'{"image_url": "azureml://datastores/d/paths/images/a.png", "image_details": {"format": "png"},'
+        b' "label": "cat"}\n\n{"image_url": "azureml://datastores/d/paths/images/b.png", "label": ["dog"]}\n'
+    )
+    assert parse_export(jsonl) == [
+        LabelEntry(("azureml://datastores/d/paths/images/a.png",), "cat"),
+        LabelEntry(("azureml://datastores/d/paths/images/b.png",), "dog"),
+    ]
     coco = parse_export(coco_export(["u0", "u1"]))
     assert [e.label for e in coco] == ["circle", "square", "circle", "hexagon", "circle"]
     for bad in (b'{"images": [', b'{"image_url": "x"}\n{"label": 1}', b"\xff", b'{"foo": 1}'):
@@ -83,8 +87,9 @@ def test_parse_export_forms() -> None:
 
 
 def test_image_index_matches_url_and_unique_suffix() -> None:
-    index = ImageIndex(["http://h/acct/images/a/x.png", "http://h/acct/images/b/x.png", "http://h/acct/images/y.png"],
-                       [DAY] * 3)
+    index = ImageIndex(
+        ["http://h/acct/images/a/x.png", "http://h/acct/images/b/x.png", "http://h/acct/images/y.png"], [DAY] * 3
+    )
     assert index.match(LabelEntry(("http://h/acct/images/y.png",), "c")) == ("http://h/acct/images/y.png", "")
     assert index.match(LabelEntry(("azureml://datastores/d/paths/images/b/x.png",), "c"))[0].endswith("b/x.png")
     assert index.match(LabelEntry(("x.png",), "c")) == (None, "ambiguous image")
@@ -93,16 +98,19 @@ def test_image_index_matches_url_and_unique_suffix() -> None:
 
 def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_path, publisher) -> None:
     record = tmp_path / "runs.txt"
-    settings = blob_settings.model_copy(update={
-        "label_classes": ["circle", "square"], "retrain_min_new_labels": 3, "retrain_cooldown_s": 0.0,
-        "retrain_command": fake_train_command(record),
-    })
+    settings = blob_settings.model_copy(
+        update={
+            "label_classes": ["circle", "square"],
+            "retrain_min_new_labels": 3,
+            "retrain_cooldown_s": 0.0,
+            "retrain_command": fake_train_command(record),
+        }
+    )
     paths = seed_images(settings)
     lake = Lake(settings)
     before = lake.read(IMAGES, columns=["path", *PREDICTIONS]).sort_by("path")
     store = BlobStore(settings)
-    store.upload(settings.exports_container, "exports/coco-1.json", coco_export(paths),
-                 content_type="application/json")
+    store.upload(settings.exports_container, "exports/coco-1.json", coco_export(paths), content_type="application/json")
     etag = store.service.get_blob_client(settings.exports_container, "exports/coco-1.json").get_blob_properties().etag
     event = blob_event(settings, settings.exports_container, "exports/coco-1.json", etag=etag.strip('"'))
 
@@ -128,8 +136,10 @@ def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_pat
     assert after.equals(before), "label merges must not touch prediction columns"
 
     rejects = lake.read(LABEL_REJECTS).to_pylist()
-    assert sorted((r["reason"], r["label"]) for r in rejects) == [("unknown class", "hexagon"),
-                                                                  ("unknown image", "circle")]
+    assert sorted((r["reason"], r["label"]) for r in rejects) == [
+        ("unknown class", "hexagon"),
+        ("unknown image", "circle"),
+    ]
     assert {r["image_ref"] for r in rejects} == {"img-3.png", "never-uploaded.png"}
 
     decisions = lake.read(RETRAINING_DECISIONS).to_pylist()
@@ -146,13 +156,26 @@ def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_pat
 def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> None:
     settings = blob_settings.model_copy(update={"retrain_min_new_labels": 50})
     paths = seed_images(settings, 3)
-    Lake(settings).merge(IMAGES, pa.table({"path": [paths[2]], "load_date": pa.array([DAY], pa.date32()),
-                                          "label": ["circle"], "label_source": ["path"]}),
-                                update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
-    lines = [{"image_url": "azureml://datastores/ws/paths/images/2026/01/img-0.png", "label": "circle"},
-             {"image_url": "azureml://datastores/ws/paths/images/2026/01/img-1.png", "label": "rhombus"}]
-    BlobStore(settings).upload(settings.exports_container, "e/labels.jsonl",
-                               "\n".join(json.dumps(line) for line in lines).encode())
+    Lake(settings).merge(
+        IMAGES,
+        pa.table(
+            {
+                "path": [paths[2]],
+                "load_date": pa.array([DAY], pa.date32()),
+                "label": ["circle"],
+                "label_source": ["path"],
+            }
+        ),
+        update={"label": "s.label", "label_source": "s.label_source"},
+        insert=False,
+    )
+    lines = [
+        {"image_url": "azureml://datastores/ws/paths/images/2026/01/img-0.png", "label": "circle"},
+        {"image_url": "azureml://datastores/ws/paths/images/2026/01/img-1.png", "label": "rhombus"},
+    ]
+    BlobStore(settings).upload(
+        settings.exports_container, "e/labels.jsonl", "\n".join(json.dumps(line) for line in lines).encode()
+    )
     event = blob_event(settings, settings.exports_container, "e/labels.jsonl")
     with serving(settings) as (url, service):
         publisher(url).send([event])
@@ -161,6 +184,12 @@ def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> Non
     outcome = json.loads(logged["outcome"])
     # Known classes come from the labels already in the table ("circle"): "rhombus" is rejected.
     assert outcome["labels"]["merged"] == 1 and outcome["labels"]["unknown_classes"] == {"rhombus": 1}
-    assert outcome["decision"] == {"retrain": False, "reasons": [], "launch": "none", "new_labels": 1,
-                                   "psi": None, "champion_accuracy": 1.0}  # no champion: no baseline
+    assert outcome["decision"] == {
+        "retrain": False,
+        "reasons": [],
+        "launch": "none",
+        "new_labels": 1,
+        "psi": None,
+        "champion_accuracy": 1.0,
+    }  # no champion: no baseline
     assert Lake(settings).read(RETRAINING_DECISIONS).num_rows == 1

@@ -1,4 +1,4 @@
-"""Launcher: single-flight with coalescing, cooldown, a crashing trainer, recovery; the Azure ML job spec."""
+"""Launcher: single-flight with coalescing, cooldown, a crashing trainer, recovery; the Azure ML backend."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from handlers.azureml import RETRAINING_TAG, AzureMLBackend, build_job
+from handlers.azureml import AzureMLBackend
 from handlers.eventlog import connect
 from handlers.events import RUN_COMPLETED
 from handlers.launcher import ABANDONED, FAILED, SUBMITTED, SUCCEEDED, Launcher, LocalBackend, train_command
+from infra.iac import RETRAINING_TAG
 from infra.settings import Settings
 from tests.handlers.conftest import fake_train_command, serving
 
@@ -27,8 +28,9 @@ def _wait(predicate, timeout: float = 20.0) -> None:
 
 
 def _launcher(settings: Settings, record: Path, *extra: str, cooldown: float = 0.0) -> Launcher:
-    configured = settings.model_copy(update={"retrain_command": fake_train_command(record, *extra),
-                                             "retrain_cooldown_s": cooldown})
+    configured = settings.model_copy(
+        update={"retrain_command": fake_train_command(record, *extra), "retrain_cooldown_s": cooldown}
+    )
     launcher = Launcher(configured, LocalBackend(configured))
     launcher.start()
     return launcher
@@ -51,8 +53,10 @@ def test_single_flight_coalesces_triggers(settings: Settings, tmp_path: Path) ->
     finally:
         launcher.stop()
     launches = launcher.launches()
-    assert [(x["triggers"], x["delta_version"], x["status"]) for x in launches] == [(1, 5, SUCCEEDED),
-                                                                                  (2, 7, SUCCEEDED)]
+    assert [(x["triggers"], x["delta_version"], x["status"]) for x in launches] == [
+        (1, 5, SUCCEEDED),
+        (2, 7, SUCCEEDED),
+    ]
     assert json.loads(launches[0]["outcome"])["model_version"] == "2"
     assert record.read_text().split() == ["5", "7"]  # one run per launch, never overlapping
 
@@ -96,8 +100,11 @@ def test_launch_of_a_dead_process_is_abandoned_not_rerun(settings: Settings, tmp
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     conn = connect(settings.state_dir / "handlers" / "launcher.db")
-    conn.execute("INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host, pid)"
-                 " VALUES ('local', 4, 1, 'running', 'x', 0, ?, ?)", (first._host, dead.pid))
+    conn.execute(
+        "INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host, pid)"
+        " VALUES ('local', 4, 1, 'running', 'x', 0, ?, ?)",
+        (first._host, dead.pid),
+    )
     conn.execute("INSERT INTO triggers VALUES ('old', 'new_labels', 4, 'x', 1)")
     conn.close()
     launcher = _launcher(settings, record)
@@ -121,28 +128,6 @@ class FakeJobs:
         return SimpleNamespace(name=f"job-{len(self.submitted)}", studio_url="https://ml.azure.com/x")
 
 
-def test_azureml_job_spec_loads_with_the_sdk(tmp_path: Path) -> None:
-    from azure.ai.ml import load_job
-
-    settings = Settings(state_dir=tmp_path / "state", lake_root="abfss://lake@acct.dfs.core.windows.net/lakesight",
-                        azureml_compute="gpu-a100")
-    job = build_job(settings, 42, launch_id=7)
-    path = tmp_path / "job.yml"
-    job.dump(path)
-    loaded = load_job(path)
-    assert loaded.type == "command" and loaded.compute == "gpu-a100"
-    assert "--version ${{inputs.delta_version}}" in loaded.command and "--json" in loaded.command
-    assert loaded.inputs["delta_version"]._data == 42
-    table = loaded.inputs["images_table"]._data
-    # The SDK's YAML writer prefixes non-azureml:// URIs with "azureml:"; the in-memory job holds the URI itself.
-    assert table["path"].removeprefix("azureml:") == settings.table_uri("images") and table["type"] == "uri_folder"
-    assert job.inputs["images_table"].path == settings.table_uri("images")
-    assert loaded.environment.image.startswith("mcr.microsoft.com/azureml/") and "cuda" in loaded.environment.image
-    assert Path(loaded.code) == Path(__file__).resolve().parents[2]
-    assert loaded.environment_variables["LAKESIGHT_LAKE_ROOT"] == settings.lake_root
-    assert loaded.tags[RETRAINING_TAG] == "true" and loaded.tags["delta_version"] == "42"
-
-
 def test_azureml_backend_single_flight_until_run_completed(settings: Settings, publisher) -> None:
     jobs = FakeJobs()
     backend = AzureMLBackend(settings, client=SimpleNamespace(jobs=jobs))
@@ -153,18 +138,31 @@ def test_azureml_backend_single_flight_until_run_completed(settings: Settings, p
         assert launcher.request("d2", "dataset_drift", 4) == "coalesced"
         from azure.eventgrid import EventGridEvent
 
-        done = EventGridEvent(subject="/experiments/x/runs/job-1", event_type=RUN_COMPLETED, data_version="2",
-                              data={"experimentName": "lakesight-retraining", "runId": "job-1",
-                                    "runType": "azureml.command", "runTags": {RETRAINING_TAG: "true"},
-                                    "runProperties": {}})
-        other = EventGridEvent(subject="/experiments/y/runs/r", event_type=RUN_COMPLETED, data_version="2",
-                               data={"runId": "someone-elses", "runTags": {}})
+        done = EventGridEvent(
+            subject="/experiments/x/runs/job-1",
+            event_type=RUN_COMPLETED,
+            data_version="2",
+            data={
+                "experimentName": "lakesight-retraining",
+                "runId": "job-1",
+                "runType": "azureml.command",
+                "runTags": {RETRAINING_TAG: "true"},
+                "runProperties": {},
+            },
+        )
+        other = EventGridEvent(
+            subject="/experiments/y/runs/r",
+            event_type=RUN_COMPLETED,
+            data_version="2",
+            data={"runId": "someone-elses", "runTags": {}},
+        )
         publisher(url).send([done, other])
         assert service.wait_idle(30)
         _wait(lambda: [x["status"] for x in launcher.launches()] == [SUCCEEDED, SUBMITTED])
         assert json.loads(service.events.get(done.id)["outcome"])["launch_id"] == 1
         assert service.events.get(other.id)["status"] == "ignored"
-    assert [j.inputs["delta_version"] for j in jobs.submitted] == [3, 4]
+    assert [j.inputs["delta_version"]._data for j in jobs.submitted] == [3, 4]
+    assert [j.tags["launch_id"] for j in jobs.submitted] == ["1", "2"]
 
 
 def test_azureml_submission_failure_is_recorded(settings: Settings) -> None:
@@ -183,15 +181,17 @@ def test_azureml_submission_failure_is_recorded(settings: Settings) -> None:
     assert launch["status"] == FAILED and "AuthorizationFailed" in launch["outcome"]
 
 
-
 def test_settings_travel_to_the_training_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pydantic import SecretStr
 
-    from handlers.launcher import settings_env
-
-    original = Settings(state_dir=tmp_path / "s", label_classes=["a", "b"], spark_conf={"k": "v"},
-                        event_key=SecretStr("secret-key"), retrain_min_new_labels=7)
-    for name, value in settings_env(original).items():
+    original = Settings(
+        state_dir=tmp_path / "s",
+        label_classes=["a", "b"],
+        spark_conf={"k": "v"},
+        event_key=SecretStr("secret-key"),
+        retrain_min_new_labels=7,
+    )
+    for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     rebuilt = Settings()
     assert rebuilt.model_dump() == original.model_dump()

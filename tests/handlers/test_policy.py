@@ -45,10 +45,17 @@ def test_decide_rules(settings: Settings, metrics: Metrics, expected: tuple[bool
 
 
 def _labels(lake: Lake, paths: list[str], labels: list[str], source: str) -> None:
-    lake.merge(IMAGES, 
-        pa.table({"path": paths, "load_date": pa.array([DAY] * len(paths), pa.date32()), "label": labels,
-                  "label_source": [source] * len(paths),
-                  "labeled_at": pa.array([dt.datetime.now(dt.UTC)] * len(paths), pa.timestamp("us", tz="UTC"))}),
+    lake.merge(
+        IMAGES,
+        pa.table(
+            {
+                "path": paths,
+                "load_date": pa.array([DAY] * len(paths), pa.date32()),
+                "label": labels,
+                "label_source": [source] * len(paths),
+                "labeled_at": pa.array([dt.datetime.now(dt.UTC)] * len(paths), pa.timestamp("us", tz="UTC")),
+            }
+        ),
         update={"label": "s.label", "label_source": "s.label_source", "labeled_at": "s.labeled_at"},
     )
 
@@ -68,8 +75,9 @@ def _register(uri: str, name: str, *, accuracy: float, delta_version: int | None
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name("t") or client.get_experiment(client.create_experiment(
-        "t", artifact_location=str(tmp / "artifacts")))
+    experiment = client.get_experiment_by_name("t") or client.get_experiment(
+        client.create_experiment("t", artifact_location=str(tmp / "artifacts"))
+    )
     run = client.create_run(experiment.experiment_id)
     client.log_metric(run.info.run_id, "accuracy", accuracy)
     client.set_terminated(run.info.run_id)
@@ -81,9 +89,15 @@ def _register(uri: str, name: str, *, accuracy: float, delta_version: int | None
 
 
 def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> None:
-    settings = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="policy-model",
-                        retrain_min_new_labels=100, retrain_min_sample=4, retrain_drift_threshold=0.2,
-                        retrain_min_accuracy=0.9)
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        mlflow_tracking_uri=registry,
+        model_name="policy-model",
+        retrain_min_new_labels=100,
+        retrain_min_sample=4,
+        retrain_drift_threshold=0.2,
+        retrain_min_accuracy=0.9,
+    )
     lake = Lake(settings)
     paths = [f"/data/img-{i}.png" for i in range(16)]
     _labels(lake, paths[:10], ["circle"] * 5 + ["square"] * 5, "path")
@@ -93,11 +107,17 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
 
     version, _ = _register(registry, "policy-model", accuracy=0.9, delta_version=trained_on, tmp=tmp_path)
     MlflowClient(tracking_uri=registry, registry_uri=registry).set_registered_model_alias(
-        "policy-model", "champion", version)
+        "policy-model", "champion", version
+    )
 
     # After training: four new human labels of a new class, all predicted wrong.
-    lake.merge(IMAGES, pa.table({"path": paths[11:15], "load_date": pa.array([DAY] * 4, pa.date32()),
-                                "predicted_label": ["circle"] * 4}), update={"predicted_label": "s.predicted_label"})
+    lake.merge(
+        IMAGES,
+        pa.table(
+            {"path": paths[11:15], "load_date": pa.array([DAY] * 4, pa.date32()), "predicted_label": ["circle"] * 4}
+        ),
+        update={"predicted_label": "s.predicted_label"},
+    )
     _labels(lake, paths[11:15], ["triangle"] * 4, "human")
 
     metrics = measure(settings, lake)
@@ -123,8 +143,9 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
 
 
 def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None:
-    settings = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="promo-model",
-                        promotion_margin=0.01)
+    settings = Settings(
+        state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="promo-model", promotion_margin=0.01
+    )
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=registry, registry_uri=registry)
@@ -156,13 +177,26 @@ def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: P
     lake = Lake(settings)
     _labels(lake, ["/d/1.png", "/d/2.png"], ["a", "b"], "human")
     drift = EventGridEvent(
-        subject="datadrift/abc/run/r1", event_type=DATASET_DRIFT, data_version="2",
-        data={"dataDriftId": "abc", "dataDriftName": "images", "runId": "r1", "baseDatasetId": "b",
-              "targetDatasetId": "t", "driftCoefficient": 0.83, "startTime": "2026-01-01T00:00:00Z",
-              "endTime": "2026-01-02T00:00:00Z"},
+        subject="datadrift/abc/run/r1",
+        event_type=DATASET_DRIFT,
+        data_version="2",
+        data={
+            "dataDriftId": "abc",
+            "dataDriftName": "images",
+            "runId": "r1",
+            "baseDatasetId": "b",
+            "targetDatasetId": "t",
+            "driftCoefficient": 0.83,
+            "startTime": "2026-01-01T00:00:00Z",
+            "endTime": "2026-01-02T00:00:00Z",
+        },
     )
-    calm = EventGridEvent(subject="datadrift/abc/run/r2", event_type=DATASET_DRIFT, data_version="2",
-                          data={"dataDriftId": "abc", "runId": "r2", "driftCoefficient": 0.01})
+    calm = EventGridEvent(
+        subject="datadrift/abc/run/r2",
+        event_type=DATASET_DRIFT,
+        data_version="2",
+        data={"dataDriftId": "abc", "runId": "r2", "driftCoefficient": 0.01},
+    )
     with serving(settings) as (url, service):
         publisher(url).send([drift, calm])
         publisher(url).send([drift])  # redelivery

@@ -64,8 +64,9 @@ def test_relay_loop_keeps_going_while_the_handler_is_down(blob_settings: Setting
     from handlers.server import free_port
 
     tag = uuid.uuid4().hex[:8]
-    settings = blob_settings.model_copy(update={"images_container": f"img-{tag}", "exports_container": f"exp-{tag}",
-                                                "handler_port": free_port()})
+    settings = blob_settings.model_copy(
+        update={"images_container": f"img-{tag}", "exports_container": f"exp-{tag}", "handler_port": free_port()}
+    )
     BlobStore(settings).ensure_containers()
     BlobStore(settings).upload(settings.images_container, "late.png", solid_png(), content_type="image/png")
     relay = Relay(settings)  # aims at settings.handler_port, where nothing listens yet

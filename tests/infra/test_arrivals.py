@@ -8,9 +8,16 @@ from infra.settings import Settings
 
 
 def record(name: str = "a/b.png", **extra) -> ArrivalRecord:
-    fields = dict(url=f"http://127.0.0.1:10000/devstoreaccount1/images/{name}", container="images", name=name,
-                  etag="0x1", content_type="image/png", content_length=10, event_time="2026-11-22T10:00:00Z",
-                  event_id="e1")
+    fields = dict(
+        url=f"http://127.0.0.1:10000/devstoreaccount1/images/{name}",
+        container="images",
+        name=name,
+        etag="0x1",
+        content_type="image/png",
+        content_length=10,
+        event_time="2026-11-22T10:00:00Z",
+        event_id="e1",
+    )
     fields.update(extra)
     return ArrivalRecord(**fields)
 

@@ -6,8 +6,20 @@ from infra.settings import Settings
 
 @pytest.mark.parametrize(
     "name",
-    ["", "/etc/passwd", "a/../b", "../up", "./here", "a//b", "bad\x00name", "tab\there", "new\nline",
-     "c:/windows", "back\\slash", "x" * 1025],
+    [
+        "",
+        "/etc/passwd",
+        "a/../b",
+        "../up",
+        "./here",
+        "a//b",
+        "bad\x00name",
+        "tab\there",
+        "new\nline",
+        "c:/windows",
+        "back\\slash",
+        "x" * 1025,
+    ],
 )
 def test_unsafe_blob_names_are_refused(name: str) -> None:
     with pytest.raises(BlobNameError):

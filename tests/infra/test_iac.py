@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from infra import iac
 from infra.iac import specs
@@ -55,8 +56,40 @@ def test_pyproject_ships_the_iac_files_as_package_data() -> None:
 
 # ------------------------------------------------------------------------------------------------
 # Databricks
+# What `--var lake_url=...` (or BUNDLE_VAR_lake_url) gives the CLI: the variable has no default.
+LAKE_URL = "abfss://lake@lakesightacct.dfs.core.windows.net"
+TARGETS = specs.bundle_targets()
+
+
+def _job(name: str, target: str = "dev") -> dict:
+    return iac.load_databricks_job(name, target, {"lake_url": LAKE_URL})
+
+
+def test_bundle_has_a_default_dev_and_a_production_target() -> None:
+    targets = yaml.safe_load(specs.bundle_path().read_text())["targets"]
+    assert set(targets) == {"dev", "prod"}
+    assert targets["dev"]["mode"] == "development" and targets["dev"]["default"] is True
+    # The CLI refuses a production target without a fixed root_path.
+    assert targets["prod"]["mode"] == "production" and targets["prod"]["workspace"]["root_path"]
+    assert iac.load_bundle(variables={"lake_url": LAKE_URL})["bundle"] == {"name": "lakesight", "target": "dev"}
+
+
+def test_resource_files_share_their_blocks_through_anchors() -> None:
+    text = (specs.DATABRICKS_DIR / "resources" / "training.yml").read_text()
+    for anchor in ("spark_conf", "lakesight_env", "wheel"):
+        assert f"&{anchor}" in text and f"*{anchor}" in text, anchor
+    spec = _job("training")
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in spec["job_clusters"]}
+    # The merge keys extend the shared blocks rather than replace them.
+    assert clusters["gpu"]["spark_env_vars"] == {
+        **clusters["cpu"]["spark_env_vars"],
+        "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+    }
+    assert clusters["gpu"]["spark_conf"]["spark.databricks.cluster.profile"] == "singleNode"
+
+
 def test_training_dag_runs_ingest_then_train_on_gpu_then_the_registry_step() -> None:
-    spec = iac.load_databricks_job("training")
+    spec = _job("training")
     order = iac.task_order(spec)
     assert order[:2] == ["ingest", "train"] and len(order) == 3
     tasks = {t["task_key"]: t for t in spec["tasks"]}
@@ -70,10 +103,11 @@ def test_training_dag_runs_ingest_then_train_on_gpu_then_the_registry_step() -> 
     commands = specs.wheel_commands(spec)
     assert commands["ingest"][0] == "ingest" and "--labeled" in commands["ingest"]
     assert commands["train"] == ["train", "--json"]
+    assert spec["parameters"] == [{"name": "labeled_source", "default": f"{LAKE_URL}/seed"}]
 
 
 def test_scoring_job_is_continuous_with_the_measured_spark_conf() -> None:
-    spec = iac.load_databricks_job("scoring")
+    spec = _job("scoring")
     assert spec["continuous"]["pause_status"] == "UNPAUSED"
     assert specs.wheel_commands(spec) == {"score": ["score"]}
     conf = spec["job_clusters"][0]["new_cluster"]["spark_conf"]
@@ -88,8 +122,75 @@ def test_scoring_job_is_continuous_with_the_measured_spark_conf() -> None:
     assert int(conf["spark.sql.sources.parallelPartitionDiscovery.threshold"]) > 32  # Spark's default
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
+def test_every_cluster_carries_default_conf_less_the_local_only_keys(job: str, target: str) -> None:
+    assert set(specs.LOCAL_ONLY_SPARK_CONF) <= set(DEFAULT_CONF), "a local-only key that DEFAULT_CONF no longer has"
+    expected = {k: v for k, v in DEFAULT_CONF.items() if k not in specs.LOCAL_ONLY_SPARK_CONF}
+    clusters = list(specs.spark_confs(_job(job, target)))
+    assert clusters
+    for cluster_key, conf in clusters:
+        wrong = {k: (v, conf.get(k)) for k, v in expected.items() if conf.get(k) != v}
+        assert not wrong, f"{job}/{cluster_key}: key: (DEFAULT_CONF, cluster) {wrong}"
+        assert not set(specs.LOCAL_ONLY_SPARK_CONF) & set(conf), f"{job}/{cluster_key} sets a local-only key"
+
+
+def test_target_values_and_var_overrides_reach_the_jobs() -> None:
+    def scopes(spec: dict) -> set[str]:
+        return {v.split("/")[1] for _, env in specs.spark_env_vars(spec) for v in env.values() if SECRET_REF.match(v)}
+
+    assert scopes(_job("scoring", "dev")) == {"lakesight-dev"}  # the dev target's value
+    assert scopes(_job("scoring", "prod")) == {"lakesight"}  # the declared default
+    # What --var gives wins over the target's value.
+    override = iac.load_databricks_job("scoring", "dev", {"lake_url": LAKE_URL, "secret_scope": "mine"})
+    assert scopes(override) == {"mine"}
+
+
+def _write_bundle(tmp_path: Path, resource: str, targets: str = "targets:\n  dev:\n    default: true\n") -> Path:
+    (tmp_path / "resources").mkdir()
+    (tmp_path / "resources" / "job.yml").write_text(resource)
+    root = tmp_path / "databricks.yml"
+    root.write_text(
+        "bundle:\n  name: t\ninclude:\n  - resources/*.yml\nvariables:\n  known:\n    default: k\n" + targets
+    )
+    return root
+
+
+def test_unknown_variable_is_a_spec_error(tmp_path: Path) -> None:
+    root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: ${var.known}-${var.nope}\n")
+    with pytest.raises(specs.SpecError, match=r"resources\.jobs\.j\.name: unknown variable 'nope' in \$\{var\.nope\}"):
+        iac.load_bundle(path=root)
+
+
+def test_unknown_reference_is_a_spec_error_but_deploy_time_ones_stay(tmp_path: Path) -> None:
+    root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: ${bundle.name}-${workspace.host}\n")
+    assert iac.load_bundle(path=root)["resources"]["jobs"]["j"]["name"] == "t-${workspace.host}"
+    (tmp_path / "resources" / "job.yml").write_text("resources:\n  jobs:\n    j:\n      name: ${vars.known}\n")
+    with pytest.raises(specs.SpecError, match=r"unknown reference in \$\{vars\.known\}"):
+        iac.load_bundle(path=root)
+
+
+def test_missing_target_is_a_spec_error() -> None:
+    with pytest.raises(specs.SpecError, match=r"unknown bundle target 'staging'; the bundle has: dev, prod"):
+        iac.load_databricks_job("training", "staging", {"lake_url": LAKE_URL})
+
+
+def test_variable_without_a_value_is_a_spec_error() -> None:
+    with pytest.raises(specs.SpecError, match=r"variable 'lake_url' has no value for target 'prod'.*--var lake_url="):
+        iac.load_databricks_job("training", "prod")
+    with pytest.raises(specs.SpecError, match=r"undeclared variables \['lake_ur'\]"):
+        iac.load_databricks_job("training", "prod", {"lake_ur": LAKE_URL})
+
+
+def test_a_job_defined_in_two_files_is_a_spec_error(tmp_path: Path) -> None:
+    root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: one\n")
+    (tmp_path / "resources" / "again.yml").write_text("resources:\n  jobs:\n    j:\n      name: two\n")
+    with pytest.raises(specs.SpecError, match="already defined"):
+        iac.load_bundle(path=root)
+
+
 def _broken(mutate) -> dict:
-    spec = copy.deepcopy(iac.load_databricks_job("training"))
+    spec = copy.deepcopy(_job("training"))
     mutate(spec)
     return spec
 
@@ -117,9 +218,10 @@ def test_validator_rejects_broken_job_specs(mutate, message: str) -> None:
         specs.validate_databricks_job(_broken(mutate))
 
 
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
-def test_cluster_env_is_a_valid_azure_mode_settings_object(job: str, monkeypatch) -> None:
-    spec = iac.load_databricks_job(job)
+def test_cluster_env_is_a_valid_azure_mode_settings_object(job: str, target: str, monkeypatch) -> None:
+    spec = _job(job, target)
     for cluster_key, env in specs.spark_env_vars(spec):
         lakesight = {k: v for k, v in env.items() if k.startswith("LAKESIGHT_")}
         unknown = {k for k in lakesight if k.removeprefix("LAKESIGHT_").lower() not in Settings.model_fields}
@@ -141,14 +243,26 @@ def test_cluster_env_is_a_valid_azure_mode_settings_object(job: str, monkeypatch
         assert settings.mode == "azure" and settings.lake_root.startswith("abfss://")
 
 
+def _project_wheel() -> str:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return f"{project['name']}-{importlib.metadata.version(project['name'])}-py3-none-any.whl"
+
+
 @pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
 def test_wheel_tasks_install_this_project(job: str) -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wheel = f"{project['name']}-{importlib.metadata.version(project['name'])}-py3-none-any.whl"
-    for task in iac.load_databricks_job(job)["tasks"]:
+    for task in _job(job)["tasks"]:
         assert task["python_wheel_task"]["package_name"] == project["name"]
         assert task["python_wheel_task"]["entry_point"] in project["scripts"]
-        assert [Path(lib["whl"]).name for lib in task["libraries"]] == [wheel]
+        assert [Path(lib["whl"]).name for lib in task["libraries"]] == [_project_wheel()]
+
+
+def test_the_wheel_path_is_written_once() -> None:
+    wheel = _project_wheel()
+    found = {path.name: path.read_text().count(wheel) for path in specs.bundle_files()}
+    assert sum(found.values()) == 1 and found["databricks.yml"] == 1, found
+    declared = yaml.safe_load(specs.bundle_path().read_text())["variables"]["wheel"]["default"]
+    assert Path(declared).name == wheel
 
 
 def test_wheel_tasks_call_existing_cli_commands() -> None:
@@ -157,7 +271,7 @@ def test_wheel_tasks_call_existing_cli_commands() -> None:
     from infra.cli import app
 
     commands = set(typer.main.get_command(app).commands)
-    used = {c[0] for job in specs.DATABRICKS_JOBS for c in specs.wheel_commands(iac.load_databricks_job(job)).values()}
+    used = {c[0] for job in specs.DATABRICKS_JOBS for c in specs.wheel_commands(_job(job)).values()}
     assert "ingest" in commands
     # train, models and score come from the training and scoring work; until they land they are reported.
     if missing := sorted(used - commands):
@@ -195,12 +309,51 @@ def test_retrain_job_code_is_the_repository_root() -> None:
 def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
     table = "abfss://lake@acct.dfs.core.windows.net/tables/images"
     job = iac.load_retrain_job(
-        delta_table=table, delta_version=42, compute="gpu-big", experiment_name="exp", code=tmp_path
+        delta_table=table,
+        delta_version=42,
+        compute="gpu-big",
+        experiment_name="exp",
+        code=tmp_path,
+        launch_id=7,
+        environment={"LAKESIGHT_MODEL_NAME": "m"},
     )
     assert job.inputs["delta_table"]._data.path == table
     assert job.inputs["delta_version"]._data == 42
     assert job.compute == "gpu-big" and job.experiment_name == "exp"
     assert Path(job.code) == tmp_path.resolve()
+    assert job.tags["launch_id"] == "7" and job.tags["delta_version"] == "42"
+    assert job.tags[iac.RETRAINING_TAG] == "true"
+    # Added to the YAML's variables, not in place of them.
+    assert job.environment_variables["LAKESIGHT_MODEL_NAME"] == "m"
+    assert job.environment_variables["LAKESIGHT_MODE"] == "azure"
+
+
+def test_retrain_job_as_written_is_a_retraining_run_in_azure_mode() -> None:
+    from handlers.runs import is_retraining_run
+
+    job = iac.load_retrain_job()
+    # `az ml job create -f` submits the YAML as is: its RunCompleted must reach the promotion check.
+    assert is_retraining_run({"runTags": dict(job.tags)})
+    assert job.environment_variables["LAKESIGHT_MODE"] == "azure"
+    assert "LAKESIGHT_MLFLOW_TRACKING_URI" in job.command and "$MLFLOW_TRACKING_URI" in job.command
+
+
+@pytest.mark.parametrize("name", specs.JOB_SECRET_VARIABLES)
+def test_retrain_job_refuses_secrets_in_its_definition(name: str) -> None:
+    assert {"LAKESIGHT_EVENT_KEY", "LAKESIGHT_BLOB_CONNECTION_STRING"} <= set(specs.JOB_SECRET_VARIABLES)
+    with pytest.raises(specs.SpecError, match=f"not putting \\['{name}'\\]"):
+        iac.load_retrain_job(environment={name: "s3cret", "LAKESIGHT_MODEL_NAME": "m"})
+
+
+def test_retrain_job_without_the_retraining_tag_is_a_spec_error(tmp_path: Path, monkeypatch) -> None:
+    document = yaml.safe_load(specs.retrain_job_path().read_text())
+    del document["tags"][iac.RETRAINING_TAG]
+    document["code"] = str(ROOT)
+    (tmp_path / "conda.yml").write_text((specs.AZUREML_DIR / "conda.yml").read_text())
+    (tmp_path / "retrain-job.yml").write_text(yaml.safe_dump(document))
+    monkeypatch.setattr(specs, "retrain_job_path", lambda: tmp_path / "retrain-job.yml")
+    with pytest.raises(specs.SpecError, match=r"must carry the tag lakesight\.retraining"):
+        iac.load_retrain_job()
 
 
 def test_retrain_environment_mirrors_project_dependencies() -> None:

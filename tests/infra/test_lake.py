@@ -101,8 +101,10 @@ def test_concurrent_writers_both_land(settings: Settings) -> None:
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=("s", "confidence")),
-               threading.Thread(target=writer, args=("h", "label"))]
+    threads = [
+        threading.Thread(target=writer, args=("s", "confidence")),
+        threading.Thread(target=writer, args=("h", "label")),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

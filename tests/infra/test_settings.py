@@ -32,8 +32,9 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
         Settings()
 
 
-@pytest.mark.parametrize("field,value", [("confidence_threshold", 1.5), ("images_container", "Bad_Name"),
-                                         ("max_image_bytes", 0)])
+@pytest.mark.parametrize(
+    "field,value", [("confidence_threshold", 1.5), ("images_container", "Bad_Name"), ("max_image_bytes", 0)]
+)
 def test_invalid_values_are_refused(field: str, value: object) -> None:
     with pytest.raises(ValueError):
         Settings(**{field: value})
@@ -67,8 +68,13 @@ def test_local_mode_fills_every_location_from_the_state_dir(tmp_path: Path) -> N
 
 
 def test_settings_travel_to_a_child_process_through_to_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Settings(state_dir=tmp_path / "s", label_classes=["a", "b"], spark_conf={"k": "v"},
-                        event_key=SecretStr("secret-key"), retrain_min_new_labels=7)
+    original = Settings(
+        state_dir=tmp_path / "s",
+        label_classes=["a", "b"],
+        spark_conf={"k": "v"},
+        event_key=SecretStr("secret-key"),
+        retrain_min_new_labels=7,
+    )
     for name, value in original.to_env().items():
         monkeypatch.setenv(name, value)
     rebuilt = Settings()

@@ -21,8 +21,16 @@ pytestmark = [pytest.mark.spark, pytest.mark.azurite]
 
 def record(settings: Settings, store: BlobStore, name: str, data: bytes, *, at: str) -> ArrivalRecord:
     container = settings.images_container
-    return ArrivalRecord(url=store.url(container, name), container=container, name=name, etag="0x1",
-                         content_type="image/png", content_length=len(data), event_time=at, event_id=f"ev-{name}")
+    return ArrivalRecord(
+        url=store.url(container, name),
+        container=container,
+        name=name,
+        etag="0x1",
+        content_type="image/png",
+        content_length=len(data),
+        event_time=at,
+        event_id=f"ev-{name}",
+    )
 
 
 def test_records_are_fetched_scored_and_a_vanished_blob_is_recorded_once(spark, score_blob_settings: Settings) -> None:

@@ -53,8 +53,13 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     base = bench_state(settings.model_copy(update={"score_checkpoint_max_files": 1}))
     version = register_champion(base, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
     figures = bench_score(
-        base, model={"kind": "tiny", "version": version}, images=120, offered_per_s=30,
-        latency_s=3, seed_rows=3000, merge_images=80,
+        base,
+        model={"kind": "tiny", "version": version},
+        images=120,
+        offered_per_s=30,
+        latency_s=3,
+        seed_rows=3000,
+        merge_images=80,
         log=lambda _message: None,
     )
     assert figures["model"]["version"] == version and figures["model"]["kind"] == "tiny"

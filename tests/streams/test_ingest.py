@@ -40,7 +40,7 @@ def test_second_run_adds_nothing_and_new_files_are_picked_up(spark, settings: Se
     table = lake.read(IMAGES, columns=["path", "label", "label_source", "content", "content_hash", "load_date"])
     assert table.num_rows == 41
     assert len(set(table.column("path").to_pylist())) == 41
-    row = [r for r in table.to_pylist() if r["path"].endswith("/7/late.png")][0]
+    row = next(r for r in table.to_pylist() if r["path"].endswith("/7/late.png"))
     assert (row["label"], row["label_source"]) == ("7", "path")
     assert row["content"] == solid_png(10)
     assert row["load_date"] is not None
@@ -70,7 +70,7 @@ def test_unknown_label_folder_is_reported_not_guessed(spark, settings: Settings,
     (small_labeled / "dog" / "rex.png").write_bytes(solid_png(200))
     report = ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
     assert report.unknown_labels == {"dog": 1}
-    rex = [r for r in Lake(settings).read(IMAGES).to_pylist() if r["path"].endswith("/dog/rex.png")][0]
+    rex = next(r for r in Lake(settings).read(IMAGES).to_pylist() if r["path"].endswith("/dog/rex.png"))
     assert rex["label"] is None and rex["error"] is None
 
 
@@ -80,14 +80,20 @@ def test_reingest_keeps_a_human_label(spark, settings: Settings, small_labeled: 
     target = lake.read(IMAGES, columns=["path", "load_date"]).slice(0, 1)
     import pyarrow as pa
 
-    human = pa.table({"path": target.column("path"), "load_date": target.column("load_date"),
-                      "label": ["9"], "label_source": [LABEL_SOURCE_HUMAN]})
+    human = pa.table(
+        {
+            "path": target.column("path"),
+            "load_date": target.column("load_date"),
+            "label": ["9"],
+            "label_source": [LABEL_SOURCE_HUMAN],
+        }
+    )
     lake.merge(IMAGES, human, update={"label": "s.label", "label_source": "s.label_source"})
     # A fresh checkpoint re-reads every file with its folder label.
     shutil.rmtree(settings.checkpoint_root)
     ingest(settings, str(small_labeled), labeled=True, classes=DIGITS)
     path = target.column("path")[0].as_py()
-    row = [r for r in lake.read(IMAGES).to_pylist() if r["path"] == path][0]
+    row = next(r for r in lake.read(IMAGES).to_pylist() if r["path"] == path)
     assert (row["label"], row["label_source"]) == ("9", LABEL_SOURCE_HUMAN)
     assert lake.read(IMAGES).num_rows == 40
 

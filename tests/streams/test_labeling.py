@@ -22,8 +22,10 @@ pytestmark = [pytest.mark.spark, pytest.mark.azurite]
 
 def blobs(settings: Settings, prefix: str) -> dict[str, bytes]:
     store = BlobStore(settings)
-    return {b.name: store.download(settings.labeling_container, b.name)
-            for b in store.list(settings.labeling_container, prefix=prefix)}
+    return {
+        b.name: store.download(settings.labeling_container, b.name)
+        for b in store.list(settings.labeling_container, prefix=prefix)
+    }
 
 
 def test_unsure_images_are_sent_once_within_the_daily_budget(

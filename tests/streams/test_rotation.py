@@ -22,8 +22,13 @@ pytestmark = pytest.mark.spark
 
 def _archiving(settings: Settings, tmp_path: Path, **fields: object) -> Settings:
     return settings.model_copy(
-        update={"score_clean_source": "archive", "score_archive_dir": str(tmp_path / "archive"),
-                "score_max_bytes_per_trigger": 0, "score_max_files_per_trigger": 2, **fields}
+        update={
+            "score_clean_source": "archive",
+            "score_archive_dir": str(tmp_path / "archive"),
+            "score_max_bytes_per_trigger": 0,
+            "score_max_files_per_trigger": 2,
+            **fields,
+        }
     )
 
 
@@ -77,9 +82,7 @@ def test_a_full_checkpoint_is_retired_before_the_next_run(spark, score_settings:
     assert Lake(settings).read(IMAGES).num_rows == len(first) + len(second)
 
 
-def test_the_running_stream_rotates_and_scores_every_file_once(
-    spark, score_settings: Settings, tmp_path: Path
-) -> None:
+def test_the_running_stream_rotates_and_scores_every_file_once(spark, score_settings: Settings, tmp_path: Path) -> None:
     settings = _archiving(score_settings, tmp_path, score_checkpoint_max_files=4)
     incoming = tmp_path / "incoming"
     files = shapes(incoming, 10, seed=3)
@@ -88,8 +91,10 @@ def test_the_running_stream_rotates_and_scores_every_file_once(
     stop = threading.Event()
     result: dict[str, object] = {}
     worker = threading.Thread(
-        target=lambda: result.setdefault("report", run_scoring(settings, source=incoming, stop_event=stop,
-                                                               on_start=lambda q: queries.append(str(q.id)))),
+        target=lambda: result.setdefault(
+            "report",
+            run_scoring(settings, source=incoming, stop_event=stop, on_start=lambda q: queries.append(str(q.id))),
+        ),
         daemon=True,
     )
     worker.start()

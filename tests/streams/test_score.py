@@ -88,23 +88,34 @@ def test_replayed_batch_changes_nothing_and_human_labels_survive(
 
     # A human labels one image (the handlers' MERGE), then the same batch is replayed.
     target = f"file:{paths[0]}"
-    human = pa.table({"path": [target], "load_date": [first.table.column("load_date")[0].as_py()],
-                      "label": ["square"], "label_source": [LABEL_SOURCE_HUMAN]})
+    human = pa.table(
+        {
+            "path": [target],
+            "load_date": [first.table.column("load_date")[0].as_py()],
+            "label": ["square"],
+            "label_source": [LABEL_SOURCE_HUMAN],
+        }
+    )
     lake.merge(IMAGES, human, update={"label": "s.label", "label_source": "s.label_source"}, insert=False)
     version = lake.version(IMAGES)
     from streams.checkpoint.names import query_app_id
     from streams.scoring.sources import directory_source
 
     app_id = query_app_id(score_settings.checkpoint_uri(directory_source(incoming).checkpoint), "score")
-    replay = lake.merge(IMAGES, first.table, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN,
-                        txn=Transaction(app_id, first.batch_id))
+    replay = lake.merge(
+        IMAGES, first.table, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN, txn=Transaction(app_id, first.batch_id)
+    )
     assert replay.skipped and lake.version(IMAGES) == version
 
     # Re-scoring the same path later (a new batch) updates predictions but not the human label.
-    rescored = first.table.set_column(first.table.column_names.index("predicted_label"), "predicted_label",
-                                      pa.array(["triangle"] * first.table.num_rows))
-    outcome = lake.merge(IMAGES, rescored, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN,
-                         txn=Transaction(app_id, first.batch_id + 1))
+    rescored = first.table.set_column(
+        first.table.column_names.index("predicted_label"),
+        "predicted_label",
+        pa.array(["triangle"] * first.table.num_rows),
+    )
+    outcome = lake.merge(
+        IMAGES, rescored, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN, txn=Transaction(app_id, first.batch_id + 1)
+    )
     assert outcome.updated == len(paths) and outcome.inserted == 0
     row = rows_by_name(score_settings)[paths[0].name]
     assert (row["label"], row["label_source"], row["predicted_label"]) == ("square", LABEL_SOURCE_HUMAN, "triangle")
@@ -117,8 +128,12 @@ def test_a_finished_query_leaves_no_py4j_thread_behind(spark, score_settings: Se
     callback_threads: set[threading.Thread] = set()
     for run in range(2):
         shapes(tmp_path / f"incoming-{run}", 3, prefix=f"run{run}")
-        run_scoring(score_settings, source=tmp_path / f"incoming-{run}", once=True,
-                    on_batch=lambda _result: callback_threads.add(threading.current_thread()))
+        run_scoring(
+            score_settings,
+            source=tmp_path / f"incoming-{run}",
+            once=True,
+            on_batch=lambda _result: callback_threads.add(threading.current_thread()),
+        )
     assert len(callback_threads) == 2  # one per query
     for thread in callback_threads:
         thread.join(timeout=10)
@@ -139,8 +154,9 @@ def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, t
     try:
         first = shapes(incoming / "a", 4, seed=1, prefix="before")
         wait_for_rows(score_settings, len(first))
-        version = register_champion(score_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=7),
-                                    class_names=CLASSES, image_size=IMAGE_SIZE)
+        version = register_champion(
+            score_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=7), class_names=CLASSES, image_size=IMAGE_SIZE
+        )
         assert version == "2"
         time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the new alias
         second = shapes(incoming / "b", 4, seed=2, prefix="after")
@@ -169,7 +185,7 @@ def wait_for_rows(settings: Settings, count: int, timeout: float = 60) -> None:
 
 
 def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(ScoreError, match="does not exist|not an existing folder"):
+    with pytest.raises(ScoreError, match=r"does not exist|not an existing folder"):
         run_scoring(settings, source=tmp_path / "nope", once=True)
     (tmp_path / "here").mkdir()
     with pytest.raises(ScoreError, match="no champion"):
@@ -182,8 +198,12 @@ def test_processed_files_are_archived_and_a_bad_archive_folder_is_refused(
     archive = tmp_path / "archive"
     incoming = tmp_path / "incoming"
     settings = score_settings.model_copy(
-        update={"score_clean_source": "archive", "score_archive_dir": str(archive),
-                "score_max_bytes_per_trigger": 0, "score_max_files_per_trigger": 2}
+        update={
+            "score_clean_source": "archive",
+            "score_archive_dir": str(archive),
+            "score_max_bytes_per_trigger": 0,
+            "score_max_files_per_trigger": 2,
+        }
     )
     files = shapes(incoming, 6)
     contents = {p.name: p.read_bytes() for p in files}
@@ -223,7 +243,9 @@ def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
 
     table = pa.table({"path": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
     assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
-        {"path": "a", "v": 3}, {"path": "c", "v": 4}, {"path": "b", "v": 5}
+        {"path": "a", "v": 3},
+        {"path": "c", "v": 4},
+        {"path": "b", "v": 5},
     ]
 
 

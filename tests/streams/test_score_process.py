@@ -34,8 +34,13 @@ def start_score(settings: Settings, source: Path, log: Path) -> subprocess.Popen
     cli = Path(sys.executable).with_name("lakesight")
     with log.open("ab") as handle:
         # Own session: SIGKILL takes the driver, its JVM and its Python workers together, like a crash.
-        return subprocess.Popen([str(cli), "score", "--source", str(source)], env=env, stdout=handle,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            [str(cli), "score", "--source", str(source)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def row_count(lake: Lake) -> int:

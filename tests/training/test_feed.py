@@ -5,7 +5,7 @@ import pytest
 
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
-from tests.training.conftest import digit_rows, write_rows
+from tests.helpers.training import digit_rows, write_rows
 from training.feed import TEST, TRAIN, VALIDATION, TrainingDataError, load_snapshot, split_of
 
 

@@ -11,7 +11,7 @@ from infra import registry
 from infra.registry import RegistryError
 from infra.settings import Settings
 from tests.helpers.images import solid_png
-from tests.training.conftest import write_rows
+from tests.helpers.training import write_rows
 from training.feed import TrainingDataError
 from training.pipeline import TrainOptions, train
 
@@ -92,9 +92,7 @@ def test_two_workers_train_to_identical_weights_and_the_chief_registers(
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_search_runs_trials_as_nested_runs_and_registers_the_best(
-    spark, settings: Settings, digits_lake: int
-) -> None:
+def test_search_runs_trials_as_nested_runs_and_registers_the_best(spark, settings: Settings, digits_lake: int) -> None:
     result = train(settings, TrainOptions(**TINY, search=2, search_models=("cnn",)))
     assert result.mode == "search" and len(result.workers) == 2 and all(w["ok"] for w in result.workers)
     experiment = registry.ensure_experiment(settings, settings.model_name)

@@ -3,8 +3,8 @@ import threading
 import time
 from pathlib import Path
 
-from infra.local.stack import pid_alive
 from infra.local.supervisor import Child, Supervisor
+from infra.processes import pid_alive
 from infra.settings import Settings
 from infra.status import read_supervisor_state
 

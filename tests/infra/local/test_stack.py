@@ -1,8 +1,8 @@
 import pytest
 
 from infra.local.stack import Azurite, StackError, require_tool, stack_status
+from infra.processes import free_port
 from infra.settings import Settings
-from tests.conftest import free_port
 
 
 def test_missing_tool_names_what_to_install() -> None:
