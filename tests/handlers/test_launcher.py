@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from handlers.azureml import AzureMLBackend
 from handlers.eventlog import connect
 from handlers.events import RUN_COMPLETED
@@ -179,20 +177,3 @@ def test_azureml_submission_failure_is_recorded(settings: Settings) -> None:
         launcher.stop()
     (launch,) = launcher.launches()
     assert launch["status"] == FAILED and "AuthorizationFailed" in launch["outcome"]
-
-
-def test_settings_travel_to_the_training_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pydantic import SecretStr
-
-    original = Settings(
-        state_dir=tmp_path / "s",
-        label_classes=["a", "b"],
-        spark_conf={"k": "v"},
-        event_key=SecretStr("secret-key"),
-        retrain_min_new_labels=7,
-    )
-    for name, value in original.to_env().items():
-        monkeypatch.setenv(name, value)
-    rebuilt = Settings()
-    assert rebuilt.model_dump() == original.model_dump()
-    assert rebuilt.event_key.get_secret_value() == "secret-key"
