@@ -1,8 +1,18 @@
 """Event Grid webhook service: blob events, labeling exports, drift, retraining.
 
-Modules, one per concern: ``events`` (payload models), ``app`` (FastAPI factory), ``service``
-(claim-once intake and worker lanes), ``eventlog`` (persisted SQLite log), ``blob_created``,
-``labels`` (exports → human labels), ``policy`` (retraining decisions), ``launcher`` and
-``azureml`` (retraining backends), ``runs`` (RunCompleted → promotion check), ``relay``
-(Azurite → BlobCreated), ``server`` (uvicorn), ``bench``, ``function_app`` (Azure Functions).
+Modules, one per concern:
+
+* HTTP: ``app`` (the FastAPI factory), ``deps`` (typed dependencies: service, settings, event
+  key), ``routes.events`` (``OPTIONS``/``POST /api/events``), ``routes.status`` (the status page
+  ``/`` from ``static/status.html``, ``/api/status``, ``/healthz``), ``events`` (payload models);
+* intake and work: ``service`` (claim-once intake and the two worker lanes), ``eventlog`` (the
+  persisted log and ``EventStatus``), ``blob_created`` (which upload, ``TargetKind``, arrival
+  records), ``labels`` (exports → human labels), ``policy`` (retraining decisions), ``runs``
+  (RunCompleted → promotion check);
+* background work: ``background`` (the wakeable worker thread), ``launcher`` (single-flight
+  retraining, ``LaunchStatus``) with its ``azureml`` backend, ``score_pass`` (availableNow
+  scoring passes when no stream runs);
+* plumbing and entry points: ``sqlite`` (connections and transactions of the handler
+  databases), ``relay`` (Azurite → BlobCreated), ``server`` (uvicorn), ``bench``,
+  ``function_app`` (Azure Functions).
 """

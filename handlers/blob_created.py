@@ -8,28 +8,44 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 from urllib.parse import urlparse
 
+from handlers.eventlog import EventStatus
 from handlers.events import COMPLETE_BLOB_APIS, Event
 from infra.arrivals import ArrivalRecord
 from infra.blob import BlobNameError, split_blob_url
+from infra.errors import LakesightError
 from infra.settings import Settings
 
-IMAGES = "images"
-EXPORT = "export"
+# The statuses an event lakesight does not act on can end with.
+_NOT_ACTED_ON = frozenset({EventStatus.IGNORED, EventStatus.REFUSED})
 
 
-class Refused(ValueError):
-    """An event lakesight will not act on, with the reason logged as its outcome."""
+class TargetKind(StrEnum):
+    """What a blob in a handled container is to lakesight (not a table name)."""
 
-    def __init__(self, status: str, reason: str):
+    IMAGE = "image"  # a new image in the images container: an arrival record for the stream
+    EXPORT = "export"  # a labeling export in the exports container: human labels
+
+
+class Refused(LakesightError, ValueError):
+    """An event lakesight will not act on, with the reason logged as its outcome.
+
+    ``status`` is :attr:`EventStatus.IGNORED` (nothing to do) or :attr:`EventStatus.REFUSED`
+    (invalid or not allowed); anything else is a ValueError.
+    """
+
+    def __init__(self, status: EventStatus, reason: str):
         super().__init__(reason)
-        self.status = status
+        self.status = EventStatus(status)
+        if self.status not in _NOT_ACTED_ON:
+            raise ValueError(f"Refused takes {sorted(_NOT_ACTED_ON)}, not {self.status!r}")
 
 
 @dataclass(frozen=True)
 class BlobTarget:
-    kind: str  # IMAGES or EXPORT
+    kind: TargetKind
     container: str
     name: str
     url: str
@@ -58,7 +74,7 @@ def event_time(event: Event) -> str:
     try:
         parsed = dt.datetime.fromisoformat(event.time.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise Refused("refused", f"eventTime {event.time!r} is not ISO-8601") from exc
+        raise Refused(EventStatus.REFUSED, f"eventTime {event.time!r} is not ISO-8601") from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed.astimezone(dt.UTC).isoformat()
@@ -69,32 +85,42 @@ def blob_target(settings: Settings, base_url: str, event: Event) -> BlobTarget:
     data = event.data
     api = data.get("api")
     if api not in COMPLETE_BLOB_APIS:
-        raise Refused("ignored", f"api {api!r} does not complete a blob")
+        raise Refused(EventStatus.IGNORED, f"api {api!r} does not complete a blob")
     length = data.get("contentLength")
     if not isinstance(length, int) or length < 0:
-        raise Refused("refused", f"contentLength {length!r} is not a byte count")
+        raise Refused(EventStatus.REFUSED, f"contentLength {length!r} is not a byte count")
     if length == 0:
-        raise Refused("ignored", "zero-byte blob (placeholder of a copy or chunked upload)")
+        raise Refused(EventStatus.IGNORED, "zero-byte blob (placeholder of a copy or chunked upload)")
     url, etag = data.get("url"), data.get("eTag")
     if not isinstance(url, str) or not isinstance(etag, str) or not etag:
-        raise Refused("refused", "BlobCreated without url or eTag")
+        raise Refused(EventStatus.REFUSED, "BlobCreated without url or eTag")
+    container, name = _located(base_url, event, url)
+    kind = target_kind(settings, container, name)
+    return BlobTarget(kind=kind, container=container, name=name, url=url, etag=etag.strip('"'))
+
+
+def _located(base_url: str, event: Event, url: str) -> tuple[str, str]:
+    """``(container, blob name)`` of ``url``, refused unless it is safe and in the configured account."""
     try:
         container, name = split_blob_url(url)
     except BlobNameError as exc:
-        raise Refused("refused", f"unsafe blob url: {exc}") from exc
+        raise Refused(EventStatus.REFUSED, f"unsafe blob url: {exc}") from exc
     if not _same_account(url, base_url):
-        raise Refused("refused", f"{url} is outside the configured storage account")
+        raise Refused(EventStatus.REFUSED, f"{url} is outside the configured storage account")
     if event.subject and f"/containers/{container}/" not in event.subject:
-        raise Refused("refused", f"subject {event.subject!r} does not match url {url}")
+        raise Refused(EventStatus.REFUSED, f"subject {event.subject!r} does not match url {url}")
+    return container, name
+
+
+def target_kind(settings: Settings, container: str, name: str) -> TargetKind:
+    """What blob ``name`` in ``container`` is to lakesight, or :class:`Refused` for one it does not handle."""
     if container == settings.images_container:
-        kind = IMAGES
-    elif container == settings.exports_container:
-        if not name.lower().endswith((".json", ".jsonl")):
-            raise Refused("ignored", f"{name} in the exports container is not a .json/.jsonl export")
-        kind = EXPORT
-    else:
-        raise Refused("refused", f"container {container!r} is not one lakesight handles")
-    return BlobTarget(kind=kind, container=container, name=name, url=url, etag=etag.strip('"'))
+        return TargetKind.IMAGE
+    if container != settings.exports_container:
+        raise Refused(EventStatus.REFUSED, f"container {container!r} is not one lakesight handles")
+    if not name.lower().endswith((".json", ".jsonl")):
+        raise Refused(EventStatus.IGNORED, f"{name} in the exports container is not a .json/.jsonl export")
+    return TargetKind.EXPORT
 
 
 def arrival_record(target: BlobTarget, event: Event) -> ArrivalRecord:

@@ -9,20 +9,26 @@ delivered events are suppressed before any work is queued. Blob uploads get a se
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from handlers.events import Event
+from handlers.sqlite import connect, now_iso, transaction
 
-PENDING = "pending"
-DONE = "done"
-FAILED = "failed"
-IGNORED = "ignored"
-REFUSED = "refused"
-DUPLICATE = "duplicate"
+
+class EventStatus(StrEnum):
+    """An event's status in the log; the values are what the ``events`` table stores and returns."""
+
+    PENDING = "pending"  # claimed, not finished yet (re-queued at the next start)
+    DONE = "done"
+    FAILED = "failed"  # a transient error outlasted the retries
+    IGNORED = "ignored"  # nothing for lakesight to do (a partial upload, an unknown type)
+    REFUSED = "refused"  # invalid or not allowed (a foreign account, an unsafe name)
+    DUPLICATE = "duplicate"  # the same upload as an event claimed before
+
 
 # Event Grid retries a delivery for at most 24 hours; a week of ids is ample to suppress replays.
 RETENTION = dt.timedelta(days=7)
@@ -45,20 +51,6 @@ CREATE TABLE IF NOT EXISTS blobs (
     PRIMARY KEY (url, etag)
 );
 """
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat()
-
-
-def connect(path: Path) -> sqlite3.Connection:
-    """A SQLite connection tuned for many small commits from several threads and processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode is durable across process crashes (only an OS crash can lose the tail).
-    conn.execute("PRAGMA synchronous=NORMAL")
-    return conn
 
 
 @dataclass(frozen=True)
@@ -87,22 +79,16 @@ class EventLog:
         new: list[Event] = []
         duplicates = 0
         stamp = now_iso()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for event in events:
-                    cursor = self._conn.execute(
-                        "INSERT OR IGNORE INTO events (id, type, received_at, status, body) VALUES (?, ?, ?, ?, ?)",
-                        (event.id, event.type, stamp, PENDING, event.to_json()),
-                    )
-                    if cursor.rowcount == 1:
-                        new.append(event)
-                    else:
-                        duplicates += 1
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            for event in events:
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO events (id, type, received_at, status, body) VALUES (?, ?, ?, ?, ?)",
+                    (event.id, event.type, stamp, EventStatus.PENDING, event.to_json()),
+                )
+                if cursor.rowcount == 1:
+                    new.append(event)
+                else:
+                    duplicates += 1
         return Claim(new=new, duplicates=duplicates)
 
     def claim_blob(self, url: str, etag: str, event_id: str) -> str | None:
@@ -114,45 +100,35 @@ class EventLog:
             row = self._conn.execute("SELECT event_id FROM blobs WHERE url = ? AND etag = ?", (url, etag)).fetchone()
         return None if row[0] == event_id else row[0]
 
-    def finish(self, outcomes: Iterable[tuple[str, str, str]]) -> None:
-        """Store ``(event_id, status, outcome)`` for processed events in one transaction."""
+    def finish(self, outcomes: Iterable[tuple[str, EventStatus, str]]) -> None:
+        """Store ``(event_id, status, outcome)`` for processed events in one transaction.
+
+        A status that is not an :class:`EventStatus` value raises ValueError and nothing is stored:
+        a misspelt status must not become a new one in the log.
+        """
         stamp = now_iso()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.executemany(
-                    "UPDATE events SET status = ?, outcome = ?, finished_at = ? WHERE id = ?",
-                    [(status, outcome[:2000], stamp, event_id) for event_id, status, outcome in outcomes],
-                )
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        rows = [(EventStatus(status), outcome[:2000], stamp, event_id) for event_id, status, outcome in outcomes]
+        with self._lock, transaction(self._conn):
+            self._conn.executemany("UPDATE events SET status = ?, outcome = ?, finished_at = ? WHERE id = ?", rows)
 
     def prune(self, older_than: dt.timedelta = RETENTION) -> int:
         """Forget finished events (and their uploads) received before ``older_than`` ago; return how many."""
-        cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat()
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(
-                    "DELETE FROM blobs WHERE event_id IN (SELECT id FROM events WHERE received_at < ? AND status != ?)",
-                    (cutoff, PENDING),
-                )
-                removed = self._conn.execute(
-                    "DELETE FROM events WHERE received_at < ? AND status != ?", (cutoff, PENDING)
-                ).rowcount
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        finished_before = ((dt.datetime.now(dt.UTC) - older_than).isoformat(), EventStatus.PENDING)
+        with self._lock, transaction(self._conn):
+            self._conn.execute(
+                "DELETE FROM blobs WHERE event_id IN (SELECT id FROM events WHERE received_at < ? AND status != ?)",
+                finished_before,
+            )
+            removed = self._conn.execute(
+                "DELETE FROM events WHERE received_at < ? AND status != ?", finished_before
+            ).rowcount
         return removed
 
     def pending(self) -> list[Event]:
         """Events claimed but never finished (a previous process stopped first), oldest first."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT body FROM events WHERE status = ? ORDER BY received_at, rowid", (PENDING,)
+                "SELECT body FROM events WHERE status = ? ORDER BY received_at, rowid", (EventStatus.PENDING,)
             ).fetchall()
         return [Event.from_json(body) for (body,) in rows]
 

@@ -18,21 +18,36 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 from handlers.background import WakeableWorker
-from handlers.eventlog import connect, now_iso
+from handlers.sqlite import connect, now_iso, transaction
 from infra.processes import lakesight_argv, pid_alive
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUNNING = "running"
-SUBMITTED = "submitted"  # handed to a remote backend; finished by its RunCompleted event
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-ABANDONED = "abandoned"
+
+class LaunchStatus(StrEnum):
+    """A launch's status; the values are what the ``launches`` table stores and ``launches()`` returns."""
+
+    RUNNING = "running"
+    SUBMITTED = "submitted"  # handed to a remote backend; finished by its RunCompleted event
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ABANDONED = "abandoned"  # its process stopped while training ran; never rerun
+
+
+# Names imported by handlers/azureml.py, tests/handlers/test_azureml.py and test_launcher.py: the
+# enum's own members under their old names (not new strings), until those files use LaunchStatus.
+FAILED = LaunchStatus.FAILED
+SUBMITTED = LaunchStatus.SUBMITTED
+SUCCEEDED = LaunchStatus.SUCCEEDED
+ABANDONED = LaunchStatus.ABANDONED
+
+_ACTIVE = (LaunchStatus.RUNNING, LaunchStatus.SUBMITTED)  # a launch in either holds the single flight
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS triggers (
@@ -62,11 +77,18 @@ CREATE TABLE IF NOT EXISTS launches (
 
 @dataclass(frozen=True)
 class LaunchResult:
-    """What a backend reports: a final status (or ``submitted``) and its details."""
+    """What a backend reports: a final status (or ``submitted``) and its details.
 
-    status: str
+    ``status`` is checked against :class:`LaunchStatus` (ValueError otherwise), so a misspelt
+    status fails inside the backend call, where the loop records it as a failed launch.
+    """
+
+    status: LaunchStatus
     outcome: dict[str, Any] = field(default_factory=dict)
     external_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "status", LaunchStatus(self.status))
 
 
 class Backend(Protocol):
@@ -100,19 +122,22 @@ class LocalBackend:
             try:
                 proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=stderr, env=env, check=False)
             except OSError as exc:
-                return LaunchResult(FAILED, {"error": f"cannot start {argv[0]}: {exc}", "log": str(log_path)})
+                return LaunchResult(
+                    LaunchStatus.FAILED, {"error": f"cannot start {argv[0]}: {exc}", "log": str(log_path)}
+                )
         tail = _tail(log_path)
         if proc.returncode != 0:
             return LaunchResult(
-                FAILED,
+                LaunchStatus.FAILED,
                 {"error": f"training exited with code {proc.returncode}", "stderr_tail": tail, "log": str(log_path)},
             )
         result = _last_json_line(proc.stdout.decode("utf-8", "replace"))
         if result is None:
             return LaunchResult(
-                FAILED, {"error": "training printed no JSON result line", "stderr_tail": tail, "log": str(log_path)}
+                LaunchStatus.FAILED,
+                {"error": "training printed no JSON result line", "stderr_tail": tail, "log": str(log_path)},
             )
-        return LaunchResult(SUCCEEDED, result, external_id=str(result.get("run_id") or "") or None)
+        return LaunchResult(LaunchStatus.SUCCEEDED, result, external_id=str(result.get("run_id") or "") or None)
 
 
 def _tail(path: Path, limit: int = 1500) -> str:
@@ -149,12 +174,14 @@ class Launcher(WakeableWorker):
     # Lifecycle ---------------------------------------------------------------------------------
     def _recover(self) -> None:
         """Launches left ``running`` by a dead process get a clear outcome; they are never rerun."""
-        rows = self._query("SELECT launch_id, host, pid FROM launches WHERE status = ?", (RUNNING,))
+        rows = self._query("SELECT launch_id, host, pid FROM launches WHERE status = ?", (LaunchStatus.RUNNING,))
         for launch_id, host, pid in rows:
             if host == self._host and pid is not None and (pid == os.getpid() or pid_alive(pid)):
                 continue
             log.error("launch %d was running in a process that stopped; marked abandoned, not rerun", launch_id)
-            self._finish(launch_id, LaunchResult(ABANDONED, {"error": "handler stopped while training ran"}))
+            self._finish(
+                launch_id, LaunchResult(LaunchStatus.ABANDONED, {"error": "handler stopped while training ran"})
+            )
 
     # Requests ----------------------------------------------------------------------------------
     def request(self, trigger_id: str, reason: str, delta_version: int) -> str:
@@ -171,10 +198,10 @@ class Launcher(WakeableWorker):
             return "coalesced"
         return "cooldown" if self._cooldown_left() > 0 else "queued"
 
-    def complete_external(self, external_id: str, status: str, outcome: dict[str, Any]) -> int | None:
+    def complete_external(self, external_id: str, status: LaunchStatus, outcome: dict[str, Any]) -> int | None:
         """Finish a submitted launch when its remote run reports back; return its launch id."""
         rows = self._query(
-            "SELECT launch_id FROM launches WHERE external_id = ? AND status = ?", (external_id, SUBMITTED)
+            "SELECT launch_id FROM launches WHERE external_id = ? AND status = ?", (external_id, LaunchStatus.SUBMITTED)
         )
         if not rows:
             return None
@@ -188,7 +215,7 @@ class Launcher(WakeableWorker):
             return self._conn.execute(sql, args).fetchall()
 
     def _active(self) -> bool:
-        return bool(self._query("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", (RUNNING, SUBMITTED)))
+        return bool(self._query("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", _ACTIVE))
 
     def _cooldown_left(self) -> float:
         rows = self._query("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
@@ -209,62 +236,52 @@ class Launcher(WakeableWorker):
     # The launch loop ---------------------------------------------------------------------------
     def _claim(self) -> tuple[int, int] | float | None:
         """Start a launch for all pending triggers: ``(launch_id, delta_version)``, seconds to wait, or None."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                busy = self._conn.execute(
-                    "SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", (RUNNING, SUBMITTED)
-                ).fetchone()
-                pending = self._conn.execute(
-                    "SELECT COUNT(*), MAX(delta_version) FROM triggers WHERE launch_id IS NULL"
-                ).fetchone()
-                if busy or pending[0] == 0:
-                    self._conn.execute("COMMIT")
-                    return None
-                last = self._conn.execute("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
-                last_epoch = last.fetchone()[0]
-                wait = 0.0 if last_epoch is None else last_epoch + self.settings.retrain_cooldown_s - time.time()
-                if wait > 0:
-                    self._conn.execute("COMMIT")
-                    return wait
-                cursor = self._conn.execute(
-                    "INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host,"
-                    " pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        self.backend.name,
-                        pending[1],
-                        pending[0],
-                        RUNNING,
-                        now_iso(),
-                        time.time(),
-                        self._host,
-                        os.getpid(),
-                    ),
-                )
-                launch_id = cursor.lastrowid
-                self._conn.execute("UPDATE triggers SET launch_id = ? WHERE launch_id IS NULL", (launch_id,))
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            busy = self._conn.execute("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", _ACTIVE).fetchone()
+            count, delta_version = self._conn.execute(
+                "SELECT COUNT(*), MAX(delta_version) FROM triggers WHERE launch_id IS NULL"
+            ).fetchone()
+            if busy or count == 0:
+                return None
+            last = self._conn.execute("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
+            last_epoch = last.fetchone()[0]
+            wait = 0.0 if last_epoch is None else last_epoch + self.settings.retrain_cooldown_s - time.time()
+            if wait > 0:
+                return wait
+            cursor = self._conn.execute(
+                "INSERT INTO launches (backend, delta_version, triggers, status, started_at, started_epoch, host,"
+                " pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    self.backend.name,
+                    delta_version,
+                    count,
+                    LaunchStatus.RUNNING,
+                    now_iso(),
+                    time.time(),
+                    self._host,
+                    os.getpid(),
+                ),
+            )
+            launch_id = cursor.lastrowid
+            self._conn.execute("UPDATE triggers SET launch_id = ? WHERE launch_id IS NULL", (launch_id,))
         log.info(
             "launch %d: %d coalesced trigger(s), images@%s, backend %s",
             launch_id,
-            pending[0],
-            pending[1],
+            count,
+            delta_version,
             self.backend.name,
         )
-        return launch_id, pending[1]
+        return launch_id, delta_version
 
     def _finish(self, launch_id: int, result: LaunchResult) -> None:
-        finished = None if result.status == SUBMITTED else time.time()
+        finished = None if result.status == LaunchStatus.SUBMITTED else time.time()
         with self._lock:
             self._conn.execute(
                 "UPDATE launches SET status = ?, outcome = ?, external_id = COALESCE(?, external_id),"
                 " finished_epoch = ? WHERE launch_id = ?",
                 (result.status, json.dumps(result.outcome, default=str), result.external_id, finished, launch_id),
             )
-        level = logging.ERROR if result.status in (FAILED, ABANDONED) else logging.INFO
+        level = logging.ERROR if result.status in (LaunchStatus.FAILED, LaunchStatus.ABANDONED) else logging.INFO
         log.log(level, "launch %d %s: %s", launch_id, result.status, result.outcome)
 
     def _loop(self) -> None:
@@ -276,7 +293,7 @@ class Launcher(WakeableWorker):
                     result = self.backend.run(delta_version, launch_id)
                 except Exception as exc:  # a backend bug must not kill the loop or leave a launch running
                     log.exception("launch %d: backend %s raised", launch_id, self.backend.name)
-                    result = LaunchResult(FAILED, {"error": f"{type(exc).__name__}: {exc}"})
+                    result = LaunchResult(LaunchStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
                 self._finish(launch_id, result)
                 continue
             self._wake.wait(timeout=min(claimed, 60.0) if claimed else 60.0)

@@ -104,18 +104,20 @@ def jensen_shannon(base: Counter, new: Counter) -> float:
 
 # Champion ---------------------------------------------------------------------------------------
 def champion_training_version(settings: Settings) -> tuple[str | None, int | None]:
-    """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one."""
+    """``(model version, training Delta version)`` of the champion, or ``(None, None)`` without one.
+
+    The version's tags are read through :func:`infra.registry.versions`, which owns their meaning;
+    a champion whose Delta version tag is missing or not an integer gives ``(version, None)``.
+    """
     if not registry.registry_exists(settings):
         return None, None
-    current = registry.champion(settings)
+    current = next((row for row in registry.versions(settings) if registry.CHAMPION in row.aliases), None)
     if current is None:
         return None, None
-    tag = (current.tags or {}).get(registry.TAG_DELTA_VERSION)
-    try:
-        return str(current.version), int(tag) if tag is not None else None
-    except ValueError:
+    if current.delta_version is None and registry.TAG_DELTA_VERSION in current.tags:
+        tag = current.tags[registry.TAG_DELTA_VERSION]
         log.warning("champion version %s has a non-integer %s tag %r", current.version, registry.TAG_DELTA_VERSION, tag)
-        return str(current.version), None
+    return current.version, current.delta_version
 
 
 # Metrics ----------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from handlers.eventlog import connect, now_iso
 from handlers.events import BLOB_CREATED
+from handlers.sqlite import connect, now_iso
 from infra.blob import BlobStore
 from infra.settings import Settings
 

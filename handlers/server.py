@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 from fastapi import FastAPI
 
-from handlers.app import EVENTS_PATH, create_app
+from handlers.app import create_app
+from handlers.routes.events import EVENTS_PATH
 from infra.processes import free_port
 from infra.settings import Settings
 

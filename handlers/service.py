@@ -14,17 +14,20 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from handlers import blob_created, labels, policy, runs
-from handlers.blob_created import EXPORT, BlobTarget, Refused
-from handlers.eventlog import DONE, DUPLICATE, FAILED, IGNORED, Claim, EventLog
+from handlers.blob_created import BlobTarget, Refused, TargetKind
+from handlers.eventlog import Claim, EventLog, EventStatus
 from handlers.events import BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED, Event
-from handlers.launcher import SUCCEEDED, Backend, Launcher, make_backend
+from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.lake import Lake
 from infra.settings import Settings
+
+if TYPE_CHECKING:  # the blob SDK loads only when an export is first read
+    from infra.blob import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,9 @@ _STOP = object()
 class HandlerService:
     """Owns the event log, the worker threads and the launcher for one settings object."""
 
-    def __init__(self, settings: Settings, *, backend: Backend | None = None):
+    def __init__(self, settings: Settings, *, backend: Backend | None = None, store: BlobStore | None = None):
+        """``backend`` runs retraining (default: the configured one); ``store`` reads labeling
+        exports (default: the configured blob account, opened on first use)."""
         self.settings = settings
         self.events = EventLog(settings.state_dir / "handlers" / "events.db")
         self.base_url = blob_created.account_url(settings)
@@ -49,7 +54,7 @@ class HandlerService:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._lake: Lake | None = None
-        self._store: Any = None
+        self._store = store
 
     # Lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,7 +113,7 @@ class HandlerService:
         return self._lake
 
     @property
-    def store(self) -> Any:
+    def store(self) -> BlobStore:
         if self._store is None:
             from infra.blob import BlobStore
 
@@ -127,7 +132,7 @@ class HandlerService:
         if unknown:
             for event in unknown:
                 log.warning("acknowledged event %s of unknown type %r; nothing to do", event.id, event.type)
-            self.events.finish((e.id, IGNORED, f"unknown event type {e.type}") for e in unknown)
+            self.events.finish((e.id, EventStatus.IGNORED, f"unknown event type {e.type}") for e in unknown)
         self._route(known)
         return {"accepted": len(known), "duplicates": claim.duplicates, "ignored": len(unknown)}
 
@@ -156,7 +161,7 @@ class HandlerService:
                 return
 
     def _blob_batch(self, batch: list[Event]) -> None:
-        outcomes: list[tuple[str, str, str]] = []
+        outcomes: list[tuple[str, EventStatus, str]] = []
         records = []
         for event in batch:
             try:
@@ -164,8 +169,8 @@ class HandlerService:
                 first = self.events.claim_blob(target.url, target.etag, event.id)
                 if first is not None:
                     self._count_duplicates(1)
-                    outcomes.append((event.id, DUPLICATE, f"same upload as event {first}"))
-                elif target.kind == EXPORT:
+                    outcomes.append((event.id, EventStatus.DUPLICATE, f"same upload as event {first}"))
+                elif target.kind == TargetKind.EXPORT:
                     self._slow.put((event, target))
                 else:
                     records.append(blob_created.arrival_record(target, event))
@@ -174,11 +179,13 @@ class HandlerService:
                 outcomes.append((event.id, exc.status, str(exc)))
             except ValueError as exc:  # a field the arrival record rejects
                 log.warning("event %s refused: %s", event.id, exc)
-                outcomes.append((event.id, "refused", str(exc)))
+                outcomes.append((event.id, EventStatus.REFUSED, str(exc)))
         path = write_arrival_records(self.settings, records)
         if path is not None and self.scorer is not None:
             self.scorer.notify()
-        outcomes.extend((r.event_id, DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records)
+        outcomes.extend(
+            (r.event_id, EventStatus.DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records
+        )
         self.events.finish(outcomes)
 
     # Slow lane: exports, drift, runs -------------------------------------------------------------
@@ -198,18 +205,21 @@ class HandlerService:
             try:
                 status, outcome = self._handle(event, target)
             except (Refused, labels.ExportError) as exc:
-                status, outcome = getattr(exc, "status", "refused"), str(exc)
+                status = exc.status if isinstance(exc, Refused) else EventStatus.REFUSED
+                outcome = str(exc)
                 log.warning("event %s %s: %s", event.id, status, outcome)
             except Exception as exc:  # transient (storage, commit conflicts): retry, then record the failure
                 log.exception("event %s (%s) failed on attempt %d", event.id, event.type, attempt)
                 if attempt < SLOW_ATTEMPTS:
                     time.sleep(0.5 * attempt)
                     continue
-                status, outcome = FAILED, f"{type(exc).__name__}: {exc}"
+                status, outcome = EventStatus.FAILED, f"{type(exc).__name__}: {exc}"
             self.events.finish([(event.id, status, outcome)])
             return
 
-    def _handle(self, event: Event, target: BlobTarget | None) -> tuple[str, str]:
+    def _handle(self, event: Event, target: BlobTarget | None) -> tuple[EventStatus, str]:
+        """Run the event's handler: ``(status, outcome JSON)``; a handler names a status other than done
+        with a ``"status"`` key, which must be an :class:`EventStatus` value."""
         handler: Callable[..., dict[str, Any]]
         if event.type == BLOB_CREATED and target is not None:
             handler = self._export
@@ -218,9 +228,10 @@ class HandlerService:
         elif event.type == RUN_COMPLETED:
             handler = self._run_completed
         else:
-            raise Refused(IGNORED, f"no slow-lane handler for {event.type}")
+            raise Refused(EventStatus.IGNORED, f"no slow-lane handler for {event.type}")
         result = handler(event, target)
-        return str(result.pop("status", DONE)), json.dumps(result, default=str)
+        status = EventStatus(result.pop("status", EventStatus.DONE))
+        return status, json.dumps(result, default=str)
 
     def _policy(self, event: Event, trigger: str, **options: Any) -> dict[str, Any]:
         decision = policy.evaluate(
@@ -256,9 +267,9 @@ class HandlerService:
 
     def _run_completed(self, event: Event, _target: object) -> dict[str, Any]:
         if not runs.is_retraining_run(event.data):
-            return {"status": IGNORED, "reason": "not a lakesight retraining run"}
+            return {"status": EventStatus.IGNORED, "reason": "not a lakesight retraining run"}
         run_id = str(event.data.get("runId") or "")
         if not run_id:
-            raise Refused("refused", "RunCompleted without runId")
-        launch_id = self.launcher.complete_external(run_id, SUCCEEDED, {"run": run_id})
+            raise Refused(EventStatus.REFUSED, "RunCompleted without runId")
+        launch_id = self.launcher.complete_external(run_id, LaunchStatus.SUCCEEDED, {"run": run_id})
         return {"launch_id": launch_id, "promotion": runs.promotion_check(self.settings, run_id)}

@@ -1,9 +1,11 @@
 """Spark Structured Streaming jobs: batch ingest and the continuous scoring stream.
 
 - ``ingest``: an availableNow pass over image files into ``images``.
+- ``batch_writer``: the exactly-once foreachBatch writer both jobs use, and the counters they share.
 - ``file_rows``: binaryFile rows → ``images`` arrival rows (executors; shared by both jobs).
 - ``checkpoint``: checkpoint names, the file source's log, checkpoint rotation.
-- ``scoring``: the scoring stream (query, executor side, sources, labeling hand-off, progress, bench).
+- ``scoring``: the scoring stream (query, executor side, sources, blob fetching, labeling hand-off,
+  compaction, progress, bench).
 
 Imports only ``infra``; meets training through the registered MLflow model and the handlers through
 arrival records and the lake (docs/ARCHITECTURE.md).

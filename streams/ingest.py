@@ -16,35 +16,34 @@ import pyarrow.compute as pc
 
 from infra.errors import LakesightError
 from infra.images import IMAGE_GLOB
-from infra.lake import Lake, Transaction, from_source
+from infra.lake import Lake, from_source
 from infra.settings import Settings
-from infra.spark import CallbackConnections, get_spark
+from infra.spark import get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
-from streams.checkpoint.names import checkpoint_name, query_app_id
-from streams.file_rows import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder, with_unread_files
+from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
+from streams.checkpoint.names import checkpoint_name
+from streams.file_rows import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder
 
 
 class IngestError(LakesightError, ValueError):
     """The ingest cannot start (missing source, bad options)."""
 
 
-@dataclass
-class IngestReport:
+@dataclass(kw_only=True)
+class IngestReport(BatchTotals):
     source: str
     files: int = 0
-    inserted: int = 0
-    updated: int = 0
-    errors: int = 0
-    batches: int = 0
-    skipped_batches: int = 0
     unknown_labels: Counter[str] = field(default_factory=Counter)
-    seconds: float = 0.0
-    table_version: int | None = None
 
-    def as_dict(self) -> dict[str, object]:
-        out = dict(self.__dict__)
-        out["unknown_labels"] = dict(self.unknown_labels)
-        return out
+    def add(self, batch: Committed, *, labeled: bool) -> None:
+        """Count one MERGEd batch, and the readable files of a labeled one that got no label."""
+        super().add(batch)
+        self.files += batch.table.num_rows
+        if labeled:
+            table = batch.table
+            readable = pc.and_(pc.is_null(table.column("label")), pc.is_null(table.column("error")))
+            unlabeled = pc.filter(table.column("path"), readable).to_pylist()
+            self.unknown_labels.update(label_folder(p) or "(no folder)" for p in unlabeled)
 
 
 # Arrival columns change only when the bytes did; a path label never replaces a human one.
@@ -105,36 +104,27 @@ def ingest(
         lambda it: arrival_rows(it, max_bytes=max_bytes, labeled=labeled, classes=known), ARRIVAL_DDL
     )
 
-    callbacks = CallbackConnections()
-
-    def write_batch(batch, batch_id: int) -> None:
-        callbacks.record()
-        table = with_unread_files(batch.toArrow(), checkpoint, batch_id)
-        if table.num_rows == 0:
-            return
-        outcome = lake.merge(
-            IMAGES,
-            table,
-            update={**_UPDATE_ARRIVAL, **_UPDATE_LABEL},
-            when=_UPDATE_WHEN,
-            txn=Transaction(query_app_id(checkpoint, "ingest"), batch_id),
-        )
-        report.batches += 1
-        report.files += table.num_rows
-        report.errors += int(pc.sum(pc.is_valid(table.column("error"))).as_py() or 0)
-        if outcome.skipped:
-            report.skipped_batches += 1
-        report.inserted += outcome.inserted
-        report.updated += outcome.updated
-        if labeled:
-            readable = pc.and_(pc.is_null(table.column("label")), pc.is_null(table.column("error")))
-            unlabeled = pc.filter(table.column("path"), readable).to_pylist()
-            report.unknown_labels.update(label_folder(p) or "(no folder)" for p in unlabeled)
+    def counted(batch: Committed) -> None:
+        report.add(batch, labeled=labeled)
         if on_batch is not None:
             on_batch(report)
 
+    writer = ExactlyOnceWriter(
+        lake,
+        IMAGES,
+        checkpoint=checkpoint,
+        kind="ingest",
+        totals=report,
+        update={**_UPDATE_ARRIVAL, **_UPDATE_LABEL},
+        when=_UPDATE_WHEN,
+        # No transaction check before the batch runs: the MERGE skips a replay (and the report
+        # counts it, as it always has) without a second table load per batch.
+        skip_committed=False,
+        unread_files=True,
+        after_commit=counted,
+    )
     query = (
-        rows.writeStream.foreachBatch(write_batch)
+        rows.writeStream.foreachBatch(writer)
         .option("checkpointLocation", checkpoint)
         .trigger(availableNow=True)
         .queryName(checkpoint_name("ingest", source).replace("-", "_"))
@@ -143,7 +133,7 @@ def ingest(
     try:
         query.awaitTermination()
     finally:
-        callbacks.release(query)
+        writer.release(query)
     report.seconds = time.perf_counter() - started
     report.table_version = lake.version(IMAGES)
     return report

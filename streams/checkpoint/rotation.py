@@ -22,7 +22,7 @@ from infra.settings import Settings, local_path
 from streams.checkpoint.source_log import logged_files
 from streams.scoring.sources import Source
 
-log = logging.getLogger("lakesight.score")
+log = logging.getLogger(__name__)
 
 RETIRED = ".retired-"
 

@@ -210,6 +210,23 @@ def _percentile(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values), q)), 3)
 
 
+def _offer_files(
+    payloads: list[tuple[str, bytes]], incoming: Path, staging: Path, offered_per_s: float, started: threading.Event
+) -> None:
+    """The latency phase's load: ``payloads`` dropped into ``incoming`` at a steady rate once the query runs."""
+    started.wait(120)
+    time.sleep(3.0)  # the query's first (empty) trigger is planned before the load starts
+    begin = time.monotonic()
+    for index, (name, data) in enumerate(payloads):
+        target = begin + index / offered_per_s
+        pause = target - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        temp = staging / Path(name).name
+        temp.write_bytes(data)
+        os.replace(temp, incoming / Path(name).name)  # atomic: the source never sees half a file
+
+
 def _latency_phase(
     settings: Settings, root: Path, *, offered_per_s: float, seconds: float, clean_source: str = "archive"
 ) -> dict[str, Any]:
@@ -245,20 +262,9 @@ def _latency_phase(
             for role, recorder in rss_per_batch.items():
                 recorder.add(sample[role])
 
-    def writer() -> None:
-        started.wait(120)
-        time.sleep(3.0)  # the query's first (empty) trigger is planned before the load starts
-        begin = time.monotonic()
-        for index, (name, data) in enumerate(payloads):
-            target = begin + index / offered_per_s
-            pause = target - time.monotonic()
-            if pause > 0:
-                time.sleep(pause)
-            temp = staging / Path(name).name
-            temp.write_bytes(data)
-            os.replace(temp, incoming / Path(name).name)  # atomic: the source never sees half a file
-
-    writer_thread = threading.Thread(target=writer, daemon=True)
+    writer_thread = threading.Thread(
+        target=_offer_files, args=(payloads, incoming, staging, offered_per_s, started), daemon=True
+    )
     writer_thread.start()
     result: dict[str, Any] = {}
 

@@ -8,6 +8,7 @@ running stream without a restart.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -21,6 +22,8 @@ import pandas as pd
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
 from streams.file_rows import ARRIVAL_DDL, arrival_rows
+
+log = logging.getLogger(__name__)
 
 PREDICTION_DDL = (
     "predicted_label string, confidence double, probabilities array<float>, class_names array<string>, "
@@ -68,11 +71,20 @@ def current_classifier(settings: Settings, *, now: float | None = None) -> tuple
             cached.checked_at = now
             return cached.classifier, cached.version
         # First use, or the alias moved (or vanished: keep serving what we have if loading fails).
+        wanted = None if latest is None else latest.version
         try:
-            classifier, version = load_classifier(settings, None if latest is None else latest.version)
-        except Exception:
+            classifier, version = load_classifier(settings, wanted)
+        except Exception as exc:
             if cached is None:
                 raise
+            # Logged here, not per row or batch: the next try waits for the next check.
+            log.warning(
+                "champion version %s of %s failed to load; still serving version %s: %s",
+                "(alias gone)" if wanted is None else wanted,
+                settings.model_name,
+                cached.version,
+                exc,
+            )
             cached.checked_at = now
             return cached.classifier, cached.version
         _models[key] = _Cached(classifier, version, now)

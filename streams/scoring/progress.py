@@ -13,16 +13,38 @@ import logging
 import os
 import threading
 from collections import deque
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.settings import Settings
 from infra.status import stream_status_path
 
-log = logging.getLogger("lakesight.score")
+log = logging.getLogger(__name__)
 
 RECENT = 20
 # Source metrics that mean "work not yet read" (Auto Loader, Kafka, Delta sources).
 BACKLOG_METRICS = ("numFilesOutstanding", "numBytesOutstanding", "avgOffsetsBehindLatest", "numOffsetsBehindLatest")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What foreachBatch knows of one committed batch; written as is to the status file's
+    ``last_batch`` and ``recent_batches`` (the status page and ``lakesight status`` read those keys)."""
+
+    batch_id: int
+    rows: int
+    errors: int
+    inserted: int
+    updated: int
+    sent_to_labeling: int
+    model_version: str | None
+    executors_s: float  # the micro-batch's Spark job: read, check, score
+    driver_s: float  # from the rows on the driver to this record: hand-off, MERGE, compaction
+    merge_s: float
+    compact_s: float | None  # None: no compaction after this batch
+    rows_per_s: float
+    table_version: int | None
+    committed_at: float  # time.time() right after the MERGE committed
 
 
 def _now() -> str:
@@ -61,17 +83,18 @@ class ScoreStatus:
             self.state["updated_at"] = _now()
         self.write()
 
-    def batch(self, record: dict[str, Any]) -> None:
+    def batch(self, record: BatchRecord) -> None:
         """Record a committed foreachBatch (rows, errors, model version, MERGE seconds)."""
+        entry = asdict(record)
         with self._lock:
-            self._recent.append(record)
-            self.state["last_batch"] = record
+            self._recent.append(entry)
+            self.state["last_batch"] = entry
             self.state["recent_batches"] = list(self._recent)
-            self.state["rows_total"] += record.get("rows", 0)
-            self.state["errors_total"] += record.get("errors", 0)
-            self.state["sent_to_labeling_total"] += record.get("sent_to_labeling", 0)
-            if record.get("model_version"):
-                self.state["model_version"] = record["model_version"]
+            self.state["rows_total"] += record.rows
+            self.state["errors_total"] += record.errors
+            self.state["sent_to_labeling_total"] += record.sent_to_labeling
+            if record.model_version:
+                self.state["model_version"] = record.model_version
             self.state["updated_at"] = _now()
         self.write()
 

@@ -1,9 +1,9 @@
 """The always-on scoring stream: arrivals -> champion predictions -> ``images``, exactly once.
 
 Executors read (or download) the images, check them and score them with the cached champion
-(``streams.scoring.executor``); foreachBatch, on the driver, hands unsure images to labeling and MERGEs
-the batch into ``images`` keyed on path, recording ``(query id, batch id)`` with the commit so a
-batch replayed after a crash changes nothing.
+(``streams.scoring.executor``); foreachBatch, on the driver (``streams.batch_writer``), hands unsure
+images to labeling and MERGEs the batch into ``images`` keyed on path, recording ``(query id, batch
+id)`` with the commit so a batch replayed after a crash changes nothing.
 """
 
 from __future__ import annotations
@@ -26,18 +26,18 @@ import pyarrow.compute as pc
 from infra.errors import LakesightError
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
-from infra.spark import CallbackConnections, get_spark
+from infra.spark import get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
-from streams.checkpoint.names import query_app_id
+from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
-from streams.checkpoint.source_log import listed_files, seen_file_count
-from streams.file_rows import with_unread_files
+from streams.checkpoint.source_log import seen_file_count
+from streams.scoring.compaction import Compactor
 from streams.scoring.executor import SCORED_DDL, score_rows
-from streams.scoring.labeling import hand_off
-from streams.scoring.progress import ScoreStatus, make_listener
+from streams.scoring.labeling import HandOff, hand_off
+from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 
-log = logging.getLogger("lakesight.score")
+log = logging.getLogger(__name__)
 
 # Matched rows: predictions always follow the latest scoring; a sent_to_labeling_at once set
 # stays; label columns are never named, so a human label cannot be overwritten.
@@ -69,45 +69,32 @@ class BatchResult:
     sent_to_labeling: int = 0
 
 
-@dataclass
-class ScoreReport:
+@dataclass(kw_only=True)
+class ScoreReport(BatchTotals):
     source: str
-    batches: int = 0
     rows: int = 0
-    inserted: int = 0
-    updated: int = 0
-    errors: int = 0
-    skipped_batches: int = 0
     sent_to_labeling: int = 0
     checkpoints_retired: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     merge_seconds_total: float = 0.0  # a sum, not a list: an always-on stream runs ~86,000 batches a day
-    seconds: float = 0.0
     stopped_by: str = "end of input"
-    table_version: int | None = None
+
+    def add(self, batch: Committed, *, sent: int) -> None:
+        """Count one MERGEd batch: its rows, labeling sends, MERGE time and the versions that scored it."""
+        super().add(batch)
+        self.rows += batch.table.num_rows
+        self.sent_to_labeling += sent
+        self.merge_seconds_total += batch.outcome.seconds
+        for value, count in Counter(batch.table.column("model_version").to_pylist()).items():
+            if value is not None:
+                self.model_versions[value] += count
 
     def as_dict(self) -> dict[str, object]:
-        out = dict(self.__dict__)
-        out["model_versions"] = dict(self.model_versions)
-        out["merge_seconds_mean"] = self.merge_seconds_mean
-        return out
+        return {**super().as_dict(), "merge_seconds_mean": self.merge_seconds_mean}
 
     @property
     def merge_seconds_mean(self) -> float | None:
         return round(self.merge_seconds_total / self.batches, 4) if self.batches else None
-
-
-def dedupe_paths(table: pa.Table) -> pa.Table:
-    """Keep the last row per path: a MERGE source must not name one target row twice."""
-    if table.num_rows < 2 or pc.count_distinct(table.column("path")).as_py() == table.num_rows:
-        return table
-    indexed = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
-    last = indexed.group_by("path").aggregate([("__row", "max")]).column("__row_max")
-    return table.take(pa.array(sorted(last.to_pylist()), type=pa.int64()))
-
-
-def _count_errors(table: pa.Table) -> int:
-    return int(pc.sum(pc.is_valid(table.column("error"))).as_py() or 0)
 
 
 def _model_version(table: pa.Table) -> str | None:
@@ -115,41 +102,25 @@ def _model_version(table: pa.Table) -> str | None:
     return max(versions, key=lambda v: (len(v), v)) if versions else None
 
 
-class Compactor:
-    """Compacts the ``images`` partitions the stream wrote, every ``every`` batches.
-
-    Each batch's MERGE adds a file, and the next MERGE scans every file of its partitions
-    (measured here: 0.06 s per batch with 10 files in today's partition, 0.76 s with 1,000).
-    A compaction that loses to a concurrent writer (a label MERGE) is retried after the next batch.
-    Files reach at most ``TARGET_BYTES``: compaction then leaves them alone instead of rewriting
-    the day's one growing file every time (measured: 24 MB rewritten every 50 batches after 20
-    minutes at 100 images/s), and a row update rewrites at most that much.
-    """
-
-    TARGET_BYTES = 16 * 2**20
-
-    def __init__(self, lake: Lake, every: int):
-        self.lake = lake
-        self.every = every
-        self.dates: set[Any] = set()
-        self.batches = 0
-
-    def after_batch(self, load_dates: list[Any]) -> dict[str, Any] | None:
-        if self.every <= 0:
-            return None
-        self.dates.update(d for d in load_dates if d is not None)
-        self.batches += 1
-        if self.batches < self.every or not self.dates:
-            return None
-        try:
-            figures = self.lake.compact(IMAGES, "load_date", self.dates, target_bytes=self.TARGET_BYTES)
-        except Exception as exc:  # noqa: BLE001 - never fatal: the next batch tries again
-            log.warning("compacting %s failed (will retry): %s", IMAGES, exc)
-            return None
-        log.info("compacted %s partitions %s: %s", IMAGES, sorted(map(str, self.dates)), figures)
-        self.dates.clear()
-        self.batches = 0
-        return figures
+def _batch_record(batch: Committed, *, sent: int, compacted: dict[str, Any] | None) -> BatchRecord:
+    now = time.perf_counter()
+    rows = batch.table.num_rows
+    return BatchRecord(
+        batch_id=batch.batch_id,
+        rows=rows,
+        errors=batch.errors,
+        inserted=batch.outcome.inserted,
+        updated=batch.outcome.updated,
+        sent_to_labeling=sent,
+        model_version=_model_version(batch.table),
+        executors_s=round(batch.collected - batch.began, 4),
+        driver_s=round(now - batch.collected, 4),
+        merge_s=round(batch.outcome.seconds, 4),
+        compact_s=compacted.get("seconds") if compacted else None,
+        rows_per_s=round(rows / max(now - batch.began, 1e-6), 1),
+        table_version=batch.outcome.version,
+        committed_at=batch.committed_at,
+    )
 
 
 def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
@@ -214,7 +185,171 @@ def _stop_gracefully(query: Any, grace_s: float, batch_done: threading.Event) ->
     query.stop()
 
 
-def run_scoring(  # noqa: C901 - to become ScoringQuery (docs/ARCHITECTURE.md, "Still open")
+class ScoringQuery:
+    """One scoring run over ``source``: the streaming query, restarted on a fresh checkpoint when due.
+
+    Owns what the run's batches share: the lake (one handle, written only from foreachBatch's
+    thread), the status file, the compactor, and how many files the current checkpoint has seen.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        source: Source,
+        *,
+        once: bool = False,
+        trigger_s: float | None = None,
+        on_batch: Callable[[BatchResult], None] | None = None,
+        on_start: Callable[[Any], None] | None = None,
+        grace_s: float = 30.0,
+    ):
+        self.started = time.perf_counter()
+        self.settings = settings
+        self.source = source
+        self.once = once
+        self.on_batch = on_batch
+        self.on_start = on_start
+        self.grace_s = grace_s
+        self.lake = Lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
+        self.lake.images()
+        self.spark = get_spark(settings, "lakesight-score")
+        self.checkpoint = settings.checkpoint_uri(source.checkpoint)
+        self.query_name = source.checkpoint.replace("-", "_")
+        self.report = ScoreReport(source=f"{source.kind}:{source.location}")
+        self.status = ScoreStatus(settings, source=self.report.source, query_name=self.query_name)
+        self.compactor = Compactor(self.lake, settings.score_compact_every)
+        self.rotates = rotation_enabled(settings, source, self.checkpoint)
+        self.files_seen = 0  # by the current checkpoint
+        self.writer = ExactlyOnceWriter(
+            self.lake,
+            IMAGES,
+            checkpoint=self.checkpoint,
+            kind="score",
+            totals=self.report,
+            update=SCORE_UPDATE,
+            when=SCORE_UPDATE_WHEN,
+            unread_files=source.reads_files,
+            dedupe=True,
+            # The source log is read for the count only when it can trigger a rotation.
+            on_listed=self._count_files if self.rotates else None,
+            before_merge=self._hand_off,
+            after_commit=self._committed,
+        )
+        self._stream = self._stream_writer(trigger_s)
+        self._warn_if_unbounded()
+
+    def _stream_writer(self, trigger_s: float | None) -> Any:
+        settings = self.settings  # the mapper is pickled for the executors: it must not hold ``self``
+        scored = file_rows(self.spark, settings, self.source).mapInPandas(
+            lambda it: score_rows(it, settings=settings), SCORED_DDL
+        )
+        stream = (
+            scored.writeStream.foreachBatch(self.writer)
+            .option("checkpointLocation", self.checkpoint)
+            .queryName(self.query_name)
+        )
+        if self.once:
+            return stream.trigger(availableNow=True)
+        return stream.trigger(processingTime=f"{trigger_s or settings.score_trigger_s} seconds")
+
+    def _warn_if_unbounded(self) -> None:
+        if (
+            not self.once
+            and self.settings.score_clean_source == "off"
+            and remembers_every_file(self.settings, self.source)
+        ):
+            log.warning(
+                "Spark's file source keeps every file this query scores in memory (a week by default): "
+                "set score_clean_source so the stream can start fresh checkpoints (docs/STREAMING.md, Memory)"
+            )
+
+    # Rotation -------------------------------------------------------------------------------------
+    def _rotation_due(self) -> bool:
+        return self.rotates and self.files_seen >= self.settings.score_checkpoint_max_files
+
+    def _rotate_now(self) -> bool:
+        return not self.once and self._rotation_due()  # a run-once pass finishes first; the next run rotates
+
+    def _retire_if_full(self) -> None:
+        remove_retired(self.checkpoint)
+        self.files_seen = seen_file_count(self.checkpoint)
+        if not self._rotation_due():
+            return
+        committed = self.lake.committed_version(IMAGES, self.writer.app_id())
+        retired = retire_checkpoint(self.settings, self.checkpoint, committed, self.files_seen)
+        self.status.update(last_checkpoint_retired={**retired, "at": time.time()})
+        self.report.checkpoints_retired += 1
+        self.files_seen = 0
+
+    def _count_files(self, listed: int) -> None:
+        self.files_seen += listed
+
+    # foreachBatch ---------------------------------------------------------------------------------
+    def _hand_off(self, table: pa.Table, txn: Transaction) -> HandOff:
+        return hand_off(self.settings, self.lake, table, app_id=txn.app_id, batch_id=txn.version)
+
+    def _committed(self, batch: Committed) -> None:
+        handed: HandOff = batch.staged
+        compacted = self.compactor.after_batch(pc.unique(batch.merged.column("load_date")).to_pylist())
+        self.report.add(batch, sent=handed.sent)
+        self.status.batch(_batch_record(batch, sent=handed.sent, compacted=compacted))
+        if self.on_batch is not None:
+            self.on_batch(BatchResult(batch.batch_id, batch.table, batch.outcome, batch.committed_at, handed.sent))
+
+    # The run --------------------------------------------------------------------------------------
+    def _start(self) -> Any:
+        if self.rotates:
+            self._retire_if_full()
+        self.status.terminated.clear()  # set again when this query's last event has arrived
+        query = self._stream.start()
+        log.info("scoring %s (query %s, checkpoint %s)", self.report.source, query.id, self.checkpoint)
+        if self.on_start is not None:
+            self.on_start(query)
+        return query
+
+    def _await(self, query: Any, stop: threading.Event) -> None:
+        """Until the query ends, a stop is asked for, or a fresh checkpoint is due; then stop it."""
+        try:
+            while query.isActive and not stop.is_set() and not self._rotate_now():
+                query.awaitTermination(0.5)  # raises if the query failed
+            if query.isActive:
+                _stop_gracefully(query, self.grace_s, self.writer.batch_done)
+            query.awaitTermination()
+        finally:
+            self.writer.release(query)
+
+    def _loop(self, stop: threading.Event, received: dict[str, str]) -> None:
+        while True:
+            query = self._start()
+            self._await(query, stop)
+            if stop.is_set():
+                self.report.stopped_by = received.get("signal", "stop requested")
+            if stop.is_set() or not self._rotate_now():
+                return
+            # The JVM frees a stopped query (with its memory of every file it saw) only once
+            # py4j's wrapper is collected, and that wrapper sits in a reference cycle: without
+            # this, every retired query stayed in the heap (jmap, and a 3-query experiment).
+            del query
+            gc.collect()
+
+    def run(self, stop: threading.Event, *, handle_signals: bool = True) -> ScoreReport:
+        """Score until the input ends (``once``), ``stop`` is set, or SIGTERM/SIGINT; return the report."""
+        listener = make_listener(self.status, self.query_name)
+        self.spark.streams.addListener(listener)
+        try:
+            with _stop_on_signals(stop, handle_signals) as received:
+                self._loop(stop, received)
+        finally:
+            # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
+            self.status.terminated.wait(5)
+            self.spark.streams.removeListener(listener)
+        self.report.seconds = time.perf_counter() - self.started
+        self.report.table_version = self.lake.version(IMAGES)
+        self.status.update(state="stopped", stopped_by=self.report.stopped_by, report=self.report.as_dict())
+        return self.report
+
+
+def run_scoring(
     settings: Settings,
     *,
     source: str | Path | None = None,
@@ -236,146 +371,7 @@ def run_scoring(  # noqa: C901 - to become ScoringQuery (docs/ARCHITECTURE.md, "
     """
     src = resolve_source(settings, source, glob)
     _require_champion(settings)
-    started = time.perf_counter()
-    lake = Lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
-    lake.images()
-    spark = get_spark(settings, "lakesight-score")
-    checkpoint = settings.checkpoint_uri(src.checkpoint)
-    query_name = src.checkpoint.replace("-", "_")
-    report = ScoreReport(source=f"{src.kind}:{src.location}")
-    status = ScoreStatus(settings, source=report.source, query_name=query_name)
-    stop = stop_event or threading.Event()
-
-    scored = file_rows(spark, settings, src).mapInPandas(lambda it: score_rows(it, settings=settings), SCORED_DDL)
-    compactor = Compactor(lake, settings.score_compact_every)
-    rotates = rotation_enabled(settings, src, checkpoint)
-    if not once and settings.score_clean_source == "off" and remembers_every_file(settings, src):
-        log.warning(
-            "Spark's file source keeps every file this query scores in memory (a week by default): "
-            "set score_clean_source so the stream can start fresh checkpoints (docs/STREAMING.md, Memory)"
-        )
-    files_seen = [0]  # by the current checkpoint
-
-    def rotation_due() -> bool:
-        return rotates and files_seen[0] >= settings.score_checkpoint_max_files
-
-    def rotate_now() -> bool:
-        return not once and rotation_due()  # a run-once pass finishes first; the next run rotates
-
-    def start_query() -> Any:
-        if rotates:
-            remove_retired(checkpoint)
-            files_seen[0] = seen_file_count(checkpoint)
-            if rotation_due():
-                committed = lake.committed_version(IMAGES, query_app_id(checkpoint, "score"))
-                retired = retire_checkpoint(settings, checkpoint, committed, files_seen[0])
-                status.update(last_checkpoint_retired={**retired, "at": time.time()})
-                report.checkpoints_retired += 1
-                files_seen[0] = 0
-        status.terminated.clear()  # set again when this query's last event has arrived
-        query = writer.start()
-        log.info("scoring %s (query %s, checkpoint %s)", report.source, query.id, checkpoint)
-        if on_start is not None:
-            on_start(query)
-        return query
-
-    batch_done = threading.Event()
-    callbacks = CallbackConnections()
-
-    def write_batch(batch: Any, batch_id: int) -> None:
-        callbacks.record()
-        try:
-            commit_batch(batch, batch_id)
-        finally:
-            batch_done.set()
-
-    def commit_batch(batch: Any, batch_id: int) -> None:
-        app_id = query_app_id(checkpoint, "score")
-        done = lake.committed_version(IMAGES, app_id)
-        if done is not None and done >= batch_id:
-            report.skipped_batches += 1  # replayed after a crash: already in the table
-            return
-        began = time.perf_counter()
-        table = batch.toArrow()  # runs the micro-batch's Spark job: read, check, score on executors
-        collected = time.perf_counter()
-        listed = listed_files(checkpoint, batch_id) if rotates or src.reads_files else {}
-        files_seen[0] += len(listed)
-        if src.reads_files:
-            table = with_unread_files(table, checkpoint, batch_id, listed)
-        if table.num_rows == 0:
-            return
-        table = dedupe_paths(table)
-        handed = hand_off(settings, lake, table, app_id=app_id, batch_id=batch_id)
-        outcome = lake.merge(
-            IMAGES, handed.table, update=SCORE_UPDATE, when=SCORE_UPDATE_WHEN, txn=Transaction(app_id, batch_id)
-        )
-        committed_at = time.time()
-        compacted = compactor.after_batch(pc.unique(handed.table.column("load_date")).to_pylist())
-        errors = _count_errors(table)
-        version = _model_version(table)
-        report.batches += 1
-        report.rows += table.num_rows
-        report.errors += errors
-        report.inserted += outcome.inserted
-        report.updated += outcome.updated
-        report.sent_to_labeling += handed.sent
-        report.skipped_batches += int(outcome.skipped)
-        report.merge_seconds_total += outcome.seconds
-        for value, count in Counter(table.column("model_version").to_pylist()).items():
-            if value is not None:
-                report.model_versions[value] += count
-        status.batch(
-            {
-                "batch_id": batch_id,
-                "rows": table.num_rows,
-                "errors": errors,
-                "inserted": outcome.inserted,
-                "updated": outcome.updated,
-                "sent_to_labeling": handed.sent,
-                "model_version": version,
-                "executors_s": round(collected - began, 4),
-                "driver_s": round(time.perf_counter() - collected, 4),
-                "merge_s": round(outcome.seconds, 4),
-                "compact_s": compacted.get("seconds") if compacted else None,
-                "rows_per_s": round(table.num_rows / max(time.perf_counter() - began, 1e-6), 1),
-                "table_version": outcome.version,
-                "committed_at": committed_at,
-            }
-        )
-        if on_batch is not None:
-            on_batch(BatchResult(batch_id, table, outcome, committed_at, handed.sent))
-
-    listener = make_listener(status, query_name)
-    spark.streams.addListener(listener)
-    writer = scored.writeStream.foreachBatch(write_batch).option("checkpointLocation", checkpoint).queryName(query_name)
-    interval = f"{trigger_s or settings.score_trigger_s} seconds"
-    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=interval)
-    try:
-        with _stop_on_signals(stop, handle_signals) as received:
-            while True:
-                query = start_query()
-                try:
-                    while query.isActive and not stop.is_set() and not rotate_now():
-                        query.awaitTermination(0.5)  # raises if the query failed
-                    if query.isActive:
-                        _stop_gracefully(query, grace_s, batch_done)
-                    query.awaitTermination()
-                finally:
-                    callbacks.release(query)
-                if stop.is_set():
-                    report.stopped_by = received.get("signal", "stop requested")
-                if stop.is_set() or not rotate_now():
-                    break
-                # The JVM frees a stopped query (with its memory of every file it saw) only once
-                # py4j's wrapper is collected, and that wrapper sits in a reference cycle: without
-                # this, every retired query stayed in the heap (jmap, and a 3-query experiment).
-                del query
-                gc.collect()
-    finally:
-        # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
-        status.terminated.wait(5)
-        spark.streams.removeListener(listener)
-    report.seconds = time.perf_counter() - started
-    report.table_version = lake.version(IMAGES)
-    status.update(state="stopped", stopped_by=report.stopped_by, report=report.as_dict())
-    return report
+    query = ScoringQuery(
+        settings, src, once=once, trigger_s=trigger_s, on_batch=on_batch, on_start=on_start, grace_s=grace_s
+    )
+    return query.run(stop_event or threading.Event(), handle_signals=handle_signals)

@@ -1,80 +1,20 @@
-"""Builders for Event Grid events and a real uvicorn server around the handlers app."""
+"""Fixtures of the handler tests; the builders they share are in tests/helpers/handlers.py."""
 
 from __future__ import annotations
 
-import shlex
-import sys
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from handlers.app import create_app
-from handlers.blob_created import account_url
-from handlers.events import BLOB_CREATED
-from handlers.server import running
 from handlers.service import HandlerService
-from infra.settings import Settings
-
-FAKE_TRAIN = Path(__file__).with_name("fake_train.py")
-
-
-def fake_train_command(record: Path, *extra: str) -> str:
-    """A ``retrain_command`` running the fake trainer, recording each run in ``record``."""
-    return shlex.join([sys.executable, str(FAKE_TRAIN), "--version", "{version}", "--record", str(record), *extra])
-
-
-def blob_data(
-    url: str, *, etag: str | None = None, length: int = 1234, api: str = "PutBlob", content_type: str = "image/png"
-) -> dict[str, Any]:
-    """The data of a BlobCreated event as Azure Storage sends it."""
-    return {
-        "api": api,
-        "clientRequestId": str(uuid.uuid4()),
-        "requestId": str(uuid.uuid4()),
-        "eTag": etag or f"0x8D{uuid.uuid4().hex[:14].upper()}",
-        "contentType": content_type,
-        "contentLength": length,
-        "blobType": "BlockBlob",
-        "url": url,
-        "sequencer": "00000000000000000000000000000001",
-        "storageDiagnostics": {"batchId": str(uuid.uuid4())},
-    }
-
-
-def blob_event(settings: Settings, container: str, name: str, *, event_id: str | None = None, **data: Any):
-    """An SDK ``EventGridEvent`` for a BlobCreated in ``container``/``name`` of the configured account."""
-    from azure.eventgrid import EventGridEvent
-
-    url = f"{account_url(settings)}{container}/{name}"
-    return EventGridEvent(
-        id=event_id or str(uuid.uuid4()),
-        subject=f"/blobServices/default/containers/{container}/blobs/{name}",
-        event_type=BLOB_CREATED,
-        data=blob_data(url, **data),
-        data_version="",
-    )
-
-
-def blob_event_dict(settings: Settings, container: str, name: str, **options: Any) -> dict[str, Any]:
-    """The same event as the Event Grid JSON dict (for raw httpx requests)."""
-    event = blob_event(settings, container, name, **options)
-    return {
-        "id": event.id,
-        "eventType": event.event_type,
-        "subject": event.subject,
-        "data": event.data,
-        "dataVersion": "",
-        "eventTime": str(event.event_time),
-        "metadataVersion": "1",
-    }
+from infra.settings import Settings, get_settings
+from tests.helpers.handlers import serving
 
 
 @pytest.fixture
-def publisher() -> Callable[[str, str], Any]:
+def publisher() -> Iterator[Callable[..., Any]]:
     """``publisher(url, key)``: an EventGridPublisherClient (the SDK sends the aeg-sas-key header)."""
     from azure.core.credentials import AzureKeyCredential
     from azure.eventgrid import EventGridPublisherClient
@@ -91,15 +31,17 @@ def publisher() -> Callable[[str, str], Any]:
         client.close()
 
 
-@contextmanager
-def serving(settings: Settings, **service_options: Any) -> Iterator[tuple[str, HandlerService]]:
-    """A real uvicorn server for ``settings``; yields (events URL, service)."""
-    service = HandlerService(settings, **service_options)
-    with running(create_app(settings, service=service)) as url:
-        yield url, service
+@pytest.fixture
+def server(settings: Settings) -> Iterator[tuple[str, HandlerService]]:
+    """A real uvicorn server around the app for ``settings``: (events URL, service)."""
+    with serving(settings) as value:
+        yield value
 
 
 @pytest.fixture
-def server(settings: Settings) -> Iterator[tuple[str, HandlerService]]:
-    with serving(settings) as value:
-        yield value
+def env_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """``get_settings()`` (what entry points read) on this test's state dir; yields the monkeypatch."""
+    monkeypatch.setenv("LAKESIGHT_STATE_DIR", str(tmp_path / "state"))
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()

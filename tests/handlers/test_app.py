@@ -11,21 +11,12 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.core.messaging import CloudEvent
 
-from handlers.eventlog import DONE, DUPLICATE, IGNORED, EventLog
+from handlers.eventlog import EventLog, EventStatus
 from handlers.events import BLOB_CREATED, Event
-from infra.arrivals import arrivals_dir
 from infra.settings import Settings
-from tests.handlers.conftest import blob_data, blob_event, blob_event_dict, serving
+from tests.helpers.handlers import arrival_lines, blob_data, blob_event, blob_event_dict, serving
 
 KEY = {"aeg-sas-key": "local-dev-key"}
-
-
-def arrival_lines(settings: Settings) -> list[dict]:
-    folder = arrivals_dir(settings)
-    if not folder.exists():
-        return []
-    paths = sorted(folder.glob("arrivals-*.jsonl"))
-    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
 
 
 def test_subscription_validation_and_cloudevents_handshake(server) -> None:
@@ -81,7 +72,7 @@ def test_auth_size_and_malformed(settings: Settings, server, publisher) -> None:
     assert httpx.post(url, content=chunks(), headers=KEY).status_code == 413
     assert service.wait_idle()
     # Nothing that was refused left a trace in the event log; the one accepted event did.
-    assert service.events.counts() == {DONE: 1}
+    assert service.events.counts() == {EventStatus.DONE: 1}
 
 
 def test_both_schemas_write_arrival_records(settings: Settings, server, publisher) -> None:
@@ -152,7 +143,7 @@ def test_replay_and_concurrent_duplicates_have_one_effect(settings: Settings, se
     names = [r["name"] for r in arrival_lines(settings)]
     assert len(names) == 40 and len(set(names)) == 40
     assert service.duplicates_suppressed == 20 + 3 * 20 + 1
-    assert service.events.get(clone.id)["status"] == DUPLICATE
+    assert service.events.get(clone.id)["status"] == EventStatus.DUPLICATE
 
 
 def test_guards_and_refusals_are_logged(settings: Settings, server, publisher) -> None:
@@ -182,7 +173,7 @@ def test_guards_and_refusals_are_logged(settings: Settings, server, publisher) -
     }
     assert "outside the configured storage account" in service.events.get(foreign.id)["outcome"]
     logged = service.events.get(unknown.id)
-    assert logged["status"] == IGNORED and "unknown event type" in logged["outcome"]
+    assert logged["status"] == EventStatus.IGNORED and "unknown event type" in logged["outcome"]
     assert arrival_lines(settings) == []
 
 
@@ -206,5 +197,5 @@ def test_event_log_survives_restart(settings: Settings, publisher) -> None:
         publisher(url).send([event])  # redelivered after the restart
         assert service.wait_idle()
         assert service.duplicates_suppressed == 1
-        assert service.events.get("orphan-1")["status"] == DONE  # re-queued at start
+        assert service.events.get("orphan-1")["status"] == EventStatus.DONE  # re-queued at start
     assert sorted(r["name"] for r in arrival_lines(settings)) == ["keep.png", "orphan.png"]

@@ -20,7 +20,7 @@ from infra.tables import (
     RETRAINING_DECISIONS,
     column_names,
 )
-from tests.handlers.conftest import blob_event, fake_train_command, serving
+from tests.helpers.handlers import blob_event, fake_train_command, serving
 
 pytestmark = pytest.mark.azurite
 

@@ -10,12 +10,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from handlers.azureml import AzureMLBackend
-from handlers.eventlog import connect
 from handlers.events import RUN_COMPLETED
-from handlers.launcher import ABANDONED, FAILED, SUBMITTED, SUCCEEDED, Launcher, LocalBackend, train_command
+from handlers.launcher import (
+    ABANDONED,
+    FAILED,
+    SUBMITTED,
+    SUCCEEDED,
+    Launcher,
+    LaunchResult,
+    LaunchStatus,
+    LocalBackend,
+    train_command,
+)
+from handlers.sqlite import connect
 from infra.iac import RETRAINING_TAG
 from infra.settings import Settings
-from tests.handlers.conftest import fake_train_command, serving
+from tests.helpers.handlers import fake_train_command, serving
 
 
 def _wait(predicate, timeout: float = 20.0) -> None:
@@ -113,6 +123,37 @@ def test_launch_of_a_dead_process_is_abandoned_not_rerun(settings: Settings, tmp
         launcher.stop()
     assert [x["status"] for x in launcher.launches()] == [ABANDONED]
     assert not record.exists()
+
+
+def test_launch_statuses_keep_their_stored_strings() -> None:
+    assert [s.value for s in LaunchStatus] == ["running", "submitted", "succeeded", "failed", "abandoned"]
+    # handlers/azureml.py and the tests import these names: they are the members, not copies.
+    assert (FAILED, SUBMITTED, SUCCEEDED, ABANDONED) == (
+        LaunchStatus.FAILED,
+        LaunchStatus.SUBMITTED,
+        LaunchStatus.SUCCEEDED,
+        LaunchStatus.ABANDONED,
+    )
+    assert LaunchResult("submitted").status is LaunchStatus.SUBMITTED
+
+
+def test_a_misspelt_backend_status_is_a_failed_launch(settings: Settings) -> None:
+    class Misspelling:
+        name = "misspelling"
+
+        def run(self, delta_version: int, launch_id: int) -> LaunchResult:
+            return LaunchResult("succeded", {"model_version": "3"})
+
+    launcher = Launcher(settings.model_copy(update={"retrain_cooldown_s": 0.0}), Misspelling())
+    launcher.start()
+    try:
+        launcher.request("typo", "new_labels", 1)
+        assert launcher.wait_idle(20)
+    finally:
+        launcher.stop()
+    (launch,) = launcher.launches()
+    assert launch["status"] == LaunchStatus.FAILED
+    assert "'succeded' is not a valid LaunchStatus" in json.loads(launch["outcome"])["error"]
 
 
 class FakeJobs:

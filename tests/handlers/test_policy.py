@@ -10,11 +10,20 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from handlers.policy import Metrics, decide_retraining, evaluate, jensen_shannon, measure, psi
+from handlers.policy import (
+    Metrics,
+    champion_training_version,
+    decide_retraining,
+    evaluate,
+    jensen_shannon,
+    measure,
+    psi,
+)
 from handlers.runs import promotion_check
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, RETRAINING_DECISIONS
+from tests.helpers.handlers import fake_train_command, serving
 
 DAY = dt.date(2026, 1, 3)
 
@@ -142,6 +151,28 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
     assert requested[0] == ("evt-1", "label_drift,accuracy", lake.version(IMAGES))
 
 
+def test_champion_training_version_from_the_registry(
+    tmp_path: Path, registry: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fresh = Settings(state_dir=tmp_path / "fresh")
+    assert champion_training_version(fresh) == (None, None)
+    assert not (fresh.state_dir / "mlflow.db").exists()  # no registry yet: none is created to find out
+
+    from mlflow import MlflowClient
+
+    settings = Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="tag-model")
+    assert champion_training_version(settings) == (None, None)  # no such model
+    version, _ = _register(registry, "tag-model", accuracy=0.9, delta_version=7, tmp=tmp_path)
+    assert champion_training_version(settings) == (None, None)  # a version, but no champion
+    client = MlflowClient(tracking_uri=registry, registry_uri=registry)
+    client.set_registered_model_alias("tag-model", "champion", version)
+    assert champion_training_version(settings) == (version, 7)
+    client.set_model_version_tag("tag-model", version, "delta_version", "seven")
+    with caplog.at_level("WARNING", logger="handlers.policy"):
+        assert champion_training_version(settings) == (version, None)
+    assert "non-integer delta_version tag 'seven'" in caplog.text
+
+
 def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None:
     settings = Settings(
         state_dir=tmp_path / "state", mlflow_tracking_uri=registry, model_name="promo-model", promotion_margin=0.01
@@ -170,7 +201,6 @@ def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: P
     from azure.eventgrid import EventGridEvent
 
     from handlers.events import DATASET_DRIFT
-    from tests.handlers.conftest import fake_train_command, serving
 
     record = tmp_path / "runs.txt"
     settings = settings.model_copy(update={"retrain_command": fake_train_command(record), "retrain_cooldown_s": 0.0})

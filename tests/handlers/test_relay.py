@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
+import threading
+import time
 import uuid
 
 import pytest
 from azure.core.exceptions import HttpResponseError
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
+from handlers.app import create_app
 from handlers.relay import Relay
+from handlers.server import running
 from infra.blob import BlobStore
+from infra.cli import app as cli
+from infra.processes import free_port
 from infra.settings import Settings
-from tests.handlers.conftest import serving
-from tests.handlers.test_app import arrival_lines
+from tests.helpers.handlers import arrival_lines, serving
 from tests.helpers.images import solid_png
 
 pytestmark = pytest.mark.azurite
@@ -58,11 +65,6 @@ def test_relay_announces_each_upload_once(blob_settings: Settings) -> None:
 
 
 def test_relay_loop_keeps_going_while_the_handler_is_down(blob_settings: Settings) -> None:
-    import threading
-    import time
-
-    from handlers.server import free_port
-
     tag = uuid.uuid4().hex[:8]
     settings = blob_settings.model_copy(
         update={"images_container": f"img-{tag}", "exports_container": f"exp-{tag}", "handler_port": free_port()}
@@ -75,9 +77,6 @@ def test_relay_loop_keeps_going_while_the_handler_is_down(blob_settings: Setting
     thread.start()
     try:
         time.sleep(0.5)  # a few failed polls: logged, retried
-        from handlers.app import create_app
-        from handlers.server import running
-
         with running(create_app(settings), port=settings.handler_port):
             deadline = time.monotonic() + 20
             while [r["name"] for r in arrival_lines(settings)] != ["late.png"]:
@@ -87,3 +86,15 @@ def test_relay_loop_keeps_going_while_the_handler_is_down(blob_settings: Setting
         stop.set()
         thread.join(5)
         relay.close()
+
+
+def test_cli_relay_once(env_settings, azurite_port: int) -> None:
+    env_settings.setenv("LAKESIGHT_BLOB_PORT", str(azurite_port))
+    settings = Settings()
+    BlobStore(settings).upload(settings.images_container, "cli/one.png", solid_png(), content_type="image/png")
+    with running(create_app(settings)) as url:
+        result = CliRunner().invoke(cli, ["relay", "--once", "--url", url])
+        again = CliRunner().invoke(cli, ["relay", "--once", "--url", url])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["announced"] >= 1  # the session's Azurite may hold other tests' blobs
+    assert json.loads(again.stdout) == {"announced": 0}

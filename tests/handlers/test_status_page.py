@@ -16,10 +16,10 @@ import pytest
 import uvicorn
 
 from infra.lake import Lake
+from infra.processes import free_port
 from infra.settings import Settings
 from infra.status import snapshot
 from infra.tables import IMAGES
-from tests.conftest import free_port
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,16 +1,13 @@
-"""Fixtures for the scoring stream: a tiny registered champion, shared by copying its MLflow store."""
+"""Fixtures for the streams tests: a tiny registered champion, shared by copying its MLflow store."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from infra.settings import Settings
-
-CLASSES = ["circle", "square", "triangle"]
-IMAGE_SIZE = 16
+from tests.helpers.streams import CLASSES, IMAGE_SIZE, scoring_settings, with_model
 
 
 @pytest.fixture(scope="session")
@@ -24,29 +21,10 @@ def model_store(session_dir: Path) -> Path:
     return state
 
 
-def _with_model(value: Settings, model_store: Path) -> Settings:
-    # Each test gets its own copy of the registry database (aliases can move); artifacts are shared.
-    shutil.copy(model_store / "mlflow.db", value.state_dir / "mlflow.db")
-    return value
-
-
-def _scoring(tmp_path: Path, **fields: object) -> Settings:
-    state = tmp_path / "state"
-    state.mkdir(parents=True, exist_ok=True)
-    return Settings(
-        state_dir=state,
-        spark_master="local[2]",
-        champion_check_s=0.5,
-        labeling_daily_budget=0,
-        score_trigger_s=0.5,
-        **fields,
-    )
-
-
 @pytest.fixture
 def score_settings(tmp_path: Path, model_store: Path) -> Settings:
     """Settings with a champion registered and labeling off."""
-    return _with_model(_scoring(tmp_path), model_store)
+    return with_model(scoring_settings(tmp_path), model_store)
 
 
 @pytest.fixture
@@ -54,6 +32,6 @@ def score_blob_settings(tmp_path: Path, model_store: Path, azurite_port: int) ->
     """Like ``score_settings`` but wired to the session's Azurite."""
     from infra.blob import BlobStore
 
-    value = _with_model(_scoring(tmp_path, blob_port=azurite_port), model_store)
+    value = with_model(scoring_settings(tmp_path, blob_port=azurite_port), model_store)
     BlobStore(value).ensure_containers()
     return value

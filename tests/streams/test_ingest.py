@@ -1,12 +1,19 @@
+"""Batch ingest (``streams.ingest``): new files only, bad files recorded, labels from folders, human labels kept."""
+
+from __future__ import annotations
+
 import shutil
+import threading
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
-from infra.lake import Lake
+from infra.lake import Lake, MergeOutcome
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
-from streams.ingest import IngestError, ingest
+from streams.batch_writer import Committed
+from streams.ingest import IngestError, IngestReport, ingest
 from tests.helpers.images import solid_png, truncated_png
 
 pytestmark = pytest.mark.spark
@@ -101,3 +108,45 @@ def test_reingest_keeps_a_human_label(spark, settings: Settings, small_labeled: 
 def test_missing_source_is_a_clear_error(settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(IngestError, match="does not exist"):
         ingest(settings, str(tmp_path / "nowhere"))
+
+
+def test_a_finished_ingest_leaves_no_py4j_thread_behind(spark, settings: Settings, small_labeled: Path) -> None:
+    # The writer shared with the scoring stream closes the connection foreachBatch ran on.
+    threads: set[threading.Thread] = set()
+    ingest(settings, str(small_labeled), on_batch=lambda _report: threads.add(threading.current_thread()))
+    assert len(threads) == 1
+    for thread in threads:
+        thread.join(timeout=10)
+        assert not thread.is_alive(), f"{thread.name} still serves a stopped query's connection"
+
+
+def test_the_ingest_report_counts_files_and_unlabeled_folders() -> None:
+    table = pa.table(
+        {
+            "path": ["file:/in/3/a.png", "file:/in/dog/b.png", "file:/in/dog/c.png", "file:/in/7/d.png"],
+            "label": ["3", None, None, None],
+            "error": [None, None, None, "empty file"],
+        }
+    )
+    batch = Committed(
+        batch_id=0,
+        table=table,
+        merged=table,
+        staged=None,
+        outcome=MergeOutcome(skipped=False, version=2, inserted=4),
+        began=0.0,
+        collected=0.0,
+        committed_at=0.0,
+    )
+    report = IngestReport(source="/in")
+    report.add(batch, labeled=True)
+    report.add(batch, labeled=False)  # an unlabeled ingest reports no folders
+
+    assert (report.files, report.batches, report.inserted, report.errors) == (8, 2, 8, 2)
+    assert report.unknown_labels == {"dog": 2}
+    figures = report.as_dict()
+    assert figures["unknown_labels"] == {"dog": 2} and type(figures["unknown_labels"]) is dict
+    assert set(figures) == {
+        "source", "files", "inserted", "updated", "errors", "batches", "skipped_batches", "unknown_labels",
+        "seconds", "table_version",
+    }  # fmt: skip

@@ -1,38 +1,24 @@
-"""The scoring stream in-process: bad input, replay, human labels, promotion, SQL function."""
+"""The scoring stream in-process (``streams.scoring.query``): bad input, replay, human labels, archiving, the report."""
 
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from infra.lake import Lake, Transaction
-from infra.local.sample_data import ShapeKnobs, shape_images, write_images
+from infra.lake import Lake, MergeOutcome, Transaction
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
-from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, run_scoring
+from streams.batch_writer import Committed
+from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, ScoreReport, run_scoring
 from tests.helpers.images import solid_png, truncated_png
-from tests.streams.conftest import CLASSES, IMAGE_SIZE
-from training.toy_models import register_champion, tiny_cnn
-
-pytestmark = pytest.mark.spark
+from tests.helpers.streams import CLASSES, rows_by_name, shapes
 
 
-def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:
-    knobs = ShapeKnobs(count=count, size=24, seed=seed, prefix=prefix, holdout_fraction=0)
-    write_images(shape_images(knobs), out_dir=folder)
-    return sorted(folder.rglob(f"{prefix}-*.png"))
-
-
-def rows_by_name(settings: Settings) -> dict[str, dict]:
-    table = Lake(settings).read(IMAGES).to_pylist()
-    return {Path(r["path"]).name: r for r in table}
-
-
+@pytest.mark.spark
 def test_scores_good_images_and_records_bad_input_without_stopping(
     spark, score_settings: Settings, tmp_path: Path
 ) -> None:
@@ -75,6 +61,7 @@ def test_scores_good_images_and_records_bad_input_without_stopping(
     assert status["model_version"] == "1" and status["rows_total"] == len(rows) and status["errors_total"] == 5
 
 
+@pytest.mark.spark
 def test_replayed_batch_changes_nothing_and_human_labels_survive(
     spark, score_settings: Settings, tmp_path: Path
 ) -> None:
@@ -122,6 +109,7 @@ def test_replayed_batch_changes_nothing_and_human_labels_survive(
     assert Lake(score_settings).read(IMAGES).num_rows == len(paths)
 
 
+@pytest.mark.spark
 def test_a_finished_query_leaves_no_py4j_thread_behind(spark, score_settings: Settings, tmp_path: Path) -> None:
     # foreachBatch runs on a Python thread serving the query's own py4j connection: a long stream
     # starts a query per fresh checkpoint, and each used to leave that thread (and its memory).
@@ -141,49 +129,7 @@ def test_a_finished_query_leaves_no_py4j_thread_behind(spark, score_settings: Se
     assert run_scoring(score_settings, source=tmp_path / "incoming-0", once=True).rows == 0  # the session still works
 
 
-def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, tmp_path: Path) -> None:
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    stop = threading.Event()
-    result: dict[str, object] = {}
-    worker = threading.Thread(
-        target=lambda: result.setdefault("report", run_scoring(score_settings, source=incoming, stop_event=stop)),
-        daemon=True,
-    )
-    worker.start()
-    try:
-        first = shapes(incoming / "a", 4, seed=1, prefix="before")
-        wait_for_rows(score_settings, len(first))
-        version = register_champion(
-            score_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=7), class_names=CLASSES, image_size=IMAGE_SIZE
-        )
-        assert version == "2"
-        time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the new alias
-        second = shapes(incoming / "b", 4, seed=2, prefix="after")
-        wait_for_rows(score_settings, len(first) + len(second))
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not worker.is_alive()
-    rows = rows_by_name(score_settings)
-    assert {rows[p.name]["model_version"] for p in first} == {"1"}
-    assert {rows[p.name]["model_version"] for p in second} == {"2"}
-    assert result["report"].stopped_by == "stop requested"  # type: ignore[union-attr]
-    status = read_status(score_settings)
-    assert status["model_version"] == "2" and status["last_progress"] is not None
-    assert status["last_progress"]["processed_rows_per_s"] >= 0
-
-
-def wait_for_rows(settings: Settings, count: int, timeout: float = 60) -> None:
-    lake = Lake(settings)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lake.exists(IMAGES) and lake.read(IMAGES, columns=["path"]).num_rows >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"fewer than {count} rows after {timeout} s")
-
-
+@pytest.mark.spark
 def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(ScoreError, match=r"does not exist|not an existing folder"):
         run_scoring(settings, source=tmp_path / "nope", once=True)
@@ -192,6 +138,7 @@ def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, 
         run_scoring(settings, source=tmp_path / "here", once=True)
 
 
+@pytest.mark.spark
 def test_processed_files_are_archived_and_a_bad_archive_folder_is_refused(
     spark, score_settings: Settings, tmp_path: Path
 ) -> None:
@@ -226,50 +173,7 @@ def test_processed_files_are_archived_and_a_bad_archive_folder_is_refused(
         Settings(state_dir=tmp_path / "other", score_clean_source="archive")
 
 
-def test_sql_classify_function(spark, score_settings: Settings) -> None:
-    from streams.scoring.executor import register_classify
-
-    register_classify(spark, score_settings)
-    frame = spark.createDataFrame([(solid_png(200),), (b"junk",), (None,)], "content binary")
-    frame.createOrReplaceTempView("uploads")
-    rows = spark.sql("SELECT classify(content) AS c FROM uploads").collect()
-    assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
-    assert rows[1].c.label is None and rows[1].c.confidence is None
-    assert rows[2].c.label is None
-
-
-def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
-    from streams.scoring.query import dedupe_paths
-
-    table = pa.table({"path": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
-    assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
-        {"path": "a", "v": 3},
-        {"path": "c", "v": 4},
-        {"path": "b", "v": 5},
-    ]
-
-
-def test_compactor_runs_every_n_batches_over_the_dates_it_saw(settings: Settings) -> None:
-    import datetime as dt
-
-    from streams.scoring.query import Compactor
-
-    lake = Lake(settings)
-    day = dt.date(2026, 11, 2)
-    compactor = Compactor(lake, every=3)
-    results = []
-    for batch in range(6):
-        lake.merge(IMAGES, pa.table({"path": [f"x{batch}"], "load_date": [day], "content_hash": ["h"]}))
-        results.append(compactor.after_batch([day]))
-    assert results[:2] == [None, None] and results[3:5] == [None, None]
-    assert results[2]["files_removed"] == 3 and results[5]["files_removed"] == 4  # earlier output + 3 new
-    assert len(lake.table(IMAGES).file_uris()) == 1 and lake.read(IMAGES).num_rows == 6
-    assert Compactor(lake, every=0).after_batch([day]) is None
-    # A failing compaction is logged and retried later, never raised into the stream.
-    broken = Compactor(Lake(settings.model_copy(update={"lake_root": str(settings.state_dir / "no-lake")})), every=1)
-    assert broken.after_batch([day]) is None and broken.dates == {day}
-
-
+@pytest.mark.spark
 def test_local_checkpoints_use_the_filesystem_manager(spark) -> None:
     from infra.spark import PLAIN_CHECKPOINT_MANAGER
 
@@ -277,6 +181,7 @@ def test_local_checkpoints_use_the_filesystem_manager(spark) -> None:
     assert spark.conf.get("spark.sql.streaming.checkpointFileManagerClass") == PLAIN_CHECKPOINT_MANAGER
 
 
+@pytest.mark.spark
 def test_the_file_status_cache_is_off_and_finished_work_is_kept_briefly(spark) -> None:
     # Each micro-batch's file index caches its files' statuses session-wide; with the cache on
     # (250 MB by default) the stream's heap grows with every file it scores.
@@ -285,3 +190,31 @@ def test_the_file_status_cache_is_off_and_finished_work_is_kept_briefly(spark) -
     assert cache.getClass().getSimpleName() == "NoopCache$"
     conf = spark.sparkContext.getConf()
     assert int(conf.get("spark.ui.retainedJobs")) <= 100 and int(conf.get("spark.sql.ui.retainedExecutions")) <= 50
+
+
+def _committed(versions: list[str | None], errors: list[str | None], outcome: MergeOutcome) -> Committed:
+    table = pa.table({"path": [f"p{i}" for i in range(len(versions))], "model_version": versions, "error": errors})
+    return Committed(
+        batch_id=0, table=table, merged=table, staged=None, outcome=outcome, began=0.0, collected=0.0, committed_at=0.0
+    )
+
+
+def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
+    report = ScoreReport(source="directory:/in")
+    report.add(
+        _committed(["1", "1", None], [None, None, "empty file"], MergeOutcome(False, 3, 2, 1, seconds=0.5)), sent=1
+    )
+    report.add(_committed(["2"], [None], MergeOutcome(True, 3, seconds=0.25)), sent=0)
+    report.skipped_batches += 1  # what the writer counts for a batch skipped before it ran
+
+    assert (report.batches, report.rows, report.inserted, report.updated) == (2, 4, 2, 1)
+    assert (report.errors, report.sent_to_labeling, report.skipped_batches) == (1, 1, 2)
+    assert report.model_versions == {"1": 2, "2": 1} and report.merge_seconds_mean == 0.375
+    figures = report.as_dict()
+    assert set(figures) == {
+        "source", "batches", "rows", "inserted", "updated", "errors", "skipped_batches", "sent_to_labeling",
+        "checkpoints_retired", "model_versions", "merge_seconds_total", "seconds", "stopped_by", "table_version",
+        "merge_seconds_mean",
+    }  # fmt: skip
+    assert type(figures["model_versions"]) is dict and figures["stopped_by"] == "end of input"
+    assert ScoreReport(source="x").as_dict()["merge_seconds_mean"] is None

@@ -6,31 +6,17 @@ import datetime as dt
 
 import pytest
 
-from infra.arrivals import ArrivalRecord, write_arrival_records
+from infra.arrivals import write_arrival_records
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES
+from streams.scoring.fetch import VANISHED
 from streams.scoring.query import run_scoring
-from streams.scoring.sources import VANISHED
 from tests.helpers.images import solid_png, truncated_png
-from tests.streams.conftest import CLASSES
+from tests.helpers.streams import CLASSES, arrival_record
 
 pytestmark = [pytest.mark.spark, pytest.mark.azurite]
-
-
-def record(settings: Settings, store: BlobStore, name: str, data: bytes, *, at: str) -> ArrivalRecord:
-    container = settings.images_container
-    return ArrivalRecord(
-        url=store.url(container, name),
-        container=container,
-        name=name,
-        etag="0x1",
-        content_type="image/png",
-        content_length=len(data),
-        event_time=at,
-        event_id=f"ev-{name}",
-    )
 
 
 def test_records_are_fetched_scored_and_a_vanished_blob_is_recorded_once(spark, score_blob_settings: Settings) -> None:
@@ -41,9 +27,9 @@ def test_records_are_fetched_scored_and_a_vanished_blob_is_recorded_once(spark, 
     for name, data in present.items():
         store.upload(settings.images_container, name, data, content_type="image/png")
     store.upload(settings.images_container, "incoming/broken.png", truncated_png())
-    records = [record(settings, store, name, data, at=now) for name, data in present.items()]
-    records.append(record(settings, store, "incoming/broken.png", truncated_png(), at=now))
-    records.append(record(settings, store, "incoming/gone.png", solid_png(1), at=now))  # never uploaded
+    records = [arrival_record(settings, store, name, data, at=now) for name, data in present.items()]
+    records.append(arrival_record(settings, store, "incoming/broken.png", truncated_png(), at=now))
+    records.append(arrival_record(settings, store, "incoming/gone.png", solid_png(1), at=now))  # never uploaded
     records.append(records[0])  # Event Grid delivers at least once
     write_arrival_records(settings, records[:3])
     write_arrival_records(settings, records[3:])

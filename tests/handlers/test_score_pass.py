@@ -13,7 +13,7 @@ from handlers.server import running
 from handlers.service import HandlerService
 from infra.processes import SCORING_SERVICE
 from infra.settings import Settings
-from tests.handlers.conftest import blob_event
+from tests.helpers.handlers import blob_event
 
 
 def _fake(record: Path, sleep: float = 0.0) -> list[str]:

@@ -15,7 +15,8 @@ from streams.checkpoint.rotation import RETIRED, clean_scored_file, rotation_ena
 from streams.checkpoint.source_log import listed_files, seen_file_count
 from streams.scoring.query import run_scoring
 from streams.scoring.sources import arrivals_source, directory_source
-from tests.streams.test_score import rows_by_name, shapes, wait_for_rows
+from tests.helpers.images import solid_png
+from tests.helpers.streams import arrival_record, rows_by_name, shapes, wait_for_rows
 
 pytestmark = pytest.mark.spark
 
@@ -137,8 +138,6 @@ def test_files_already_moved_by_an_interrupted_rotation_do_not_stop_spark(
 def test_arrival_records_are_deleted_and_their_checkpoint_retired(spark, score_blob_settings: Settings) -> None:
     from infra.arrivals import arrivals_dir, write_arrival_records
     from infra.blob import BlobStore
-    from tests.helpers.images import solid_png
-    from tests.streams.test_arrival_source import record
 
     settings = score_blob_settings.model_copy(
         update={"score_clean_source": "delete", "score_checkpoint_max_files": 2, "score_max_files_per_trigger": 1}
@@ -150,7 +149,9 @@ def test_arrival_records_are_deleted_and_their_checkpoint_retired(spark, score_b
         payloads = {name: solid_png(len(name) * 7) for name in names}
         for name, data in payloads.items():
             store.upload(settings.images_container, name, data, content_type="image/png")
-        write_arrival_records(settings, [record(settings, store, n, data, at=now) for n, data in payloads.items()])
+        write_arrival_records(
+            settings, [arrival_record(settings, store, n, data, at=now) for n, data in payloads.items()]
+        )
 
     arrive(["a/1.png", "a/2.png"])
     arrive(["a/3.png"])

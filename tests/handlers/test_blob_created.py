@@ -1,0 +1,50 @@
+"""BlobCreated on its own: which kind of target an upload is, and how an event is refused or ignored."""
+
+from __future__ import annotations
+
+import pytest
+
+from handlers.blob_created import Refused, TargetKind, account_url, blob_target
+from handlers.eventlog import EventStatus
+from handlers.events import Event
+from infra.errors import LakesightError
+from infra.settings import Settings
+from tests.helpers.handlers import blob_created_event
+
+
+def _event(settings: Settings, container: str, name: str, **data: object) -> Event:
+    return blob_created_event(settings, container, name, etag='"0x8DA"', **data)
+
+
+def test_images_and_exports_are_told_apart(settings: Settings) -> None:
+    image = blob_target(settings, account_url(settings), _event(settings, settings.images_container, "2026/a.png"))
+    assert image.kind is TargetKind.IMAGE and image.name == "2026/a.png" and image.etag == "0x8DA"
+    export = blob_target(settings, account_url(settings), _event(settings, settings.exports_container, "e/1.jsonl"))
+    assert export.kind is TargetKind.EXPORT and export.container == settings.exports_container
+
+
+@pytest.mark.parametrize(
+    ("container", "name", "data", "status", "reason"),
+    [
+        ("images", "p.png", {"api": "PutBlock"}, EventStatus.IGNORED, "does not complete a blob"),
+        ("images", "e.png", {"length": 0}, EventStatus.IGNORED, "zero-byte"),
+        ("labeling-exports", "notes.txt", {}, EventStatus.IGNORED, "not a .json/.jsonl export"),
+        ("secrets", "s.png", {}, EventStatus.REFUSED, "not one lakesight handles"),
+        ("images", "a/../../etc/passwd", {}, EventStatus.REFUSED, "unsafe blob url"),
+    ],
+)
+def test_guards_name_their_status(
+    settings: Settings, container: str, name: str, data: dict, status: EventStatus, reason: str
+) -> None:
+    with pytest.raises(Refused, match=reason) as refused:
+        blob_target(settings, account_url(settings), _event(settings, container, name, **data))
+    assert refused.value.status is status
+
+
+def test_refused_takes_only_the_statuses_of_an_event_not_acted_on() -> None:
+    assert isinstance(Refused(EventStatus.REFUSED, "x"), LakesightError)
+    assert Refused("ignored", "x").status is EventStatus.IGNORED  # a stored string maps to its member
+    with pytest.raises(ValueError, match="'refusd'"):
+        Refused("refusd", "a typo")
+    with pytest.raises(ValueError, match="Refused takes"):
+        Refused(EventStatus.DONE, "done is not a refusal")

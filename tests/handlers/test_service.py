@@ -1,0 +1,170 @@
+"""HandlerService without HTTP: intake, the fast lane (image arrivals) and the slow lane (exports, runs)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from handlers.eventlog import EventStatus
+from handlers.events import RUN_COMPLETED, Event
+from handlers.launcher import LaunchResult, LaunchStatus
+from handlers.service import HandlerService
+from infra.iac import RETRAINING_TAG
+from infra.lake import Lake
+from infra.settings import Settings
+from infra.tables import LABEL_REJECTS, RETRAINING_DECISIONS
+from tests.helpers.handlers import arrival_lines, blob_created_event
+
+EXPORT = b'{"image_url": "azureml://datastores/ws/paths/images/never-seen.png", "label": "circle"}\n'
+
+
+class FakeStore:
+    """Stands in for the blob store the slow lane reads exports from; fails the first ``failures`` reads."""
+
+    def __init__(self, blobs: dict[tuple[str, str], bytes], failures: int = 0):
+        self.blobs = blobs
+        self.failures = failures
+        self.reads: list[tuple[str, str, str]] = []  # (container, name, reading thread)
+
+    def download(self, container: str, name: str) -> bytes:
+        self.reads.append((container, name, threading.current_thread().name))
+        if len(self.reads) <= self.failures:
+            raise ConnectionError("storage briefly unreachable")
+        return self.blobs[(container, name)]
+
+
+class RemoteBackend:
+    """Hands every launch to a pretend remote service, as the azureml backend does."""
+
+    name = "remote"
+
+    def run(self, delta_version: int, launch_id: int) -> LaunchResult:
+        return LaunchResult(LaunchStatus.SUBMITTED, {"job": f"job-{launch_id}"}, external_id=f"run-{launch_id}")
+
+
+@pytest.fixture
+def store(settings: Settings) -> FakeStore:
+    return FakeStore({(settings.exports_container, "e/labels.jsonl"): EXPORT})
+
+
+@pytest.fixture
+def service(settings: Settings, store: FakeStore) -> Iterator[HandlerService]:
+    configured = settings.model_copy(update={"retrain_cooldown_s": 0.0})
+    value = HandlerService(configured, backend=RemoteBackend(), store=store)
+    value.start()
+    yield value
+    value.stop()
+
+
+def _run_completed(run_id: str | None, *, retraining: bool) -> Event:
+    data: dict = {"runTags": {RETRAINING_TAG: "true"} if retraining else {}}
+    if run_id is not None:
+        data["runId"] = run_id
+    return Event(id=f"run-event-{run_id}-{retraining}", type=RUN_COMPLETED, subject="/runs/x", time="", data=data)
+
+
+def _processed(service: HandlerService, event: Event) -> dict[str, str]:
+    assert service.wait_idle(30)
+    logged = service.events.get(event.id)
+    assert logged is not None
+    return logged
+
+
+def test_an_image_blob_writes_one_arrival_record(settings: Settings, service: HandlerService) -> None:
+    event = blob_created_event(settings, settings.images_container, "cam/1.png", etag="0x8D1")
+    assert service.submit([event]) == {"accepted": 1, "duplicates": 0, "ignored": 0}
+    logged = _processed(service, event)
+    assert logged["status"] == EventStatus.DONE and logged["outcome"].startswith("arrival ")
+    (record,) = arrival_lines(settings)
+    assert record["event_id"] == event.id and record["name"] == "cam/1.png" and record["etag"] == "0x8D1"
+
+
+def test_a_replayed_event_id_is_a_duplicate(settings: Settings, service: HandlerService) -> None:
+    event = blob_created_event(settings, settings.images_container, "cam/2.png")
+    service.submit([event])
+    assert service.submit([event]) == {"accepted": 0, "duplicates": 1, "ignored": 0}
+    _processed(service, event)
+    assert service.duplicates_suppressed == 1
+    assert [r["event_id"] for r in arrival_lines(settings)] == [event.id]
+
+
+def test_the_same_upload_under_a_new_id_is_a_duplicate(settings: Settings, service: HandlerService) -> None:
+    first = blob_created_event(settings, settings.images_container, "cam/3.png", etag="0x8D3")
+    again = blob_created_event(settings, settings.images_container, "cam/3.png", etag="0x8D3")
+    service.submit([first])
+    _processed(service, first)
+    assert service.submit([again])["accepted"] == 1  # a new id: claimed, then found to be the same upload
+    logged = _processed(service, again)
+    assert logged["status"] == EventStatus.DUPLICATE and logged["outcome"] == f"same upload as event {first.id}"
+    assert len(arrival_lines(settings)) == 1
+
+
+def test_an_export_goes_to_the_labels_lane(settings: Settings, service: HandlerService, store: FakeStore) -> None:
+    event = blob_created_event(settings, settings.exports_container, "e/labels.jsonl")
+    service.submit([event])
+    logged = _processed(service, event)
+    assert logged["status"] == EventStatus.DONE
+    # Read on the slow lane, never the fast one: an export must not hold up image arrivals.
+    assert store.reads == [(settings.exports_container, "e/labels.jsonl", "lakesight-handlers-slow")]
+    outcome = json.loads(logged["outcome"])
+    assert outcome["labels"]["entries"] == 1 and outcome["labels"]["unknown_images"] == 1
+    assert outcome["decision"]["retrain"] is False
+    lake = Lake(settings)
+    assert [r["reason"] for r in lake.read(LABEL_REJECTS).to_pylist()] == ["unknown image"]
+    assert [r["decision_id"] for r in lake.read(RETRAINING_DECISIONS).to_pylist()] == [event.id]
+    assert arrival_lines(settings) == []
+
+
+def test_the_slow_lane_retries_a_transient_failure(settings: Settings, store: FakeStore) -> None:
+    store.failures = 1
+    service = HandlerService(settings, store=store)
+    service.start()
+    try:
+        event = blob_created_event(settings, settings.exports_container, "e/labels.jsonl")
+        service.submit([event])
+        assert _processed(service, event)["status"] == EventStatus.DONE
+    finally:
+        service.stop()
+    assert len(store.reads) == 2
+
+
+def test_a_run_completed_without_the_retraining_tag_is_ignored(service: HandlerService) -> None:
+    event = _run_completed("someone-elses", retraining=False)
+    service.submit([event])
+    logged = _processed(service, event)
+    assert logged["status"] == EventStatus.IGNORED
+    assert json.loads(logged["outcome"]) == {"reason": "not a lakesight retraining run"}
+
+
+def test_a_retraining_run_completed_without_run_id_is_refused(service: HandlerService) -> None:
+    event = _run_completed(None, retraining=True)
+    service.submit([event])
+    logged = _processed(service, event)
+    assert logged["status"] == EventStatus.REFUSED and logged["outcome"] == "RunCompleted without runId"
+
+
+def test_a_retraining_run_completed_finishes_its_submitted_launch(service: HandlerService) -> None:
+    launcher = service.launcher
+    launcher.request("trigger-1", "new_labels", 4)
+    deadline = time.monotonic() + 20
+    while [x["status"] for x in launcher.launches()] != [LaunchStatus.SUBMITTED]:
+        assert time.monotonic() < deadline, "the launch was never submitted"
+        time.sleep(0.02)
+    event = _run_completed("run-1", retraining=True)
+    service.submit([event])
+    logged = _processed(service, event)
+    assert logged["status"] == EventStatus.DONE
+    outcome = json.loads(logged["outcome"])
+    assert outcome == {"launch_id": 1, "promotion": {"promoted": False, "reason": "no model registry yet"}}
+    assert [x["status"] for x in launcher.launches()] == [LaunchStatus.SUCCEEDED]
+
+
+def test_an_unknown_type_is_acknowledged_and_ignored(service: HandlerService) -> None:
+    event = Event(id="contoso-1", type="Contoso.Items.ItemReceived", subject="", time="", data={})
+    assert service.submit([event]) == {"accepted": 0, "duplicates": 0, "ignored": 1}
+    logged = service.events.get(event.id)  # finished at intake, before any lane
+    assert logged["status"] == EventStatus.IGNORED and logged["outcome"] == f"unknown event type {event.type}"

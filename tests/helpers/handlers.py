@@ -1,0 +1,99 @@
+"""Builders shared by the handler tests: BlobCreated events as Azure Storage sends them, a real
+uvicorn server around the handlers app, the fake trainer's command line, and arrival records read back."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from handlers.app import create_app
+from handlers.blob_created import account_url
+from handlers.events import BLOB_CREATED
+from handlers.server import running
+from handlers.service import HandlerService
+from infra.arrivals import arrivals_dir
+from infra.settings import Settings
+
+FAKE_TRAIN = Path(__file__).resolve().parents[1] / "handlers" / "fake_train.py"
+
+
+def fake_train_command(record: Path, *extra: str) -> str:
+    """A ``retrain_command`` running the fake trainer, recording each run in ``record``."""
+    return shlex.join([sys.executable, str(FAKE_TRAIN), "--version", "{version}", "--record", str(record), *extra])
+
+
+def blob_data(
+    url: str, *, etag: str | None = None, length: int = 1234, api: str = "PutBlob", content_type: str = "image/png"
+) -> dict[str, Any]:
+    """The data of a BlobCreated event as Azure Storage sends it."""
+    return {
+        "api": api,
+        "clientRequestId": str(uuid.uuid4()),
+        "requestId": str(uuid.uuid4()),
+        "eTag": etag or f"0x8D{uuid.uuid4().hex[:14].upper()}",
+        "contentType": content_type,
+        "contentLength": length,
+        "blobType": "BlockBlob",
+        "url": url,
+        "sequencer": "00000000000000000000000000000001",
+        "storageDiagnostics": {"batchId": str(uuid.uuid4())},
+    }
+
+
+def blob_event(settings: Settings, container: str, name: str, *, event_id: str | None = None, **data: Any):
+    """An SDK ``EventGridEvent`` for a BlobCreated in ``container``/``name`` of the configured account."""
+    from azure.eventgrid import EventGridEvent
+
+    url = f"{account_url(settings)}{container}/{name}"
+    return EventGridEvent(
+        id=event_id or str(uuid.uuid4()),
+        subject=f"/blobServices/default/containers/{container}/blobs/{name}",
+        event_type=BLOB_CREATED,
+        data=blob_data(url, **data),
+        data_version="",
+    )
+
+
+def blob_event_dict(settings: Settings, container: str, name: str, **options: Any) -> dict[str, Any]:
+    """The same event as the Event Grid JSON dict (for raw httpx requests)."""
+    event = blob_event(settings, container, name, **options)
+    return {
+        "id": event.id,
+        "eventType": event.event_type,
+        "subject": event.subject,
+        "data": event.data,
+        "dataVersion": "",
+        "eventTime": str(event.event_time),
+        "metadataVersion": "1",
+    }
+
+
+@contextmanager
+def serving(settings: Settings, **service_options: Any) -> Iterator[tuple[str, HandlerService]]:
+    """A real uvicorn server for ``settings``; yields (events URL, service)."""
+    service = HandlerService(settings, **service_options)
+    with running(create_app(settings, service=service)) as url:
+        yield url, service
+
+
+def arrival_lines(settings: Settings) -> list[dict]:
+    """Every arrival record the handlers wrote for ``settings``, file by file, in write order."""
+    folder = arrivals_dir(settings)
+    if not folder.exists():
+        return []
+    paths = sorted(folder.glob("arrivals-*.jsonl"))
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines()]
+
+
+def blob_created_event(settings: Settings, container: str, name: str, *, event_id: str | None = None, **data: Any):
+    """The same BlobCreated as the service sees it after parsing (a :class:`handlers.events.Event`)."""
+    from handlers.events import Event
+
+    sdk = blob_event(settings, container, name, event_id=event_id, **data)
+    return Event(id=sdk.id, type=BLOB_CREATED, subject=sdk.subject, time="2026-01-02T03:04:05.1234567Z", data=sdk.data)

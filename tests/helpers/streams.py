@@ -1,0 +1,77 @@
+"""Builders for the streams tests: the tiny champion's classes, scoring settings, images, rows, records."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from infra.arrivals import ArrivalRecord
+from infra.blob import BlobStore
+from infra.lake import Lake
+from infra.local.sample_data import ShapeKnobs, shape_images, write_images
+from infra.settings import Settings
+from infra.tables import IMAGES
+
+CLASSES = ["circle", "square", "triangle"]
+IMAGE_SIZE = 16
+
+
+def scoring_settings(tmp_path: Path, **fields: object) -> Settings:
+    """Settings for a scoring test: quick champion checks and triggers, labeling off."""
+    state = tmp_path / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    return Settings(
+        state_dir=state,
+        spark_master="local[2]",
+        champion_check_s=0.5,
+        labeling_daily_budget=0,
+        score_trigger_s=0.5,
+        **fields,
+    )
+
+
+def with_model(value: Settings, model_store: Path) -> Settings:
+    """``value`` with its own copy of ``model_store``'s registry database (artifacts are shared)."""
+    # A copy per test: a test may move the aliases.
+    shutil.copy(model_store / "mlflow.db", value.state_dir / "mlflow.db")
+    return value
+
+
+def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:
+    """``count`` 24x24 shape PNGs written under ``folder``, sorted by path."""
+    knobs = ShapeKnobs(count=count, size=24, seed=seed, prefix=prefix, holdout_fraction=0)
+    write_images(shape_images(knobs), out_dir=folder)
+    return sorted(folder.rglob(f"{prefix}-*.png"))
+
+
+def rows_by_name(settings: Settings) -> dict[str, dict]:
+    """The ``images`` rows keyed by their file name."""
+    table = Lake(settings).read(IMAGES).to_pylist()
+    return {Path(r["path"]).name: r for r in table}
+
+
+def wait_for_rows(settings: Settings, count: int, timeout: float = 60) -> None:
+    """Wait until ``images`` holds at least ``count`` rows (a running stream committed them)."""
+    lake = Lake(settings)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lake.exists(IMAGES) and lake.read(IMAGES, columns=["path"]).num_rows >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+
+
+def arrival_record(settings: Settings, store: BlobStore, name: str, data: bytes, *, at: str) -> ArrivalRecord:
+    """The arrival record the handlers would write for blob ``name`` of the images container."""
+    container = settings.images_container
+    return ArrivalRecord(
+        url=store.url(container, name),
+        container=container,
+        name=name,
+        etag="0x1",
+        content_type="image/png",
+        content_length=len(data),
+        event_time=at,
+        event_id=f"ev-{name}",
+    )
