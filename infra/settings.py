@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEFAULT_EVENT_KEY = "local-dev-key"
+DEFAULT_MODEL_API_KEY = "local-model-key"
 # An event key shorter than this is guessable; azure mode refuses it.
 MIN_EVENT_KEY_CHARS = 32
-SECRET_FIELDS = ("blob_connection_string", "event_key")
+SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
 
 
 def _config_file() -> Path | None:
@@ -135,6 +136,23 @@ class Settings(BaseSettings):
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
     max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
 
+    model_host: str = Field("127.0.0.1", description="Model server (lakesight serve-model) bind address")
+    model_port: int = Field(8766, description="Model server port")
+    model_api_key: SecretStr = Field(
+        SecretStr(DEFAULT_MODEL_API_KEY), description="Key callers of the model server send as X-API-Key"
+    )
+    serve_alias: str = Field(
+        "champion", min_length=1, description="Registry alias the model server serves (a green deployment: challenger)"
+    )
+    max_batch_images: int = Field(32, ge=1, description="Most images in one multipart request to the model server")
+    serve_batch_wait_ms: float = Field(
+        4.0, ge=0, description="How long the model server gathers concurrent requests into one model batch"
+    )
+    serve_batch_images: int = Field(64, ge=1, description="Most images the model server runs through the model at once")
+    online_log_queue: int = Field(
+        20000, ge=1, description="Answered images waiting for the online_predictions table; beyond it they are dropped"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -223,6 +241,10 @@ class Settings(BaseSettings):
                 )
         return key
 
+    def model_secret(self) -> str:
+        """The model server's API key; in azure mode the default, an empty or a short one is refused."""
+        return _strong_key(self, self.model_api_key, DEFAULT_MODEL_API_KEY, "LAKESIGHT_MODEL_API_KEY")
+
     # Serialised forms --------------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
         """Settings as plain values with secrets masked, for printing and logging."""
@@ -249,6 +271,17 @@ class Settings(BaseSettings):
                 value = json.dumps(value)
             env[f"LAKESIGHT_{name.upper()}"] = str(value)
         return env
+
+
+def _strong_key(settings: Settings, secret: SecretStr, default: str, variable: str) -> str:
+    key = secret.get_secret_value()
+    if settings.mode == "local":
+        return key
+    if not key or key == default:
+        raise SettingsError(f"mode=azure refuses an empty or default key: set {variable}")
+    if len(key) < MIN_EVENT_KEY_CHARS:
+        raise SettingsError(f"mode=azure needs a key of at least {MIN_EVENT_KEY_CHARS} characters ({variable})")
+    return key
 
 
 @lru_cache(maxsize=1)

@@ -4,7 +4,7 @@
 MERGE names only the partitions its batch touches and costs the same on day 1 and day 1,000.
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
 The other tables are the labeling ledger (the stream), label rejects and retraining decisions
-(the handlers); ``infra.status`` reads them by these specs.
+(the handlers) and the model server's inference table; ``infra.status`` reads them by these specs.
 """
 
 from __future__ import annotations
@@ -144,7 +144,32 @@ RETRAINING_DECISIONS = TableSpec(
     sort_by="decided_at",
 )
 
-TABLES = (IMAGES, LABELING_REQUESTS, LABEL_REJECTS, RETRAINING_DECISIONS)
+# The model server's inference table: one row per image it answered (lakesight serve-model).
+ONLINE_PREDICTIONS = TableSpec(
+    "online_predictions",
+    pa.schema(
+        [
+            pa.field("request_id", pa.string(), nullable=False),
+            pa.field("item", pa.int32(), nullable=False),
+            pa.field("request_date", pa.date32(), nullable=False),
+            pa.field("received_at", TS),
+            pa.field("latency_ms", pa.float64()),
+            pa.field("caller_id", pa.string()),
+            pa.field("content_hash", pa.string()),
+            pa.field("size_bytes", pa.int64()),
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field("error", pa.string()),
+        ]
+    ),
+    keys=("request_id", "item"),
+    partition_by=("request_date",),
+    sort_by="received_at",
+)
+
+TABLES = (IMAGES, LABELING_REQUESTS, LABEL_REJECTS, RETRAINING_DECISIONS, ONLINE_PREDICTIONS)
 
 
 def column_names(fields: list[pa.Field]) -> list[str]:

@@ -68,3 +68,24 @@ def digits_dir(session_dir: Path) -> Path:
     out = session_dir / "digits"
     write_images(digits_images(), out_dir=out)
     return out
+
+
+@pytest.fixture(scope="session")
+def model_store(session_dir: Path) -> Path:
+    """An MLflow store holding version 1 of a tiny CNN as champion (built once per session)."""
+    from tests.helpers.models import CLASSES, IMAGE_SIZE
+    from training.toy_models import register_champion, tiny_cnn
+
+    state = session_dir / "model-store"
+    register_champion(
+        Settings(state_dir=state), tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE
+    )
+    return state
+
+
+@pytest.fixture
+def champion_settings(tmp_path: Path, model_store: Path) -> Settings:
+    """Settings with their own registry copy of the session's tiny champion, re-checked every 0.5 s."""
+    from tests.helpers.models import with_model
+
+    return with_model(Settings(state_dir=tmp_path / "state", champion_check_s=0.5), model_store)

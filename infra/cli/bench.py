@@ -1,12 +1,14 @@
-"""``lakesight bench score|events|train``: benchmarks that print JSON figures.
+"""``lakesight bench score|events|train|serve``: benchmarks that print JSON figures.
 
-The cross-package set-up lives here, in the composition root: ``bench score`` registers the model
-it measures (training's CNN or a tiny one) and hands the stream's benchmark a registered
-champion; ``bench train`` ingests the digits with the ingest stream and hands training a lake.
+The cross-package set-up lives here, in the composition root: ``bench score`` and ``bench serve``
+register the model they measure (training's CNN or a tiny one) and hand the stream's or the model
+server's benchmark a registered champion; ``bench train`` ingests the digits with the ingest
+stream and hands training a lake.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +30,7 @@ def register(app: typer.Typer) -> None:
     group.command("score")(bench_score)
     group.command("events")(bench_events)
     group.command("train")(bench_train)
+    group.command("serve")(bench_serve)
 
 
 def run_score_bench(settings: Settings, *, model: str = "default", **options: Any) -> dict[str, Any]:
@@ -120,3 +123,69 @@ def bench_train(
         local, holdout, ingested = digits_lake(get_settings(), folder)
         figures = run(local, options, holdout=holdout, ingested_images=ingested, progress=say)
     print_json(figures)
+
+
+SERVE_IMAGE_SIZE = 64
+SERVE_CLASSES = ["circle", "square", "triangle", "star"]
+
+
+def bench_serve(
+    seconds: Annotated[float, typer.Option(min=1, help="Seconds of load per case")] = 5.0,
+    model: Annotated[str, typer.Option(help="'default' (training's CNN) or 'tiny' (the server's own capacity)")] = (
+        "default"
+    ),
+) -> None:
+    """Benchmark lakesight serve-model: one JSON row per concurrency and request size, and the raw model."""
+    import numpy as np
+
+    from infra.local.sample_data import png_bytes
+    from infra.processes import Service, free_port, lakesight_argv
+    from serving.bench import raw_model_images_per_s, run_cases
+    from training.toy_models import build_keras, register_champion
+
+    if model not in BENCH_MODELS:
+        raise UsageError(f"--model must be one of {', '.join(BENCH_MODELS)}, not {model!r}")
+    folder = Path(tempfile.mkdtemp(prefix="lakesight-bench-serve-"))
+    settings = Settings(state_dir=folder / "state", model_port=free_port())
+    rng = np.random.default_rng(0)
+    images = [png_bytes(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)) for _ in range(32)]
+    with stdout_to_stderr():
+        say(f"registering the {model} model")
+        keras_model = build_keras(model, SERVE_IMAGE_SIZE, len(SERVE_CLASSES))
+        version = register_champion(settings, keras_model, class_names=SERVE_CLASSES, image_size=SERVE_IMAGE_SIZE)
+        say("measuring the raw model")
+        raw = raw_model_images_per_s(settings, images)
+        server = Service("model-server", settings)
+        server.spawn(lakesight_argv("serve-model", "--log-level", "warning"), env=settings.to_env())
+        try:
+            base_url = f"http://127.0.0.1:{settings.model_port}"
+            _wait_for_health(base_url, server)
+            rows = run_cases(base_url, settings.model_secret(), images, seconds=seconds, progress=say)
+        finally:
+            server.stop()
+    print_json(
+        {
+            "model": {"kind": model, "version": version, "image_size": SERVE_IMAGE_SIZE},
+            "cores": os.cpu_count(),
+            "raw_model_images_per_s": raw,
+            "cases": [{**row, "ratio_to_raw": round(row["images_per_s"] / raw, 3)} for row in rows],
+        }
+    )
+
+
+def _wait_for_health(base_url: str, server: Any, timeout: float = 120.0) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.pid() is None:
+            raise UsageError(f"the model server exited; see {server.log_file}")
+        try:
+            if httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise UsageError(f"the model server did not answer within {timeout:g} s; see {server.log_file}")

@@ -1,4 +1,4 @@
-"""Infrastructure as code: Azure Bicep, the Databricks Asset Bundle and the Azure ML retraining job.
+"""Infrastructure as code: Azure Bicep, the Databricks Asset Bundle, the Azure ML retraining job and online endpoint.
 
 The files live beside this module and ship with the package; :mod:`infra.iac.specs` finds, loads and
 checks them offline.
@@ -17,7 +17,11 @@ from infra.iac.specs import (
     bundle_targets,
     load_bundle,
     load_databricks_job,
+    load_online_deployment,
+    load_online_endpoint,
     load_retrain_job,
+    online_deployment_path,
+    online_endpoint_path,
     retrain_job_path,
     task_order,
 )
@@ -35,7 +39,11 @@ __all__ = [
     "bundle_targets",
     "load_bundle",
     "load_databricks_job",
+    "load_online_deployment",
+    "load_online_endpoint",
     "load_retrain_job",
+    "online_deployment_path",
+    "online_endpoint_path",
     "retrain_job_path",
     "task_order",
 ]

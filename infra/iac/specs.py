@@ -110,9 +110,28 @@ def retrain_job_path() -> Path:
     return AZUREML_DIR / "retrain-job.yml"
 
 
+def online_endpoint_path() -> Path:
+    """The Azure ML managed online endpoint of the model server."""
+    return AZUREML_DIR / "online-endpoint.yml"
+
+
+def online_deployment_path() -> Path:
+    """The one online deployment definition (blue; green is it with the challenger alias)."""
+    return AZUREML_DIR / "online-deployment.yml"
+
+
 def all_files() -> list[Path]:
     """Every infrastructure file that a deployment uses (what the package must ship)."""
-    return [*bicep_files(), bicep_parameters(), *bundle_files(), retrain_job_path(), AZUREML_DIR / "conda.yml"]
+    return [
+        *bicep_files(),
+        bicep_parameters(),
+        *bundle_files(),
+        retrain_job_path(),
+        AZUREML_DIR / "conda.yml",
+        online_endpoint_path(),
+        online_deployment_path(),
+        AZUREML_DIR / "serve" / "Dockerfile",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -558,3 +577,29 @@ def build_bicep(path: Path | None = None) -> dict[str, Any]:
     if done.returncode != 0:
         raise SpecError(f"bicep build {source} failed:\n{done.stderr}")
     return json.loads(done.stdout)
+
+
+# ------------------------------------------------------------------------------------------------
+# Azure ML online endpoint, loaded offline
+# A deployment's slot and the registry alias it serves: blue takes the traffic, green is mirrored.
+DEPLOYMENT_ALIASES = {"blue": "champion", "green": "challenger"}
+
+
+def load_online_endpoint() -> Any:
+    """The managed online endpoint, loaded with azure-ai-ml's own loader (nothing is contacted)."""
+    from azure.ai.ml import load_online_endpoint as load
+
+    return load(online_endpoint_path())
+
+
+def load_online_deployment(slot: str = "blue") -> Any:
+    """The online deployment for ``slot`` ("blue" or "green"), as ``--set`` overrides make it."""
+    from azure.ai.ml import load_online_deployment as load
+
+    if slot not in DEPLOYMENT_ALIASES:
+        raise SpecError(f"deployment slot must be one of {', '.join(DEPLOYMENT_ALIASES)}, not {slot!r}")
+    overrides = [{"name": slot}, {"environment_variables.LAKESIGHT_SERVE_ALIAS": DEPLOYMENT_ALIASES[slot]}]
+    deployment = load(online_deployment_path(), params_override=overrides)
+    if leaked := sorted(set(deployment.environment_variables or {}) & set(JOB_SECRET_VARIABLES)):
+        raise SpecError(f"an online deployment's definition is readable by the workspace; {leaked} must not be in it")
+    return deployment

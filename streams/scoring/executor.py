@@ -1,29 +1,21 @@
-"""Executor-side scoring: the champion classifier cached per Python worker, and the row mappers.
+"""Executor-side scoring: the row mappers and the SQL function, on the champion of ``infra.champion``.
 
-Spark reuses Python workers (``spark.python.worker.reuse``), so the module-level cache below
-lives across tasks and micro-batches: the model is loaded once per worker, and the champion
-alias is re-read at most every ``settings.champion_check_s`` seconds, so a promotion reaches a
-running stream without a restart.
+Spark reuses Python workers (``spark.python.worker.reuse``), so that process-wide cache lives
+across tasks and micro-batches: the model is loaded once per worker and follows the alias.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from infra import champion as champion_cache
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
 from streams.file_rows import ARRIVAL_DDL, arrival_rows
-
-log = logging.getLogger(__name__)
 
 PREDICTION_DDL = (
     "predicted_label string, confidence double, probabilities array<float>, class_names array<string>, "
@@ -35,19 +27,6 @@ CLASSIFY_DDL = "label string, confidence double"
 FETCH_ERROR = "fetch_error"
 
 
-@dataclass
-class _Cached:
-    classifier: Any
-    version: str
-    checked_at: float
-
-
-_lock = threading.Lock()
-# A few registries at most per worker (tests point each test at its own); oldest dropped first.
-_models: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
-_MAX_MODELS = 3
-
-
 def _prepare_worker(settings: Settings) -> None:
     # Two Spark workers on two cores must not each start a full TensorFlow thread pool. The
     # setting wins over whatever the worker inherited: it is the one knob (docs/ARCHITECTURE.md).
@@ -56,48 +35,9 @@ def _prepare_worker(settings: Settings) -> None:
 
 
 def current_classifier(settings: Settings, *, now: float | None = None) -> tuple[Any, str]:
-    """``(classifier, version)`` of the champion, loaded once per worker and re-checked periodically."""
-    from infra.registry import champion, load_classifier
-
+    """``(classifier, version)`` of the champion for this Python worker (``infra.champion``'s cache)."""
     _prepare_worker(settings)
-    key = (settings.mlflow_tracking_uri, settings.model_name)
-    now = time.monotonic() if now is None else now
-    with _lock:
-        cached = _models.get(key)
-        if cached is not None and now - cached.checked_at < settings.champion_check_s:
-            return cached.classifier, cached.version
-        latest = champion(settings) if cached is not None else None
-        if cached is not None and latest is not None and str(latest.version) == cached.version:
-            cached.checked_at = now
-            return cached.classifier, cached.version
-        # First use, or the alias moved (or vanished: keep serving what we have if loading fails).
-        wanted = None if latest is None else latest.version
-        try:
-            classifier, version = load_classifier(settings, wanted)
-        except Exception as exc:
-            if cached is None:
-                raise
-            # Logged here, not per row or batch: the next try waits for the next check.
-            log.warning(
-                "champion version %s of %s failed to load; still serving version %s: %s",
-                "(alias gone)" if wanted is None else wanted,
-                settings.model_name,
-                cached.version,
-                exc,
-            )
-            cached.checked_at = now
-            return cached.classifier, cached.version
-        _models[key] = _Cached(classifier, version, now)
-        _models.move_to_end(key)
-        while len(_models) > _MAX_MODELS:
-            _models.popitem(last=False)
-        return classifier, version
-
-
-def forget_models() -> None:
-    """Drop every cached classifier (tests; a worker that must reload)."""
-    with _lock:
-        _models.clear()
+    return champion_cache.current_classifier(settings, now=now)
 
 
 def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:

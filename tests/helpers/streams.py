@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -13,8 +12,10 @@ from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import IMAGES
 
-CLASSES = ["circle", "square", "triangle"]
-IMAGE_SIZE = 16
+# Re-exported: the streams tests take the shared champion's constants from here.
+from tests.helpers.models import CLASSES as CLASSES
+from tests.helpers.models import IMAGE_SIZE as IMAGE_SIZE
+from tests.helpers.models import with_model as with_model
 
 
 def scoring_settings(tmp_path: Path, **fields: object) -> Settings:
@@ -29,13 +30,6 @@ def scoring_settings(tmp_path: Path, **fields: object) -> Settings:
         score_trigger_s=0.5,
         **fields,
     )
-
-
-def with_model(value: Settings, model_store: Path) -> Settings:
-    """``value`` with its own copy of ``model_store``'s registry database (artifacts are shared)."""
-    # A copy per test: a test may move the aliases.
-    shutil.copy(model_store / "mlflow.db", value.state_dir / "mlflow.db")
-    return value
 
 
 def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:

@@ -6,7 +6,9 @@ import copy
 import importlib.metadata
 import importlib.resources
 import json
+import os
 import re
+import time
 import tomllib
 from pathlib import Path
 
@@ -484,3 +486,95 @@ def test_bicep_build_compiles_the_template() -> None:
     types = json.dumps(template)
     assert "Microsoft.EventGrid/systemTopics" in types and "Microsoft.MachineLearningServices/workspaces" in types
     assert set(template["outputs"]) >= {"storageAccountName", "topicName", "workspaceName"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Azure ML online endpoint (the model server)
+def test_online_endpoint_mirrors_traffic_to_the_challenger_deployment() -> None:
+    endpoint = iac.load_online_endpoint()
+    assert endpoint.auth_mode == "key"
+    assert endpoint.traffic == {"blue": 100} and endpoint.mirror_traffic == {"green": 10}
+    blue, green = iac.load_online_deployment("blue"), iac.load_online_deployment("green")
+    assert {blue.name, green.name} == set(endpoint.traffic) | set(endpoint.mirror_traffic)
+    assert blue.endpoint_name == green.endpoint_name == endpoint.name
+    assert blue.environment_variables["LAKESIGHT_SERVE_ALIAS"] == "champion"
+    assert green.environment_variables["LAKESIGHT_SERVE_ALIAS"] == "challenger"
+    with pytest.raises(specs.SpecError, match="slot"):
+        iac.load_online_deployment("red")
+
+
+def test_online_deployment_routes_are_the_model_servers() -> None:
+    from serving.app import CLASSIFY_PATH
+
+    deployment = iac.load_online_deployment()
+    routes = deployment.environment.inference_config
+    settings = Settings(**_deployment_fields(deployment.environment_variables))
+    assert routes["scoringRoute"] == {"path": CLASSIFY_PATH, "port": settings.model_port}
+    assert routes["livenessRoute"] == routes["readinessRoute"] == {"path": "/healthz", "port": settings.model_port}
+    assert settings.model_host == "0.0.0.0" and settings.mode == "azure"
+    assert not set(deployment.environment_variables) & set(specs.JOB_SECRET_VARIABLES)
+
+
+def test_the_serving_image_holds_every_package_and_runs_serve_model() -> None:
+    deployment = iac.load_online_deployment()
+    root = (specs.online_deployment_path().parent / deployment.environment.build.path).resolve()
+    dockerfile = (root / deployment.environment.build.dockerfile_path).read_text()
+    pyproject = tomllib.loads((root / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    for package in packages:
+        assert f"COPY {package} {package}" in dockerfile, package
+    assert 'CMD ["lakesight", "serve-model"]' in dockerfile
+    assert "-c constraints.txt" in dockerfile
+
+
+@pytest.mark.slow
+def test_serve_model_runs_with_exactly_the_deployments_environment(champion_settings: Settings, tmp_path) -> None:
+    """The container's command, run here with the deployment's variables plus the two passed with --set."""
+    import subprocess
+
+    import httpx
+
+    from infra.processes import free_port, lakesight_argv
+    from serving.app import API_KEY_HEADER
+    from tests.helpers.images import solid_png
+
+    deployment = iac.load_online_deployment()
+    routes = deployment.environment.inference_config
+    key = "k" * 40
+    port = free_port()  # the deployment's own port may be taken on this machine; the routes are what count
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        **deployment.environment_variables,
+        "LAKESIGHT_MODEL_PORT": str(port),
+        "LAKESIGHT_MODEL_API_KEY": key,
+        "LAKESIGHT_MLFLOW_TRACKING_URI": champion_settings.mlflow_tracking_uri,
+        "LAKESIGHT_MODEL_NAME": champion_settings.model_name,
+        "LAKESIGHT_STATE_DIR": str(tmp_path / "state"),
+    }
+    server = subprocess.Popen(lakesight_argv("serve-model"), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            assert server.poll() is None, server.stdout.read().decode() if server.stdout else ""
+            try:
+                if httpx.get(base + routes["livenessRoute"]["path"], timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "the server never answered its liveness route"
+                time.sleep(0.3)
+        path = routes["scoringRoute"]["path"]
+        image = solid_png(9)
+        refused = httpx.post(base + path, content=image, headers={"content-type": "image/png"}, timeout=30)
+        headers = {"content-type": "image/png", API_KEY_HEADER: key}
+        answered = httpx.post(base + path, content=image, headers=headers, timeout=60)
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert refused.status_code == 401
+    assert answered.status_code == 200 and answered.json()["model_version"] == "1"
+
+
+def _deployment_fields(env: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix("LAKESIGHT_").lower(): v for k, v in env.items() if k.startswith("LAKESIGHT_")}

@@ -101,3 +101,14 @@ def test_secrets_are_masked_when_printed() -> None:
     shown = str(settings.public_dict()) + repr(settings)
     assert "very-secret" not in shown
     assert AZURITE_KEY not in shown
+
+
+def test_azure_mode_refuses_a_weak_model_api_key() -> None:
+    for weak, reason in (("", "empty or default"), ("local-model-key", "empty or default"), ("k" * 31, "at least 32")):
+        with pytest.raises(SettingsError, match=reason):
+            Settings(mode="azure", model_api_key=weak).model_secret()
+    assert Settings(mode="azure", model_api_key="k" * 32).model_secret() == "k" * 32
+    assert Settings(model_api_key="").model_secret() == ""  # local mode: the server decides (loopback only)
+    assert "model_api_key" in Settings.model_fields and "k" * 32 not in str(
+        Settings(model_api_key="k" * 32).public_dict()
+    )

@@ -1,4 +1,4 @@
-"""Fixtures for the streams tests: a tiny registered champion, shared by copying its MLflow store."""
+"""Fixtures for the streams tests: scoring settings on the session's tiny champion (``model_store``)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from tests.helpers.streams import CLASSES, IMAGE_SIZE, scoring_settings, with_model
-
-
-@pytest.fixture(scope="session")
-def model_store(session_dir: Path) -> Path:
-    """An MLflow store holding version 1 of a tiny CNN as champion (built once per session)."""
-    from training.toy_models import register_champion, tiny_cnn
-
-    state = session_dir / "model-store"
-    settings = Settings(state_dir=state)
-    register_champion(settings, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
-    return state
+from tests.helpers.streams import scoring_settings, with_model
 
 
 @pytest.fixture

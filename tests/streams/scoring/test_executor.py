@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from infra.registry import TF_THREADS_ENV, load_classifier
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
-from streams.scoring.executor import current_classifier, forget_models
 from streams.scoring.query import run_scoring
 from tests.helpers.images import solid_png
 from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, shapes, wait_for_rows
@@ -65,44 +61,3 @@ def test_sql_classify_function(spark, score_settings: Settings) -> None:
     assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
     assert rows[1].c.label is None and rows[1].c.confidence is None
     assert rows[2].c.label is None
-
-
-def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
-    score_settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    monkeypatch.setenv(TF_THREADS_ENV, str(score_settings.score_tf_threads))  # restored after the test
-    forget_models()
-    check = score_settings.champion_check_s
-    try:
-        classifier, version = current_classifier(score_settings, now=100.0)
-        assert version == "1"
-        # Version 2 becomes champion, then its artifacts go (a half-copied or purged artifact store).
-        broken = register_champion(
-            score_settings,
-            tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=3),
-            class_names=CLASSES,
-            image_size=IMAGE_SIZE,
-            experiment="broken-champion",
-        )
-        assert broken == "2"
-        artifacts = Path(score_settings.mlflow_artifact_root) / "broken-champion"
-        assert artifacts.is_dir()
-        shutil.rmtree(artifacts)
-        with pytest.raises(Exception) as failure:  # whatever MLflow raises is what gets logged
-            load_classifier(score_settings, "2")
-
-        with caplog.at_level(logging.WARNING, logger="streams.scoring.executor"):
-            first = current_classifier(score_settings, now=100.0 + check)
-            within = current_classifier(score_settings, now=100.0 + check * 1.5)  # cached: no second try
-            next_check = current_classifier(score_settings, now=100.0 + check * 2.5)
-    finally:
-        forget_models()
-
-    assert first[0] is within[0] is next_check[0] is classifier
-    assert first[1] == within[1] == next_check[1] == "1"
-    warnings = [r for r in caplog.records if r.name == "streams.scoring.executor"]
-    assert len(warnings) == 2  # once per check interval, not once per call
-    message = warnings[0].getMessage()
-    assert warnings[0].levelno == logging.WARNING
-    assert "champion version 2" in message and "still serving version 1" in message
-    assert str(failure.value) in message

@@ -1,0 +1,93 @@
+"""The champion classifier (or another alias's), cached per process and re-checked against the registry.
+
+One cache serves every place that scores with a registered version: the scoring stream's Spark
+Python workers (reused across tasks, so the cache lives across micro-batches) and the model server.
+The alias is re-read at most every ``settings.champion_check_s`` seconds, so a promotion or a
+rollback reaches a running process without a restart; a version that fails to load is logged
+once per check and the one already loaded keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from infra.registry import CHAMPION, Classifier, RegistryError, load_classifier, version_by_alias
+from infra.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Cached:
+    classifier: Classifier
+    version: str
+    checked_at: float
+
+
+_lock = threading.Lock()
+# A few registries at most per process (tests point each test at its own); oldest dropped first.
+_models: OrderedDict[tuple[str, str, str], _Cached] = OrderedDict()
+_MAX_MODELS = 3
+
+
+def current_classifier(
+    settings: Settings, *, alias: str = CHAMPION, now: float | None = None
+) -> tuple[Classifier, str]:
+    """``(classifier, version)`` of the version holding ``alias``, loaded once and re-checked periodically."""
+    key = (settings.mlflow_tracking_uri, settings.model_name, alias)
+    now = time.monotonic() if now is None else now
+    with _lock:
+        cached = _models.get(key)
+        if cached is not None and now - cached.checked_at < settings.champion_check_s:
+            return cached.classifier, cached.version
+        latest = version_by_alias(settings, alias)
+        if cached is None:
+            return _first_load(settings, key, alias, latest, now)
+        if latest is not None and str(latest.version) == cached.version:
+            cached.checked_at = now
+            return cached.classifier, cached.version
+        # The alias moved (or vanished: keep serving what we have if loading fails).
+        wanted = None if latest is None else str(latest.version)
+        try:
+            if wanted is None:
+                raise RegistryError(f"alias {alias!r} no longer names a version")
+            classifier, version = load_classifier(settings, wanted)
+        except Exception as exc:  # noqa: BLE001 - whatever loading raised, the loaded version keeps serving
+            # Logged here, not per row or request: the next try waits for the next check.
+            log.warning(
+                "%s version %s of %s failed to load; still serving version %s: %s",
+                alias,
+                "(alias gone)" if wanted is None else wanted,
+                settings.model_name,
+                cached.version,
+                exc,
+            )
+            cached.checked_at = now
+            return cached.classifier, cached.version
+        return _keep(key, classifier, version, now)
+
+
+def _first_load(settings: Settings, key: tuple[str, str, str], alias: str, latest: Any, now: float):
+    if latest is None:
+        raise RegistryError(f"model {settings.model_name!r} has no {alias!r} version yet: run 'lakesight train'")
+    classifier, version = load_classifier(settings, str(latest.version))
+    return _keep(key, classifier, version, now)
+
+
+def _keep(key: tuple[str, str, str], classifier: Classifier, version: str, now: float) -> tuple[Classifier, str]:
+    _models[key] = _Cached(classifier, version, now)
+    _models.move_to_end(key)
+    while len(_models) > _MAX_MODELS:
+        _models.popitem(last=False)
+    return classifier, version
+
+
+def forget_models() -> None:
+    """Drop every cached classifier (tests; a process that must reload)."""
+    with _lock:
+        _models.clear()

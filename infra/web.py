@@ -1,0 +1,89 @@
+"""What lakesight's HTTP services share (the event webhook, the model server).
+
+uvicorn in the foreground or in a thread; :class:`RequestRefused`, the one way a route refuses a
+request (answered ``{"error": message}`` with its status, never a 500 for what a caller sent);
+and the shared-key check, in constant time so response timing tells nothing about a guess.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from infra.errors import LakesightError
+from infra.processes import free_port
+
+
+class RequestRefused(LakesightError):
+    """A request answered with ``status_code`` and ``{"error": message}`` (see :func:`refused_response`)."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+async def refused_response(_request: Any, exc: RequestRefused) -> Any:
+    """The exception handler each app installs for :class:`RequestRefused`."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+
+
+def key_matches(supplied: str | None, key: bytes) -> bool:
+    return hmac.compare_digest((supplied or "").encode(), key)
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
+    import uvicorn
+
+    # One process, one event loop: each service keeps its state (queues, caches) in this process.
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+
+
+def serve_forever(app: Any, host: str, port: int, log_level: str = "info") -> None:
+    """Serve ``app`` until interrupted, logging at ``log_level``."""
+    import logging
+
+    import uvicorn
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
+
+
+@contextmanager
+def serving_in_thread(
+    app: Any, *, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning", timeout: float = 30.0
+) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a background thread; yield its base URL; stop it on exit."""
+    import uvicorn
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn_config(app, host, port, log_level))
+    thread = threading.Thread(target=server.run, name="lakesight-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
