@@ -149,6 +149,9 @@ class Settings(BaseSettings):
         4.0, ge=0, description="How long the model server gathers concurrent requests into one model batch"
     )
     serve_batch_images: int = Field(64, ge=1, description="Most images the model server runs through the model at once")
+    online_to_labeling: bool = Field(
+        False, description="Unsure images answered by the model server go to labeling like the stream's"
+    )
     online_log_queue: int = Field(
         20000, ge=1, description="Answered images waiting for the online_predictions table; beyond it they are dropped"
     )

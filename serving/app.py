@@ -26,7 +26,7 @@ from infra.registry import RegistryError
 from infra.settings import Settings
 from infra.web import RequestRefused, key_matches, refused_response
 from serving.batcher import ChampionLookup, MicroBatcher, Scored, served_classifier
-from serving.inference_log import InferenceLog
+from serving.inference_log import CLASS_NAMES, CONTENT, PROBABILITIES, InferenceLog
 from serving.stats import ServingStats
 from serving.uploads import (
     Upload,
@@ -122,7 +122,10 @@ async def classify(
         status = 422 if results[0].get("error") else 200
     state.stats.observe(status, latency_ms, len(results))
     if state.inference_log is not None:
-        state.inference_log.record(_log_rows(request_id, received_at, latency_ms, uploads.items, results))
+        rows = _log_rows(request_id, received_at, latency_ms, uploads.items, results)
+        if state.settings.online_to_labeling:
+            _attach_for_labeling(rows, uploads.items, results)
+        state.inference_log.record(rows)
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
 
 
@@ -198,6 +201,15 @@ def _log_rows(
         }
         for index, (item, result) in enumerate(zip(items, results, strict=True))
     ]
+
+
+def _attach_for_labeling(rows: list[dict[str, Any]], items: list[Upload], results: list[dict[str, Any]]) -> None:
+    """The bytes and probabilities the labeling hand-off needs, on the rows it may send."""
+    for row, item, result in zip(rows, items, results, strict=True):
+        if item.content is not None and "probabilities" in result:
+            row[CONTENT] = item.content
+            row[PROBABILITIES] = list(result["probabilities"].values())
+            row[CLASS_NAMES] = list(result["probabilities"])
 
 
 def _ms(started: float) -> float:

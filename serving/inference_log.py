@@ -3,21 +3,33 @@
 Requests put rows on a bounded queue and return; one thread writes them in batches. When the
 queue is full (the table is slower than the traffic) the response still goes out and the row is
 dropped and counted, so a slow lake never slows or fails a request.
+
+With ``LAKESIGHT_ONLINE_TO_LABELING`` the same thread hands unsure images to labeling through
+``infra.labeling`` (the stream's hand-off, ledger and daily budget) and adds them to ``images`` as
+``online:<request id>/<item>``, so the human label that comes back lands on a row training reads.
+Each write is one app transaction (this process's id, a batch counter), replay-safe like the stream.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import queue
 import threading
 import time
+import uuid
 from typing import Any
 
 import pyarrow as pa
 
-from infra.lake import Lake
+from infra.labeling import hand_off
+from infra.lake import Lake, Transaction
 from infra.settings import Settings
-from infra.tables import ONLINE_PREDICTIONS
+from infra.tables import IMAGES, ONLINE_PREDICTIONS
+
+# Row keys that travel with a queued row for the labeling hand-off only (not table columns).
+CONTENT, PROBABILITIES, CLASS_NAMES = "_content", "_probabilities", "_class_names"
+ONLINE_PATH_PREFIX = "online:"
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +39,10 @@ FLUSH_SECONDS = 1.0
 
 class InferenceLog:
     def __init__(self, settings: Settings, *, flush_s: float = FLUSH_SECONDS) -> None:
+        self._settings = settings
         self._lake = Lake(settings)
+        self._app_id = f"{ONLINE_PATH_PREFIX}{uuid.uuid4().hex}"
+        self._batch_id = 0
         self._queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=settings.online_log_queue)
         self._flush_s = flush_s
         self._stop = threading.Event()
@@ -35,6 +50,7 @@ class InferenceLog:
         self.written = 0
         self.dropped = 0
         self.failed_writes = 0
+        self.sent_to_labeling = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -76,11 +92,46 @@ class InferenceLog:
         return rows
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
+        txn = Transaction(self._app_id, self._batch_id)
+        self._batch_id += 1
         try:
-            self._lake.merge(ONLINE_PREDICTIONS, pa.Table.from_pylist(rows, schema=ONLINE_PREDICTIONS.schema))
+            if self._settings.online_to_labeling:
+                self._hand_off(rows, txn)
+            self._lake.merge(ONLINE_PREDICTIONS, pa.Table.from_pylist(rows, schema=ONLINE_PREDICTIONS.schema), txn=txn)
         except Exception as exc:  # noqa: BLE001 - the table is best effort; serving goes on
             self.failed_writes += 1
             self.dropped += len(rows)
             log.warning("could not write %d rows to %s: %s", len(rows), ONLINE_PREDICTIONS, exc)
             return
         self.written += len(rows)
+
+    def _hand_off(self, rows: list[dict[str, Any]], txn: Transaction) -> None:
+        threshold = self._settings.confidence_threshold
+        unsure = [r for r in rows if r.get(CONTENT) and r["error"] is None and r["confidence"] < threshold]
+        if not unsure:
+            return
+        images = pa.Table.from_pylist([_image_row(r) for r in unsure], schema=IMAGES.schema)
+        sent = hand_off(self._settings, self._lake, images, app_id=txn.app_id, batch_id=txn.version)
+        self._lake.merge(IMAGES, sent.table, txn=txn)
+        self.sent_to_labeling += sent.sent
+
+
+def _image_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An ``images`` row for an online image: its arrival and the model server's prediction."""
+    received: dt.datetime = row["received_at"]
+    return {
+        "path": f"{ONLINE_PATH_PREFIX}{row['request_id']}/{row['item']}",
+        "load_date": received.date(),
+        "content": row[CONTENT],
+        "content_hash": row["content_hash"],
+        "size_bytes": row["size_bytes"],
+        "arrived_at": received,
+        "ingested_at": received,
+        "predicted_label": row["label"],
+        "confidence": row["confidence"],
+        "probabilities": row[PROBABILITIES],
+        "class_names": row[CLASS_NAMES],
+        "model_name": row["model_name"],
+        "model_version": row["model_version"],
+        "scored_at": received,
+    }

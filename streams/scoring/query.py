@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.errors import LakesightError
+from infra.labeling import HandOff, hand_off
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import get_spark
@@ -33,7 +34,6 @@ from streams.checkpoint.rotation import remembers_every_file, remove_retired, re
 from streams.checkpoint.source_log import seen_file_count
 from streams.scoring.compaction import Compactor
 from streams.scoring.executor import SCORED_DDL, score_rows
-from streams.scoring.labeling import HandOff, hand_off
 from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 

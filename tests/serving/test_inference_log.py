@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
+from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import ONLINE_PREDICTIONS
+from infra.tables import IMAGES, LABELING_REQUESTS, ONLINE_PREDICTIONS
 from serving.inference_log import InferenceLog
 from tests.helpers.images import solid_png, truncated_png
+from tests.helpers.models import with_model
 from tests.helpers.serving import model_server, post_batch, post_image
 
 
@@ -47,3 +51,28 @@ def test_a_full_queue_drops_and_counts(settings: Settings) -> None:
 def _row(item: int) -> dict[str, object]:
     now = dt.datetime.now(dt.UTC)
     return {"request_id": "r", "item": item, "request_date": now.date(), "received_at": now, "label": "x"}
+
+
+@pytest.mark.azurite
+def test_unsure_online_images_go_to_labeling_once_when_asked(blob_settings: Settings, model_store) -> None:
+    settings = with_model(
+        blob_settings.model_copy(
+            update={"online_to_labeling": True, "confidence_threshold": 1.0, "labeling_daily_budget": 2}
+        ),
+        model_store,
+    )
+    with model_server(settings) as client:
+        answers = [post_image(client, solid_png(value)).json() for value in (10, 20, 30)]
+        bad = post_image(client, truncated_png())
+    assert bad.status_code == 422
+    lake = Lake(settings)
+    ledger = lake.read(LABELING_REQUESTS).to_pylist()
+    assert len(ledger) == 2  # the daily budget, shared with the stream
+    assert {r["path"].split("/")[0] for r in ledger} <= {f"online:{a['request_id']}" for a in answers}
+    images = {r["path"]: r for r in lake.read(IMAGES).to_pylist()}
+    assert set(images) == {f"online:{a['request_id']}/0" for a in answers}  # the unsure ones, not the broken one
+    sent = [images[r["path"]] for r in ledger]
+    assert all(r["sent_to_labeling_at"] is not None and r["content"] and r["model_version"] == "1" for r in sent)
+    blobs = [b.name for b in BlobStore(settings).list(settings.labeling_container)]  # type: ignore[attr-defined]
+    assert sum(name.startswith("manifests/") for name in blobs) == 1
+    assert sum(name.startswith("images/") for name in blobs) == 2

@@ -10,11 +10,11 @@ import pytest
 
 from infra.blob import BlobStore
 from infra.hashing import stable_fraction
+from infra.labeling import hand_off, sampled
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_REQUESTS
-from streams.scoring.labeling import hand_off, sampled
 from streams.scoring.query import run_scoring
 
 pytestmark = [pytest.mark.spark, pytest.mark.azurite]

@@ -1,5 +1,8 @@
 """Labeling hand-off: unsure images go to the labeling container with a JSONL manifest per batch.
 
+Used by the scoring stream (each micro-batch, inside foreachBatch) and by the model server for
+unsure online images (``LAKESIGHT_ONLINE_TO_LABELING``): one hand-off, one ledger, one budget.
+
 The ``labeling_requests`` ledger (Delta, one row per image ever sent, partitioned by request
 date) is the record of what was sent: it makes "never send twice" a cheap lookup and the daily
 budget one partition count. The hand-off runs in foreachBatch *before* the ``images`` MERGE and
