@@ -1,7 +1,9 @@
 """``Microsoft.Storage.BlobCreated``: which upload it is, whether lakesight cares, and the arrival record.
 
 Guards from docs/PLATFORM.md: only the APIs that complete a blob count, empty blobs are skipped, the
-URL must name a configured container of the configured account, and the blob name must be safe.
+URL must name a configured container of the configured account, and the blob name must be safe. The
+URL is canonicalised (``infra.blob.blob_ref``) before anything else uses it: variants of one upload's
+URL are one upload to the event log and one ``images`` row key, and no userinfo or SAS query is kept.
 """
 
 from __future__ import annotations
@@ -9,12 +11,12 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlparse
 
 from handlers.eventlog import EventStatus
 from handlers.events import COMPLETE_BLOB_APIS, Event
 from infra.arrivals import ArrivalRecord
-from infra.blob import BlobNameError, split_blob_url
+from infra.blob import BlobNameError, BlobRef, blob_ref
+from infra.blob import account_url as account_url  # re-exported: the service and tests read it from here
 from infra.errors import LakesightError
 from infra.settings import Settings
 
@@ -48,23 +50,8 @@ class BlobTarget:
     kind: TargetKind
     container: str
     name: str
-    url: str
+    url: str  # canonical (``infra.blob.canonical_blob_url``): the dedupe key and the row key
     etag: str
-
-
-def account_url(settings: Settings) -> str:
-    """The configured blob account's base URL (``http://host:port/account/`` on Azurite)."""
-    from azure.storage.blob import BlobServiceClient
-
-    conn = settings.blob_connection()
-    return BlobServiceClient.from_connection_string(conn).url
-
-
-def _same_account(url: str, base: str) -> bool:
-    got, want = urlparse(url), urlparse(base)
-    # ADLS Gen2 events name the dfs endpoint of the same account.
-    host = (got.hostname or "").replace(".dfs.core.", ".blob.core.")
-    return host == (want.hostname or "") and got.port == want.port and got.path.startswith(want.path)
 
 
 def event_time(event: Event) -> str:
@@ -94,22 +81,20 @@ def blob_target(settings: Settings, base_url: str, event: Event) -> BlobTarget:
     url, etag = data.get("url"), data.get("eTag")
     if not isinstance(url, str) or not isinstance(etag, str) or not etag:
         raise Refused(EventStatus.REFUSED, "BlobCreated without url or eTag")
-    container, name = _located(base_url, event, url)
-    kind = target_kind(settings, container, name)
-    return BlobTarget(kind=kind, container=container, name=name, url=url, etag=etag.strip('"'))
+    ref = _located(base_url, event, url)
+    kind = target_kind(settings, ref.container, ref.name)
+    return BlobTarget(kind=kind, container=ref.container, name=ref.name, url=ref.url, etag=etag.strip('"'))
 
 
-def _located(base_url: str, event: Event, url: str) -> tuple[str, str]:
-    """``(container, blob name)`` of ``url``, refused unless it is safe and in the configured account."""
+def _located(base_url: str, event: Event, url: str) -> BlobRef:
+    """The canonical reference of ``url``, refused unless it is safe and in the configured account."""
     try:
-        container, name = split_blob_url(url)
+        ref = blob_ref(url, account_url=base_url)
     except BlobNameError as exc:
         raise Refused(EventStatus.REFUSED, f"unsafe blob url: {exc}") from exc
-    if not _same_account(url, base_url):
-        raise Refused(EventStatus.REFUSED, f"{url} is outside the configured storage account")
-    if event.subject and f"/containers/{container}/" not in event.subject:
-        raise Refused(EventStatus.REFUSED, f"subject {event.subject!r} does not match url {url}")
-    return container, name
+    if event.subject and f"/containers/{ref.container}/" not in event.subject:
+        raise Refused(EventStatus.REFUSED, f"subject {event.subject!r} does not match url {ref.url}")
+    return ref
 
 
 def target_kind(settings: Settings, container: str, name: str) -> TargetKind:

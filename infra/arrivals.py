@@ -5,7 +5,7 @@ atomically (written under a hidden temp name, then renamed), so the stream's fil
 never reads half a file. Fields:
 
 =================  ===========================================================================
-``url``            the blob's URL: the ``images`` row key (``path``)
+``url``            the blob's canonical URL (``infra.blob.canonical_blob_url``): the ``images`` row key
 ``container``      container name (validated)
 ``name``           blob name inside the container (validated: no ``..``, absolute, control chars)
 ``etag``           the blob's eTag at event time; (url, etag) identifies one upload

@@ -1,21 +1,58 @@
-"""Blob storage (Azurite locally, an Azure Storage account at scale) and blob-name safety."""
+"""Blob storage (Azurite locally, an Azure Storage account at scale), blob-name safety, the one
+canonical form of a blob reference, and how a storage outage is told from a definite answer."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import threading
+import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit
 
 from infra.errors import LakesightError
-from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 MAX_BLOB_NAME = 1024
+DEFAULT_PORTS = {"http": 80, "https": 443}
+# Emulators (Azurite) serve path-style URLs: http://127.0.0.1:10000/<account>/<container>/<name>.
+_EMULATOR_HOSTS = ("127.0.0.1", "localhost", "::1")
+# The start of every :class:`StorageUnavailable` message: the scoring driver recognises a batch
+# that failed because storage was down by it (the exception itself is raised on an executor).
+STORAGE_UNAVAILABLE = "blob storage unreachable"
+# Answers that say "not now" (timeouts, throttling, server errors) or "not with these credentials"
+# rather than "this blob, never": the request is retried, and if storage keeps answering so, the
+# work fails as a whole instead of recording a permanent error for every blob it touched.
+TRANSIENT_STATUS = frozenset({401, 403, 408, 429, 500, 502, 503, 504})
+
+# The Azure SDK logs every request's and response's headers at INFO (23.7 MB of stderr for 18,000
+# labeling uploads): its loggers stay at WARNING unless a process runs at DEBUG.
+AZURE_LOGGERS = ("azure", "azure.core.pipeline.policies.http_logging_policy")
+
+T = TypeVar("T")
 
 
 class BlobNameError(LakesightError, ValueError):
     """A blob name that lakesight refuses to read or write."""
+
+
+class BlobUrlError(BlobNameError):
+    """A blob URL that cannot be brought to canonical form (or names another account)."""
+
+
+class StorageUnavailable(LakesightError, ConnectionError):
+    """Blob storage did not give a definite answer (connection refused, timeout, 5xx, throttling)
+    within the retry budget: the caller's work fails as a whole and is retried later."""
+
+
+def _control_characters(text: str) -> bool:
+    return any(unicodedata.category(c) in ("Cc", "Cf") for c in text)
 
 
 def validate_blob_name(name: str) -> str:
@@ -28,8 +65,7 @@ def validate_blob_name(name: str) -> str:
         raise BlobNameError("blob name is empty")
     if len(name) > MAX_BLOB_NAME:
         raise BlobNameError(f"blob name is {len(name)} characters long (limit {MAX_BLOB_NAME})")
-    bad = [c for c in name if unicodedata.category(c) in ("Cc", "Cf")]
-    if bad:
+    if _control_characters(name):
         raise BlobNameError(f"blob name {name!r} contains control characters")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         raise BlobNameError(f"blob name {name!r} is an absolute path")
@@ -43,18 +79,212 @@ def validate_blob_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class BlobRef:
+    """One blob of one account in canonical form; ``url`` is what lakesight stores and compares."""
+
+    scheme: str
+    netloc: str  # lower-case host (dfs endpoint mapped to blob), port only when not the default
+    account: str  # the account segment of a path-style (emulator) URL; "" on Azure hosts
+    container: str
+    name: str
+
+    @property
+    def account_url(self) -> str:
+        account = f"{quote(self.account, safe='')}/" if self.account else ""
+        return f"{self.scheme}://{self.netloc}/{account}"
+
+    @property
+    def url(self) -> str:
+        # The SDK's own quoting (``BlobClient.url``), so its URLs are already canonical.
+        return f"{self.account_url}{quote(self.container, safe='')}/{quote(self.name, safe='/')}"
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    scheme: str
+    host: str
+    netloc: str
+    segments: list[str]  # the decoded path, split at "/"
+
+
+def _shown(url: str) -> str:
+    """``url`` for a message, as sent but without userinfo, query (a SAS token) or fragment."""
+    text = url.partition("?")[0].partition("#")[0]
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        text = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return repr(text[:300])
+
+
+def _parse(url: object) -> _Parsed:
+    """Scheme, canonical host and decoded path segments of ``url``; refuses what would be lost.
+
+    ``urlsplit`` silently removes TAB/LF/CR and leading or trailing spaces, and ``unquote``
+    replaces bytes that are not UTF-8: such a URL is refused instead, so nothing is dropped.
+    """
+    if not isinstance(url, str) or not url:
+        raise BlobUrlError("blob url is empty")
+    if _control_characters(url) or url != url.strip():
+        raise BlobUrlError(f"blob url {_shown(url)} contains control characters or surrounding spaces")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS:
+        raise BlobUrlError(f"{_shown(url)} is not an http(s) blob url")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise BlobUrlError(f"{_shown(url)} has an invalid port") from exc
+    # ADLS Gen2 names the dfs endpoint of the same account; blobs are read from the blob endpoint.
+    host = (parts.hostname or "").replace(".dfs.core.", ".blob.core.")
+    if not host:
+        raise BlobUrlError(f"{_shown(url)} names no host")
+    bracketed = f"[{host}]" if ":" in host else host  # IPv6
+    netloc = bracketed if port in (None, DEFAULT_PORTS[scheme]) else f"{bracketed}:{port}"
+    try:
+        path = unquote(parts.path, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BlobUrlError(f"{_shown(url)} is not UTF-8 once its %-escapes are decoded") from exc
+    if _control_characters(path):
+        raise BlobUrlError(f"{_shown(url)} contains control characters once its %-escapes are decoded")
+    return _Parsed(scheme, host, netloc, path.removeprefix("/").split("/") if path else [])
+
+
+def _looks_path_style(host: str) -> bool:
+    return host in _EMULATOR_HOSTS or host.startswith("azurite")
+
+
+def _account_rules(parsed: _Parsed, account_url: str | None) -> tuple[str, bool, tuple[str, str] | None]:
+    """``(scheme, path-style?, the (netloc, account) the URL must name)`` for a URL of ``account_url``.
+
+    The configured account decides whether the account sits in the path and which scheme is
+    canonical; with none, emulator hosts are path-style and keep their scheme, Azure hosts get https.
+    """
+    if account_url is None:
+        path_style = _looks_path_style(parsed.host)
+        return (parsed.scheme if path_style else "https"), path_style, None
+    base = _parse(account_url)
+    base_segments = [s for s in base.segments if s]
+    return base.scheme, bool(base_segments), (base.netloc, base_segments[0] if base_segments else "")
+
+
+def blob_ref(url: str, *, account_url: str | None = None) -> BlobRef:
+    """The canonical form of the blob ``url`` names: the one place blob references are canonicalised.
+
+    Variants of one upload's URL (userinfo, http or https, upper-case host, a SAS query, a
+    fragment, %-escapes, the dfs endpoint) give one :class:`BlobRef`; the path is decoded once and
+    re-encoded as the SDK encodes it. With ``account_url`` (the configured account), the URL must
+    name that account and takes its scheme; without, Azure hosts get https. Emulator URLs keep
+    their account segment. :class:`BlobUrlError` (or :class:`BlobNameError`) for what cannot be
+    canonicalised: control characters, empty container or name, ``..`` segments.
+    """
+    parsed = _parse(url)
+    scheme, path_style, expected = _account_rules(parsed, account_url)
+    account, segments = "", parsed.segments
+    if path_style:
+        account, segments = (segments[0], segments[1:]) if segments else ("", [])
+    if expected is not None and (parsed.netloc, account) != expected:
+        raise BlobUrlError(f"{_shown(url)} is outside the configured storage account")
+    if len(segments) < 2 or segments[0] in ("", ".", "..") or (path_style and not account):
+        raise BlobUrlError(f"{_shown(url)} names no blob inside a container")
+    try:
+        name = validate_blob_name("/".join(segments[1:]))
+    except BlobNameError as exc:
+        raise BlobUrlError(f"{_shown(url)}: {exc}") from exc
+    return BlobRef(scheme, parsed.netloc, account, segments[0], name)
+
+
+def canonical_blob_url(url: str, *, account_url: str | None = None) -> str:
+    """The canonical URL of ``url`` (see :func:`blob_ref`): the dedupe key and the ``images`` row key."""
+    return blob_ref(url, account_url=account_url).url
+
+
 def split_blob_url(url: str) -> tuple[str, str]:
     """``(container, blob_name)`` of a blob URL, for Azurite (account in the path) or Azure."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https"):
-        raise BlobNameError(f"{url!r} is not an http(s) blob URL")
-    parts = unquote(parsed.path).lstrip("/").split("/")
-    # Azurite and other emulators put the account name first in the path.
-    if parsed.hostname in ("127.0.0.1", "localhost") or (parsed.hostname or "").startswith("azurite"):
-        parts = parts[1:]
-    if len(parts) < 2:
-        raise BlobNameError(f"{url!r} names no blob inside a container")
-    return parts[0], validate_blob_name("/".join(parts[1:]))
+    ref = blob_ref(url)
+    return ref.container, ref.name
+
+
+def account_url(settings: Settings) -> str:
+    """The configured blob account's base URL (``http://host:port/account/`` on Azurite)."""
+    from azure.storage.blob import BlobServiceClient
+
+    return str(BlobServiceClient.from_connection_string(settings.blob_connection()).url)
+
+
+def quiet_azure_sdk(level: str | int = "INFO") -> None:
+    """The Azure SDK's loggers at DEBUG when ``level`` is DEBUG, else at WARNING."""
+    debug = level == logging.DEBUG or str(level).upper() == "DEBUG"
+    for name in AZURE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+# Outages -------------------------------------------------------------------------------------------
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says storage could not answer now (retry) rather than a definite answer."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, ServiceRequestError | ServiceResponseError | TimeoutError | ConnectionError):
+        return not isinstance(exc, StorageUnavailable)
+    status = getattr(exc, "status_code", None) if isinstance(exc, HttpResponseError) else None
+    return status in TRANSIENT_STATUS or (isinstance(status, int) and status >= 500)
+
+
+class GiveUp:
+    """Shared by the requests of one piece of work: once one has given up on storage, the others
+    fail at once (with its reason) rather than each waiting out the retry budget."""
+
+    def __init__(self) -> None:
+        self._given_up = threading.Event()
+        self.reason = ""
+
+    def __bool__(self) -> bool:
+        return self._given_up.is_set()
+
+    def record(self, reason: str) -> None:
+        self.reason = self.reason or reason
+        self._given_up.set()
+
+
+def with_retries(call: Callable[[], T], *, budget_s: float, give_up: GiveUp | None = None) -> T:
+    """``call()``, retried with doubling back-off (0.2 s to 5 s) while it fails transiently, for
+    at most ``budget_s`` seconds; then :class:`StorageUnavailable`. A definite failure is raised
+    as is."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.2
+    while True:
+        if give_up:
+            raise StorageUnavailable(give_up.reason)
+        try:
+            return call()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                reason = f"{STORAGE_UNAVAILABLE} for {budget_s:g} s: {detail}"
+                if give_up is not None:
+                    give_up.record(reason)
+                raise StorageUnavailable(reason) from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def bounded_service_client(settings: Settings, **options: Any) -> Any:
+    """A ``BlobServiceClient`` whose own retries and timeouts are short: the SDK's defaults (three
+    retries from 15 s back-off, 20 s connect and 60 s read timeouts) kept a scoring batch waiting
+    for almost ten minutes when storage was down; callers retry with :func:`with_retries`.
+    ``options`` go to the SDK client as well (a request hook, say)."""
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    return BlobServiceClient.from_connection_string(
+        settings.blob_connection(),
+        retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=1, random_jitter_range=0),
+        connection_timeout=5,
+        read_timeout=30,
+        **options,
+    )
 
 
 class BlobStore:

@@ -121,6 +121,12 @@ class Settings(BaseSettings):
     champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
     score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")
     blob_fetch_threads: int = Field(8, ge=1, description="Parallel blob downloads per scoring task")
+    blob_retry_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds a scoring task retries unreachable blob storage before its batch fails; the stream "
+        "then retries the batch after as long (nothing is committed meanwhile)",
+    )
     retrain_min_sample: int = Field(20, ge=1, description="New labels needed before drift/accuracy rules apply")
     retrain_backend: Literal["local", "azureml"] = Field("local", description="Where retraining runs")
     retrain_command: str = Field("", description="Local training command override; {version} is replaced")

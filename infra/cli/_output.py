@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from infra.blob import quiet_azure_sdk
 from infra.errors import LakesightError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -56,8 +57,11 @@ def sub_app(name: str, help_text: str) -> typer.Typer:
 
 
 def configure_logging(level: str = "INFO", *, force: bool = False) -> None:
-    """One log format for every long-running command (stderr)."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+    """One log format for every long-running command (stderr); the Azure SDK's loggers at WARNING
+    unless ``level`` is DEBUG (``infra.blob.quiet_azure_sdk``)."""
+    level = level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+    quiet_azure_sdk(level)
 
 
 def print_json(payload: Any) -> None:

@@ -131,7 +131,7 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     progress = stream.get("last_progress") or {}
     images = snap.get("images") or {}
     models = snap.get("models") or {}
-    return [
+    rows = [
         {
             "what": "scoring stream",
             "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})",
@@ -151,3 +151,6 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
         },
         {"what": "champion", "value": str(models.get("champion"))},
     ]
+    if stream.get("storage"):  # only while the stream cannot reach blob storage (its batch waits)
+        rows.append({"what": "blob storage", "value": f"{stream['storage']}: {stream.get('storage_error')}"})
+    return rows

@@ -22,6 +22,7 @@ def score(
     once: Annotated[bool, typer.Option("--once", help="Score what is there now (availableNow) and exit")] = False,
     trigger: Annotated[float | None, typer.Option(min=0.05, help="Seconds between micro-batches")] = None,
     glob: Annotated[str, typer.Option(help="File name filter (folder source)")] = IMAGE_GLOB,
+    log_level: Annotated[str, typer.Option(help="Log level; debug also logs the Azure SDK's requests")] = "info",
 ) -> None:
     """Score new images with the champion model into the images table until stopped (SIGTERM/Ctrl-C).
 
@@ -31,7 +32,7 @@ def score(
     """
     from streams.scoring.query import run_scoring
 
-    configure_logging(force=True)
+    configure_logging(log_level, force=True)
     settings = get_settings()
     report = run_scoring(
         settings, source=None if source == "arrivals" else source, once=once, glob=glob, trigger_s=trigger

@@ -1,86 +1,155 @@
 """Executor side of the arrival-record source: each record's blob downloaded, several at a time.
 
-Runs inside ``mapInPandas`` (``streams.scoring.sources.file_rows`` wires it in on the driver). A
-blob gone before it is read becomes a row with ``fetch_error`` set: recorded once, never retried.
+Runs inside ``mapInPandas`` (``streams.scoring.sources.file_rows`` wires it in on the driver).
+Records are not trusted: a record's URL is canonicalised (``infra.blob.blob_ref``) and must name a
+blob of the images container of the configured account, or the record becomes an error row and no
+request is made. A definite answer becomes an error row, recorded once and never retried: a blob
+gone before it is read, a name storage refuses. Storage that does not answer (connection refused,
+timeouts, throttling, server errors) is retried within ``blob_retry_s``; after that the task raises
+:class:`infra.blob.StorageUnavailable`, so the batch fails, nothing is committed, and the stream
+retries the batch later (``streams.scoring.query``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
+from infra.blob import (
+    BlobNameError,
+    BlobRef,
+    GiveUp,
+    blob_ref,
+    bounded_service_client,
+    quiet_azure_sdk,
+    with_retries,
+)
 from infra.settings import Settings
 from streams.file_rows import BINARY_FILE_DDL
 from streams.scoring.executor import FETCH_ERROR
 
 FETCHED_DDL = f"{BINARY_FILE_DDL}, {FETCH_ERROR} string"
 VANISHED = "blob vanished before it was read"
+REFUSED = "refused blob reference"
 
 # One client per connection string and Python worker: workers are reused across tasks.
 _clients: dict[str, Any] = {}
 
 
 def _blob_service(settings: Settings) -> Any:
-    from azure.storage.blob import BlobServiceClient
-
     conn = settings.blob_connection()
     client = _clients.get(conn)
     if client is None:
-        client = _clients[conn] = BlobServiceClient.from_connection_string(conn)
+        # A worker that logs (a cluster's own logging set-up) must not log every request's headers.
+        quiet_azure_sdk(logging.getLogger().getEffectiveLevel())
+        client = _clients[conn] = bounded_service_client(settings)
     return client
 
 
-def _download(service: Any, url: str, container: str, name: str) -> tuple[bytes | None, str | None]:
-    from azure.core.exceptions import ResourceNotFoundError
+@dataclass(frozen=True)
+class Checked:
+    """One arrival record once checked: its row key, and the blob to fetch or why none is."""
 
-    from infra.blob import BlobNameError, split_blob_url
-
-    try:
-        if not container or not name:
-            container, name = split_blob_url(url)
-        return service.get_blob_client(container, name).download_blob().readall(), None
-    except ResourceNotFoundError:
-        return None, VANISHED
-    except BlobNameError as exc:
-        return None, f"refused blob name: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a poison record must not kill the task
-        return None, f"blob fetch failed: {type(exc).__name__}: {exc}"[:500]
+    path: str  # the canonical URL; the record's URL as written when it cannot be canonicalised
+    ref: BlobRef | None
+    error: str | None
 
 
-def fetch_blobs(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterator[pd.DataFrame]:
+class BlobFetcher:
+    """Checks arrival records and downloads their blobs from the configured account's images container."""
+
+    def __init__(self, settings: Settings, service: Any | None = None):
+        self.settings = settings
+        self.service = service if service is not None else _blob_service(settings)
+        self.account_url = str(self.service.url)
+
+    def check(self, url: str, container: str | None, name: str | None) -> Checked:
+        """The record's row key and blob, refused unless it names a safe blob of the images container."""
+        try:
+            ref = blob_ref(url, account_url=self.account_url)
+        except BlobNameError as exc:
+            return Checked(url, None, f"{REFUSED}: {exc}")
+        if ref.container != self.settings.images_container:
+            return Checked(ref.url, None, f"{REFUSED}: container {ref.container!r} is not the images container")
+        # The record's own fields must agree with its URL: the URL is the row key, so bytes fetched
+        # from anywhere else would be stored under another blob's name.
+        if (container or name) and (container, name) != (ref.container, ref.name):
+            return Checked(ref.url, None, f"{REFUSED}: the record names {container}/{name} but its url {ref.url}")
+        return Checked(ref.url, ref, None)
+
+    def download(self, ref: BlobRef, give_up: GiveUp) -> tuple[bytes | None, str | None]:
+        """``(bytes, None)``, or ``(None, reason)`` for a definite answer; raises
+        :class:`infra.blob.StorageUnavailable` when storage does not answer within ``blob_retry_s``."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        client = self.service.get_blob_client(ref.container, ref.name)
+        try:
+            data = with_retries(
+                lambda: client.download_blob().readall(), budget_s=self.settings.blob_retry_s, give_up=give_up
+            )
+        except ResourceNotFoundError:
+            return None, VANISHED
+        except HttpResponseError as exc:  # a definite refusal of this blob (transient ones were retried)
+            return None, f"blob fetch refused: {exc.status_code} {exc.error_code or exc.reason}"[:500]
+        return data, None
+
+
+def _latest_per_path(frame: pd.DataFrame, checked: list[Checked]) -> tuple[pd.DataFrame, list[Checked]]:
+    """One record per row key, the latest event winning (Event Grid delivers at least once)."""
+    frame = frame.assign(_path=[c.path for c in checked], _checked=checked)
+    frame = frame.sort_values(["event_time", "sequencer"], na_position="first")
+    frame = frame.drop_duplicates("_path", keep="last")
+    return frame, list(frame["_checked"])
+
+
+def _text(value: object) -> str | None:
+    """A record's optional string field (pandas may hand a missing one over as NaN)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _fetched_rows(fetcher: BlobFetcher, pool: ThreadPoolExecutor, frame: pd.DataFrame) -> pd.DataFrame:
+    checked = [
+        fetcher.check(url, _text(container), _text(name))
+        for url, container, name in zip(frame["url"], frame["container"], frame["name"], strict=True)
+    ]
+    frame, checked = _latest_per_path(frame, checked)
+    give_up = GiveUp()  # one request giving up fails the others of this batch at once
+
+    def fetch(item: Checked) -> tuple[bytes | None, str | None]:
+        return fetcher.download(item.ref, give_up) if item.ref is not None else (None, item.error)
+
+    fetched = list(pool.map(fetch, checked))
+    contents = [data for data, _ in fetched]
+    return pd.DataFrame(
+        {
+            "path": [c.path for c in checked],
+            "modificationTime": pd.to_datetime(frame["event_time"], utc=True)
+            .fillna(pd.Timestamp.now(tz="UTC"))
+            .to_numpy(),
+            "length": [len(d) if d is not None else 0 for d in contents],
+            "content": contents,
+            FETCH_ERROR: [error for _, error in fetched],
+        }
+    )
+
+
+def fetch_blobs(
+    batches: Iterable[pd.DataFrame], *, settings: Settings, service: Any | None = None
+) -> Iterator[pd.DataFrame]:
     """mapInPandas body: arrival records -> file rows with the blob bytes, fetched in parallel.
 
-    A URL named twice in one batch is fetched once (its latest event wins).
+    A blob named twice in one batch (under any variant of its URL) is fetched once, its latest
+    event winning. ``service`` is a ``BlobServiceClient`` to use instead of the worker's own.
     """
-    service = _blob_service(settings)
+    fetcher = BlobFetcher(settings, service)
     with ThreadPoolExecutor(max_workers=settings.blob_fetch_threads) as pool:
         for frame in batches:
-            if frame.empty:
-                continue
             # A record without a URL has no row key: nothing to score or to record.
-            frame = frame[frame["url"].notna()]
-            if frame.empty:
-                continue
-            frame = frame.sort_values(["event_time", "sequencer"], na_position="first")
-            frame = frame.drop_duplicates("url", keep="last")
-            fetched = list(
-                pool.map(
-                    lambda row: _download(service, row[0], row[1] or "", row[2] or ""),
-                    zip(frame["url"], frame["container"], frame["name"], strict=True),
-                )
-            )
-            contents = [data for data, _ in fetched]
-            yield pd.DataFrame(
-                {
-                    "path": frame["url"].to_numpy(),
-                    "modificationTime": pd.to_datetime(frame["event_time"], utc=True)
-                    .fillna(pd.Timestamp.now(tz="UTC"))
-                    .to_numpy(),
-                    "length": [len(d) if d is not None else 0 for d in contents],
-                    "content": contents,
-                    FETCH_ERROR: [error for _, error in fetched],
-                }
-            )
+            frame = frame[frame["url"].notna()] if not frame.empty else frame
+            if not frame.empty:
+                yield _fetched_rows(fetcher, pool, frame)

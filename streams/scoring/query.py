@@ -9,6 +9,7 @@ id)`` with the commit so a batch replayed after a crash changes nothing.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import logging
 import signal
@@ -23,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.blob import STORAGE_UNAVAILABLE
 from infra.errors import LakesightError
 from infra.labeling import HandOff, hand_off
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
@@ -77,6 +79,7 @@ class ScoreReport(BatchTotals):
     checkpoints_retired: int = 0
     model_versions: Counter[str] = field(default_factory=Counter)
     merge_seconds_total: float = 0.0  # a sum, not a list: an always-on stream runs ~86,000 batches a day
+    storage_retries: int = 0  # batches that failed on unreachable blob storage and were run again
     stopped_by: str = "end of input"
 
     def add(self, batch: Committed, *, sent: int) -> None:
@@ -185,6 +188,19 @@ def _stop_gracefully(query: Any, grace_s: float, batch_done: threading.Event) ->
     query.stop()
 
 
+def storage_outage(exc: BaseException) -> str | None:
+    """The outage line of a query that failed because blob storage was unreachable, else None.
+
+    The executor raised ``infra.blob.StorageUnavailable``; the driver sees it only as text inside
+    Spark's StreamingQueryException, so the message's fixed start is what identifies it.
+    """
+    for line in str(exc).splitlines():
+        start = line.find(STORAGE_UNAVAILABLE)
+        if start >= 0:
+            return line[start:].strip()[:500]
+    return None
+
+
 class ScoringQuery:
     """One scoring run over ``source``: the streaming query, restarted on a fresh checkpoint when due.
 
@@ -220,6 +236,7 @@ class ScoringQuery:
         self.compactor = Compactor(self.lake, settings.score_compact_every)
         self.rotates = rotation_enabled(settings, source, self.checkpoint)
         self.files_seen = 0  # by the current checkpoint
+        self.storage_down_since: str | None = None  # ISO time of the first failed batch of an outage
         self.writer = ExactlyOnceWriter(
             self.lake,
             IMAGES,
@@ -292,6 +309,10 @@ class ScoringQuery:
         handed: HandOff = batch.staged
         compacted = self.compactor.after_batch(pc.unique(batch.merged.column("load_date")).to_pylist())
         self.report.add(batch, sent=handed.sent)
+        if self.storage_down_since is not None:
+            log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
+            self.storage_down_since = None
+            self.status.update(storage=None, storage_error=None)
         self.status.batch(_batch_record(batch, sent=handed.sent, compacted=compacted))
         if self.on_batch is not None:
             self.on_batch(BatchResult(batch.batch_id, batch.table, batch.outcome, batch.committed_at, handed.sent))
@@ -318,13 +339,41 @@ class ScoringQuery:
         finally:
             self.writer.release(query)
 
+    def _wait_for_storage(self, outage: str, stop: threading.Event) -> None:
+        """Record the outage in the status file, then wait before the failed batch is run again.
+
+        Nothing of the failed batch was committed, so restarting the query from its checkpoint
+        replays it; a run-once pass reports the outage instead of waiting for storage.
+        """
+        if self.once:
+            raise ScoreError(f"{outage}; nothing of the batch was committed: run again once storage is back")
+        self.status.terminated.wait(5)  # the listener's "failed" must not overwrite what follows
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        self.storage_down_since = self.storage_down_since or now
+        self.report.storage_retries += 1
+        wait_s = max(self.settings.blob_retry_s, 1.0)
+        self.status.update(
+            state="waiting for storage", storage=f"unreachable since {self.storage_down_since}", storage_error=outage
+        )
+        log.warning("%s; the batch is run again in %.0f s", outage, wait_s)
+        stop.wait(wait_s)
+
     def _loop(self, stop: threading.Event, received: dict[str, str]) -> None:
         while True:
             query = self._start()
-            self._await(query, stop)
+            try:
+                self._await(query, stop)
+                restart = self._rotate_now()
+            except Exception as exc:
+                outage = storage_outage(exc)
+                if outage is None:
+                    raise
+                self._wait_for_storage(outage, stop)
+                restart = True  # from the checkpoint: the failed batch runs again
             if stop.is_set():
                 self.report.stopped_by = received.get("signal", "stop requested")
-            if stop.is_set() or not self._rotate_now():
+                return
+            if not restart:
                 return
             # The JVM frees a stopped query (with its memory of every file it saw) only once
             # py4j's wrapper is collected, and that wrapper sits in a reference cycle: without
@@ -368,6 +417,8 @@ def run_scoring(
     Stops on ``stop_event`` or SIGTERM/SIGINT; a restart resumes from the checkpoint. When scored
     files leave the folder (``score_clean_source``), the query moves to a fresh checkpoint every
     ``score_checkpoint_max_files`` files (``streams.checkpoint.rotation``), which bounds Spark's memory.
+    A batch that failed because blob storage was unreachable is run again every ``blob_retry_s``
+    until storage answers (the status file says since when); a run-once pass raises :class:`ScoreError`.
     """
     src = resolve_source(settings, source, glob)
     _require_champion(settings)

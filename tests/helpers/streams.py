@@ -1,11 +1,15 @@
-"""Builders for the streams tests: the tiny champion's classes, scoring settings, images, rows, records."""
+"""Builders for the streams tests: the tiny champion's classes, scoring settings, images, rows, records
+(checked ones, hand-written ones, and the frame the blob fetch receives)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
-from infra.arrivals import ArrivalRecord
+import pandas as pd
+
+from infra.arrivals import ARRIVAL_RECORD_DDL, ArrivalRecord
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
@@ -69,3 +73,25 @@ def arrival_record(settings: Settings, store: BlobStore, name: str, data: bytes,
         event_time=at,
         event_id=f"ev-{name}",
     )
+
+
+def hand_written_record(url: str, container: str | None, name: str | None, *, at: str, etag: str = "0x1") -> dict:
+    """An arrival record as anyone with write access to the arrivals folder could write it: unchecked."""
+    return {
+        "url": url,
+        "container": container,
+        "name": name,
+        "etag": etag,
+        "content_type": "image/png",
+        "content_length": 1,
+        "event_time": at,
+        "event_id": f"ev-{uuid.uuid4().hex[:8]}",
+        "sequencer": "",
+    }
+
+
+def arrival_frame(records: list[dict]) -> pd.DataFrame:
+    """The pandas frame Spark's JSON source hands ``streams.scoring.fetch`` for these records."""
+    frame = pd.DataFrame(records, columns=[c.split()[0] for c in ARRIVAL_RECORD_DDL.split(", ")])
+    frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
+    return frame

@@ -2,20 +2,36 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
+from infra.arrivals import arrivals_dir, write_arrival_records
+from infra.blob import BlobStore, account_url
 from infra.lake import Lake, MergeOutcome, Transaction
+from infra.processes import free_port
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
 from streams.batch_writer import Committed
 from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, ScoreReport, run_scoring
 from tests.helpers.images import solid_png, truncated_png
-from tests.helpers.streams import CLASSES, rows_by_name, shapes
+from tests.helpers.streams import (
+    CLASSES,
+    arrival_record,
+    hand_written_record,
+    rows_by_name,
+    scoring_settings,
+    shapes,
+    wait_for_rows,
+    with_model,
+)
 
 
 @pytest.mark.spark
@@ -213,8 +229,83 @@ def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
     figures = report.as_dict()
     assert set(figures) == {
         "source", "batches", "rows", "inserted", "updated", "errors", "skipped_batches", "sent_to_labeling",
-        "checkpoints_retired", "model_versions", "merge_seconds_total", "seconds", "stopped_by", "table_version",
-        "merge_seconds_mean",
+        "checkpoints_retired", "model_versions", "merge_seconds_total", "storage_retries", "seconds", "stopped_by",
+        "table_version", "merge_seconds_mean",
     }  # fmt: skip
     assert type(figures["model_versions"]) is dict and figures["stopped_by"] == "end of input"
     assert ScoreReport(source="x").as_dict()["merge_seconds_mean"] is None
+
+
+def _wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not {what} after {timeout} s")
+
+
+@pytest.mark.spark
+@pytest.mark.azurite
+@pytest.mark.slow
+def test_a_storage_outage_holds_the_batch_until_storage_is_back(spark, model_store: Path, tmp_path: Path) -> None:
+    """Azurite stopped after the blobs were announced: no row is committed while it is down, the
+    status says so, and once it is back every row has its bytes (nothing became a permanent error)."""
+    from infra.local.stack import Azurite
+
+    settings = with_model(scoring_settings(tmp_path, blob_port=free_port(), blob_retry_s=1.0), model_store)
+    azurite = Azurite(settings)  # its own: the session's Azurite stays up for the other tests
+    azurite.start()
+    try:
+        store = BlobStore(settings)
+        images = {f"outage/img-{i}.png": solid_png(30 * i + 10) for i in range(5)}
+        now = dt.datetime.now(dt.UTC).isoformat()
+        for name, data in images.items():
+            store.upload(settings.images_container, name, data, content_type="image/png")
+        write_arrival_records(settings, [arrival_record(settings, store, n, d, at=now) for n, d in images.items()])
+        azurite.stop()
+
+        stop = threading.Event()
+        result: dict[str, ScoreReport] = {}
+        worker = threading.Thread(
+            target=lambda: result.setdefault("report", run_scoring(settings, stop_event=stop, handle_signals=False)),
+            daemon=True,
+        )
+        worker.start()
+        try:
+            _wait_for(lambda: (read_status(settings) or {}).get("storage"), "reporting the outage")
+            status = read_status(settings)
+            assert (
+                status["storage"].startswith("unreachable since") and "ServiceRequestError" in status["storage_error"]
+            )
+            assert not Lake(settings).exists(IMAGES) or Lake(settings).read(IMAGES).num_rows == 0
+            azurite.start()
+            wait_for_rows(settings, len(images), timeout=120)
+            _wait_for(lambda: (read_status(settings) or {}).get("storage") is None, "clearing the outage")
+        finally:
+            stop.set()
+            worker.join(60)
+    finally:
+        azurite.stop()
+    assert not worker.is_alive()
+    rows = {r["path"]: r for r in Lake(settings).read(IMAGES).to_pylist()}
+    assert len(rows) == len(images)
+    for name, data in images.items():
+        row = rows[store.url(settings.images_container, name)]
+        assert row["content"] == data and row["error"] is None and row["predicted_label"] in CLASSES
+    assert result["report"].storage_retries >= 1
+
+
+@pytest.mark.spark
+def test_a_run_once_pass_reports_unreachable_storage_and_commits_nothing(
+    spark, model_store: Path, tmp_path: Path
+) -> None:
+    settings = with_model(scoring_settings(tmp_path, blob_port=free_port(), blob_retry_s=0.5), model_store)
+    url = f"{account_url(settings)}{settings.images_container}/a.png"
+    record = hand_written_record(url, settings.images_container, "a.png", at=dt.datetime.now(dt.UTC).isoformat())
+    folder = arrivals_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "arrivals-hand-written.jsonl").write_text(json.dumps(record) + "\n")
+    with pytest.raises(ScoreError, match="blob storage unreachable"):
+        run_scoring(settings, once=True, handle_signals=False)
+    assert Lake(settings).read(IMAGES).num_rows == 0
