@@ -337,7 +337,7 @@ class ScoringQuery:
         listener = make_listener(self.status, self.query_name)
         self.spark.streams.addListener(listener)
         try:
-            with _stop_on_signals(stop, handle_signals) as received:
+            with _stop_on_signals(stop, handle_signals) as received, self.status.heartbeat():
                 self._loop(stop, received)
         finally:
             # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
