@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.processes import pid_alive
 from infra.settings import Settings, local_path
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 
@@ -35,6 +37,15 @@ STATS_COLUMNS = [
 ]
 STREAM_STATUS_FILE = "score-status.json"
 SUPERVISOR_STATE_FILE = "supervisor.json"
+# The stream's status file carries its ``pid`` and a ``heartbeat_at`` (epoch seconds) that its
+# process rewrites every HEARTBEAT_EVERY_S while it runs. A file left behind by a killed or
+# crashed stream still says "running"; a reader believes it only while that pid is alive and the
+# heartbeat is younger than HEARTBEAT_STALE_S (several missed beats: a busy driver may be late).
+HEARTBEAT_EVERY_S = 5.0
+HEARTBEAT_STALE_S = 30.0
+# The stream's states while its process lives (it writes them; a dead process's file says stopped).
+WAITING_FOR_STORAGE = "waiting for storage"
+LIVE_STATES = ("starting", "running", WAITING_FOR_STORAGE)
 
 
 def stream_status_path(settings: Settings) -> Path:
@@ -60,6 +71,46 @@ def read_stream_status(settings: Settings) -> dict[str, Any] | None:
 
 def read_supervisor_state(settings: Settings) -> dict[str, Any] | None:
     return _read_json(supervisor_state_path(settings))
+
+
+def _iso(epoch: Any) -> str | None:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat() if isinstance(epoch, (int, float)) else None
+
+
+def _why_not_live(status: dict[str, Any], now: float) -> str | None:
+    """Why a status file that claims a live stream is not believed; None when it is."""
+    pid, heartbeat = status.get("pid"), status.get("heartbeat_at")
+    if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
+        return f"process {pid} is not running"
+    if not isinstance(heartbeat, (int, float)):
+        return "no heartbeat recorded"
+    if now - heartbeat > HEARTBEAT_STALE_S:
+        return f"no heartbeat for {now - heartbeat:.0f} s"
+    return None
+
+
+def judge_stream(status: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
+    """The status file with ``state`` as it really is: a live state only while the stream's
+    process is alive and its heartbeat fresh, else ``stopped``. Adds ``reported_state`` (what
+    the file says), ``stale_reason``, ``heartbeat_age_s`` and ``last_batch_at`` (ISO, UTC)."""
+    now = time.time() if now is None else now
+    claimed = status.get("state")
+    reason = _why_not_live(status, now) if claimed in LIVE_STATES else None
+    heartbeat = status.get("heartbeat_at")
+    return {
+        **status,
+        "state": "stopped" if reason else claimed,
+        "reported_state": claimed,
+        "stale_reason": reason,
+        "heartbeat_age_s": round(now - heartbeat, 1) if isinstance(heartbeat, (int, float)) else None,
+        "last_batch_at": _iso((status.get("last_batch") or {}).get("committed_at")),
+    }
+
+
+def stream_state(settings: Settings) -> dict[str, Any] | None:
+    """The scoring stream's status file, judged by :func:`judge_stream`; None when it never ran."""
+    status = read_stream_status(settings)
+    return None if status is None else judge_stream(status)
 
 
 def _counts(values: list[Any]) -> dict[str, int]:
@@ -105,8 +156,8 @@ def _models(settings: Settings) -> dict[str, Any] | None:
         {
             "version": row.version,
             "aliases": list(row.aliases),
-            "accuracy": row.tags.get(registry.TAG_ACCURACY),
-            "delta_version": row.tags.get(registry.TAG_DELTA_VERSION),
+            "accuracy": row.accuracy,
+            "delta_version": row.delta_version,
             "created": row.created,
         }
         for row in rows
@@ -151,7 +202,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
     }
     sections = {
         "services": lambda: read_supervisor_state(settings),
-        "stream": lambda: read_stream_status(settings),
+        "stream": lambda: stream_state(settings),
         "images": lambda: _images(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),

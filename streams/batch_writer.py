@@ -83,12 +83,22 @@ class BatchTotals:
 
 
 def dedupe_paths(table: pa.Table) -> pa.Table:
-    """Keep the last row per path: a MERGE source must not name one target row twice."""
+    """Keep one row per path, the latest event's: a MERGE source must not name one target row twice.
+
+    Latest is the greatest ``modified_at`` (an arrival's event time, a file's modification time),
+    then the later row. Row order alone is not event order: Spark concatenates a micro-batch's
+    partitions in its own order, so two records of one blob in different files may come either way.
+    """
     if table.num_rows < 2 or pc.count_distinct(table.column("path")).as_py() == table.num_rows:
         return table
-    indexed = table.append_column("__row", pa.array(range(table.num_rows), type=pa.int64()))
-    last = indexed.group_by("path").aggregate([("__row", "max")]).column("__row_max")
-    return table.take(pa.array(sorted(last.to_pylist()), type=pa.int64()))
+    if "modified_at" in table.column_names:
+        times = pc.fill_null(table.column("modified_at").cast(pa.int64()), -(2**63)).to_pylist()
+    else:
+        times = [0] * table.num_rows
+    latest: dict[str, tuple[int, int]] = {}
+    for row, (path, moment) in enumerate(zip(table.column("path").to_pylist(), times, strict=True)):
+        latest[path] = max(latest.get(path, (moment, row)), (moment, row))
+    return table.take(pa.array(sorted(row for _, row in latest.values()), type=pa.int64()))
 
 
 class ExactlyOnceWriter:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Annotated, Any
 
@@ -119,23 +120,73 @@ def status(
         print_json(snap)
         return
     render_rows("pipeline", _pipeline_rows(snap))
+    render_rows("model versions", _version_rows(snap))
     services = (snap.get("services") or {}).get("children") or []
     render_rows("services", [{k: c.get(k) for k in ("name", "pid", "restarts", "last_exit")} for c in services])
     columns = ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")
     decisions = snap.get("decisions") or []
-    render_rows("recent retraining decisions", [{k: d.get(k) for k in columns} for d in decisions[:5]])
+    render_rows(
+        "recent retraining decisions", [{k: _decision_cell(k, d.get(k)) for k in columns} for d in decisions[:5]]
+    )
+
+
+def _stream_line(stream: dict[str, Any]) -> str:
+    """``running (pid …, model …)``, or ``stopped`` with its last batch time and why: the state as
+    :func:`infra.status.judge_stream` judged it, not as a left-behind status file claims."""
+    state = stream.get("state")
+    if state is None:
+        return "never ran"
+    last = f"last batch {_when(stream.get('last_batch_at'))}" if stream.get("last_batch_at") else "no batch yet"
+    if state == "running":
+        return f"running (pid {stream.get('pid')}, model {stream.get('model_version')}, {last})"
+    return f"{state} ({'; '.join(filter(None, [last, stream.get('stale_reason')]))})"
+
+
+def _when(iso: str | None) -> str:
+    """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS UTC`` (seconds are precise enough for a status line)."""
+    if not iso:
+        return "–"
+    moment = dt.datetime.fromisoformat(iso)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # the lake's naive times are UTC
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _decision_cell(key: str, value: Any) -> Any:
+    """A decision's value as printed: times in one form, fractions (PSI) to three significant digits."""
+    if key == "decided_at" and isinstance(value, str):
+        return _when(value)
+    return f"{value:.3g}" if isinstance(value, float) else value
+
+
+def _champion_line(snap: dict[str, Any]) -> str:
+    models = snap.get("models")
+    if models is None:
+        failed = (snap.get("unavailable") or {}).get("models")
+        return f"unavailable: {failed}" if failed else "no registry yet"
+    champion = models.get("champion")
+    return f"version {champion}" if champion is not None else "none yet"
+
+
+def _version_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
+    """The registered versions, newest first, as the registry holds them (aliases included)."""
+    versions = (snap.get("models") or {}).get("versions") or []
+    return [
+        {
+            "version": v["version"],
+            "aliases": ",".join(v["aliases"]),
+            "accuracy": "" if v.get("accuracy") is None else f"{v['accuracy']:.3f}",
+            "delta_version": v.get("delta_version"),
+        }
+        for v in reversed(versions)
+    ]
 
 
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     stream = snap.get("stream") or {}
     progress = stream.get("last_progress") or {}
     images = snap.get("images") or {}
-    models = snap.get("models") or {}
     rows = [
-        {
-            "what": "scoring stream",
-            "value": f"{stream.get('state', 'never ran')} (model {stream.get('model_version')})",
-        },
+        {"what": "scoring stream", "value": _stream_line(stream)},
         {
             "what": "last batch",
             "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "
@@ -149,7 +200,7 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
             "what": "pending labels / human labels",
             "value": f"{images.get('pending_labels')} / {images.get('human_labels')}",
         },
-        {"what": "champion", "value": str(models.get("champion"))},
+        {"what": "champion", "value": _champion_line(snap)},
     ]
     if stream.get("storage"):  # only while the stream cannot reach blob storage (its batch waits)
         rows.append({"what": "blob storage", "value": f"{stream['storage']}: {stream.get('storage_error')}"})

@@ -2,22 +2,27 @@
 
 The listener (driver side) sees Spark's progress events; foreachBatch adds what only it knows
 (model version, MERGE time, errors, labeling). Both land in ``<run_dir>/score-status.json``,
-rewritten atomically, with the last few batches kept (bounded, so the file never grows).
+rewritten atomically, with the last few batches kept (bounded, so the file never grows). Every
+write stamps ``heartbeat_at``, and :meth:`ScoreStatus.heartbeat` keeps writing while the stream
+runs, so a reader can tell a live stream from a file a killed one left behind (``infra.status``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import threading
+import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.settings import Settings
-from infra.status import stream_status_path
+from infra.status import HEARTBEAT_EVERY_S, stream_status_path
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +69,7 @@ class ScoreStatus:
             "source": source,
             "state": "starting",
             "pid": os.getpid(),
+            "heartbeat_at": time.time(),
             "started_at": _now(),
             "updated_at": _now(),
             "model_name": settings.model_name,
@@ -99,12 +105,36 @@ class ScoreStatus:
         self.write()
 
     def write(self) -> None:
+        # Under the lock up to the rename: with the heartbeat thread writing too, an older text
+        # renamed after a newer one would undo it.
         with self._lock:
+            self.state["heartbeat_at"] = time.time()
             text = json.dumps(self.state, default=str, indent=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
-        temp.write_text(text)
-        temp.replace(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
+            temp.write_text(text)
+            temp.replace(self.path)
+
+    @contextlib.contextmanager
+    def heartbeat(self, every_s: float = HEARTBEAT_EVERY_S) -> Iterator[None]:
+        """Rewrite the file every ``every_s`` while the block runs, also through long or idle
+        batches (Spark sends no event then), so its ``heartbeat_at`` stays fresh while we live."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(every_s):
+                try:
+                    self.write()
+                except OSError as exc:  # a full disk must not kill the stream; the next beat retries
+                    log.warning("cannot write %s: %s", self.path, exc)
+
+        thread = threading.Thread(target=beat, name="score-status-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=every_s + 1)
 
 
 def progress_record(progress: Any) -> dict[str, Any]:

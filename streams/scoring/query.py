@@ -30,6 +30,7 @@ from infra.labeling import HandOff, hand_off
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import get_spark
+from infra.status import WAITING_FOR_STORAGE
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
@@ -353,7 +354,7 @@ class ScoringQuery:
         self.report.storage_retries += 1
         wait_s = max(self.settings.blob_retry_s, 1.0)
         self.status.update(
-            state="waiting for storage", storage=f"unreachable since {self.storage_down_since}", storage_error=outage
+            state=WAITING_FOR_STORAGE, storage=f"unreachable since {self.storage_down_since}", storage_error=outage
         )
         log.warning("%s; the batch is run again in %.0f s", outage, wait_s)
         stop.wait(wait_s)
@@ -386,7 +387,7 @@ class ScoringQuery:
         listener = make_listener(self.status, self.query_name)
         self.spark.streams.addListener(listener)
         try:
-            with _stop_on_signals(stop, handle_signals) as received:
+            with _stop_on_signals(stop, handle_signals) as received, self.status.heartbeat():
                 self._loop(stop, received)
         finally:
             # Events are delivered asynchronously: let the last ones arrive before the callback goes away.

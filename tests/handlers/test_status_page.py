@@ -1,28 +1,31 @@
-"""The status page, rendered by a real headless Chromium against a real server."""
+"""The status page, rendered by a real headless Chromium against a real server, a real registry and real processes."""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow as pa
 import pytest
 import uvicorn
+from fastapi import HTTPException
 
+from handlers.routes.status import asset_file
+from infra import registry
 from infra.lake import Lake
-from infra.processes import free_port
+from infra.processes import free_port, pid_alive
 from infra.settings import Settings
 from infra.status import snapshot
-from infra.tables import IMAGES
+from infra.tables import IMAGES, RETRAINING_DECISIONS
+from tests.helpers.browser import CHROMIUM, Browser
+from tests.helpers.status import promote_versions, stream_process
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOW = dt.datetime(2026, 11, 22, 10, 0, tzinfo=dt.UTC)
 
 
@@ -48,11 +51,31 @@ def seed_images(settings: Settings) -> None:
     )
 
 
+def seed_decision(settings: Settings) -> None:
+    """One retraining decision with an unrounded PSI and long unbroken texts (they must wrap)."""
+    Lake(settings).merge(
+        RETRAINING_DECISIONS,
+        pa.table(
+            {
+                "decision_id": ["d-1"],
+                "trigger": ["labels"],
+                "decided_at": [NOW],
+                "new_labels": [57],
+                "psi": [0.123456789012],
+                "retrain": [True],
+                "reasons": ["new_labels=57>=50;psi=0.123456789012>=0.1;" + "x" * 120],
+                "launch": ["local:" + "0123456789abcdef" * 6],
+            }
+        ),
+    )
+
+
 @pytest.fixture
 def server(settings: Settings):
     from handlers.app import create_app
 
     seed_images(settings)
+    seed_decision(settings)
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
@@ -83,36 +106,83 @@ def test_status_api_answers_without_a_key(server: str) -> None:
     assert body["mlflow_ui"].startswith("http://127.0.0.1:")
 
 
+def test_the_chart_library_is_served_by_the_app_at_stable_paths(server: str) -> None:
+    script = httpx.get(f"{server}/assets/uplot.js", timeout=30)
+    style = httpx.get(f"{server}/assets/uplot.css", timeout=30)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "uPlot" in script.text and style.status_code == 200 and ".uplot" in style.text
+    assert httpx.get(f"{server}/assets/..%2Fpackage.json", timeout=30).status_code == 404  # only the named files
+
+
+def test_a_missing_npm_install_is_a_clear_404(tmp_path: Path) -> None:
+    with pytest.raises(HTTPException) as refused:
+        asset_file("uplot.js", dist=tmp_path)
+    assert refused.value.status_code == 404 and "make install" in str(refused.value.detail)
+
+
+# What the page shows, read from the live DOM and the chart objects once its script drew them.
+PAGE_FIGURES = """(() => {
+  if (typeof charts !== "object" || Object.keys(charts).length < 3) return null;
+  const kpi = id => { const n = document.querySelector(`[data-kpi=${id}]`);
+    return {value: n.querySelector("b").textContent, detail: n.querySelector("small")?.textContent ?? ""}; };
+  const rows = id => [...document.querySelectorAll(`#${id} tr`)].map(tr => [...tr.children].map(c => c.textContent));
+  return {
+    champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"),
+    models: rows("models"), decisions: rows("decisions"),
+    charts: Object.fromEntries(Object.entries(charts).map(([id, u]) =>
+      [id, {axes: u.axes.map(a => a.label), time: !!u.scales.x.time, points: u.data[0].length}])),
+    overflowing: [...document.querySelectorAll("td, th, .card")].filter(n => n.scrollWidth > n.clientWidth + 1)
+      .map(n => n.textContent.slice(0, 80)),
+    page: [document.documentElement.scrollWidth, innerWidth],
+  };
+})()"""
+
+
+def _figures(browser: Browser, stream_state: str) -> dict[str, Any]:
+    """The page's figures once it shows ``stream_state`` (it refreshes every 3 s)."""
+    return browser.wait_for(
+        f"(() => {{ const f = {PAGE_FIGURES}; return f && f.stream.value === {stream_state!r} && f; }})()"
+    )
+
+
 # Under CI a missing browser is a broken install (make install brings Debian's chromium): fail, do not skip.
-@pytest.mark.skipif(
+needs_chromium = pytest.mark.skipif(
     CHROMIUM is None and os.environ.get("CI") != "true",
     reason="Debian chromium is not installed ('make install' installs it where apt-get is usable)",
 )
-def test_page_renders_live_figures_in_headless_chromium(server: str, tmp_path: Path) -> None:
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--virtual-time-budget=8000",
-        "--window-size=1280,1100",
-    ]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", f"{server}/"], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    # The numbers only appear once the page's script fetched /api/status and drew them.
-    assert "<b>12</b><span>images</span>" in dom.stdout
-    assert "<b>1</b><span>pending labels</span>" in dom.stdout
-    assert dom.stdout.count("<rect") >= 10  # histogram and class bars were drawn
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "status-page.png"
-    shot.unlink(missing_ok=True)
-    result = subprocess.run(
-        [CHROMIUM, *flags, f"--screenshot={shot}", f"{server}/"], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert shot.exists() and shot.stat().st_size > 20_000
+
+
+@needs_chromium
+def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_has_it(
+    server: str, settings: Settings, tmp_path: Path
+) -> None:
+    champion = promote_versions(settings, [0.9, 0.95])  # as after the demo: v2 took the alias
+    with Browser(tmp_path / "chromium", width=900, height=1400) as browser:
+        with stream_process(settings, committed_at=NOW.timestamp(), model_version="2") as live:
+            browser.open(f"{server}/")
+            running = _figures(browser, "running")
+        dead = _figures(browser, "stopped")  # the same status file, its process killed
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.screenshot(ARTIFACTS / "status-page.png")
+
+    assert champion == str(registry.champion(settings).version) == "2"
+    assert running["champion"]["value"] == dead["champion"]["value"] == champion
+    assert f"pid {live.pid}, model 2, last batch 2026-11-22 10:00:00 UTC" in running["stream"]["detail"]
+    assert not pid_alive(live.pid)
+    assert dead["stream"]["detail"] == f"last batch 2026-11-22 10:00:00 UTC · process {live.pid} is not running"
+    assert dead["images"]["value"] == "12"
+    # The versions table: aliases from the registry, accuracy rounded.
+    assert dead["models"][0] == ["version", "aliases", "accuracy", "delta_version", "created"]
+    assert [row[:4] for row in dead["models"][1:]] == [["2", "champion", "0.95", "3"], ["1", "", "0.9", "3"]]
+    # Decisions: PSI rounded, the time in one form, long cells wrapped inside the page's width.
+    header, decision = dead["decisions"]
+    assert dict(zip(header, decision, strict=True))["psi"] == "0.123"
+    assert dict(zip(header, decision, strict=True))["decided_at"] == "2026-11-22 10:00:00 UTC"
+    assert dead["overflowing"] == [] and dead["page"][0] <= dead["page"][1]
+    # Every chart is uPlot's, with labelled axes (units), and the throughput over commit time.
+    assert dead["charts"] == {
+        "throughput": {"axes": ["commit time (UTC)", "rows/s", "MERGE (s)"], "time": True, "points": 1},
+        "confidence": {"axes": ["confidence (top-class probability)", "images (count)"], "time": False, "points": 10},
+        "classes": {"axes": ["class", "share of rows (%)"], "time": False, "points": 3},
+    }
+    assert (ARTIFACTS / "status-page.png").stat().st_size > 20_000

@@ -4,6 +4,7 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from infra.lake import Lake, LakeError, Transaction, from_source
@@ -203,3 +204,34 @@ def test_path_statistics_are_not_truncated_so_newer_names_skip_older_files(setti
     assert newer.inserted == 50 and lake.read(IMAGES).num_rows == 150
     metrics = lake.table(IMAGES).history(1)[0]["operationMetrics"]
     assert metrics["num_target_files_scanned"] == 0 and metrics["num_target_files_skipped_during_scan"] == 2
+
+
+def test_merge_into_a_compacted_partition_past_8192_rows_matches_each_key_once(settings: Settings) -> None:
+    # delta-rs#4475 (deltalake 1.6.0): once a partition's file holds more than 8,192 rows (one
+    # DataFusion batch), a MERGE matching rows of both batches failed with a false "multiple
+    # source rows matched", and an update of the row just past the boundary could drop rows.
+    lake = Lake(settings)
+    for batch in range(3):
+        lake.merge(IMAGES, rows([f"p-{batch}-{i:04d}" for i in range(3000)], DAY), txn=Transaction("stream", batch))
+    assert lake.compact(IMAGES, "load_date", [DAY])["files_added"] == 1
+    (file,) = lake.table(IMAGES).file_uris()
+    in_file_order = pq.read_table(file.removeprefix("file://"), columns=["path"]).column("path").to_pylist()
+    assert len(in_file_order) == 9000
+
+    # Every key of the file (both batches) and as many new ones.
+    new = [f"q-{i:04d}" for i in range(1000)]
+    everything = lake.merge(
+        IMAGES,
+        rows(in_file_order + new, DAY, confidence=0.5),
+        update=from_source(["confidence"]),
+        txn=Transaction("stream", 3),
+    )
+    # Only the row just past the first batch.
+    boundary = lake.merge(IMAGES, rows([in_file_order[8192]], DAY, confidence=0.9), update=from_source(["confidence"]))
+
+    assert (everything.updated, everything.inserted) == (9000, 1000)
+    assert (boundary.updated, boundary.inserted) == (1, 0)
+    table = lake.read(IMAGES, columns=["path", "confidence"])
+    assert table.num_rows == 10_000 == len(set(table.column("path").to_pylist()))
+    confidence = dict(zip(table.column("path").to_pylist(), table.column("confidence").to_pylist(), strict=True))
+    assert confidence.pop(in_file_order[8192]) == 0.9 and set(confidence.values()) == {0.5}

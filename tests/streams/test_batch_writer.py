@@ -37,16 +37,23 @@ class Marked:
     note: str
 
 
-def _rows(*paths: str, hash_: str = "h") -> pa.Table:
+def _rows(*paths: str, hash_: str = "h", modified: dt.datetime | None = None) -> pa.Table:
     return pa.table(
         {
             "path": list(paths),
             "load_date": [DAY] * len(paths),
             "content_hash": [hash_] * len(paths),
+            "modified_at": [modified] * len(paths),
             "error": [None] * len(paths),
         },
         schema=pa.schema(
-            [("path", pa.string()), ("load_date", pa.date32()), ("content_hash", pa.string()), ("error", pa.string())]
+            [
+                ("path", pa.string()),
+                ("load_date", pa.date32()),
+                ("content_hash", pa.string()),
+                ("modified_at", pa.timestamp("us", tz="UTC")),
+                ("error", pa.string()),
+            ]
         ),
     )
 
@@ -173,6 +180,29 @@ def test_the_step_before_the_merge_decides_what_is_merged_and_duplicates_collaps
     )
     stored = Lake(settings).read(IMAGES, columns=["path", "content_hash"]).to_pylist()
     assert sorted((r["path"], r["content_hash"]) for r in stored) == [("a", "marked"), ("b", "marked")]
+
+
+def test_one_path_twice_in_a_batch_keeps_the_latest_event_even_when_it_comes_first(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # delta#325: a MERGE source naming one target row twice. Spark's row order in a micro-batch is
+    # its partitions' order, not event order: the newer record of a blob may be read first.
+    done: list[Committed] = []
+    writer = _writer(settings, tmp_path / "checkpoint", done, dedupe=True)
+    earlier = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.UTC)
+    later = earlier + dt.timedelta(seconds=1)
+    batch = pa.concat_tables(
+        [_rows("a", hash_="new", modified=later), _rows("b"), _rows("a", hash_="old", modified=earlier)]
+    )
+
+    writer(FakeBatch(batch), 0)
+
+    assert (done[0].outcome.inserted, done[0].outcome.updated) == (2, 0)
+    stored = Lake(settings).read(IMAGES, columns=["path", "content_hash", "modified_at"]).to_pylist()
+    assert sorted((r["path"], r["content_hash"], r["modified_at"]) for r in stored) == [
+        ("a", "new", later),
+        ("b", "h", None),
+    ]
 
 
 def test_batch_totals_count_errors_once_and_report_every_counter() -> None:

@@ -1,19 +1,11 @@
 """The lakesight command, run the way a user runs it."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def lakesight(*args: str, state: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "LAKESIGHT_STATE_DIR": str(state), "LAKESIGHT_SPARK_MASTER": "local[2]", **env}
-    return subprocess.run(
-        [sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, env=environment, timeout=300
-    )
+from tests.helpers.cli import lakesight
 
 
 def test_help_lists_the_subcommands(tmp_path: Path) -> None:

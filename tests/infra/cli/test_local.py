@@ -1,8 +1,46 @@
-"""``lakesight status``'s pipeline lines (``infra.cli.local``)."""
+"""``lakesight status`` (infra/cli/local.py): run the way a user runs it against a real registry and real processes,
+and its pipeline lines."""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from pathlib import Path
+
 from infra.cli.local import _pipeline_rows
+from infra.settings import Settings
+from tests.helpers.cli import lakesight
+from tests.helpers.status import promote_versions, status_left_by_a_killed_stream, stream_process
+
+LAST_BATCH = dt.datetime(2026, 11, 22, 9, 58, 30, tzinfo=dt.UTC)
+
+
+def test_status_names_the_registry_champion_and_a_killed_stream_as_stopped(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    promote_versions(settings, [0.9, 0.95])  # as after 'lakesight demo': v2 took the champion alias
+    left = status_left_by_a_killed_stream(settings, committed_at=LAST_BATCH.timestamp(), model_version="2")
+
+    result = lakesight("status", state=settings.state_dir, COLUMNS="240")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any("champion" in line and "version 2" in line for line in lines), result.stdout
+    stopped = f"stopped (last batch 2026-11-22 09:58:30 UTC; process {left['pid']} is not running)"
+    assert any("scoring stream" in line and stopped in line for line in lines), result.stdout
+    # The versions table, newest first, with the registry's aliases.
+    versions = [line for line in lines if re.search(r"0\.9[05]0", line)]
+    assert len(versions) == 2, result.stdout
+    assert re.search(r"\b2\b.*\bchampion\b.*0\.950", versions[0]) and "champion" not in versions[1]
+
+
+def test_status_shows_a_live_stream_as_running(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    with stream_process(settings, committed_at=LAST_BATCH.timestamp(), model_version="1") as live:
+        result = lakesight("status", state=settings.state_dir, COLUMNS="240")
+
+    assert result.returncode == 0, result.stderr
+    running = f"running (pid {live.pid}, model 1, last batch 2026-11-22 09:58:30 UTC)"
+    assert running in result.stdout and "no registry yet" in result.stdout, result.stdout
 
 
 def test_status_shows_a_storage_outage_only_while_it_lasts() -> None:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 from infra.settings import Settings
-from infra.status import stream_status_path
+from infra.status import judge_stream, read_stream_status, stream_status_path
 from streams.scoring.progress import RECENT, BatchRecord, ScoreStatus
+from tests.helpers.status import batch_fields
 
 # The keys of each batch in the status file, in order (docs/STREAMING.md, Observability).
 BATCH_KEYS = [
@@ -28,22 +31,7 @@ BATCH_KEYS = [
 
 
 def _record(batch_id: int, *, rows: int, errors: int, sent: int, version: str | None) -> BatchRecord:
-    return BatchRecord(
-        batch_id=batch_id,
-        rows=rows,
-        errors=errors,
-        inserted=rows,
-        updated=0,
-        sent_to_labeling=sent,
-        model_version=version,
-        executors_s=0.5,
-        driver_s=0.1,
-        merge_s=0.05,
-        compact_s=None,
-        rows_per_s=200.0,
-        table_version=batch_id + 1,
-        committed_at=1_700_000_000.0,
-    )
+    return BatchRecord(**batch_fields(batch_id, rows=rows, errors=errors, sent=sent, model_version=version))
 
 
 def test_each_batch_is_written_with_the_same_keys_and_totals_add_up(settings: Settings) -> None:
@@ -67,3 +55,28 @@ def test_only_the_most_recent_batches_are_kept(settings: Settings) -> None:
     written = json.loads(stream_status_path(settings).read_text())
     assert [b["batch_id"] for b in written["recent_batches"]] == list(range(5, RECENT + 5))
     assert written["rows_total"] == RECENT + 5
+
+
+def test_every_write_stamps_the_pid_and_a_heartbeat(settings: Settings) -> None:
+    before = time.time()
+    status = ScoreStatus(settings, source="arrivals:/a", query_name="q")
+    first = read_stream_status(settings)
+    status.update(state="running")
+    second = read_stream_status(settings)
+    assert first is not None and second is not None
+    assert first["pid"] == os.getpid() and before <= first["heartbeat_at"] <= second["heartbeat_at"] <= time.time()
+
+
+def test_the_heartbeat_keeps_the_file_fresh_while_the_stream_runs_and_stops_with_it(settings: Settings) -> None:
+    status = ScoreStatus(settings, source="arrivals:/a", query_name="q")
+    status.update(state="running")
+    with status.heartbeat(every_s=0.05):
+        written = read_stream_status(settings)
+        assert written is not None
+        time.sleep(0.5)  # no batch, no Spark event: only the heartbeat writes
+        beats = read_stream_status(settings)
+        assert beats is not None and beats["heartbeat_at"] > written["heartbeat_at"]
+        assert judge_stream(beats)["state"] == "running"
+    last = read_stream_status(settings)
+    time.sleep(0.3)
+    assert read_stream_status(settings) == last  # the heartbeat ended with the block

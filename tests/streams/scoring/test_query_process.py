@@ -15,6 +15,7 @@ import pytest
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
+from infra.status import stream_state
 from infra.tables import IMAGES
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e, pytest.mark.slow]
@@ -76,16 +77,22 @@ def test_sigkill_mid_run_then_restart_scores_every_image_exactly_once(score_sett
         first.wait(30)
     killed_at = row_count(lake)
     assert 0 < killed_at < FILES, "the kill should land mid-run"
+    # The killed stream's status file still claims "running"; what status reports is the truth.
+    stream = stream_state(score_settings)
+    assert stream is not None and (stream["reported_state"], stream["state"]) == ("running", "stopped")
+    assert stream["pid"] == first.pid and stream["last_batch_at"] is not None
 
     second = start_score(score_settings, incoming, log)
     try:
         wait_for(lambda: row_count(lake) >= FILES, second, log)
+        assert (stream_state(score_settings) or {}).get("state") == "running"
         second.send_signal(signal.SIGTERM)  # graceful stop: exit 0 with a report
         assert second.wait(60) == 0, log.read_text()[-3000:]
     finally:
         if second.poll() is None:
             os.killpg(second.pid, signal.SIGKILL)
 
+    # Counts in = rows out (no MERGE lost a record under a kill, delta#370): one row per file.
     table = lake.read(IMAGES, columns=["path", "model_version", "error"])
     paths = table.column("path").to_pylist()
     assert len(paths) == len(set(paths)) == FILES
