@@ -22,6 +22,7 @@ import json
 import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,6 +31,12 @@ from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
 from infra.tables import LABELING_REQUESTS, TS
+
+
+class Uploader(Protocol):
+    """What the hand-off needs of blob storage (``infra.blob.BlobStore``; tests pass their own)."""
+
+    def upload(self, container: str, name: str, data: bytes, *, content_type: str | None = None) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -105,7 +112,7 @@ def hand_off(
     app_id: str,
     batch_id: int,
     now: dt.datetime | None = None,
-    store: object | None = None,
+    store: Uploader | None = None,
 ) -> HandOff:
     """Send this batch's unsure, sampled, never-sent images for labeling within the daily budget."""
     if settings.labeling_fraction <= 0 or settings.labeling_daily_budget <= 0 or table.num_rows == 0:
@@ -149,11 +156,11 @@ def _send(
     app_id: str,
     batch_id: int,
     now: dt.datetime,
-    store: object | None,
+    store: Uploader | None,
 ) -> HandOff:
     from infra.blob import BlobStore
 
-    blobs = store if store is not None else BlobStore(settings)
+    blobs: Uploader = store if store is not None else BlobStore(settings)
     container = settings.labeling_container
     day = now.date()
     picked = table.take(pa.array(chosen, type=pa.int64())).to_pylist()
