@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,9 @@ STATS_COLUMNS = [
 ]
 STREAM_STATUS_FILE = "score-status.json"
 SUPERVISOR_STATE_FILE = "supervisor.json"
+MODEL_SERVER_STATUS_FILE = "model-server.json"
+# The model server's state while its process lives (the same pid + heartbeat rule as the stream's).
+SERVING = "serving"
 # The stream's status file carries its ``pid`` and a ``heartbeat_at`` (epoch seconds) that its
 # process rewrites every HEARTBEAT_EVERY_S while it runs. A file left behind by a killed or
 # crashed stream still says "running"; a reader believes it only while that pid is alive and the
@@ -56,6 +60,19 @@ def stream_status_path(settings: Settings) -> Path:
 def supervisor_state_path(settings: Settings) -> Path:
     """Where ``lakesight up``'s supervisor records its children (rewritten atomically)."""
     return settings.run_dir / SUPERVISOR_STATE_FILE
+
+
+def model_server_status_path(settings: Settings) -> Path:
+    """Where ``lakesight serve-model`` keeps its figures (rewritten every heartbeat)."""
+    return settings.run_dir / MODEL_SERVER_STATUS_FILE
+
+
+def write_status_file(path: Path, state: dict[str, Any]) -> None:
+    """Replace ``path`` with ``state`` as JSON in one rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_text(json.dumps(state, default=str, indent=1))
+    temp.replace(path)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -105,6 +122,16 @@ def judge_stream(status: dict[str, Any], *, now: float | None = None) -> dict[st
         "heartbeat_age_s": round(now - heartbeat, 1) if isinstance(heartbeat, (int, float)) else None,
         "last_batch_at": _iso((status.get("last_batch") or {}).get("committed_at")),
     }
+
+
+def model_server_state(settings: Settings, *, now: float | None = None) -> dict[str, Any] | None:
+    """The model server's figures, ``state`` "serving" only while its process lives and beats."""
+    status = _read_json(model_server_status_path(settings))
+    if status is None:
+        return None
+    now = time.time() if now is None else now
+    reason = _why_not_live(status, now) if status.get("state") == SERVING else None
+    return {**status, "state": "stopped" if reason else status.get("state"), "stale_reason": reason}
 
 
 def stream_state(settings: Settings) -> dict[str, Any] | None:
@@ -203,6 +230,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
     sections = {
         "services": lambda: read_supervisor_state(settings),
         "stream": lambda: stream_state(settings),
+        "model_server": lambda: model_server_state(settings),
         "images": lambda: _images(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),

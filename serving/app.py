@@ -9,8 +9,11 @@ promotion or rollback is picked up within ``champion_check_s`` without a restart
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +27,7 @@ from fastapi.responses import JSONResponse
 from infra.images import content_hash
 from infra.registry import RegistryError
 from infra.settings import Settings
+from infra.status import HEARTBEAT_EVERY_S, SERVING, model_server_status_path, write_status_file
 from infra.web import RequestRefused, key_matches, refused_response
 from serving.batcher import ChampionLookup, MicroBatcher, Scored, served_classifier
 from serving.inference_log import CLASS_NAMES, CONTENT, PROBABILITIES, InferenceLog
@@ -216,16 +220,46 @@ def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
 
+def _figures(state: ServingState, status: str) -> dict[str, Any]:
+    """What ``lakesight status`` and the status page show of this server (``infra.status``)."""
+    online = state.inference_log
+    return {
+        "state": status,
+        "pid": os.getpid(),
+        "heartbeat_at": time.time(),
+        "serve_alias": state.settings.serve_alias,
+        "model_version": state.batcher.version,
+        **state.stats.snapshot(),
+        "online_predictions": None
+        if online is None
+        else {"written": online.written, "dropped": online.dropped, "sent_to_labeling": online.sent_to_labeling},
+    }
+
+
+async def _heartbeat(state: ServingState) -> None:
+    path = model_server_status_path(state.settings)
+    while True:
+        try:
+            write_status_file(path, _figures(state, SERVING))
+        except OSError as exc:  # a full disk must not stop serving; the next beat retries
+            log.warning("cannot write %s: %s", path, exc)
+        await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServingState = app.state.serving
     await state.batcher.start()
     if state.inference_log is not None:
         state.inference_log.start()
+    beating = asyncio.create_task(_heartbeat(state), name="lakesight-model-server-heartbeat")
     yield
+    beating.cancel()
     await state.batcher.stop()
     if state.inference_log is not None:
         state.inference_log.stop()
+    with contextlib.suppress(OSError):
+        write_status_file(model_server_status_path(state.settings), _figures(state, "stopped"))
 
 
 def create_app(

@@ -56,6 +56,7 @@ class MicroBatcher:
         self._last_requests = 1
         self.batches = 0
         self.batched_images = 0
+        self.version: str | None = None  # the version of the last model call
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lakesight-micro-batcher")
@@ -122,6 +123,7 @@ class MicroBatcher:
         rows = classifier.classify(contents).to_dict("records")
         self.batches += 1
         self.batched_images += len(contents)
+        self.version = version
         names = list(classifier.class_names)
         answers, start = [], 0
         for item in pending:

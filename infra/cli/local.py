@@ -142,6 +142,15 @@ def _stream_line(stream: dict[str, Any]) -> str:
     return f"{state} ({'; '.join(filter(None, [last, stream.get('stale_reason')]))})"
 
 
+def _model_server_line(online: dict[str, Any]) -> str:
+    if online.get("state") != "serving":
+        return f"{online.get('state')} ({online.get('stale_reason') or 'shut down'})"
+    return (
+        f"serving {online.get('serve_alias')} version {online.get('model_version')}: "
+        f"{online.get('requests_per_s')} requests/s, p50 {online.get('p50_ms')} ms, p99 {online.get('p99_ms')} ms"
+    )
+
+
 def _when(iso: str | None) -> str:
     """An ISO timestamp as ``YYYY-MM-DD HH:MM:SS UTC`` (seconds are precise enough for a status line)."""
     if not iso:
@@ -202,6 +211,9 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
         },
         {"what": "champion", "value": _champion_line(snap)},
     ]
+    online = snap.get("model_server")
+    if online:
+        rows.append({"what": "model server", "value": _model_server_line(online)})
     if stream.get("storage"):  # only while the stream cannot reach blob storage (its batch waits)
         rows.append({"what": "blob storage", "value": f"{stream['storage']}: {stream.get('storage_error')}"})
     return rows

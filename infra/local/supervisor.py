@@ -9,7 +9,6 @@ exits (with back-off), and records what it sees in ``run/supervisor.json`` for `
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -22,7 +21,7 @@ from pathlib import Path
 from infra.local.stack import azurite_argv
 from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
-from infra.status import supervisor_state_path
+from infra.status import supervisor_state_path, write_status_file
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +124,7 @@ class Supervisor:
                 for c in self.children
             ],
         }
-        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        temp = self.state_file.with_suffix(".tmp")
-        temp.write_text(json.dumps(state, indent=2))
-        temp.replace(self.state_file)
+        write_status_file(self.state_file, state)
 
     def stop_all(self) -> None:
         for child in reversed(self.children):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.settings import Settings
-from infra.status import HEARTBEAT_EVERY_S, stream_status_path
+from infra.status import HEARTBEAT_EVERY_S, stream_status_path, write_status_file
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +108,7 @@ class ScoreStatus:
         # renamed after a newer one would undo it.
         with self._lock:
             self.state["heartbeat_at"] = time.time()
-            text = json.dumps(self.state, default=str, indent=1)
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp = self.path.with_name(f".{self.path.name}.{threading.get_ident()}.tmp")
-            temp.write_text(text)
-            temp.replace(self.path)
+            write_status_file(self.path, self.state)
 
     @contextlib.contextmanager
     def heartbeat(self, every_s: float = HEARTBEAT_EVERY_S) -> Iterator[None]:
