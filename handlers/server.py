@@ -30,9 +30,9 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    uvicorn.Server(
-        _config(create_app(settings), host or settings.handler_host, port or settings.handler_port, log_level)
-    ).run()
+    bind = host or settings.handler_host
+    app = create_app(settings, host=bind)  # refuses an empty event key on a non-loopback bind
+    uvicorn.Server(_config(app, bind, port or settings.handler_port, log_level)).run()
 
 
 @contextmanager

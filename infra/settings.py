@@ -6,6 +6,7 @@ is ``$LAKESIGHT_CONFIG`` when set, else ``./lakesight.toml`` when present.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from functools import lru_cache
@@ -52,6 +53,16 @@ def local_path(uri: str) -> Path | None:
 
 def is_local_uri(uri: str) -> bool:
     return local_path(uri) is not None
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 class Settings(BaseSettings):
@@ -134,6 +145,13 @@ class Settings(BaseSettings):
     handler_port: int = Field(8765, description="Webhook service port")
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
     max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
+    max_export_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Larger labeling exports are refused (and dead-lettered)"
+    )
+    status_public: bool = Field(
+        False, description="Azure mode: serve the status page and /api/status without the event key"
+    )
+    openapi: bool = Field(False, description="Serve the webhook's OpenAPI schema and docs (/openapi.json, /docs)")
 
     @classmethod
     def settings_customise_sources(
@@ -211,16 +229,27 @@ class Settings(BaseSettings):
             raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
         return conn
 
-    def event_secret(self) -> str:
-        """The webhook's shared key; in azure mode the default, an empty or a short one is refused."""
+    def event_secret(self, *, bind_host: str | None = None) -> str:
+        """The webhook's shared key; in azure mode the default, an empty or a short one is refused.
+
+        An empty key switches authentication off, so local mode allows it only for a server bound
+        to ``bind_host`` on the loopback interface (pass the bind address when serving).
+        """
         key = self.event_key.get_secret_value()
         if self.mode != "local":
+            if not key:
+                raise SettingsError("mode=azure needs an event key: LAKESIGHT_EVENT_KEY is empty")
             if key == DEFAULT_EVENT_KEY:
                 raise SettingsError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
             if len(key) < MIN_EVENT_KEY_CHARS:
                 raise SettingsError(
                     f"mode=azure needs an event key of at least {MIN_EVENT_KEY_CHARS} characters (LAKESIGHT_EVENT_KEY)"
                 )
+        elif not key and bind_host is not None and not is_loopback(bind_host):
+            raise SettingsError(
+                f"an empty LAKESIGHT_EVENT_KEY turns authentication off, which is allowed only on a loopback bind, "
+                f"not on {bind_host!r}: set LAKESIGHT_EVENT_KEY or bind to 127.0.0.1"
+            )
         return key
 
     # Serialised forms --------------------------------------------------------------------------

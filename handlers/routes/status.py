@@ -1,4 +1,7 @@
-"""The live status page at ``/``, its data at ``/api/status``, and ``/healthz``: read-only, no key.
+"""The live status page at ``/``, its data at ``/api/status``, and ``/healthz``: read-only.
+
+In azure mode the page and its data need the event key (:data:`handlers.deps.StatusKeyDep`)
+unless ``status_public`` is set; ``/healthz`` stays open for health probes.
 
 The page is ``handlers/static/status.html``, self-contained (inline CSS, JavaScript and SVG,
 nothing fetched from the internet) and read once at import; its script refreshes every few
@@ -14,7 +17,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse
 
-from handlers.deps import ServiceDep, SettingsDep
+from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
 from infra.status import snapshot
 
 PAGE = resources.files("handlers").joinpath("static", "status.html").read_text(encoding="utf-8")
@@ -23,12 +26,12 @@ router = APIRouter()
 
 
 @router.get("/api/status")
-async def status_json(settings: SettingsDep) -> dict[str, Any]:
+async def status_json(_key: StatusKeyDep, settings: SettingsDep) -> dict[str, Any]:
     return await run_in_threadpool(snapshot, settings)
 
 
 @router.get("/", response_class=HTMLResponse)
-async def status_page() -> str:
+async def status_page(_key: StatusKeyDep) -> str:
     return PAGE
 
 

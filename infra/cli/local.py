@@ -124,6 +124,16 @@ def status(
     columns = ("decided_at", "trigger", "retrain", "new_labels", "psi", "reasons")
     decisions = snap.get("decisions") or []
     render_rows("recent retraining decisions", [{k: d.get(k) for k in columns} for d in decisions[:5]])
+    _render_dead_letters(snap)
+
+
+def _render_dead_letters(snap: dict[str, Any]) -> None:
+    """Events acknowledged but not acted on (the handlers' dead-letter table): count and latest reasons."""
+    letters = snap.get("dead_letters") or {}
+    recent = letters.get("recent") or []
+    columns = ("recorded_at", "event_type", "status", "reason")
+    title = f"dead letters ({letters.get('count')} in all, latest first)" if recent else "dead letters"
+    render_rows(title, [{k: r.get(k) for k in columns} for r in recent])
 
 
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
