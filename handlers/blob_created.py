@@ -20,6 +20,10 @@ from infra.blob import account_url as account_url  # re-exported: the service an
 from infra.errors import LakesightError
 from infra.settings import Settings
 
+# The largest blob Azure Storage holds (a block blob: 50,000 blocks of 4,000 MiB); a larger
+# contentLength is not a real upload.
+MAX_BLOB_BYTES = 50_000 * 4000 * 1024 * 1024
+
 # The statuses an event lakesight does not act on can end with.
 _NOT_ACTED_ON = frozenset({EventStatus.IGNORED, EventStatus.REFUSED})
 
@@ -74,8 +78,9 @@ def blob_target(settings: Settings, base_url: str, event: Event) -> BlobTarget:
     if api not in COMPLETE_BLOB_APIS:
         raise Refused(EventStatus.IGNORED, f"api {api!r} does not complete a blob")
     length = data.get("contentLength")
-    if not isinstance(length, int) or length < 0:
-        raise Refused(EventStatus.REFUSED, f"contentLength {length!r} is not a byte count")
+    # bool is an int subclass: ``true`` must not pass as a length of 1.
+    if type(length) is not int or not 0 <= length <= MAX_BLOB_BYTES:
+        raise Refused(EventStatus.REFUSED, f"contentLength {repr(length)[:30]} is not a byte count")
     if length == 0:
         raise Refused(EventStatus.IGNORED, "zero-byte blob (placeholder of a copy or chunked upload)")
     url, etag = data.get("url"), data.get("eTag")

@@ -1,14 +1,19 @@
 """Payload models: Event Grid schema and CloudEvents 1.0 bodies parsed into one :class:`Event` shape.
 
-Event Grid batches are all-or-none, so one malformed event makes the whole body a 400.
+Event Grid batches are all-or-none, so one malformed event makes the whole body a 400. Bodies are
+untrusted: they are parsed by :func:`handlers.safe_json.loads` (depth, number range, duplicate
+keys, UTF-8), so nothing a sender writes can make the request path fail with anything but a
+:class:`PayloadError`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from handlers import safe_json
 from infra.errors import LakesightError
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
@@ -18,6 +23,13 @@ RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
 
 CLOUDEVENTS_SINGLE = "application/cloudevents+json"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+# What Event Grid and CloudEvents senders declare; a body without a content type is read as JSON too.
+JSON_MEDIA_TYPES = frozenset({"", "application/json", CLOUDEVENTS_SINGLE, CLOUDEVENTS_BATCH})
+
+# An event's id and type end up in log lines and database keys: no control characters there.
+# (Other fields are checked where they are used: a subject against its blob URL, a time by parsing.)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_IDENTIFYING = frozenset({"id", "eventType", "type"})
 
 # The upload APIs whose BlobCreated marks a complete blob (docs/PLATFORM.md: chunked uploads and
 # async copies emit extra events for partial or empty blobs).
@@ -67,6 +79,8 @@ def _text(obj: dict[str, Any], key: str, *, required: bool = True) -> str:
         return ""
     if not isinstance(value, str) or (required and not value):
         raise PayloadError(f"event field {key!r} must be a non-empty string")
+    if key in _IDENTIFYING and _CONTROL.search(value):
+        raise PayloadError(f"event field {key!r} contains control characters")
     return value
 
 
@@ -108,16 +122,28 @@ def _cloudevent(obj: Any) -> Event:
     )
 
 
+def media_type(content_type: str) -> str:
+    """The media type of a ``Content-Type`` header, or :class:`PayloadError` unless it is JSON in UTF-8."""
+    media, _, params = content_type.partition(";")
+    media = media.strip().lower()
+    if media not in JSON_MEDIA_TYPES:
+        raise PayloadError(f"content type {media[:60]!r} is not JSON (application/json or CloudEvents)")
+    charset = next((p.split("=", 1)[1] for p in params.split(";") if p.strip().lower().startswith("charset=")), "")
+    if charset and charset.strip().strip('"').lower() not in ("utf-8", "utf8"):
+        raise PayloadError(f"charset {charset.strip()[:30]!r} is not UTF-8")
+    return media
+
+
 def parse_events(body: bytes, content_type: str) -> list[Event]:
     """Events in ``body``: an Event Grid array, a CloudEvent, or a CloudEvents batch.
 
     Raises :class:`PayloadError` for anything else (truncated JSON, wrong shapes, missing ids).
     """
+    media = media_type(content_type)
     try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not valid JSON: {exc}") from exc
-    media = content_type.split(";", 1)[0].strip().lower()
+        payload = safe_json.loads(body)
+    except safe_json.UntrustedJSONError as exc:
+        raise PayloadError(f"body refused: {exc}") from exc
     if media == CLOUDEVENTS_SINGLE or (isinstance(payload, dict) and "specversion" in payload):
         return [_cloudevent(payload)]
     if not isinstance(payload, list):

@@ -9,15 +9,19 @@ unknown class are kept in the ``label_rejects`` table with the reason: no label 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Protocol
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from handlers import safe_json
+from infra.blob import BlobStore, validate_blob_name
 from infra.errors import LakesightError
 from infra.lake import Lake, Transaction
 from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
@@ -27,6 +31,36 @@ log = logging.getLogger(__name__)
 
 class ExportError(LakesightError, ValueError):
     """The export file is not a COCO or JSONL labeling export."""
+
+
+class ExportTooLarge(ExportError):
+    """The export is larger than ``max_export_bytes``: refused before it is read whole."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(f"export larger than {max_bytes} bytes (LAKESIGHT_MAX_EXPORT_BYTES)")
+
+
+def check_declared_size(length: object, max_bytes: int) -> None:
+    """Refuse an export whose event declares more than ``max_bytes`` before anything is downloaded."""
+    if isinstance(length, int) and length > max_bytes:
+        raise ExportTooLarge(max_bytes)
+
+
+class ExportStore(Protocol):
+    """Where the slow lane reads exports from: a blob's bytes, chunk by chunk."""
+
+    def chunks(self, container: str, name: str) -> Iterator[bytes]: ...
+
+
+class BlobExports:
+    """The configured blob account as an :class:`ExportStore`: the SDK's download, never the whole blob at once."""
+
+    def __init__(self, store: BlobStore):
+        self.store = store
+
+    def chunks(self, container: str, name: str) -> Iterator[bytes]:
+        client = self.store.service.get_blob_client(container, validate_blob_name(name))
+        yield from client.download_blob().chunks()
 
 
 @dataclass(frozen=True)
@@ -80,41 +114,83 @@ def _coco(doc: dict) -> list[LabelEntry]:
     return entries
 
 
-def _jsonl(text: str) -> list[LabelEntry]:
-    entries = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            url, label = row["image_url"], row["label"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ExportError(f"JSONL line {number} is not an image_url/label object: {exc}") from exc
-        if isinstance(label, list):  # multi-label exports: lakesight classifies, so one label only
-            if len(label) != 1:
-                raise ExportError(f"JSONL line {number} has {len(label)} labels; one expected")
-            label = label[0]
-        entries.append(LabelEntry(refs=(str(url),), label=str(label)))
-    return entries
-
-
-def parse_export(data: bytes) -> list[LabelEntry]:
-    """Entries of a COCO JSON or JSONL export; :class:`ExportError` for anything else."""
+def _jsonl_entry(number: int, line: bytes) -> LabelEntry:
+    """The entry on JSONL line ``number`` (1-based), or :class:`ExportError` naming the line."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ExportError("export is not UTF-8 text") from exc
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError:
-            doc = None  # a JSONL file also starts with "{"
-        if isinstance(doc, dict) and "images" in doc:
-            return _coco(doc)
-        if isinstance(doc, dict) and "image_url" not in doc:
-            raise ExportError("JSON export has no images[] (COCO) and is not a JSONL line")
-    return _jsonl(text)
+        row = safe_json.loads(line)
+        url, label = row["image_url"], row["label"]
+    except (safe_json.UntrustedJSONError, KeyError, TypeError) as exc:
+        raise ExportError(f"JSONL line {number} is not an image_url/label object: {exc}") from exc
+    if isinstance(label, list):  # multi-label exports: lakesight classifies, so one label only
+        if len(label) != 1:
+            raise ExportError(f"JSONL line {number} has {len(label)} labels; one expected")
+        label = label[0]
+    return LabelEntry(refs=(str(url),), label=str(label))
+
+
+def _capped(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
+    """``chunks`` as they come, refused (:class:`ExportTooLarge`) as soon as they pass ``max_bytes``."""
+    total = 0
+    for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise ExportTooLarge(max_bytes)
+        yield chunk
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of the byte stream, without their newline; only the current line is held."""
+    partial: list[bytes] = []  # pieces of a line that spans chunks (joined once: no quadratic copying)
+    for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            partial.append(chunk[start:end])
+            yield b"".join(partial)
+            partial, start = [], end + 1
+        partial.append(chunk[start:])
+    if any(partial):
+        yield b"".join(partial)
+
+
+def _is_jsonl(first_line: bytes) -> bool:
+    """Whether an export whose first non-empty line is ``first_line`` is JSONL rather than COCO JSON.
+
+    Every JSONL entry names its image by ``image_url``; a COCO document never does (its images
+    have ``file_name``, ``coco_url``, ``absolute_url``), and its first line may be a bare ``{``.
+    """
+    return b'"image_url"' in first_line
+
+
+def _coco_document(text: bytes) -> list[LabelEntry]:
+    try:
+        doc = safe_json.loads(text)
+    except safe_json.UntrustedJSONError as exc:
+        raise ExportError(f"truncated/invalid COCO JSON: {exc}") from exc
+    if not isinstance(doc, dict) or "images" not in doc:
+        raise ExportError("JSON export has no images[] (COCO) and is not a JSONL line")
+    return _coco(doc)
+
+
+def parse_export(data: bytes | Iterable[bytes], *, max_bytes: int | None = None) -> list[LabelEntry]:
+    """Entries of a COCO JSON or JSONL export; :class:`ExportError` for anything else.
+
+    ``data`` is the whole export or its chunks as they are downloaded: JSONL is read line by line
+    (one line in memory at a time), a COCO document (one JSON value) is read whole. More than
+    ``max_bytes`` is refused with :class:`ExportTooLarge` as soon as the stream passes it.
+    """
+    chunks = [data] if isinstance(data, bytes) else data
+    lines = _lines(_capped(chunks, max_bytes) if max_bytes is not None else chunks)
+    head: list[bytes] = []
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
+    if not any(line.strip() for line in head):
+        return []  # an empty export labels nothing
+    if not _is_jsonl(head[-1]):
+        return _coco_document(b"\n".join(chain(head, lines)))
+    numbered = enumerate(chain(head, lines), 1)
+    return [_jsonl_entry(number, line) for number, line in numbered if line.strip()]
 
 
 def ref_segments(ref: str) -> list[str]:

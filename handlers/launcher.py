@@ -185,18 +185,28 @@ class Launcher(WakeableWorker):
 
     # Requests ----------------------------------------------------------------------------------
     def request(self, trigger_id: str, reason: str, delta_version: int) -> str:
-        """Record a trigger; return what happens to it (queued, coalesced, cooldown or duplicate)."""
-        with self._lock:
+        """Record a trigger; return what happens to it (queued, coalesced, cooldown or duplicate).
+
+        The answer is decided in the transaction that records the trigger, and the worker is woken
+        only afterwards: woken first, it could start (or even finish) the trigger's own launch
+        before the answer is read, and a trigger that started launch 1 would be told "cooldown".
+        """
+        with self._lock, transaction(self._conn):
             cursor = self._conn.execute(
                 "INSERT OR IGNORE INTO triggers (trigger_id, reason, delta_version, requested_at) VALUES (?, ?, ?, ?)",
                 (trigger_id, reason, delta_version, now_iso()),
             )
-        if cursor.rowcount == 0:
-            return "duplicate"
+            if cursor.rowcount == 0:
+                return "duplicate"
+            answer = self._answer_for_new_trigger()
         self._wake.set()
-        if self._active():
+        return answer
+
+    def _answer_for_new_trigger(self) -> str:
+        """What happens to a trigger recorded now (called inside the recording transaction)."""
+        if self._holds_flight():
             return "coalesced"
-        return "cooldown" if self._cooldown_left() > 0 else "queued"
+        return "cooldown" if self._seconds_to_cooldown_end() > 0 else "queued"
 
     def complete_external(self, external_id: str, status: LaunchStatus, outcome: dict[str, Any]) -> int | None:
         """Finish a submitted launch when its remote run reports back; return its launch id."""
@@ -215,12 +225,19 @@ class Launcher(WakeableWorker):
             return self._conn.execute(sql, args).fetchall()
 
     def _active(self) -> bool:
-        return bool(self._query("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", _ACTIVE))
+        with self._lock:
+            return self._holds_flight()
 
-    def _cooldown_left(self) -> float:
-        rows = self._query("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
-        last = rows[0][0]
-        return 0.0 if last is None else max(0.0, last + self.settings.retrain_cooldown_s - time.time())
+    def _holds_flight(self) -> bool:
+        """Whether a launch is running or submitted (the single flight is taken); the caller holds the lock."""
+        return (
+            self._conn.execute("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", _ACTIVE).fetchone() is not None
+        )
+
+    def _seconds_to_cooldown_end(self) -> float:
+        """Seconds until the cooldown after the last launch ends (<= 0: over); the caller holds the lock."""
+        last = self._conn.execute("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches").fetchone()[0]
+        return 0.0 if last is None else last + self.settings.retrain_cooldown_s - time.time()
 
     def launches(self) -> list[dict[str, Any]]:
         cols = ["launch_id", "backend", "delta_version", "triggers", "status", "started_at", "external_id", "outcome"]
@@ -237,15 +254,13 @@ class Launcher(WakeableWorker):
     def _claim(self) -> tuple[int, int] | float | None:
         """Start a launch for all pending triggers: ``(launch_id, delta_version)``, seconds to wait, or None."""
         with self._lock, transaction(self._conn):
-            busy = self._conn.execute("SELECT 1 FROM launches WHERE status IN (?, ?) LIMIT 1", _ACTIVE).fetchone()
+            busy = self._holds_flight()
             count, delta_version = self._conn.execute(
                 "SELECT COUNT(*), MAX(delta_version) FROM triggers WHERE launch_id IS NULL"
             ).fetchone()
             if busy or count == 0:
                 return None
-            last = self._conn.execute("SELECT MAX(COALESCE(finished_epoch, started_epoch)) FROM launches")
-            last_epoch = last.fetchone()[0]
-            wait = 0.0 if last_epoch is None else last_epoch + self.settings.retrain_cooldown_s - time.time()
+            wait = self._seconds_to_cooldown_end()
             if wait > 0:
                 return wait
             cursor = self._conn.execute(
@@ -284,17 +299,20 @@ class Launcher(WakeableWorker):
         level = logging.ERROR if result.status in (LaunchStatus.FAILED, LaunchStatus.ABANDONED) else logging.INFO
         log.log(level, "launch %d %s: %s", launch_id, result.status, result.outcome)
 
+    def _run_claimed(self, launch_id: int, delta_version: int) -> None:
+        """Run a claimed launch on the backend and record its result, whatever the backend does."""
+        try:
+            result = self.backend.run(delta_version, launch_id)
+        except Exception as exc:  # a backend bug must not kill the loop or leave a launch running
+            log.exception("launch %d: backend %s raised", launch_id, self.backend.name)
+            result = LaunchResult(LaunchStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
+        self._finish(launch_id, result)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             claimed = self._claim()
             if isinstance(claimed, tuple):
-                launch_id, delta_version = claimed
-                try:
-                    result = self.backend.run(delta_version, launch_id)
-                except Exception as exc:  # a backend bug must not kill the loop or leave a launch running
-                    log.exception("launch %d: backend %s raised", launch_id, self.backend.name)
-                    result = LaunchResult(LaunchStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
-                self._finish(launch_id, result)
+                self._run_claimed(*claimed)
                 continue
             self._wake.wait(timeout=min(claimed, 60.0) if claimed else 60.0)
             self._wake.clear()

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from handlers import blob_created, labels, policy, runs
 from handlers.blob_created import BlobTarget, Refused, TargetKind
@@ -23,16 +23,17 @@ from handlers.events import BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
+from infra.deadletters import DeadLetter, DeadLetterTable
 from infra.lake import Lake
 from infra.settings import Settings
-
-if TYPE_CHECKING:  # the blob SDK loads only when an export is first read
-    from infra.blob import BlobStore
 
 log = logging.getLogger(__name__)
 
 KNOWN_TYPES = frozenset({BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED})
 FAST_BATCH = 1000
+# Events acknowledged to Event Grid but not acted on for a reason someone should see (docs/DEPLOY.md);
+# ignored and duplicate events are expected and are not dead letters.
+DEAD_LETTER_STATUSES = frozenset({EventStatus.REFUSED, EventStatus.FAILED})
 SLOW_ATTEMPTS = 3
 _STOP = object()
 
@@ -40,11 +41,12 @@ _STOP = object()
 class HandlerService:
     """Owns the event log, the worker threads and the launcher for one settings object."""
 
-    def __init__(self, settings: Settings, *, backend: Backend | None = None, store: BlobStore | None = None):
+    def __init__(self, settings: Settings, *, backend: Backend | None = None, store: labels.ExportStore | None = None):
         """``backend`` runs retraining (default: the configured one); ``store`` reads labeling
         exports (default: the configured blob account, opened on first use)."""
         self.settings = settings
         self.events = EventLog(settings.state_dir / "handlers" / "events.db")
+        self.dead_letters = DeadLetterTable(settings)
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
         self.scorer = ScorePass(settings) if settings.score_when_idle else None
@@ -113,11 +115,11 @@ class HandlerService:
         return self._lake
 
     @property
-    def store(self) -> BlobStore:
-        if self._store is None:
+    def store(self) -> labels.ExportStore:
+        if self._store is None:  # the blob SDK loads only when an export is first read
             from infra.blob import BlobStore
 
-            self._store = BlobStore(self.settings)
+            self._store = labels.BlobExports(BlobStore(self.settings))
         return self._store
 
     # Intake ------------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ class HandlerService:
                 return
 
     def _blob_batch(self, batch: list[Event]) -> None:
-        outcomes: list[tuple[str, EventStatus, str]] = []
+        outcomes: list[tuple[Event, EventStatus, str]] = []
         records = []
         for event in batch:
             try:
@@ -169,24 +171,38 @@ class HandlerService:
                 first = self.events.claim_blob(target.url, target.etag, event.id)
                 if first is not None:
                     self._count_duplicates(1)
-                    outcomes.append((event.id, EventStatus.DUPLICATE, f"same upload as event {first}"))
+                    outcomes.append((event, EventStatus.DUPLICATE, f"same upload as event {first}"))
                 elif target.kind == TargetKind.EXPORT:
                     self._slow.put((event, target))
                 else:
                     records.append(blob_created.arrival_record(target, event))
             except Refused as exc:
                 log.warning("event %s %s: %s", event.id, exc.status, exc)
-                outcomes.append((event.id, exc.status, str(exc)))
+                outcomes.append((event, exc.status, str(exc)))
             except ValueError as exc:  # a field the arrival record rejects
                 log.warning("event %s refused: %s", event.id, exc)
-                outcomes.append((event.id, EventStatus.REFUSED, str(exc)))
+                outcomes.append((event, EventStatus.REFUSED, str(exc)))
         path = write_arrival_records(self.settings, records)
         if path is not None and self.scorer is not None:
             self.scorer.notify()
+        by_id = {event.id: event for event in batch}
         outcomes.extend(
-            (r.event_id, EventStatus.DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records
+            (by_id[r.event_id], EventStatus.DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records
         )
-        self.events.finish(outcomes)
+        self._finish(outcomes)
+
+    def _finish(self, outcomes: list[tuple[Event, EventStatus, str]]) -> None:
+        """Store the outcomes; refused and failed events are kept in the dead-letter table first.
+
+        Dead letters before the status: a crash in between leaves the event pending, so it is
+        re-queued at the next start and recorded again (once: the table is keyed by event id).
+        """
+        self.dead_letters.record(
+            DeadLetter(event.id, event.type, status, outcome, event.to_json())
+            for event, status, outcome in outcomes
+            if status in DEAD_LETTER_STATUSES
+        )
+        self.events.finish((event.id, status, outcome) for event, status, outcome in outcomes)
 
     # Slow lane: exports, drift, runs -------------------------------------------------------------
     def _slow_loop(self) -> None:
@@ -214,7 +230,7 @@ class HandlerService:
                     time.sleep(0.5 * attempt)
                     continue
                 status, outcome = EventStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            self.events.finish([(event.id, status, outcome)])
+            self._finish([(event, status, outcome)])
             return
 
     def _handle(self, event: Event, target: BlobTarget | None) -> tuple[EventStatus, str]:
@@ -252,8 +268,9 @@ class HandlerService:
         }
 
     def _export(self, event: Event, target: BlobTarget) -> dict[str, Any]:
-        data = self.store.download(target.container, target.name)
-        entries = labels.parse_export(data)
+        cap = self.settings.max_export_bytes
+        labels.check_declared_size(event.data.get("contentLength"), cap)
+        entries = labels.parse_export(self.store.chunks(target.container, target.name), max_bytes=cap)
         report = labels.apply_export(
             self.lake, entries, event_id=event.id, export_url=target.url, classes=self.settings.label_classes
         )

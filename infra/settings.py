@@ -6,6 +6,7 @@ is ``$LAKESIGHT_CONFIG`` when set, else ``./lakesight.toml`` when present.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from functools import lru_cache
@@ -53,6 +54,16 @@ def local_path(uri: str) -> Path | None:
 
 def is_local_uri(uri: str) -> bool:
     return local_path(uri) is not None
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
 
 
 class Settings(BaseSettings):
@@ -141,6 +152,13 @@ class Settings(BaseSettings):
     handler_port: int = Field(8765, description="Webhook service port")
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
     max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
+    max_export_bytes: int = Field(
+        256 * 1024 * 1024, gt=0, description="Larger labeling exports are refused (and dead-lettered)"
+    )
+    status_public: bool = Field(
+        False, description="Azure mode: serve the status page and /api/status without the event key"
+    )
+    openapi: bool = Field(False, description="Serve the webhook's OpenAPI schema and docs (/openapi.json, /docs)")
 
     model_host: str = Field("127.0.0.1", description="Model server (lakesight serve-model) bind address")
     model_port: int = Field(8766, description="Model server port")
@@ -238,21 +256,15 @@ class Settings(BaseSettings):
             raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
         return conn
 
-    def event_secret(self) -> str:
-        """The webhook's shared key; in azure mode the default, an empty or a short one is refused."""
-        key = self.event_key.get_secret_value()
-        if self.mode != "local":
-            if key == DEFAULT_EVENT_KEY:
-                raise SettingsError("mode=azure refuses the default event key: set LAKESIGHT_EVENT_KEY")
-            if len(key) < MIN_EVENT_KEY_CHARS:
-                raise SettingsError(
-                    f"mode=azure needs an event key of at least {MIN_EVENT_KEY_CHARS} characters (LAKESIGHT_EVENT_KEY)"
-                )
-        return key
+    def event_secret(self, *, bind_host: str | None = None) -> str:
+        """The webhook's shared key, checked by :func:`_shared_key` (pass the bind address when serving)."""
+        return _shared_key(self, self.event_key, DEFAULT_EVENT_KEY, "event key", "LAKESIGHT_EVENT_KEY", bind_host)
 
-    def model_secret(self) -> str:
-        """The model server's API key; in azure mode the default, an empty or a short one is refused."""
-        return _strong_key(self, self.model_api_key, DEFAULT_MODEL_API_KEY, "LAKESIGHT_MODEL_API_KEY")
+    def model_secret(self, *, bind_host: str | None = None) -> str:
+        """The model server's API key, checked by :func:`_shared_key` (pass the bind address when serving)."""
+        return _shared_key(
+            self, self.model_api_key, DEFAULT_MODEL_API_KEY, "model API key", "LAKESIGHT_MODEL_API_KEY", bind_host
+        )
 
     # Serialised forms --------------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
@@ -282,14 +294,24 @@ class Settings(BaseSettings):
         return env
 
 
-def _strong_key(settings: Settings, secret: SecretStr, default: str, variable: str) -> str:
+def _shared_key(
+    settings: Settings, secret: SecretStr, default: str, what: str, variable: str, bind_host: str | None
+) -> str:
+    """A service's shared key. Azure mode refuses an empty, the default or a short (guessable) one.
+    An empty key turns authentication off, so local mode allows it only on a loopback bind."""
     key = secret.get_secret_value()
-    if settings.mode == "local":
-        return key
-    if not key or key == default:
-        raise SettingsError(f"mode=azure refuses an empty or default key: set {variable}")
-    if len(key) < MIN_EVENT_KEY_CHARS:
-        raise SettingsError(f"mode=azure needs a key of at least {MIN_EVENT_KEY_CHARS} characters ({variable})")
+    if settings.mode != "local":
+        if not key:
+            raise SettingsError(f"mode=azure needs a {what}: {variable} is empty")
+        if key == default:
+            raise SettingsError(f"mode=azure refuses the default {what}: set {variable}")
+        if len(key) < MIN_EVENT_KEY_CHARS:
+            raise SettingsError(f"mode=azure needs a {what} of at least {MIN_EVENT_KEY_CHARS} characters ({variable})")
+    elif not key and bind_host is not None and not is_loopback(bind_host):
+        raise SettingsError(
+            f"an empty {variable} turns authentication off, which is allowed only on a loopback bind, "
+            f"not on {bind_host!r}: set {variable} or bind to 127.0.0.1"
+        )
     return key
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.deadletters import read_dead_letters
 from infra.processes import pid_alive
 from infra.settings import Settings, local_path
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
@@ -234,6 +235,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         "images": lambda: _images(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),
+        "dead_letters": lambda: read_dead_letters(settings),
     }
     for name, read in sections.items():
         try:

@@ -8,7 +8,6 @@ and the shared-key check, in constant time so response timing tells nothing abou
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import threading
 import time
 from collections.abc import Iterator
@@ -18,14 +17,22 @@ from typing import Any
 from infra.errors import LakesightError
 from infra.processes import free_port
 
+MAX_REASON_CHARS = 300
+
+
+def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` as one line of at most ``limit`` characters (refusal reasons quote what a sender wrote)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
 
 class RequestRefused(LakesightError):
     """A request answered with ``status_code`` and ``{"error": message}`` (see :func:`refused_response`)."""
 
     def __init__(self, status_code: int, message: str):
-        super().__init__(message)
+        self.message = one_line(message)
+        super().__init__(self.message)
         self.status_code = status_code
-        self.message = message
 
 
 async def refused_response(_request: Any, exc: RequestRefused) -> Any:
@@ -37,16 +44,6 @@ async def refused_response(_request: Any, exc: RequestRefused) -> Any:
 
 def key_matches(supplied: str | None, key: bytes) -> bool:
     return hmac.compare_digest((supplied or "").encode(), key)
-
-
-def is_loopback(host: str) -> bool:
-    """True for a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:

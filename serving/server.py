@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from infra.errors import SettingsError
 from infra.settings import Settings
-from infra.web import is_loopback, serve_forever
+from infra.web import serve_forever
 from serving.app import create_app
 
 
 def check_bind(settings: Settings, host: str) -> None:
     """An empty key is allowed only where nobody else can connect (a loopback bind, local mode)."""
-    if not settings.model_secret() and not is_loopback(host):
-        raise SettingsError(f"refusing to serve on {host} without an API key: set LAKESIGHT_MODEL_API_KEY")
+    settings.model_secret(bind_host=host)
 
 
 def serve_model(

@@ -1,4 +1,7 @@
-"""The live status page at ``/``, its data at ``/api/status``, and ``/healthz``: read-only, no key.
+"""The live status page at ``/``, its data at ``/api/status``, and ``/healthz``: read-only.
+
+In azure mode the page and its data need the event key (:data:`handlers.deps.StatusKeyDep`)
+unless ``status_public`` is set; ``/healthz`` stays open for health probes.
 
 The page is ``handlers/static/status.html`` (inline CSS and JavaScript), read once at import; its
 script refreshes every few seconds from :func:`infra.status.snapshot`, which reads state and
@@ -17,7 +20,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 
-from handlers.deps import ServiceDep, SettingsDep
+from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
 from infra.processes import PROJECT_ROOT
 from infra.status import snapshot
 
@@ -33,12 +36,12 @@ router = APIRouter()
 
 
 @router.get("/api/status")
-async def status_json(settings: SettingsDep) -> dict[str, Any]:
+async def status_json(_key: StatusKeyDep, settings: SettingsDep) -> dict[str, Any]:
     return await run_in_threadpool(snapshot, settings)
 
 
 @router.get("/", response_class=HTMLResponse)
-async def status_page() -> str:
+async def status_page(_key: StatusKeyDep) -> str:
     return PAGE
 
 

@@ -78,7 +78,9 @@ def bench_score(
 
 def bench_events(
     events: Annotated[int, typer.Option(min=1, help="Unique BlobCreated events")] = 5000,
-    batch: Annotated[int, typer.Option(min=1, max=5000, help="Events per request")] = 50,
+    batch: Annotated[
+        int, typer.Option(min=1, max=5000, help="Events per request (fewer where a request would pass 1 MB)")
+    ] = 50,
     concurrency: Annotated[int, typer.Option(min=1, help="Concurrent publisher clients")] = 4,
     duplicates: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of events delivered twice")] = 0.1,
 ) -> None:

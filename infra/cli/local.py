@@ -128,6 +128,16 @@ def status(
     render_rows(
         "recent retraining decisions", [{k: _decision_cell(k, d.get(k)) for k in columns} for d in decisions[:5]]
     )
+    _render_dead_letters(snap)
+
+
+def _render_dead_letters(snap: dict[str, Any]) -> None:
+    """Events acknowledged but not acted on (the handlers' dead-letter table): count and latest reasons."""
+    letters = snap.get("dead_letters") or {}
+    recent = letters.get("recent") or []
+    columns = ("recorded_at", "event_type", "status", "reason")
+    title = f"dead letters ({letters.get('count')} in all, latest first)" if recent else "dead letters"
+    render_rows(title, [{k: r.get(k) for k in columns} for r in recent])
 
 
 def _stream_line(stream: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import uuid
 
@@ -13,7 +14,9 @@ from azure.core.messaging import CloudEvent
 
 from handlers.eventlog import EventLog, EventStatus
 from handlers.events import BLOB_CREATED, Event
+from infra.deadletters import dead_letter_path, read_dead_letters
 from infra.settings import Settings
+from infra.status import snapshot
 from tests.helpers.handlers import arrival_lines, blob_data, blob_event, blob_event_dict, serving
 
 KEY = {"aeg-sas-key": "local-dev-key"}
@@ -199,3 +202,23 @@ def test_event_log_survives_restart(settings: Settings, publisher) -> None:
         assert service.duplicates_suppressed == 1
         assert service.events.get("orphan-1")["status"] == EventStatus.DONE  # re-queued at start
     assert sorted(r["name"] for r in arrival_lines(settings)) == ["keep.png", "orphan.png"]
+
+
+def test_a_refused_event_inside_a_valid_batch_is_dead_lettered(settings: Settings, server, publisher) -> None:
+    """Event Grid batches are all-or-none: the batch is acknowledged, the refused events are kept locally."""
+    url, service = server
+    good = blob_event(settings, "images", "good.png")
+    boolean_length = blob_event(settings, "images", "bool.png", length=True)
+    unsafe = blob_event(settings, "images", "a/../../etc/passwd")
+    publisher(url).send([good, boolean_length, unsafe])  # 200: raises otherwise
+    assert service.wait_idle()
+    assert [r["name"] for r in arrival_lines(settings)] == ["good.png"]
+    letters = read_dead_letters(settings)
+    assert letters["count"] == 2
+    reasons = {r["event_id"]: (r["status"], r["reason"]) for r in letters["recent"]}
+    assert reasons[boolean_length.id] == ("refused", "contentLength True is not a byte count")
+    assert reasons[unsafe.id][0] == "refused" and "unsafe blob url" in reasons[unsafe.id][1]
+    with sqlite3.connect(dead_letter_path(settings)) as conn:
+        kept = dict(conn.execute("SELECT event_id, event FROM dead_letters").fetchall())
+    assert json.loads(kept[unsafe.id])["data"]["url"] == unsafe.data["url"]  # the raw event, for a replay
+    assert snapshot(settings)["dead_letters"] == letters

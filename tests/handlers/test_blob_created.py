@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from azure.eventgrid import EventGridEvent
 
-from handlers.blob_created import Refused, TargetKind, account_url, blob_target
+from handlers.blob_created import MAX_BLOB_BYTES, Refused, TargetKind, account_url, blob_target
 from handlers.eventlog import EventStatus
 from handlers.events import BLOB_CREATED, Event
 from infra.errors import LakesightError
@@ -43,6 +43,21 @@ def test_guards_name_their_status(
     with pytest.raises(Refused, match=reason) as refused:
         blob_target(settings, account_url(settings), _event(settings, container, name, **data))
     assert refused.value.status is status
+
+
+@pytest.mark.parametrize("length", [True, False, -1, 1.5, "1234", None, 10**30, MAX_BLOB_BYTES + 1])
+def test_content_length_must_be_a_real_byte_count(settings: Settings, length: object) -> None:
+    event = _event(settings, settings.images_container, "a.png")
+    event.data["contentLength"] = length  # True used to pass as 1 byte, 10**30 as an upload
+    with pytest.raises(Refused, match="is not a byte count") as refused:
+        blob_target(settings, account_url(settings), event)
+    assert refused.value.status is EventStatus.REFUSED
+
+
+def test_the_largest_blob_azure_holds_is_a_byte_count(settings: Settings) -> None:
+    event = _event(settings, settings.images_container, "a.png")
+    event.data["contentLength"] = MAX_BLOB_BYTES
+    assert blob_target(settings, account_url(settings), event).kind is TargetKind.IMAGE
 
 
 def test_refused_takes_only_the_statuses_of_an_event_not_acted_on() -> None:

@@ -57,8 +57,23 @@ def test_cloudevents_single_and_batch() -> None:
         json.dumps([{**_eg(), "data": "text"}]).encode(),
         json.dumps({**_ce(), "specversion": "0.3"}).encode(),
         b"\xff\xfe",
+        b"[" * 10_000 + b"]" * 10_000,  # used to raise RecursionError (a 500)
+        json.dumps([{**_eg(), "id": "a\nb"}]).encode(),  # control characters in an identifying field
     ],
 )
 def test_malformed_bodies(body: bytes) -> None:
     with pytest.raises(PayloadError):
         parse_events(body, "application/json")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["", "application/json", "Application/JSON; charset=UTF-8", 'application/json;charset="utf-8"']
+)
+def test_json_content_types_are_read(content_type: str) -> None:
+    assert parse_events(json.dumps([_eg()]).encode(), content_type)[0].id == "e1"
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/xml", "application/json; charset=utf-16"])
+def test_other_content_types_are_refused(content_type: str) -> None:
+    with pytest.raises(PayloadError, match=r"not JSON|not UTF-8"):
+        parse_events(json.dumps([_eg()]).encode(), content_type)

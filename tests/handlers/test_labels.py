@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from handlers.labels import ExportError, ImageIndex, LabelEntry, parse_export
+from handlers.labels import ExportError, ExportTooLarge, ImageIndex, LabelEntry, parse_export
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
@@ -84,6 +84,41 @@ def test_parse_export_forms() -> None:
     for bad in (b'{"images": [', b'{"image_url": "x"}\n{"label": 1}', b"\xff", b'{"foo": 1}'):
         with pytest.raises(ExportError):
             parse_export(bad)
+
+
+JSONL_LINE = b'{"image_url": "azureml://datastores/d/paths/images/a.png", "label": "cat"}\n'
+
+
+def test_a_truncated_coco_export_is_reported_as_coco_not_as_a_jsonl_line() -> None:
+    doc = coco_export(["u0", "u1"])
+    pretty = json.dumps(json.loads(doc), indent=2).encode()
+    assert len(parse_export(pretty)) == len(parse_export(doc)) == 5
+    for truncated in (doc[: len(doc) // 2], pretty[: len(pretty) // 2]):
+        with pytest.raises(ExportError, match="truncated/invalid COCO JSON"):
+            parse_export(truncated)
+    with pytest.raises(ExportError, match="JSONL line 2"):  # a broken JSONL line is still named as one
+        parse_export(JSONL_LINE + b'{"image_url": "b.png", "lab')
+    with pytest.raises(ExportError, match="JSONL line 1"):  # hostile JSON in an export is a refusal too
+        parse_export(b'{"image_url": "a.png", "label": ' + b"[" * 10_000 + b"]" * 10_000 + b"}")
+
+
+def test_jsonl_is_streamed_and_the_size_cap_stops_the_read() -> None:
+    produced = []
+
+    def download(lines: int):  # chunks split inside lines, as a blob download may
+        for number in range(lines):
+            produced.append(number)
+            yield JSONL_LINE[:10]
+            yield JSONL_LINE[10:]
+
+    assert len(parse_export(download(1000), max_bytes=1000 * len(JSONL_LINE))) == 1000
+    produced.clear()
+    with pytest.raises(ExportTooLarge, match="larger than 1000 bytes"):
+        parse_export(download(1000), max_bytes=1000)
+    assert len(produced) <= 1000 // len(JSONL_LINE) + 1  # stopped at the cap, not after the whole export
+    doc = coco_export(["u0", "u1"])
+    with pytest.raises(ExportTooLarge):  # a COCO document is read whole, but only within the cap
+        parse_export(doc, max_bytes=len(doc) - 1)
 
 
 def test_image_index_matches_url_and_unique_suffix() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -82,6 +83,38 @@ def test_cooldown_delays_the_next_launch(settings: Settings, tmp_path: Path) -> 
     finally:
         launcher.stop()
     assert record.read_text().split() == ["1", "2"]
+
+
+class InstantBackend:
+    name = "instant"
+
+    def run(self, delta_version: int, launch_id: int) -> LaunchResult:
+        return LaunchResult(LaunchStatus.SUCCEEDED, {"delta_version": delta_version})
+
+
+class WorkerRunsAtOnce(threading.Event):
+    """A wake-up on which the worker claims and finishes the launch before the waker reads anything
+    more: the worst interleaving of the real thread, made certain."""
+
+    def __init__(self, launcher: Launcher):
+        super().__init__()
+        self.launcher = launcher
+
+    def set(self) -> None:
+        super().set()
+        claimed = self.launcher._claim()
+        if isinstance(claimed, tuple):
+            self.launcher._run_claimed(*claimed)
+
+
+def test_the_answer_names_what_happened_even_if_the_worker_runs_at_once(settings: Settings) -> None:
+    """A trigger that started launch 1 was answered "cooldown": the worker was woken before the answer was read."""
+    launcher = Launcher(settings.model_copy(update={"retrain_cooldown_s": 60.0}), InstantBackend())
+    launcher._wake = WorkerRunsAtOnce(launcher)
+    assert launcher.request("t1", "new_labels", 5) == "queued"
+    assert [(x["launch_id"], x["triggers"], x["status"]) for x in launcher.launches()] == [(1, 1, SUCCEEDED)]
+    assert launcher.request("t2", "new_labels", 6) == "cooldown"  # and this one does wait
+    assert [x["launch_id"] for x in launcher.launches()] == [1]
 
 
 def test_crashing_trainer_is_reported_and_not_rerun(settings: Settings, tmp_path: Path) -> None:

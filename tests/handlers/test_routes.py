@@ -9,10 +9,12 @@ import httpx
 import pytest
 
 from handlers.app import create_app
+from handlers.deps import STATUS_COOKIE
 from handlers.server import running
 from infra.errors import SettingsError
-from infra.settings import Settings
-from tests.helpers.handlers import blob_event, blob_event_dict
+from infra.settings import DEFAULT_EVENT_KEY, Settings
+from tests.helpers.handlers import AZURE_EVENT_KEY, azure_settings, blob_event, blob_event_dict
+from tests.helpers.hostile import hostile_bodies
 
 KEY = {"aeg-sas-key": "local-dev-key"}
 
@@ -43,6 +45,24 @@ def test_every_refusal_answers_with_its_error_body(settings: Settings, server) -
     assert service.events.counts() == {}  # none of them reached the event log
 
 
+def test_hostile_bodies_get_a_4xx_with_a_one_line_reason(settings: Settings, server) -> None:
+    url, service = server
+    corpus = hostile_bodies(blob_event_dict(settings, "images", "a.png"), settings.max_event_body_bytes)
+    expected, answers = {}, {}
+    for hostile in corpus:
+        headers = {**KEY, **({"content-type": hostile.content_type} if hostile.content_type else {})}
+        response = httpx.post(url, content=hostile.body, headers=headers, timeout=30)
+        expected[hostile.name] = hostile.status
+        is_json = response.headers.get("content-type", "").startswith("application/json")
+        answers[hostile.name] = (response.status_code, response.json().get("error", "") if is_json else response.text)
+    assert {name: status for name, (status, _) in answers.items()} == expected, answers
+    for name, (_, reason) in answers.items():
+        assert reason and "\n" not in reason and len(reason) <= 300, (name, reason)
+    assert service.events.counts() == {}  # nothing hostile reached the event log
+    # The server is still fine: a valid delivery goes through.
+    assert httpx.post(url, json=[blob_event_dict(settings, "images", "ok.png")], headers=KEY).status_code == 200
+
+
 def test_status_api_on_a_fresh_state_dir_creates_nothing(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "fresh")
     app = create_app(settings)  # opens the handlers' own databases, nothing else
@@ -53,6 +73,7 @@ def test_status_api_on_a_fresh_state_dir_creates_nothing(tmp_path: Path) -> None
     assert response.status_code == 200
     body = response.json()
     assert body["images"] is None and body["models"] is None and body["decisions"] == []
+    assert body["dead_letters"] is None
     assert after == before
     assert not (settings.state_dir / "mlflow.db").exists()
     assert not Path(settings.lake_root).exists()
@@ -78,8 +99,50 @@ def test_healthz_reports_the_service(settings: Settings, server, publisher) -> N
     assert httpx.get(url.replace("/api/events", "/healthz")).json()["duplicates_suppressed"] == 1
 
 
-def test_create_app_checks_the_event_key_before_opening_anything(tmp_path: Path) -> None:
-    settings = Settings(mode="azure", state_dir=tmp_path / "state")
-    with pytest.raises(SettingsError, match="event key"):
+@pytest.mark.parametrize("key", [DEFAULT_EVENT_KEY, "", "short-key", "k" * 31])
+def test_create_app_checks_the_event_key_before_opening_anything(tmp_path: Path, key: str) -> None:
+    settings = azure_settings(tmp_path, event_key=key)
+    with pytest.raises(SettingsError, match=r"event key|LAKESIGHT_EVENT_KEY"):
         create_app(settings)
     assert not settings.state_dir.exists()
+
+
+def test_azure_mode_status_needs_the_key(tmp_path: Path) -> None:
+    with running(create_app(azure_settings(tmp_path))) as url:
+        base = url.removesuffix("/api/events")
+        for path in ("/", "/api/status"):
+            assert httpx.get(base + path).status_code == 401
+            assert httpx.get(base + path, headers={"aeg-sas-key": AZURE_EVENT_KEY[:-1]}).status_code == 401
+            assert httpx.get(base + path, params={"code": AZURE_EVENT_KEY + "x"}).status_code == 401
+            assert httpx.get(base + path, headers={"aeg-sas-key": AZURE_EVENT_KEY}).status_code == 200
+        # A person opens the page with ?code=; the page's own fetches of api/status carry its cookie.
+        page = httpx.get(f"{base}/", params={"code": AZURE_EVENT_KEY})
+        assert page.status_code == 200
+        token = page.cookies[STATUS_COOKIE]
+        assert AZURE_EVENT_KEY not in token and AZURE_EVENT_KEY not in page.text
+        fetched = httpx.get(f"{base}/api/status", headers={"cookie": f"{STATUS_COOKIE}={token}"})
+        assert fetched.status_code == 200 and AZURE_EVENT_KEY not in fetched.text
+        forged = httpx.get(f"{base}/api/status", headers={"cookie": f"{STATUS_COOKIE}={'0' * len(token)}"})
+        assert forged.status_code == 401
+        # The cookie is for reading status only: it does not deliver events.
+        event = [blob_event_dict(azure_settings(tmp_path), "images", "a.png")]
+        assert httpx.post(url, json=event, headers={"aeg-sas-key": token}).status_code == 401
+        assert httpx.get(f"{base}/healthz").status_code == 200  # health probes stay open
+
+
+def test_azure_mode_status_public_opens_only_the_status_routes(tmp_path: Path) -> None:
+    settings = azure_settings(tmp_path, status_public=True)
+    with running(create_app(settings)) as url:
+        base = url.removesuffix("/api/events")
+        assert httpx.get(f"{base}/").status_code == 200
+        assert httpx.get(f"{base}/api/status").status_code == 200
+        assert httpx.post(url, json=[blob_event_dict(settings, "images", "a.png")]).status_code == 401
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_openapi_schema_and_docs_only_when_enabled(tmp_path: Path, enabled: bool) -> None:
+    settings = Settings(state_dir=tmp_path / "state", openapi=enabled)
+    with running(create_app(settings)) as url:
+        base = url.removesuffix("/api/events")
+        codes = {path: httpx.get(base + path).status_code for path in ("/openapi.json", "/docs", "/redoc")}
+    assert codes == ({"/openapi.json": 200, "/docs": 200, "/redoc": 404} if enabled else dict.fromkeys(codes, 404))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from handlers.app import create_app
 from handlers.server import running
 from infra.processes import free_port
 from infra.settings import Settings
+from tests.helpers.handlers import blob_event_dict
 
 
 def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
@@ -60,3 +62,36 @@ def test_running_serves_until_the_block_ends(settings: Settings) -> None:
         assert httpx.get(url.replace("/api/events", "/healthz")).json()["status"] == "ok"
     with pytest.raises(httpx.TransportError):  # stopped: nothing listens on the port any more
         httpx.get(url.replace("/api/events", "/healthz"), timeout=2)
+
+
+@pytest.mark.parametrize(("mode", "host"), [("local", "0.0.0.0"), ("azure", "127.0.0.1")])
+def test_serve_refuses_an_empty_event_key(tmp_path: Path, mode: str, host: str) -> None:
+    env = {
+        **os.environ,
+        "LAKESIGHT_STATE_DIR": str(tmp_path / "state"),
+        "LAKESIGHT_EVENT_KEY": "",
+        "LAKESIGHT_MODE": mode,
+    }
+    # A subprocess with a timeout: a server that starts anyway would otherwise serve forever.
+    result = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "serve", "--host", host, "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    reason = "allowed only on a loopback bind" if mode == "local" else "LAKESIGHT_EVENT_KEY is empty"
+    assert reason in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything was opened
+
+
+def test_an_empty_key_on_loopback_serves_unauthenticated_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(state_dir=tmp_path / "state", event_key="")
+    with caplog.at_level(logging.WARNING, logger="handlers.app"):
+        app = create_app(settings, host="127.0.0.1")
+    assert any("runs unauthenticated" in r.getMessage() for r in caplog.records)
+    with running(app) as url:
+        assert httpx.post(url, json=[blob_event_dict(settings, "images", "a.png")]).status_code == 200

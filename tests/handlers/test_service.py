@@ -13,6 +13,7 @@ from handlers.eventlog import EventStatus
 from handlers.events import RUN_COMPLETED, Event
 from handlers.launcher import LaunchResult, LaunchStatus
 from handlers.service import HandlerService
+from infra.deadletters import read_dead_letters
 from infra.iac import RETRAINING_TAG
 from infra.lake import Lake
 from infra.settings import Settings
@@ -30,11 +31,12 @@ class FakeStore:
         self.failures = failures
         self.reads: list[tuple[str, str, str]] = []  # (container, name, reading thread)
 
-    def download(self, container: str, name: str) -> bytes:
+    def chunks(self, container: str, name: str) -> Iterator[bytes]:
         self.reads.append((container, name, threading.current_thread().name))
         if len(self.reads) <= self.failures:
             raise ConnectionError("storage briefly unreachable")
-        return self.blobs[(container, name)]
+        data = self.blobs[(container, name)]
+        return iter([data[:7], data[7:]])  # two chunks, split inside a line, as a download may
 
 
 class RemoteBackend:
@@ -145,6 +147,29 @@ def test_a_retraining_run_completed_without_run_id_is_refused(service: HandlerSe
     service.submit([event])
     logged = _processed(service, event)
     assert logged["status"] == EventStatus.REFUSED and logged["outcome"] == "RunCompleted without runId"
+    letters = read_dead_letters(service.settings)
+    assert letters["count"] == 1 and letters["recent"][0]["reason"] == "RunCompleted without runId"
+
+
+@pytest.mark.parametrize("declared", [10_000, 10])
+def test_an_export_over_the_size_cap_is_refused_and_dead_lettered(
+    settings: Settings, store: FakeStore, declared: int
+) -> None:
+    """Refused from the event's declared size before any read, or while streaming when the declared size lies."""
+    capped = settings.model_copy(update={"max_export_bytes": 50})  # EXPORT is 88 bytes
+    service = HandlerService(capped, store=store)
+    service.start()
+    try:
+        event = blob_created_event(settings, settings.exports_container, "e/labels.jsonl", length=declared)
+        service.submit([event])
+        logged = _processed(service, event)
+    finally:
+        service.stop()
+    assert logged["status"] == EventStatus.REFUSED
+    assert logged["outcome"] == "export larger than 50 bytes (LAKESIGHT_MAX_EXPORT_BYTES)"
+    assert len(store.reads) == (0 if declared > 50 else 1)
+    assert read_dead_letters(settings)["recent"][0]["reason"] == logged["outcome"]
+    assert not Lake(settings).exists(LABEL_REJECTS)  # nothing of it was applied
 
 
 def test_a_retraining_run_completed_finishes_its_submitted_launch(service: HandlerService) -> None:

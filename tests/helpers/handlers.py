@@ -21,6 +21,20 @@ from infra.arrivals import arrivals_dir
 from infra.settings import Settings
 
 FAKE_TRAIN = Path(__file__).resolve().parents[1] / "handlers" / "fake_train.py"
+AZURE_EVENT_KEY = "k" * 40
+# A well-formed connection string of a storage account that is never contacted (azure mode refuses Azurite's).
+AZURE_CONNECTION = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"
+
+
+def azure_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Azure-mode settings that pass every secret check, with local state under ``tmp_path``."""
+    values: dict[str, Any] = {
+        "mode": "azure",
+        "state_dir": tmp_path / "state",
+        "blob_connection_string": AZURE_CONNECTION,
+        "event_key": AZURE_EVENT_KEY,
+    }
+    return Settings(**{**values, **overrides})
 
 
 def fake_train_command(record: Path, *extra: str) -> str:

@@ -51,12 +51,24 @@ def test_azure_mode_checks_each_secret_where_it_is_used() -> None:
     with pytest.raises(ValueError, match="development account key"):
         Settings(mode="azure", blob_connection_string=conn)
     real = "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0;EndpointSuffix=core.windows.net"
-    for weak in ("", "s3cret-key"):
+    with pytest.raises(SettingsError, match="LAKESIGHT_EVENT_KEY is empty"):
+        Settings(mode="azure", blob_connection_string=real, event_key="").event_secret(bind_host="127.0.0.1")
+    for weak in ("s3cret-key", "k" * 31):
         with pytest.raises(SettingsError, match="at least 32 characters"):
             Settings(mode="azure", blob_connection_string=real, event_key=weak).event_secret()
     strong = "k" * 32
     settings = Settings(mode="azure", blob_connection_string=real, event_key=strong)
     assert settings.blob_connection() == real and settings.event_secret() == strong
+
+
+def test_an_empty_event_key_is_allowed_only_on_a_loopback_bind() -> None:
+    empty = Settings(event_key="")
+    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        assert empty.event_secret(bind_host=loopback) == ""
+    for exposed in ("0.0.0.0", "::", "192.168.1.20", "handler.example.com"):
+        with pytest.raises(SettingsError, match="allowed only on a loopback bind"):
+            empty.event_secret(bind_host=exposed)
+    assert Settings(event_key="a-key").event_secret(bind_host="0.0.0.0") == "a-key"
 
 
 def test_local_mode_fills_every_location_from_the_state_dir(tmp_path: Path) -> None:
@@ -104,7 +116,7 @@ def test_secrets_are_masked_when_printed() -> None:
 
 
 def test_azure_mode_refuses_a_weak_model_api_key() -> None:
-    for weak, reason in (("", "empty or default"), ("local-model-key", "empty or default"), ("k" * 31, "at least 32")):
+    for weak, reason in (("", "is empty"), ("local-model-key", "default model API key"), ("k" * 31, "at least 32")):
         with pytest.raises(SettingsError, match=reason):
             Settings(mode="azure", model_api_key=weak).model_secret()
     assert Settings(mode="azure", model_api_key="k" * 32).model_secret() == "k" * 32

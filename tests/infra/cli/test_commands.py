@@ -54,3 +54,17 @@ def test_ingest_of_missing_folder_fails_cleanly(tmp_path: Path) -> None:
 def test_data_needs_exactly_one_destination(tmp_path: Path) -> None:
     result = lakesight("data", "digits", state=tmp_path)
     assert result.returncode == 1 and "exactly one" in result.stderr
+
+
+def test_status_shows_the_dead_letters(tmp_path: Path) -> None:
+    from infra.deadletters import DeadLetter, DeadLetterTable
+    from infra.settings import Settings
+
+    state = tmp_path / "state"
+    table = DeadLetterTable(Settings(state_dir=state))
+    table.record([DeadLetter("e1", "Microsoft.Storage.BlobCreated", "refused", "unsafe blob url: '..' segment", "{}")])
+    table.record([DeadLetter("e2", "Microsoft.Storage.BlobCreated", "failed", "OSError: disk full", "{}")])
+    result = lakesight("status", state=state, COLUMNS="200")
+    assert result.returncode == 0, result.stderr
+    assert "dead letters (2 in all, latest first)" in result.stdout
+    assert "OSError: disk full" in result.stdout and "unsafe blob url: '..' segment" in result.stdout
