@@ -19,9 +19,9 @@ from fastapi import Depends, Request, Response
 
 from handlers.service import HandlerService
 from infra.settings import Settings
-from infra.web import RequestRefused, key_matches, one_line, refused_response
+from infra.web import RequestRefused, key_matches, refused_response
 
-__all__ = ["EventKeyDep", "RequestRefused", "ServiceDep", "SettingsDep", "StatusKeyDep", "one_line", "refused_response"]
+__all__ = ["EventKeyDep", "RequestRefused", "ServiceDep", "SettingsDep", "StatusKeyDep", "refused_response"]
 
 log = logging.getLogger(__name__)
 
