@@ -22,6 +22,7 @@ from pydantic_settings import (
 )
 
 from infra.errors import SettingsError
+from infra.images import MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from infra.tables import TableSpec
@@ -93,6 +94,13 @@ class Settings(BaseSettings):
     model_name: str = Field("lakesight-classifier", description="Registered model name")
 
     max_image_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Larger images are refused")
+    # What ingest and the scoring stream accept from files (docs/STREAMING.md, "What a row gets").
+    max_image_pixels: int = Field(
+        MAX_IMAGE_PIXELS, gt=0, description="Images whose header claims more pixels (width x height) are refused"
+    )
+    keep_undecodable_bytes: bool = Field(
+        False, description="Keep the bytes of refused files in the row's content (off: the row and its error only)"
+    )
     confidence_threshold: float = Field(0.95, ge=0, le=1, description="Below this, send for labeling")
     labeling_fraction: float = Field(1.0, ge=0, le=1, description="Share of unsure images sent")
     labeling_daily_budget: int = Field(1000, ge=0, description="Most images sent for labeling per day")
@@ -106,7 +114,8 @@ class Settings(BaseSettings):
     score_max_bytes_per_trigger: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="Folder source: most image bytes per micro-batch (0: limit by score_max_files_per_trigger)",
+        description="Auto Loader folder source: most image bytes per micro-batch, with score_max_files_per_trigger "
+        "(0: files only; Spark's binaryFile source takes the file cap only)",
     )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -22,7 +23,8 @@ from infra.spark import get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.names import checkpoint_name
-from streams.file_rows import ARRIVAL_DDL, BINARY_FILE_DDL, arrival_rows, label_folder
+from streams.file_rows import ARRIVAL_CHANGED, ARRIVAL_DDL, FileChecks, arrival_rows, image_file_stream, label_folder
+from streams.watched_folder import WatchedFolder
 
 
 class IngestError(LakesightError, ValueError):
@@ -33,6 +35,8 @@ class IngestError(LakesightError, ValueError):
 class IngestReport(BatchTotals):
     source: str
     files: int = 0
+    skipped_files: int = 0  # in the folder, left out by the glob (each logged once)
+    reread_files: int = 0  # had an error row, changed since, read again
     unknown_labels: Counter[str] = field(default_factory=Counter)
 
     def add(self, batch: Committed, *, labeled: bool) -> None:
@@ -46,7 +50,7 @@ class IngestReport(BatchTotals):
             self.unknown_labels.update(label_folder(p) or "(no folder)" for p in unlabeled)
 
 
-# Arrival columns change only when the bytes did; a path label never replaces a human one.
+# Arrival columns change only when the file did; a path label never replaces a human one.
 _UPDATE_ARRIVAL = from_source(c for c in column_names(ARRIVAL_COLUMNS) if c not in ("path", "load_date"))
 _UPDATE_LABEL = {
     name: f"CASE WHEN t.label_source = '{LABEL_SOURCE_HUMAN}' OR s.label IS NULL THEN t.{name} ELSE s.{name} END"
@@ -54,10 +58,11 @@ _UPDATE_LABEL = {
 }
 # delta-rs's SQL parser needs each IS DISTINCT FROM in its own parentheses.
 _UPDATE_WHEN = (
-    "(s.content_hash IS DISTINCT FROM t.content_hash) "
+    f"{ARRIVAL_CHANGED} "
     f"OR (s.label IS NOT NULL AND (t.label_source IS DISTINCT FROM '{LABEL_SOURCE_HUMAN}') "
     "AND (s.label IS DISTINCT FROM t.label))"
 )
+_UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_LABEL}
 
 
 def _resolve_source(source: str) -> str:
@@ -69,6 +74,16 @@ def _resolve_source(source: str) -> str:
     if not path.is_dir():
         raise IngestError(f"source {source} is not a folder")
     return str(path.resolve())
+
+
+def _look_at_folder(folder: WatchedFolder, report: IngestReport) -> None:
+    """Before the stream: count the files the glob skips, read changed error files again."""
+    folder.load()
+    found = folder.check()
+    report.skipped_files = found.skipped_files
+    report.reread_files = found.reread_files
+    if found.outcome is not None:
+        report.updated += found.outcome.updated
 
 
 def ingest(
@@ -91,18 +106,20 @@ def ingest(
     report = IngestReport(source=source)
     checkpoint = settings.checkpoint_uri(checkpoint_name("ingest", source))
 
-    files = (
-        spark.readStream.format("binaryFile")
-        .schema(BINARY_FILE_DDL)
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", glob)
-        .option("maxFilesPerTrigger", max_files_per_trigger)
-        .load(source)
-    )
-    max_bytes = settings.max_image_bytes
-    rows = files.mapInPandas(
-        lambda it: arrival_rows(it, max_bytes=max_bytes, labeled=labeled, classes=known), ARRIVAL_DDL
-    )
+    reader = spark.readStream.format("binaryFile").option("maxFilesPerTrigger", max_files_per_trigger)
+    checks = FileChecks.of(settings)
+
+    def mapper(it: Any) -> Any:
+        return arrival_rows(it, checks=checks, labeled=labeled, classes=known)
+
+    rows = image_file_stream(reader, source, glob).mapInPandas(mapper, ARRIVAL_DDL)
+    if WatchedFolder.watches(source):
+        _look_at_folder(
+            WatchedFolder(
+                source, glob, lake=lake, spark=spark, mapper=mapper, ddl=ARRIVAL_DDL, update=_UPDATE, when=_UPDATE_WHEN
+            ),
+            report,
+        )
 
     def counted(batch: Committed) -> None:
         report.add(batch, labeled=labeled)
@@ -115,7 +132,7 @@ def ingest(
         checkpoint=checkpoint,
         kind="ingest",
         totals=report,
-        update={**_UPDATE_ARRIVAL, **_UPDATE_LABEL},
+        update=_UPDATE,
         when=_UPDATE_WHEN,
         # No transaction check before the batch runs: the MERGE skips a replay (and the report
         # counts it, as it always has) without a second table load per batch.

@@ -15,7 +15,7 @@ import pandas as pd
 from infra import champion as champion_cache
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
-from streams.file_rows import ARRIVAL_DDL, arrival_rows
+from streams.file_rows import ARRIVAL_DDL, FileChecks, arrival_rows, quarantine
 
 PREDICTION_DDL = (
     "predicted_label string, confidence double, probabilities array<float>, class_names array<string>, "
@@ -80,7 +80,7 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
 
 
 def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: file rows (path, modificationTime, length, content[, fetch_error]) -> scored rows.
+    """mapInPandas body: file rows (path, modificationTime, length[, content][, fetch_error]) -> scored rows.
 
     Bad input (empty, over-size, undecodable, unsupported, vanished) keeps its row with ``error``
     set and no prediction; nothing here raises for a bad image.
@@ -92,13 +92,15 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
         files = frame.drop(columns=[FETCH_ERROR], errors="ignore")
         # The model decodes every image and reports what it cannot decode (``predictions``):
         # a full decode here as well would be the same work twice on the hot path.
-        for rows in arrival_rows([files], max_bytes=settings.max_image_bytes, decode=False):
+        checks = FileChecks.of(settings)
+        for rows in arrival_rows([files], checks=checks, decode=False):
             if fetch_errors is not None:
                 failed = fetch_errors.notna().to_numpy()
                 rows.loc[failed, "error"] = fetch_errors[failed].to_numpy()
                 rows.loc[failed, "content"] = None
                 rows.loc[failed, "content_hash"] = None
-            yield pd.concat([rows, predictions(rows, settings)], axis=1)
+            scored = predictions(rows, settings)  # may add the decoder's error to ``rows``
+            yield pd.concat([quarantine(rows, checks), scored], axis=1)
 
 
 def classify_series(contents: pd.Series, settings: Settings) -> pd.DataFrame:

@@ -35,10 +35,12 @@ from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_nam
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
 from streams.checkpoint.source_log import seen_file_count
+from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
 from streams.scoring.executor import SCORED_DDL, score_rows
 from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
+from streams.watched_folder import FolderCheck, WatchedFolder
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,10 @@ _UPDATE_PREDICTION = {
     **from_source(c for c in column_names(PREDICTION_COLUMNS) if c != "sent_to_labeling_at"),
     "sent_to_labeling_at": "COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at)",
 }
-# Arrival columns change only when the bytes did (a rewritten file); the error follows the scoring.
+# Arrival columns change only when the file did (a rewritten file, or an error row's file that
+# changed since); the error follows the scoring.
 _UPDATE_ARRIVAL = {
-    c: f"CASE WHEN (s.content_hash IS DISTINCT FROM t.content_hash) THEN s.{c} ELSE t.{c} END"
+    c: f"CASE WHEN {ARRIVAL_CHANGED} THEN s.{c} ELSE t.{c} END"
     for c in column_names(ARRIVAL_COLUMNS)
     if c not in ("path", "load_date", "error")
 }
@@ -78,6 +81,7 @@ class ScoreReport(BatchTotals):
     rows: int = 0
     sent_to_labeling: int = 0
     checkpoints_retired: int = 0
+    reread_files: int = 0  # error rows of a local folder whose file changed, read again
     model_versions: Counter[str] = field(default_factory=Counter)
     merge_seconds_total: float = 0.0  # a sum, not a list: an always-on stream runs ~86,000 batches a day
     storage_retries: int = 0  # batches that failed on unreachable blob storage and were run again
@@ -254,6 +258,7 @@ class ScoringQuery:
             after_commit=self._committed,
         )
         self._stream = self._stream_writer(trigger_s)
+        self.folder = self._watched_folder()
         self._warn_if_unbounded()
 
     def _stream_writer(self, trigger_s: float | None) -> Any:
@@ -269,6 +274,30 @@ class ScoringQuery:
         if self.once:
             return stream.trigger(availableNow=True)
         return stream.trigger(processingTime=f"{trigger_s or settings.score_trigger_s} seconds")
+
+    def _watched_folder(self) -> WatchedFolder | None:
+        """A local folder source is looked at between batches: skipped files, changed error files."""
+        if self.source.kind != "directory" or not WatchedFolder.watches(self.source.location):
+            return None
+        settings = self.settings
+        folder = WatchedFolder(
+            self.source.location,
+            self.source.glob,
+            lake=self.lake,
+            spark=self.spark,
+            mapper=lambda it: score_rows(it, settings=settings),
+            ddl=SCORED_DDL,
+            update=SCORE_UPDATE,
+            when=SCORE_UPDATE_WHEN,
+        )
+        folder.load()
+        return folder
+
+    def _looked(self, found: FolderCheck | None) -> None:
+        if found is None:
+            return
+        self.report.reread_files += found.reread_files
+        self.status.update(skipped_files=found.skipped_files, reread_files_total=self.report.reread_files)
 
     def _warn_if_unbounded(self) -> None:
         if (
@@ -315,6 +344,8 @@ class ScoringQuery:
             self.storage_down_since = None
             self.status.update(storage=None, storage_error=None)
         self.status.batch(_batch_record(batch, sent=handed.sent, compacted=compacted))
+        if self.folder is not None:
+            self._looked(self.folder.after_batch(batch.table))
         if self.on_batch is not None:
             self.on_batch(BatchResult(batch.batch_id, batch.table, batch.outcome, batch.committed_at, handed.sent))
 
@@ -322,6 +353,8 @@ class ScoringQuery:
     def _start(self) -> Any:
         if self.rotates:
             self._retire_if_full()
+        if self.folder is not None:
+            self._looked(self.folder.check())
         self.status.terminated.clear()  # set again when this query's last event has arrived
         query = self._stream.start()
         log.info("scoring %s (query %s, checkpoint %s)", self.report.source, query.id, self.checkpoint)

@@ -1,6 +1,7 @@
 """The scoring stream's two sources, both ending as file rows (path, modificationTime, length, content).
 
 * a directory: Spark's ``binaryFile`` file stream (or Databricks Auto Loader, ``cloudFiles``);
+  from a local folder Spark only lists, and executors read each file (``streams.file_rows``);
 * arrival records (``infra.arrivals``): a JSON file stream whose rows name blobs; executors
   download each blob's bytes (``streams.scoring.fetch``).
 
@@ -18,7 +19,7 @@ from infra.errors import LakesightError
 from infra.images import IMAGE_GLOB
 from infra.settings import Settings, local_path
 from streams.checkpoint.names import checkpoint_name
-from streams.file_rows import BINARY_FILE_DDL
+from streams.file_rows import image_file_stream
 from streams.scoring.fetch import FETCHED_DDL, fetch_blobs
 
 
@@ -92,7 +93,8 @@ def arrivals_source(settings: Settings) -> Source:
 
 
 def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
-    """A streaming DataFrame of file rows for ``source`` (schema ``FETCHED_DDL`` or ``BINARY_FILE_DDL``)."""
+    """A streaming DataFrame of file rows for ``source``: ``FETCHED_DDL`` for arrival records; a folder's
+    are ``BINARY_FILE_DDL``'s, without ``content`` when the folder is local (``image_file_stream``)."""
     limit = settings.score_max_files_per_trigger
     if source.kind == "arrivals":
         records = (
@@ -106,21 +108,35 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
         # Few records per file: repartition so every core downloads and scores.
         parallelism = spark.sparkContext.defaultParallelism
         return records.repartition(parallelism).mapInPandas(lambda it: fetch_blobs(it, settings=settings), FETCHED_DDL)
-    # A byte budget keeps batches large for small images (the fixed cost of a micro-batch is
-    # about a second here) and small for large ones (the batch is collected on the driver).
-    by_bytes = settings.score_max_bytes_per_trigger
-    if settings.score_source_format == "cloudFiles":
-        reader = spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
-        option = "cloudFiles.maxBytesPerTrigger" if by_bytes else "cloudFiles.maxFilesPerTrigger"
-    else:
-        reader = spark.readStream.format("binaryFile")
-        option = "maxBytesPerTrigger" if by_bytes else "maxFilesPerTrigger"
-    reader = reader.option(option, by_bytes or limit).options(**clean_source_options(settings, source))
-    files = (
-        reader.schema(BINARY_FILE_DDL)
-        .option("recursiveFileLookup", "true")
-        .option("pathGlobFilter", source.glob)
-        .load(source.location)
-    )
+    reader = _folder_reader(spark, settings).options(**clean_source_options(settings, source))
+    files = image_file_stream(reader, source.location, source.glob)
     # Without this each file became its own task (docs/PLATFORM.md: 97 -> 194 img/s).
     return files.coalesce(spark.sparkContext.defaultParallelism)
+
+
+def folder_limits(settings: Settings) -> dict[str, str]:
+    """The folder source's batch limits: files always, image bytes too where the reader allows.
+
+    A byte budget alone keeps batches large for small images (the fixed cost of a micro-batch is
+    about a second here) and small for large ones (the batch is collected on the driver), but a
+    backlog of small files became one batch of 19,500 files (~47 s) that a crash-looping stream
+    never finished: the file cap bounds every batch. Auto Loader honours both (the lower wins);
+    Spark's own file source refuses the two together, so there the file cap is the limit and a
+    batch holds at most ``score_max_files_per_trigger`` x ``max_image_bytes`` bytes.
+    """
+    files = str(settings.score_max_files_per_trigger)
+    by_bytes = settings.score_max_bytes_per_trigger
+    if settings.score_source_format != "cloudFiles":
+        return {"maxFilesPerTrigger": files}
+    limits = {"cloudFiles.maxFilesPerTrigger": files}
+    if by_bytes:
+        limits["cloudFiles.maxBytesPerTrigger"] = str(by_bytes)
+    return limits
+
+
+def _folder_reader(spark: Any, settings: Settings) -> Any:
+    if settings.score_source_format == "cloudFiles":
+        reader = spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
+    else:
+        reader = spark.readStream.format("binaryFile")
+    return reader.options(**folder_limits(settings))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from infra.images import image_error
-from tests.helpers.images import solid_png, truncated_png
+import pytest
+
+from infra.images import IMAGE_GLOB, glob_matcher, image_error
+from tests.helpers.images import claimed_png, solid_png, truncated_png
 
 PPM = b"P6\n2 2\n255\n" + bytes(12)
 
@@ -19,3 +21,33 @@ def test_header_check_skips_only_the_decode() -> None:
         assert image_error(PPM, 10_000, decode=decode) == "unsupported format PPM"
         assert image_error(solid_png(), 10, decode=decode).startswith("too large")
         assert image_error(solid_png(), 10_000, decode=decode) is None
+
+
+@pytest.mark.parametrize("decode", [True, False])
+def test_a_header_claiming_too_many_pixels_is_refused_before_decoding(decode: bool) -> None:
+    # Pillow refuses only above twice its own limit: these passed every check and were decoded.
+    for width, height, pixels in ((10_000, 10_000, "100,000,000"), (11_000, 11_000, "121,000,000")):
+        bomb = claimed_png(width, height)
+        assert len(bomb) < 1000
+        assert image_error(bomb, 10_000, decode=decode, max_pixels=40_000_000) == (
+            f"too many pixels: {width}x{height} = {pixels} pixels (limit 40,000,000)"
+        )
+    assert image_error(claimed_png(30_000, 30_000), 10_000, decode=decode).startswith("too many pixels")
+    assert image_error(claimed_png(100, 100), 10_000, decode=False, max_pixels=10_000) is None
+    assert image_error(claimed_png(100, 101), 10_000, decode=False, max_pixels=10_000).startswith("too many pixels")
+
+
+def test_the_default_glob_matches_image_extensions_in_any_case() -> None:
+    matches = glob_matcher(IMAGE_GLOB)
+    for name in ("a.png", "UPPER.PNG", "b.Jpeg", "c.JPG", "d.TiFf", "e.webp", "f.gif", "g.BMP"):
+        assert matches(name), name
+    for name in ("notes.txt", "png", "a.png.bak", "a.pngx", "a_png"):
+        assert not matches(name), name
+
+
+def test_the_glob_matcher_reads_hadoop_globs_as_spark_does() -> None:
+    assert glob_matcher("*.{png,jpg}")("x.jpg") and not glob_matcher("*.{png,jpg}")("x.gif")
+    assert glob_matcher("[!a]*.png")("b.png") and not glob_matcher("[!a]*.png")("a.png")
+    assert glob_matcher("img-??.png")("img-07.png") and not glob_matcher("img-??.png")("img-7.png")
+    assert glob_matcher(r"a\*.png")("a*.png") and not glob_matcher(r"a\*.png")("ab.png")
+    assert glob_matcher("a+b.(1).png")("a+b.(1).png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -13,8 +15,10 @@ from infra.lake import Lake, MergeOutcome
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
 from streams.batch_writer import Committed
+from streams.file_rows import NOT_REGULAR, SYMLINK
 from streams.ingest import IngestError, IngestReport, ingest
-from tests.helpers.images import solid_png, truncated_png
+from tests.helpers.images import claimed_png, solid_png, truncated_png
+from tests.helpers.streams import rows_by_name
 
 pytestmark = pytest.mark.spark
 DIGITS = [str(i) for i in range(10)]
@@ -148,5 +152,94 @@ def test_the_ingest_report_counts_files_and_unlabeled_folders() -> None:
     assert figures["unknown_labels"] == {"dog": 2} and type(figures["unknown_labels"]) is dict
     assert set(figures) == {
         "source", "files", "inserted", "updated", "errors", "batches", "skipped_batches", "unknown_labels",
-        "seconds", "table_version",
+        "seconds", "table_version", "skipped_files", "reread_files",
     }  # fmt: skip
+
+
+def test_upper_case_extensions_are_read_and_skipped_files_counted_and_logged(
+    spark, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    for name in ("lower.png", "UPPER.PNG", "Mixed.JpEg"):
+        (incoming / name).write_bytes(solid_png(30))
+    (incoming / "notes.txt").write_text("not an image name")
+    (incoming / ".upload-in-progress.png").write_bytes(b"")  # hidden: Spark never lists it
+
+    with caplog.at_level(logging.WARNING, logger="streams"):
+        report = ingest(settings, str(incoming))
+
+    assert {Path(r["path"]).name for r in Lake(settings).read(IMAGES).to_pylist()} == {
+        "lower.png", "UPPER.PNG", "Mixed.JpEg"
+    }  # fmt: skip
+    assert report.skipped_files == 1
+    skipped_logs = [r.getMessage() for r in caplog.records if "do not match the glob" in r.getMessage()]
+    assert len(skipped_logs) == 1 and "notes.txt" in skipped_logs[0]
+
+
+def test_links_special_files_bombs_and_over_size_files_are_refused_unread(
+    spark, settings: Settings, tmp_path: Path
+) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    (incoming / "good.png").write_bytes(solid_png(60))
+    (incoming / "link.png").symlink_to("/etc/passwd")
+    os.mkfifo(incoming / "pipe.png")
+    (incoming / "bomb.png").write_bytes(claimed_png(10_000, 10_000))
+    (incoming / "truncated.png").write_bytes(truncated_png())
+    with (incoming / "huge.png").open("wb") as handle:
+        handle.truncate(60_000_000)  # 60 MB (sparse)
+
+    report = ingest(settings, str(incoming))
+
+    rows = rows_by_name(settings)
+    assert set(rows) == {"good.png", "link.png", "pipe.png", "bomb.png", "truncated.png", "huge.png"}
+    assert rows["good.png"]["error"] is None and rows["good.png"]["content"] == solid_png(60)
+    assert rows["link.png"]["error"] == SYMLINK
+    assert rows["pipe.png"]["error"] == NOT_REGULAR
+    assert rows["bomb.png"]["error"] == "too many pixels: 10000x10000 = 100,000,000 pixels (limit 40,000,000)"
+    assert rows["huge.png"]["error"] == "too large: 60000000 bytes (limit 10485760)"
+    assert rows["truncated.png"]["error"].startswith("undecodable")
+    for name in ("link.png", "pipe.png", "bomb.png", "truncated.png", "huge.png"):
+        assert rows[name]["content"] is None, name  # quarantined: the row and its reason
+    assert report.errors == 5
+
+
+def test_a_file_read_half_written_is_read_again_once_it_changed(spark, settings: Settings, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    whole = solid_png(90, size=48)
+    slow = incoming / "slow.png"
+    slow.write_bytes(whole[: len(whole) // 2])
+    (incoming / "other.png").write_bytes(solid_png(20))
+    first = ingest(settings, str(incoming))
+    assert first.errors == 1
+    assert rows_by_name(settings)["slow.png"]["error"].startswith("undecodable")
+
+    slow.write_bytes(whole)  # the writer finished: same path, new size and modification time
+    second = ingest(settings, str(incoming))
+
+    assert (second.reread_files, second.updated, second.files) == (1, 1, 0)
+    row = rows_by_name(settings)["slow.png"]
+    assert row["error"] is None and row["content"] == whole and row["size_bytes"] == len(whole)
+    assert Lake(settings).read(IMAGES).num_rows == 2
+    assert ingest(settings, str(incoming)).reread_files == 0  # read once, not on every run
+
+
+def test_an_error_row_that_stays_an_error_follows_its_file_and_is_not_read_again_and_again(
+    spark, settings: Settings, tmp_path: Path
+) -> None:
+    # Nothing is read of an over-size file, so old and new row have no content hash: only the size
+    # and modification time in the MERGE condition let the error row follow the file.
+    settings = settings.model_copy(update={"max_image_bytes": 1000})
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    big = incoming / "big.png"
+    big.write_bytes(b"\0" * 2000)
+    ingest(settings, str(incoming))
+    big.write_bytes(b"\0" * 3000)
+
+    assert ingest(settings, str(incoming)).reread_files == 1
+    row = rows_by_name(settings)["big.png"]
+    assert (row["size_bytes"], row["error"]) == (3000, "too large: 3000 bytes (limit 1000)")
+    assert ingest(settings, str(incoming)).reread_files == 0

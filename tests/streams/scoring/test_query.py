@@ -20,8 +20,10 @@ from infra.settings import Settings
 from infra.status import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
 from streams.batch_writer import Committed
+from streams.file_rows import SYMLINK
 from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, ScoreError, ScoreReport, run_scoring
-from tests.helpers.images import solid_png, truncated_png
+from streams.scoring.sources import folder_limits
+from tests.helpers.images import claimed_png, solid_png, truncated_png
 from tests.helpers.streams import (
     CLASSES,
     arrival_record,
@@ -230,7 +232,7 @@ def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
     assert set(figures) == {
         "source", "batches", "rows", "inserted", "updated", "errors", "skipped_batches", "sent_to_labeling",
         "checkpoints_retired", "model_versions", "merge_seconds_total", "storage_retries", "seconds", "stopped_by",
-        "table_version", "merge_seconds_mean",
+        "table_version", "merge_seconds_mean", "reread_files",
     }  # fmt: skip
     assert type(figures["model_versions"]) is dict and figures["stopped_by"] == "end of input"
     assert ScoreReport(source="x").as_dict()["merge_seconds_mean"] is None
@@ -309,3 +311,75 @@ def test_a_run_once_pass_reports_unreachable_storage_and_commits_nothing(
     with pytest.raises(ScoreError, match="blob storage unreachable"):
         run_scoring(settings, once=True, handle_signals=False)
     assert Lake(settings).read(IMAGES).num_rows == 0
+
+
+@pytest.mark.spark
+def test_the_stream_refuses_links_and_bombs_unread_and_reports_the_files_its_glob_skips(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
+    incoming = tmp_path / "incoming"
+    good = shapes(incoming, 2)
+    upper = incoming / "UPPER.PNG"
+    upper.write_bytes(good[0].read_bytes())
+    (incoming / "link.png").symlink_to("/etc/passwd")
+    (incoming / "bomb.png").write_bytes(claimed_png(11_000, 11_000))
+    (incoming / "truncated.png").write_bytes(truncated_png())
+    (incoming / "notes.txt").write_text("not an image name")
+
+    run_scoring(score_settings, source=incoming, once=True)
+
+    rows = rows_by_name(score_settings)
+    assert set(rows) == {p.name for p in good} | {"UPPER.PNG", "link.png", "bomb.png", "truncated.png"}
+    assert rows["UPPER.PNG"]["predicted_label"] in CLASSES and rows["UPPER.PNG"]["error"] is None
+    assert rows["link.png"]["error"] == SYMLINK
+    assert rows["bomb.png"]["error"] == "too many pixels: 11000x11000 = 121,000,000 pixels (limit 40,000,000)"
+    assert rows["truncated.png"]["error"].startswith("undecodable")  # the model's decoder says so
+    for name in ("link.png", "bomb.png", "truncated.png"):
+        assert rows[name]["content"] is None and rows[name]["predicted_label"] is None, name
+    status = read_status(score_settings)
+    assert status is not None and status["skipped_files"] == 1
+
+
+@pytest.mark.spark
+def test_a_backlog_is_scored_in_batches_of_at_most_the_file_cap(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
+    # The byte budget alone put a backlog of 19,500 small files in one ~47 s batch.
+    settings = score_settings.model_copy(update={"score_max_files_per_trigger": 3})
+    incoming = tmp_path / "incoming"
+    shapes(incoming, 7)
+    sizes: list[int] = []
+
+    report = run_scoring(settings, source=incoming, once=True, on_batch=lambda b: sizes.append(b.table.num_rows))
+
+    assert sum(sizes) == 7 and len(sizes) >= 3 and max(sizes) <= 3
+    assert report.rows == 7
+
+
+def test_auto_loader_gets_both_limits_and_spark_s_file_source_the_file_cap(settings: Settings) -> None:
+    assert folder_limits(settings) == {"maxFilesPerTrigger": "2000"}  # Spark refuses both together
+    auto = settings.model_copy(update={"score_source_format": "cloudFiles"})
+    assert folder_limits(auto) == {
+        "cloudFiles.maxFilesPerTrigger": "2000",
+        "cloudFiles.maxBytesPerTrigger": str(64 * 1024 * 1024),
+    }
+    files_only = auto.model_copy(update={"score_max_bytes_per_trigger": 0})
+    assert folder_limits(files_only) == {"cloudFiles.maxFilesPerTrigger": "2000"}
+
+
+@pytest.mark.spark
+def test_a_file_read_half_written_is_scored_once_it_changed(spark, score_settings: Settings, tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    whole = shapes(incoming, 1)[0].read_bytes()
+    slow = incoming / "slow.png"
+    slow.write_bytes(whole[: len(whole) // 2])
+    run_scoring(score_settings, source=incoming, once=True)
+    assert rows_by_name(score_settings)["slow.png"]["error"] is not None
+
+    slow.write_bytes(whole)  # the writer finished: Spark's file source will not list the path again
+    report = run_scoring(score_settings, source=incoming, once=True)
+
+    assert report.reread_files == 1
+    row = rows_by_name(score_settings)["slow.png"]
+    assert row["error"] is None and row["predicted_label"] in CLASSES and row["content"] == whole
+    assert row["size_bytes"] == len(whole)
