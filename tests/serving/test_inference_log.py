@@ -55,12 +55,12 @@ def _row(item: int) -> dict[str, object]:
 
 @pytest.mark.azurite
 def test_unsure_online_images_go_to_labeling_once_when_asked(blob_settings: Settings, model_store) -> None:
+    # Its own labeling container: the session's Azurite is shared, and the stream's tests count blobs.
+    fields = {"online_to_labeling": True, "confidence_threshold": 1.0, "labeling_daily_budget": 2}
     settings = with_model(
-        blob_settings.model_copy(
-            update={"online_to_labeling": True, "confidence_threshold": 1.0, "labeling_daily_budget": 2}
-        ),
-        model_store,
+        blob_settings.model_copy(update={**fields, "labeling_container": "labeling-online"}), model_store
     )
+    BlobStore(settings).ensure_containers()
     with model_server(settings) as client:
         answers = [post_image(client, solid_png(value)).json() for value in (10, 20, 30)]
         bad = post_image(client, truncated_png())
