@@ -37,11 +37,13 @@ async def refused_response(_request: Request, exc: RequestRefused) -> JSONRespon
     return JSONResponse({"error": exc.message}, status_code=exc.status_code)
 
 
-def app_service(request: Request) -> HandlerService:
+# The dependencies are ``async`` although they only read app.state: FastAPI runs a plain ``def``
+# dependency in its thread pool, two thread hand-offs per delivery (17 % of the events benchmark).
+async def app_service(request: Request) -> HandlerService:
     return request.app.state.service
 
 
-def app_settings(request: Request) -> Settings:
+async def app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
