@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -95,3 +98,24 @@ def arrival_frame(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(records, columns=[c.split()[0] for c in ARRIVAL_RECORD_DDL.split(", ")])
     frame["event_time"] = pd.to_datetime(frame["event_time"], utc=True)
     return frame
+
+
+@contextlib.contextmanager
+def scoring_in_background(settings: Settings, **options: object) -> Iterator[dict[str, object]]:
+    """``run_scoring(settings, **options)`` in a thread until the block ends; its report lands in
+    the yielded dict under ``"report"``. Leaving the block asks the stream to stop and waits for it."""
+    from streams.scoring.query import run_scoring
+
+    stop = threading.Event()
+    result: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: result.setdefault("report", run_scoring(settings, stop_event=stop, **options)),  # type: ignore[arg-type]
+        daemon=True,
+    )
+    worker.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not worker.is_alive(), "the scoring stream did not stop within 60 s"

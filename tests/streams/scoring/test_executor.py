@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pytest
 
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
-from streams.scoring.query import run_scoring
 from tests.helpers.images import solid_png
-from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, shapes, wait_for_rows
+from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, scoring_in_background, shapes, wait_for_rows
 from training.toy_models import register_champion, tiny_cnn
 
 
@@ -20,14 +18,7 @@ from training.toy_models import register_champion, tiny_cnn
 def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    stop = threading.Event()
-    result: dict[str, object] = {}
-    worker = threading.Thread(
-        target=lambda: result.setdefault("report", run_scoring(score_settings, source=incoming, stop_event=stop)),
-        daemon=True,
-    )
-    worker.start()
-    try:
+    with scoring_in_background(score_settings, source=incoming) as result:
         first = shapes(incoming / "a", 4, seed=1, prefix="before")
         wait_for_rows(score_settings, len(first))
         version = register_champion(
@@ -37,10 +28,6 @@ def test_promotion_reaches_the_running_stream(spark, score_settings: Settings, t
         time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the new alias
         second = shapes(incoming / "b", 4, seed=2, prefix="after")
         wait_for_rows(score_settings, len(first) + len(second))
-    finally:
-        stop.set()
-        worker.join(60)
-    assert not worker.is_alive()
     rows = rows_by_name(score_settings)
     assert {rows[p.name]["model_version"] for p in first} == {"1"}
     assert {rows[p.name]["model_version"] for p in second} == {"2"}

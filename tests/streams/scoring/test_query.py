@@ -29,6 +29,7 @@ from tests.helpers.streams import (
     arrival_record,
     hand_written_record,
     rows_by_name,
+    scoring_in_background,
     scoring_settings,
     shapes,
     wait_for_rows,
@@ -267,14 +268,7 @@ def test_a_storage_outage_holds_the_batch_until_storage_is_back(spark, model_sto
         write_arrival_records(settings, [arrival_record(settings, store, n, d, at=now) for n, d in images.items()])
         azurite.stop()
 
-        stop = threading.Event()
-        result: dict[str, ScoreReport] = {}
-        worker = threading.Thread(
-            target=lambda: result.setdefault("report", run_scoring(settings, stop_event=stop, handle_signals=False)),
-            daemon=True,
-        )
-        worker.start()
-        try:
+        with scoring_in_background(settings, handle_signals=False) as result:
             _wait_for(lambda: (read_status(settings) or {}).get("storage"), "reporting the outage")
             status = read_status(settings)
             assert (
@@ -284,18 +278,14 @@ def test_a_storage_outage_holds_the_batch_until_storage_is_back(spark, model_sto
             azurite.start()
             wait_for_rows(settings, len(images), timeout=120)
             _wait_for(lambda: (read_status(settings) or {}).get("storage") is None, "clearing the outage")
-        finally:
-            stop.set()
-            worker.join(60)
     finally:
         azurite.stop()
-    assert not worker.is_alive()
     rows = {r["path"]: r for r in Lake(settings).read(IMAGES).to_pylist()}
     assert len(rows) == len(images)
     for name, data in images.items():
         row = rows[store.url(settings.images_container, name)]
         assert row["content"] == data and row["error"] is None and row["predicted_label"] in CLASSES
-    assert result["report"].storage_retries >= 1
+    assert result["report"].storage_retries >= 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.spark
