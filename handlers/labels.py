@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from handlers import safe_json
-from infra.blob import BlobStore, validate_blob_name
+from infra.blob import BlobStore, canonical_blob_url, validate_blob_name
 from infra.errors import LakesightError
 from infra.lake import Lake, Transaction
 from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
@@ -193,6 +193,16 @@ def parse_export(data: bytes | Iterable[bytes], *, max_bytes: int | None = None)
     return [_jsonl_entry(number, line) for number, line in numbered if line.strip()]
 
 
+def _canonical(ref: str) -> str | None:
+    """A blob URL as ``images`` keys it (an export may name it with a SAS query, upper case, dfs)."""
+    if "://" not in ref:
+        return None
+    try:
+        return canonical_blob_url(ref)
+    except ValueError:  # not a blob URL lakesight would store (azureml://, another scheme)
+        return None
+
+
 def ref_segments(ref: str) -> list[str]:
     """Path segments of an image reference: blob URL, ``azureml://…/paths/…`` URI or file name."""
     parsed = urlparse(ref)
@@ -216,8 +226,9 @@ class ImageIndex:
     def match(self, entry: LabelEntry) -> tuple[str | None, str]:
         """``(path, "")`` for the image ``entry`` names, or ``(None, reason)``."""
         for ref in entry.refs:
-            if ref in self.exact:
-                return ref, ""
+            for candidate in (ref, _canonical(ref)):
+                if candidate in self.exact:
+                    return candidate, ""
         ambiguous = False
         for ref in entry.refs:
             segments = ref_segments(ref)

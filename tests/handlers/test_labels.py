@@ -228,3 +228,11 @@ def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> Non
         "champion_accuracy": 1.0,
     }  # no champion: no baseline
     assert Lake(settings).read(RETRAINING_DECISIONS).num_rows == 1
+
+
+def test_an_export_url_variant_matches_its_canonical_row_where_the_suffix_is_ambiguous() -> None:
+    stored = "https://acct.blob.core.windows.net/images/a/x.png"
+    index = ImageIndex([stored, "file:/data/images/a/x.png"], [DAY] * 2)  # the same suffix twice
+    signed = "HTTPS://Acct.DFS.core.windows.net/images/a/x.png?sv=2024&sig=abc#frag"
+    assert index.match(LabelEntry((signed,), "c")) == (stored, "")
+    assert index.match(LabelEntry(("images/a/x.png",), "c")) == (None, "ambiguous image")
