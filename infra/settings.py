@@ -114,8 +114,8 @@ class Settings(BaseSettings):
     score_max_bytes_per_trigger: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="Auto Loader folder source: most image bytes per micro-batch, with score_max_files_per_trigger "
-        "(0: files only; Spark's binaryFile source takes the file cap only)",
+        description="Folder source: most image bytes per micro-batch, with score_max_files_per_trigger "
+        "(Spark's binaryFile source: as a file count from the folder's typical file size; 0: files only)",
     )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(

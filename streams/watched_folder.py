@@ -13,6 +13,7 @@ Two things Spark's file source cannot do for a folder:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -53,6 +55,26 @@ def skipped_files(location: str, glob: str) -> list[str]:
             os.path.join(root, name) for name in names if not name.startswith(HIDDEN_PREFIXES) and not matches(name)
         )
     return sorted(skipped)
+
+
+def typical_file_bytes(location: str, glob: str, *, sample: int = 1000) -> int | None:
+    """The 90th-percentile size of up to ``sample`` image files under a local folder; None if it has none."""
+    folder = local_path(location)
+    if folder is None or not folder.is_dir():
+        return None
+    matches = glob_matcher(glob)
+    sizes: list[int] = []
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(HIDDEN_PREFIXES)]
+        for name in names:
+            if not name.startswith(HIDDEN_PREFIXES) and matches(name):
+                with contextlib.suppress(OSError):  # gone since the listing: it does not count
+                    sizes.append(os.lstat(os.path.join(root, name)).st_size)
+            if len(sizes) >= sample:
+                break
+        if len(sizes) >= sample:
+            break
+    return int(np.percentile(sizes, 90)) if sizes else None
 
 
 @dataclass(frozen=True)

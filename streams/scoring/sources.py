@@ -21,6 +21,7 @@ from infra.settings import Settings, local_path
 from streams.checkpoint.names import checkpoint_name
 from streams.file_rows import image_file_stream
 from streams.scoring.fetch import FETCHED_DDL, fetch_blobs
+from streams.watched_folder import typical_file_bytes
 
 
 class SourceError(LakesightError, ValueError):
@@ -108,35 +109,39 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
         # Few records per file: repartition so every core downloads and scores.
         parallelism = spark.sparkContext.defaultParallelism
         return records.repartition(parallelism).mapInPandas(lambda it: fetch_blobs(it, settings=settings), FETCHED_DDL)
-    reader = _folder_reader(spark, settings).options(**clean_source_options(settings, source))
+    reader = _folder_reader(spark, settings, source).options(**clean_source_options(settings, source))
     files = image_file_stream(reader, source.location, source.glob)
     # Without this each file became its own task (docs/PLATFORM.md: 97 -> 194 img/s).
     return files.coalesce(spark.sparkContext.defaultParallelism)
 
 
-def folder_limits(settings: Settings) -> dict[str, str]:
-    """The folder source's batch limits: files always, image bytes too where the reader allows.
+def folder_limits(settings: Settings, typical_file_bytes: int | None = None) -> dict[str, str]:
+    """The folder source's batch limits: files always, image bytes too.
 
     A byte budget alone keeps batches large for small images (the fixed cost of a micro-batch is
     about a second here) and small for large ones (the batch is collected on the driver), but a
     backlog of small files became one batch of 19,500 files (~47 s) that a crash-looping stream
-    never finished: the file cap bounds every batch. Auto Loader honours both (the lower wins);
-    Spark's own file source refuses the two together, so there the file cap is the limit and a
-    batch holds at most ``score_max_files_per_trigger`` x ``max_image_bytes`` bytes.
+    never finished: the file cap bounds every batch. Auto Loader honours both (the lower wins).
+    Spark's own file source refuses the two together, so there the byte budget becomes a file
+    count: the budget over the folder's typical file size (``typical_file_bytes``, its 90th
+    percentile when the query starts), never above the file cap. A folder of 4 MB photos then
+    gets batches of 16 files, not 2,000 (8 GB on the driver).
     """
-    files = str(settings.score_max_files_per_trigger)
+    files = settings.score_max_files_per_trigger
     by_bytes = settings.score_max_bytes_per_trigger
     if settings.score_source_format != "cloudFiles":
-        return {"maxFilesPerTrigger": files}
-    limits = {"cloudFiles.maxFilesPerTrigger": files}
+        if by_bytes and typical_file_bytes:
+            files = max(1, min(files, by_bytes // typical_file_bytes))
+        return {"maxFilesPerTrigger": str(files)}
+    limits = {"cloudFiles.maxFilesPerTrigger": str(files)}
     if by_bytes:
         limits["cloudFiles.maxBytesPerTrigger"] = str(by_bytes)
     return limits
 
 
-def _folder_reader(spark: Any, settings: Settings) -> Any:
+def _folder_reader(spark: Any, settings: Settings, source: Source) -> Any:
     if settings.score_source_format == "cloudFiles":
         reader = spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
-    else:
-        reader = spark.readStream.format("binaryFile")
-    return reader.options(**folder_limits(settings))
+        return reader.options(**folder_limits(settings))
+    typical = typical_file_bytes(source.location, source.glob)
+    return spark.readStream.format("binaryFile").options(**folder_limits(settings, typical))

@@ -12,7 +12,7 @@ from infra.images import IMAGE_GLOB
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import TS
-from streams.watched_folder import WatchedFolder, skipped_files
+from streams.watched_folder import WatchedFolder, skipped_files, typical_file_bytes
 
 
 def test_skipped_files_are_those_the_glob_leaves_out_but_not_spark_s_hidden_names(tmp_path: Path) -> None:
@@ -70,3 +70,15 @@ def test_an_error_row_is_due_again_once_its_file_changes_size_or_time(settings: 
     assert watched.changed() == [f"file:{broken}", f"file:{slow}"]
     slow.unlink()
     assert watched.changed() == [f"file:{broken}"]  # a file gone is not read again
+
+
+def test_the_typical_file_size_is_the_90th_percentile_of_the_folder_s_images(tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(10):
+        (folder / "sub" / f"{i}.PNG").write_bytes(b"x" * (100 * (i + 1)))
+    (folder / "notes.txt").write_bytes(b"y" * 10**6)  # not an image: not counted
+    (folder / ".hidden.png").write_bytes(b"z" * 10**6)  # Spark does not list it either
+    assert typical_file_bytes(str(folder), IMAGE_GLOB) == 910
+    assert typical_file_bytes(str(tmp_path / "empty"), IMAGE_GLOB) is None
+    assert typical_file_bytes("abfss://c@a.dfs.core.windows.net/images", IMAGE_GLOB) is None

@@ -346,6 +346,33 @@ def test_a_backlog_is_scored_in_batches_of_at_most_the_file_cap(
     assert report.rows == 7
 
 
+@pytest.mark.spark
+def test_a_byte_budget_bounds_the_batches_of_spark_s_file_source(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
+    incoming = tmp_path / "incoming"
+    image = shapes(tmp_path / "one", 1)[0].read_bytes()
+    incoming.mkdir()
+    for i in range(7):
+        (incoming / f"same-size-{i}.png").write_bytes(image)
+    settings = score_settings.model_copy(update={"score_max_bytes_per_trigger": 3 * len(image)})
+    sizes: list[int] = []
+
+    report = run_scoring(settings, source=incoming, once=True, on_batch=lambda b: sizes.append(b.table.num_rows))
+
+    assert report.rows == 7 and sum(sizes) == 7 and max(sizes) <= 3  # the budget, as a file count
+
+
+def test_spark_s_file_source_turns_the_byte_budget_into_a_file_count(settings: Settings) -> None:
+    mib = 1024 * 1024
+    assert folder_limits(settings, 4 * mib) == {"maxFilesPerTrigger": "16"}  # 64 MiB of 4 MB photos
+    assert folder_limits(settings, 3000) == {"maxFilesPerTrigger": "2000"}  # small files: the file cap
+    assert folder_limits(settings, 100 * mib) == {"maxFilesPerTrigger": "1"}  # never none
+    assert folder_limits(settings, None) == {"maxFilesPerTrigger": "2000"}  # an empty folder at start
+    files_only = settings.model_copy(update={"score_max_bytes_per_trigger": 0})
+    assert folder_limits(files_only, 4 * mib) == {"maxFilesPerTrigger": "2000"}
+
+
 def test_auto_loader_gets_both_limits_and_spark_s_file_source_the_file_cap(settings: Settings) -> None:
     assert folder_limits(settings) == {"maxFilesPerTrigger": "2000"}  # Spark refuses both together
     auto = settings.model_copy(update={"score_source_format": "cloudFiles"})
