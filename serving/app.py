@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from infra.images import content_hash
 from infra.registry import RegistryError
@@ -128,7 +129,7 @@ async def classify(
     if state.inference_log is not None:
         rows = _log_rows(request_id, received_at, latency_ms, uploads.items, results)
         if state.settings.online_to_labeling:
-            _attach_for_labeling(rows, uploads.items, results)
+            _attach_for_labeling(rows, uploads.items, scored, state.settings.confidence_threshold)
         state.inference_log.record(rows)
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
 
@@ -139,14 +140,20 @@ async def _read(request: Request, settings: Settings):
     check_kind(kind)
     limit = body_limit(settings, kind)
     check_declared_length(request.headers.get("content-length"), limit)
-    body = await read_capped(request.stream(), limit, "request body")
-    return parse_uploads(settings, content_type, body)
+    try:
+        body = await read_capped(request.stream(), limit, "request body")
+    except ClientDisconnect:
+        raise RequestRefused(400, "the client went away before sending the whole body") from None
+    # Off the event loop: splitting a large batch and reading image headers takes milliseconds.
+    return await asyncio.to_thread(parse_uploads, settings, content_type, body)
 
 
 async def _champion(pending: Any) -> Any:
     """Await a model call; a registry without a champion (or one that cannot load) is a 503."""
     try:
         return await pending
+    except RequestRefused:
+        raise
     except RegistryError as exc:
         raise RequestRefused(503, str(exc)) from exc
     except Exception as exc:
@@ -207,13 +214,20 @@ def _log_rows(
     ]
 
 
-def _attach_for_labeling(rows: list[dict[str, Any]], items: list[Upload], results: list[dict[str, Any]]) -> None:
-    """The bytes and probabilities the labeling hand-off needs, on the rows it may send."""
-    for row, item, result in zip(rows, items, results, strict=True):
-        if item.content is not None and "probabilities" in result:
+def _attach_for_labeling(
+    rows: list[dict[str, Any]], items: list[Upload], scored: Scored | None, threshold: float
+) -> None:
+    """The bytes and probabilities the labeling hand-off needs, on the unsure rows only (the
+    queue is bounded in rows: bytes ride along only where they may be sent)."""
+    answers = iter(scored.rows) if scored is not None else iter(())
+    for row, item in zip(rows, items, strict=True):
+        if item.content is None:
+            continue
+        answer = next(answers)
+        if scored is not None and not answer.get("error") and answer["confidence"] < threshold:
             row[CONTENT] = item.content
-            row[PROBABILITIES] = list(result["probabilities"].values())
-            row[CLASS_NAMES] = list(result["probabilities"])
+            row[PROBABILITIES] = [float(p) for p in answer["probabilities"]]
+            row[CLASS_NAMES] = list(scored.class_names)
 
 
 def _ms(started: float) -> float:
@@ -232,7 +246,13 @@ def _figures(state: ServingState, status: str) -> dict[str, Any]:
         **state.stats.snapshot(),
         "online_predictions": None
         if online is None
-        else {"written": online.written, "dropped": online.dropped, "sent_to_labeling": online.sent_to_labeling},
+        else {
+            "written": online.written,
+            "queued": online.queued,
+            "dropped": online.dropped,
+            "failed_writes": online.failed_writes,
+            "sent_to_labeling": online.sent_to_labeling,
+        },
     }
 
 
@@ -241,7 +261,7 @@ async def _heartbeat(state: ServingState) -> None:
     while True:
         try:
             write_status_file(path, _figures(state, SERVING))
-        except OSError as exc:  # a full disk must not stop serving; the next beat retries
+        except Exception as exc:  # noqa: BLE001 - a full disk must not stop the beat; the next one retries
             log.warning("cannot write %s: %s", path, exc)
         await asyncio.sleep(HEARTBEAT_EVERY_S)
 

@@ -20,10 +20,14 @@ from typing import Any
 from infra.champion import current_classifier
 from infra.registry import Classifier
 from infra.settings import Settings
+from infra.web import RequestRefused
 
 log = logging.getLogger(__name__)
 
 ChampionLookup = Callable[[Settings], tuple[Classifier, str]]
+# Requests waiting for the model beyond this are answered 503 at once: an overloaded server sheds
+# load instead of holding every body in memory until clients time out.
+MAX_QUEUED_REQUESTS = 512
 
 
 def served_classifier(settings: Settings) -> tuple[Classifier, str]:
@@ -46,11 +50,16 @@ class _Pending:
     future: asyncio.Future[Scored]
 
 
+def _log_if_died(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the micro-batcher stopped: %s", task.exception())
+
+
 class MicroBatcher:
     def __init__(self, settings: Settings, champion: ChampionLookup = served_classifier) -> None:
         self.settings = settings
         self._champion = champion
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue(MAX_QUEUED_REQUESTS)
         self._task: asyncio.Task[None] | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="lakesight-model")
         self._last_requests = 1
@@ -60,6 +69,7 @@ class MicroBatcher:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lakesight-micro-batcher")
+        self._task.add_done_callback(_log_if_died)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -70,8 +80,13 @@ class MicroBatcher:
 
     async def classify(self, contents: Sequence[bytes]) -> Scored:
         """Score ``contents`` with the champion, batched with whatever else is in flight."""
+        if self._task is None or self._task.done():
+            raise RequestRefused(503, "the model server's batcher is not running")
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(list(contents), future))
+        try:
+            self._queue.put_nowait(_Pending(list(contents), future))
+        except asyncio.QueueFull:
+            raise RequestRefused(503, f"busy: {MAX_QUEUED_REQUESTS} requests already wait for the model") from None
         return await future
 
     async def model(self) -> tuple[Classifier, str]:

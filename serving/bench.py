@@ -122,7 +122,7 @@ class _KeepAlive:
     @classmethod
     async def open(cls, base_url: str) -> _KeepAlive:
         parts = urlsplit(base_url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+        reader, writer = await asyncio.open_connection(parts.hostname, parts.port or 80)
         return cls(reader, writer)
 
     async def send(self, request: bytes) -> int:
@@ -137,6 +137,8 @@ class _KeepAlive:
             ),
             0,
         )
+        if length == 0 and b"content-length:" not in head.lower():
+            raise ConnectionError("a response without Content-Length: the keep-alive stream cannot continue")
         await self.reader.readexactly(length)
         return status
 

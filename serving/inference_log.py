@@ -33,6 +33,7 @@ ONLINE_PATH_PREFIX = "online:"
 
 log = logging.getLogger(__name__)
 
+WRITE_ATTEMPTS = 3
 FLUSH_ROWS = 5000
 # A MERGE costs ~0.1 s of CPU whatever its size: once a second took a tenth of a core from serving.
 FLUSH_SECONDS = 5.0
@@ -52,6 +53,7 @@ class InferenceLog:
         self.dropped = 0
         self.failed_writes = 0
         self.sent_to_labeling = 0
+        self._count_lock = threading.Lock()
 
     def start(self) -> None:
         self._thread.start()
@@ -62,12 +64,14 @@ class InferenceLog:
             try:
                 self._queue.put_nowait(row)
             except queue.Full:
-                self.dropped += 1
+                self._drop(1)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Write what is queued, then stop."""
+        """Write what is queued, then stop; rows still queued after ``timeout`` count as dropped."""
         self._stop.set()
         self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._drop(self._queue.qsize())
 
     @property
     def queued(self) -> int:
@@ -95,16 +99,29 @@ class InferenceLog:
     def _write(self, rows: list[dict[str, Any]]) -> None:
         txn = Transaction(self._app_id, self._batch_id)
         self._batch_id += 1
-        try:
-            if self._settings.online_to_labeling:
-                self._hand_off(rows, txn)
-            self._lake.merge(ONLINE_PREDICTIONS, pa.Table.from_pylist(rows, schema=ONLINE_PREDICTIONS.schema), txn=txn)
-        except Exception as exc:  # noqa: BLE001 - the table is best effort; serving goes on
-            self.failed_writes += 1
-            self.dropped += len(rows)
-            log.warning("could not write %d rows to %s: %s", len(rows), ONLINE_PREDICTIONS, exc)
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self._write_once(rows, txn)
+            except Exception as exc:  # noqa: BLE001 - the table is best effort; serving goes on
+                if attempt < WRITE_ATTEMPTS:
+                    time.sleep(0.5 * 2**attempt)
+                    continue
+                self.failed_writes += 1
+                self._drop(len(rows))
+                log.warning("could not write %d rows to %s: %s", len(rows), ONLINE_PREDICTIONS, exc)
+                return
+            self.written += len(rows)
             return
-        self.written += len(rows)
+
+    def _write_once(self, rows: list[dict[str, Any]], txn: Transaction) -> None:
+        # One app transaction for every table this write touches: a retry skips what committed.
+        if self._settings.online_to_labeling:
+            self._hand_off(rows, txn)
+        self._lake.merge(ONLINE_PREDICTIONS, pa.Table.from_pylist(rows, schema=ONLINE_PREDICTIONS.schema), txn=txn)
+
+    def _drop(self, count: int) -> None:
+        with self._count_lock:  # the request path and this thread both drop
+            self.dropped += count
 
     def _hand_off(self, rows: list[dict[str, Any]], txn: Transaction) -> None:
         threshold = self._settings.confidence_threshold

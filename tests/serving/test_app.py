@@ -92,7 +92,7 @@ def test_over_size_images_and_batches_are_refused(champion_settings: Settings) -
         big_part = post_batch(client, [("small.png", solid_png(5), "image/png"), ("big.png", big, "image/png")])
     assert declared.status_code == 413 and "over the limit of 2000" in declared.json()["error"]
     assert streamed.status_code == 413
-    assert too_many.status_code == 413 and "limit is 3" in too_many.json()["error"]
+    assert too_many.status_code == 413 and "more than 3 images" in too_many.json()["error"]
     assert big_part.status_code == 200
     assert [("error" in r) for r in big_part.json()["results"]] == [False, True]
 
@@ -164,3 +164,42 @@ def test_a_deployment_can_serve_another_alias(champion_settings: Settings) -> No
     with model_server(missing, inference_table=False) as client:
         refused = post_image(client, solid_png(3))
     assert refused.status_code == 503 and "no 'nobody' version" in refused.json()["error"]
+
+
+def test_a_failed_model_call_answers_503_and_the_next_request_is_served(champion_settings: Settings) -> None:
+    from serving.batcher import served_classifier
+
+    calls = {"n": 0}
+
+    def flaky(settings: Settings):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("artifact store unreachable")
+        return served_classifier(settings)
+
+    with model_server(champion_settings, champion=flaky, inference_table=False) as client:
+        first = post_image(client, solid_png(1))
+        second = post_image(client, solid_png(2))
+    assert first.status_code == 503 and "artifact store unreachable" in first.json()["error"]
+    assert second.status_code == 200 and second.json()["model_version"] == "1"
+
+
+def test_only_unsure_rows_carry_bytes_for_labeling() -> None:
+    from serving.app import _attach_for_labeling
+    from serving.batcher import Scored
+    from serving.inference_log import CLASS_NAMES, CONTENT, PROBABILITIES
+    from serving.uploads import Upload
+
+    items = [Upload("sure", b"a"), Upload("refused", None, "empty image"), Upload("unsure", b"c")]
+    scored = Scored(
+        rows=[
+            {"label": "x", "confidence": 0.99, "probabilities": [0.99, 0.01], "error": None},
+            {"label": "y", "confidence": 0.6, "probabilities": [0.4, 0.6], "error": None},
+        ],
+        class_names=["x", "y"],
+        model_version="1",
+    )
+    rows: list[dict[str, object]] = [{}, {}, {}]
+    _attach_for_labeling(rows, items, scored, threshold=0.9)
+    assert CONTENT not in rows[0] and CONTENT not in rows[1]
+    assert rows[2][CONTENT] == b"c" and rows[2][PROBABILITIES] == [0.4, 0.6] and rows[2][CLASS_NAMES] == ["x", "y"]

@@ -76,3 +76,23 @@ def test_unsure_online_images_go_to_labeling_once_when_asked(blob_settings: Sett
     blobs = [b.name for b in BlobStore(settings).list(settings.labeling_container)]  # type: ignore[attr-defined]
     assert sum(name.startswith("manifests/") for name in blobs) == 1
     assert sum(name.startswith("images/") for name in blobs) == 2
+
+
+def test_a_failed_write_is_retried_as_the_same_transaction(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    online = InferenceLog(settings)
+    real_merge = online._lake.merge
+    failures = {"left": 1}
+
+    def merge_after_a_failure(*args, **kwargs):  # fault injection: the lake is real, one write fails
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError("disk full")
+        return real_merge(*args, **kwargs)
+
+    monkeypatch.setattr(online._lake, "merge", merge_after_a_failure)
+    monkeypatch.setattr("serving.inference_log.time.sleep", lambda _s: None)
+    online.record([_row(i) for i in range(3)])
+    online.start()
+    online.stop()
+    assert (online.written, online.dropped, online.failed_writes) == (3, 0, 0)
+    assert Lake(settings).read(ONLINE_PREDICTIONS).num_rows == 3

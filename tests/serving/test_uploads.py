@@ -20,12 +20,17 @@ def _encoded(parts: list[tuple[str, bytes, str]]) -> tuple[str, bytes]:
 
 def test_parts_come_back_byte_for_byte_with_their_names() -> None:
     content_type, body = _encoded([("a.png", TRICKY, "image/png"), ("b.jpg", b"\r\n", "image/jpeg")])
+    boundary = content_type.split("boundary=", 1)[1].encode()
+    parts = split_multipart(body, boundary)
+    assert [(h.get_param("filename", header="content-disposition"), data) for h, data in parts] == [
+        ("a.png", TRICKY),
+        ("b.jpg", b"\r\n"),
+    ]
+    # Read as uploads, neither is an image: each gets the header check's reason and no bytes.
     uploads = parse_uploads(Settings(), content_type, body)
     assert not uploads.single
-    assert [(u.caller_id, u.content, u.error) for u in uploads.items] == [
-        ("a.png", TRICKY, None),
-        ("b.jpg", b"\r\n", None),
-    ]
+    assert [(u.caller_id, u.content) for u in uploads.items] == [("a.png", None), ("b.jpg", None)]
+    assert all(u.error for u in uploads.items)
 
 
 def test_a_preamble_is_skipped() -> None:
@@ -56,3 +61,38 @@ def test_a_boundary_must_be_usable() -> None:
     ):
         with pytest.raises(RequestRefused, match="boundary"):
             parse_uploads(Settings(), content_type, b"--x\r\n")
+
+
+def test_a_body_of_many_tiny_parts_is_refused_before_its_headers_are_read() -> None:
+    import time
+
+    body = b"".join(b"--b\r\nContent-Type: image/png\r\n\r\nx\r\n" for _ in range(200_000)) + b"--b--\r\n"
+    started = time.perf_counter()
+    with pytest.raises(RequestRefused) as refused:
+        split_multipart(body, b"b", max_parts=32)
+    assert refused.value.status_code == 413 and "more than 32 images" in refused.value.message
+    assert time.perf_counter() - started < 0.5  # it stopped at part 33
+
+
+def test_utf8_and_rfc2231_file_names_come_back_as_sent() -> None:
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="images"; filename="caf\xc3\xa9.png"\r\n'
+        b"Content-Type: image/png\r\n\r\nA\r\n"
+        b"--b\r\nContent-Disposition: form-data; name=\"images\"; filename*=utf-8''na%C3%AFve.png\r\n"
+        b"Content-Type: image/png\r\n\r\nB\r\n--b--\r\n"
+    )
+    uploads = parse_uploads(Settings(), "multipart/form-data; boundary=b", body)
+    assert [u.caller_id for u in uploads.items] == ["café.png", "naïve.png"]
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_like_the_stream_does() -> None:
+    from tests.helpers.images import claimed_png, solid_png
+
+    bomb = claimed_png(11_000, 11_000)
+    with pytest.raises(RequestRefused) as refused:
+        parse_uploads(Settings(), "image/png", bomb)
+    assert refused.value.status_code == 422 and "too many pixels" in refused.value.message
+    content_type, body = _encoded([("bomb.png", bomb, "image/png"), ("ok.png", solid_png(), "image/png")])
+    bad, good = parse_uploads(Settings(), content_type, body).items
+    assert bad.content is None and "too many pixels" in (bad.error or "")
+    assert good.content is not None and good.error is None
