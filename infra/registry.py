@@ -39,6 +39,7 @@ TAG_CHAMPION_ACCURACY = "champion_test_accuracy"
 TAG_CHAMPION_VERSION = "champion_version"  # the champion it was compared with
 TAG_DECISION = "promotion_decision"
 TAG_REASON = "promotion_reason"
+TAG_ROLLED_BACK = "rolled_back"  # on the version a rollback took the champion alias from: when, why, to what
 
 
 class Classifier(Protocol):
@@ -285,3 +286,35 @@ def record_promotion(
     }
     set_version_tags(settings, version, tags)
     return tags
+
+
+@dataclass(frozen=True)
+class Rollback:
+    from_version: str
+    to_version: str
+    reason: str
+
+
+def rollback(settings: Settings, *, reason: str, to: str | int | None = None) -> Rollback:
+    """Move ``champion`` back to ``to`` (default: the champion the current one was promoted over).
+
+    The version rolled back from gets a ``rolled_back`` tag (time, target, reason); every process
+    that follows the alias (the stream's workers, the model server) picks the target up within
+    ``champion_check_s``.
+    """
+    if not reason.strip():
+        raise RegistryError("a rollback needs a reason (--reason)")
+    current = champion(settings)
+    if current is None:
+        raise RegistryError(f"model {settings.model_name!r} has no {CHAMPION!r} version to roll back")
+    target = str(to) if to is not None else (current.tags or {}).get(TAG_CHAMPION_VERSION, "")
+    if not target:
+        raise RegistryError(f"version {current.version} records no previous champion: name one with --to VERSION")
+    if target == str(current.version):
+        raise RegistryError(f"version {target} is already the champion")
+    if target not in {row.version for row in versions(settings)}:
+        raise RegistryError(f"model {settings.model_name!r} has no version {target}")
+    set_alias(settings, CHAMPION, target)
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    set_version_tags(settings, current.version, {TAG_ROLLED_BACK: f"{stamp} to version {target}: {reason.strip()}"})
+    return Rollback(str(current.version), target, reason.strip())

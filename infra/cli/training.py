@@ -20,7 +20,10 @@ MixedPrecisionOption = Annotated[bool, typer.Option("--mixed-precision", help="f
 
 def register(app: typer.Typer) -> None:
     app.command()(train)
-    app.command()(models)
+    group = typer.Typer(help="The registered model's versions; 'rollback' moves the champion back.")
+    group.callback(invoke_without_command=True)(models)
+    group.command("rollback")(rollback)
+    app.add_typer(group, name="models")
 
 
 def train_options(**values: Any) -> Any:
@@ -77,10 +80,14 @@ def train(
 
 
 def models(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """List the registered model's versions with their aliases, test scores and Delta version."""
     from infra.registry import list_versions
+
+    if ctx.invoked_subcommand is not None:
+        return
 
     settings = get_settings()
     rows = list_versions(settings)
@@ -88,3 +95,23 @@ def models(
         print_json(rows)
     else:
         render_rows(f"model versions of {settings.model_name}", rows)
+
+
+def rollback(
+    reason: Annotated[str, typer.Option(help="Why (recorded on the version rolled back from)")],
+    to: Annotated[str | None, typer.Option(help="Version to make champion (default: the previous champion)")] = None,
+) -> None:
+    """Move the champion alias back; the running stream and model server follow within champion_check_s."""
+    from infra.registry import rollback as move_back
+
+    settings = get_settings()
+    done = move_back(settings, reason=reason, to=to)
+    print_json(
+        {
+            "model_name": settings.model_name,
+            "from_version": done.from_version,
+            "champion": done.to_version,
+            "reason": done.reason,
+            "picked_up_within_s": settings.champion_check_s,
+        }
+    )

@@ -48,3 +48,27 @@ def test_sql_classify_function(spark, score_settings: Settings) -> None:
     assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
     assert rows[1].c.label is None and rows[1].c.confidence is None
     assert rows[2].c.label is None
+
+
+@pytest.mark.spark
+def test_rollback_reaches_the_running_stream(spark, score_settings: Settings, tmp_path: Path) -> None:
+    from infra import registry
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    newer = register_champion(
+        score_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=9), class_names=CLASSES, image_size=IMAGE_SIZE
+    )
+    # As training's promotion records it: version 2 replaced champion 1.
+    registry.set_version_tags(score_settings, newer, {registry.TAG_CHAMPION_VERSION: "1"})
+    with scoring_in_background(score_settings, source=incoming):
+        before = shapes(incoming / "a", 3, seed=1, prefix="before")
+        wait_for_rows(score_settings, len(before))
+        done = registry.rollback(score_settings, reason="worse on live images")
+        time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the moved alias
+        after = shapes(incoming / "b", 3, seed=2, prefix="after")
+        wait_for_rows(score_settings, len(before) + len(after))
+    rows = rows_by_name(score_settings)
+    assert (done.from_version, done.to_version) == ("2", "1")
+    assert {rows[p.name]["model_version"] for p in before} == {"2"}
+    assert {rows[p.name]["model_version"] for p in after} == {"1"}

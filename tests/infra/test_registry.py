@@ -1,0 +1,73 @@
+"""The registry's rollback: the champion alias moves back, the reason is recorded, bad requests are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from infra import registry
+from infra.registry import RegistryError
+from infra.settings import Settings
+from tests.helpers.cli import lakesight
+from tests.helpers.status import promote_versions
+
+
+def test_rollback_moves_the_champion_to_the_one_it_replaced_and_records_why(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    assert promote_versions(settings, [0.8, 0.9, 0.95]) == "3"
+
+    done = registry.rollback(settings, reason="  worse on today's images ")
+
+    assert (done.from_version, done.to_version, done.reason) == ("3", "2", "worse on today's images")
+    assert str(registry.champion(settings).version) == "2"
+    tag = registry.client(settings).get_model_version(settings.model_name, "3").tags[registry.TAG_ROLLED_BACK]
+    assert tag.endswith("to version 2: worse on today's images")
+    again = registry.rollback(settings, reason="again", to=1)
+    assert (again.from_version, again.to_version) == ("2", "1")
+
+
+@pytest.mark.parametrize(
+    ("to", "reason", "message"),
+    [
+        (None, " ", "needs a reason"),
+        ("7", "typo", "has no version 7"),
+        ("2", "noop", "already the champion"),
+    ],
+)
+def test_bad_rollbacks_are_refused_and_change_nothing(
+    tmp_path: Path, to: str | None, reason: str, message: str
+) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    promote_versions(settings, [0.8, 0.9])
+    with pytest.raises(RegistryError, match=message):
+        registry.rollback(settings, reason=reason, to=to)
+    assert str(registry.champion(settings).version) == "2"
+
+
+def test_the_first_champion_has_nothing_to_roll_back_to(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    promote_versions(settings, [0.8])
+    with pytest.raises(RegistryError, match="no previous champion: name one with --to"):
+        registry.rollback(settings, reason="bad")
+    with pytest.raises(RegistryError, match="no 'champion' version"):
+        registry.rollback(Settings(state_dir=tmp_path / "empty"), reason="bad")
+
+
+def test_lakesight_models_rollback_prints_what_it_did(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    promote_versions(settings, [0.8, 0.9])
+    done = lakesight("models", "rollback", "--reason", "paged at 3am", state=settings.state_dir)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) | {"picked_up_within_s": None} == {
+        "model_name": settings.model_name,
+        "from_version": "2",
+        "champion": "1",
+        "reason": "paged at 3am",
+        "picked_up_within_s": None,
+    }
+    refused = lakesight("models", "rollback", "--reason", "again", state=settings.state_dir)
+    assert refused.returncode == 1 and refused.stderr.strip().startswith("error:") and "--to" in refused.stderr
+    listed = lakesight("models", "--json", state=settings.state_dir)
+    assert [row["aliases"] for row in json.loads(listed.stdout)] == ["", "champion"]
