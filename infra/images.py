@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterable
 
 from PIL import Image, UnidentifiedImageError
 
+from infra.settings import MAX_IMAGE_PIXELS
+
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF"})
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "gif", "bmp", "webp", "tif", "tiff")
-# Images whose header claims more pixels are refused before any decoding (settings.max_image_pixels).
-MAX_IMAGE_PIXELS = 40_000_000
 # Pillow's own guard is only a backstop: it warns above this and refuses only above twice this,
 # so the check in ``image_error`` is the one that holds (docs/STREAMING.md, "What a row gets").
 Image.MAX_IMAGE_PIXELS = 64_000_000

@@ -22,7 +22,6 @@ from pydantic_settings import (
 )
 
 from infra.errors import SettingsError
-from infra.images import MAX_IMAGE_PIXELS
 
 if TYPE_CHECKING:
     from infra.tables import TableSpec
@@ -31,6 +30,8 @@ if TYPE_CHECKING:
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 DEFAULT_EVENT_KEY = "local-dev-key"
+# Images whose header claims more pixels are refused before any decoding (infra.images reads it).
+MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MODEL_API_KEY = "local-model-key"
 # An event key shorter than this is guessable; azure mode refuses it.
 MIN_EVENT_KEY_CHARS = 32
