@@ -19,8 +19,9 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,19 +43,22 @@ MTIME_TOLERANCE_MS = 1000
 _GLOB_CHARS = re.compile(r"([\\\[\]{}*?])")
 
 
+def _visible_files(folder: Path) -> Iterator[tuple[str, str]]:
+    """``(path, name)`` of every file under ``folder`` that Spark's file index lists, glob aside."""
+    for root, folders, names in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(HIDDEN_PREFIXES)]
+        for name in names:
+            if not name.startswith(HIDDEN_PREFIXES):
+                yield os.path.join(root, name), name
+
+
 def skipped_files(location: str, glob: str) -> list[str]:
     """The files under the local folder ``location`` that ``glob`` leaves out, sorted."""
     folder = local_path(location)
     if folder is None or not folder.is_dir():
         return []
     matches = glob_matcher(glob)
-    skipped: list[str] = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(HIDDEN_PREFIXES)]
-        skipped.extend(
-            os.path.join(root, name) for name in names if not name.startswith(HIDDEN_PREFIXES) and not matches(name)
-        )
-    return sorted(skipped)
+    return sorted(path for path, name in _visible_files(folder) if not matches(name))
 
 
 def typical_file_bytes(location: str, glob: str, *, sample: int = 1000) -> int | None:
@@ -64,16 +68,12 @@ def typical_file_bytes(location: str, glob: str, *, sample: int = 1000) -> int |
         return None
     matches = glob_matcher(glob)
     sizes: list[int] = []
-    for root, folders, names in os.walk(folder):
-        folders[:] = [name for name in folders if not name.startswith(HIDDEN_PREFIXES)]
-        for name in names:
-            if not name.startswith(HIDDEN_PREFIXES) and matches(name):
-                with contextlib.suppress(OSError):  # gone since the listing: it does not count
-                    sizes.append(os.lstat(os.path.join(root, name)).st_size)
+    for path, name in _visible_files(folder):
+        if matches(name):
+            with contextlib.suppress(OSError):  # gone since the listing: it does not count
+                sizes.append(os.lstat(path).st_size)
             if len(sizes) >= sample:
                 break
-        if len(sizes) >= sample:
-            break
     return int(np.percentile(sizes, 90)) if sizes else None
 
 
