@@ -143,7 +143,9 @@ class Lake:
             except Exception as exc:  # a concurrent creator may have won the race
                 if not self.exists(name):
                     raise LakeError(f"cannot create table {name!r}: {exc}") from exc
-        return self.table(name)
+        table = self.table(name)
+        _add_missing_columns(table, spec)
+        return table
 
     def images(self) -> DeltaTable:
         return self.ensure(IMAGES)
@@ -285,6 +287,27 @@ class Lake:
             "files_added": int(metrics.get("numFilesAdded", 0)),
             "seconds": round(time.perf_counter() - started, 4),
         }
+
+
+def _add_missing_columns(table: DeltaTable, spec: TableSpec) -> None:
+    """Give a table made by an older lakesight the nullable columns its spec has gained since.
+
+    Adding a column is a metadata-only commit that both engines read (no column mapping):
+    e.g. ``images.embedding`` on a lake that predates embeddings. Old rows read it as null.
+    """
+    from deltalake.schema import Field as DeltaField
+
+    present = {field.name for field in table.schema().fields}
+    missing = [field for field in spec.schema if field.name not in present]
+    if not missing:
+        return
+    log.info("adding columns %s to %s", ", ".join(f.name for f in missing), spec)
+    try:
+        table.alter.add_columns([DeltaField.from_arrow(field.with_nullable(True)) for field in missing])
+    except Exception as exc:  # noqa: BLE001 - a concurrent writer may have added them first
+        table.update_incremental()
+        if {f.name for f in table.schema().fields} < {f.name for f in spec.schema}:
+            raise LakeError(f"cannot add columns to {spec}: {exc}") from exc
 
 
 def _merge_predicate(spec: TableSpec, source: pa.Table) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
+# The model's penultimate layer, L2-normalised (training.packaging): null for models without one.
+EMBEDDING = pa.list_(pa.float32())
 
 # Written when an image arrives (ingest or the scoring stream).
 ARRIVAL_COLUMNS = [
@@ -38,6 +40,7 @@ PREDICTION_COLUMNS = [
     pa.field("predicted_label", pa.string()),
     pa.field("confidence", pa.float64()),
     pa.field("probabilities", pa.list_(pa.float32())),
+    pa.field("embedding", EMBEDDING),
     pa.field("class_names", pa.list_(pa.string())),
     pa.field("model_name", pa.string()),
     pa.field("model_version", pa.string()),
@@ -89,11 +92,47 @@ LABELING_REQUESTS = TableSpec(
             pa.field("model_version", pa.string()),
             pa.field("app_id", pa.string()),
             pa.field("batch_id", pa.int64()),
+            # Why this image: the strategy that picked it, its score (higher: more to learn) and
+            # its rank among its window's picks (docs/LABELING.md).
+            pa.field("strategy", pa.string()),
+            pa.field("score", pa.float64()),
+            pa.field("rank", pa.int32()),
+            pa.field("content_hash", pa.string()),
+            pa.field("embedding", EMBEDDING),
         ]
     ),
     keys=("path",),
     partition_by=("request_date",),
     sort_by="sent_at",
+)
+
+# Images waiting for their labeling window to close, and what became of each (docs/LABELING.md):
+# ``outcome`` is null while waiting, then "sent", "near_duplicate", "class_capped" or "not_chosen".
+LABELING_CANDIDATES = TableSpec(
+    "labeling_candidates",
+    pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("window_date", pa.date32(), nullable=False),
+            pa.field("window_start", TS),
+            pa.field("load_date", pa.date32()),
+            pa.field("queued_at", TS),
+            pa.field("content", pa.binary()),
+            pa.field("content_hash", pa.string()),
+            pa.field("predicted_label", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field("probabilities", pa.list_(pa.float32())),
+            pa.field("embedding", EMBEDDING),
+            pa.field("class_names", pa.list_(pa.string())),
+            pa.field("model_name", pa.string()),
+            pa.field("model_version", pa.string()),
+            pa.field("outcome", pa.string()),
+            pa.field("decided_at", TS),
+        ]
+    ),
+    keys=("path",),
+    partition_by=("window_date",),
+    sort_by="queued_at",
 )
 
 # Labeling-export entries the handlers could not apply, with the reason.
@@ -169,7 +208,7 @@ ONLINE_PREDICTIONS = TableSpec(
     sort_by="received_at",
 )
 
-TABLES = (IMAGES, LABELING_REQUESTS, LABEL_REJECTS, RETRAINING_DECISIONS, ONLINE_PREDICTIONS)
+TABLES = (IMAGES, LABELING_REQUESTS, LABELING_CANDIDATES, LABEL_REJECTS, RETRAINING_DECISIONS, ONLINE_PREDICTIONS)
 
 
 def column_names(fields: list[pa.Field]) -> list[str]:

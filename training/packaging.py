@@ -1,8 +1,13 @@
 """The registered model: a Keras network plus the one preprocessing, taking raw image bytes.
 
 ``ImageClassifier`` is an MLflow pyfunc. ``predict`` takes a DataFrame with a ``content``
-column of bytes and returns ``label``, ``confidence``, ``probabilities`` and ``error``.
-``classify`` is the same without pandas plumbing, for the scoring stream's hot path.
+column of bytes and returns ``label``, ``confidence``, ``probabilities``, ``embedding`` and
+``error``. ``classify`` is the same without pandas plumbing, for the scoring stream's hot path.
+
+The embedding is the network's penultimate layer (the input of its ``probabilities`` layer),
+L2-normalised float32 of at most :data:`EMBEDDING_MAX_DIMS` values: what the labeling strategies
+measure diversity and near-duplicates with (docs/LABELING.md), and what ``lakesight featurize``
+writes for any classifier. A network without that layer still classifies; its embedding is null.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from training.inference import fold_batch_norm
 from training.preprocess import decode_images
 from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
-OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "error"]
+OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "embedding", "error"]
+EMBEDDING_MAX_DIMS = 128
+EMBEDDING_LAYER = "probabilities"  # the embedding is this layer's input
+_PROJECTION_SEED = 20261201  # fixed: a wider penultimate layer always projects the same way
 
 
 def padded_rows(rows: int, step: int) -> int:
@@ -66,20 +74,45 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.class_names: list[str] = list(config["class_names"])
         self.image_size: int = int(config["image_size"])
         self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
-        # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
-        self.keras_model = fold_batch_norm(keras.saving.load_model(model_path, compile=False))
+        network = keras.saving.load_model(model_path, compile=False)
+        features, head = _split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-        # A fixed input signature: one trace for every batch size (predict_on_batch retraced).
-        self._infer = tf.function(lambda x: self.keras_model(x, training=False), input_signature=[spec])
+        # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
+        if features is None:
+            self.keras_model = fold_batch_norm(network)
+            self.embedding_dims: int | None = None
+            # A fixed input signature: one trace for every batch size (predict_on_batch retraced).
+            self._infer = tf.function(lambda x: (self.keras_model(x, training=False), None), input_signature=[spec])
+            return
+        self.keras_model = fold_batch_norm(features)
+        width = int(features.outputs[0].shape[-1])
+        projection = _projection(width)
+        self.embedding_dims = width if projection is None else EMBEDDING_MAX_DIMS
+
+        def infer(x: Any) -> Any:
+            penultimate = self.keras_model(x, training=False)
+            vectors = penultimate if projection is None else tf.matmul(penultimate, projection)
+            return head(penultimate), tf.math.l2_normalize(vectors, axis=1)
+
+        self._infer = tf.function(infer, input_signature=[spec])
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for already decoded images (for raw-model benchmarks)."""
-        outputs = []
+        return self.forward(images)[0]
+
+    def forward(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities and embeddings (None without an embedding layer) of decoded images."""
+        probs, vectors = [], []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            padded = _pad_rows(chunk, self.shape_step)
-            outputs.append(np.asarray(self._infer(padded), dtype=np.float32)[: len(chunk)])
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
+            p, v = self._infer(_pad_rows(chunk, self.shape_step))
+            probs.append(np.asarray(p, dtype=np.float32)[: len(chunk)])
+            if v is not None:
+                vectors.append(np.asarray(v, dtype=np.float32)[: len(chunk)])
+        if not probs:
+            empty = np.zeros((0, self.embedding_dims), np.float32) if self.embedding_dims else None
+            return np.zeros((0, len(self.class_names)), np.float32), empty
+        return np.concatenate(probs), (np.concatenate(vectors) if vectors else None)
 
     def decode(self, contents: Sequence[bytes | None]) -> tuple[np.ndarray, list[str | None]]:
         """The model's own preprocessing: images as its input array, and why each row failed (or None)."""
@@ -88,28 +121,69 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     def classify(self, contents: Sequence[bytes | None]) -> pd.DataFrame:
         images, errors = self.decode(contents)
         good = [i for i, e in enumerate(errors) if e is None]
-        probs = self.probabilities(images[good]) if good else np.zeros((0, len(self.class_names)))
+        probs, vectors = self.forward(images[good]) if good else self.forward(images[:0])
         labels: list[str | None] = [None] * len(contents)
         confidence: list[float | None] = [None] * len(contents)
         per_class: list[list[float] | None] = [None] * len(contents)
-        for row, p in zip(good, probs, strict=True):
+        embedding: list[np.ndarray | None] = [None] * len(contents)
+        for position, (row, p) in enumerate(zip(good, probs, strict=True)):
             best = int(np.argmax(p))
             labels[row] = self.class_names[best]
             confidence[row] = float(p[best])
             per_class[row] = [float(v) for v in p]
+            if vectors is not None:
+                embedding[row] = vectors[position]
         return pd.DataFrame(
-            {"label": labels, "confidence": confidence, "probabilities": per_class, "error": errors},
+            {
+                "label": labels,
+                "confidence": confidence,
+                "probabilities": per_class,
+                "embedding": embedding,
+                "error": errors,
+            },
             columns=OUTPUT_COLUMNS,
         )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         if "content" not in model_input.columns:
             raise ValueError("model input needs a 'content' column of image bytes")
-        return self.classify(list(model_input["content"]))
+        result = self.classify(list(model_input["content"]))
+        # Plain lists: MLflow's JSON answer (its model server) cannot carry numpy arrays.
+        result["embedding"] = [None if v is None else v.tolist() for v in result["embedding"]]
+        return result
+
+
+def _split_at_embedding(network: Any) -> tuple[Any | None, Any | None]:
+    """``(features, head)``: the network up to its embedding and the layer after it.
+
+    ``(None, None)`` when the network has no single-input Dense ``probabilities`` output layer
+    (a network made elsewhere): it then serves without embeddings.
+    """
+    import keras
+
+    try:
+        head = network.get_layer(EMBEDDING_LAYER)
+    except ValueError:
+        return None, None
+    if not isinstance(head, keras.layers.Dense) or len(network.outputs) != 1 or network.outputs[0] is not head.output:
+        return None, None
+    return keras.Model(network.inputs, head.input, name=f"{network.name}_features"), head
+
+
+def _projection(width: int) -> Any | None:
+    """A fixed random projection down to :data:`EMBEDDING_MAX_DIMS`, or None when ``width`` fits.
+
+    Gaussian, scaled by 1/sqrt(k): cosine distances survive it approximately (Johnson-Lindenstrauss).
+    """
+    if width <= EMBEDDING_MAX_DIMS:
+        return None
+    rng = np.random.default_rng(_PROJECTION_SEED)
+    matrix = rng.normal(0.0, 1.0 / np.sqrt(EMBEDDING_MAX_DIMS), (width, EMBEDDING_MAX_DIMS))
+    return matrix.astype(np.float32)
 
 
 def model_signature() -> Any:
-    """Bytes in; label, confidence, probabilities and error out (all null for unreadable rows)."""
+    """Bytes in; label, confidence, probabilities, embedding and error out (all null for unreadable rows)."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Array, ColSpec, Schema
 
@@ -120,6 +194,7 @@ def model_signature() -> Any:
                 ColSpec("string", "label", required=False),
                 ColSpec("double", "confidence", required=False),
                 ColSpec(Array("double"), "probabilities", required=False),
+                ColSpec(Array("float"), "embedding", required=False),
                 ColSpec("string", "error", required=False),
             ]
         ),

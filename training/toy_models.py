@@ -15,15 +15,20 @@ from infra.settings import Settings
 BENCH_EXPERIMENT = "lakesight-bench"
 
 
-def tiny_cnn(image_size: int, num_classes: int, seed: int = 0) -> Any:
-    """A ~1k-parameter CNN: conv, pooling, softmax."""
+def tiny_cnn(image_size: int, num_classes: int, seed: int = 0, *, embedding: bool = True) -> Any:
+    """A ~1k-parameter CNN: conv, pooling, softmax.
+
+    ``embedding=False`` leaves the output layer unnamed, like a network made elsewhere: it then
+    serves without embeddings (``training.packaging``).
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((image_size, image_size, 3))
     x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    name = "probabilities" if embedding else None
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name=name)(x)
     return keras.Model(inputs, outputs)
 
 
