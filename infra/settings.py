@@ -105,6 +105,25 @@ class Settings(BaseSettings):
     confidence_threshold: float = Field(0.95, ge=0, le=1, description="Below this, send for labeling")
     labeling_fraction: float = Field(1.0, ge=0, le=1, description="Share of unsure images sent")
     labeling_daily_budget: int = Field(1000, ge=0, description="Most images sent for labeling per day")
+    # Which unsure images are worth a label, and when they are sent (docs/LABELING.md).
+    labeling_strategy: str = Field(
+        "margin_diversity",
+        description="threshold, random, least_confidence, margin, entropy or margin_diversity (ranked by "
+        "margin, spread by k-center over embeddings, near-duplicates skipped)",
+    )
+    labeling_window_s: int = Field(
+        3600,
+        ge=0,
+        le=86400,
+        description="Candidates compete within windows of this many seconds, and each window spends its share "
+        "of the daily budget plus what earlier windows left; 0 sends from each micro-batch at once (unpaced)",
+    )
+    labeling_min_distance: float = Field(
+        0.02, ge=0, le=1, description="Cosine distance under which an image is a near-duplicate of a sent one"
+    )
+    labeling_max_class_share: float = Field(
+        0.5, gt=0, le=1, description="Most of a day's budget one predicted class may take"
+    )
     promotion_margin: float = Field(0.0, ge=0, le=1, description="Accuracy gain a challenger needs")
     retrain_min_new_labels: int = Field(50, ge=1, description="New human labels that trigger retraining")
     retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
@@ -206,6 +225,22 @@ class Settings(BaseSettings):
                 raise ValueError(f"LAKESIGHT_CONFIG names {path}, which does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @field_validator("labeling_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from infra.labeling.strategies import STRATEGIES
+
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown labeling strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        return value
+
+    @field_validator("labeling_window_s")
+    @classmethod
+    def _window_divides_day(cls, value: int) -> int:
+        if value and 86400 % value:
+            raise ValueError(f"labeling_window_s={value} does not divide a day (86400 s) into whole windows")
+        return value
 
     @field_validator("images_container", "labeling_container", "exports_container")
     @classmethod

@@ -75,7 +75,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.image_size: int = int(config["image_size"])
         self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
         network = keras.saving.load_model(model_path, compile=False)
-        features, head = _split_at_embedding(network)
+        features, head = split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
         # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
         if features is None:
@@ -153,7 +153,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         return result
 
 
-def _split_at_embedding(network: Any) -> tuple[Any | None, Any | None]:
+def split_at_embedding(network: Any) -> tuple[Any | None, Any | None]:
     """``(features, head)``: the network up to its embedding and the layer after it.
 
     ``(None, None)`` when the network has no single-input Dense ``probabilities`` output layer

@@ -1,0 +1,244 @@
+"""Which unsure images go to humans: the selection strategies, pure functions over arrays.
+
+A strategy ranks candidates by how much a label would teach the model (their *score*, higher
+first) and chooses up to ``k``. ``margin_diversity``, the default, spreads its picks: it keeps
+the best-ranked candidates by margin and chooses among them by greedy k-center on the embeddings
+(each next pick the one farthest from the picks so far), skipping near-duplicates of what humans
+already have or will have. docs/LABELING.md explains the strategies and the benchmark behind
+the default. The hand-off (``infra.labeling.handoff``) and ``lakesight bench labeling`` both
+call :func:`select`, so the benchmark measures exactly what the stream does.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from infra.hashing import stable_fraction
+
+log = logging.getLogger(__name__)
+
+THRESHOLD = "threshold"
+RANDOM = "random"
+LEAST_CONFIDENCE = "least_confidence"
+MARGIN = "margin"
+ENTROPY = "entropy"
+MARGIN_DIVERSITY = "margin_diversity"
+STRATEGIES = (THRESHOLD, RANDOM, LEAST_CONFIDENCE, MARGIN, ENTROPY, MARGIN_DIVERSITY)
+DEFAULT_STRATEGY = MARGIN_DIVERSITY
+# margin_diversity runs k-center over this many times k of the best-margin candidates: wide
+# enough to spread out, narrow enough that every pick is still among the most uncertain.
+DIVERSITY_POOL_FACTOR = 4
+
+# What became of a candidate (``labeling_candidates.outcome``).
+SENT = "sent"
+NEAR_DUPLICATE = "near_duplicate"
+CLASS_CAPPED = "class_capped"
+NOT_CHOSEN = "not_chosen"
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Images that may be sent: one row each, in arrival order."""
+
+    keys: Sequence[str]  # image paths: a stable tie-break and the random strategy's hash
+    probabilities: np.ndarray  # (n, classes)
+    predicted: Sequence[str]
+    embeddings: np.ndarray | None = None  # (n, dims), L2-normalised; rows of NaN have none
+    content_hashes: Sequence[str | None] = ()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def has_embeddings(self) -> bool:
+        return self.embeddings is not None and len(self) > 0 and not np.isnan(self.embeddings).any()
+
+
+@dataclass(frozen=True)
+class Known:
+    """What humans already have or will have: pending and labeled images."""
+
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    content_hashes: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Pick:
+    index: int  # into the candidates
+    score: float
+    rank: int  # 1 = chosen first
+
+
+@dataclass
+class Selection:
+    picks: list[Pick]
+    strategy: str  # the one applied: margin when margin_diversity had no embeddings
+    near_duplicates: list[int] = field(default_factory=list)
+    class_capped: list[int] = field(default_factory=list)
+    fallback: str | None = None  # why the requested strategy was not the one applied
+
+    @property
+    def indices(self) -> list[int]:
+        return [p.index for p in self.picks]
+
+
+def scores(strategy: str, candidates: Candidates) -> np.ndarray:
+    """Informativeness of each candidate under ``strategy``: higher is sent first."""
+    probs = np.asarray(candidates.probabilities, dtype=np.float64)
+    if strategy == RANDOM:
+        return np.asarray([1.0 - stable_fraction(f"labeling:{key}") for key in candidates.keys])
+    if len(candidates) == 0:
+        return np.zeros(0)
+    top = np.sort(probs, axis=1)[:, ::-1]
+    if strategy in (THRESHOLD, LEAST_CONFIDENCE):
+        return 1.0 - top[:, 0]
+    if strategy in (MARGIN, MARGIN_DIVERSITY):
+        second = top[:, 1] if top.shape[1] > 1 else np.zeros(len(top))
+        return 1.0 - (top[:, 0] - second)
+    if strategy == ENTROPY:
+        clipped = np.clip(probs, 1e-12, 1.0)
+        return -(clipped * np.log(clipped)).sum(axis=1)
+    raise ValueError(f"unknown labeling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+
+
+def ranked(strategy: str, candidates: Candidates) -> tuple[list[int], np.ndarray]:
+    """Candidate indices best first (ties by key, so replays choose the same), and their scores."""
+    values = scores(strategy, candidates)
+    order = sorted(range(len(candidates)), key=lambda i: (-values[i], candidates.keys[i]))
+    return order, values
+
+
+def select(
+    candidates: Candidates,
+    k: int,
+    *,
+    strategy: str = DEFAULT_STRATEGY,
+    known: Known | None = None,
+    min_distance: float = 0.0,
+    class_limits: Mapping[str, int] | None = None,
+) -> Selection:
+    """Up to ``k`` candidates under ``strategy``.
+
+    ``class_limits`` caps the picks per predicted class (a class absent from it is uncapped).
+    Only ``margin_diversity`` skips near-duplicates: an image whose content hash is known or
+    repeated, or whose embedding lies within ``min_distance`` (cosine) of a known image or of an
+    earlier pick. Without embeddings it falls back to ``margin`` and says why in ``fallback``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown labeling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if strategy == MARGIN_DIVERSITY and len(candidates) and not candidates.has_embeddings():
+        selection = select(candidates, k, strategy=MARGIN, class_limits=class_limits)
+        selection.fallback = "the model gives no embeddings: margin_diversity falls back to margin"
+        return selection
+    order, values = ranked(strategy, candidates)
+    limits = dict(class_limits or {})
+    if strategy != MARGIN_DIVERSITY:
+        return _take_in_order(candidates, order, values, k, strategy, limits)
+    return _k_center(candidates, order, values, k, known or Known(), min_distance, limits)
+
+
+def _take_in_order(
+    candidates: Candidates, order: list[int], values: np.ndarray, k: int, strategy: str, limits: dict[str, int]
+) -> Selection:
+    selection = Selection(picks=[], strategy=strategy)
+    for index in order:
+        if len(selection.picks) >= k:
+            break
+        if not _within_class_limit(candidates.predicted[index], limits):
+            selection.class_capped.append(index)
+            continue
+        selection.picks.append(Pick(index, float(values[index]), len(selection.picks) + 1))
+    return selection
+
+
+def _within_class_limit(label: str, limits: dict[str, int]) -> bool:
+    """Whether ``label`` may take one more pick; takes it from ``limits`` when so."""
+    if label not in limits:
+        return True
+    if limits[label] <= 0:
+        return False
+    limits[label] -= 1
+    return True
+
+
+def _k_center(
+    candidates: Candidates,
+    order: list[int],
+    values: np.ndarray,
+    k: int,
+    known: Known,
+    min_distance: float,
+    limits: dict[str, int],
+) -> Selection:
+    selection = Selection(picks=[], strategy=MARGIN_DIVERSITY)
+    if k <= 0 or not order:
+        return selection
+    assert candidates.embeddings is not None
+    vectors = np.asarray(candidates.embeddings, dtype=np.float32)
+    pool = _without_duplicates(candidates, order, vectors, known, min_distance, selection)
+    pool = pool[: max(k, 1) * DIVERSITY_POOL_FACTOR]
+    if not pool:
+        return selection
+    # Distance of each pooled candidate to its nearest pick so far (infinite before the first).
+    nearest = np.full(len(pool), np.inf)
+    open_ = np.ones(len(pool), dtype=bool)
+    pooled = vectors[pool]
+    # The first pick is the most uncertain; each next is the farthest from all picks so far.
+    slot = 0
+    while len(selection.picks) < k and open_.any():
+        index = pool[slot]
+        open_[slot] = False
+        if not _within_class_limit(candidates.predicted[index], limits):
+            selection.class_capped.append(index)
+        elif np.isfinite(nearest[slot]) and nearest[slot] < min_distance:
+            selection.near_duplicates.append(index)
+        else:
+            selection.picks.append(Pick(index, float(values[index]), len(selection.picks) + 1))
+            nearest = np.minimum(nearest, 1.0 - pooled @ pooled[slot])
+        slot = _farthest_open(nearest, open_)
+    return selection
+
+
+def _farthest_open(nearest: np.ndarray, open_: np.ndarray) -> int:
+    """The open slot farthest from the picks; the pool is in rank order, so ties go to the better rank."""
+    distances = np.where(open_, nearest, -np.inf)
+    return int(np.argmax(distances))
+
+
+def _without_duplicates(
+    candidates: Candidates,
+    order: list[int],
+    vectors: np.ndarray,
+    known: Known,
+    min_distance: float,
+    selection: Selection,
+) -> list[int]:
+    """``order`` less the candidates that repeat a known image (by hash or embedding) or each other's hash."""
+    hashes = list(candidates.content_hashes) or [None] * len(candidates)
+    seen = set(known.content_hashes)
+    close = _close_to_known(vectors, known, min_distance)
+    kept = []
+    for index in order:
+        digest = hashes[index]
+        if (digest is not None and digest in seen) or close[index]:
+            selection.near_duplicates.append(index)
+            continue
+        if digest is not None:
+            seen.add(digest)
+        kept.append(index)
+    return kept
+
+
+def _close_to_known(vectors: np.ndarray, known: Known, min_distance: float) -> np.ndarray:
+    """Per candidate: whether a known embedding lies within ``min_distance`` of it."""
+    if min_distance <= 0 or known.embeddings.size == 0 or known.embeddings.shape[1] != vectors.shape[1]:
+        return np.zeros(len(vectors), dtype=bool)
+    close = np.zeros(len(vectors), dtype=bool)
+    reference = np.asarray(known.embeddings, dtype=np.float32)
+    for start in range(0, len(reference), 4096):  # bounded memory for a large labeled set
+        similarity = vectors @ reference[start : start + 4096].T
+        close |= (1.0 - similarity.max(axis=1)) < min_distance
+    return close
