@@ -263,6 +263,31 @@ class Lake:
             )
         raise AssertionError("unreachable")
 
+    def append(self, spec: TableSpec, source: pa.Table, *, txn: Transaction | None = None) -> MergeOutcome:
+        """Append ``source`` to ``spec``'s table (no key match): for tables that only grow.
+
+        With ``txn`` a version that app already committed is skipped, as in :meth:`merge`.
+        """
+        started = time.perf_counter()
+        source = spec.conform(source)
+        if source.num_rows == 0:
+            return MergeOutcome(skipped=True, version=None)
+        table = self.ensure(spec)
+        if txn is not None and _already_committed(table, txn):
+            return MergeOutcome(skipped=True, version=table.version())
+        write_deltalake(
+            table,
+            source,
+            mode="append",
+            partition_by=list(spec.partition_by) or None,
+            commit_properties=CommitProperties(app_transactions=[txn]) if txn is not None else None,
+            writer_properties=WRITER_PROPERTIES,
+        )
+        table.update_incremental()
+        return MergeOutcome(
+            skipped=False, version=table.version(), inserted=source.num_rows, seconds=time.perf_counter() - started
+        )
+
     def compact(
         self, name: TableRef, column: str | None = None, values: Iterable[Any] = (), *, target_bytes: int | None = None
     ) -> dict[str, Any]:
@@ -304,9 +329,9 @@ def _add_missing_columns(table: DeltaTable, spec: TableSpec) -> None:
     log.info("adding columns %s to %s", ", ".join(f.name for f in missing), spec)
     try:
         table.alter.add_columns([DeltaField.from_arrow(field.with_nullable(True)) for field in missing])
-    except Exception as exc:  # noqa: BLE001 - a concurrent writer may have added them first
+    except Exception as exc:  # a concurrent writer may have added them first
         table.update_incremental()
-        if {f.name for f in table.schema().fields} < {f.name for f in spec.schema}:
+        if not set(spec.schema.names) <= {f.name for f in table.schema().fields}:
             raise LakeError(f"cannot add columns to {spec}: {exc}") from exc
 
 

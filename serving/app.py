@@ -31,7 +31,7 @@ from infra.settings import Settings
 from infra.status import HEARTBEAT_EVERY_S, SERVING, model_server_status_path, write_status_file
 from infra.web import RequestRefused, key_matches, refused_response
 from serving.batcher import ChampionLookup, MicroBatcher, Scored, served_classifier
-from serving.inference_log import CLASS_NAMES, CONTENT, PROBABILITIES, InferenceLog
+from serving.inference_log import CLASS_NAMES, CONTENT, EMBEDDING, PROBABILITIES, InferenceLog
 from serving.stats import ServingStats
 from serving.uploads import (
     Upload,
@@ -228,6 +228,8 @@ def _attach_for_labeling(
             row[CONTENT] = item.content
             row[PROBABILITIES] = [float(p) for p in answer["probabilities"]]
             row[CLASS_NAMES] = list(scored.class_names)
+            vector = answer.get("embedding")
+            row[EMBEDDING] = None if vector is None else [float(v) for v in vector]
 
 
 def _ms(started: float) -> float:

@@ -28,7 +28,7 @@ from infra.settings import Settings
 from infra.tables import IMAGES, ONLINE_PREDICTIONS
 
 # Row keys that travel with a queued row for the labeling hand-off only (not table columns).
-CONTENT, PROBABILITIES, CLASS_NAMES = "_content", "_probabilities", "_class_names"
+CONTENT, PROBABILITIES, CLASS_NAMES, EMBEDDING = "_content", "_probabilities", "_class_names", "_embedding"
 ONLINE_PATH_PREFIX = "online:"
 
 log = logging.getLogger(__name__)
@@ -148,6 +148,7 @@ def _image_row(row: dict[str, Any]) -> dict[str, Any]:
         "predicted_label": row["label"],
         "confidence": row["confidence"],
         "probabilities": row[PROBABILITIES],
+        "embedding": row.get(EMBEDDING),
         "class_names": row[CLASS_NAMES],
         "model_name": row["model_name"],
         "model_version": row["model_version"],

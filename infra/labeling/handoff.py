@@ -1,17 +1,26 @@
-"""Labeling hand-off: unsure images go to the labeling container with a JSONL manifest per batch.
+"""Labeling hand-off: the images worth a label go to the labeling container with a JSONL manifest.
 
 Used by the scoring stream (each micro-batch, inside foreachBatch) and by the model server for
 unsure online images (``LAKESIGHT_ONLINE_TO_LABELING``): one hand-off, one ledger, one budget.
 
-The ``labeling_requests`` ledger (Delta, one row per image ever sent, partitioned by request
-date) is the record of what was sent: it makes "never send twice" a cheap lookup and the daily
-budget one partition count. The hand-off runs in foreachBatch *before* the ``images`` MERGE and
-is idempotent under replay:
+An unsure image (confidence under the threshold, sampled, never sent) becomes a *candidate*.
+Candidates wait in ``labeling_candidates`` until their window (``labeling_window_s``) closes;
+then they compete: the strategy (``infra.labeling.strategies``) chooses as many as the window
+may spend, which is its share of the daily budget plus what earlier windows of the day left
+(the pacing of docs/LABELING.md). Every candidate gets an outcome: sent, near_duplicate,
+class_capped or not_chosen. With ``labeling_window_s=0`` each micro-batch is its own window,
+within the daily budget alone.
 
-* selection is deterministic (sampling by a hash of the path, most unsure first);
+The ``labeling_requests`` ledger (Delta, one row per image ever sent, partitioned by the budget
+day) is the record of what was sent: it makes "never send twice" a cheap lookup and a day's
+spend one partition count. The hand-off runs in foreachBatch *before* the ``images`` MERGE and is
+idempotent under replay:
+
+* selection is deterministic (ties broken by path, the random strategy by a hash of the path);
 * blob and manifest names are deterministic, so a replay overwrites, never duplicates;
-* the ledger write carries ``(app_id, batch_id)``: a replayed batch whose ledger write already
-  committed reuses that selection instead of choosing again.
+* the ledger and queue writes carry ``(app_id, batch_id)``: a replayed batch whose ledger write
+  already committed reuses that selection instead of choosing again; outcome and ``images``
+  marks are MERGEs that only fill what is still empty, so repeating them changes nothing.
 """
 
 from __future__ import annotations
@@ -19,18 +28,34 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
+import math
 import posixpath
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.hashing import stable_fraction
+from infra.labeling import strategies
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
-from infra.tables import LABELING_REQUESTS, TS
+from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, TS
+
+log = logging.getLogger(__name__)
+
+DAY_S = 86400
+# Near-duplicates are looked for among the images sent in this many recent days.
+KNOWN_DAYS = 30
+_QUEUE = "/queue"  # the candidates table's transaction id: ``<app_id>/queue``
+# Per lake root: the window start of the last look for closed windows. A window can only close
+# at a window boundary, so one look per window (per process) finds every closed one.
+_last_look: dict[str, dt.datetime] = {}
+_fallback_said: set[str] = set()
 
 
 class Uploader(Protocol):
@@ -41,10 +66,13 @@ class Uploader(Protocol):
 
 @dataclass(frozen=True)
 class HandOff:
-    table: pa.Table  # the batch with sent_to_labeling_at set on the rows sent
+    table: pa.Table  # the batch with sent_to_labeling_at set on its rows that were sent
     sent: int = 0
     manifest_url: str | None = None
     replayed: bool = False
+    queued: int = 0  # candidates this call added to a window still open
+    outcomes: dict[str, int] = field(default_factory=dict)  # of the candidates decided by this call
+    fallback: str | None = None  # why the configured strategy was not the one applied
 
 
 def sampled(path: str, fraction: float) -> bool:
@@ -65,14 +93,50 @@ def manifest_blob_name(app_id: str, batch_id: int, day: dt.date) -> str:
     return f"manifests/{day.isoformat()}/{query}-batch-{batch_id:08d}.jsonl"
 
 
-def _candidates(table: pa.Table, settings: Settings) -> list[int]:
-    unsure = pc.and_(
-        pc.and_(pc.is_null(table.column("error")), pc.is_valid(table.column("content"))),
-        pc.less(table.column("confidence"), settings.confidence_threshold),
-    )
-    rows = [i for i, flag in enumerate(unsure.to_pylist()) if flag]
-    paths = table.column("path").to_pylist()
-    return [i for i in rows if sampled(paths[i], settings.labeling_fraction)]
+# Pacing -------------------------------------------------------------------------------------------
+def window_start(now: dt.datetime, window_s: int) -> dt.datetime:
+    """Start of the labeling window holding ``now`` (``now`` itself when windows are off)."""
+    if window_s <= 0:
+        return now
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    elapsed = int((now - midnight).total_seconds())
+    return midnight + dt.timedelta(seconds=elapsed - elapsed % window_s)
+
+
+def paced_allowance(settings: Settings, start: dt.datetime, sent_that_day: int) -> int:
+    """What the window starting at ``start`` may send: the day's budget through its end, less what was sent.
+
+    Window ``i`` of ``n`` in a day may have sent ``budget * (i + 1) // n`` by its end, so an
+    unspent share carries over to later windows and the first hour cannot spend the whole day.
+    """
+    budget = settings.labeling_daily_budget
+    window_s = settings.labeling_window_s
+    if window_s <= 0:
+        return max(budget - sent_that_day, 0)
+    per_day = DAY_S // window_s
+    midnight = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    index = int((start - midnight).total_seconds()) // window_s
+    return max(budget * (index + 1) // per_day - sent_that_day, 0)
+
+
+def class_limits(settings: Settings, classes: list[str], sent_by_class: Counter[str]) -> dict[str, int] | None:
+    """Picks each of ``classes`` may still take today: its share of the daily budget less what it was sent."""
+    if settings.labeling_max_class_share >= 1 or settings.labeling_strategy == strategies.THRESHOLD:
+        return None  # the threshold strategy is the first-come order of old: nothing capped
+    cap = math.ceil(settings.labeling_max_class_share * settings.labeling_daily_budget)
+    return {name: max(cap - sent_by_class.get(name, 0), 0) for name in classes}
+
+
+# The ledger ---------------------------------------------------------------------------------------
+def sent_today(lake: Lake, day: dt.date) -> int:
+    """How many images were sent for labeling against ``day``'s budget (UTC)."""
+    return _sent_on(lake, day).num_rows
+
+
+def _sent_on(lake: Lake, day: dt.date) -> pa.Table:
+    if not lake.exists(LABELING_REQUESTS):
+        return pa.table({"path": pa.array([], pa.string()), "predicted_label": pa.array([], pa.string())})
+    return lake.read(LABELING_REQUESTS, columns=["path", "predicted_label"], filters=pc.field("request_date") == day)
 
 
 def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
@@ -80,16 +144,303 @@ def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
         return LABELING_REQUESTS.schema.empty_table()
     # Filtered in memory: the ledger holds at most the daily budget per day, and pushing an
     # ``isin`` down fails on delta-rs's string_view statistics.
-    columns = ["path", "sent_at", "app_id", "batch_id"]
+    columns = ["path", "request_date", "sent_at", "app_id", "batch_id"]
     ledger = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=columns))
     return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
 
 
-def sent_today(lake: Lake, day: dt.date) -> int:
-    """How many images were sent for labeling on ``day`` (UTC)."""
+def _known(lake: Lake, today: dt.date) -> strategies.Known:
+    """Embeddings and content hashes of the images sent lately: what a new pick must not repeat."""
     if not lake.exists(LABELING_REQUESTS):
-        return 0
-    return lake.read(LABELING_REQUESTS, columns=["path"], filters=pc.field("request_date") == day).num_rows
+        return strategies.Known()
+    since = today - dt.timedelta(days=KNOWN_DAYS)
+    sent = lake.read(
+        LABELING_REQUESTS, columns=["content_hash", "embedding"], filters=pc.field("request_date") >= since
+    )
+    hashes = frozenset(h for h in sent.column("content_hash").to_pylist() if h)
+    vectors = [v for v in sent.column("embedding").to_pylist() if v]
+    dims = {len(v) for v in vectors}
+    if len(dims) != 1:  # none, or from models of different widths: compare hashes only
+        return strategies.Known(content_hashes=hashes)
+    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes)
+
+
+# Candidates ---------------------------------------------------------------------------------------
+def _eligible(table: pa.Table, settings: Settings) -> list[int]:
+    """Rows that may be sent: scored, readable, unsure and sampled."""
+    unsure = pc.and_(
+        pc.and_(pc.is_null(table.column("error")), pc.is_valid(table.column("content"))),
+        pc.less(table.column("confidence"), settings.confidence_threshold),
+    )
+    unsure = pc.and_(unsure, pc.is_valid(table.column("probabilities")))
+    rows = [i for i, flag in enumerate(unsure.to_pylist()) if flag]
+    paths = table.column("path").to_pylist()
+    return [i for i in rows if sampled(paths[i], settings.labeling_fraction)]
+
+
+def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt.datetime) -> pa.Table:
+    """The rows as ``labeling_candidates`` entries of the window holding ``now``."""
+    picked = table.take(pa.array(rows, type=pa.int64()))
+    start = window_start(now, settings.labeling_window_s)
+    n = picked.num_rows
+    columns = {name: picked.column(name) for name in picked.column_names if name in LABELING_CANDIDATES.schema.names}
+    columns.update(
+        {
+            "window_date": pa.array([start.date()] * n, pa.date32()),
+            "window_start": pa.array([start] * n, TS),
+            "queued_at": pa.array([now] * n, TS),
+        }
+    )
+    if "embedding" not in columns:
+        columns["embedding"] = pa.nulls(n, LABELING_CANDIDATES.schema.field("embedding").type)
+    return LABELING_CANDIDATES.conform(pa.table(columns))
+
+
+def _closed_windows(lake: Lake, settings: Settings, now: dt.datetime) -> pa.Table:
+    """Waiting candidates whose window has closed, with their bytes (once per window per process)."""
+    current = window_start(now, settings.labeling_window_s)
+    root = str(lake.root)
+    if _last_look.get(root) == current or not lake.exists(LABELING_CANDIDATES):
+        return LABELING_CANDIDATES.schema.empty_table()
+    # Waiting candidates older than KNOWN_DAYS (a stream stopped for a month) are left undecided.
+    recent = pc.field("window_date") >= now.date() - dt.timedelta(days=KNOWN_DAYS)
+    waiting = lake.read(
+        LABELING_CANDIDATES, columns=["window_date", "window_start"], filters=recent & pc.field("outcome").is_null()
+    )
+    due = waiting.filter(pc.less(waiting.column("window_start"), pa.scalar(current, TS)))
+    if due.num_rows == 0:
+        _last_look[root] = current
+        return LABELING_CANDIDATES.schema.empty_table()
+    days = pc.unique(due.column("window_date")).to_pylist()
+    rows = lake.read(LABELING_CANDIDATES, filters=pc.field("window_date").isin(days) & pc.field("outcome").is_null())
+    return _first_per_path(rows.filter(pc.less(rows.column("window_start"), pa.scalar(current, TS))))
+
+
+def _first_per_path(rows: pa.Table) -> pa.Table:
+    """One row per path (a path re-scored in the same window was queued twice)."""
+    paths = rows.column("path").to_pylist()
+    first: dict[str, int] = {}
+    for i, path in enumerate(paths):
+        first.setdefault(path, i)
+    return rows.take(pa.array(sorted(first.values()), type=pa.int64()))
+
+
+# Deciding -----------------------------------------------------------------------------------------
+@dataclass
+class _Decision:
+    picks: list[dict[str, Any]] = field(default_factory=list)  # candidate rows, with strategy/score/rank/day
+    outcomes: dict[str, str] = field(default_factory=dict)  # path -> outcome
+    fallback: str | None = None
+
+
+def _decide(settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime) -> _Decision:
+    """Choose among ``due``, window by window (oldest first), each within its paced allowance."""
+    decision = _Decision()
+    # A candidate an interrupted earlier call already sent keeps that outcome, and is not sent again.
+    sent_before = set(_ledger(lake, due.column("path").to_pylist()).column("path").to_pylist())
+    decision.outcomes.update(dict.fromkeys(sent_before, strategies.SENT))
+    due = due.filter(pc.invert(pc.is_in(due.column("path"), value_set=pa.array(sorted(sent_before), pa.string()))))
+    known = _known(lake, now.date())
+    spent: dict[dt.date, pa.Table] = {}
+    starts = sorted(set(due.column("window_start").to_pylist()))
+    for start in starts:
+        group = due.filter(pc.equal(due.column("window_start"), pa.scalar(start, TS)))
+        day = start.date()
+        if day not in spent:
+            spent[day] = _sent_on(lake, day)
+        earlier = [p for p in decision.picks if p["request_date"] == day]
+        sent_by_class = Counter(
+            spent[day].column("predicted_label").to_pylist() + [p["predicted_label"] for p in earlier]
+        )
+        classes = sorted({name for names in group.column("class_names").to_pylist() if names for name in names})
+        limits = class_limits(settings, classes, sent_by_class)
+        allowance = paced_allowance(settings, start, spent[day].num_rows + len(earlier))
+        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits)
+        for pick in picks:
+            pick["request_date"] = day
+        decision.picks.extend(picks)
+        decision.outcomes.update(outcomes)
+        decision.fallback = decision.fallback or fallback
+        known = _with_picks(known, picks)
+    return decision
+
+
+def _choose(
+    settings: Settings, group: pa.Table, allowance: int, known: strategies.Known, limits: dict[str, int] | None
+) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
+    rows = group.to_pylist()
+    usable = _with_embeddings_if_any(rows)
+    candidates = strategies.Candidates(
+        keys=[r["path"] for r in usable],
+        probabilities=np.asarray([r["probabilities"] for r in usable], dtype=np.float64).reshape(len(usable), -1),
+        predicted=[r["predicted_label"] for r in usable],
+        embeddings=_embedding_matrix(usable),
+        content_hashes=[r["content_hash"] for r in usable],
+    )
+    selection = strategies.select(
+        candidates,
+        allowance,
+        strategy=settings.labeling_strategy,
+        known=known,
+        min_distance=settings.labeling_min_distance,
+        class_limits=limits,
+    )
+    outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows}
+    outcomes.update({usable[i]["path"]: strategies.NEAR_DUPLICATE for i in selection.near_duplicates})
+    outcomes.update({usable[i]["path"]: strategies.CLASS_CAPPED for i in selection.class_capped})
+    picks = []
+    for pick in selection.picks:
+        row = dict(usable[pick.index])
+        row.update(strategy=selection.strategy, score=pick.score, rank=pick.rank)
+        outcomes[row["path"]] = strategies.SENT
+        picks.append(row)
+    return picks, outcomes, selection.fallback
+
+
+def _with_embeddings_if_any(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with an embedding, when any has one: an image without one is never picked beside them."""
+    with_vectors = [r for r in rows if r.get("embedding")]
+    return with_vectors if with_vectors else rows
+
+
+def _embedding_matrix(rows: list[dict[str, Any]]) -> np.ndarray | None:
+    vectors = [r.get("embedding") for r in rows]
+    if not vectors or any(not v for v in vectors) or len({len(v) for v in vectors}) != 1:
+        return None
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _with_picks(known: strategies.Known, picks: list[dict[str, Any]]) -> strategies.Known:
+    hashes = known.content_hashes | {p["content_hash"] for p in picks if p.get("content_hash")}
+    vectors = [p["embedding"] for p in picks if p.get("embedding")]
+    if not vectors or (known.embeddings.size and known.embeddings.shape[1] != len(vectors[0])):
+        return strategies.Known(known.embeddings, hashes)
+    added = np.asarray(vectors, dtype=np.float32)
+    embeddings = np.concatenate([known.embeddings, added]) if known.embeddings.size else added
+    return strategies.Known(embeddings, hashes)
+
+
+# The hand-off -------------------------------------------------------------------------------------
+def hand_off(
+    settings: Settings,
+    lake: Lake,
+    table: pa.Table,
+    *,
+    app_id: str,
+    batch_id: int,
+    now: dt.datetime | None = None,
+    store: Uploader | None = None,
+) -> HandOff:
+    """Queue this batch's candidates, and send the chosen ones of every window that has closed."""
+    if settings.labeling_fraction <= 0 or settings.labeling_daily_budget <= 0 or table.num_rows == 0:
+        return HandOff(table)
+    committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
+    if committed is not None and committed >= batch_id:
+        return _replayed(lake, table, app_id=app_id, batch_id=batch_id)
+    now = now or dt.datetime.now(dt.UTC)
+    rows = _eligible(table, settings)
+    paths = table.column("path").to_pylist()
+    already = set(_ledger(lake, [paths[i] for i in rows]).column("path").to_pylist()) if rows else set()
+    queue = _as_candidates(table, [i for i in rows if paths[i] not in already], settings, now)
+    if settings.labeling_window_s <= 0:
+        due, queued = queue, 0
+    else:
+        lake.append(LABELING_CANDIDATES, queue, txn=Transaction(app_id + _QUEUE, batch_id))
+        due, queued = _closed_windows(lake, settings, now), queue.num_rows
+    if due.num_rows == 0:
+        return HandOff(table, queued=queued)
+    decision = _decide(settings, lake, due, now)
+    _say_fallback_once(lake, decision.fallback)
+    sent = _send(settings, lake, decision.picks, app_id=app_id, batch_id=batch_id, now=now, store=store)
+    _record_outcomes(settings, lake, due, decision, now, app_id=app_id, batch_id=batch_id)
+    _last_look[str(lake.root)] = window_start(now, settings.labeling_window_s)
+    marked = _mark_sent(lake, table, decision.picks, now)
+    return HandOff(
+        marked,
+        sent=len(decision.picks),
+        manifest_url=sent,
+        queued=queued,
+        outcomes=dict(Counter(decision.outcomes.values())),
+        fallback=decision.fallback,
+    )
+
+
+def _replayed(lake: Lake, table: pa.Table, *, app_id: str, batch_id: int) -> HandOff:
+    """This batch's ledger write already committed: mark what it sent, choose nothing again."""
+    ledger = _ledger(lake, table.column("path").to_pylist())
+    mine = ledger.filter(
+        pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
+    )
+    sent_at = dict(zip(mine.column("path").to_pylist(), mine.column("sent_at").to_pylist(), strict=True))
+    return HandOff(_mark(table, sent_at), sent=0, replayed=True)
+
+
+def _say_fallback_once(lake: Lake, fallback: str | None) -> None:
+    if fallback and str(lake.root) not in _fallback_said:
+        _fallback_said.add(str(lake.root))
+        log.warning("labeling: %s", fallback)
+
+
+def _record_outcomes(
+    settings: Settings,
+    lake: Lake,
+    due: pa.Table,
+    decision: _Decision,
+    now: dt.datetime,
+    *,
+    app_id: str,
+    batch_id: int,
+) -> None:
+    """Each decided candidate's outcome; its bytes are dropped (the sent ones are in the labeling container)."""
+    decided = due.drop_columns(["content"]).append_column("content", pa.nulls(due.num_rows, pa.binary()))
+    decided = decided.set_column(
+        decided.column_names.index("outcome"),
+        "outcome",
+        pa.array([decision.outcomes.get(p) for p in due.column("path").to_pylist()], pa.string()),
+    )
+    decided = decided.set_column(
+        decided.column_names.index("decided_at"), "decided_at", pa.array([now] * due.num_rows, TS)
+    )
+    if settings.labeling_window_s <= 0:
+        lake.append(LABELING_CANDIDATES, decided, txn=Transaction(app_id + _QUEUE, batch_id))
+        return
+    lake.merge(
+        LABELING_CANDIDATES,
+        decided,
+        update={"outcome": "s.outcome", "decided_at": "s.decided_at", "content": "s.content"},
+        when="t.outcome IS NULL",
+        insert=False,
+    )
+    _compact_windows(lake, pc.unique(due.column("window_date")).to_pylist())
+
+
+def _compact_windows(lake: Lake, days: list[dt.date]) -> None:
+    """One file per closed day instead of one per micro-batch: later looks read few files."""
+    try:
+        lake.compact(LABELING_CANDIDATES, "window_date", days)
+    except Exception as exc:  # noqa: BLE001 - a concurrent writer wins; the next close compacts
+        log.info("labeling candidates not compacted this time: %s", exc)
+
+
+def _mark_sent(lake: Lake, table: pa.Table, picks: list[dict[str, Any]], now: dt.datetime) -> pa.Table:
+    """The batch with its sent rows marked; rows sent from earlier batches are marked in ``images`` now."""
+    here = set(table.column("path").to_pylist())
+    earlier = [p for p in picks if p["path"] not in here and p.get("load_date") is not None]
+    if earlier:
+        lake.merge(
+            IMAGES,
+            pa.table(
+                {
+                    "path": [p["path"] for p in earlier],
+                    "load_date": pa.array([p["load_date"] for p in earlier], pa.date32()),
+                    "sent_to_labeling_at": pa.array([now] * len(earlier), TS),
+                }
+            ),
+            update={"sent_to_labeling_at": "s.sent_to_labeling_at"},
+            when="t.sent_to_labeling_at IS NULL",
+            insert=False,
+        )
+    return _mark(table, {p["path"]: now for p in picks if p["path"] in here})
 
 
 def _mark(table: pa.Table, sent_at: dict[str, dt.datetime]) -> pa.Table:
@@ -104,75 +455,60 @@ def _mark(table: pa.Table, sent_at: dict[str, dt.datetime]) -> pa.Table:
     return table.append_column(pa.field("sent_to_labeling_at", TS), column)
 
 
-def hand_off(
-    settings: Settings,
-    lake: Lake,
-    table: pa.Table,
-    *,
-    app_id: str,
-    batch_id: int,
-    now: dt.datetime | None = None,
-    store: Uploader | None = None,
-) -> HandOff:
-    """Send this batch's unsure, sampled, never-sent images for labeling within the daily budget."""
-    if settings.labeling_fraction <= 0 or settings.labeling_daily_budget <= 0 or table.num_rows == 0:
-        return HandOff(table)
-    rows = _candidates(table, settings)
-    if not rows:
-        return HandOff(table)
-    paths = table.column("path").to_pylist()
-    committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
-    if committed is not None and committed >= batch_id:
-        # Replay: this batch's ledger write already committed; reuse its selection.
-        ledger = _ledger(lake, [paths[i] for i in rows])
-        mine = ledger.filter(
-            pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
-        )
-        sent_at = dict(zip(mine.column("path").to_pylist(), mine.column("sent_at").to_pylist(), strict=True))
-        return HandOff(_mark(table, sent_at), sent=0, replayed=True)
-
-    now = now or dt.datetime.now(dt.UTC)
-    day = now.date()
-    # The budget first: once the day's is spent (the steady state under load) one partition
-    # count answers, and the whole ledger is not read for every batch.
-    remaining = settings.labeling_daily_budget - sent_today(lake, day)
-    if remaining <= 0:
-        return HandOff(table)
-    already = set(_ledger(lake, [paths[i] for i in rows]).column("path").to_pylist())
-    fresh = [i for i in rows if paths[i] not in already]
-    if not fresh:
-        return HandOff(table)
-    confidence = table.column("confidence").to_pylist()
-    chosen = sorted(fresh, key=lambda i: (confidence[i], paths[i]))[:remaining]
-    return _send(settings, lake, table, chosen, app_id=app_id, batch_id=batch_id, now=now, store=store)
-
-
 def _send(
     settings: Settings,
     lake: Lake,
-    table: pa.Table,
-    chosen: list[int],
+    picks: list[dict[str, Any]],
     *,
     app_id: str,
     batch_id: int,
     now: dt.datetime,
     store: Uploader | None,
-) -> HandOff:
+) -> str | None:
+    """Upload the picks and their manifest, then record them in the ledger; the manifest's URL."""
+    if not picks:
+        return None
     from infra.blob import BlobStore
 
     blobs: Uploader = store if store is not None else BlobStore(settings)
     container = settings.labeling_container
     day = now.date()
-    picked = table.take(pa.array(chosen, type=pa.int64())).to_pylist()
-    names = [labeling_blob_name(row["path"], day) for row in picked]
+    names = [labeling_blob_name(row["path"], day) for row in picks]
     with ThreadPoolExecutor(max_workers=settings.blob_fetch_threads) as pool:
         urls = list(
             pool.map(
                 lambda pair: blobs.upload(container, pair[0], pair[1]["content"], content_type=_content_type(pair[0])),
-                zip(names, picked, strict=True),
+                zip(names, picks, strict=True),
             )
         )
-    manifest_name = manifest_blob_name(app_id, batch_id, day)
+    manifest_url = blobs.upload(
+        container,
+        manifest_blob_name(app_id, batch_id, day),
+        _manifest(picks, urls, now),
+        content_type="application/x-ndjson",
+    )
+    ledger_rows = pa.table(
+        {
+            "path": [row["path"] for row in picks],
+            "request_date": pa.array([row["request_date"] for row in picks], pa.date32()),
+            "sent_at": [now] * len(picks),
+            "image_url": urls,
+            "manifest_url": [manifest_url] * len(picks),
+            "app_id": [app_id] * len(picks),
+            "batch_id": [batch_id] * len(picks),
+            **{
+                name: [row.get(name) for row in picks]
+                for name in ("predicted_label", "confidence", "model_version", "strategy", "score", "rank")
+            },
+            "content_hash": [row.get("content_hash") for row in picks],
+            "embedding": pa.array([row.get("embedding") for row in picks], pa.list_(pa.float32())),
+        }
+    )
+    lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
+    return manifest_url
+
+
+def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) -> bytes:
     lines = [
         json.dumps(
             {
@@ -185,31 +521,15 @@ def _send(
                 "model_name": row["model_name"],
                 "model_version": row["model_version"],
                 "requested_at": now.isoformat(),
+                "strategy": row["strategy"],
+                "score": row["score"],
+                "rank": row["rank"],
             },
             separators=(",", ":"),
         )
-        for url, row in zip(urls, picked, strict=True)
+        for url, row in zip(urls, picks, strict=True)
     ]
-    manifest_url = blobs.upload(
-        container, manifest_name, ("\n".join(lines) + "\n").encode(), content_type="application/x-ndjson"
-    )
-    ledger_rows = pa.table(
-        {
-            "path": [row["path"] for row in picked],
-            "request_date": [day] * len(picked),
-            "sent_at": [now] * len(picked),
-            "image_url": urls,
-            "manifest_url": [manifest_url] * len(picked),
-            "predicted_label": [row["predicted_label"] for row in picked],
-            "confidence": [row["confidence"] for row in picked],
-            "model_version": [row["model_version"] for row in picked],
-            "app_id": [app_id] * len(picked),
-            "batch_id": [batch_id] * len(picked),
-        }
-    )
-    lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
-    sent_at = {row["path"]: now for row in picked}
-    return HandOff(_mark(table, sent_at), sent=len(picked), manifest_url=manifest_url)
+    return ("\n".join(lines) + "\n").encode()
 
 
 def _content_type(name: str) -> str:

@@ -18,7 +18,8 @@ from infra.settings import Settings
 from streams.file_rows import ARRIVAL_DDL, FileChecks, arrival_rows, quarantine
 
 PREDICTION_DDL = (
-    "predicted_label string, confidence double, probabilities array<float>, class_names array<string>, "
+    "predicted_label string, confidence double, probabilities array<float>, embedding array<float>, "
+    "class_names array<string>, "
     "model_name string, model_version string, scored_at timestamp"
 )
 SCORED_DDL = f"{ARRIVAL_DDL}, {PREDICTION_DDL}"
@@ -51,6 +52,7 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
             "predicted_label": pd.Series([None] * n, dtype=object),
             "confidence": pd.Series([None] * n, dtype="float64"),
             "probabilities": pd.Series([None] * n, dtype=object),
+            "embedding": pd.Series([None] * n, dtype=object),
             "class_names": pd.Series([None] * n, dtype=object),
             "model_name": pd.Series([None] * n, dtype=object),
             "model_version": pd.Series([None] * n, dtype=object),
@@ -69,6 +71,7 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     out.loc[ok, "predicted_label"] = result.loc[ok, "label"]
     out.loc[ok, "confidence"] = result.loc[ok, "confidence"].astype("float64")
     out.loc[ok, "probabilities"] = pd.Series(list(result.loc[ok, "probabilities"]), index=ok, dtype=object)
+    out.loc[ok, "embedding"] = pd.Series(list(result.loc[ok, "embedding"]), index=ok, dtype=object)
     out.loc[ok, "class_names"] = pd.Series([names] * len(ok), index=ok, dtype=object)
     out.loc[ok, "model_name"] = settings.model_name
     out.loc[ok, "model_version"] = version

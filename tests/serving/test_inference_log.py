@@ -56,7 +56,13 @@ def _row(item: int) -> dict[str, object]:
 @pytest.mark.azurite
 def test_unsure_online_images_go_to_labeling_once_when_asked(blob_settings: Settings, model_store) -> None:
     # Its own labeling container: the session's Azurite is shared, and the stream's tests count blobs.
-    fields = {"online_to_labeling": True, "confidence_threshold": 1.0, "labeling_daily_budget": 2}
+    # The threshold strategy: a budget of 2 with no class cap (the strategies have their own tests).
+    fields = {
+        "online_to_labeling": True,
+        "confidence_threshold": 1.0,
+        "labeling_daily_budget": 2,
+        "labeling_strategy": "threshold",
+    }
     settings = with_model(
         blob_settings.model_copy(update={**fields, "labeling_container": "labeling-online"}), model_store
     )

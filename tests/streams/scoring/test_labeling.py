@@ -31,7 +31,9 @@ def blobs(settings: Settings, prefix: str) -> dict[str, bytes]:
 def test_unsure_images_are_sent_once_within_the_daily_budget(
     spark, score_blob_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = score_blob_settings.model_copy(update={"labeling_daily_budget": 3, "confidence_threshold": 0.999})
+    # The threshold strategy: the most unsure first, nothing skipped (the others have unit tests).
+    update = {"labeling_daily_budget": 3, "confidence_threshold": 0.999, "labeling_strategy": "threshold"}
+    settings = score_blob_settings.model_copy(update=update)
     incoming = tmp_path / "incoming"
     write_images(shape_images(ShapeKnobs(count=5, size=20, holdout_fraction=0)), out_dir=incoming)
     batches = []
