@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from infra.deadletters import read_dead_letters
 from infra.processes import pid_alive
 from infra.settings import Settings, local_path
-from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
+from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +209,34 @@ def _images(settings: Settings) -> dict[str, Any] | None:
     return image_stats(lake.read(IMAGES, columns=STATS_COLUMNS))
 
 
+def _labeling(settings: Settings) -> dict[str, Any] | None:
+    """The labeling queue, and the stream's word when its strategy had to fall back."""
+    from infra.labeling import queue_state
+
+    lake = _existing_lake(settings)
+    if lake is None:
+        return None
+    state = queue_state(settings, lake)
+    stream = read_stream_status(settings) or {}
+    state["fallback"] = stream.get("labeling_fallback")
+    state["spend_vs_accuracy"] = _spend_vs_accuracy(settings, lake)
+    return state
+
+
+def _spend_vs_accuracy(settings: Settings, lake: Any) -> list[dict[str, Any]]:
+    """Per model version: the labels sent before it was registered, and its test accuracy."""
+    models = _models(settings)
+    if not models or not lake.exists(LABELING_REQUESTS):
+        return []
+    sent = sorted(t for t in lake.read(LABELING_REQUESTS, columns=["sent_at"]).column("sent_at").to_pylist() if t)
+    rows = []
+    for version in models["versions"]:
+        created = dt.datetime.fromisoformat(version["created"]) if version["created"] else None
+        spent = sum(1 for t in sent if created is None or t <= created)
+        rows.append({"version": version["version"], "labels_spent": spent, "accuracy": version["accuracy"]})
+    return rows
+
+
 def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     lake = _existing_lake(settings)
     if lake is None or not lake.exists(RETRAINING_DECISIONS):
@@ -233,6 +261,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         "stream": lambda: stream_state(settings),
         "model_server": lambda: model_server_state(settings),
         "images": lambda: _images(settings),
+        "labeling": lambda: _labeling(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),
         "dead_letters": lambda: read_dead_letters(settings),

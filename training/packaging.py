@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threa
 OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "embedding", "error"]
 EMBEDDING_MAX_DIMS = 128
 EMBEDDING_LAYER = "probabilities"  # the embedding is this layer's input
+REFERENCE_ARTIFACT = "reference"
+REFERENCE_IMAGES = 512  # held-out images kept as the model's reference (a few hundred KB)
 _PROJECTION_SEED = 20261201  # fixed: a wider penultimate layer always projects the same way
 
 
@@ -62,9 +65,14 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     shape_step = 32
 
     def load_context(self, context: Any) -> None:
-        self.load(Path(context.artifacts["keras_model"]), Path(context.artifacts["config"]))
+        reference = context.artifacts.get(REFERENCE_ARTIFACT)
+        self.load(
+            Path(context.artifacts["keras_model"]),
+            Path(context.artifacts["config"]),
+            reference=Path(reference) if reference else None,
+        )
 
-    def load(self, model_path: Path, config_path: Path) -> None:
+    def load(self, model_path: Path, config_path: Path, *, reference: Path | None = None) -> None:
         limit_tensorflow_threads()
         enable_gpu_memory_growth()
         import keras
@@ -75,6 +83,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.image_size: int = int(config["image_size"])
         self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
         network = keras.saving.load_model(model_path, compile=False)
+        self.reference = Reference.load(reference) if reference is not None else None
         features, head = split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
         # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
@@ -86,15 +95,33 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             return
         self.keras_model = fold_batch_norm(features)
         width = int(features.outputs[0].shape[-1])
-        projection = _projection(width)
-        self.embedding_dims = width if projection is None else EMBEDDING_MAX_DIMS
+        self._projection = _projection(width)
+        self.embedding_dims = width if self._projection is None else EMBEDDING_MAX_DIMS
+        # The reference images' mean feature, taken off before normalising: ReLU features all
+        # point into one orthant, and uncentred their cosine distances crowd near zero.
+        center = config.get("embedding_center")
+        offset = tf.constant(center if center is not None else [0.0] * self.embedding_dims, tf.float32)
 
         def infer(x: Any) -> Any:
             penultimate = self.keras_model(x, training=False)
-            vectors = penultimate if projection is None else tf.matmul(penultimate, projection)
-            return head(penultimate), tf.math.l2_normalize(vectors, axis=1)
+            return head(penultimate), tf.math.l2_normalize(self._project(penultimate) - offset, axis=1)
 
         self._infer = tf.function(infer, input_signature=[spec])
+
+    def _project(self, penultimate: Any) -> Any:
+        import tensorflow as tf
+
+        return penultimate if self._projection is None else tf.matmul(penultimate, self._projection)
+
+    def raw_features(self, images: np.ndarray) -> np.ndarray:
+        """The penultimate layer (projected, neither centred nor normalised) of decoded images."""
+        if self.embedding_dims is None:
+            raise ValueError("this network has no embedding layer")
+        chunks = [
+            np.asarray(self._project(self.keras_model(images[start : start + self.batch_size], training=False)))
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.embedding_dims), np.float32)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities for already decoded images (for raw-model benchmarks)."""
@@ -201,6 +228,26 @@ def model_signature() -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Reference:
+    """What the model makes of held-out images at registration: the baseline live images are compared with."""
+
+    probabilities: np.ndarray  # (n, classes)
+    embeddings: np.ndarray | None  # (n, dims), as served: centred and L2-normalised
+
+    def save(self, path: Path) -> None:
+        arrays = {"probabilities": self.probabilities.astype(np.float32)}
+        if self.embeddings is not None:
+            arrays["embeddings"] = self.embeddings.astype(np.float32)
+        np.savez_compressed(path, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        with np.load(path) as arrays:
+            embeddings = arrays["embeddings"] if "embeddings" in arrays.files else None
+            return cls(np.asarray(arrays["probabilities"]), None if embeddings is None else np.asarray(embeddings))
+
+
 def log_classifier(
     keras_model: Any,
     *,
@@ -209,24 +256,39 @@ def log_classifier(
     input_example: bytes,
     registered_model_name: str | None = None,
     name: str = "model",
+    reference_images: np.ndarray | None = None,
 ) -> Any:
     """Log ``keras_model`` wrapped as an :class:`ImageClassifier` to the active run.
 
+    ``reference_images`` (decoded held-out images; at most :data:`REFERENCE_IMAGES` are used)
+    centre the embeddings and become the model's :class:`Reference`.
     Returns MLflow's ModelInfo (with ``registered_model_version`` when registered).
     """
     with tempfile.TemporaryDirectory() as folder:
         model_path = Path(folder) / "model.keras"
         config_path = Path(folder) / "config.json"
         keras_model.save(model_path)
-        config_path.write_text(json.dumps({"class_names": list(class_names), "image_size": image_size}))
+        config: dict[str, Any] = {"class_names": list(class_names), "image_size": image_size}
+        config_path.write_text(json.dumps(config))
         probe = ImageClassifier()
         probe.load(model_path, config_path)
+        artifacts = {"keras_model": str(model_path), "config": str(config_path)}
+        if reference_images is not None and len(reference_images):
+            sample = np.asarray(reference_images[:REFERENCE_IMAGES], dtype=np.float32)
+            if probe.embedding_dims is not None:
+                config["embedding_center"] = [float(v) for v in probe.raw_features(sample).mean(axis=0)]
+                config_path.write_text(json.dumps(config))
+                probe.load(model_path, config_path)
+            probabilities, embeddings = probe.forward(sample)
+            reference_path = Path(folder) / "reference.npz"
+            Reference(probabilities, embeddings).save(reference_path)
+            artifacts[REFERENCE_ARTIFACT] = str(reference_path)
         example = pd.DataFrame({"content": [input_example]})
         probe.predict(None, example)  # fail here, not at serving time
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=ImageClassifier(),
-            artifacts={"keras_model": str(model_path), "config": str(config_path)},
+            artifacts=artifacts,
             signature=model_signature(),
             input_example=example,
             registered_model_name=registered_model_name,

@@ -261,16 +261,17 @@ def _train_local(job: WorkerJob, snapshot: Snapshot, say: Progress) -> WorkerOut
         mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
         say(_epoch_message(metrics, job.hyper.epochs))
 
+    validation = (snapshot.decoded(val_idx), snapshot.label_ids(val_idx))
     result = fit(
         (snapshot.decoded(train_idx), snapshot.label_ids(train_idx)),
-        (snapshot.decoded(val_idx), snapshot.label_ids(val_idx)),
+        validation,
         num_classes=len(snapshot.class_names),
         hyper=job.hyper,
         strategy=LocalStrategy(),
         on_epoch=on_epoch,
     )
     say("logging and registering the model")
-    info = log_model(job, result.model)
+    info = log_model(job, result.model, reference_images=validation[0])
     return WorkerOutcome(
         name=job.name,
         device=device,

@@ -119,7 +119,7 @@ def run_job(job: WorkerJob) -> WorkerOutcome:
             outcome.val_accuracy = result.history[-1].val_accuracy
             outcome.val_loss = result.history[-1].val_loss
         if logs_to_mlflow:
-            info = log_model(job, result.model)
+            info = log_model(job, result.model, reference_images=validation[0])
             outcome.model_uri = info.model_uri
             outcome.model_version = _registered_version(info)
             outcome.run_id = job.run_id
@@ -131,8 +131,11 @@ def run_job(job: WorkerJob) -> WorkerOutcome:
     return outcome
 
 
-def log_model(job: WorkerJob, model: Any) -> Any:
-    """Log the trained model (float32, outside any strategy) to the active run; maybe register it."""
+def log_model(job: WorkerJob, model: Any, *, reference_images: Any = None) -> Any:
+    """Log the trained model (float32, outside any strategy) to the active run; maybe register it.
+
+    ``reference_images`` (the held-out split) become the model's reference (``training.packaging``).
+    """
     from training.loop import portable_copy
     from training.packaging import log_classifier
 
@@ -143,6 +146,7 @@ def log_model(job: WorkerJob, model: Any) -> Any:
         image_size=job.image_size,
         input_example=job.input_example,
         registered_model_name=job.settings.model_name if job.register else None,
+        reference_images=reference_images,
     )
 
 

@@ -71,10 +71,21 @@ def demo(
     )
 
 
+def _label_spend(report: Any) -> str:
+    """``120 labels (margin_diversity): holdout 0.812 -> 0.905 (+0.093)``."""
+    before, after = report.v1_holdout_accuracy, report.v2_holdout_accuracy
+    spent = f"{report.labels_merged} labels ({report.labeling_strategy})"
+    if before is None or after is None:
+        return spent
+    return f"{spent}: holdout {before:.3f} -> {after:.3f} ({after - before:+.3f})"
+
+
 def _demo_rows(report: Any) -> list[dict[str, str]]:
     return [
         {"what": "images uploaded / scored", "value": f"{report.images_uploaded} / {report.images_scored}"},
         {"what": "sent to labeling / labels merged", "value": f"{report.sent_to_labeling} / {report.labels_merged}"},
+        {"what": "labels spent for accuracy", "value": _label_spend(report)},
+        {"what": "labeling candidates", "value": json.dumps(report.labeling_outcomes)},
         {"what": "v1 holdout accuracy", "value": f"{report.v1_holdout_accuracy} (version {report.v1})"},
         {"what": "v2 holdout accuracy", "value": f"{report.v2_holdout_accuracy} (version {report.v2})"},
         {"what": "champion now", "value": str(report.champion)},
@@ -200,6 +211,23 @@ def _version_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
+    if not queue:
+        return []
+    pace = f"windows of {queue['window_s']} s" if queue.get("window_s") else "each batch at once"
+    rows = [
+        {
+            "what": "labeling queue",
+            "value": f"{queue['waiting']} waiting, {queue['sent_today']} of {queue['daily_budget']} sent today, "
+            f"{queue['budget_left_now']} may go now ({queue['strategy']}, {pace}), "
+            f"{queue['near_duplicates_skipped_today']} near-duplicates skipped today",
+        }
+    ]
+    if queue.get("fallback"):
+        rows.append({"what": "labeling strategy", "value": str(queue["fallback"])})
+    return rows
+
+
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     stream = snap.get("stream") or {}
     progress = stream.get("last_progress") or {}
@@ -220,6 +248,7 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
             "value": f"{images.get('pending_labels')} / {images.get('human_labels')}",
         },
         {"what": "champion", "value": _champion_line(snap)},
+        *_labeling_rows(snap.get("labeling")),
     ]
     online = snap.get("model_server")
     if online:

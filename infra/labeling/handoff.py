@@ -532,6 +532,39 @@ def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) ->
     return ("\n".join(lines) + "\n").encode()
 
 
+def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The labeling queue for the status page: waiting, sent today, budget left now, what was skipped."""
+    now = now or dt.datetime.now(dt.UTC)
+    today = now.date()
+    sent = _sent_on(lake, today).num_rows
+    state: dict[str, Any] = {
+        "strategy": settings.labeling_strategy,
+        "window_s": settings.labeling_window_s,
+        "daily_budget": settings.labeling_daily_budget,
+        "sent_today": sent,
+        "budget_left_now": paced_allowance(settings, window_start(now, settings.labeling_window_s), sent),
+        "waiting": 0,
+        "decided_today": {},
+    }
+    if lake.exists(LABELING_CANDIDATES):
+        recent = lake.read(
+            LABELING_CANDIDATES,
+            columns=["outcome", "decided_at"],
+            filters=pc.field("window_date") >= today - dt.timedelta(days=1),
+        )
+        state["waiting"] = int(pc.sum(pc.is_null(recent.column("outcome"))).as_py() or 0)
+        decided = [
+            outcome
+            for outcome, at in zip(
+                recent.column("outcome").to_pylist(), recent.column("decided_at").to_pylist(), strict=True
+            )
+            if outcome is not None and at is not None and at.date() == today
+        ]
+        state["decided_today"] = dict(sorted(Counter(decided).items()))
+    state["near_duplicates_skipped_today"] = state["decided_today"].get(strategies.NEAR_DUPLICATE, 0)
+    return state
+
+
 def _content_type(name: str) -> str:
     from infra.blob import guess_content_type
 

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,8 @@ class DemoPlan:
     v2_epochs: int = 25
     min_new_labels: int = 25
     confidence_threshold: float = 0.9
+    # The labels humans are asked for: the strategy spends them on the images that teach most.
+    labeling_budget: int = 200
 
 
 class DemoError(LakesightError, RuntimeError):
@@ -63,6 +66,8 @@ class DemoReport:
     champion: str | None = None
     v1_holdout_accuracy: float | None = None
     v2_holdout_accuracy: float | None = None
+    labeling_strategy: str = ""
+    labeling_outcomes: dict[str, int] = field(default_factory=dict)  # candidates: sent, near_duplicate, ...
     final_wave_versions: dict[str, int] = field(default_factory=dict)
     decisions: list[dict[str, Any]] = field(default_factory=list)
     state_dir: str = ""
@@ -107,6 +112,9 @@ class Demo:
             "LAKESIGHT_SPARK_MASTER": "local[2]",
             "LAKESIGHT_MODEL_NAME": base.model_name,
             "LAKESIGHT_CONFIDENCE_THRESHOLD": str(plan.confidence_threshold),
+            "LAKESIGHT_LABELING_DAILY_BUDGET": str(plan.labeling_budget),
+            # The story lasts minutes, not hours: each batch's candidates compete at once.
+            "LAKESIGHT_LABELING_WINDOW_S": "0",
             "LAKESIGHT_RETRAIN_MIN_NEW_LABELS": str(plan.min_new_labels),
             "LAKESIGHT_RETRAIN_MIN_SAMPLE": str(min(10, plan.min_new_labels)),
             "LAKESIGHT_RETRAIN_COOLDOWN_S": "0",
@@ -291,6 +299,8 @@ class Demo:
             holdout = sorted((data / "holdout").rglob("*.png"))
             self.report.v1_holdout_accuracy = self._accuracy(self.report.v1, holdout)
             self.report.v2_holdout_accuracy = self._accuracy(self.report.v2, holdout)
+        self.report.labeling_strategy = self.settings.labeling_strategy
+        self.report.labeling_outcomes = self._labeling_outcomes()
         self.report.images_scored = self._scored()
         self.report.champion = self._champion()
         self.report.decisions = self._decisions()
@@ -312,6 +322,16 @@ class Demo:
         incoming = pc.match_substring(table.column("path"), f"/{self.settings.images_container}/incoming/")
         done = pc.or_(pc.is_valid(table.column("scored_at")), pc.is_valid(table.column("error")))
         return int(pc.sum(pc.and_(incoming, done)).as_py() or 0)
+
+    def _labeling_outcomes(self) -> dict[str, int]:
+        from infra.lake import Lake
+        from infra.tables import LABELING_CANDIDATES
+
+        lake = Lake(self.settings)
+        if not lake.exists(LABELING_CANDIDATES):
+            return {}
+        outcomes = lake.read(LABELING_CANDIDATES, columns=["outcome"]).column("outcome").to_pylist()
+        return dict(sorted(Counter(o for o in outcomes if o).items()))
 
     def _human_labels(self) -> int:
         import pyarrow.compute as pc

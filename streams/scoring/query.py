@@ -339,6 +339,8 @@ class ScoringQuery:
         handed: HandOff = batch.staged
         compacted = self.compactor.after_batch(pc.unique(batch.merged.column("load_date")).to_pylist())
         self.report.add(batch, sent=handed.sent)
+        if handed.fallback:
+            self.status.update(labeling_fallback=handed.fallback)
         if self.storage_down_since is not None:
             log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
             self.storage_down_since = None

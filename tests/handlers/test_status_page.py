@@ -21,7 +21,7 @@ from infra.lake import Lake
 from infra.processes import free_port, pid_alive
 from infra.settings import Settings
 from infra.status import snapshot
-from infra.tables import IMAGES, RETRAINING_DECISIONS
+from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, RETRAINING_DECISIONS
 from tests.helpers.browser import CHROMIUM, Browser
 from tests.helpers.status import promote_versions, stream_process
 
@@ -46,6 +46,29 @@ def seed_images(settings: Settings) -> None:
                 "scored_at": [NOW] * n,
                 "sent_to_labeling_at": [NOW, NOW] + [None] * (n - 2),
                 "error": [None] * (n - 3) + ["not an image"] * 3,
+            }
+        ),
+    )
+
+
+def seed_labeling(settings: Settings) -> None:
+    """Today: 2 images sent, 1 candidate waiting, 1 skipped as a near-duplicate (the queue reads the real date)."""
+    now = dt.datetime.now(dt.UTC)
+    lake = Lake(settings)
+    lake.merge(
+        LABELING_REQUESTS,
+        pa.table(
+            {"path": ["file:/img/0.png", "file:/img/1.png"], "request_date": [now.date()] * 2, "sent_at": [now] * 2}
+        ),
+    )
+    lake.merge(
+        LABELING_CANDIDATES,
+        pa.table(
+            {
+                "path": ["file:/img/5.png", "file:/img/6.png"],
+                "window_date": [now.date()] * 2,
+                "outcome": [None, "near_duplicate"],
+                "decided_at": [None, now],
             }
         ),
     )
@@ -76,6 +99,7 @@ def server(settings: Settings):
 
     seed_images(settings)
     seed_decision(settings)
+    seed_labeling(settings)
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
@@ -128,7 +152,7 @@ PAGE_FIGURES = """(() => {
   const rows = id => [...document.querySelectorAll(`#${id} tr`)].map(tr => [...tr.children].map(c => c.textContent));
   return {
     champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"),
-    models: rows("models"), decisions: rows("decisions"),
+    models: rows("models"), decisions: rows("decisions"), labeling: rows("labeling"), spend: rows("label-spend"),
     charts: Object.fromEntries(Object.entries(charts).map(([id, u]) =>
       [id, {axes: u.axes.map(a => a.label), time: !!u.scales.x.time, points: u.data[0].length}])),
     overflowing: [...document.querySelectorAll("td, th, .card")].filter(n => n.scrollWidth > n.clientWidth + 1)
@@ -174,6 +198,11 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
     # The versions table: aliases from the registry, accuracy rounded.
     assert dead["models"][0] == ["version", "aliases", "accuracy", "delta_version", "created"]
     assert [row[:4] for row in dead["models"][1:]] == [["2", "champion", "0.95", "3"], ["1", "", "0.9", "3"]]
+    # The labeling queue and what the labels bought.
+    queue = dict(zip(*dead["labeling"], strict=True))
+    assert queue["waiting"] == "1" and queue["sent_today"] == "2 of 1000"
+    assert queue["near_duplicates_skipped_today"] == "1" and queue["strategy"] == "margin_diversity"
+    assert dead["spend"][1:] == [["1", "2", "0.9"], ["2", "2", "0.95"]]
     # Decisions: PSI rounded, the time in one form, long cells wrapped inside the page's width.
     header, decision = dead["decisions"]
     assert dict(zip(header, decision, strict=True))["psi"] == "0.123"

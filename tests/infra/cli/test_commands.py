@@ -68,3 +68,26 @@ def test_status_shows_the_dead_letters(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "dead letters (2 in all, latest first)" in result.stdout
     assert "OSError: disk full" in result.stdout and "unsafe blob url: '..' segment" in result.stdout
+
+
+def test_status_shows_the_labeling_queue(tmp_path: Path) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from infra.lake import Lake
+    from infra.settings import Settings
+    from infra.tables import LABELING_CANDIDATES, LABELING_REQUESTS
+
+    state = tmp_path / "state"
+    lake = Lake(Settings(state_dir=state))
+    now = dt.datetime.now(dt.UTC)
+    lake.merge(LABELING_REQUESTS, pa.table({"path": ["a"], "request_date": [now.date()], "sent_at": [now]}))
+    lake.merge(
+        LABELING_CANDIDATES,
+        pa.table({"path": ["b", "c"], "window_date": [now.date()] * 2, "outcome": [None, None]}),
+    )
+    result = lakesight("status", state=state, COLUMNS="250", LAKESIGHT_LABELING_WINDOW_S="3600")
+    assert result.returncode == 0, result.stderr
+    assert "2 waiting, 1 of 1000 sent today" in result.stdout
+    assert "(margin_diversity, windows of 3600 s)" in result.stdout
