@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from infra.settings import Settings
 
 MAX_BLOB_NAME = 1024
+CONTAINER_NAME_RULE = "3-63 lowercase letters, digits, '-'"
 DEFAULT_PORTS = {"http": 80, "https": 443}
 # Emulators (Azurite) serve path-style URLs: http://127.0.0.1:10000/<account>/<container>/<name>.
 _EMULATOR_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -76,6 +77,18 @@ def validate_blob_name(name: str) -> str:
         raise BlobNameError(f"blob name {name!r} contains a '.' or '..' segment")
     if any(p == "" for p in parts):
         raise BlobNameError(f"blob name {name!r} contains an empty segment")
+    return name
+
+
+def validate_container_name(name: str) -> str:
+    """Return ``name`` if Azure accepts it as a container name, else raise :class:`BlobNameError`.
+
+    3-63 lower-case letters, digits and single hyphens, starting and ending with a letter or
+    digit: the rule of the settings' container names and of every container a command is given.
+    """
+    ok = 3 <= len(name) <= 63 and name.replace("-", "").isalnum() and name.isascii() and name == name.lower()
+    if not ok or name.startswith("-") or name.endswith("-") or "--" in name:
+        raise BlobNameError(f"{name!r} is not a valid blob container name ({CONTAINER_NAME_RULE})")
     return name
 
 

@@ -45,13 +45,16 @@ TAG_ROLLED_BACK = "rolled_back"  # on the version a rollback took the champion a
 class Classifier(Protocol):
     """What a registered model version is once loaded: raw image bytes in, predictions out.
 
-    ``classify`` returns one row per input with ``label``, ``confidence``, ``probabilities`` and
-    ``error`` (set, with the others null, for bytes the model cannot decode). ``decode`` and
-    ``probabilities`` are its two halves, for benchmarks of the model alone.
+    ``classify`` returns one row per input with ``label``, ``confidence``, ``probabilities``,
+    ``embedding`` and ``error`` (set, with the others null, for bytes the model cannot decode).
+    ``embedding_dims`` is the embedding's length, None for a network without an embedding layer
+    (its embeddings are then null). ``decode`` and ``probabilities`` are its two halves, for
+    benchmarks of the model alone.
     """
 
     class_names: list[str]
     image_size: int
+    embedding_dims: int | None
 
     def classify(self, contents: Sequence[bytes | None]) -> pd.DataFrame: ...
 

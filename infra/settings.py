@@ -245,10 +245,9 @@ class Settings(BaseSettings):
     @field_validator("images_container", "labeling_container", "exports_container")
     @classmethod
     def _container_name(cls, value: str) -> str:
-        ok = 3 <= len(value) <= 63 and value.replace("-", "").isalnum() and value == value.lower()
-        if not ok or value.startswith("-") or "--" in value:
-            raise ValueError(f"{value!r} is not a valid blob container name")
-        return value
+        from infra.blob import validate_container_name
+
+        return validate_container_name(value)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -5,6 +5,7 @@ MERGE names only the partitions its batch touches and costs the same on day 1 an
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
 The other tables are the labeling ledger (the stream), label rejects and retraining decisions
 (the handlers) and the model server's inference table; ``infra.status`` reads them by these specs.
+``embeddings_spec(name)`` is the shape of the tables ``lakesight featurize`` writes, under any other name.
 """
 
 from __future__ import annotations
@@ -209,6 +210,33 @@ ONLINE_PREDICTIONS = TableSpec(
 )
 
 TABLES = (IMAGES, LABELING_REQUESTS, LABELING_CANDIDATES, LABEL_REJECTS, RETRAINING_DECISIONS, ONLINE_PREDICTIONS)
+
+
+def embeddings_spec(name: str) -> TableSpec:
+    """A table ``lakesight featurize`` writes: one row per image path with the model's embedding.
+
+    Any name but lakesight's own tables (:data:`TABLES`); MERGEd on ``path``, so featurizing the
+    same images again updates their rows. ``error`` is set (and the prediction columns null) for
+    an image that could not be read or decoded.
+    """
+    return TableSpec(
+        name,
+        pa.schema(
+            [
+                pa.field("path", pa.string(), nullable=False),
+                pa.field("content_hash", pa.string()),
+                pa.field("embedding", EMBEDDING),
+                pa.field("predicted_label", pa.string()),
+                pa.field("confidence", pa.float64()),
+                pa.field("model_name", pa.string()),
+                pa.field("model_version", pa.string()),
+                pa.field("featurized_at", TS),
+                pa.field("error", pa.string()),
+            ]
+        ),
+        keys=("path",),
+        sort_by="featurized_at",
+    )
 
 
 def column_names(fields: list[pa.Field]) -> list[str]:

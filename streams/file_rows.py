@@ -156,8 +156,12 @@ def unread_file_rows(listed: dict[str, int], present: set[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _checked(path: str, data: Any, checks: FileChecks, decode: bool) -> tuple[bytes | None, str | None]:
-    """A file's bytes (read here when Spark did not) and the reason they are refused, if any."""
+def checked_bytes(path: str, data: Any, checks: FileChecks, decode: bool) -> tuple[bytes | None, str | None]:
+    """A file's bytes (read here when Spark did not) and the reason they are refused, if any.
+
+    ``data`` None and ``path`` local: the file is read here (``read_local_file``). Shared by
+    ``arrival_rows`` and ``lakesight featurize`` (``streams.featurize``).
+    """
     if data is None and local_path(path) is not None:
         data, refusal = read_local_file(path, checks.max_bytes)
         if refusal is not None:
@@ -202,7 +206,7 @@ def arrival_rows(
         contents, hashes, errors, labels = [], [], [], []
         given = frame["content"] if "content" in frame.columns else [None] * len(frame)
         for path, raw in zip(frame["path"], given, strict=True):
-            data, error = _checked(path, raw, checks, decode)
+            data, error = checked_bytes(path, raw, checks, decode)
             errors.append(error)
             hashes.append(content_hash(data) if data else None)
             contents.append(kept_content(data, error, checks))

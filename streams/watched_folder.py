@@ -43,8 +43,12 @@ MTIME_TOLERANCE_MS = 1000
 _GLOB_CHARS = re.compile(r"([\\\[\]{}*?])")
 
 
-def _visible_files(folder: Path) -> Iterator[tuple[str, str]]:
-    """``(path, name)`` of every file under ``folder`` that Spark's file index lists, glob aside."""
+def visible_files(folder: Path) -> Iterator[tuple[str, str]]:
+    """``(path, name)`` of every file under ``folder`` that Spark's file index lists, glob aside.
+
+    Also the folder listing of ``lakesight featurize`` (``streams.featurize``), so a folder gives
+    it the files the stream would read.
+    """
     for root, folders, names in os.walk(folder):
         folders[:] = [name for name in folders if not name.startswith(HIDDEN_PREFIXES)]
         for name in names:
@@ -58,7 +62,7 @@ def skipped_files(location: str, glob: str) -> list[str]:
     if folder is None or not folder.is_dir():
         return []
     matches = glob_matcher(glob)
-    return sorted(path for path, name in _visible_files(folder) if not matches(name))
+    return sorted(path for path, name in visible_files(folder) if not matches(name))
 
 
 def typical_file_bytes(location: str, glob: str, *, sample: int = 1000) -> int | None:
@@ -68,7 +72,7 @@ def typical_file_bytes(location: str, glob: str, *, sample: int = 1000) -> int |
         return None
     matches = glob_matcher(glob)
     sizes: list[int] = []
-    for path, name in _visible_files(folder):
+    for path, name in visible_files(folder):
         if matches(name):
             with contextlib.suppress(OSError):  # gone since the listing: it does not count
                 sizes.append(os.lstat(path).st_size)

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sys
 
-from infra.cli import bench, config, data, handlers, lake, local, serving, streams, training
+from infra.cli import bench, config, data, featurize, handlers, lake, local, serving, streams, training
 from infra.cli._output import app
 
 __all__ = ["app", "main"]
 
-for _module in (config, data, lake, local, handlers, serving, streams, training, bench):
+for _module in (config, data, lake, featurize, local, handlers, serving, streams, training, bench):
     _module.register(app)
 
 

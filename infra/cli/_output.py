@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -24,7 +25,8 @@ out = Console()
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """End the command with ``error: message`` on stderr and exit status ``code``."""
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    # Escaped: a message quoting a file name such as "img [1].png" is text, not markup.
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -96,7 +98,7 @@ def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
 
 def say(message: str) -> None:
     """A progress line on stderr (dim), for callbacks of long work."""
-    console.print(f"[dim]{message}[/]", highlight=False)
+    console.print(f"[dim]{escape(message)}[/]", highlight=False)
 
 
 @contextlib.contextmanager

@@ -24,17 +24,13 @@ def register(app: typer.Typer) -> None:
 
 
 def _image_sink(out_dir: Path | None, container: str | None, settings: Settings) -> dict[str, Any]:
-    from infra.blob import BlobStore
+    from infra.blob import BlobStore, validate_container_name
 
     if (out_dir is None) == (container is None):
         raise UsageError("give exactly one of --out DIR or --container NAME")
     if container is None:
         return {"out_dir": out_dir}
-    try:
-        settings.model_validate({**settings.model_dump(), "images_container": container})
-    except ValueError as exc:
-        rule = "3-63 lowercase letters, digits, '-'"
-        raise UsageError(f"{container!r} is not a valid blob container name ({rule})") from exc
+    validate_container_name(container)  # a one-line error (BlobNameError) before anything is created
     store = BlobStore(settings)
     store.ensure_containers([container])
     return {"upload": lambda name, data: store.upload(container, name, data, content_type="image/png")}

@@ -1,4 +1,4 @@
-"""Executor-side scoring: the row mappers and the SQL function, on the champion of ``infra.champion``.
+"""Executor-side scoring: the row mappers and the SQL functions, on the champion of ``infra.champion``.
 
 Spark reuses Python workers (``spark.python.worker.reuse``), so that process-wide cache lives
 across tasks and micro-batches: the model is loaded once per worker and follows the alias.
@@ -24,6 +24,7 @@ PREDICTION_DDL = (
 )
 SCORED_DDL = f"{ARRIVAL_DDL}, {PREDICTION_DDL}"
 CLASSIFY_DDL = "label string, confidence double"
+EMBED_DDL = "array<float>"
 # Input rows may carry a reason they could not be read (a vanished blob); it wins over image checks.
 FETCH_ERROR = "fetch_error"
 
@@ -106,18 +107,41 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
             yield pd.concat([quarantine(rows, checks), scored], axis=1)
 
 
+def _classified(contents: pd.Series, settings: Settings) -> tuple[list[int], pd.DataFrame | None]:
+    """The positions of the non-empty rows and the champion's answer for them (None when there are none).
+
+    What the SQL functions share: null and empty bytes never reach the model.
+    """
+    rows = [i for i, c in enumerate(contents) if c is not None and len(c) > 0]
+    if not rows:
+        return rows, None
+    classifier, _ = current_classifier(settings)
+    return rows, classifier.classify([bytes(contents.iloc[i]) for i in rows])
+
+
 def classify_series(contents: pd.Series, settings: Settings) -> pd.DataFrame:
     """The SQL ``classify(content)`` body: label and confidence per row (nulls for bad images)."""
     n = len(contents)
     out = pd.DataFrame({"label": [None] * n, "confidence": [None] * n}, dtype=object)
-    rows = [i for i, c in enumerate(contents) if c is not None and len(c) > 0]
-    if rows:
-        classifier, _ = current_classifier(settings)
-        result = classifier.classify([bytes(contents.iloc[i]) for i in rows])
+    rows, result = _classified(contents, settings)
+    if result is not None:
         out.loc[rows, "label"] = result["label"].to_numpy()
         out.loc[rows, "confidence"] = result["confidence"].to_numpy()
     out["confidence"] = out["confidence"].astype("float64")
     return out
+
+
+def embed_series(contents: pd.Series, settings: Settings) -> pd.Series:
+    """The SQL ``embed(content)`` body: the champion's L2-normalised embedding per row.
+
+    Null for bad images, and for every row when the champion has no embedding layer.
+    """
+    vectors: list[Any] = [None] * len(contents)
+    rows, result = _classified(contents, settings)
+    if result is not None:
+        for row, vector in zip(rows, result["embedding"], strict=True):
+            vectors[row] = vector
+    return pd.Series(vectors, dtype=object)
 
 
 def register_classify(spark: Any, settings: Settings, name: str = "classify") -> Any:
@@ -129,3 +153,14 @@ def register_classify(spark: Any, settings: Settings, name: str = "classify") ->
         return classify_series(contents, settings)
 
     return spark.udf.register(name, classify)
+
+
+def register_embed(spark: Any, settings: Settings, name: str = "embed") -> Any:
+    """Register the champion's embedding as the Spark SQL function ``name(content)`` -> array<float>."""
+    from pyspark.sql.functions import pandas_udf
+
+    @pandas_udf(EMBED_DDL)  # type: ignore[call-overload]
+    def embed(contents: pd.Series) -> pd.Series:
+        return embed_series(contents, settings)
+
+    return spark.udf.register(name, embed)

@@ -8,6 +8,7 @@ from infra.blob import (
     canonical_blob_url,
     split_blob_url,
     validate_blob_name,
+    validate_container_name,
 )
 from infra.settings import Settings
 
@@ -40,6 +41,19 @@ def test_unsafe_blob_names_are_refused(name: str) -> None:
 @pytest.mark.parametrize("name", ["a.png", "train/3/digit-0001.png", "odd name ü #1.png", "..dots-in-name.png"])
 def test_ordinary_names_pass(name: str) -> None:
     assert validate_blob_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["Bad_Name", "ab", "x" * 64, "-lead", "trail-", "two--hyphens", "imagé", "a.b", ""])
+def test_invalid_container_names_are_refused_by_the_one_rule(name: str) -> None:
+    with pytest.raises(BlobNameError, match="not a valid blob container name"):
+        validate_container_name(name)
+    with pytest.raises(ValueError, match="not a valid blob container name"):  # the settings use the same rule
+        Settings(images_container=name)
+
+
+@pytest.mark.parametrize("name", ["images", "labeling-exports", "abc", "a1-b2", "x" * 63])
+def test_valid_container_names_pass(name: str) -> None:
+    assert validate_container_name(name) == name
 
 
 def test_split_blob_url_handles_azurite_and_azure() -> None:

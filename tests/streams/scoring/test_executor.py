@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from infra.local.sample_data import png_bytes
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
 from tests.helpers.images import solid_png
@@ -48,6 +50,25 @@ def test_sql_classify_function(spark, score_settings: Settings) -> None:
     assert rows[0].c.label in CLASSES and 0 < rows[0].c.confidence <= 1
     assert rows[1].c.label is None and rows[1].c.confidence is None
     assert rows[2].c.label is None
+
+
+@pytest.mark.spark
+def test_sql_embed_function(spark, score_settings: Settings) -> None:
+    from infra.registry import load_classifier
+    from streams.scoring.executor import register_classify, register_embed
+
+    register_classify(spark, score_settings)
+    register_embed(spark, score_settings)
+    dims = load_classifier(score_settings)[0].embedding_dims
+    noise = png_bytes(np.random.default_rng(3).integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3)))
+    frame = spark.createDataFrame([(solid_png(200),), (b"junk",), (None,), (noise,)], "content binary")
+    frame.createOrReplaceTempView("embed_uploads")
+    rows = spark.sql("SELECT embed(content) AS e, classify(content).label AS label FROM embed_uploads").collect()
+    assert dict(spark.sql("SELECT embed(content) AS e FROM embed_uploads").dtypes) == {"e": "array<float>"}
+    assert dims == 8 and [r.e is None for r in rows] == [False, True, True, False]  # null for bad rows
+    for row in (rows[0], rows[3]):
+        assert len(row.e) == dims and abs(float(np.linalg.norm(row.e)) - 1.0) < 1e-4 and row.label in CLASSES
+    assert not np.allclose(rows[0].e, rows[3].e, atol=1e-3)  # a flat image and noise: different embeddings
 
 
 @pytest.mark.spark
