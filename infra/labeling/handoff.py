@@ -304,7 +304,7 @@ def _with_embeddings_if_any(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _embedding_matrix(rows: list[dict[str, Any]]) -> np.ndarray | None:
-    vectors = [r.get("embedding") for r in rows]
+    vectors: list[list[float]] = [r.get("embedding") or [] for r in rows]
     if not vectors or any(not v for v in vectors) or len({len(v) for v in vectors}) != 1:
         return None
     return np.asarray(vectors, dtype=np.float32)
