@@ -27,6 +27,7 @@ class _Cached:
     classifier: Classifier
     version: str
     checked_at: float
+    load_error: str | None = None  # why the version the alias names is not the one serving
 
 
 _lock = threading.Lock()
@@ -49,7 +50,7 @@ def current_classifier(
         if cached is None:
             return _first_load(settings, key, alias, latest, now)
         if latest is not None and str(latest.version) == cached.version:
-            cached.checked_at = now
+            cached.checked_at, cached.load_error = now, None
             return cached.classifier, cached.version
         # The alias moved (or vanished: keep serving what we have if loading fails).
         wanted = None if latest is None else str(latest.version)
@@ -68,8 +69,22 @@ def current_classifier(
                 exc,
             )
             cached.checked_at = now
+            named = "the alias names no version" if wanted is None else f"version {wanted} failed to load"
+            cached.load_error = f"{alias} {named}; still serving version {cached.version}: {_one_line(exc)}"
             return cached.classifier, cached.version
         return _keep(key, classifier, version, now)
+
+
+def load_failure(settings: Settings, *, alias: str = CHAMPION) -> str | None:
+    """Why this process does not serve the version ``alias`` names (None when it does, or has loaded nothing)."""
+    with _lock:
+        cached = _models.get((settings.mlflow_tracking_uri, settings.model_name, alias))
+        return None if cached is None else cached.load_error
+
+
+def _one_line(exc: BaseException, limit: int = 500) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _first_load(settings: Settings, key: tuple[str, str, str], alias: str, latest: Any, now: float):

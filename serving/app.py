@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
+from infra.champion import load_failure
 from infra.images import content_hash
 from infra.registry import RegistryError
 from infra.settings import Settings
@@ -245,6 +246,7 @@ def _figures(state: ServingState, status: str) -> dict[str, Any]:
         "heartbeat_at": time.time(),
         "serve_alias": state.settings.serve_alias,
         "model_version": state.batcher.version,
+        "champion_load_error": load_failure(state.settings, alias=state.settings.serve_alias),
         **state.stats.snapshot(),
         "online_predictions": None
         if online is None

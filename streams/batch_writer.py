@@ -13,7 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -47,6 +47,7 @@ class Committed:
     began: float  # time.perf_counter() before the micro-batch's Spark job ran
     collected: float  # time.perf_counter() once its rows were on the driver
     committed_at: float  # time.time() right after the MERGE committed
+    notes: dict[str, str | None] = field(default_factory=dict)  # the ``note_columns``: first value of each
 
     @cached_property
     def errors(self) -> int:
@@ -101,6 +102,15 @@ def dedupe_paths(table: pa.Table) -> pa.Table:
     return table.take(pa.array(sorted(row for _, row in latest.values()), type=pa.int64()))
 
 
+def _notes(table: pa.Table, columns: tuple[str, ...]) -> dict[str, str | None]:
+    """The first non-null value of each of ``columns`` in ``table`` (None where all are null)."""
+    notes: dict[str, str | None] = {}
+    for name in columns:
+        values = pc.drop_null(table.column(name)) if name in table.column_names else pa.array([], pa.string())
+        notes[name] = values[0].as_py() if len(values) else None
+    return notes
+
+
 class ExactlyOnceWriter:
     """Callable as ``foreachBatch``: collect the micro-batch, MERGE it into ``spec`` with its transaction id.
 
@@ -112,6 +122,8 @@ class ExactlyOnceWriter:
     * ``dedupe``: collapse rows naming the same path (arrival records delivered twice).
     * ``before_merge(table, txn)``: returns an object whose ``table`` is MERGEd instead.
     * ``after_commit(committed)``: the job's bookkeeping; not called for an empty or skipped batch.
+    * ``note_columns``: columns the executors fill with word for the driver (not table columns);
+      their first non-null value reaches ``after_commit`` in ``committed.notes``.
 
     Also closes the py4j connections foreachBatch ran on once the query stopped (``release``) and
     sets ``batch_done`` whenever a call returns, so a stop can wait for the batch in flight.
@@ -133,6 +145,7 @@ class ExactlyOnceWriter:
         on_listed: Callable[[int], None] | None = None,
         before_merge: Callable[[pa.Table, Transaction], Staged] | None = None,
         after_commit: Callable[[Committed], None] | None = None,
+        note_columns: tuple[str, ...] = (),
     ):
         self.lake = lake
         self.spec = spec
@@ -147,6 +160,7 @@ class ExactlyOnceWriter:
         self.on_listed = on_listed
         self.before_merge = before_merge
         self.after_commit = after_commit
+        self.note_columns = note_columns
         self.batch_done = threading.Event()
         self._callbacks = CallbackConnections()
 
@@ -173,6 +187,7 @@ class ExactlyOnceWriter:
         began = time.perf_counter()
         table = batch.toArrow()  # runs the micro-batch's Spark job
         collected = time.perf_counter()
+        notes = _notes(table, self.note_columns)
         table = self._with_listed_files(table, batch_id)
         if table.num_rows == 0:
             return
@@ -193,6 +208,7 @@ class ExactlyOnceWriter:
                     began=began,
                     collected=collected,
                     committed_at=committed_at,
+                    notes=notes,
                 )
             )
 

@@ -253,6 +253,9 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     online = snap.get("model_server")
     if online:
         rows.append({"what": "model server", "value": _model_server_line(online)})
+    for who, state in (("scoring stream", stream), ("model server", online or {})):
+        if state.get("champion_load_error") and state.get("state") not in (None, "stopped"):
+            rows.append({"what": f"{who}: champion not loaded", "value": str(state["champion_load_error"])})
     if stream.get("storage"):  # only while the stream cannot reach blob storage (its batch waits)
         rows.append({"what": "blob storage", "value": f"{stream['storage']}: {stream.get('storage_error')}"})
     return rows

@@ -22,7 +22,11 @@ PREDICTION_DDL = (
     "class_names array<string>, "
     "model_name string, model_version string, scored_at timestamp"
 )
-SCORED_DDL = f"{ARRIVAL_DDL}, {PREDICTION_DDL}"
+# Not stored: why the worker is not scoring with the version the champion alias names (a failed
+# load), carried to foreachBatch so the driver can show it in status (the workers' logs are not
+# where anyone looks).
+MODEL_LOAD_ERROR = "model_load_error"
+SCORED_DDL = f"{ARRIVAL_DDL}, {PREDICTION_DDL}, {MODEL_LOAD_ERROR} string"
 CLASSIFY_DDL = "label string, confidence double"
 EMBED_DDL = "array<float>"
 # Input rows may carry a reason they could not be read (a vanished blob); it wins over image checks.
@@ -104,6 +108,7 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
                 rows.loc[failed, "content"] = None
                 rows.loc[failed, "content_hash"] = None
             scored = predictions(rows, settings)  # may add the decoder's error to ``rows``
+            scored[MODEL_LOAD_ERROR] = champion_cache.load_failure(settings)
             yield pd.concat([quarantine(rows, checks), scored], axis=1)
 
 

@@ -37,7 +37,7 @@ from streams.checkpoint.rotation import remembers_every_file, remove_retired, re
 from streams.checkpoint.source_log import seen_file_count
 from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
-from streams.scoring.executor import SCORED_DDL, score_rows
+from streams.scoring.executor import MODEL_LOAD_ERROR, SCORED_DDL, score_rows
 from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 from streams.watched_folder import FolderCheck, WatchedFolder
@@ -242,6 +242,7 @@ class ScoringQuery:
         self.rotates = rotation_enabled(settings, source, self.checkpoint)
         self.files_seen = 0  # by the current checkpoint
         self.storage_down_since: str | None = None  # ISO time of the first failed batch of an outage
+        self.champion_load_error: str | None = None  # as the last batch's workers reported it
         self.writer = ExactlyOnceWriter(
             self.lake,
             IMAGES,
@@ -256,6 +257,7 @@ class ScoringQuery:
             on_listed=self._count_files if self.rotates else None,
             before_merge=self._hand_off,
             after_commit=self._committed,
+            note_columns=(MODEL_LOAD_ERROR,),
         )
         self._stream = self._stream_writer(trigger_s)
         self.folder = self._watched_folder()
@@ -335,12 +337,24 @@ class ScoringQuery:
     def _hand_off(self, table: pa.Table, txn: Transaction) -> HandOff:
         return hand_off(self.settings, self.lake, table, app_id=txn.app_id, batch_id=txn.version)
 
+    def _note_champion_load(self, error: str | None) -> None:
+        """Show a champion the workers could not load until a batch is scored without that error."""
+        if error == self.champion_load_error:
+            return
+        if error:
+            log.warning("the scoring workers did not load the champion: %s", error)
+        else:
+            log.info("the scoring workers serve the champion the alias names again")
+        self.champion_load_error = error
+        self.status.update(champion_load_error=error)
+
     def _committed(self, batch: Committed) -> None:
         handed: HandOff = batch.staged
         compacted = self.compactor.after_batch(pc.unique(batch.merged.column("load_date")).to_pylist())
         self.report.add(batch, sent=handed.sent)
         if handed.fallback:
             self.status.update(labeling_fallback=handed.fallback)
+        self._note_champion_load(batch.notes.get(MODEL_LOAD_ERROR))
         if self.storage_down_since is not None:
             log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
             self.storage_down_since = None

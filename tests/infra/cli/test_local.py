@@ -54,3 +54,16 @@ def test_status_shows_a_storage_outage_only_while_it_lasts() -> None:
     assert lines["blob storage"] == f"{down['storage']}: {down['storage_error']}"
     back = {"state": "running", "storage": None, "storage_error": None}
     assert "blob storage" not in {row["what"] for row in _pipeline_rows({"stream": back})}
+
+
+def test_a_champion_the_workers_could_not_load_is_a_status_line_while_it_lasts() -> None:
+    error = "champion version 3 failed to load; still serving version 2: OSError: truncated archive"
+    failing = {"state": "running", "champion_load_error": error}
+    lines = {row["what"]: row["value"] for row in _pipeline_rows({"stream": failing, "model_server": failing})}
+    assert lines["scoring stream: champion not loaded"] == error
+    assert lines["model server: champion not loaded"] == error
+    for resolved in (
+        {"state": "running", "champion_load_error": None},
+        {"state": "stopped", "champion_load_error": error},
+    ):
+        assert not any("not loaded" in row["what"] for row in _pipeline_rows({"stream": resolved}))

@@ -93,3 +93,41 @@ def test_rollback_reaches_the_running_stream(spark, score_settings: Settings, tm
     assert (done.from_version, done.to_version) == ("2", "1")
     assert {rows[p.name]["model_version"] for p in before} == {"2"}
     assert {rows[p.name]["model_version"] for p in after} == {"1"}
+
+
+def test_a_champion_that_fails_to_load_is_shown_until_resolved(spark, score_settings: Settings, tmp_path: Path) -> None:
+    from infra import registry
+
+    # Its own experiment: its artifacts under this test's state, not the shared model store's.
+    broken = register_champion(
+        score_settings,
+        tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=4),
+        class_names=CLASSES,
+        image_size=IMAGE_SIZE,
+        experiment="broken-upload",
+    )
+    registry.set_alias(score_settings, registry.CHAMPION, "1")
+    newest = max(Path(score_settings.mlflow_artifact_root).rglob("model.keras"), key=lambda p: p.stat().st_mtime)
+    newest.write_bytes(b"not a keras archive")  # version 2's weights, as a bad upload would leave them
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    with scoring_in_background(score_settings, source=incoming):
+        first = shapes(incoming / "a", 2, seed=1, prefix="first")
+        wait_for_rows(score_settings, len(first))
+        registry.set_alias(score_settings, registry.CHAMPION, broken)
+        time.sleep(score_settings.champion_check_s + 0.5)
+        during = shapes(incoming / "b", 2, seed=2, prefix="during")
+        wait_for_rows(score_settings, len(first) + len(during))
+        failing = read_status(score_settings)
+        registry.set_alias(score_settings, registry.CHAMPION, "1")  # resolved: the alias names a good version
+        time.sleep(score_settings.champion_check_s + 0.5)
+        after = shapes(incoming / "c", 2, seed=3, prefix="after")
+        wait_for_rows(score_settings, len(first) + len(during) + len(after))
+        resolved = read_status(score_settings)
+    rows = rows_by_name(score_settings)
+    # The previous version kept serving, and status named the failure until it was resolved.
+    assert {rows[p.name]["model_version"] for p in first + during + after} == {"1"}
+    assert failing is not None and "champion version 2 failed to load; still serving version 1" in (
+        failing.get("champion_load_error") or ""
+    )
+    assert resolved is not None and resolved.get("champion_load_error") is None
