@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from infra import registry
+from infra.drift import EPSILON, psi
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
-
-EPSILON = 1e-4  # smoothing for classes absent on one side of PSI / JS
 
 
 @dataclass
@@ -45,6 +44,7 @@ class Metrics:
     champion_accuracy: float | None = None
     accuracy_sample: int = 0
     dataset_drift: float | None = None
+    image_drift: bool = False  # the stream's drift monitor saw the images drift (docs/DRIFT.md)
     new_distribution: dict[str, int] = field(default_factory=dict)
 
 
@@ -60,6 +60,7 @@ class RetrainDecision:
     def row(self, settings: Settings) -> dict[str, object]:
         metrics = asdict(self.metrics)
         metrics.pop("new_distribution")
+        metrics.pop("image_drift")  # in ``reasons`` when it fired
         return {
             "decision_id": self.decision_id,
             "trigger": self.trigger,
@@ -81,13 +82,6 @@ def _probabilities(counts: Counter, classes: list[str]) -> list[float]:
     raw = [counts.get(c, 0) / total + EPSILON for c in classes]
     norm = sum(raw)
     return [p / norm for p in raw]
-
-
-def psi(base: Counter, new: Counter) -> float:
-    """Population stability index of ``new`` against ``base`` (class counts), smoothed."""
-    classes = sorted(set(base) | set(new))
-    p, q = _probabilities(base, classes), _probabilities(new, classes)
-    return sum((qi - pi) * math.log(qi / pi) for pi, qi in zip(p, q, strict=True))
 
 
 def jensen_shannon(base: Counter, new: Counter) -> float:
@@ -121,7 +115,9 @@ def champion_training_version(settings: Settings) -> tuple[str | None, int | Non
 
 
 # Metrics ----------------------------------------------------------------------------------------
-def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = None) -> Metrics:
+def measure(
+    settings: Settings, lake: Lake, *, dataset_drift: float | None = None, image_drift: bool = False
+) -> Metrics:
     """The policy's metrics for the latest ``images`` snapshot."""
     lake.images()
     version = lake.version(IMAGES)
@@ -133,6 +129,7 @@ def measure(settings: Settings, lake: Lake, *, dataset_drift: float | None = Non
         champion_version=champion_version,
         champion_delta_version=champion_delta,
         dataset_drift=dataset_drift,
+        image_drift=image_drift,
     )
 
     trained_human: dict[str, str] = {}
@@ -185,7 +182,7 @@ def decide_retraining(settings: Settings, metrics: Metrics) -> tuple[bool, list[
     ):
         reasons.append("accuracy")
     if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_drift_threshold:
-        reasons.append("dataset_drift")
+        reasons.append("image_drift" if metrics.image_drift else "dataset_drift")
     # Retraining on exactly the data the champion saw cannot help, whatever fired.
     return bool(reasons) and metrics.new_labels > 0, reasons
 
@@ -198,9 +195,10 @@ def evaluate(
     trigger: str,
     request_launch: Callable[[str, str, int], str] | None = None,
     dataset_drift: float | None = None,
+    image_drift: bool = False,
 ) -> RetrainDecision:
     """Measure, decide, ask the launcher when retraining is due, and record the decision once."""
-    metrics = measure(settings, lake, dataset_drift=dataset_drift)
+    metrics = measure(settings, lake, dataset_drift=dataset_drift, image_drift=image_drift)
     retrain, reasons = decide_retraining(settings, metrics)
     decision = RetrainDecision(
         decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS announced (
 
 
 def handler_url(settings: Settings) -> str:
-    return f"http://{settings.handler_host}:{settings.handler_port}/api/events"
+    return settings.events_url()
 
 
 def sequencer(blob: Any) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from handlers import blob_created, labels, policy, runs
 from handlers.blob_created import BlobTarget, Refused, TargetKind
 from handlers.eventlog import Claim, EventLog, EventStatus
-from handlers.events import BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED, Event
+from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
@@ -29,7 +29,7 @@ from infra.settings import Settings
 
 log = logging.getLogger(__name__)
 
-KNOWN_TYPES = frozenset({BLOB_CREATED, DATASET_DRIFT, RUN_COMPLETED})
+KNOWN_TYPES = frozenset({BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED})
 FAST_BATCH = 1000
 # Events acknowledged to Event Grid but not acted on for a reason someone should see (docs/DEPLOY.md);
 # ignored and duplicate events are expected and are not dead letters.
@@ -241,6 +241,8 @@ class HandlerService:
             handler = self._export
         elif event.type == DATASET_DRIFT:
             handler = self._drift
+        elif event.type == IMAGE_DRIFT:
+            handler = self._image_drift
         elif event.type == RUN_COMPLETED:
             handler = self._run_completed
         else:
@@ -281,6 +283,14 @@ class HandlerService:
         coefficient = event.data.get("driftCoefficient", event.data.get("DriftCoefficient"))
         drift = float(coefficient) if isinstance(coefficient, int | float) else None
         return {"decision": self._policy(event, "dataset-drift", dataset_drift=drift)}
+
+    def _image_drift(self, event: Event, _target: object) -> dict[str, Any]:
+        """The stream's own drift event: treated like DatasetDriftDetected, its score already past 1."""
+        score = event.data.get("driftScore")
+        if not isinstance(score, int | float) or isinstance(score, bool):
+            raise Refused(EventStatus.REFUSED, f"{IMAGE_DRIFT} without a numeric driftScore")
+        decision = self._policy(event, "image-drift", dataset_drift=float(score), image_drift=True)
+        return {"report": event.data.get("reportId"), "reasons": event.data.get("reasons"), "decision": decision}
 
     def _run_completed(self, event: Event, _target: object) -> dict[str, Any]:
         if not runs.is_retraining_run(event.data):

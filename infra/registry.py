@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
+    from infra.drift import Baseline
+
 # How many threads TensorFlow may use in this process: set by whoever starts a process that loads
 # the model (the scoring executors from ``score_tf_threads``, training from its share of cores),
 # read by ``training.tf_runtime`` when the model loads.
@@ -158,6 +160,31 @@ def load_classifier(settings: Settings, version: str | int | None = None) -> tup
     configure_mlflow(settings)
     loaded = mlflow.pyfunc.load_model(model_uri(settings, version))
     return loaded.unwrap_python_model(), str(version)
+
+
+def model_baseline(settings: Settings, version: str | int) -> Baseline | None:
+    """The reference saved with ``version`` at registration (None for a version saved without one).
+
+    Read from the model's artifacts alone, without loading the network: the stream's driver
+    compares windows with it and needs no TensorFlow.
+    """
+    import tempfile
+
+    import mlflow
+
+    from infra.drift import REFERENCE_FILE, Baseline
+
+    configure_mlflow(settings)
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model_uri(settings, version)}/artifacts/{REFERENCE_FILE}", dst_path=folder
+            )
+        except Exception as exc:  # MLflow raises its own types for an absent artifact
+            if any(word in str(exc).lower() for word in ("not found", "no such", "does not exist")):
+                return None
+            raise RegistryError(f"cannot read the reference of version {version}: {exc}") from exc
+        return Baseline.load(Path(local))
 
 
 def registry_exists(settings: Settings) -> bool:

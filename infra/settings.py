@@ -124,6 +124,21 @@ class Settings(BaseSettings):
     labeling_max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of a day's budget one predicted class may take"
     )
+    # The stream's image-drift monitor (docs/DRIFT.md).
+    drift_window_batches: int = Field(
+        20, ge=1, description="A drift window closes after this many micro-batches (or drift_window_s)"
+    )
+    drift_window_s: float = Field(600.0, gt=0, description="...or after this many seconds, whichever comes first")
+    drift_min_images: int = Field(100, ge=10, description="A window is assessed only once it holds this many images")
+    drift_psi_threshold: float = Field(
+        0.25, gt=0, description="PSI of confidence or predicted classes above which a window has drifted"
+    )
+    drift_alpha: float = Field(0.005, gt=0, lt=1, description="False-alarm rate of the embedding (MMD permutation) test")
+    drift_events: bool = Field(True, description="Publish lakesight.drift.detected to the handler when a window drifts")
+    drift_event_url: str = Field(
+        "",
+        description="Where drift events go (default: this machine's handler, http://handler_host:handler_port/api/events)",
+    )
     promotion_margin: float = Field(0.0, ge=0, le=1, description="Accuracy gain a challenger needs")
     retrain_min_new_labels: int = Field(50, ge=1, description="New human labels that trigger retraining")
     retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
@@ -299,6 +314,10 @@ class Settings(BaseSettings):
         if not conn:
             raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
         return conn
+
+    def events_url(self) -> str:
+        """The handler's Event Grid webhook on this machine."""
+        return f"http://{self.handler_host}:{self.handler_port}/api/events"
 
     def event_secret(self, *, bind_host: str | None = None) -> str:
         """The webhook's shared key, checked by :func:`_shared_key` (pass the bind address when serving)."""

@@ -209,7 +209,47 @@ ONLINE_PREDICTIONS = TableSpec(
     sort_by="received_at",
 )
 
-TABLES = (IMAGES, LABELING_REQUESTS, LABELING_CANDIDATES, LABEL_REJECTS, RETRAINING_DECISIONS, ONLINE_PREDICTIONS)
+# One row per drift window of the scoring stream (docs/DRIFT.md), keyed by query and first batch.
+DRIFT_REPORTS = TableSpec(
+    "drift_reports",
+    pa.schema(
+        [
+            pa.field("report_id", pa.string(), nullable=False),
+            pa.field("report_date", pa.date32(), nullable=False),
+            pa.field("window_start", TS),
+            pa.field("window_end", TS),
+            pa.field("first_batch_id", pa.int64()),
+            pa.field("last_batch_id", pa.int64()),
+            pa.field("images", pa.int64()),
+            pa.field("model_version", pa.string()),
+            pa.field("psi_confidence", pa.float64()),
+            pa.field("psi_classes", pa.float64()),
+            pa.field("psi_threshold", pa.float64()),
+            pa.field("mmd", pa.float64()),
+            pa.field("mmd_threshold", pa.float64()),
+            pa.field("mmd_p_value", pa.float64()),
+            pa.field("alpha", pa.float64()),
+            pa.field("drifted", pa.bool_()),
+            pa.field("reasons", pa.string()),
+            pa.field("atypical_paths", pa.list_(pa.string())),
+            pa.field("event_id", pa.string()),
+            pa.field("event_error", pa.string()),
+        ]
+    ),
+    keys=("report_id",),
+    partition_by=("report_date",),
+    sort_by="window_end",
+)
+
+TABLES = (
+    IMAGES,
+    LABELING_REQUESTS,
+    LABELING_CANDIDATES,
+    LABEL_REJECTS,
+    RETRAINING_DECISIONS,
+    ONLINE_PREDICTIONS,
+    DRIFT_REPORTS,
+)
 
 
 def embeddings_spec(name: str) -> TableSpec:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from infra.drift import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
 from training.inference import fold_batch_norm
 from training.preprocess import decode_images
 from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
@@ -30,7 +30,6 @@ from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threa
 OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "embedding", "error"]
 EMBEDDING_MAX_DIMS = 128
 EMBEDDING_LAYER = "probabilities"  # the embedding is this layer's input
-REFERENCE_ARTIFACT = "reference"
 REFERENCE_IMAGES = 512  # held-out images kept as the model's reference (a few hundred KB)
 _PROJECTION_SEED = 20261201  # fixed: a wider penultimate layer always projects the same way
 
@@ -83,7 +82,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.image_size: int = int(config["image_size"])
         self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
         network = keras.saving.load_model(model_path, compile=False)
-        self.reference = Reference.load(reference) if reference is not None else None
+        self.reference = Baseline.load(reference) if reference is not None else None
         features, head = split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
         # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
@@ -228,26 +227,6 @@ def model_signature() -> Any:
     )
 
 
-@dataclass(frozen=True)
-class Reference:
-    """What the model makes of held-out images at registration: the baseline live images are compared with."""
-
-    probabilities: np.ndarray  # (n, classes)
-    embeddings: np.ndarray | None  # (n, dims), as served: centred and L2-normalised
-
-    def save(self, path: Path) -> None:
-        arrays = {"probabilities": self.probabilities.astype(np.float32)}
-        if self.embeddings is not None:
-            arrays["embeddings"] = self.embeddings.astype(np.float32)
-        np.savez_compressed(path, **arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> Reference:
-        with np.load(path) as arrays:
-            embeddings = arrays["embeddings"] if "embeddings" in arrays.files else None
-            return cls(np.asarray(arrays["probabilities"]), None if embeddings is None else np.asarray(embeddings))
-
-
 def log_classifier(
     keras_model: Any,
     *,
@@ -261,7 +240,7 @@ def log_classifier(
     """Log ``keras_model`` wrapped as an :class:`ImageClassifier` to the active run.
 
     ``reference_images`` (decoded held-out images; at most :data:`REFERENCE_IMAGES` are used)
-    centre the embeddings and become the model's :class:`Reference`.
+    centre the embeddings and become the model's reference (``infra.drift.Baseline``).
     Returns MLflow's ModelInfo (with ``registered_model_version`` when registered).
     """
     with tempfile.TemporaryDirectory() as folder:
@@ -280,8 +259,8 @@ def log_classifier(
                 config_path.write_text(json.dumps(config))
                 probe.load(model_path, config_path)
             probabilities, embeddings = probe.forward(sample)
-            reference_path = Path(folder) / "reference.npz"
-            Reference(probabilities, embeddings).save(reference_path)
+            reference_path = Path(folder) / REFERENCE_FILE
+            Baseline(probabilities, list(class_names), embeddings).save(reference_path)
             artifacts[REFERENCE_ARTIFACT] = str(reference_path)
         example = pd.DataFrame({"content": [input_example]})
         probe.predict(None, example)  # fail here, not at serving time

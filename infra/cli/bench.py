@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
     group.command("events")(bench_events)
     group.command("train")(bench_train)
     group.command("serve")(bench_serve)
+    group.command("drift")(bench_drift)
 
 
 def run_score_bench(settings: Settings, *, model: str = "default", **options: Any) -> dict[str, Any]:
@@ -191,3 +192,26 @@ def _wait_for_health(base_url: str, server: Any, timeout: float = 120.0) -> None
             pass
         time.sleep(0.3)
     raise UsageError(f"the model server did not answer within {timeout:g} s; see {server.log_file}")
+
+
+def bench_drift(
+    windows: Annotated[int, typer.Option(min=1, help="Windows of training-distribution images (false alarms)")] = 20,
+    images: Annotated[int, typer.Option(min=20, help="Images per window")] = 100,
+    shift_windows: Annotated[int, typer.Option(min=1, help="Windows of each shifted scenario")] = 3,
+) -> None:
+    """Benchmark the stream's drift monitor: false alarms, windows to detect shifted images, cost per window.
+
+    Trains the default CNN on the shapes generator for ~25 s (the reference distribution), then feeds
+    the monitor windows of new default shapes and of darker, brighter, rotated and gradient-background
+    ones (docs/DRIFT.md).
+    """
+    from streams.scoring.drift_bench import bench_drift as run
+    from training.toy_models import train_shapes_champion
+
+    folder = Path(tempfile.mkdtemp(prefix="lakesight-bench-drift-"))
+    settings = Settings(state_dir=folder / "state")
+    with stdout_to_stderr():
+        say("training the reference model on the shapes generator")
+        version = train_shapes_champion(settings)
+        figures = run(settings, windows=windows, images=images, shift_windows=shift_windows, log=say)
+    print_json({"model_version": version, **figures})

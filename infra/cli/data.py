@@ -71,6 +71,9 @@ def shapes(
     background: Annotated[str, typer.Option(help="black, white, gradient or noise")] = "black",
     noise: Annotated[float, typer.Option(min=0.0, max=255.0, help="Gaussian pixel noise std")] = 0.0,
     rotation: Annotated[float, typer.Option(min=0.0, max=180.0, help="Max rotation in degrees")] = 0.0,
+    brightness: Annotated[
+        float, typer.Option(min=0.05, max=10.0, help="Scale every pixel (lighting drift); 1.0 leaves them")
+    ] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same images)")] = 0,
     holdout: HoldoutOption = 0.2,
 ) -> None:
@@ -90,6 +93,7 @@ def shapes(
         background=background,
         noise=noise,
         rotation=rotation,
+        brightness=brightness,
         seed=seed,
         holdout_fraction=holdout,
     )

@@ -57,6 +57,7 @@ class ShapeKnobs:
     background: str = "black"  # "black", "white", "gradient" or "noise"
     noise: float = 0.0  # std of Gaussian pixel noise, 0..255
     rotation: float = 0.0  # maximum rotation in degrees, either way
+    brightness: float = 1.0  # every pixel scaled by this (lighting drift), then clipped
     seed: int = 0
     holdout_fraction: float = 0.2
     prefix: str = "shape"
@@ -72,6 +73,8 @@ class ShapeKnobs:
             raise UsageError("class weights must be non-negative and not all zero")
         if self.background not in ("black", "white", "gradient", "noise"):
             raise UsageError("background must be black, white, gradient or noise")
+        if self.brightness <= 0:
+            raise UsageError("brightness must be positive (1.0 leaves the images as drawn)")
         if self.size < 8 or self.count < 0:
             raise UsageError("size must be at least 8 and count non-negative")
 
@@ -137,6 +140,8 @@ def shape_images(knobs: ShapeKnobs) -> Iterator[tuple[str, bytes]]:
         pixels = base * (1 - alpha) + rgba[..., :3] * alpha
         if knobs.noise:
             pixels = pixels + rng.normal(0, knobs.noise, pixels.shape)
+        if knobs.brightness != 1.0:
+            pixels = pixels * knobs.brightness
         name = f"{knobs.prefix}-{knobs.seed}-{index:06d}.png"
         yield f"{holdout_side(name, knobs.holdout_fraction)}/{kind}/{name}", png_bytes(np.clip(pixels, 0, 255))
 

@@ -37,6 +37,7 @@ from streams.checkpoint.rotation import remembers_every_file, remove_retired, re
 from streams.checkpoint.source_log import seen_file_count
 from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
+from streams.scoring.drift import DriftMonitor
 from streams.scoring.executor import MODEL_LOAD_ERROR, SCORED_DDL, score_rows
 from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
@@ -243,6 +244,7 @@ class ScoringQuery:
         self.files_seen = 0  # by the current checkpoint
         self.storage_down_since: str | None = None  # ISO time of the first failed batch of an outage
         self.champion_load_error: str | None = None  # as the last batch's workers reported it
+        self.drift = DriftMonitor(settings, self.lake)
         self.writer = ExactlyOnceWriter(
             self.lake,
             IMAGES,
@@ -337,6 +339,16 @@ class ScoringQuery:
     def _hand_off(self, table: pa.Table, txn: Transaction) -> HandOff:
         return hand_off(self.settings, self.lake, table, app_id=txn.app_id, batch_id=txn.version)
 
+    def _watch_drift(self, batch: Committed) -> None:
+        """Feed the drift monitor; whatever it meets, the stream goes on (its reports are monitoring)."""
+        try:
+            report = self.drift.after_batch(batch.merged, app_id=self.writer.app_id(), batch_id=batch.batch_id)
+        except Exception as exc:  # noqa: BLE001 - a failed drift check must not fail a committed batch
+            log.warning("drift monitor failed on batch %d: %s", batch.batch_id, exc)
+            return
+        if report is not None:
+            self.status.update(last_drift=self.drift.last)
+
     def _note_champion_load(self, error: str | None) -> None:
         """Show a champion the workers could not load until a batch is scored without that error."""
         if error == self.champion_load_error:
@@ -355,6 +367,7 @@ class ScoringQuery:
         if handed.fallback:
             self.status.update(labeling_fallback=handed.fallback)
         self._note_champion_load(batch.notes.get(MODEL_LOAD_ERROR))
+        self._watch_drift(batch)
         if self.storage_down_since is not None:
             log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
             self.storage_down_since = None
