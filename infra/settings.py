@@ -133,7 +133,9 @@ class Settings(BaseSettings):
     drift_psi_threshold: float = Field(
         0.25, gt=0, description="PSI of confidence or predicted classes above which a window has drifted"
     )
-    drift_alpha: float = Field(0.005, gt=0, lt=1, description="False-alarm rate of the embedding (MMD permutation) test")
+    drift_alpha: float = Field(
+        0.005, gt=0, lt=1, description="False-alarm rate of the embedding (MMD permutation) test"
+    )
     drift_events: bool = Field(True, description="Publish lakesight.drift.detected to the handler when a window drifts")
     drift_event_url: str = Field(
         "",
