@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from infra.deadletters import read_dead_letters
 from infra.processes import pid_alive
 from infra.settings import Settings, local_path
-from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
+from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,17 @@ def _spend_vs_accuracy(settings: Settings, lake: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _drift(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
+    """The stream's latest drift windows, newest first."""
+    lake = _existing_lake(settings)
+    if lake is None or not lake.exists(DRIFT_REPORTS):
+        return []
+    columns = ["window_end", "images", "model_version", "drifted", "reasons", "psi_confidence", "psi_classes"]
+    rows = lake.read(DRIFT_REPORTS, columns=[*columns, "mmd_p_value", "atypical_paths", "event_error"]).to_pylist()
+    rows.sort(key=lambda r: str(r["window_end"]), reverse=True)
+    return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()} for r in rows[:limit]]
+
+
 def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     lake = _existing_lake(settings)
     if lake is None or not lake.exists(RETRAINING_DECISIONS):
@@ -264,6 +275,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         "labeling": lambda: _labeling(settings),
         "models": lambda: _models(settings),
         "decisions": lambda: _decisions(settings),
+        "drift": lambda: _drift(settings),
         "dead_letters": lambda: read_dead_letters(settings),
     }
     for name, read in sections.items():

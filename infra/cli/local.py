@@ -211,6 +211,23 @@ def _version_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _drift_rows(windows: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    if not windows:
+        return []
+    last = windows[0]
+    verdict = f"drifted ({last['reasons']})" if last["drifted"] else "no drift"
+    p_value = "" if last.get("mmd_p_value") is None else f", MMD p {last['mmd_p_value']:.3g}"
+    figures = f"PSI confidence {last['psi_confidence']:.3g}, classes {last['psi_classes']:.3g}{p_value}"
+    drifted = sum(1 for w in windows if w["drifted"])
+    return [
+        {
+            "what": "last drift window",
+            "value": f"{_when(last['window_end'])}: {last['images']} images, {verdict}; {figures} "
+            f"({drifted} of the last {len(windows)} windows drifted)",
+        }
+    ]
+
+
 def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
     if not queue:
         return []
@@ -249,6 +266,7 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
         },
         {"what": "champion", "value": _champion_line(snap)},
         *_labeling_rows(snap.get("labeling")),
+        *_drift_rows(snap.get("drift")),
     ]
     online = snap.get("model_server")
     if online:

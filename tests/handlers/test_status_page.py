@@ -21,7 +21,7 @@ from infra.lake import Lake
 from infra.processes import free_port, pid_alive
 from infra.settings import Settings
 from infra.status import snapshot
-from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, RETRAINING_DECISIONS
+from infra.tables import DRIFT_REPORTS, IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, RETRAINING_DECISIONS
 from tests.helpers.browser import CHROMIUM, Browser
 from tests.helpers.status import promote_versions, stream_process
 
@@ -74,6 +74,27 @@ def seed_labeling(settings: Settings) -> None:
     )
 
 
+def seed_drift(settings: Settings) -> None:
+    """Two drift windows of the stream: the later one drifted."""
+    Lake(settings).merge(
+        DRIFT_REPORTS,
+        pa.table(
+            {
+                "report_id": ["score:q:0", "score:q:20"],
+                "report_date": [NOW.date()] * 2,
+                "window_end": [NOW - dt.timedelta(minutes=10), NOW],
+                "images": [100, 120],
+                "model_version": ["2", "2"],
+                "drifted": [False, True],
+                "reasons": ["", "embeddings"],
+                "psi_confidence": [0.01, 0.3],
+                "psi_classes": [0.02, 0.1],
+                "mmd_p_value": [0.4, 0.0025],
+            }
+        ),
+    )
+
+
 def seed_decision(settings: Settings) -> None:
     """One retraining decision with an unrounded PSI and long unbroken texts (they must wrap)."""
     Lake(settings).merge(
@@ -100,6 +121,7 @@ def server(settings: Settings):
     seed_images(settings)
     seed_decision(settings)
     seed_labeling(settings)
+    seed_drift(settings)
     port = free_port()
     config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
     instance = uvicorn.Server(config)
@@ -153,6 +175,7 @@ PAGE_FIGURES = """(() => {
   return {
     champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"),
     models: rows("models"), decisions: rows("decisions"), labeling: rows("labeling"), spend: rows("label-spend"),
+    drift: rows("drift"),
     charts: Object.fromEntries(Object.entries(charts).map(([id, u]) =>
       [id, {axes: u.axes.map(a => a.label), time: !!u.scales.x.time, points: u.data[0].length}])),
     overflowing: [...document.querySelectorAll("td, th, .card")].filter(n => n.scrollWidth > n.clientWidth + 1)
@@ -203,6 +226,11 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
     assert queue["waiting"] == "1" and queue["sent_today"] == "2 of 1000"
     assert queue["near_duplicates_skipped_today"] == "1" and queue["strategy"] == "margin_diversity"
     assert dead["spend"][1:] == [["1", "2", "0.9"], ["2", "2", "0.95"]]
+    # Drift windows, newest first.
+    assert [row[:5] for row in dead["drift"][1:]] == [
+        ["2026-11-22 10:00:00 UTC", "120", "2", "true", "embeddings"],
+        ["2026-11-22 09:50:00 UTC", "100", "2", "false", ""],
+    ]
     # Decisions: PSI rounded, the time in one form, long cells wrapped inside the page's width.
     header, decision = dead["decisions"]
     assert dict(zip(header, decision, strict=True))["psi"] == "0.123"

@@ -67,3 +67,24 @@ def test_a_champion_the_workers_could_not_load_is_a_status_line_while_it_lasts()
         {"state": "stopped", "champion_load_error": error},
     ):
         assert not any("not loaded" in row["what"] for row in _pipeline_rows({"stream": resolved}))
+
+
+def test_the_last_drift_window_is_a_status_line() -> None:
+    windows = [
+        {
+            "window_end": "2026-12-01T10:00:00+00:00",
+            "images": 120,
+            "drifted": True,
+            "reasons": "confidence,embeddings",
+            "psi_confidence": 0.41234,
+            "psi_classes": 0.1,
+            "mmd_p_value": 0.0025,
+        },
+        {"window_end": "2026-12-01T09:50:00+00:00", "images": 100, "drifted": False, "reasons": ""},
+    ]
+    lines = {row["what"]: row["value"] for row in _pipeline_rows({"drift": windows})}
+    assert lines["last drift window"] == (
+        "2026-12-01 10:00:00 UTC: 120 images, drifted (confidence,embeddings); PSI confidence 0.412, classes 0.1, "
+        "MMD p 0.0025 (1 of the last 2 windows drifted)"
+    )
+    assert "last drift window" not in {row["what"] for row in _pipeline_rows({"drift": []})}
