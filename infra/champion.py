@@ -16,7 +16,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from infra.registry import CHAMPION, Classifier, RegistryError, load_classifier, version_by_alias
+from infra.registry import (
+    CHAMPION,
+    TAG_CHAMPION_VERSION,
+    Classifier,
+    RegistryError,
+    load_classifier,
+    version_by_alias,
+    versions,
+)
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +42,7 @@ _lock = threading.Lock()
 # A few registries at most per process (tests point each test at its own); oldest dropped first.
 _models: OrderedDict[tuple[str, str, str], _Cached] = OrderedDict()
 _MAX_MODELS = 3
+_FALLBACK_TRIES = 3  # older versions tried when a fresh process cannot load the champion
 
 
 def current_classifier(
@@ -90,8 +99,39 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
 def _first_load(settings: Settings, key: tuple[str, str, str], alias: str, latest: Any, now: float):
     if latest is None:
         raise RegistryError(f"model {settings.model_name!r} has no {alias!r} version yet: run 'lakesight train'")
-    classifier, version = load_classifier(settings, str(latest.version))
+    wanted = str(latest.version)
+    try:
+        classifier, version = load_classifier(settings, wanted)
+    except Exception as exc:
+        if alias != CHAMPION:
+            raise
+        # A fresh process (a new Spark Python worker, a restarted server) has no version loaded
+        # to keep serving: it serves the one this champion replaced, as a running one would.
+        classifier, version = _previous_champion(settings, latest, exc)
+        cached = _keep(key, classifier, version, now)
+        _models[
+            key
+        ].load_error = f"{alias} version {wanted} failed to load; serving version {version}: {_one_line(exc)}"
+        log.warning("%s", _models[key].load_error)
+        return cached
     return _keep(key, classifier, version, now)
+
+
+def _previous_champion(settings: Settings, failed: Any, error: Exception) -> tuple[Classifier, str]:
+    """The version ``failed`` replaced (its promotion tag), else the newest older one that loads."""
+    replaced = (failed.tags or {}).get(TAG_CHAMPION_VERSION, "")
+    older = sorted(
+        (int(row.version) for row in versions(settings) if int(row.version) < int(failed.version)), reverse=True
+    )
+    candidates = ([replaced] if replaced else []) + [str(v) for v in older if str(v) != replaced]
+    for version in candidates[:_FALLBACK_TRIES]:
+        try:
+            return load_classifier(settings, version)
+        except Exception:  # noqa: BLE001 - try the next older version
+            continue
+    raise RegistryError(
+        f"champion version {failed.version} failed to load and no earlier version does: {error}"
+    ) from error
 
 
 def _keep(key: tuple[str, str, str], classifier: Classifier, version: str, now: float) -> tuple[Classifier, str]:

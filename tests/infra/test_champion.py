@@ -53,3 +53,26 @@ def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
     assert warnings[0].levelno == logging.WARNING
     assert "champion version 2" in message and "still serving version 1" in message
     assert str(failure.value) in message
+
+
+def test_a_fresh_process_serves_the_version_a_broken_champion_replaced(champion_settings: Settings) -> None:
+    from infra import registry
+    from infra.champion import load_failure
+
+    broken = register_champion(
+        champion_settings,
+        tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=5),
+        class_names=CLASSES,
+        image_size=IMAGE_SIZE,
+        experiment="broken-fresh",
+    )
+    registry.set_version_tags(champion_settings, broken, {registry.TAG_CHAMPION_VERSION: "1"})
+    shutil.rmtree(Path(champion_settings.mlflow_artifact_root) / "broken-fresh")
+    forget_models()  # as a new Spark Python worker starts: nothing loaded yet
+    try:
+        _, version = current_classifier(champion_settings, now=10.0)
+        failure = load_failure(champion_settings)
+    finally:
+        forget_models()
+    assert version == "1"
+    assert failure is not None and failure.startswith("champion version 2 failed to load; serving version 1: ")

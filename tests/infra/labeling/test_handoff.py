@@ -63,7 +63,12 @@ def spread(i: int) -> list[float]:
 
 @pytest.fixture
 def paced(blob_settings: Settings) -> Settings:
-    return blob_settings.model_copy(
+    from infra.blob import BlobStore
+
+    # Its own container: the session's Azurite is shared, and the stream's tests count blobs.
+    settings = blob_settings.model_copy(update={"labeling_container": "labeling-paced"})
+    BlobStore(settings).ensure_containers()
+    return settings.model_copy(
         update={
             "labeling_window_s": 3600,
             "labeling_daily_budget": 24,  # one image an hour

@@ -127,7 +127,7 @@ def test_a_champion_that_fails_to_load_is_shown_until_resolved(spark, score_sett
     rows = rows_by_name(score_settings)
     # The previous version kept serving, and status named the failure until it was resolved.
     assert {rows[p.name]["model_version"] for p in first + during + after} == {"1"}
-    assert failing is not None and "champion version 2 failed to load; still serving version 1" in (
-        failing.get("champion_load_error") or ""
-    )
+    # A reused worker keeps version 1 loaded, a fresh one loads it instead: both say so.
+    message = (failing or {}).get("champion_load_error") or ""
+    assert "champion version 2 failed to load;" in message and "serving version 1" in message
     assert resolved is not None and resolved.get("champion_load_error") is None
