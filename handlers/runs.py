@@ -3,7 +3,8 @@
 ``lakesight train`` promotes by itself, wherever it runs, and tags the model version with its
 decision. The check here makes sure a remote (Azure ML) run's version got a decision: it reports
 the one already taken, or applies the registry's rule (:func:`infra.registry.promotion_decision`)
-to the version's recorded test accuracy when the run registered a version without deciding.
+to the version's recorded test accuracy when the run registered a version without deciding. A split
+winner may become ``challenger`` and wait for live labels (``infra.promotion_evidence``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def _decide(
         return {"promoted": False, "model_version": challenger.version, "reason": "the run recorded no accuracy"}
     compared = champion is not None and champion.version != challenger.version
     incumbent = _accuracy(champion, mlflow_client) if compared else None
-    decision = registry.promotion_decision(accuracy, incumbent, settings.promotion_margin)
+    decision = registry.promotion_decision(
+        accuracy, incumbent, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
+    )
     champion_version = None if champion is None else champion.version
     registry.record_promotion(
         settings,
@@ -72,6 +75,7 @@ def _decide(
     )
     outcome = {
         "promoted": decision.promote,
+        "decision": decision.decision,
         "model_version": challenger.version,
         "accuracy": accuracy,
         "champion_version": champion_version,

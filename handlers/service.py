@@ -22,6 +22,7 @@ from handlers.eventlog import Claim, EventLog, EventStatus
 from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
+from infra import promotion_evidence
 from infra.arrivals import write_arrival_records
 from infra.deadletters import DeadLetter, DeadLetterTable
 from infra.lake import Lake
@@ -277,7 +278,14 @@ class HandlerService:
             self.lake, entries, event_id=event.id, export_url=target.url, classes=self.settings.label_classes
         )
         log.info("export %s: %s", target.url, report.as_dict())
-        return {"labels": report.as_dict(), "decision": self._policy(event, "labeling-export")}
+        # The new labels may settle a waiting challenger: decided first, so the retraining policy
+        # then measures the champion of now.
+        live = promotion_evidence.decide(self.settings, self.lake)
+        return {
+            "labels": report.as_dict(),
+            "promotion": None if live is None else live.as_dict(),
+            "decision": self._policy(event, "labeling-export"),
+        }
 
     def _drift(self, event: Event, _target: object) -> dict[str, Any]:
         coefficient = event.data.get("driftCoefficient", event.data.get("DriftCoefficient"))

@@ -5,6 +5,10 @@ Python workers (reused across tasks, so the cache lives across micro-batches) an
 The alias is re-read at most every ``settings.champion_check_s`` seconds, so a promotion or a
 rollback reaches a running process without a restart; a version that fails to load is logged
 once per check and the one already loaded keeps serving.
+
+:func:`optional_classifier` follows an alias that may name nothing (the challenger the stream
+shadow-scores with): None while no version holds it, re-checked at the same cadence, so its absence
+costs a dictionary lookup; a version that fails to load is logged once and answers None.
 """
 
 from __future__ import annotations
@@ -142,7 +146,66 @@ def _keep(key: tuple[str, str, str], classifier: Classifier, version: str, now: 
     return classifier, version
 
 
+@dataclass
+class _Optional:
+    loaded: tuple[Classifier, str] | None
+    checked_at: float
+    warned: set[str]  # versions whose failure to load was logged
+
+
+_optional: dict[tuple[str, str, str], _Optional] = {}
+
+
+def optional_classifier(settings: Settings, *, alias: str, now: float | None = None) -> tuple[Classifier, str] | None:
+    """``(classifier, version)`` of the version holding ``alias``, or None while none does (or it fails to load).
+
+    Checked at most every ``settings.champion_check_s``; unlike :func:`current_classifier`, a vanished
+    alias answers None at the next check (a challenger that was promoted or refused is not scored on).
+    """
+    key = (settings.mlflow_tracking_uri, settings.model_name, alias)
+    now = time.monotonic() if now is None else now
+    with _lock:
+        entry = _optional.get(key)
+        if entry is not None and now - entry.checked_at < settings.champion_check_s:
+            return entry.loaded
+        entry = entry or _Optional(None, now, set())
+        entry.loaded = _follow(settings, alias, entry)
+        entry.checked_at = now
+        _optional[key] = entry
+        return entry.loaded
+
+
+def _follow(settings: Settings, alias: str, entry: _Optional) -> tuple[Classifier, str] | None:
+    """What ``alias`` names now, loaded (the loaded one reused while the alias stays on it)."""
+    try:
+        latest = version_by_alias(settings, alias)
+    except RegistryError as exc:  # the registry is unreachable: keep what was loaded until it answers
+        _warn_once(settings, alias, entry, "lookup", exc)
+        return entry.loaded
+    if latest is None:
+        return None
+    wanted = str(latest.version)
+    if entry.loaded is not None and entry.loaded[1] == wanted:
+        return entry.loaded
+    try:
+        return load_classifier(settings, wanted)
+    except Exception as exc:  # noqa: BLE001 - whatever loading raised, the caller goes on without this alias
+        _warn_once(settings, alias, entry, wanted, exc)
+        return None
+
+
+def _warn_once(settings: Settings, alias: str, entry: _Optional, what: str, exc: Exception) -> None:
+    # Once per version (or per lookup failure), not per check: an unloadable challenger is tried
+    # again at every check, but must not flood the executors' logs.
+    if what in entry.warned:
+        return
+    entry.warned.add(what)
+    shown = "the alias lookup" if what == "lookup" else f"version {what}"
+    log.warning("%s of %s: %s failed; going on without it: %s", alias, settings.model_name, shown, exc)
+
+
 def forget_models() -> None:
     """Drop every cached classifier (tests; a process that must reload)."""
     with _lock:
         _models.clear()
+        _optional.clear()

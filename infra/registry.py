@@ -1,9 +1,12 @@
 """MLflow tracking and model registry, configured from settings: the one contract between training and scoring.
 
-Aliases, not stages (MLflow 3): ``champion`` is the model the stream scores with,
-``challenger`` the latest model that did not beat it. This module owns every model-version tag
-name, the listing of versions, the promotion rule and the write that applies it, and the
-:class:`Classifier` protocol that a loaded model version satisfies.
+Aliases, not stages (MLflow 3): ``champion`` is the model the stream scores with; ``challenger``
+is a newer version that beat it on the test split and waits for live evidence, shadow-scored by the
+stream beside the champion (docs/PROMOTION.md). A version that does not beat the champion gets no
+alias (its decision tag says ``rejected``). This module owns every model-version tag name, the
+listing of versions, the split promotion rule and the writes that apply it and the live decision
+(taken by ``infra.promotion_evidence``), and the :class:`Classifier` protocol that a loaded model
+version satisfies.
 """
 
 from __future__ import annotations
@@ -42,6 +45,18 @@ TAG_CHAMPION_VERSION = "champion_version"  # the champion it was compared with
 TAG_DECISION = "promotion_decision"
 TAG_REASON = "promotion_reason"
 TAG_ROLLED_BACK = "rolled_back"  # on the version a rollback took the champion alias from: when, why, to what
+# The challenger's live evidence (infra.promotion_evidence): the discordant pairs, the McNemar
+# p-value, and waiting / promoted / refused with its reason.
+TAG_LIVE_B = "live_b"  # human-labeled images the champion got right and the challenger wrong
+TAG_LIVE_C = "live_c"  # the reverse
+TAG_LIVE_P_VALUE = "live_p_value"
+TAG_LIVE_DECISION = "live_decision"
+TAG_LIVE_REASON = "live_reason"
+
+# TAG_DECISION values besides the alias a version got.
+REJECTED = "rejected"  # did not beat the champion on the split: no alias, never shadow-scored
+REFUSED = "refused"  # beat it on the split, worse on live labels
+SUPERSEDED = "superseded"  # a waiting challenger replaced by a newer split winner, or whose champion moved
 
 
 class Classifier(Protocol):
@@ -51,7 +66,7 @@ class Classifier(Protocol):
     ``embedding`` and ``error`` (set, with the others null, for bytes the model cannot decode).
     ``embedding_dims`` is the embedding's length, None for a network without an embedding layer
     (its embeddings are then null). ``decode`` and ``probabilities`` are its two halves, for
-    benchmarks of the model alone.
+    benchmarks of the model alone and for the stream's shadow scoring (the top class only).
     """
 
     class_names: list[str]
@@ -137,6 +152,15 @@ def champion(settings: Settings) -> Any | None:
 
 def set_alias(settings: Settings, alias: str, version: str | int) -> None:
     client(settings).set_registered_model_alias(settings.model_name, alias, str(version))
+
+
+def drop_alias(settings: Settings, alias: str, version: str | int) -> bool:
+    """Delete ``alias`` if it still names ``version`` (another process may have moved it meanwhile)."""
+    holder = version_by_alias(settings, alias)
+    if holder is None or str(holder.version) != str(version):
+        return False
+    client(settings).delete_registered_model_alias(settings.model_name, alias)
+    return True
 
 
 def model_uri(settings: Settings, version: str | int | None = None) -> str:
@@ -233,6 +257,7 @@ class VersionRow:
             "accuracy": self.tags.get(TAG_ACCURACY, ""),
             "champion_accuracy": self.tags.get(TAG_CHAMPION_ACCURACY, ""),
             "decision": self.tags.get(TAG_DECISION, ""),
+            "live_decision": self.tags.get(TAG_LIVE_DECISION, ""),
             "delta_version": self.tags.get(TAG_DELTA_VERSION, ""),
             "run_id": self.run_id,
         }
@@ -272,23 +297,33 @@ def list_versions(settings: Settings) -> list[dict[str, str]]:
 # Promotion ---------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PromotionDecision:
-    promote: bool
-    alias: str  # the alias the new version gets: champion or challenger
+    promote: bool  # the version becomes champion now
+    alias: str | None  # the alias it gets: champion, challenger, or None (rejected)
     reason: str
 
+    @property
+    def decision(self) -> str:
+        """What its ``promotion_decision`` tag says: the alias it got, or ``rejected``."""
+        return self.alias or REJECTED
 
-def promotion_decision(new_accuracy: float, champion_accuracy: float | None, margin: float) -> PromotionDecision:
-    """The first model becomes champion; a later one only when better by more than ``margin``.
 
-    Ties never promote: a challenger must beat ``champion + margin`` strictly.
+def promotion_decision(
+    new_accuracy: float, champion_accuracy: float | None, margin: float, *, min_pairs: int
+) -> PromotionDecision:
+    """The split rule: the first model becomes champion; a later one must beat ``champion + margin``.
+
+    Ties never win. A winner becomes champion at once when ``min_pairs`` is 0, else challenger:
+    live labels decide then (``infra.promotion_evidence``). A loser gets no alias.
     """
     if champion_accuracy is None:
         return PromotionDecision(True, CHAMPION, "no champion yet")
-    if new_accuracy > champion_accuracy + margin:
-        reason = f"{new_accuracy:.4f} beats champion {champion_accuracy:.4f} by more than {margin}"
-        return PromotionDecision(True, CHAMPION, reason)
-    reason = f"{new_accuracy:.4f} does not beat champion {champion_accuracy:.4f} by more than {margin}"
-    return PromotionDecision(False, CHALLENGER, reason)
+    compared = f"{new_accuracy:.4f} {{}} champion {champion_accuracy:.4f} by more than {margin}"
+    if new_accuracy <= champion_accuracy + margin:
+        return PromotionDecision(False, None, compared.format("does not beat"))
+    if min_pairs == 0:
+        return PromotionDecision(True, CHAMPION, compared.format("beats"))
+    waits = f"; challenger until live labels give {min_pairs} discordant pairs"
+    return PromotionDecision(False, CHALLENGER, compared.format("beats") + waits)
 
 
 def record_promotion(
@@ -303,19 +338,51 @@ def record_promotion(
 ) -> dict[str, str]:
     """Apply ``decision`` to ``version`` (its alias, unless ``dry_run``) and tag the version with it.
 
-    Returns the tags written, so a caller can copy them onto its MLflow run.
+    A challenger still waiting is superseded when another version takes its alias or the champion
+    moves (its split comparison was with the old champion). Returns the tags written, so a caller
+    can copy them onto its MLflow run.
     """
-    if not dry_run:
+    if not dry_run and decision.alias is not None:
+        waiting = version_by_alias(settings, CHALLENGER)
         set_alias(settings, decision.alias, version)
+        if waiting is not None and str(waiting.version) != str(version):
+            _supersede(settings, str(waiting.version), by=str(version), alias=decision.alias)
     tags = {
         TAG_ACCURACY: f"{accuracy:.6f}",
         TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
-        TAG_DECISION: ("would be " if dry_run else "") + decision.alias,
+        TAG_DECISION: ("would be " if dry_run else "") + decision.decision,
         TAG_CHAMPION_VERSION: champion_version or "",
         TAG_REASON: decision.reason,
     }
     set_version_tags(settings, version, tags)
     return tags
+
+
+def _supersede(settings: Settings, waiting: str, *, by: str, alias: str) -> None:
+    if alias == CHAMPION:  # the alias still names the old challenger: it must stop being shadow-scored
+        drop_alias(settings, CHALLENGER, waiting)
+    reason = f"version {by} became {alias} while this one waited for live evidence"
+    set_version_tags(settings, waiting, {TAG_DECISION: SUPERSEDED, TAG_LIVE_REASON: reason})
+
+
+def promote_challenger(settings: Settings, version: str) -> str | None:
+    """Make the waiting challenger ``version`` champion on live evidence; return the champion it replaced.
+
+    The replaced champion is recorded on ``version`` (``champion_version``), so :func:`rollback`
+    goes back to it; the challenger alias goes, so the stream stops shadow-scoring.
+    """
+    current = champion(settings)
+    previous = None if current is None else str(current.version)
+    set_alias(settings, CHAMPION, version)
+    drop_alias(settings, CHALLENGER, version)
+    set_version_tags(settings, version, {TAG_DECISION: CHAMPION, TAG_CHAMPION_VERSION: previous or ""})
+    return previous
+
+
+def refuse_challenger(settings: Settings, version: str) -> None:
+    """Take the challenger alias from ``version``, worse on live labels; the champion stays."""
+    drop_alias(settings, CHALLENGER, version)
+    set_version_tags(settings, version, {TAG_DECISION: REFUSED})
 
 
 @dataclass(frozen=True)

@@ -141,7 +141,27 @@ class Settings(BaseSettings):
         "",
         description="Where drift events go (default: this machine's handler, http://handler_host:handler_port/api/events)",
     )
-    promotion_margin: float = Field(0.0, ge=0, le=1, description="Accuracy gain a challenger needs")
+    promotion_margin: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Test-split accuracy gain over the champion a new version needs to become challenger (champion "
+        "when promotion_min_pairs is 0)",
+    )
+    # Promotion on live evidence (docs/PROMOTION.md): a split winner waits as challenger, shadow-scored,
+    # until human labels show it is not worse than the champion (an exact McNemar test).
+    promotion_min_pairs: int = Field(
+        20,
+        ge=0,
+        description="Discordant live pairs (human-labeled images exactly one of champion and challenger got right) "
+        "a challenger needs before its live decision; 0: the split alone promotes",
+    )
+    promotion_alpha: float = Field(
+        0.05, gt=0, lt=1, description="Significance at which live labels refuse a challenger as worse than the champion"
+    )
+    shadow_fraction: float = Field(
+        1.0, ge=0, le=1, description="Share of each batch the stream also scores with the challenger (by path hash)"
+    )
     retrain_min_new_labels: int = Field(50, ge=1, description="New human labels that trigger retraining")
     retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
     retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")

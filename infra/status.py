@@ -186,12 +186,15 @@ def _models(settings: Settings) -> dict[str, Any] | None:
             "aliases": list(row.aliases),
             "accuracy": row.accuracy,
             "delta_version": row.delta_version,
+            "decision": row.tags.get(registry.TAG_DECISION),
+            "live_decision": row.tags.get(registry.TAG_LIVE_DECISION),
             "created": row.created,
         }
         for row in rows
     ]
     champion = next((row.version for row in rows if registry.CHAMPION in row.aliases), None)
-    return {"champion": champion, "versions": versions}
+    challenger = next((row.version for row in rows if registry.CHALLENGER in row.aliases), None)
+    return {"champion": champion, "challenger": challenger, "versions": versions}
 
 
 def _existing_lake(settings: Settings) -> Any:
@@ -248,6 +251,20 @@ def _drift(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
     return [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in r.items()} for r in rows[:limit]]
 
 
+def _promotion(settings: Settings) -> dict[str, Any] | None:
+    """The challenger's live evidence now (what the next label merge would decide) and the recorded decisions."""
+    from infra import promotion_evidence
+
+    lake = _existing_lake(settings)
+    if lake is None:
+        return None
+    live = promotion_evidence.assess(settings, lake)
+    return {
+        "challenger": None if live is None else live.as_dict(),
+        "recent": promotion_evidence.recent_decisions(lake),
+    }
+
+
 def _decisions(settings: Settings, limit: int = 20) -> list[dict[str, Any]]:
     lake = _existing_lake(settings)
     if lake is None or not lake.exists(RETRAINING_DECISIONS):
@@ -274,6 +291,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         "images": lambda: _images(settings),
         "labeling": lambda: _labeling(settings),
         "models": lambda: _models(settings),
+        "promotion": lambda: _promotion(settings),
         "decisions": lambda: _decisions(settings),
         "drift": lambda: _drift(settings),
         "dead_letters": lambda: read_dead_letters(settings),

@@ -4,7 +4,8 @@
 MERGE names only the partitions its batch touches and costs the same on day 1 and day 1,000.
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
 The other tables are the labeling ledger (the stream), label rejects and retraining decisions
-(the handlers) and the model server's inference table; ``infra.status`` reads them by these specs.
+(the handlers), promotion decisions on live evidence (``infra.promotion_evidence``) and the model
+server's inference table; ``infra.status`` reads them by these specs.
 ``embeddings_spec(name)`` is the shape of the tables ``lakesight featurize`` writes, under any other name.
 """
 
@@ -48,8 +49,16 @@ PREDICTION_COLUMNS = [
     pa.field("scored_at", TS),
     pa.field("sent_to_labeling_at", TS),
 ]
+# Written by the scoring stream, in the same MERGE, while a challenger exists: the challenger's
+# answer for the share of rows ``shadow_fraction`` picks (docs/PROMOTION.md). Null otherwise.
+SHADOW_COLUMNS = [
+    pa.field("shadow_label", pa.string()),
+    pa.field("shadow_confidence", pa.float64()),
+    pa.field("shadow_model_version", pa.string()),
+    pa.field("shadow_scored_at", TS),
+]
 
-IMAGES_SCHEMA = pa.schema(ARRIVAL_COLUMNS + LABEL_COLUMNS + PREDICTION_COLUMNS)
+IMAGES_SCHEMA = pa.schema(ARRIVAL_COLUMNS + LABEL_COLUMNS + PREDICTION_COLUMNS + SHADOW_COLUMNS)
 IMAGES_PARTITION = ["load_date"]
 
 LABEL_SOURCE_PATH = "path"
@@ -184,6 +193,35 @@ RETRAINING_DECISIONS = TableSpec(
     sort_by="decided_at",
 )
 
+# One row per change in a challenger's live evidence or outcome (infra.promotion_evidence), keyed by
+# the challenger and its tally, so a repeated label event that changed nothing adds nothing.
+# ``b``: champion right, challenger wrong; ``c``: the reverse; ``outcome``: waiting, promoted or refused.
+PROMOTION_DECISIONS = TableSpec(
+    "promotion_decisions",
+    pa.schema(
+        [
+            pa.field("decision_id", pa.string(), nullable=False),
+            pa.field("decided_at", TS),
+            pa.field("challenger_version", pa.string()),
+            pa.field("champion_version", pa.string()),
+            pa.field("split_accuracy", pa.float64()),
+            pa.field("champion_split_accuracy", pa.float64()),
+            pa.field("pairs", pa.int64()),
+            pa.field("b", pa.int64()),
+            pa.field("c", pa.int64()),
+            pa.field("both_right", pa.int64()),
+            pa.field("both_wrong", pa.int64()),
+            pa.field("p_value", pa.float64()),
+            pa.field("alpha", pa.float64()),
+            pa.field("min_pairs", pa.int64()),
+            pa.field("outcome", pa.string()),
+            pa.field("reason", pa.string()),
+        ]
+    ),
+    keys=("decision_id",),
+    sort_by="decided_at",
+)
+
 # The model server's inference table: one row per image it answered (lakesight serve-model).
 ONLINE_PREDICTIONS = TableSpec(
     "online_predictions",
@@ -247,6 +285,7 @@ TABLES = (
     LABELING_CANDIDATES,
     LABEL_REJECTS,
     RETRAINING_DECISIONS,
+    PROMOTION_DECISIONS,
     ONLINE_PREDICTIONS,
     DRIFT_REPORTS,
 )

@@ -217,7 +217,7 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
     say(
         f"version {version}: test accuracy {decision.accuracy:.4f}"
         + (f" vs champion {decision.champion_accuracy:.4f}" if decision.champion_accuracy is not None else "")
-        + f" -> {decision.alias or 'dry run, no alias'} ({decision.reason})"
+        + f" -> {'dry run, no alias' if options.dry_run else decision.alias or registry.REJECTED} ({decision.reason})"
     )
     return result
 

@@ -1,9 +1,10 @@
-"""Champion / challenger evaluation.
+"""Champion / challenger evaluation on the held-out split.
 
 :func:`promote` evaluates the new version and the current champion on the same held-out rows,
 both loaded through the registry as the raw-bytes classifiers the stream uses, then applies the
 registry's rule (:func:`infra.registry.promotion_decision`, written by
-:func:`infra.registry.record_promotion`), or only reports it on a dry run.
+:func:`infra.registry.record_promotion`), or only reports it on a dry run. A split winner becomes
+``challenger`` while ``promotion_min_pairs`` > 0: live labels then decide (``infra.promotion_evidence``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def evaluate_version(
 class PromotionResult:
     version: str
     promoted: bool
-    alias: str | None  # None on a dry run: nothing was changed
+    alias: str | None  # champion or challenger; None when rejected, or on a dry run (nothing was changed)
     accuracy: float
     champion_version: str | None
     champion_accuracy: float | None
@@ -79,7 +80,9 @@ def promote(
     champion_accuracy = None
     if champion_version is not None:
         champion_accuracy = evaluate_version(settings, champion_version, contents, truth).accuracy
-    decision = registry.promotion_decision(new.accuracy, champion_accuracy, settings.promotion_margin)
+    decision = registry.promotion_decision(
+        new.accuracy, champion_accuracy, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
+    )
     tags = registry.record_promotion(
         settings,
         version,

@@ -57,11 +57,36 @@ def register_champion(
 
     ``reference_images`` (decoded held-out images) become its reference, as training's are.
     """
+    from infra.registry import CHAMPION
+
+    return register_version(
+        settings,
+        keras_model,
+        class_names=class_names,
+        image_size=image_size,
+        alias=CHAMPION,
+        experiment=experiment,
+        reference_images=reference_images,
+    )
+
+
+def register_version(
+    settings: Settings,
+    keras_model: Any,
+    *,
+    class_names: Sequence[str],
+    image_size: int,
+    alias: str,
+    experiment: str = BENCH_EXPERIMENT,
+    reference_images: Any = None,
+) -> str:
+    """Log ``keras_model`` through ``training.packaging.log_classifier`` and give it ``alias``
+    (``challenger``: the stream shadow-scores with it); return its version."""
     import mlflow
     import numpy as np
 
     from infra.local.sample_data import png_bytes
-    from infra.registry import CHAMPION, configure_mlflow, ensure_experiment, set_alias
+    from infra.registry import configure_mlflow, ensure_experiment, set_alias
     from training.packaging import log_classifier
 
     configure_mlflow(settings)
@@ -76,7 +101,7 @@ def register_champion(
             reference_images=reference_images,
         )
     version = str(info.registered_model_version)
-    set_alias(settings, CHAMPION, version)
+    set_alias(settings, alias, version)
     return version
 
 

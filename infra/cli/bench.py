@@ -34,10 +34,16 @@ def register(app: typer.Typer) -> None:
     group.command("drift")(bench_drift)
 
 
-def run_score_bench(settings: Settings, *, model: str = "default", **options: Any) -> dict[str, Any]:
-    """Register ``model`` as champion in a fresh bench state, then run every phase of the stream's benchmark."""
+def run_score_bench(
+    settings: Settings, *, model: str = "default", shadow: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Register ``model`` as champion in a fresh bench state, then run every phase of the stream's benchmark.
+
+    With ``shadow``, the same network with other weights becomes the challenger for the shadow pass.
+    """
+    from infra.registry import CHALLENGER
     from streams.scoring import bench
-    from training.toy_models import build_keras, register_champion
+    from training.toy_models import build_keras, register_champion, register_version
 
     if model not in BENCH_MODELS:
         raise UsageError(f"--model must be one of {', '.join(BENCH_MODELS)}, not {model!r}")
@@ -46,6 +52,15 @@ def run_score_bench(settings: Settings, *, model: str = "default", **options: An
     log(f"registering the {model} model")
     keras_model = build_keras(model, bench.IMAGE_SIZE, len(bench.CLASSES))
     version = register_champion(base, keras_model, class_names=bench.CLASSES, image_size=bench.IMAGE_SIZE)
+
+    def add_challenger(target: Settings) -> str:
+        challenger = build_keras(model, bench.IMAGE_SIZE, len(bench.CLASSES), seed=1)
+        return register_version(
+            target, challenger, class_names=bench.CLASSES, image_size=bench.IMAGE_SIZE, alias=CHALLENGER
+        )
+
+    if shadow:
+        options["add_challenger"] = add_challenger
     return bench.bench_score(base, model={"kind": model, "version": version}, **options)
 
 
@@ -60,13 +75,25 @@ def bench_score(
     clean_source: Annotated[
         str, typer.Option(help="Continuous phase: 'archive' scored files (as an always-on stream should) or 'off'")
     ] = "archive",
+    shadow: Annotated[
+        bool, typer.Option("--shadow", help="Also run the throughput pass with a challenger shadow-scoring")
+    ] = False,
+    shadow_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="With --shadow: the share of images the challenger scores")
+    ] = 1.0,
+    shadow_rounds: Annotated[
+        int, typer.Option(min=1, help="With --shadow: passes with shadow off, then on, this many times")
+    ] = 3,
 ) -> None:
-    """Benchmark the scoring stream (throughput, latency, MERGE cost, memory); print JSON."""
+    """Benchmark the scoring stream (throughput, latency, MERGE cost, memory; shadow on vs off); print JSON."""
     if clean_source not in CLEAN_SOURCES:
         raise UsageError(f"--clean-source must be one of {', '.join(CLEAN_SOURCES)}")
     figures = run_score_bench(
         get_settings(),
         model=model,
+        shadow=shadow,
+        shadow_fraction=shadow_fraction,
+        shadow_rounds=shadow_rounds,
         images=images,
         offered_per_s=offered,
         latency_s=latency_seconds,

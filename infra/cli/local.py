@@ -139,6 +139,12 @@ def status(
     render_rows(
         "recent retraining decisions", [{k: _decision_cell(k, d.get(k)) for k in columns} for d in decisions[:5]]
     )
+    promotions = (snap.get("promotion") or {}).get("recent") or []
+    live = ("decided_at", "challenger_version", "champion_version", "b", "c", "p_value", "outcome", "reason")
+    render_rows(
+        "recent promotion decisions (live labels)",
+        [{k: _decision_cell(k, d.get(k)) for k in live} for d in promotions[:5]],
+    )
     _render_dead_letters(snap)
 
 
@@ -197,6 +203,21 @@ def _champion_line(snap: dict[str, Any]) -> str:
     return f"version {champion}" if champion is not None else "none yet"
 
 
+def _challenger_line(snap: dict[str, Any]) -> str | None:
+    """``version 3 (split 0.950 vs 0.900): waiting for live evidence: …``; None without a challenger."""
+    live = (snap.get("promotion") or {}).get("challenger")
+    if not live:
+        return None
+    split = ""
+    if live.get("split_accuracy") is not None and live.get("champion_split_accuracy") is not None:
+        split = f" (split {live['split_accuracy']:.3f} vs {live['champion_split_accuracy']:.3f})"
+    tally = (
+        f"b={live['b']}, c={live['c']}, both right {live['both_right']}, both wrong {live['both_wrong']}, "
+        f"p={live['p_value']:.3g}"
+    )
+    return f"version {live['challenger_version']}{split}: {live['reason']}; {tally}"
+
+
 def _version_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
     """The registered versions, newest first, as the registry holds them (aliases included)."""
     versions = (snap.get("models") or {}).get("versions") or []
@@ -206,6 +227,8 @@ def _version_rows(snap: dict[str, Any]) -> list[dict[str, Any]]:
             "aliases": ",".join(v["aliases"]),
             "accuracy": "" if v.get("accuracy") is None else f"{v['accuracy']:.3f}",
             "delta_version": v.get("delta_version"),
+            "decision": v.get("decision") or "",
+            "live": v.get("live_decision") or "",
         }
         for v in reversed(versions)
     ]
@@ -268,6 +291,9 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
         *_labeling_rows(snap.get("labeling")),
         *_drift_rows(snap.get("drift")),
     ]
+    challenger = _challenger_line(snap)
+    if challenger:
+        rows.append({"what": "challenger", "value": challenger})
     online = snap.get("model_server")
     if online:
         rows.append({"what": "model server", "value": _model_server_line(online)})

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from infra.cli._output import print_json, render_rows, say, stdout_to_stderr
+from infra.cli._output import out, print_json, render_rows, say, stdout_to_stderr
 from infra.settings import get_settings
 
 EpochsOption = Annotated[int, typer.Option(min=1, help="Training epochs")]
@@ -20,8 +20,12 @@ MixedPrecisionOption = Annotated[bool, typer.Option("--mixed-precision", help="f
 
 def register(app: typer.Typer) -> None:
     app.command()(train)
-    group = typer.Typer(help="The registered model's versions; 'rollback' moves the champion back.")
+    group = typer.Typer(
+        help="The registered model's versions; 'decide' judges the challenger on live labels, 'rollback' moves "
+        "the champion back."
+    )
     group.callback(invoke_without_command=True)(models)
+    group.command("decide")(decide)
     group.command("rollback")(rollback)
     app.add_typer(group, name="models")
 
@@ -95,6 +99,25 @@ def models(
         print_json(rows)
     else:
         render_rows(f"model versions of {settings.model_name}", rows)
+
+
+def decide(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
+) -> None:
+    """Judge the challenger on live labels now: waiting, refused or promoted (what every label merge does)."""
+    from infra.lake import Lake
+    from infra.promotion_evidence import decide as decide_now
+
+    settings = get_settings()
+    decision = decide_now(settings, Lake(settings))
+    shown: dict[str, Any] = {"challenger": None} if decision is None else decision.as_dict()
+    if as_json:
+        print_json(shown)
+    elif decision is None:
+        out.print(f"model {settings.model_name!r} has no challenger waiting for live evidence")
+    else:
+        rows = [{"what": key, "value": str(value)} for key, value in shown.items()]
+        render_rows(f"challenger version {decision.challenger_version}", rows)
 
 
 def rollback(

@@ -119,6 +119,9 @@ class Demo:
             "LAKESIGHT_RETRAIN_MIN_SAMPLE": str(min(10, plan.min_new_labels)),
             "LAKESIGHT_RETRAIN_COOLDOWN_S": "0",
             "LAKESIGHT_CHAMPION_CHECK_S": "2",
+            # One labeling round: v2 is promoted on the split alone. Live evidence would need a
+            # second round on images v2 shadow-scored (docs/PROMOTION.md).
+            "LAKESIGHT_PROMOTION_MIN_PAIRS": "0",
             "LAKESIGHT_LABEL_CLASSES": json.dumps([str(i) for i in range(10)]),
             "LAKESIGHT_RETRAIN_COMMAND": shlex.join(
                 lakesight_argv("train", "--version", "{version}", "--epochs", str(plan.v2_epochs), "--json")
@@ -362,12 +365,13 @@ class Demo:
         return str(min(newer)) if newer else None
 
     def _alias_settled(self, version: str | None) -> bool:
+        """Whether ``version`` has its promotion decision (a rejected version gets no alias, only the tag)."""
         from infra import registry
 
         if version is None:
             return False
         details = registry.client(self.settings).get_model_version(self.settings.model_name, version)
-        return bool(getattr(details, "aliases", None))
+        return bool((details.tags or {}).get(registry.TAG_DECISION))
 
     def _champion(self) -> str | None:
         from infra import registry

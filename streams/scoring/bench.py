@@ -11,6 +11,10 @@ Phases, all in one process and one SparkSession (so the Python workers stay warm
 4. MERGE cost: the same batches into an empty ``images`` and into one seeded with many rows
    spread over load-date partitions;
 5. raw model: ``classifier.probabilities`` on the same images decoded in memory.
+
+With a challenger to register (``bench score --shadow``), the throughput pass is run again right
+after phase 2, with shadow scoring off and on in turn (docs/PROMOTION.md): images/s off and on,
+and their ratio against :data:`SHADOW_TARGET`. The challenger alias is dropped before the other phases.
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from infra.settings import Settings
 CLASSES = ["circle", "square", "triangle", "cross"]
 IMAGE_SIZE = 64
 MEMORY_ROLES = ("driver", "jvm", "workers", "tree")
+# Shadow scoring at fraction 1.0 scores every image twice; the stream should keep at least this
+# share of its throughput (issue 17's target).
+SHADOW_TARGET = 0.55
 
 
 class Recorder:
@@ -369,6 +376,69 @@ def _raw_model(settings: Settings, images: list[Path], sample: int) -> dict[str,
     return {"images_per_s": round(len(chosen) / seconds, 1), "images": len(chosen), "model_version": version}
 
 
+def shadow_phase(
+    base: Settings,
+    source: Path,
+    warmup: Path,
+    *,
+    add_challenger: Callable[[Settings], str],
+    fraction: float = 1.0,
+    rounds: int = 3,
+) -> dict[str, Any]:
+    """The throughput pass over ``source`` with shadow scoring off and on, alternately, ``rounds`` times.
+
+    ``add_challenger`` registers a version as ``challenger`` in ``base``'s registry and returns it;
+    the workers load it on a pass over ``warmup`` first, as the warm-up did for the champion. "Off"
+    is ``shadow_fraction`` 0, where the stream does not even look the challenger up, as with none.
+    Each round's ratio compares two passes run one after the other, so load from elsewhere on the
+    machine moves both; the median round is reported. The alias is dropped afterwards, so later
+    phases score without shadow.
+    """
+    from infra.registry import CHALLENGER, drop_alias
+    from streams.scoring.query import run_scoring
+
+    version = add_challenger(base)
+    time.sleep(base.champion_check_s)  # the workers looked the alias up during phase 2: let that expire
+    on_base, off_base = (base.model_copy(update={"shadow_fraction": f}) for f in (fraction, 0.0))
+    run_scoring(_variant(on_base, "shadow-warmup"), source=warmup, once=True, handle_signals=False)
+    passes: dict[str, list[Any]] = {"off": [], "on": []}
+    try:
+        for index in range(rounds):
+            for name, settings in (("off", off_base), ("on", on_base)):
+                variant = _variant(settings, f"shadow-{name}-{index}")
+                report = run_scoring(variant, source=source, once=True, handle_signals=False)
+                passes[name].append((report, variant))
+    finally:
+        drop_alias(base, CHALLENGER, version)
+    return _shadow_figures(passes, version, fraction)
+
+
+def _shadow_figures(passes: dict[str, list[Any]], version: str, fraction: float) -> dict[str, Any]:
+    from infra.lake import Lake
+    from infra.tables import IMAGES
+
+    rates = {name: [report.rows / report.seconds for report, _ in runs] for name, runs in passes.items()}
+    ratios = [on / off for off, on in zip(rates["off"], rates["on"], strict=True)]
+    last_on = passes["on"][-1][1]
+    shadowed = Lake(last_on).read(IMAGES, columns=["shadow_model_version"]).column("shadow_model_version")
+    ratio = round(statistics.median(ratios), 3)
+    return {
+        "fraction": fraction,
+        "challenger_version": version,
+        "rounds": len(ratios),
+        "images": passes["on"][-1][0].rows,
+        "shadow_rows": shadowed.to_pylist().count(version),
+        "off_images_per_s": round(statistics.median(rates["off"]), 1),
+        "on_images_per_s": round(statistics.median(rates["on"]), 1),
+        "off_images_per_s_all": [round(r, 1) for r in rates["off"]],
+        "on_images_per_s_all": [round(r, 1) for r in rates["on"]],
+        "ratios": [round(r, 3) for r in ratios],
+        "ratio": ratio,
+        "target": SHADOW_TARGET,
+        "meets_target": ratio >= SHADOW_TARGET,
+    }
+
+
 def bench_state(settings: Settings) -> Settings:
     """A fresh state folder for one benchmark run under ``settings.state_dir``, with its tuning.
 
@@ -400,10 +470,14 @@ def bench_score(
     merge_images: int = 4000,
     clean_source: str = "archive",
     log: Callable[[str], None] = print,
+    add_challenger: Callable[[Settings], str] | None = None,
+    shadow_fraction: float = 1.0,
+    shadow_rounds: int = 3,
 ) -> dict[str, Any]:
     """Run every phase in ``base`` (from :func:`bench_state`, champion registered); return the figures.
 
-    ``model`` describes the registered champion for the report (kind, version).
+    ``model`` describes the registered champion for the report (kind, version). With
+    ``add_challenger``, the throughput pass also runs with shadow scoring (:func:`shadow_phase`).
     """
     from infra.lake import Lake
     from infra.tables import IMAGES
@@ -425,6 +499,17 @@ def bench_score(
         report = run_scoring(throughput, source=root / "images", once=True, handle_signals=False)
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
     stored = sum(1 for c in rows.column("content").to_pylist() if c)
+    shadow = None
+    if add_challenger is not None:
+        log(f"throughput phase with shadow scoring at fraction {shadow_fraction}")
+        shadow = shadow_phase(
+            base,
+            root / "images",
+            root / "warmup",
+            add_challenger=add_challenger,
+            fraction=shadow_fraction,
+            rounds=shadow_rounds,
+        )
     log("latency phase")
     latency = _latency_phase(
         _variant(base, "latency"), root, offered_per_s=offered_per_s, seconds=latency_s, clean_source=clean_source
@@ -450,6 +535,7 @@ def bench_score(
         "raw_model_sample": raw["images"],
         "ratio": round(images_per_s / raw["images_per_s"], 3),
         "merge_seconds_per_batch_throughput_run": report.merge_seconds_mean,
+        "shadow": shadow,
         "latency": latency,
         "p50_latency_s": latency["p50_s"],
         "p95_latency_s": latency["p95_s"],

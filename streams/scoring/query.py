@@ -1,4 +1,4 @@
-"""The always-on scoring stream: arrivals -> champion predictions -> ``images``, exactly once.
+"""The always-on scoring stream: arrivals -> champion (and challenger) predictions -> ``images``, exactly once.
 
 Executors read (or download) the images, check them and score them with the cached champion
 (``streams.scoring.executor``); foreachBatch, on the driver (``streams.batch_writer``), hands unsure
@@ -31,7 +31,7 @@ from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import get_spark
 from infra.status import WAITING_FOR_STORAGE
-from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, column_names
+from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, SHADOW_COLUMNS, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled
 from streams.checkpoint.source_log import seen_file_count
@@ -58,7 +58,14 @@ _UPDATE_ARRIVAL = {
     for c in column_names(ARRIVAL_COLUMNS)
     if c not in ("path", "load_date", "error")
 }
-SCORE_UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_PREDICTION, "error": "s.error"}
+# The challenger's answer follows the latest scoring too: a row scored again without a challenger
+# (promoted, refused) loses it, as its prediction changed (docs/PROMOTION.md).
+SCORE_UPDATE = {
+    **_UPDATE_ARRIVAL,
+    **_UPDATE_PREDICTION,
+    **from_source(column_names(SHADOW_COLUMNS)),
+    "error": "s.error",
+}
 # A fetch that got no bytes (vanished blob) never wipes a row that has them.
 SCORE_UPDATE_WHEN = "(s.content_hash IS NOT NULL) OR (t.content_hash IS NULL)"
 

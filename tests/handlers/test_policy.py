@@ -187,14 +187,22 @@ def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None
 
     weak = promotion_check(settings, weak_run)
     assert weak["promoted"] is False and "does not beat" in weak["reason"]  # within the margin
+    assert weak["decision"] == "rejected"
+    # A split winner waits for live labels as challenger (promotion_min_pairs 20 by default).
     outcome = promotion_check(settings, strong_run)
-    assert outcome["promoted"] and outcome["model_version"] == strong_version
+    assert (outcome["promoted"], outcome["decision"], outcome["model_version"]) == (False, "challenger", strong_version)
     assert outcome["champion_accuracy"] == pytest.approx(0.90)
-    assert str(client.get_model_version_by_alias("promo-model", "champion").version) == strong_version
+    assert str(client.get_model_version_by_alias("promo-model", "challenger").version) == strong_version
+    assert str(client.get_model_version_by_alias("promo-model", "champion").version) == champion_version
     # A redelivered RunCompleted finds the decision already taken and changes nothing.
     again = promotion_check(settings, strong_run)
-    assert again["promoted"] and again["reason"].startswith("decided by the run")
+    assert not again["promoted"] and again["reason"] == "decided by the run: challenger"
     assert promotion_check(settings, "no-such-run")["promoted"] is False
+    # Asking for no live pairs, the split alone promotes.
+    best_version, best_run = _register(registry, "promo-model", accuracy=0.97, delta_version=4, tmp=tmp_path)
+    best = promotion_check(settings.model_copy(update={"promotion_min_pairs": 0}), best_run)
+    assert best["promoted"] and best["decision"] == "champion"
+    assert str(client.get_model_version_by_alias("promo-model", "champion").version) == best_version
 
 
 def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: Path, publisher) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
 from collections.abc import Iterator
 
+import pyarrow as pa
 import pytest
 
 from handlers.eventlog import EventStatus
@@ -17,8 +19,9 @@ from infra.deadletters import read_dead_letters
 from infra.iac import RETRAINING_TAG
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import LABEL_REJECTS, RETRAINING_DECISIONS
+from infra.tables import IMAGES, LABEL_REJECTS, PROMOTION_DECISIONS, RETRAINING_DECISIONS
 from tests.helpers.handlers import arrival_lines, blob_created_event
+from tests.helpers.status import promote_versions
 
 EXPORT = b'{"image_url": "azureml://datastores/ws/paths/images/never-seen.png", "label": "circle"}\n'
 
@@ -119,6 +122,33 @@ def test_an_export_goes_to_the_labels_lane(settings: Settings, service: HandlerS
     assert [r["reason"] for r in lake.read(LABEL_REJECTS).to_pylist()] == ["unknown image"]
     assert [r["decision_id"] for r in lake.read(RETRAINING_DECISIONS).to_pylist()] == [event.id]
     assert arrival_lines(settings) == []
+
+
+def test_an_export_s_human_labels_settle_the_waiting_challenger(settings: Settings) -> None:
+    from infra import registry
+
+    settings = settings.model_copy(update={"retrain_cooldown_s": 0.0, "promotion_min_pairs": 5})
+    assert promote_versions(settings, [0.9, 0.95], min_pairs=5) == "1"  # version 2 waits as challenger
+    paths = [f"file:/cam/{i}.png" for i in range(5)]
+    scored = {"predicted_label": ["circle"] * 5, "shadow_label": ["square"] * 5, "shadow_model_version": ["2"] * 5}
+    Lake(settings).merge(IMAGES, pa.table({"path": paths, "load_date": [dt.date(2026, 11, 22)] * 5, **scored}))
+    export = "".join(json.dumps({"image_url": path, "label": "circle"}) + "\n" for path in paths).encode()
+    store = FakeStore({(settings.exports_container, "e/live.jsonl"): export})
+    service = HandlerService(settings, backend=RemoteBackend(), store=store)
+    service.start()
+    try:
+        event = blob_created_event(settings, settings.exports_container, "e/live.jsonl")
+        service.submit([event])
+        outcome = json.loads(_processed(service, event)["outcome"])
+    finally:
+        service.stop()
+
+    assert outcome["labels"]["merged"] == 5
+    live = outcome["promotion"]
+    assert (live["outcome"], live["b"], live["c"], live["p_value"]) == ("refused", 5, 0, 1 / 32)
+    assert str(registry.champion(settings).version) == "1"
+    assert registry.version_by_alias(settings, registry.CHALLENGER) is None
+    assert [r["outcome"] for r in Lake(settings).read(PROMOTION_DECISIONS).to_pylist()] == ["refused"]
 
 
 def test_the_slow_lane_retries_a_transient_failure(settings: Settings, store: FakeStore) -> None:

@@ -114,6 +114,32 @@ def seed_decision(settings: Settings) -> None:
     )
 
 
+def seed_live_evidence(settings: Settings) -> None:
+    """Human labels on 7 images challenger 3 shadow-scored (4 it got wrong, 3 right), and the decision they gave."""
+    from infra.promotion_evidence import decide
+
+    labeled = [("0", "0", "1")] * 4 + [("1", "0", "1")] * 3
+    n = len(labeled)
+    Lake(settings).merge(
+        IMAGES,
+        pa.table(
+            {
+                "path": [f"file:/live/{i}.png" for i in range(n)],
+                "load_date": [NOW.date()] * n,
+                "label": [r[0] for r in labeled],
+                "label_source": ["human"] * n,
+                "predicted_label": [r[1] for r in labeled],
+                "model_version": ["2"] * n,
+                "scored_at": [NOW] * n,
+                "shadow_label": [r[2] for r in labeled],
+                "shadow_model_version": ["3"] * n,
+            }
+        ),
+    )
+    decision = decide(settings, Lake(settings))
+    assert decision is not None and decision.outcome == "waiting"
+
+
 @pytest.fixture
 def server(settings: Settings):
     from handlers.app import create_app
@@ -173,9 +199,11 @@ PAGE_FIGURES = """(() => {
     return {value: n.querySelector("b").textContent, detail: n.querySelector("small")?.textContent ?? ""}; };
   const rows = id => [...document.querySelectorAll(`#${id} tr`)].map(tr => [...tr.children].map(c => c.textContent));
   return {
-    champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"),
+    champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"), challenger: kpi("challenger"),
     models: rows("models"), decisions: rows("decisions"), labeling: rows("labeling"), spend: rows("label-spend"),
     drift: rows("drift"),
+    live: rows("challenger"), promotions: rows("promotions"),
+    liveReason: document.getElementById("challenger-reason").textContent,
     charts: Object.fromEntries(Object.entries(charts).map(([id, u]) =>
       [id, {axes: u.axes.map(a => a.label), time: !!u.scales.x.time, points: u.data[0].length}])),
     overflowing: [...document.querySelectorAll("td, th, .card")].filter(n => n.scrollWidth > n.clientWidth + 1)
@@ -204,6 +232,9 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
     server: str, settings: Settings, tmp_path: Path
 ) -> None:
     champion = promote_versions(settings, [0.9, 0.95])  # as after the demo: v2 took the alias
+    # Then version 3 beat it on the split and waits for live labels, shadow-scored.
+    assert promote_versions(settings, [0.97], min_pairs=settings.promotion_min_pairs) == champion
+    seed_live_evidence(settings)
     with Browser(tmp_path / "chromium", width=900, height=1400) as browser:
         with stream_process(settings, committed_at=NOW.timestamp(), model_version="2") as live:
             browser.open(f"{server}/")
@@ -217,15 +248,37 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
     assert f"pid {live.pid}, model 2, last batch 2026-11-22 10:00:00 UTC" in running["stream"]["detail"]
     assert not pid_alive(live.pid)
     assert dead["stream"]["detail"] == f"last batch 2026-11-22 10:00:00 UTC · process {live.pid} is not running"
-    assert dead["images"]["value"] == "12"
-    # The versions table: aliases from the registry, accuracy rounded.
-    assert dead["models"][0] == ["version", "aliases", "accuracy", "delta_version", "created"]
-    assert [row[:4] for row in dead["models"][1:]] == [["2", "champion", "0.95", "3"], ["1", "", "0.9", "3"]]
+    assert dead["images"]["value"] == "19"
+    # The versions table: aliases from the registry, accuracy rounded, the split decision.
+    assert dead["models"][0] == ["version", "aliases", "accuracy", "delta_version", "decision", "created"]
+    assert [row[:5] for row in dead["models"][1:]] == [
+        ["3", "challenger", "0.97", "3", "challenger"],
+        ["2", "champion", "0.95", "3", "champion"],
+        ["1", "", "0.9", "3", "champion"],
+    ]
+    # The challenger: its live tally, the p-value, and why it waits; the decision recorded.
+    assert dead["challenger"] == {"value": "3", "detail": "waiting"}
+    live = dict(zip(*dead["live"], strict=True))
+    assert live == {
+        "challenger_version": "3",
+        "champion_version": "2",
+        "split": "0.97 vs 0.95",
+        "pairs": "7 of 20",
+        "b": "4",
+        "c": "3",
+        "both_right": "0",
+        "both_wrong": "0",
+        "p_value": "0.5",
+        "outcome": "waiting",
+    }
+    assert dead["liveReason"] == "waiting for live evidence: 7 of 20 discordant pairs"
+    promotion = dict(zip(*dead["promotions"], strict=True))
+    assert (promotion["challenger_version"], promotion["outcome"], promotion["p_value"]) == ("3", "waiting", "0.5")
     # The labeling queue and what the labels bought.
     queue = dict(zip(*dead["labeling"], strict=True))
     assert queue["waiting"] == "1" and queue["sent_today"] == "2 of 1000"
     assert queue["near_duplicates_skipped_today"] == "1" and queue["strategy"] == "margin_diversity"
-    assert dead["spend"][1:] == [["1", "2", "0.9"], ["2", "2", "0.95"]]
+    assert dead["spend"][1:] == [["1", "2", "0.9"], ["2", "2", "0.95"], ["3", "2", "0.97"]]
     # Drift windows, newest first.
     assert [row[:5] for row in dead["drift"][1:]] == [
         ["2026-11-22 10:00:00 UTC", "120", "2", "true", "embeddings"],

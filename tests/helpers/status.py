@@ -41,21 +41,28 @@ def batch_fields(batch_id: int = 0, *, rows: int = 10, errors: int = 0, sent: in
     }
 
 
-def promote_versions(settings: Settings, accuracies: list[float]) -> str | None:
-    """Register one version per accuracy in the real MLflow registry and promote each as training
-    does (``promotion_decision`` + ``record_promotion``: alias and tags); returns the champion.
+def promote_versions(settings: Settings, accuracies: list[float], *, min_pairs: int = 0) -> str | None:
+    """Register one version per accuracy in the real MLflow registry, each with a run, and promote
+    each as training does (``promotion_decision`` + ``record_promotion``: alias and tags); returns
+    the champion. ``min_pairs`` 0 (the default here) promotes on the split alone; more makes a
+    split winner the challenger.
 
     The versions point at an empty folder: status reads only the registry, never the artifacts.
     """
     client = registry.client(settings)
-    client.create_registered_model(settings.model_name)
+    if not registry.versions(settings):
+        client.create_registered_model(settings.model_name)
     source = Path(settings.mlflow_artifact_root) / "empty-model"
     source.mkdir(parents=True, exist_ok=True)
+    experiment = registry.ensure_experiment(settings, "status-tests")
     for accuracy in accuracies:
-        version = client.create_model_version(settings.model_name, source=str(source)).version
+        run = client.create_run(experiment)
+        version = client.create_model_version(settings.model_name, source=str(source), run_id=run.info.run_id).version
         current = registry.champion(settings)
         champion_accuracy = float(current.tags[registry.TAG_ACCURACY]) if current is not None else None
-        decision = registry.promotion_decision(accuracy, champion_accuracy, settings.promotion_margin)
+        decision = registry.promotion_decision(
+            accuracy, champion_accuracy, settings.promotion_margin, min_pairs=min_pairs
+        )
         registry.record_promotion(
             settings,
             version,
@@ -107,3 +114,30 @@ def status_left_by_a_killed_stream(settings: Settings, **batch: Any) -> dict[str
     status = read_stream_status(settings)
     assert status is not None and status["state"] == "running" and status["pid"] == pid, status
     return status
+
+
+def shadow_scored(settings: Settings, rows: list[tuple[str, str, str]], *, version: str, prefix: str = "live") -> None:
+    """``images`` rows the way the stream and a label merge leave them: each (human label, the champion's
+    prediction, the challenger ``version``'s shadow prediction)."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from infra.lake import Lake
+    from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
+
+    n = len(rows)
+    Lake(settings).merge(
+        IMAGES,
+        pa.table(
+            {
+                "path": [f"file:/{prefix}/{i}.png" for i in range(n)],
+                "load_date": [dt.date(2026, 11, 22)] * n,
+                "label": [r[0] for r in rows],
+                "label_source": [LABEL_SOURCE_HUMAN] * n,
+                "predicted_label": [r[1] for r in rows],
+                "shadow_label": [r[2] for r in rows],
+                "shadow_model_version": [version] * n,
+            }
+        ),
+    )

@@ -76,3 +76,52 @@ def test_a_fresh_process_serves_the_version_a_broken_champion_replaced(champion_
         forget_models()
     assert version == "1"
     assert failure is not None and failure.startswith("champion version 2 failed to load; serving version 1: ")
+
+
+def test_an_optional_alias_is_none_until_it_names_a_version_and_a_broken_one_is_logged_once(
+    champion_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from infra.champion import optional_classifier
+    from infra.registry import CHALLENGER, drop_alias, set_alias
+    from training.toy_models import register_version
+
+    forget_models()
+    check = champion_settings.champion_check_s
+    try:
+        assert optional_classifier(champion_settings, alias=CHALLENGER, now=100.0) is None
+        challenger = register_version(
+            champion_settings,
+            tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=4),
+            class_names=CLASSES,
+            image_size=IMAGE_SIZE,
+            alias=CHALLENGER,
+        )
+        assert optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + check / 2) is None  # cached
+        loaded = optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + check)
+        assert loaded is not None and loaded[1] == challenger == "2"
+        again = optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + 2 * check)
+        assert again is not None and again[0] is loaded[0]  # the alias stayed: the same object
+
+        # Version 3 takes the alias, then its artifacts go.
+        register_version(
+            champion_settings,
+            tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=5),
+            class_names=CLASSES,
+            image_size=IMAGE_SIZE,
+            alias=CHALLENGER,
+            experiment="broken-challenger",
+        )
+        shutil.rmtree(Path(champion_settings.mlflow_artifact_root) / "broken-challenger")
+        with caplog.at_level(logging.WARNING, logger="infra.champion"):
+            broken = [optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + k * check) for k in (3, 4)]
+        assert broken == [None, None]  # never the old challenger: its alias moved
+        warnings = [r.getMessage() for r in caplog.records if r.name == "infra.champion"]
+        assert len(warnings) == 1 and "challenger of" in warnings[0] and "version 3 failed" in warnings[0]
+
+        set_alias(champion_settings, CHALLENGER, "2")
+        assert optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + 5 * check)[1] == "2"  # type: ignore[index]
+        assert drop_alias(champion_settings, CHALLENGER, "2")
+        assert optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + 6 * check) is None
+        assert current_classifier(champion_settings, now=100.0)[1] == "1"  # the champion was never touched
+    finally:
+        forget_models()

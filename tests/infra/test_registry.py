@@ -1,4 +1,5 @@
-"""The registry's rollback: the champion alias moves back, the reason is recorded, bad requests are refused."""
+"""The registry's aliases: split winners wait as challenger, losers get none; rollback moves the champion back,
+records why, and refuses bad requests."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from infra import registry
 from infra.registry import RegistryError
 from infra.settings import Settings
 from tests.helpers.cli import lakesight
-from tests.helpers.status import promote_versions
+from tests.helpers.status import promote_versions, shadow_scored
 
 
 def test_rollback_moves_the_champion_to_the_one_it_replaced_and_records_why(tmp_path: Path) -> None:
@@ -71,3 +72,49 @@ def test_lakesight_models_rollback_prints_what_it_did(tmp_path: Path) -> None:
     assert refused.returncode == 1 and refused.stderr.strip().startswith("error:") and "--to" in refused.stderr
     listed = lakesight("models", "--json", state=settings.state_dir)
     assert [row["aliases"] for row in json.loads(listed.stdout)] == ["", "champion"]
+
+
+def test_a_newer_split_winner_supersedes_the_waiting_challenger_and_a_loser_gets_no_alias(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    assert promote_versions(settings, [0.9, 0.95, 0.97, 0.5], min_pairs=20) == "1"
+
+    rows = {row.version: row for row in registry.versions(settings)}
+    assert {v: row.aliases for v, row in rows.items()} == {"1": ("champion",), "2": (), "3": ("challenger",), "4": ()}
+    decisions = {v: row.tags[registry.TAG_DECISION] for v, row in rows.items()}
+    assert decisions == {"1": "champion", "2": "superseded", "3": "challenger", "4": "rejected"}
+    assert (
+        rows["2"].tags[registry.TAG_LIVE_REASON]
+        == "version 3 became challenger while this one waited for live evidence"
+    )
+    assert rows["3"].tags[registry.TAG_CHAMPION_VERSION] == "1"
+
+    # A winner promoted on the split alone moves the champion: the waiting challenger was compared
+    # with the old one, so it stops being shadow-scored.
+    assert promote_versions(settings, [0.99]) == "5"
+    assert registry.version_by_alias(settings, registry.CHALLENGER) is None
+    waited = next(row for row in registry.versions(settings) if row.version == "3")
+    assert waited.tags[registry.TAG_DECISION] == "superseded"
+    assert waited.tags[registry.TAG_LIVE_REASON] == "version 5 became champion while this one waited for live evidence"
+
+
+def test_lakesight_models_decide_judges_the_challenger_on_live_labels(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    promote_versions(settings, [0.8, 0.9], min_pairs=settings.promotion_min_pairs)
+    shadow_scored(settings, [("cat", "cat", "dog")] * 20, version="2")  # the challenger wrong on every label
+
+    done = lakesight("models", "decide", "--json", state=settings.state_dir)
+
+    assert done.returncode == 0, done.stderr
+    decision = json.loads(done.stdout)
+    assert (decision["challenger_version"], decision["outcome"], decision["b"], decision["c"]) == (
+        "2",
+        "refused",
+        20,
+        0,
+    )
+    assert decision["p_value"] == 2**-20 and decision["recorded"] is True
+    assert str(registry.champion(settings).version) == "1"
+    after = lakesight("models", "decide", state=settings.state_dir)
+    assert after.returncode == 0 and "has no challenger waiting for live evidence" in after.stdout
+    listed = {row["version"]: row for row in json.loads(lakesight("models", "--json", state=settings.state_dir).stdout)}
+    assert (listed["2"]["aliases"], listed["2"]["decision"], listed["2"]["live_decision"]) == ("", "refused", "refused")

@@ -15,20 +15,24 @@ TRUTH = ["dark", "dark", "dark", "light", "light", "light"]
 
 
 def test_first_model_becomes_champion() -> None:
-    decision = registry.promotion_decision(0.2, None, margin=0.05)
+    decision = registry.promotion_decision(0.2, None, margin=0.05, min_pairs=20)
     assert (decision.promote, decision.alias) == (True, registry.CHAMPION)
 
 
-def test_better_by_more_than_the_margin_is_promoted() -> None:
-    assert registry.promotion_decision(0.96, 0.90, margin=0.05).promote is True
-    assert registry.promotion_decision(0.96, 0.90, margin=0.05).alias == registry.CHAMPION
+def test_better_by_more_than_the_margin_is_promoted_or_waits_for_live_labels() -> None:
+    now = registry.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=0)
+    assert (now.promote, now.alias, now.decision) == (True, registry.CHAMPION, registry.CHAMPION)
+    waits = registry.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=20)
+    assert (waits.promote, waits.alias, waits.decision) == (False, registry.CHALLENGER, registry.CHALLENGER)
+    assert waits.reason.endswith("challenger until live labels give 20 discordant pairs")
 
 
 @pytest.mark.parametrize(("new", "old", "margin"), [(0.90, 0.90, 0.0), (0.94, 0.90, 0.05), (0.80, 0.90, 0.0)])
-def test_not_better_enough_becomes_challenger(new: float, old: float, margin: float) -> None:
-    decision = registry.promotion_decision(new, old, margin=margin)
-    assert (decision.promote, decision.alias) == (False, registry.CHALLENGER)
-    assert str(old) in decision.reason or f"{old:.4f}" in decision.reason
+def test_not_better_enough_is_rejected_without_an_alias(new: float, old: float, margin: float) -> None:
+    for min_pairs in (0, 20):
+        decision = registry.promotion_decision(new, old, margin=margin, min_pairs=min_pairs)
+        assert (decision.promote, decision.alias, decision.decision) == (False, None, registry.REJECTED)
+        assert f"{old:.4f}" in decision.reason and "does not beat" in decision.reason
 
 
 def _register(settings: Settings, *, perfect: bool) -> str:
@@ -51,7 +55,7 @@ def _register(settings: Settings, *, perfect: bool) -> str:
 
 
 def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> None:
-    settings = settings.model_copy(update={"promotion_margin": 0.1})
+    settings = settings.model_copy(update={"promotion_margin": 0.1, "promotion_min_pairs": 0})
     weak = _register(settings, perfect=False)
     first = promote(settings, weak, IMAGES, TRUTH)
     assert (first.promoted, first.alias, first.accuracy, first.champion_accuracy) == (True, "champion", 0.5, None)
@@ -63,17 +67,17 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
 
     real = promote(settings, strong, IMAGES, TRUTH)
     assert (real.promoted, real.alias, real.champion_version) == (True, "champion", weak)
-    # The weak version offered again is now worse than the champion: challenger.
+    # The weak version offered again is now worse than the champion: rejected, no alias (never shadow-scored).
     again_weak = weak
     worse = promote(settings, again_weak, IMAGES, TRUTH)
-    assert (worse.promoted, worse.alias, worse.accuracy, worse.champion_accuracy) == (False, "challenger", 0.5, 1.0)
+    assert (worse.promoted, worse.alias, worse.accuracy, worse.champion_accuracy) == (False, None, 0.5, 1.0)
     assert str(registry.champion(settings).version) == strong
-    assert str(registry.version_by_alias(settings, registry.CHALLENGER).version) == again_weak
+    assert registry.version_by_alias(settings, registry.CHALLENGER) is None
 
     listed = {row["version"]: row for row in registry.list_versions(settings)}
-    assert listed[strong]["aliases"] == "champion" and listed[again_weak]["aliases"] == "challenger"
+    assert listed[strong]["aliases"] == "champion" and listed[again_weak]["aliases"] == ""
     assert float(listed[strong]["accuracy"]) == 1.0 and float(listed[again_weak]["champion_accuracy"]) == 1.0
-    assert listed[again_weak]["decision"] == "challenger" and listed[strong]["decision"] == "champion"
+    assert listed[again_weak]["decision"] == "rejected" and listed[strong]["decision"] == "champion"
 
     # Round trip on raw bytes: the pyfunc and the stream's fast path agree, bad bytes included.
     contents = [*IMAGES, truncated_png()]
@@ -84,3 +88,12 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     assert version == strong
     assert list(fast["label"][:6]) == TRUTH and fast["error"][6] is not None
     pd.testing.assert_frame_equal(pyfunc.reset_index(drop=True), fast.reset_index(drop=True))
+
+    # With live evidence asked for, a split winner waits as challenger: the champion stays.
+    waiting = settings.model_copy(update={"promotion_min_pairs": 20})
+    registry.set_alias(settings, registry.CHAMPION, weak)
+    winner = _register(waiting, perfect=True)
+    staged = promote(waiting, winner, IMAGES, TRUTH)
+    assert (staged.promoted, staged.alias, staged.accuracy, staged.champion_version) == (False, "challenger", 1.0, weak)
+    assert str(registry.champion(settings).version) == weak
+    assert str(registry.version_by_alias(settings, registry.CHALLENGER).version) == winner

@@ -10,7 +10,7 @@ from pathlib import Path
 from infra.cli.local import _pipeline_rows
 from infra.settings import Settings
 from tests.helpers.cli import lakesight
-from tests.helpers.status import promote_versions, status_left_by_a_killed_stream, stream_process
+from tests.helpers.status import promote_versions, shadow_scored, status_left_by_a_killed_stream, stream_process
 
 LAST_BATCH = dt.datetime(2026, 11, 22, 9, 58, 30, tzinfo=dt.UTC)
 
@@ -30,7 +30,9 @@ def test_status_names_the_registry_champion_and_a_killed_stream_as_stopped(tmp_p
     # The versions table, newest first, with the registry's aliases.
     versions = [line for line in lines if re.search(r"0\.9[05]0", line)]
     assert len(versions) == 2, result.stdout
-    assert re.search(r"\b2\b.*\bchampion\b.*0\.950", versions[0]) and "champion" not in versions[1]
+    cells = [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in versions]
+    # version, aliases, accuracy, delta version, the split decision (version 1 was champion then), live decision
+    assert cells == [["2", "champion", "0.950", "3", "champion", ""], ["1", "", "0.900", "3", "champion", ""]]
 
 
 def test_status_shows_a_live_stream_as_running(tmp_path: Path) -> None:
@@ -88,3 +90,25 @@ def test_the_last_drift_window_is_a_status_line() -> None:
         "MMD p 0.0025 (1 of the last 2 windows drifted)"
     )
     assert "last drift window" not in {row["what"] for row in _pipeline_rows({"drift": []})}
+
+
+def test_status_shows_the_challenger_s_live_tally_and_why_it_waits(tmp_path: Path) -> None:
+    from infra.lake import Lake
+    from infra.promotion_evidence import decide
+
+    settings = Settings(state_dir=tmp_path / "state")
+    assert promote_versions(settings, [0.9, 0.95], min_pairs=20) == "1"  # version 2 waits as challenger
+    shadow_scored(settings, [("a", "a", "b")] * 4 + [("b", "a", "b")] * 3 + [("a", "a", "a")] * 2, version="2")
+    assert decide(settings, Lake(settings)).outcome == "waiting"  # type: ignore[union-attr]
+
+    result = lakesight("status", state=settings.state_dir, COLUMNS="300")
+
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "challenger" in line and "split" in line)
+    assert (
+        "version 2 (split 0.950 vs 0.900): waiting for live evidence: 7 of 20 discordant pairs; "
+        "b=4, c=3, both right 2, both wrong 0, p=0.5" in line
+    ), result.stdout
+    assert "recent promotion decisions (live labels)" in result.stdout
+    decided = [line for line in result.stdout.splitlines() if "waiting for live evidence: 7 of 20" in line]
+    assert len(decided) == 2, result.stdout  # the pipeline line and the recorded decision

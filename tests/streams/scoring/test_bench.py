@@ -1,4 +1,5 @@
-"""``bench score``: every phase runs for real on a small load and reports consistent figures."""
+"""``bench score``: every phase (shadow scoring on vs off too) runs for real on a small load and reports consistent
+figures."""
 
 from __future__ import annotations
 
@@ -7,8 +8,19 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from streams.scoring.bench import CLASSES, IMAGE_SIZE, Recorder, bench_score, bench_state, memory_growth
-from training.toy_models import register_champion, tiny_cnn
+from streams.scoring.bench import (
+    CLASSES,
+    IMAGE_SIZE,
+    SHADOW_TARGET,
+    Recorder,
+    _variant,
+    _write_shapes,
+    bench_score,
+    bench_state,
+    memory_growth,
+    shadow_phase,
+)
+from training.toy_models import register_champion, register_version, tiny_cnn
 
 
 def _samples(driver: list[float], workers: list[float]) -> dict[str, list[float]]:
@@ -85,3 +97,33 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     assert merge["seeded_today_over_empty"] > 0
     assert latency["merge_s_first_tenth"] > 0 and latency["merge_s_last_tenth"] > 0
     assert figures["rss"]["peak_tree_mb"] >= figures["rss"]["peak_driver_mb"] > 0
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_shadow_phase_reports_images_per_s_with_shadow_off_and_on(spark, settings: Settings) -> None:
+    from infra import registry
+    from streams.scoring.query import run_scoring
+
+    base = bench_state(settings.model_copy(update={"champion_check_s": 0.5}))
+    register_champion(base, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
+    root = base.state_dir.parent
+    _write_shapes(root / "images", 30, seed=0)
+    _write_shapes(root / "warmup", 6, seed=99)
+    run_scoring(_variant(base, "warm"), source=root / "warmup", once=True, handle_signals=False)  # as bench_score
+
+    def add_challenger(target: Settings) -> str:
+        model = tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=1)
+        return register_version(target, model, class_names=CLASSES, image_size=IMAGE_SIZE, alias=registry.CHALLENGER)
+
+    figures = shadow_phase(base, root / "images", root / "warmup", add_challenger=add_challenger, rounds=2)
+
+    assert figures["images"] == figures["shadow_rows"] == 30  # every image scored twice
+    assert figures["challenger_version"] == "2" and figures["fraction"] == 1.0 and figures["rounds"] == 2
+    assert len(figures["off_images_per_s_all"]) == len(figures["on_images_per_s_all"]) == len(figures["ratios"]) == 2
+    assert all(rate > 0 for rate in figures["off_images_per_s_all"] + figures["on_images_per_s_all"])
+    on, off = figures["on_images_per_s_all"], figures["off_images_per_s_all"]
+    assert figures["ratios"] == pytest.approx([on[0] / off[0], on[1] / off[1]], rel=0.01)
+    assert figures["ratio"] == pytest.approx(sum(figures["ratios"]) / 2, abs=0.001)  # the median of two
+    assert figures["target"] == SHADOW_TARGET and figures["meets_target"] == (figures["ratio"] >= SHADOW_TARGET)
+    assert registry.version_by_alias(base, registry.CHALLENGER) is None  # later phases score without shadow
