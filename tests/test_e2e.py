@@ -7,6 +7,7 @@ promotion runs, and images uploaded afterwards are scored by whatever is champio
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,10 @@ def test_blob_events_to_scores_labels_retraining_and_promotion(tmp_path: Path) -
         min_new_labels=10,
         confidence_threshold=0.99,
     )
+    before = {k: v for k, v in os.environ.items() if k.startswith("LAKESIGHT_")}
     report = run_demo(Settings(state_dir=tmp_path / "state"), Console(stderr=True), plan)
+    # The demo's settings do not leak into this process (later tests would read them).
+    assert {k: v for k, v in os.environ.items() if k.startswith("LAKESIGHT_")} == before
 
     assert report.images_uploaded == 80
     assert report.images_scored == 80

@@ -192,8 +192,10 @@ class Demo:
     def run(self) -> DemoReport:
         started = time.perf_counter()
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        for name, value in self.env.items():
-            os.environ[name] = value
+        # The demo's settings reach its child processes through the environment; the caller's
+        # environment is given back afterwards (a test process runs other tests next).
+        saved = {name: os.environ.get(name) for name in self.env}
+        os.environ.update(self.env)
         if self.root.exists():
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
@@ -206,6 +208,11 @@ class Demo:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.stop_all()
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         self.report.seconds = round(time.perf_counter() - started, 1)
         return self.report
 
