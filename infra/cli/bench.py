@@ -1,4 +1,4 @@
-"""``lakesight bench score|events|train|serve``: benchmarks that print JSON figures.
+"""``lakesight bench score|events|train|serve|drift|labeling``: benchmarks that print JSON figures.
 
 The cross-package set-up lives here, in the composition root: ``bench score`` and ``bench serve``
 register the model they measure (training's CNN or a tiny one) and hand the stream's or the model
@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     group.command("train")(bench_train)
     group.command("serve")(bench_serve)
     group.command("drift")(bench_drift)
+    group.command("labeling")(bench_labeling)
 
 
 def run_score_bench(
@@ -242,3 +243,68 @@ def bench_drift(
         version = train_shapes_champion(settings)
         figures = run(settings, windows=windows, images=images, shift_windows=shift_windows, log=say)
     print_json({"model_version": version, **figures})
+
+
+def labeling_config(
+    settings: Settings,
+    *,
+    rounds: int | None = None,
+    labels: int | None = None,
+    seeds: int | None = None,
+    pool: int | None = None,
+    quick: bool = False,
+    scenarios: list[str] | None = None,
+) -> Any:
+    """The label-efficiency benchmark's set-up: the defaults (or the quick ones), the options given, and
+    the stream's near-duplicate distance and class share from ``settings``."""
+    from training.label_bench import SCENARIOS, BenchConfig
+
+    unknown = sorted(set(scenarios or ()) - set(SCENARIOS))
+    if unknown:
+        raise UsageError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    given = {"rounds": rounds, "labels": labels, "seeds": seeds, "pool": pool}
+    overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    overrides["min_distance"] = settings.labeling_min_distance
+    overrides["max_class_share"] = settings.labeling_max_class_share
+    if scenarios:
+        overrides["scenarios"] = tuple(name for name in SCENARIOS if name in scenarios)
+    config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
+    if config.labels * config.rounds >= config.pool:
+        raise UsageError(f"--pool {config.pool} is too small for {config.rounds} rounds of {config.labels} labels")
+    return config
+
+
+def bench_labeling(
+    rounds: Annotated[int | None, typer.Option(min=1, help="Labeling rounds after v0 (default 5; quick 2)")] = None,
+    labels: Annotated[
+        int | None, typer.Option(min=1, help="Labels each strategy sends per round (default 100; quick 20)")
+    ] = None,
+    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds (data and initial weights) (default 3; quick 1)")] = (
+        None
+    ),
+    pool: Annotated[
+        int | None, typer.Option(min=10, help="Drifted images in the stream's pool (default 1500; quick 160)")
+    ] = None,
+    quick: Annotated[bool, typer.Option(help="A tiny version (tests): seconds, figures that mean little")] = False,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="Run only this scenario (drift, near_duplicates); repeatable")
+    ] = None,
+) -> None:
+    """Label efficiency of the labeling strategies after drift; print JSON.
+
+    v0 is trained on synthetic shapes of distribution A; the pool is a drifted distribution B. Each
+    round every strategy picks --labels images with the stream's selection (infra.labeling.strategies),
+    their true labels are revealed, the model is retrained and scored on a fixed B holdout. Scenario
+    near_duplicates adds 30% near-duplicates to the pool and counts the pairs each strategy sends.
+    LAKESIGHT_LABELING_MIN_DISTANCE and LAKESIGHT_LABELING_MAX_CLASS_SHARE apply as in the stream.
+    Progress goes to stderr; docs/LABELING.md explains the figures.
+    """
+    from training.label_bench import run_label_bench
+
+    config = labeling_config(
+        get_settings(), rounds=rounds, labels=labels, seeds=seeds, pool=pool, quick=quick, scenarios=scenario
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with stdout_to_stderr():
+        figures = run_label_bench(config, progress=say)
+    print_json(figures)

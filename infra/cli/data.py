@@ -68,7 +68,7 @@ def shapes(
     ] = "circle,square,triangle,cross",
     weights: Annotated[str | None, typer.Option(help="Comma-separated class weights (balance)")] = None,
     colour: Annotated[str, typer.Option(help="'random' or a colour name / #rrggbb")] = "random",
-    background: Annotated[str, typer.Option(help="black, white, gradient or noise")] = "black",
+    background: Annotated[str, typer.Option(help="black, white, gradient, noise or texture")] = "black",
     noise: Annotated[float, typer.Option(min=0.0, max=255.0, help="Gaussian pixel noise std")] = 0.0,
     rotation: Annotated[float, typer.Option(min=0.0, max=180.0, help="Max rotation in degrees")] = 0.0,
     brightness: Annotated[

@@ -3,10 +3,11 @@
 A strategy ranks candidates by how much a label would teach the model (their *score*, higher
 first) and chooses up to ``k``. ``margin_diversity``, the default, spreads its picks: it keeps
 the best-ranked candidates by margin and chooses among them by greedy k-center on the embeddings
-(each next pick the one farthest from the picks so far), skipping near-duplicates of what humans
-already have or will have. docs/LABELING.md explains the strategies and the benchmark behind
-the default. The hand-off (``infra.labeling.handoff``) and ``lakesight bench labeling`` both
-call :func:`select`, so the benchmark measures exactly what the stream does.
+(each next pick the one farthest from the picks so far and from what humans already have),
+skipping near-duplicates of what humans already have or will have. docs/LABELING.md explains the
+strategies and the benchmark behind the default. The hand-off (``infra.labeling.handoff``) and
+``lakesight bench labeling`` both call :func:`select`, so the benchmark measures exactly what the
+stream does.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ MARGIN_DIVERSITY = "margin_diversity"
 STRATEGIES = (THRESHOLD, RANDOM, LEAST_CONFIDENCE, MARGIN, ENTROPY, MARGIN_DIVERSITY)
 DEFAULT_STRATEGY = MARGIN_DIVERSITY
 # margin_diversity runs k-center over this many times k of the best-margin candidates: wide
-# enough to spread out, narrow enough that every pick is still among the most uncertain.
+# enough to spread out, narrow enough that every pick is still among the most uncertain. When the
+# class cap or near-duplicates leave it short, the window widens by as many again.
 DIVERSITY_POOL_FACTOR = 4
 
 # What became of a candidate (``labeling_candidates.outcome``).
@@ -178,48 +180,83 @@ def _k_center(
         return selection
     assert candidates.embeddings is not None
     vectors = np.asarray(candidates.embeddings, dtype=np.float32)
-    pool = _without_duplicates(candidates, order, vectors, known, min_distance, selection)
-    pool = pool[: max(k, 1) * DIVERSITY_POOL_FACTOR]
+    to_known = _distance_to_known(vectors, known)
+    close = to_known < min_distance if min_distance > 0 else np.zeros(len(vectors), dtype=bool)
+    pool = _without_duplicates(candidates, order, close, known, selection)
     if not pool:
         return selection
-    # Distance of each pooled candidate to its nearest pick so far (infinite before the first).
-    nearest = np.full(len(pool), np.inf)
-    open_ = np.ones(len(pool), dtype=bool)
-    pooled = vectors[pool]
-    # The first pick is the most uncertain; each next is the farthest from all picks so far.
-    slot = 0
-    while len(selection.picks) < k and open_.any():
+    spread = _Spread(vectors[pool], to_known[pool], width=max(k, 1) * DIVERSITY_POOL_FACTOR)
+    while len(selection.picks) < k:
+        slot = spread.farthest_open()
+        if slot is None:
+            break
         index = pool[slot]
-        open_[slot] = False
         if not _within_class_limit(candidates.predicted[index], limits):
             selection.class_capped.append(index)
-        elif np.isfinite(nearest[slot]) and nearest[slot] < min_distance:
+        elif min_distance > 0 and spread.nearest[slot] < min_distance:
             selection.near_duplicates.append(index)
         else:
             selection.picks.append(Pick(index, float(values[index]), len(selection.picks) + 1))
-            nearest = np.minimum(nearest, 1.0 - pooled @ pooled[slot])
-        slot = _farthest_open(nearest, open_)
+            spread.pick(slot)
     return selection
 
 
-def _farthest_open(nearest: np.ndarray, open_: np.ndarray) -> int:
-    """The open slot farthest from the picks; the pool is in rank order, so ties go to the better rank."""
-    distances = np.where(open_, nearest, -np.inf)
-    return int(np.argmax(distances))
+class _Spread:
+    """Greedy k-center over a window of the ranked pool, seeded with what humans already have.
+
+    Each next pick is the open candidate farthest (cosine) from every pick so far and every known
+    image; with nothing known and nothing picked, the best-ranked. The window holds ``width``
+    candidates and widens by as many more when the class cap or near-duplicates close it before
+    ``k`` picks, so a round is not left short while ranked candidates remain.
+    """
+
+    def __init__(self, vectors: np.ndarray, to_known: np.ndarray, *, width: int) -> None:
+        self.vectors = vectors
+        self.to_known = to_known
+        self.width = width
+        self.nearest = np.zeros(0)  # per slot in the window: distance to the nearest pick or known image
+        self.open = np.zeros(0, dtype=bool)
+        self.picked: list[np.ndarray] = []
+
+    def farthest_open(self) -> int | None:
+        """The open slot farthest from picks and known images (ties to the better rank), now closed."""
+        while not self.open.any():
+            if not self._widen():
+                return None
+        slot = int(np.argmax(np.where(self.open, self.nearest, -np.inf)))
+        self.open[slot] = False
+        return slot
+
+    def pick(self, slot: int) -> None:
+        vector = self.vectors[slot]
+        self.picked.append(vector)
+        self.nearest = np.minimum(self.nearest, 1.0 - self.vectors[: len(self.nearest)] @ vector)
+
+    def _widen(self) -> bool:
+        start = len(self.nearest)
+        stop = min(start + self.width, len(self.vectors))
+        if stop <= start:
+            return False
+        fresh = self.to_known[start:stop].astype(np.float64)
+        if self.picked:
+            similarity = self.vectors[start:stop] @ np.stack(self.picked).T
+            fresh = np.minimum(fresh, 1.0 - similarity.max(axis=1))
+        self.nearest = np.concatenate([self.nearest, fresh])
+        self.open = np.concatenate([self.open, np.ones(stop - start, dtype=bool)])
+        return True
 
 
 def _without_duplicates(
     candidates: Candidates,
     order: list[int],
-    vectors: np.ndarray,
+    close: np.ndarray,
     known: Known,
-    min_distance: float,
     selection: Selection,
 ) -> list[int]:
-    """``order`` less the candidates that repeat a known image (by hash or embedding) or each other's hash."""
+    """``order`` less the candidates that repeat a known image (by hash, or ``close`` by embedding) or each
+    other's hash."""
     hashes = list(candidates.content_hashes) or [None] * len(candidates)
     seen = set(known.content_hashes)
-    close = _close_to_known(vectors, known, min_distance)
     kept = []
     for index in order:
         digest = hashes[index]
@@ -232,13 +269,13 @@ def _without_duplicates(
     return kept
 
 
-def _close_to_known(vectors: np.ndarray, known: Known, min_distance: float) -> np.ndarray:
-    """Per candidate: whether a known embedding lies within ``min_distance`` of it."""
-    if min_distance <= 0 or known.embeddings.size == 0 or known.embeddings.shape[1] != vectors.shape[1]:
-        return np.zeros(len(vectors), dtype=bool)
-    close = np.zeros(len(vectors), dtype=bool)
+def _distance_to_known(vectors: np.ndarray, known: Known) -> np.ndarray:
+    """Per candidate: cosine distance to the nearest known embedding (infinite when none is comparable)."""
+    nearest = np.full(len(vectors), np.inf)
+    if known.embeddings.size == 0 or known.embeddings.shape[1] != vectors.shape[1]:
+        return nearest
     reference = np.asarray(known.embeddings, dtype=np.float32)
     for start in range(0, len(reference), 4096):  # bounded memory for a large labeled set
         similarity = vectors @ reference[start : start + 4096].T
-        close |= (1.0 - similarity.max(axis=1)) < min_distance
-    return close
+        nearest = np.minimum(nearest, 1.0 - similarity.max(axis=1))
+    return nearest

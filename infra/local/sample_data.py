@@ -19,6 +19,9 @@ from infra.errors import UsageError
 from infra.hashing import stable_fraction
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+# texture: smooth random colour blobs, different in every image (what a shift or re-encode keeps).
+BACKGROUNDS = ("black", "white", "gradient", "noise", "texture")
+_TEXTURE_CELLS = 4
 
 
 def holdout_side(key: str, holdout_fraction: float) -> str:
@@ -54,7 +57,7 @@ class ShapeKnobs:
     classes: tuple[str, ...] = SHAPE_CLASSES
     weights: tuple[float, ...] | None = None  # class balance; uniform when None
     colour: str = "random"  # "random" or a fixed colour name / #rrggbb
-    background: str = "black"  # "black", "white", "gradient" or "noise"
+    background: str = "black"  # "black", "white", "gradient", "noise" or "texture"
     noise: float = 0.0  # std of Gaussian pixel noise, 0..255
     rotation: float = 0.0  # maximum rotation in degrees, either way
     brightness: float = 1.0  # every pixel scaled by this (lighting drift), then clipped
@@ -71,8 +74,8 @@ class ShapeKnobs:
             raise UsageError(f"{len(self.weights)} weights given for {len(self.classes)} classes")
         if self.weights is not None and (min(self.weights) < 0 or sum(self.weights) <= 0):
             raise UsageError("class weights must be non-negative and not all zero")
-        if self.background not in ("black", "white", "gradient", "noise"):
-            raise UsageError("background must be black, white, gradient or noise")
+        if self.background not in BACKGROUNDS:
+            raise UsageError(f"background must be {', '.join(BACKGROUNDS[:-1])} or {BACKGROUNDS[-1]}")
         if self.brightness <= 0:
             raise UsageError("brightness must be positive (1.0 leaves the images as drawn)")
         if self.size < 8 or self.count < 0:
@@ -88,6 +91,10 @@ def _background(rng: np.random.Generator, knobs: ShapeKnobs) -> np.ndarray:
         return np.repeat(np.repeat(ramp[None, :, None], s, 0), 3, 2)
     if knobs.background == "noise":
         return rng.uniform(0, 120, (s, s, 3)).astype(np.float32)
+    if knobs.background == "texture":
+        cells = rng.uniform(0, 150, (_TEXTURE_CELLS, _TEXTURE_CELLS, 3)).astype(np.uint8)
+        smooth = Image.fromarray(cells, mode="RGB").resize((s, s), Image.Resampling.BICUBIC)
+        return np.asarray(smooth, dtype=np.float32)
     return np.zeros((s, s, 3), np.float32)
 
 
