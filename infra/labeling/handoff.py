@@ -128,11 +128,6 @@ def class_limits(settings: Settings, classes: list[str], sent_by_class: Counter[
 
 
 # The ledger ---------------------------------------------------------------------------------------
-def sent_today(lake: Lake, day: dt.date) -> int:
-    """How many images were sent for labeling against ``day``'s budget (UTC)."""
-    return _sent_on(lake, day).num_rows
-
-
 def _sent_on(lake: Lake, day: dt.date) -> pa.Table:
     if not lake.exists(LABELING_REQUESTS):
         return pa.table({"path": pa.array([], pa.string()), "predicted_label": pa.array([], pa.string())})
