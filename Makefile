@@ -2,10 +2,13 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The spark engine's JVM packages (delta-spark, hadoop-azure), resolved from Maven Central at install time.
+JARS := .jars
+JARS_STAMP := $(JARS)/.installed
 # The inner loop: everything that needs no Spark session, no Azurite and no multi-process run.
 FAST := not spark and not azurite and not slow and not e2e
 
-.PHONY: help install browser demo test test-fast lint format clean
+.PHONY: help install jars browser demo test test-fast lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,7 +22,16 @@ $(STAMP): pyproject.toml constraints.txt package.json
 	npm install --no-audit --no-fund --silent
 	touch $(STAMP)
 
-install: $(STAMP) browser ## Install Python packages (venv), Azurite (npm) and, where allowed, Chromium
+$(JARS_STAMP): jvm/pom.xml $(STAMP)
+	@command -v mvn >/dev/null || { echo "Maven is required for the spark engine's jars (e.g. apt-get install maven)"; exit 1; }
+	rm -rf $(JARS)
+	mvn -q -B -f jvm/pom.xml dependency:copy-dependencies -Djars.dir=$(abspath $(JARS))
+	$(PY) -m infra.jvm prune $(JARS)
+	touch $(JARS_STAMP)
+
+jars: $(JARS_STAMP) ## Resolve the spark engine's JVM packages into .jars (part of install)
+
+install: $(STAMP) $(JARS_STAMP) browser ## Install Python packages (venv), the JVM jars (Maven), Azurite (npm) and, where allowed, Chromium
 
 # The status page is checked in headless Chromium: Debian's package, never a browser download.
 # Installed when missing and this user may run apt-get; otherwise that one test says why it skips

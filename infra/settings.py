@@ -35,6 +35,7 @@ MAX_IMAGE_PIXELS = 40_000_000
 DEFAULT_MODEL_API_KEY = "local-model-key"
 # An event key shorter than this is guessable; azure mode refuses it.
 MIN_EVENT_KEY_CHARS = 32
+LAKE_ENGINES = ("delta-rs", "spark")
 SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
 
 
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
 
     spark_master: str = Field("local[*]", description="Spark master URL")
     spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration")
+    lake_engine: str = Field(
+        "",
+        description="Who writes the Delta tables: delta-rs on the driver, or spark (delta-spark MERGE on the "
+        "executors); default delta-rs on a local[*] master, spark on any other",
+    )
+    jars_dir: str = Field("", description="The spark engine's JVM packages (make install); default <project>/.jars")
 
     blob_port: int = Field(10000, description="Azurite blob port (local mode)")
     blob_connection_string: SecretStr = Field(SecretStr(""), description="Blob storage connection string")
@@ -286,6 +293,13 @@ class Settings(BaseSettings):
 
         return validate_container_name(value)
 
+    @field_validator("lake_engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        if value and value not in LAKE_ENGINES:
+            raise ValueError(f"unknown lake engine {value!r}: choose one of {', '.join(LAKE_ENGINES)}")
+        return value
+
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
         state = self.state_dir.expanduser().absolute()
@@ -300,6 +314,8 @@ class Settings(BaseSettings):
             self.mlflow_artifact_root = str(state / "mlartifacts")
         if not self.arrivals_root:
             self.arrivals_root = str(state / "arrivals")
+        if not self.lake_engine:
+            self.lake_engine = "delta-rs" if self.spark_master.startswith("local") else "spark"
         conn = self.blob_connection_string.get_secret_value()
         if not conn and self.mode == "local":
             self.blob_connection_string = SecretStr(

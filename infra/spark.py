@@ -7,8 +7,10 @@ import os
 import socket
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infra.jvm import default_jars_dir, spark_jar_conf
 from infra.settings import Settings, is_local_uri
 
 if TYPE_CHECKING:
@@ -58,6 +60,7 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
             return active
         builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
         conf = {**DEFAULT_CONF, "spark.sql.warehouse.dir": str(settings.state_dir / "spark-warehouse")}
+        conf.update(engine_conf(settings))
         conf.update(settings.spark_conf)
         for key, value in conf.items():
             builder = builder.config(key, value)
@@ -66,6 +69,18 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
         if is_local_uri(settings.checkpoint_root):
             _plain_checkpoint_files(spark)
         return spark
+
+
+def engine_conf(settings: Settings) -> dict[str, str]:
+    """The spark engine's jars and Delta session extension; nothing for delta-rs.
+
+    A ``spark.jars`` of the user's own (spark_conf) wins: on a cluster whose image carries
+    delta-spark (Databricks) the session exists before lakesight runs and none of this applies.
+    """
+    if settings.lake_engine != "spark" or "spark.jars" in settings.spark_conf:
+        return {}
+    folder = Path(settings.jars_dir) if settings.jars_dir else default_jars_dir()
+    return spark_jar_conf(folder)
 
 
 def _plain_checkpoint_files(spark: SparkSession) -> None:
