@@ -30,7 +30,16 @@ from infra.errors import LakesightError
 from infra.settings import Settings, local_path
 from infra.tables import IMAGES, TableSpec
 
-__all__ = ["Lake", "LakeError", "MergeOutcome", "TableRef", "Transaction", "from_source"]
+__all__ = [
+    "Lake",
+    "LakeError",
+    "MergeOutcome",
+    "TableRef",
+    "Transaction",
+    "from_source",
+    "partition_values",
+    "pruned_predicate",
+]
 
 # A table named by its spec or by its name (a table the lake holds but lakesight does not define).
 TableRef = str | TableSpec
@@ -77,7 +86,9 @@ def from_source(columns: Iterable[str]) -> dict[str, str]:
 
 
 class Lake:
-    """Access to the lake's Delta tables for one settings object."""
+    """Access to the lake's Delta tables for one settings object, written through delta-rs."""
+
+    engine = "delta-rs"
 
     def __init__(self, settings: Settings, *, reuse_tables: bool = False):
         """``reuse_tables`` keeps each opened table and brings it up to date incrementally (only
@@ -224,7 +235,7 @@ class Lake:
         if source.num_rows == 0:
             return MergeOutcome(skipped=True, version=None)
         table = self.ensure(spec)
-        predicate = _merge_predicate(spec, source)
+        predicate = pruned_predicate(spec, partition_values(spec, source))
         properties = CommitProperties(app_transactions=[txn]) if txn is not None else None
         for attempt in range(1, max_attempts + 1):
             if txn is not None and _already_committed(table, txn):
@@ -335,12 +346,19 @@ def _add_missing_columns(table: DeltaTable, spec: TableSpec) -> None:
             raise LakeError(f"cannot add columns to {spec}: {exc}") from exc
 
 
-def _merge_predicate(spec: TableSpec, source: pa.Table) -> str:
-    """Key equality, behind the list of partition values the batch touches (so others are pruned)."""
+def partition_values(spec: TableSpec, source: pa.Table) -> dict[str, list[Any]]:
+    """The values of each partition column that ``source`` touches."""
+    return {column: pc.unique(source.column(column)).to_pylist() for column in spec.partition_by}
+
+
+def pruned_predicate(spec: TableSpec, partitions: dict[str, list[Any]]) -> str:
+    """Key equality, behind the list of partition values the batch touches (so others are pruned).
+
+    The one MERGE predicate of both engines (``t`` the target, ``s`` the source).
+    """
     predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
     for column in spec.partition_by:
-        values = pc.unique(source.column(column)).to_pylist()
-        literals = ", ".join(_sql_literal(v) for v in values if v is not None)
+        literals = ", ".join(_sql_literal(v) for v in partitions.get(column, ()) if v is not None)
         if literals:
             predicate = f"t.{column} IN ({literals}) AND {predicate}"
     return predicate

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.lake import Lake, MergeOutcome, Transaction
+from infra.lake import Lake, MergeOutcome, Transaction, partition_values
 from infra.spark import CallbackConnections
 from infra.tables import TableSpec
 from streams.checkpoint.names import query_app_id
@@ -102,6 +102,16 @@ def dedupe_paths(table: pa.Table) -> pa.Table:
     return table.take(pa.array(sorted(row for _, row in latest.values()), type=pa.int64()))
 
 
+def latest_per_path(frame: Any) -> Any:
+    """:func:`dedupe_paths` on the executors: one row per path, the greatest ``modified_at``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = F.col("modified_at").desc_nulls_last() if "modified_at" in frame.columns else F.lit(0)
+    rank = F.row_number().over(Window.partitionBy("path").orderBy(order, F.monotonically_increasing_id().desc()))
+    return frame.withColumn("_rank", rank).filter(F.col("_rank") == 1).drop("_rank")
+
+
 def _notes(table: pa.Table, columns: tuple[str, ...]) -> dict[str, str | None]:
     """The first non-null value of each of ``columns`` in ``table`` (None where all are null)."""
     notes: dict[str, str | None] = {}
@@ -125,6 +135,13 @@ class ExactlyOnceWriter:
     * ``note_columns``: columns the executors fill with word for the driver (not table columns);
       their first non-null value reaches ``after_commit`` in ``committed.notes``.
 
+    With the spark engine (``lake.engine == "spark"``) the micro-batch stays on the executors: it is
+    persisted there, MERGEd by delta-spark, and the driver collects only its rows without image
+    bytes (for the counters, status and drift), plus the content of the rows
+    ``driver_content(frame)`` selects (the scoring stream's unsure images, for labeling).
+    ``staged_columns``: the columns ``before_merge`` sets on the driver's copy, sent back to the
+    executors' rows by path before the MERGE.
+
     Also closes the py4j connections foreachBatch ran on once the query stopped (``release``) and
     sets ``batch_done`` whenever a call returns, so a stop can wait for the batch in flight.
     """
@@ -146,6 +163,8 @@ class ExactlyOnceWriter:
         before_merge: Callable[[pa.Table, Transaction], Staged] | None = None,
         after_commit: Callable[[Committed], None] | None = None,
         note_columns: tuple[str, ...] = (),
+        driver_content: Callable[[Any], Any] | None = None,
+        staged_columns: tuple[str, ...] = (),
     ):
         self.lake = lake
         self.spec = spec
@@ -161,6 +180,8 @@ class ExactlyOnceWriter:
         self.before_merge = before_merge
         self.after_commit = after_commit
         self.note_columns = note_columns
+        self.driver_content = driver_content
+        self.staged_columns = staged_columns
         self.batch_done = threading.Event()
         self._callbacks = CallbackConnections()
 
@@ -184,6 +205,9 @@ class ExactlyOnceWriter:
         if self.skip_committed and self._already_committed(txn):
             self.totals.skipped_batches += 1  # replayed after a crash: already in the table
             return
+        if self.lake.engine == "spark":
+            self._write_on_executors(batch, batch_id, txn)
+            return
         began = time.perf_counter()
         table = batch.toArrow()  # runs the micro-batch's Spark job
         collected = time.perf_counter()
@@ -196,21 +220,70 @@ class ExactlyOnceWriter:
         staged = self.before_merge(table, txn) if self.before_merge is not None else None
         merged = table if staged is None else staged.table
         outcome = self.lake.merge(self.spec, merged, update=self.update, when=self.when, txn=txn)
-        committed_at = time.time()
+        self._report(Committed(batch_id, table, merged, staged, outcome, began, collected, time.time(), notes))
+
+    def _report(self, committed: Committed) -> None:
         if self.after_commit is not None:
-            self.after_commit(
-                Committed(
-                    batch_id=batch_id,
-                    table=table,
-                    merged=merged,
-                    staged=staged,
-                    outcome=outcome,
-                    began=began,
-                    collected=collected,
-                    committed_at=committed_at,
-                    notes=notes,
-                )
+            self.after_commit(committed)
+
+    def _write_on_executors(self, batch: Any, batch_id: int, txn: Transaction) -> None:
+        """The spark engine's path: MERGE the persisted micro-batch where it is; collect no image bytes."""
+        from pyspark import StorageLevel
+
+        began = time.perf_counter()
+        frame = batch.persist(StorageLevel.MEMORY_AND_DISK)  # scored once, read by the collect and the MERGE
+        try:
+            scored = self._without_content(frame).toArrow()  # runs the micro-batch's Spark job
+            collected = time.perf_counter()
+            notes = _notes(scored, self.note_columns)
+            table = self._with_listed_files(scored, batch_id)
+            if table.num_rows == 0:
+                return
+            source = self.lake.frame(self.spec, frame)  # type: ignore[attr-defined]
+            if table.num_rows > scored.num_rows:  # error rows for the files Spark did not read
+                source = source.unionByName(self.lake.frame(self.spec, table.slice(scored.num_rows)))  # type: ignore[attr-defined]
+            if self.dedupe:
+                table, source = dedupe_paths(table), latest_per_path(source)
+            staged = self.before_merge(table, txn) if self.before_merge is not None else None
+            merged = table if staged is None else staged.table
+            source = self._with_staged_columns(source, merged)
+            outcome = self.lake.merge(  # type: ignore[call-arg]
+                self.spec,
+                source,
+                update=self.update,
+                when=self.when,
+                txn=txn,
+                partitions=partition_values(self.spec, merged),
             )
+            self._report(Committed(batch_id, table, merged, staged, outcome, began, collected, time.time(), notes))
+        finally:
+            frame.unpersist()
+
+    def _without_content(self, frame: Any) -> Any:
+        """The micro-batch's rows as the driver sees them: ``content`` only where ``driver_content`` asks."""
+        from pyspark.sql import functions as F
+
+        wanted = self.driver_content(frame) if self.driver_content is not None else F.lit(False)
+        others = [F.col(name) for name in frame.columns if name != "content"]
+        return frame.select(*others, F.when(wanted, F.col("content")).alias("content"))
+
+    def _with_staged_columns(self, source: Any, merged: pa.Table) -> Any:
+        """``source`` with the values ``before_merge`` gave ``staged_columns`` on the driver (by path)."""
+        from pyspark.sql import functions as F
+
+        for name in self.staged_columns:
+            if name not in merged.column_names:
+                continue  # the step set nothing in this batch
+            values = merged.select(["path", name]).filter(pc.is_valid(merged.column(name)))
+            if values.num_rows == 0:
+                continue
+            staged = source.sparkSession.createDataFrame(values).withColumnRenamed(name, "_staged")
+            source = (
+                source.join(F.broadcast(staged), "path", "left")
+                .withColumn(name, F.coalesce(F.col("_staged"), F.col(name)))
+                .drop("_staged")
+            )
+        return source
 
     def _already_committed(self, txn: Transaction) -> bool:
         done = self.lake.committed_version(self.spec, txn.app_id)

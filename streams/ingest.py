@@ -17,9 +17,10 @@ import pyarrow.compute as pc
 
 from infra.errors import LakesightError
 from infra.images import IMAGE_GLOB
-from infra.lake import Lake, from_source
+from infra.lake import from_source
 from infra.settings import Settings
 from infra.spark import get_spark
+from infra.spark_lake import open_lake
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.names import checkpoint_name
@@ -99,7 +100,7 @@ def ingest(
     """Ingest every image under ``source`` not ingested before; return what happened."""
     source = _resolve_source(source)
     started = time.perf_counter()
-    lake = Lake(settings)
+    lake = open_lake(settings)
     lake.images()
     spark = get_spark(settings, "lakesight-ingest")
     known = frozenset(classes) if classes else None

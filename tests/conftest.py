@@ -58,9 +58,20 @@ def spark(session_dir: Path):
     """The one SparkSession of the test session."""
     from infra.spark import get_spark
 
-    session = get_spark(Settings(state_dir=session_dir / "spark-state", spark_master="local[2]"), "lakesight-tests")
+    # With the spark engine's jars and Delta extension: tests of either engine share this session.
+    session = get_spark(
+        Settings(state_dir=session_dir / "spark-state", spark_master="local[2]", lake_engine="spark"),
+        "lakesight-tests",
+    )
     yield session
     session.stop()
+
+
+@pytest.fixture(autouse=True)
+def _spark_first(request: pytest.FixtureRequest) -> None:
+    """A spark-marked test gets the shared session before its code can start one of its own."""
+    if request.node.get_closest_marker("spark") is not None:
+        request.getfixturevalue("spark")
 
 
 @pytest.fixture(scope="session")

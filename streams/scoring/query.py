@@ -27,9 +27,10 @@ import pyarrow.compute as pc
 from infra.blob import STORAGE_UNAVAILABLE
 from infra.errors import LakesightError
 from infra.labeling import HandOff, hand_off
-from infra.lake import Lake, MergeOutcome, Transaction, from_source
+from infra.lake import MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import get_spark
+from infra.spark_lake import open_lake
 from infra.status import WAITING_FOR_STORAGE
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, SHADOW_COLUMNS, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
@@ -139,6 +140,20 @@ def _batch_record(batch: Committed, *, sent: int, compacted: dict[str, Any] | No
     )
 
 
+def labeling_content(settings: Settings, frame: Any) -> Any:
+    """The rows whose image bytes the driver needs with the spark engine: those the labeling hand-off
+    may send (scored, readable, unsure); every other image stays on the executors."""
+    from pyspark.sql import functions as F
+
+    if settings.labeling_fraction <= 0 or settings.labeling_daily_budget <= 0:
+        return F.lit(False)
+    return (
+        F.col("error").isNull()
+        & F.col("probabilities").isNotNull()
+        & (F.col("confidence") < F.lit(settings.confidence_threshold))
+    )
+
+
 def resolve_source(settings: Settings, source: str | Path | None, glob: str = IMAGE_GLOB) -> Source:
     """A folder path -> directory source; None -> the arrival records folder."""
     from streams.scoring.sources import SourceError, clean_source_options
@@ -239,7 +254,7 @@ class ScoringQuery:
         self.on_batch = on_batch
         self.on_start = on_start
         self.grace_s = grace_s
-        self.lake = Lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
+        self.lake = open_lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
         self.lake.images()
         self.spark = get_spark(settings, "lakesight-score")
         self.checkpoint = settings.checkpoint_uri(source.checkpoint)
@@ -267,6 +282,8 @@ class ScoringQuery:
             before_merge=self._hand_off,
             after_commit=self._committed,
             note_columns=(MODEL_LOAD_ERROR,),
+            driver_content=lambda frame: labeling_content(settings, frame),
+            staged_columns=("sent_to_labeling_at",),
         )
         self._stream = self._stream_writer(trigger_s)
         self.folder = self._watched_folder()

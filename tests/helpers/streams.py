@@ -17,7 +17,7 @@ from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
-from infra.tables import IMAGES
+from infra.tables import IMAGES, TableSpec
 
 # Re-exported: the streams tests take the shared champion's constants from here.
 from tests.helpers.models import CLASSES as CLASSES
@@ -37,6 +37,15 @@ def scoring_settings(tmp_path: Path, **fields: object) -> Settings:
         score_trigger_s=0.5,
         **fields,
     )
+
+
+def merge_engines(lake: Lake, table: TableSpec = IMAGES) -> set[str]:
+    """Which engines committed the MERGEs of ``table`` (``delta-rs`` / ``spark``), from the commit info."""
+    engines = set()
+    for entry in lake.history(table):
+        if entry["operation"] == "MERGE":
+            engines.add("spark" if entry.get("engineInfo", "").startswith("Apache-Spark") else "delta-rs")
+    return engines
 
 
 def shapes(folder: Path, count: int, *, seed: int = 0, prefix: str = "shape") -> list[Path]:

@@ -16,6 +16,7 @@ from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_REQUESTS
 from streams.scoring.query import run_scoring
+from tests.helpers.streams import merge_engines
 
 pytestmark = [pytest.mark.spark, pytest.mark.azurite]
 
@@ -28,12 +29,16 @@ def blobs(settings: Settings, prefix: str) -> dict[str, bytes]:
     }
 
 
+@pytest.mark.parametrize("engine", ["delta-rs", "spark"])
 def test_unsure_images_are_sent_once_within_the_daily_budget(
-    spark, score_blob_settings: Settings, tmp_path: Path
+    spark, score_blob_settings: Settings, tmp_path: Path, engine: str
 ) -> None:
     # The threshold strategy: the most unsure first, nothing skipped (the others have unit tests).
     update = {"labeling_daily_budget": 3, "confidence_threshold": 0.999, "labeling_strategy": "threshold"}
+    # Each engine's run has its own labeling container: the session's Azurite is shared.
+    update.update(lake_engine=engine, labeling_container=f"labeling-{engine.replace('-', '')}")
     settings = score_blob_settings.model_copy(update=update)
+    BlobStore(settings).ensure_containers()
     incoming = tmp_path / "incoming"
     write_images(shape_images(ShapeKnobs(count=5, size=20, holdout_fraction=0)), out_dir=incoming)
     batches = []
@@ -41,6 +46,7 @@ def test_unsure_images_are_sent_once_within_the_daily_budget(
     assert report.sent_to_labeling == 3
 
     lake = Lake(settings)
+    assert merge_engines(lake) == merge_engines(lake, LABELING_REQUESTS) == {engine}
     table = lake.read(IMAGES)
     sent = [r for r in table.to_pylist() if r["sent_to_labeling_at"] is not None]
     assert len(sent) == 3

@@ -1,0 +1,243 @@
+"""The spark engine: the lake's writes as delta-spark DML on the Spark session's executors.
+
+Same tables, keys, column ownership and partition-pruned MERGE predicate as the delta-rs engine
+(:class:`infra.lake.Lake`), which it extends: only the writes change engine. Reads of the small
+tables (ledger, candidates, status) stay with delta-rs on the driver. Each engine reads and MERGEs
+what the other wrote (tests/infra/test_spark_lake.py), and neither enables a table feature the
+other cannot read: tables are always created by delta-rs, at reader 1 / writer 2.
+
+Replay safety: a write carrying a :class:`Transaction` sets Delta's idempotent-DML confs
+``spark.databricks.delta.write.txnAppId`` / ``txnVersion`` for that statement; Delta records the
+pair with the commit and skips a statement whose pair it already holds (checked on the installed
+version with a replayed batch: docs/DEPLOY.md, "The spark engine").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from infra.lake import Lake, MergeOutcome, TableRef, Transaction, partition_values, pruned_predicate
+from infra.settings import Settings
+from infra.tables import TableSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+__all__ = ["SparkLake", "conform_frame", "open_lake"]
+
+log = logging.getLogger(__name__)
+
+TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+# The idempotency confs live in the session: one statement at a time may carry them.
+_txn_lock = threading.Lock()
+
+
+def open_lake(settings: Settings, *, reuse_tables: bool = False) -> Lake:
+    """The lake for a Spark job, written by the engine ``settings.lake_engine`` names."""
+    if settings.lake_engine == "spark":
+        return SparkLake(settings, reuse_tables=reuse_tables)
+    return Lake(settings, reuse_tables=reuse_tables)
+
+
+def conform_frame(spec: TableSpec, frame: DataFrame) -> DataFrame:
+    """``frame`` as ``spec``'s columns in order and types (missing ones null, others dropped):
+    the Spark side of :meth:`TableSpec.conform`, so ``INSERT *`` meets the table's schema."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    present = set(frame.columns)
+    columns: list[Column] = []
+    for field in spec.schema:
+        kind = from_arrow_type(field.type)
+        value = F.col(field.name) if field.name in present else F.lit(None)
+        columns.append(value.cast(kind).alias(field.name))
+    return frame.select(*columns)
+
+
+class SparkLake(Lake):
+    """:class:`Lake` whose MERGE, append and compaction run through delta-spark."""
+
+    engine = "spark"
+
+    def __init__(self, settings: Settings, *, reuse_tables: bool = False, spark: SparkSession | None = None):
+        super().__init__(settings, reuse_tables=reuse_tables)
+        self._spark = spark
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            from infra.spark import get_spark
+
+            self._spark = get_spark(self.settings)
+        return self._spark
+
+    def frame(self, spec: TableSpec, source: pa.Table | DataFrame) -> DataFrame:
+        """``source`` as a DataFrame of ``spec``'s columns (Arrow is sent to the session)."""
+        if isinstance(source, pa.Table):
+            return self.spark.createDataFrame(spec.conform(source))
+        return conform_frame(spec, source)
+
+    def _delta_table(self, spec: TableSpec, session: SparkSession) -> Any:
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        self.ensure(spec)  # created by delta-rs: the protocol both engines read
+        return SparkDeltaTable.forPath(session, self.uri(spec))
+
+    def merge(
+        self,
+        spec: TableSpec,
+        source: pa.Table | DataFrame,
+        *,
+        update: dict[str, str] | None = None,
+        when: str | None = None,
+        insert: bool = True,
+        txn: Transaction | None = None,
+        max_attempts: int = 20,
+        partitions: dict[str, list[Any]] | None = None,
+    ) -> MergeOutcome:
+        """:meth:`Lake.merge` on the executors. ``source`` may be Arrow (small tables: sent from the
+        driver) or a DataFrame (a micro-batch: it never leaves the executors). ``partitions``: the
+        partition values the source touches when the caller knows them (else one small Spark job
+        finds them)."""
+        started = time.perf_counter()
+        if isinstance(source, pa.Table):
+            source = spec.conform(source)
+            if source.num_rows == 0:
+                return MergeOutcome(skipped=True, version=None)
+            partitions = partitions or partition_values(spec, source)
+        frame = self.frame(spec, source)
+        if partitions is None:
+            partitions = _frame_partitions(spec, frame)
+        predicate = pruned_predicate(spec, partitions)
+        session = frame.sparkSession
+
+        def statement() -> Any:
+            builder = self._delta_table(spec, session).alias("t").merge(frame.alias("s"), predicate)
+            if update:
+                builder = builder.whenMatchedUpdate(condition=when, set=update)
+            if insert:
+                builder = builder.whenNotMatchedInsertAll()
+            return _dml_counts(builder.execute())
+
+        return self._run(spec, statement, session, txn, max_attempts, started)
+
+    def append(self, spec: TableSpec, source: pa.Table | DataFrame, *, txn: Transaction | None = None) -> MergeOutcome:
+        started = time.perf_counter()
+        if isinstance(source, pa.Table):
+            source = spec.conform(source)
+            if source.num_rows == 0:
+                return MergeOutcome(skipped=True, version=None)
+        frame = self.frame(spec, source)
+        self.ensure(spec)
+        uri = self.uri(spec)
+
+        def statement() -> tuple[int, int]:
+            frame.write.format("delta").mode("append").save(uri)
+            return (source.num_rows if isinstance(source, pa.Table) else 0), 0
+
+        return self._run(spec, statement, frame.sparkSession, txn, 20, started)
+
+    def compact(
+        self, name: TableRef, column: str | None = None, values: Iterable[Any] = (), *, target_bytes: int | None = None
+    ) -> dict[str, Any]:
+        """:meth:`Lake.compact` as delta-spark's OPTIMIZE (bin-packing, marked as no data change)."""
+        from delta.tables import DeltaTable as SparkDeltaTable
+
+        started = time.perf_counter()
+        chosen = sorted({v.isoformat() if isinstance(v, dt.date) else str(v) for v in values})
+        session = self.spark
+        optimizer = SparkDeltaTable.forPath(session, self.uri(name)).optimize()
+        if column is not None and chosen:
+            optimizer = optimizer.where(f"{column} IN ({', '.join(repr(v) for v in chosen)})")
+        conf = {"spark.databricks.delta.optimize.minFileSize": str(target_bytes)} if target_bytes else {}
+        with _session_conf(session, conf):
+            metrics = optimizer.executeCompaction().collect()[0]["metrics"]
+        return {
+            "files_removed": int(metrics["numFilesRemoved"]),
+            "files_added": int(metrics["numFilesAdded"]),
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
+    def _run(
+        self,
+        spec: TableSpec,
+        statement: Any,
+        session: SparkSession,
+        txn: Transaction | None,
+        max_attempts: int,
+        started: float,
+    ) -> MergeOutcome:
+        """Run a write statement with ``txn``'s idempotency confs, retrying a concurrent commit."""
+        from delta.exceptions import DeltaConcurrentModificationException
+
+        conf = {TXN_APP_ID: txn.app_id, TXN_VERSION: str(txn.version)} if txn is not None else {}
+        for attempt in range(1, max_attempts + 1):
+            if txn is not None and self._committed(spec, txn):
+                return MergeOutcome(skipped=True, version=self.version(spec), attempts=attempt)
+            try:
+                with _txn_lock, _session_conf(session, conf):
+                    result = statement()
+            except DeltaConcurrentModificationException as exc:
+                if attempt == max_attempts:
+                    raise
+                log.info("commit conflict on %s (attempt %d): %s; retrying", spec, attempt, str(exc)[:200])
+                time.sleep(min(2.0, 0.05 * attempt) * (1 + random.random()))
+                continue
+            inserted, updated = result
+            return MergeOutcome(
+                skipped=False,
+                version=self.version(spec),
+                inserted=inserted,
+                updated=updated,
+                attempts=attempt,
+                seconds=time.perf_counter() - started,
+            )
+        raise AssertionError("unreachable")
+
+    def _committed(self, spec: TableSpec, txn: Transaction) -> bool:
+        done = self.committed_version(spec, txn.app_id) if self.exists(spec) else None
+        return done is not None and done >= txn.version
+
+
+class _session_conf:
+    """Set session confs for one statement and restore what was there before."""
+
+    def __init__(self, session: SparkSession, conf: dict[str, str]):
+        self.session = session
+        self.conf = conf
+        self.before: dict[str, str | None] = {}
+
+    def __enter__(self) -> None:
+        for key, value in self.conf.items():
+            self.before[key] = self.session.conf.get(key, None)
+            self.session.conf.set(key, value)
+
+    def __exit__(self, *_exc: object) -> None:
+        for key, value in self.before.items():
+            if value is None:
+                self.session.conf.unset(key)
+            else:
+                self.session.conf.set(key, value)
+
+
+def _frame_partitions(spec: TableSpec, frame: DataFrame) -> dict[str, list[Any]]:
+    """The partition values a DataFrame holds (one small aggregate per partition column)."""
+    return {column: [row[0] for row in frame.select(column).distinct().collect()] for column in spec.partition_by}
+
+
+def _dml_counts(result: DataFrame | None) -> tuple[int, int]:
+    """``(inserted, updated)`` from delta-spark's MERGE result frame."""
+    rows = result.collect() if result is not None else []
+    if not rows:
+        return 0, 0
+    row = rows[0].asDict()
+    return int(row.get("num_inserted_rows") or 0), int(row.get("num_updated_rows") or 0)
