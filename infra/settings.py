@@ -204,8 +204,8 @@ class Settings(BaseSettings):
     score_max_bytes_per_trigger: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="Folder source: most image bytes per micro-batch, with score_max_files_per_trigger "
-        "(Spark's binaryFile source: as a file count from the folder's typical file size; 0: files only)",
+        description="Most image bytes per micro-batch, with score_max_files_per_trigger (Spark's file sources: "
+        "as a file count from the typical image, or record file's announced bytes; 0: files only)",
     )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(
@@ -318,6 +318,24 @@ class Settings(BaseSettings):
         from infra.blob import validate_container_name
 
         return validate_container_name(value)
+
+    @field_validator("arrivals_root")
+    @classmethod
+    def _reachable_arrivals_root(cls, value: str) -> str:
+        """The handlers write records where the stream reads them: a local folder, or a folder the
+        Blob API can write and Spark's Hadoop connector read (docs/DEPLOY.md); anything else used to
+        become a local folder named after the URI, which the stream on another machine never saw."""
+        from infra.blob import HADOOP_STORAGE_FORM, BlobNameError, storage_folder
+
+        if value and (local_path(value) is None or not names_driver_storage(value)):
+            try:
+                storage_folder(value)
+            except BlobNameError as exc:
+                raise ValueError(
+                    f"arrivals_root {value} cannot be written by the handlers: use a local folder or "
+                    f"{HADOOP_STORAGE_FORM} of the blob connection's account"
+                ) from exc
+        return value
 
     @field_validator("lake_engine")
     @classmethod

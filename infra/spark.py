@@ -58,7 +58,7 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
         active = SparkSession.getActiveSession()
         if active is not None:
             # On Databricks the cluster's session exists first; its master, not the setting, says.
-            settings.require_cluster_paths(active.sparkContext.master)
+            settings.require_cluster_paths(active.sparkContext.master or "")
             return active
         settings.require_cluster_paths(settings.spark_master)
         builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
