@@ -32,6 +32,7 @@ blob's bytes on executors. Both import only this module, never each other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -162,7 +163,7 @@ def _write_local(folder: Path, name: str, records: list[ArrivalRecord]) -> Arriv
 
 def _upload(settings: Settings, folder: StorageFolder, name: str, records: list[ArrivalRecord]) -> ArrivalFile:
     """One blob of the configured account (retried while storage is unreachable, up to ``blob_retry_s``)."""
-    from azure.core.exceptions import ResourceNotFoundError
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
     service = bounded_service_client(settings)
     if service.account_name != folder.account:
@@ -177,7 +178,8 @@ def _upload(settings: Settings, folder: StorageFolder, name: str, records: list[
         try:
             blob.upload_blob(data, overwrite=False)
         except ResourceNotFoundError:  # the container does not exist yet
-            service.create_container(folder.container)
+            with contextlib.suppress(ResourceExistsError):  # another handler created it meanwhile
+                service.create_container(folder.container)
             blob.upload_blob(data, overwrite=False)
 
     with_retries(upload, budget_s=settings.blob_retry_s)

@@ -2,7 +2,7 @@
 
 A cluster's checkpoints and source folders live in cloud storage (``abfss://``), which Python's
 ``pathlib`` cannot open: reading them as local paths used to find nothing, silently, so a reset
-checkpoint's new query looked like the old one (docs/STREAMING.md, Checkpoints on cloud storage).
+checkpoint's new query looked like the old one (docs/DEPLOY.md, Nothing driver-local on a cluster).
 :func:`files_for` returns one interface for both: the local disk for a plain path or ``file:`` URI,
 else Hadoop's FileSystem through the active SparkSession's JVM, the same filesystem, configuration
 and credentials the streaming query itself uses. Driver-side only.

@@ -34,7 +34,7 @@ def query_app_id(checkpoint: str, kind: str) -> str:
     except LakesightError:
         raise
     except Exception as exc:  # OSError locally; py4j's errors from Hadoop
-        detail = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc}".splitlines()[0][:200]
         raise CheckpointError(
             f"cannot read the query id from {metadata} ({detail}): no batch is written without it"
         ) from exc
