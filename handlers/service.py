@@ -183,12 +183,14 @@ class HandlerService:
             except ValueError as exc:  # a field the arrival record rejects
                 log.warning("event %s refused: %s", event.id, exc)
                 outcomes.append((event, EventStatus.REFUSED, str(exc)))
-        path = write_arrival_records(self.settings, records)
-        if path is not None and self.scorer is not None:
+        written = write_arrival_records(self.settings, records)
+        if written and self.scorer is not None:
             self.scorer.notify()
         by_id = {event.id: event for event in batch}
         outcomes.extend(
-            (by_id[r.event_id], EventStatus.DONE, f"arrival {r.url} in {path.name if path else ''}") for r in records
+            (by_id[r.event_id], EventStatus.DONE, f"arrival {r.url} in {file.name}")
+            for file in written
+            for r in file.records
         )
         self._finish(outcomes)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 import unicodedata
@@ -211,6 +212,36 @@ def blob_ref(url: str, *, account_url: str | None = None) -> BlobRef:
 def canonical_blob_url(url: str, *, account_url: str | None = None) -> str:
     """The canonical URL of ``url`` (see :func:`blob_ref`): the dedupe key and the ``images`` row key."""
     return blob_ref(url, account_url=account_url).url
+
+
+# A folder of an Azure storage account as Spark's Hadoop connectors name it (ADLS Gen2 or WASB).
+HADOOP_STORAGE_URI = re.compile(
+    r"(?P<scheme>abfss?|wasbs?)://(?P<container>[a-z0-9-]+)@(?P<account>[^./@]+)\.(?:dfs|blob)\.[^/]+(?:/(?P<path>.*))?"
+)
+HADOOP_STORAGE_FORM = "abfss://<container>@<account>.dfs.core.windows.net/<folder> (or wasbs://…blob…)"
+
+
+@dataclass(frozen=True)
+class StorageFolder:
+    """A folder in a storage account's container, named the way Spark reads it (``abfss://``)."""
+
+    account: str
+    container: str
+    prefix: str  # "" for the container's root, else ends with "/"
+
+    def blob_name(self, name: str) -> str:
+        return validate_blob_name(f"{self.prefix}{name}")
+
+
+def storage_folder(uri: str) -> StorageFolder:
+    """The account, container and folder of an ``abfss://``/``wasbs://`` URI; :class:`BlobUrlError` otherwise."""
+    match = HADOOP_STORAGE_URI.fullmatch(uri)
+    if match is None:
+        raise BlobUrlError(f"{_shown(uri)} is not of the form {HADOOP_STORAGE_FORM}")
+    container = validate_container_name(match["container"])
+    path = (match["path"] or "").strip("/")
+    prefix = f"{validate_blob_name(path)}/" if path else ""
+    return StorageFolder(match["account"], container, prefix)
 
 
 def split_blob_url(url: str) -> tuple[str, str]:

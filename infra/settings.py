@@ -9,9 +9,11 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -59,6 +61,24 @@ def is_local_uri(uri: str) -> bool:
     return local_path(uri) is not None
 
 
+def names_driver_storage(uri: str) -> bool:
+    """Whether ``uri`` names storage only this machine sees: a path or ``file:`` URI. Any other
+    scheme (``abfss:``, ``dbfs:``, ``mlflow-artifacts:``) is storage a cluster can share; a
+    single-letter one is a Windows drive."""
+    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)
+    return scheme is None or scheme.group(1).lower() == "file"
+
+
+def names_driver_tracking(uri: str) -> bool:
+    """Whether an MLflow tracking URI is this machine's: a file store, SQLite, or a loopback server."""
+    if uri in ("databricks", "databricks-uc"):
+        return False
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https"):
+        return is_loopback(parts.hostname or "")
+    return parts.scheme in ("", "file", "sqlite") or names_driver_storage(uri)
+
+
 def is_loopback(host: str) -> bool:
     """True for a bind address only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
     if host.strip("[]").lower() == "localhost":
@@ -82,6 +102,12 @@ class Settings(BaseSettings):
     lake_storage_options: dict[str, str] = Field(default_factory=dict, description="delta-rs storage options")
 
     spark_master: str = Field("local[*]", description="Spark master URL")
+    # A cluster's workers cannot see the driver's disk (docs/DEPLOY.md, Nothing driver-local on a cluster).
+    allow_local_paths_on_cluster: bool = Field(
+        False,
+        description="Let a Spark session on a non-local master use local paths for the lake, checkpoints, arrival "
+        "records and MLflow (only when every worker shares this machine's disk)",
+    )
     spark_conf: dict[str, str] = Field(default_factory=dict, description="Extra Spark configuration")
     lake_engine: str = Field(
         "",
@@ -178,8 +204,8 @@ class Settings(BaseSettings):
     score_max_bytes_per_trigger: int = Field(
         64 * 1024 * 1024,
         ge=0,
-        description="Folder source: most image bytes per micro-batch, with score_max_files_per_trigger "
-        "(Spark's binaryFile source: as a file count from the folder's typical file size; 0: files only)",
+        description="Most image bytes per micro-batch, with score_max_files_per_trigger (Spark's file sources: "
+        "as a file count from the typical image, or record file's announced bytes; 0: files only)",
     )
     score_max_files_per_trigger: int = Field(2000, ge=1, description="Most files (or records) per micro-batch")
     score_source_format: Literal["binaryFile", "cloudFiles"] = Field(
@@ -293,6 +319,24 @@ class Settings(BaseSettings):
 
         return validate_container_name(value)
 
+    @field_validator("arrivals_root")
+    @classmethod
+    def _reachable_arrivals_root(cls, value: str) -> str:
+        """The handlers write records where the stream reads them: a local folder, or a folder the
+        Blob API can write and Spark's Hadoop connector read (docs/DEPLOY.md); anything else used to
+        become a local folder named after the URI, which the stream on another machine never saw."""
+        from infra.blob import HADOOP_STORAGE_FORM, BlobNameError, storage_folder
+
+        if value and (local_path(value) is None or not names_driver_storage(value)):
+            try:
+                storage_folder(value)
+            except BlobNameError as exc:
+                raise ValueError(
+                    f"arrivals_root {value} cannot be written by the handlers: use a local folder or "
+                    f"{HADOOP_STORAGE_FORM} of the blob connection's account"
+                ) from exc
+        return value
+
     @field_validator("lake_engine")
     @classmethod
     def _known_engine(cls, value: str) -> str:
@@ -342,6 +386,35 @@ class Settings(BaseSettings):
 
     def checkpoint_uri(self, name: str) -> str:
         return f"{self.checkpoint_root.rstrip('/')}/{name}"
+
+    def require_cluster_paths(self, master: str) -> None:
+        """Refuse driver-local storage for a Spark session on ``master`` when it is a cluster.
+
+        Checked when a session starts (``infra.spark.get_spark``), not when settings load: local
+        tooling that never starts Spark (``lakesight config``, ``status``) keeps working with them.
+        Workers on other machines would write checkpoints and lake files to their own disks, or
+        find nothing, silently.
+        """
+        if master.startswith("local") or self.allow_local_paths_on_cluster:
+            return
+        local = [
+            f"{name}={value}"
+            for name, value in (
+                ("lake_root", self.lake_root),
+                ("checkpoint_root", self.checkpoint_root),
+                ("arrivals_root", self.arrivals_root),
+                ("mlflow_artifact_root", self.mlflow_artifact_root),
+            )
+            if names_driver_storage(value)
+        ]
+        if names_driver_tracking(self.mlflow_tracking_uri):
+            local.append(f"mlflow_tracking_uri={self.mlflow_tracking_uri}")
+        if local:
+            raise SettingsError(
+                f"spark master {master} is a cluster, whose workers cannot see this machine's files: "
+                f"{', '.join(local)}; use shared storage (abfss://, an MLflow server) or set "
+                "LAKESIGHT_ALLOW_LOCAL_PATHS_ON_CLUSTER=true when every worker shares this disk"
+            )
 
     # Secrets, checked where they are used ------------------------------------------------------
     # A process checks only the secrets it uses: a retraining job that never touches blob storage

@@ -57,7 +57,10 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
     with _lock:
         active = SparkSession.getActiveSession()
         if active is not None:
+            # On Databricks the cluster's session exists first; its master, not the setting, says.
+            settings.require_cluster_paths(active.sparkContext.master or "")
             return active
+        settings.require_cluster_paths(settings.spark_master)
         builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
         conf = {**DEFAULT_CONF, "spark.sql.warehouse.dir": str(settings.state_dir / "spark-warehouse")}
         conf.update(engine_conf(settings))

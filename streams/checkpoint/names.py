@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+
+from infra.errors import LakesightError
+from infra.filesystem import join, read_text
+
+
+class CheckpointError(LakesightError, RuntimeError):
+    """A checkpoint does not say which query wrote it, so no batch of it can be written exactly once."""
 
 
 def checkpoint_name(kind: str, source: str) -> str:
@@ -14,14 +20,21 @@ def checkpoint_name(kind: str, source: str) -> str:
 
 
 def query_app_id(checkpoint: str, kind: str) -> str:
-    """``kind:<query id>``: the id Spark keeps in the checkpoint across restarts.
+    """``kind:<query id>``: the id Spark keeps in the checkpoint's ``metadata`` across restarts.
 
-    A deleted checkpoint gets a new query id, so its batch ids (which restart at 0) are
-    never mistaken for batches already committed by the old one.
+    A deleted checkpoint gets a new query id, so its batch ids (which restart at 0) are never
+    mistaken for batches already committed by the old one. The file is read wherever the
+    checkpoint lives (``infra.filesystem``: the local disk, or Hadoop's filesystem for
+    ``abfss://``); an id made up when it cannot be read would be the same for every new
+    checkpoint, and the new query's batches would be skipped as committed, so that is an error.
     """
-    metadata = Path(checkpoint.removeprefix("file:")) / "metadata"
+    metadata = join(checkpoint, "metadata")
     try:
-        query_id = json.loads(metadata.read_text())["id"]
-    except (OSError, ValueError, KeyError):
-        query_id = hashlib.sha1(checkpoint.encode()).hexdigest()
-    return f"{kind}:{query_id}"
+        return f"{kind}:{json.loads(read_text(metadata))['id']}"
+    except LakesightError:
+        raise
+    except Exception as exc:  # OSError locally; py4j's errors from Hadoop
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{exc}".splitlines()[0][:200]
+        raise CheckpointError(
+            f"cannot read the query id from {metadata} ({detail}): no batch is written without it"
+        ) from exc

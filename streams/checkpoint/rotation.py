@@ -8,16 +8,18 @@ checkpoint and start a new one: memory and log stay bounded by ``score_checkpoin
 
 The one gap is the last committed batches: Spark moves a batch's files only once the next batch
 starts, so what it has not moved yet is moved here, as Spark would have, before the checkpoint goes.
+Folders and checkpoints may be local or remote (``abfss://``): every file operation goes through
+``infra.filesystem``, Hadoop's filesystem for remote ones, as Spark's own ``cleanSource`` does.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from infra.filesystem import basename, files_for, join, parent
 from infra.settings import Settings, local_path
 from streams.checkpoint.source_log import logged_files
 from streams.scoring.sources import Source
@@ -33,29 +35,34 @@ def remembers_every_file(settings: Settings, source: Source) -> bool:
 
 
 def rotation_enabled(settings: Settings, source: Source, checkpoint: str) -> bool:
-    """Whether ``source``'s checkpoint may be retired: its files (images or arrival records) leave a
-    local folder once scored."""
+    """Whether ``source``'s checkpoint may be retired: its files (images or arrival records) leave
+    their folder once scored, local or remote."""
     return (
         settings.score_checkpoint_max_files > 0
         and remembers_every_file(settings, source)
         and settings.score_clean_source != "off"
-        and local_path(source.location) is not None
-        and local_path(checkpoint) is not None
     )
+
+
+def archived_location(path: str, archive_dir: str) -> str:
+    """Where Spark's ``cleanSource=archive`` puts ``path``: its full path (without scheme and
+    authority) under the archive folder."""
+    local = local_path(path)
+    full = str(local.absolute()) if local is not None else urlsplit(path).path
+    archive = local_path(archive_dir)
+    root = str(archive.absolute()) if archive is not None else archive_dir
+    return join(root, full.lstrip("/"))
 
 
 def clean_scored_file(path: str, settings: Settings) -> bool:
     """Archive or delete one scored file the way Spark's ``cleanSource`` does; False if already gone."""
-    file = local_path(path)
-    if file is None or not file.exists():
+    files = files_for(path)
+    if not files.exists(path):
         return False
     if settings.score_clean_source == "delete":
-        file.unlink()
-        return True
-    # Spark keeps the file's full path under the archive folder.
-    target = Path(settings.score_archive_dir).expanduser() / str(file.absolute()).lstrip("/")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(file, target)
+        files.delete(path)
+    else:
+        files.move(path, archived_location(path, settings.score_archive_dir))
     return True
 
 
@@ -74,12 +81,11 @@ def retire_checkpoint(
         # Spark moves a batch's files in the background once the next batch starts, so the last
         # batches' files may still be here; every logged file is checked (a second per 100k here).
         cleaned = sum(clean_scored_file(path, settings) for path in logged_files(checkpoint, committed_batch))
-    folder = local_path(checkpoint)
-    assert folder is not None  # rotation_enabled checked it
-    if folder.exists():
-        retired = folder.with_name(f"{folder.name}{RETIRED}{time.time_ns()}")
-        folder.rename(retired)
-        shutil.rmtree(retired, ignore_errors=True)
+    files = files_for(checkpoint)
+    if files.exists(checkpoint):
+        retired = f"{checkpoint.rstrip('/')}{RETIRED}{time.time_ns()}"
+        files.move(checkpoint, retired)
+        files.delete(retired)
     figures = {"files_seen": files_seen, "files_cleaned": cleaned, "seconds": round(time.perf_counter() - began, 3)}
     log.info("retired checkpoint %s: %s", checkpoint, figures)
     return figures
@@ -87,8 +93,10 @@ def retire_checkpoint(
 
 def remove_retired(checkpoint: str) -> None:
     """Delete what a crash during ``retire_checkpoint`` left renamed but undeleted."""
-    folder = local_path(checkpoint)
-    if folder is None or not folder.parent.is_dir():
+    files, folder = files_for(checkpoint), parent(checkpoint)
+    if not files.is_dir(folder):
         return
-    for leftover in folder.parent.glob(f"{folder.name}{RETIRED}*"):
-        shutil.rmtree(leftover, ignore_errors=True)
+    prefix = f"{basename(checkpoint)}{RETIRED}"
+    for name in files.names(folder):
+        if name.startswith(prefix):
+            files.delete(join(folder, name))

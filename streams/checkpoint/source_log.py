@@ -2,14 +2,16 @@
 
 Spark drops zero-byte files (and files that vanished after listing) from the batch's
 DataFrame without a word; comparing with the source log finds them so they still get a row.
+The log is read wherever the checkpoint lives (``infra.filesystem``: local disk or ``abfss://``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import unquote
+
+from infra.filesystem import Files, files_for, join
 
 
 def normalise_path(path: str) -> str:
@@ -20,49 +22,50 @@ def normalise_path(path: str) -> str:
     return path
 
 
-def _source_log(checkpoint: str, source_index: int = 0) -> Path:
-    return Path(checkpoint.removeprefix("file:")) / "sources" / str(source_index)
+def _source_log(checkpoint: str, source_index: int = 0) -> str:
+    return join(join(checkpoint, "sources"), str(source_index))
 
 
 def listed_files(checkpoint: str, batch_id: int, source_index: int = 0) -> dict[str, int]:
     """``{path: modification time in ms}`` of the files Spark assigned to ``batch_id``."""
     folder = _source_log(checkpoint, source_index)
-    for candidate in (folder / str(batch_id), folder / f"{batch_id}.compact"):
-        if candidate.exists():
+    files = files_for(folder)
+    for candidate in (join(folder, str(batch_id)), join(folder, f"{batch_id}.compact")):
+        if files.exists(candidate):
             break
     else:
         return {}
     # Every tenth batch's log is Spark's compact file, which lists every file the query ever
     # saw (15 MB after 120,000 files): a substring test (Spark writes compact JSON) skips the
     # other batches' lines before any parsing.
-    marker = f'"batchId":{batch_id}'
-    files: dict[str, int] = {}
-    with candidate.open() as handle:
-        for line in handle:
-            if marker not in line:
-                continue
-            entry = json.loads(line)
-            if entry.get("batchId") == batch_id:
-                files[normalise_path(entry["path"])] = int(entry["timestamp"])
-    return files
+    marker = f'"batchId":{batch_id}'.encode()
+    listed: dict[str, int] = {}
+    for line in files.lines(candidate):
+        if marker not in line:
+            continue
+        entry = json.loads(line)
+        if entry.get("batchId") == batch_id:
+            listed[normalise_path(entry["path"])] = int(entry["timestamp"])
+    return listed
 
 
-def _current_logs(checkpoint: str) -> list[Path]:
+def _current_logs(checkpoint: str) -> tuple[Files, list[str]]:
     """The latest compact file (every file up to its batch) and the batch logs after it, in order."""
     folder = _source_log(checkpoint)
-    if not folder.is_dir():
-        return []
-    batches = {
-        int(p.name.removesuffix(".compact")): p for p in folder.iterdir() if p.name.removesuffix(".compact").isdigit()
-    }
-    start = max((b for b, p in batches.items() if p.suffix == ".compact"), default=-1)
-    return [batches[b] for b in sorted(batches) if b >= start]
+    files = files_for(folder)
+    batches = {int(name.removesuffix(".compact")): name for name in files.names(folder) if _is_log(name)}
+    start = max((b for b, name in batches.items() if name.endswith(".compact")), default=-1)
+    return files, [join(folder, batches[b]) for b in sorted(batches) if b >= start]
+
+
+def _is_log(name: str) -> bool:
+    return name.removesuffix(".compact").isdigit()
 
 
 def _entries(checkpoint: str) -> Iterator[bytes]:
-    for log in _current_logs(checkpoint):
-        with log.open("rb") as handle:
-            yield from (line for line in handle if line.startswith(b"{"))  # the first line is a version
+    files, logs = _current_logs(checkpoint)
+    for log in logs:
+        yield from (line for line in files.lines(log) if line.startswith(b"{"))  # the first line is a version
 
 
 def seen_file_count(checkpoint: str) -> int:

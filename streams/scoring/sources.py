@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.arrivals import ARRIVAL_RECORD_DDL, arrivals_dir
+import numpy as np
+
+from infra.arrivals import ARRIVAL_RECORD_DDL, arrivals_location, record_file_bytes
 from infra.errors import LakesightError
+from infra.filesystem import files_for
 from infra.images import IMAGE_GLOB
 from infra.settings import Settings, local_path
 from streams.checkpoint.names import checkpoint_name
@@ -88,16 +91,35 @@ def clean_source_options(settings: Settings, source: Source) -> dict[str, str]:
 
 
 def arrivals_source(settings: Settings) -> Source:
-    folder = arrivals_dir(settings)
+    """The arrival records folder: local (created here), or on cloud storage as the settings name it."""
+    location = arrivals_location(settings)
+    folder = local_path(location)
+    if folder is None:
+        return Source("arrivals", location)
     folder.mkdir(parents=True, exist_ok=True)
     return Source("arrivals", str(folder.resolve()))
+
+
+def typical_record_file_bytes(location: str, *, sample: int = 1000) -> int | None:
+    """The 90th percentile of the image bytes announced by up to ``sample`` record files in
+    ``location`` (from their names, ``infra.arrivals.record_file_bytes``); None if none says."""
+    sizes: list[int] = []
+    for name in files_for(location).names(location):
+        size = record_file_bytes(name)
+        if size:
+            sizes.append(size)
+            if len(sizes) >= sample:
+                break
+    return int(np.percentile(sizes, 90)) if sizes else None
 
 
 def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
     """A streaming DataFrame of file rows for ``source``: ``FETCHED_DDL`` for arrival records; a folder's
     are ``BINARY_FILE_DDL``'s, without ``content`` when the folder is local (``image_file_stream``)."""
-    limit = settings.score_max_files_per_trigger
     if source.kind == "arrivals":
+        # The image bytes a batch downloads are collected on the driver: the budget bounds them
+        # as it does a folder's (docs/STREAMING.md, How a micro-batch flows).
+        limit = file_count_limit(settings, typical_record_file_bytes(source.location))
         records = (
             spark.readStream.format("json")
             .schema(ARRIVAL_RECORD_DDL)
@@ -130,13 +152,21 @@ def folder_limits(settings: Settings, typical_file_bytes: int | None = None) -> 
     files = settings.score_max_files_per_trigger
     by_bytes = settings.score_max_bytes_per_trigger
     if settings.score_source_format != "cloudFiles":
-        if by_bytes and typical_file_bytes:
-            files = max(1, min(files, by_bytes // typical_file_bytes))
-        return {"maxFilesPerTrigger": str(files)}
+        return {"maxFilesPerTrigger": str(file_count_limit(settings, typical_file_bytes))}
     limits = {"cloudFiles.maxFilesPerTrigger": str(files)}
     if by_bytes:
         limits["cloudFiles.maxBytesPerTrigger"] = str(by_bytes)
     return limits
+
+
+def file_count_limit(settings: Settings, typical_file_bytes: int | None) -> int:
+    """Files per micro-batch for Spark's file source: the file cap, or fewer when the byte budget
+    over the typical file's bytes (images, or the image bytes of a record file) is lower."""
+    files = settings.score_max_files_per_trigger
+    by_bytes = settings.score_max_bytes_per_trigger
+    if by_bytes and typical_file_bytes:
+        files = max(1, min(files, by_bytes // typical_file_bytes))
+    return files
 
 
 def _folder_reader(spark: Any, settings: Settings, source: Source) -> Any:

@@ -124,3 +124,53 @@ def test_azure_mode_refuses_a_weak_model_api_key() -> None:
     assert "model_api_key" in Settings.model_fields and "k" * 32 not in str(
         Settings(model_api_key="k" * 32).public_dict()
     )
+
+
+def test_a_cluster_refuses_driver_local_paths_unless_allowed(tmp_path: Path) -> None:
+
+    cluster = "spark://10.0.0.4:7077"
+    local = Settings(state_dir=tmp_path, spark_master=cluster)  # loading them is fine: no Spark yet
+    local.require_cluster_paths("local[2]")  # a local master sees this disk
+    with pytest.raises(SettingsError) as refused:
+        local.require_cluster_paths(cluster)
+    message = str(refused.value)
+    assert "\n" not in message and "LAKESIGHT_ALLOW_LOCAL_PATHS_ON_CLUSTER=true" in message
+    for name in ("lake_root", "checkpoint_root", "arrivals_root", "mlflow_artifact_root", "mlflow_tracking_uri"):
+        assert f"{name}=" in message
+    Settings(state_dir=tmp_path, allow_local_paths_on_cluster=True).require_cluster_paths(cluster)
+
+    lake = "abfss://lake@acct.dfs.core.windows.net"
+    shared = Settings(
+        state_dir=tmp_path,
+        lake_root=f"{lake}/tables",
+        checkpoint_root=f"{lake}/checkpoints",
+        arrivals_root=f"{lake}/arrivals",
+        mlflow_tracking_uri="https://mlflow.example.com",
+        mlflow_artifact_root="mlflow-artifacts:/",  # the server stores them: not this machine's
+    )
+    shared.require_cluster_paths(cluster)
+    shared.model_copy(
+        update={"mlflow_tracking_uri": "databricks", "mlflow_artifact_root": "dbfs:/x"}
+    ).require_cluster_paths(cluster)
+    for uri in ("http://127.0.0.1:5000", "sqlite:///m.db", "file:///m", "./mlruns"):
+        with pytest.raises(SettingsError, match="mlflow_tracking_uri"):
+            shared.model_copy(update={"mlflow_tracking_uri": uri}).require_cluster_paths(cluster)
+    with pytest.raises(SettingsError, match=r"checkpoint_root=file:/tmp/c[;,]"):
+        shared.model_copy(update={"checkpoint_root": "file:/tmp/c"}).require_cluster_paths(cluster)
+
+
+def test_the_check_runs_when_a_spark_session_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from pyspark.sql import SparkSession
+
+    from infra.spark import get_spark
+
+    settings = Settings(state_dir=tmp_path, spark_master="spark://10.0.0.4:7077")
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: None))
+    with pytest.raises(SettingsError, match="lake_root="):
+        get_spark(settings)  # refused before any session is built
+    databricks = SimpleNamespace(sparkContext=SimpleNamespace(master="spark://10.1.2.3:7077"))
+    monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: databricks))
+    with pytest.raises(SettingsError, match=r"spark master spark://10\.1\.2\.3:7077"):
+        get_spark(Settings(state_dir=tmp_path))  # the session's master says, not the setting

@@ -61,6 +61,10 @@ def _rows(*paths: str, hash_: str = "h", modified: dt.datetime | None = None) ->
 def _writer(settings: Settings, checkpoint: Path, done: list[Committed], **options: object) -> ExactlyOnceWriter:
     lake = Lake(settings)
     lake.images()  # as both jobs do before their query starts
+    # Spark writes the query id when the query starts, before any foreachBatch call.
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    if not (checkpoint / "metadata").exists():
+        (checkpoint / "metadata").write_text(json.dumps({"id": f"q-{checkpoint.name}"}))
     return ExactlyOnceWriter(
         lake,
         IMAGES,

@@ -51,7 +51,7 @@ def test_which_sources_rotate(score_settings: Settings, tmp_path: Path) -> None:
     assert rotation_enabled(archiving, arrivals_source(archiving), checkpoint)  # record files leave too
     auto_loader = archiving.model_copy(update={"score_source_format": "cloudFiles"})
     assert not rotation_enabled(auto_loader, folder, checkpoint)  # keeps its own state
-    assert not rotation_enabled(archiving, folder, "abfss://c@acct.dfs.core.windows.net/cp")
+    assert rotation_enabled(archiving, folder, "abfss://c@acct.dfs.core.windows.net/cp")  # remote: through Hadoop
     assert seen_file_count(checkpoint) == 0
 
 

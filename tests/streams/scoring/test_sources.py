@@ -50,3 +50,22 @@ def test_records_are_fetched_scored_and_a_vanished_blob_is_recorded_once(spark, 
 
     # Nothing new: a second pass reads no record again (the vanished blob is not retried).
     assert run_scoring(settings, once=True).rows == 0
+
+
+def test_arrival_batches_keep_to_the_byte_budget(spark, score_blob_settings: Settings) -> None:
+    store = BlobStore(score_blob_settings)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    images = {f"big/img-{i}.png": solid_png(30 * i + 10, size=48) for i in range(6)}
+    for name, data in images.items():
+        store.upload(score_blob_settings.images_container, name, data, content_type="image/png")
+    # Two images' worth of bytes per micro-batch: large blobs must not all reach the driver at once.
+    budget = 2 * max(len(data) for data in images.values())
+    settings = score_blob_settings.model_copy(update={"score_max_bytes_per_trigger": budget})
+    records = [arrival_record(settings, store, name, data, at=now) for name, data in images.items()]
+    assert len(write_arrival_records(settings, records)) == 3  # one delivery, cut at the budget
+
+    batches: list[int] = []
+    report = run_scoring(settings, once=True, on_batch=lambda batch: batches.append(batch.table.num_rows))
+
+    assert report.rows == 6 and batches == [2, 2, 2]  # before: one batch of all six
+    assert sum(len(images[n]) for n in list(images)[:2]) <= budget
