@@ -18,7 +18,7 @@ import typer
 from infra.cli._output import print_json, say, stdout_to_stderr, sub_app
 from infra.cli.training import BatchSizeOption, EpochsOption, MixedPrecisionOption, ModelOption, train_options
 from infra.errors import UsageError
-from infra.settings import Settings, get_settings
+from infra.settings import LAKE_ENGINES, Settings, get_settings
 
 BENCH_MODELS = ("default", "tiny")
 CLEAN_SOURCES = ("archive", "off")
@@ -36,7 +36,12 @@ def register(app: typer.Typer) -> None:
 
 
 def run_score_bench(
-    settings: Settings, *, model: str = "default", shadow: bool = False, **options: Any
+    settings: Settings,
+    *,
+    model: str = "default",
+    shadow: bool = False,
+    engines: list[str] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Register ``model`` as champion in a fresh bench state, then run every phase of the stream's benchmark.
 
@@ -62,6 +67,8 @@ def run_score_bench(
 
     if shadow:
         options["add_challenger"] = add_challenger
+    if engines:
+        return bench.bench_engines(base, engines, model={"kind": model, "version": version}, **options)
     return bench.bench_score(base, model={"kind": model, "version": version}, **options)
 
 
@@ -85,12 +92,27 @@ def bench_score(
     shadow_rounds: Annotated[
         int, typer.Option(min=1, help="With --shadow: passes with shadow off, then on, this many times")
     ] = 3,
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Lake engine to measure (delta-rs, spark); repeat it to run each in turn and print them side by "
+            "side. Default: the configured engine alone"
+        ),
+    ] = None,
+    master: Annotated[str | None, typer.Option(help="Spark master URL (default: the configured one)")] = None,
 ) -> None:
     """Benchmark the scoring stream (throughput, latency, MERGE cost, memory; shadow on vs off); print JSON."""
     if clean_source not in CLEAN_SOURCES:
         raise UsageError(f"--clean-source must be one of {', '.join(CLEAN_SOURCES)}")
+    unknown = sorted(set(engine or ()) - set(LAKE_ENGINES))
+    if unknown:
+        raise UsageError(f"--engine must be one of {', '.join(LAKE_ENGINES)}, not {', '.join(unknown)}")
+    settings = get_settings()
+    if master:
+        settings = settings.model_copy(update={"spark_master": master})
     figures = run_score_bench(
-        get_settings(),
+        settings,
+        engines=list(dict.fromkeys(engine)) if engine else None,
         model=model,
         shadow=shadow,
         shadow_fraction=shadow_fraction,

@@ -439,6 +439,55 @@ def _shadow_figures(passes: dict[str, list[Any]], version: str, fraction: float)
     }
 
 
+# The spark engine on local[2] should keep at least this share of delta-rs's images/s (issue 15).
+ENGINE_TARGET = 0.5
+# MERGE cost from an empty table to one of 200k rows, on either engine.
+MERGE_GROWTH_TARGET = 1.5
+
+
+def bench_engines(base: Settings, engines: list[str], **options: Any) -> dict[str, Any]:
+    """:func:`bench_score` once per lake engine, each in its own state folder (same registry), and the
+    figures side by side against the targets."""
+    from infra.spark import get_spark
+
+    if "spark" in engines:  # the one session of this process must carry the spark engine's jars
+        get_spark(base.model_copy(update={"lake_engine": "spark"}), "lakesight-bench")
+    root = base.state_dir.parent
+    runs = {}
+    for engine in engines:
+        state = root / engine / "state"
+        state.mkdir(parents=True, exist_ok=True)
+        runs[engine] = bench_score(base.model_copy(update={"lake_engine": engine, "state_dir": state}), **options)
+    return {"engines": runs, "side_by_side": engine_comparison(runs)}
+
+
+def engine_comparison(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of each engine's run, and whether they meet issue 15's targets."""
+    rows = {
+        engine: {
+            "images_per_s": run["images_per_s"],
+            "ratio_to_raw_model": run["ratio"],
+            "p95_latency_s": run["p95_latency_s"],
+            "merge_s_per_batch_empty": run["merge"]["seconds_per_batch_empty"],
+            "merge_s_per_batch_seeded": run["merge"]["seconds_per_batch_seeded"],
+            "merge_seeded_over_empty": run["merge"]["seeded_over_empty"],
+            "seeded_rows": run["merge"]["seeded_rows"],
+            "driver_peak_rss_mb": run["rss"].get("peak_driver_mb"),
+            "driver_collected_mb_per_batch_max": run["driver_collected_mb_per_batch_max"],
+        }
+        for engine, run in runs.items()
+    }
+    targets: dict[str, Any] = {
+        f"{engine}_merge_growth_within_{MERGE_GROWTH_TARGET}x": row["merge_seeded_over_empty"] <= MERGE_GROWTH_TARGET
+        for engine, row in rows.items()
+    }
+    if {"spark", "delta-rs"} <= rows.keys():
+        ratio = rows["spark"]["images_per_s"] / rows["delta-rs"]["images_per_s"]
+        targets["spark_over_delta_rs_images_per_s"] = round(ratio, 3)
+        targets[f"spark_at_least_{ENGINE_TARGET}x"] = ratio >= ENGINE_TARGET
+    return {"engines": rows, "targets": targets}
+
+
 def bench_state(settings: Settings) -> Settings:
     """A fresh state folder for one benchmark run under ``settings.state_dir``, with its tuning.
 
@@ -450,6 +499,8 @@ def bench_state(settings: Settings) -> Settings:
         state_dir=root / "state",
         spark_master=settings.spark_master,
         spark_conf=settings.spark_conf,
+        lake_engine=settings.lake_engine,
+        allow_local_paths_on_cluster=settings.allow_local_paths_on_cluster,
         labeling_daily_budget=0,  # the hand-off is measured by tests, not here (no blob store needed)
         score_trigger_s=settings.score_trigger_s,
         score_max_files_per_trigger=settings.score_max_files_per_trigger,
@@ -493,10 +544,17 @@ def bench_score(
     _write_shapes(root / "warmup", 200, seed=99)
     run_scoring(_variant(base, "warmup"), source=root / "warmup", once=True, handle_signals=False)
 
-    log("throughput phase")
+    log(f"throughput phase ({base.lake_engine} engine)")
     throughput = _variant(base, "throughput")
+    collected: list[float] = []  # Arrow bytes the driver held per micro-batch
     with RssSampler() as rss:
-        report = run_scoring(throughput, source=root / "images", once=True, handle_signals=False)
+        report = run_scoring(
+            throughput,
+            source=root / "images",
+            once=True,
+            handle_signals=False,
+            on_batch=lambda result: collected.append(result.table.nbytes / 2**20),
+        )
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
     stored = sum(1 for c in rows.column("content").to_pylist() if c)
     shadow = None
@@ -535,6 +593,9 @@ def bench_score(
         "raw_model_sample": raw["images"],
         "ratio": round(images_per_s / raw["images_per_s"], 3),
         "merge_seconds_per_batch_throughput_run": report.merge_seconds_mean,
+        "lake_engine": base.lake_engine,
+        "spark_master": base.spark_master,
+        "driver_collected_mb_per_batch_max": round(max(collected), 2) if collected else None,
         "shadow": shadow,
         "latency": latency,
         "p50_latency_s": latency["p50_s"],

@@ -15,6 +15,7 @@ from streams.scoring.bench import (
     Recorder,
     _variant,
     _write_shapes,
+    bench_engines,
     bench_score,
     bench_state,
     memory_growth,
@@ -127,3 +128,33 @@ def test_the_shadow_phase_reports_images_per_s_with_shadow_off_and_on(spark, set
     assert figures["ratio"] == pytest.approx(sum(figures["ratios"]) / 2, abs=0.001)  # the median of two
     assert figures["target"] == SHADOW_TARGET and figures["meets_target"] == (figures["ratio"] >= SHADOW_TARGET)
     assert registry.version_by_alias(base, registry.CHALLENGER) is None  # later phases score without shadow
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_both_engines_run_side_by_side_and_only_delta_rs_collects_image_bytes(spark, settings: Settings) -> None:
+    base = bench_state(settings)
+    version = register_champion(base, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
+    figures = bench_engines(
+        base,
+        ["delta-rs", "spark"],
+        model={"kind": "tiny", "version": version},
+        images=100,
+        offered_per_s=20,
+        latency_s=2,
+        seed_rows=2000,
+        merge_images=40,
+        log=lambda _message: None,
+    )
+    runs = figures["engines"]
+    for engine, run in runs.items():
+        assert run["lake_engine"] == engine
+        assert run["images"] == run["rows_in_delta"] == run["rows_with_bytes"] == 100
+        assert run["latency"]["committed"] == run["latency"]["images"] == 40
+    side = figures["side_by_side"]
+    # The PNGs alone are ~100 x 1.5 KB: delta-rs holds them on the driver, the spark engine never does.
+    assert side["engines"]["spark"]["driver_collected_mb_per_batch_max"] < 0.05
+    assert side["engines"]["delta-rs"]["driver_collected_mb_per_batch_max"] > 0.1
+    ratio = side["targets"]["spark_over_delta_rs_images_per_s"]
+    assert ratio == pytest.approx(runs["spark"]["images_per_s"] / runs["delta-rs"]["images_per_s"], abs=1e-3)
+    assert side["targets"]["spark_at_least_0.5x"] == (ratio >= 0.5)
