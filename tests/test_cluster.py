@@ -263,3 +263,57 @@ def test_ingest_train_score_label_and_retrain_on_the_cluster(cluster_stack: Clus
     assert v3["model_version"] not in (v1["model_version"], v2["model_version"])
     ran_on_executors(cluster_stack, apps, executors=2)
     print(f"\ncluster e2e step seconds: {json.dumps(on.seconds)}", file=sys.stderr)
+
+
+def test_a_worker_lost_mid_stream_loses_and_duplicates_no_row(cluster_stack: ClusterStack, tmp_path: Path) -> None:
+    from training.toy_models import register_champion, tiny_cnn
+
+    # Small batches, so the stream is mid-way through several when the worker goes.
+    on = OnCluster(cluster_stack, tmp_path, LAKESIGHT_SCORE_MAX_FILES_PER_TRIGGER="4", LAKESIGHT_SCORE_TRIGGER_S="1")
+    tracked = Settings(
+        state_dir=on.state, mlflow_tracking_uri=cluster_stack.tracking.uri, model_name=on.settings.model_name
+    )
+    version = register_champion(tracked, tiny_cnn(16, len(CLASSES)), class_names=list(CLASSES), image_size=16)
+    files = sorted(shapes(on, "shapes", count=40, seed=2).rglob("*.png"))
+    incoming, staging = tmp_path / "incoming", tmp_path / "staging"
+    incoming.mkdir()
+    arrive(files[:12], staging, incoming)
+
+    before = cluster_stack.app_dirs()
+    stream = on.spawn("score", "score", "--source", str(incoming))
+
+    def scored() -> list[dict]:
+        assert stream.pid() is not None, (
+            f"the stream exited; see {stream.log_file}:\n{stream.log_file.read_text()[-3000:]}"
+        )
+        return [r for r in on.images() if r["model_version"] and r["error"] is None]
+
+    try:
+        wait_until(lambda: len(scored()) >= 4, "the stream's first batches", timeout=240)
+        stream_apps = cluster_stack.app_dirs() - before
+        # The worker to lose runs one of the stream's executors (its tasks are retried on the other).
+        assert any(app.parent == cluster_stack.cluster.work_dirs[1] for app in stream_apps), stream_apps
+        cluster_stack.cluster.kill_worker(1)
+        for start in range(12, len(files), 7):  # files keep arriving on the one worker left
+            arrive(files[start : start + 7], staging, incoming)
+            time.sleep(1.5)
+        wait_until(lambda: len(scored()) >= len(files), f"all {len(files)} files scored", timeout=300)
+    finally:
+        stream.stop(timeout=30)
+        cluster_stack.cluster.restart_worker(1)  # the session's later tests get both workers back
+
+    ran_on_executors(cluster_stack, stream_apps)
+    rows = on.images()
+    paths = sorted(r["path"] for r in rows)
+    assert len(paths) == len(set(paths)) == len(files), "a row was lost or written twice"
+    assert {p.rsplit("/", 1)[-1] for p in paths} == {f"{f.parent.name}-{f.name}" for f in files}
+    assert all(r["model_version"] == version and r["error"] is None for r in rows)
+
+
+def arrive(images: list[Path], staging: Path, folder: Path) -> None:
+    """Land ``images`` in ``folder`` whole (written beside it, then renamed in), as ``<label>-<name>``."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        name = f"{image.parent.name}-{image.name}"
+        shutil.copy(image, staging / name)
+        os.replace(staging / name, folder / name)

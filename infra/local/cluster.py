@@ -208,18 +208,32 @@ class SparkCluster:
         self.master.spawn(self.master_argv(), env=self.env())
         try:
             wait_for("the Spark master", lambda: get_json(self.master_json_url) is not None, [self.master], timeout)
-            for service, work_dir in zip(self.worker_services, self.work_dirs, strict=True):
-                service.spawn(self.worker_argv(work_dir), env=self.env(work_dir))
-            wait_for(
-                f"{self.workers} ALIVE Spark workers",
-                lambda: len(self.alive_workers()) >= self.workers,
-                [self.master, *self.worker_services],
-                timeout,
-            )
+            for index in range(self.workers):
+                self.spawn_worker(index)
+            self.wait_for_workers(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def spawn_worker(self, index: int) -> int:
+        work_dir = self.work_dirs[index]
+        return self.worker_services[index].spawn(self.worker_argv(work_dir), env=self.env(work_dir))
+
+    def wait_for_workers(self, timeout: float = 90.0) -> None:
+        """Return once all the workers are ALIVE in the master's JSON."""
+        wait_for(
+            f"{self.workers} ALIVE Spark workers",
+            lambda: len(self.alive_workers()) >= self.workers,
+            [self.master, *self.worker_services],
+            timeout,
+        )
+
+    def restart_worker(self, index: int, timeout: float = 90.0) -> None:
+        """Start worker ``index`` again (after :meth:`kill_worker`) and wait until every worker is ALIVE."""
+        if self.worker_services[index].pid() is None:
+            self.spawn_worker(index)
+        self.wait_for_workers(timeout)
 
     def worker_pid(self, index: int) -> int | None:
         return self.worker_services[index].pid()
