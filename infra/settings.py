@@ -79,6 +79,18 @@ def names_driver_tracking(uri: str) -> bool:
     return parts.scheme in ("", "file", "sqlite") or names_driver_storage(uri)
 
 
+def default_artifact_root(tracking_uri: str, state_dir: Path) -> str:
+    """Where runs log artifacts when no root is set: the tracking server's proxy for an HTTP server.
+
+    An HTTP-tracked run's artifacts on the logging process's disk are lost to every other machine:
+    a Spark executor elsewhere loading the model then fails with "No such artifact". Through
+    ``mlflow-artifacts:/`` the server stores them and serves them to every client.
+    """
+    if tracking_uri.startswith(("http://", "https://")):
+        return "mlflow-artifacts:/"
+    return str(state_dir / "mlartifacts")
+
+
 def is_loopback(host: str) -> bool:
     """True for a bind address only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
     if host.strip("[]").lower() == "localhost":
@@ -123,7 +135,11 @@ class Settings(BaseSettings):
     exports_container: str = Field("labeling-exports", description="Container for labeling exports")
 
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; default SQLite in state_dir")
-    mlflow_artifact_root: str = Field("", description="MLflow artifact root; default <state_dir>/mlartifacts")
+    mlflow_artifact_root: str = Field(
+        "",
+        description="MLflow artifact root; default <state_dir>/mlartifacts, or the tracking server's proxy "
+        "(mlflow-artifacts:/) when the tracking URI is http(s)",
+    )
     mlflow_ui_port: int = Field(5000, description="Port of the MLflow UI started by 'lakesight up'")
     model_name: str = Field("lakesight-classifier", description="Registered model name")
 
@@ -355,7 +371,7 @@ class Settings(BaseSettings):
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{state / 'mlflow.db'}"
         if not self.mlflow_artifact_root:
-            self.mlflow_artifact_root = str(state / "mlartifacts")
+            self.mlflow_artifact_root = default_artifact_root(self.mlflow_tracking_uri, state)
         if not self.arrivals_root:
             self.arrivals_root = str(state / "arrivals")
         if not self.lake_engine:

@@ -12,6 +12,9 @@ import pytest
 from infra.processes import free_port
 from infra.settings import Settings
 
+# The Spark standalone cluster and tracking server of the `cluster` tests (started only when one runs).
+pytest_plugins = ["tests.helpers.cluster"]
+
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # TensorFlow on 2 cores next to Spark: keep it quiet and from grabbing every thread.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -13,7 +13,10 @@ from infra.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
-    stack = sub_app("stack", "Start, stop and inspect the local services (Azurite).")
+    stack = sub_app(
+        "stack",
+        "Start, stop and inspect the local services (Azurite; with --spark-cluster a Spark cluster and MLflow).",
+    )
     stack.command("start")(stack_start)
     stack.command("stop")(stack_stop)
     stack.command("status")(stack_status)
@@ -24,29 +27,61 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
 
 
-def stack_start() -> None:
-    """Start Azurite (from the project's npm install) and create the containers."""
+SparkClusterOption = Annotated[
+    bool,
+    typer.Option(
+        "--spark-cluster",
+        help="Also a Spark standalone cluster (master and workers) and an MLflow tracking server on loopback",
+    ),
+]
+WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Spark workers (1 core each)")]
+
+
+def stack_start(spark_cluster: SparkClusterOption = False, workers: WorkersOption = 2) -> None:
+    """Start Azurite (from the project's npm install) and create the containers; --spark-cluster: a Spark
+    standalone cluster and an MLflow tracking server too, and print the environment that points commands at them."""
     from infra.local.stack import Azurite, check_java
 
     settings = get_settings()
     check_java()
     pid = Azurite(settings).start()
     console.print(f"azurite running (pid {pid}) on port {settings.blob_port}")
+    if spark_cluster:
+        _start_cluster(settings, workers)
+
+
+def _start_cluster(settings: Any, workers: int) -> None:
+    """Start the cluster and print, on stdout, the environment lakesight's commands need to use it."""
+    from infra.local.cluster import start_local_cluster
+
+    started = start_local_cluster(settings, workers=workers)
+    console.print(
+        f"spark cluster running: {started.cluster.master_url} ({workers} workers); "
+        f"MLflow tracking server {started.tracking.uri}. Use it with:"
+    )
+    for name, value in started.env.items():
+        out.print(f"export {name}={value}", markup=False, highlight=False, soft_wrap=True)
 
 
 def stack_stop() -> None:
-    """Stop the local services started by 'stack start'."""
+    """Stop the local services started by 'stack start' (the Spark cluster too, if it was started)."""
+    from infra.local.cluster import running_local_cluster, stop_local_cluster
     from infra.local.stack import Azurite
 
-    stopped = Azurite(get_settings()).stop()
+    settings = get_settings()
+    stopped = Azurite(settings).stop()
     console.print("azurite stopped" if stopped else "azurite was not running")
+    if running_local_cluster(settings) is not None:
+        console.print("spark cluster stopped" if stop_local_cluster(settings) else "spark cluster was not running")
 
 
 def stack_status() -> None:
-    """Show whether the local services are running."""
+    """Show whether the local services are running (the Spark cluster's too, once started)."""
+    from infra.local.cluster import cluster_status
     from infra.local.stack import stack_status as services
 
-    render_rows("local stack", services(get_settings()))
+    settings = get_settings()
+    render_rows("local stack", [*services(settings), *cluster_status(settings)])
 
 
 def demo(

@@ -15,6 +15,16 @@ def test_defaults_live_under_state_dir(tmp_path: Path) -> None:
     assert f"127.0.0.1:{settings.blob_port}" in settings.blob_connection_string.get_secret_value()
 
 
+def test_an_http_tracking_server_keeps_the_artifacts_by_default(tmp_path: Path) -> None:
+    # Artifacts on the logging process's disk are out of reach of executors elsewhere.
+    assert Settings(state_dir=tmp_path, mlflow_tracking_uri="http://127.0.0.1:5000").mlflow_artifact_root == (
+        "mlflow-artifacts:/"
+    )
+    assert Settings(state_dir=tmp_path).mlflow_artifact_root == str(tmp_path / "mlartifacts")
+    given = Settings(state_dir=tmp_path, mlflow_tracking_uri="https://mlflow.example", mlflow_artifact_root="s3://b/a")
+    assert given.mlflow_artifact_root == "s3://b/a"
+
+
 def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "lakesight.toml"
     config.write_text('model_name = "from-toml"\nconfidence_threshold = 0.8\nimages_container = "incoming"\n')
