@@ -166,7 +166,8 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
         log_dataset(snapshot)
         job = WorkerJob(
             kind=DISTRIBUTED,
-            settings=settings,
+            # Pickled into Spark tasks and the workers' job files: no secrets (Settings.for_executors).
+            settings=settings.for_executors(),
             hyper=hyper,
             delta_version=snapshot.delta_version,
             image_size=snapshot.image_size,
