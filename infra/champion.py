@@ -25,6 +25,7 @@ from infra.registry import (
     TAG_CHAMPION_VERSION,
     Classifier,
     RegistryError,
+    RegistryUnreachable,
     load_classifier,
     version_by_alias,
     versions,
@@ -59,7 +60,12 @@ def current_classifier(
         cached = _models.get(key)
         if cached is not None and now - cached.checked_at < settings.champion_check_s:
             return cached.classifier, cached.version
-        latest = version_by_alias(settings, alias)
+        try:
+            latest = version_by_alias(settings, alias)
+        except RegistryUnreachable as exc:
+            if cached is None:
+                raise  # nothing loaded yet: nothing to keep serving
+            return _serve_through_outage(cached, alias, exc, now)
         if cached is None:
             return _first_load(settings, key, alias, latest, now)
         if latest is not None and str(latest.version) == cached.version:
@@ -86,6 +92,15 @@ def current_classifier(
             cached.load_error = f"{alias} {named}; still serving version {cached.version}: {_one_line(exc)}"
             return cached.classifier, cached.version
         return _keep(key, classifier, version, now)
+
+
+def _serve_through_outage(cached: _Cached, alias: str, exc: RegistryError, now: float) -> tuple[Classifier, str]:
+    """The tracking server is down: the loaded version keeps serving, and says so (``load_failure``)."""
+    error = f"{exc}; still serving {alias} version {cached.version}"
+    if cached.load_error != error:  # logged once per outage, not at every check
+        log.warning("%s", error)
+    cached.checked_at, cached.load_error = now, error
+    return cached.classifier, cached.version
 
 
 def load_failure(settings: Settings, *, alias: str = CHAMPION) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -88,6 +89,24 @@ class RegistryError(LakesightError, RuntimeError):
     """MLflow cannot be reached or holds no usable model."""
 
 
+class RegistryUnreachable(RegistryError):
+    """The tracking server did not answer (down, refused, timed out, 5xx after retries)."""
+
+
+def unreachable(uri: str, exc: BaseException) -> RegistryUnreachable:
+    """One line naming the URI and why (the socket's errno when there is one), not MLflow's page of URLs."""
+    text = " ".join(str(exc).split())
+    errno = re.search(r"\[Errno -?\d+\][^\"')]*", text)
+    reason = errno.group(0).strip() if errno else text[:200]
+    return RegistryUnreachable(f"MLflow tracking URI {uri} is not reachable ({reason})")
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """MLflow's REST client reports a failed request (no answer, or 5xx after its retries) this way."""
+    text = str(exc)
+    return "API request to " in text and " failed with " in text
+
+
 def configure_mlflow(settings: Settings) -> None:
     """Point MLflow at the settings' tracking/registry URI; fail clearly if unreachable."""
     import mlflow
@@ -109,7 +128,7 @@ def configure_mlflow(settings: Settings) -> None:
         try:
             mlflow.MlflowClient().search_experiments(max_results=1)
         except Exception as exc:  # any failure here means "cannot reach it"
-            raise RegistryError(f"MLflow tracking URI {uri} is not reachable: {exc}") from exc
+            raise unreachable(uri, exc) from exc
         _configured.add(key)
 
 
@@ -137,12 +156,18 @@ def ensure_experiment(settings: Settings, name: str) -> str:
 
 
 def version_by_alias(settings: Settings, alias: str = CHAMPION) -> Any | None:
-    """The model version holding ``alias`` (None when the model or alias does not exist)."""
+    """The model version holding ``alias`` (None when the model or alias does not exist).
+
+    Raises :class:`RegistryUnreachable` when the tracking server does not answer: "no version" and
+    "cannot ask" must differ, or a running stream would take an outage for a removed alias.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         return client(settings).get_model_version_by_alias(settings.model_name, alias)
-    except MlflowException:
+    except MlflowException as exc:
+        if _is_unreachable(exc):
+            raise unreachable(settings.mlflow_tracking_uri, exc) from exc
         return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -39,6 +39,17 @@ DEFAULT_MODEL_API_KEY = "local-model-key"
 MIN_EVENT_KEY_CHARS = 32
 LAKE_ENGINES = ("delta-rs", "spark")
 SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
+# Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
+# spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
+BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
+
+
+def azurite_connection(port: int) -> str:
+    """The connection string of Azurite's public development account on ``port`` (local mode's default)."""
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+    )
 
 
 def _config_file() -> Path | None:
@@ -105,6 +116,9 @@ class Settings(BaseSettings):
     """Everything lakesight can be configured with. Paths may be local or ``abfss://`` URIs."""
 
     model_config = SettingsConfigDict(env_prefix="LAKESIGHT_", extra="ignore", validate_default=True)
+    # Set on the copy for executors (for_executors): "env" reads the blob connection string from the
+    # executor's environment, "azurite" derives local mode's default again; "" on the driver.
+    _executor_blob: str = PrivateAttr("")
 
     mode: Literal["local", "azure"] = Field("local", description="local: embedded stack; azure: real cloud")
     state_dir: Path = Field(Path(".lakesight"), description="Where local state lives (lake, logs, MLflow)")
@@ -378,10 +392,7 @@ class Settings(BaseSettings):
             self.lake_engine = "delta-rs" if self.spark_master.startswith("local") else "spark"
         conn = self.blob_connection_string.get_secret_value()
         if not conn and self.mode == "local":
-            self.blob_connection_string = SecretStr(
-                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-                f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
-            )
+            self.blob_connection_string = SecretStr(azurite_connection(self.blob_port))
         if self.score_clean_source == "archive" and not self.score_archive_dir:
             raise ValueError("score_clean_source=archive needs score_archive_dir (where processed files go)")
         if self.mode != "local" and AZURITE_KEY in conn:
@@ -438,9 +449,28 @@ class Settings(BaseSettings):
     def blob_connection(self) -> str:
         """The blob connection string; in azure mode an empty one is a :class:`SettingsError`."""
         conn = self.blob_connection_string.get_secret_value()
+        if not conn and self._executor_blob == "azurite":
+            conn = azurite_connection(self.blob_port)
+        elif not conn and self._executor_blob == "env":
+            conn = os.environ.get(BLOB_CONNECTION_ENV, "")
+            if not conn:
+                raise SettingsError(
+                    f"this Spark executor has no blob connection string: set {BLOB_CONNECTION_ENV} in the "
+                    f"executors' environment (a cluster secret, or spark.executorEnv.{BLOB_CONNECTION_ENV})"
+                )
         if not conn:
             raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
         return conn
+
+    def for_executors(self) -> Settings:
+        """A copy to pickle into Spark task closures, its secrets blank: a closure is shipped with every
+        task, and its bytes end up in task logs and dumps. Executors read the blob connection string
+        from their environment (:data:`BLOB_CONNECTION_ENV`); local mode's Azurite default, a public
+        development key, is derived again from ``blob_port``."""
+        conn = self.blob_connection_string.get_secret_value()
+        view = self.model_copy(update={name: SecretStr("") for name in SECRET_FIELDS})
+        view._executor_blob = "azurite" if conn == azurite_connection(self.blob_port) else "env"
+        return view
 
     def events_url(self) -> str:
         """The handler's Event Grid webhook on this machine."""

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.jvm import default_jars_dir, spark_jar_conf
-from infra.settings import Settings, is_local_uri
+from infra.settings import BLOB_CONNECTION_ENV, Settings, azurite_connection, is_local_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -64,6 +64,7 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
         builder = SparkSession.builder.master(settings.spark_master).appName(app_name)
         conf = {**DEFAULT_CONF, "spark.sql.warehouse.dir": str(settings.state_dir / "spark-warehouse")}
         conf.update(engine_conf(settings))
+        conf.update(executor_secret_conf(settings))
         conf.update(settings.spark_conf)
         for key, value in conf.items():
             builder = builder.config(key, value)
@@ -72,6 +73,21 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
         if is_local_uri(settings.checkpoint_root):
             _plain_checkpoint_files(spark)
         return spark
+
+
+# Spark's default redaction, and the blob connection string: hidden in the UI, event log and logs.
+REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|connection.?string"
+
+
+def executor_secret_conf(settings: Settings) -> dict[str, str]:
+    """The blob connection string in the executors' environment, where the executor-side fetch reads
+    it (``Settings.for_executors``: task closures carry no secret). Nothing for local mode's Azurite
+    default, which executors derive; a cluster that sets the variable itself keeps its own."""
+    conn = settings.blob_connection_string.get_secret_value()
+    key = f"spark.executorEnv.{BLOB_CONNECTION_ENV}"
+    if not conn or conn == azurite_connection(settings.blob_port) or key in settings.spark_conf:
+        return {}
+    return {key: conn, "spark.redaction.regex": REDACTION_REGEX}
 
 
 def engine_conf(settings: Settings) -> dict[str, str]:

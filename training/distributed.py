@@ -7,14 +7,17 @@ needs. Each task picks a free port, shares ``host:port`` through ``BarrierTaskCo
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import replace
 
-from infra.errors import LakesightError
+from infra.errors import LakesightError, executor_error
 from infra.processes import free_port
 from infra.settings import Settings
 from infra.spark import get_spark
-from training.worker import WorkerJob, WorkerOutcome, run_in_subprocess
+from training.worker import WorkerJob, WorkerOutcome, relay_log, run_in_subprocess, threads_per_task
+
+log = logging.getLogger(__name__)
 
 
 class DistributedError(LakesightError, RuntimeError):
@@ -48,10 +51,23 @@ def train_distributed(settings: Settings, job: WorkerJob, workers: int) -> list[
         raise DistributedError(
             f"{workers} workers need {workers} task slots at once (barrier mode); this Spark has {slots}"
         )
-    threads = max(1, slots // workers) if spark.sparkContext.master.startswith("local") else None
+    threads = threads_per_task(spark.sparkContext, workers)
     rdd = spark.sparkContext.parallelize(range(workers), workers).barrier()
     try:
         outcomes = rdd.mapPartitions(_barrier_task(job, threads)).collect()
-    except Exception as exc:  # Spark wraps the worker's error; keep its text
-        raise DistributedError(f"multi-worker training failed: {exc}") from exc
+    except Exception as exc:
+        raise _worker_failure(exc) from exc
+    for outcome in sorted(outcomes, key=lambda o: o.worker_index):
+        relay_log(outcome.name, outcome.log)
     return sorted(outcomes, key=lambda o: o.worker_index)
+
+
+def _worker_failure(exc: Exception) -> DistributedError:
+    """The failed worker's own error, read out of Spark's wrapper: its whole message (the end of its
+    log, ``ERROR_TAIL_BYTES``) goes to this process's log, its first line into the error."""
+    remote = executor_error(exc)
+    if remote is None:  # Spark itself failed (a lost executor, a barrier that could not start)
+        return DistributedError(f"multi-worker training failed: {' '.join(str(exc).split())[:2000]}")
+    relay_log("failed worker", remote.detail, level=logging.ERROR)
+    first = remote.detail.strip().splitlines()[0].rstrip(":") if remote.detail.strip() else remote.name
+    return DistributedError(f"multi-worker training failed on an executor: {first} (its log is above)")

@@ -16,9 +16,25 @@ from typing import Any
 
 import numpy as np
 
+from infra.errors import UsageError
 from training.feed import make_dataset
 from training.models import DEFAULT_MODEL, build_model
 from training.strategy import TrainStrategy
+
+
+def check_batch_splits(batch_size: int, replicas: int) -> None:
+    """Refuse a global batch that does not split evenly over ``replicas`` (TensorFlow's all-reduce
+    fails with "global_batch_size not divisible by num_replicas_in_sync", after the workers started).
+
+    Refused rather than rounded: the batch size is a hyperparameter the run logs, and a run must
+    train with the one it names. Smaller batches than replicas are raised to one image each.
+    """
+    if replicas > 1 and batch_size > replicas and batch_size % replicas:
+        lower, upper = batch_size - batch_size % replicas, batch_size + replicas - batch_size % replicas
+        raise UsageError(
+            f"batch size {batch_size} does not split over {replicas} workers: choose a multiple of {replicas} "
+            f"(--batch-size {lower} or {upper})"
+        )
 
 
 @dataclass
@@ -106,6 +122,8 @@ def fit(
     tfs = strategy.tf_strategy
     images, labels = train
     image_size = int(images.shape[1])
+    # Checked again here: a worker with several GPUs has more replicas than the driver counted.
+    check_batch_splits(hyper.batch_size, tfs.num_replicas_in_sync)
     global_batch = max(hyper.batch_size, tfs.num_replicas_in_sync)
     rows = train_rows if train_rows is not None else len(labels)
     steps = max(1, math.ceil(rows / global_batch))

@@ -18,7 +18,7 @@ from infra import registry
 from infra.errors import UsageError
 from infra.settings import Settings
 from training.feed import TEST, TRAIN, VALIDATION, Snapshot, TrainingDataError, load_snapshot
-from training.loop import EpochMetrics, HyperParams, fit
+from training.loop import EpochMetrics, HyperParams, check_batch_splits, fit
 from training.models import DEFAULT_MODEL, MODELS
 from training.promotion import evaluate_version, promote
 from training.search import SEARCH_MODELS
@@ -73,6 +73,8 @@ class TrainOptions:
             raise UsageError("workers must be at least 1 and search at least 0")
         if self.workers > 1 and self.search:
             raise UsageError("--workers and --search cannot be combined: a search runs one process per trial")
+        # Before any Spark job: each worker is one replica (a CPU, or one GPU each).
+        check_batch_splits(self.batch_size, self.workers)
         unknown = set(self.search_models) - set(MODELS)
         if unknown:
             raise UsageError(f"unknown search models {sorted(unknown)}")
@@ -164,7 +166,8 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
         log_dataset(snapshot)
         job = WorkerJob(
             kind=DISTRIBUTED,
-            settings=settings,
+            # Pickled into Spark tasks and the workers' job files: no secrets (Settings.for_executors).
+            settings=settings.for_executors(),
             hyper=hyper,
             delta_version=snapshot.delta_version,
             image_size=snapshot.image_size,

@@ -15,7 +15,15 @@ from infra.errors import LakesightError
 from infra.settings import Settings
 from infra.spark import get_spark
 from training.loop import HyperParams
-from training.worker import TRIAL, WorkerError, WorkerJob, WorkerOutcome, run_in_subprocess
+from training.worker import (
+    TRIAL,
+    WorkerError,
+    WorkerJob,
+    WorkerOutcome,
+    relay_log,
+    run_in_subprocess,
+    threads_per_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +62,14 @@ def best_trial(outcomes: Sequence[WorkerOutcome]) -> WorkerOutcome:
     """Highest validation accuracy, then lowest validation loss, among finished trials."""
     finished = [o for o in outcomes if o.ok and o.model_uri]
     if not finished:
-        errors = "; ".join(f"{o.name}: {(o.error or '')[-300:]}" for o in outcomes)
+        # Each trial's whole error is in the log already (run_search); here, what each one said first.
+        errors = "; ".join(f"{o.name}: {_first_line(o.error)}" for o in outcomes)
         raise SearchError(f"no search trial finished: {errors}")
     return max(finished, key=lambda o: (o.val_accuracy or 0.0, -(o.val_loss or 0.0)))
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else "no error text"
 
 
 def _trial_task(threads: int | None):
@@ -94,12 +107,13 @@ def run_search(
             )
         )
     spark = get_spark(settings, "lakesight-train")
-    slots = spark.sparkContext.defaultParallelism
-    threads = max(1, slots // min(slots, len(jobs))) if spark.sparkContext.master.startswith("local") else None
+    threads = threads_per_task(spark.sparkContext, len(jobs))
     outcomes = spark.sparkContext.parallelize(jobs, len(jobs)).map(_trial_task(threads)).collect()
     for outcome in outcomes:
+        relay_log(outcome.name, outcome.log)
         if not outcome.ok:
-            log.warning("search trial %s failed: %s", outcome.name, (outcome.error or "")[-500:])
+            # Whole (the end of the trial's log, ERROR_TAIL_BYTES): its traceback is the end of it.
+            log.warning("search trial %s failed: %s", outcome.name, outcome.error)
             if outcome.run_id:
                 mlflow_client.set_terminated(outcome.run_id, status="FAILED")
     return outcomes

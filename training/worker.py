@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 
 DISTRIBUTED = "distributed"
 TRIAL = "trial"
+# A training process's log stays on the executor that ran it; what comes back to the driver:
+# the end of its log with a failure (its traceback, whole), and with its outcome (its log lines).
+ERROR_TAIL_BYTES = 8 * 1024
+LOG_TAIL_BYTES = 64 * 1024
 
 
 class WorkerError(LakesightError, RuntimeError):
@@ -68,6 +73,7 @@ class WorkerOutcome:
     run_id: str | None = None
     hyper: HyperParams | None = None
     device: str = ""
+    log: str = ""  # the end of the process's log (LOG_TAIL_BYTES), for the driver's log
 
 
 def run_job(job: WorkerJob) -> WorkerOutcome:
@@ -218,12 +224,45 @@ def run_in_subprocess(
             except subprocess.TimeoutExpired as exc:
                 raise WorkerError(f"{job.name} ran past {timeout_s}s; log: {log_path}") from exc
         if done.returncode != 0 or not result_path.exists():
-            tail = log_path.read_text(errors="replace")[-3000:]
             raise WorkerError(
                 f"{job.name} exited with {done.returncode} after {time.perf_counter() - started:.0f}s "
-                f"(log {log_path}):\n{tail}"
+                f"(log {log_path} on {socket.gethostname()}):\n{log_tail(log_path, ERROR_TAIL_BYTES)}"
             )
-        return pickle.loads(result_path.read_bytes())
+        outcome: WorkerOutcome = pickle.loads(result_path.read_bytes())
+        outcome.log = log_tail(log_path, LOG_TAIL_BYTES)
+        return outcome
+
+
+def log_tail(path: Path, limit: int) -> str:
+    """The last ``limit`` bytes of the log at ``path``, from a line start when it was cut."""
+    with open(path, "rb") as file:
+        file.seek(0, os.SEEK_END)
+        size = file.tell()
+        file.seek(max(0, size - limit))
+        data = file.read()
+    if size > limit and b"\n" in data:
+        data = data.split(b"\n", 1)[1]
+    return data.decode(errors="replace")
+
+
+def relay_log(name: str, text: str, *, level: int = logging.INFO) -> None:
+    """Write a training process's log lines (brought back from its executor) to this process's log."""
+    for line in text.splitlines():
+        if line.strip():
+            log.log(level, "[%s] %s", name, line)
+
+
+def threads_per_task(context: Any, tasks: int) -> int:
+    """TensorFlow threads for each of ``tasks`` training processes that Spark tasks launch at once.
+
+    On a ``local*`` master the tasks share this machine's cores; on a cluster each gets the cores
+    Spark gives a task (``spark.task.cpus``, 1 by default): TensorFlow's default of every core of
+    the executor's machine oversubscribed trials sharing it (docs/PLATFORM.md).
+    """
+    if context.master.startswith("local"):
+        slots = max(1, int(context.defaultParallelism))
+        return max(1, slots // max(1, min(slots, tasks)))
+    return max(1, int(context.getConf().get("spark.task.cpus", "1")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from infra.blob import quiet_azure_sdk
-from infra.errors import LakesightError
+from infra.errors import LakesightError, executor_error
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()
@@ -31,14 +31,20 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 class _Boundary(TyperGroup):
-    """The single error boundary: a project error is one line and exit 1; anything else is a bug
-    and keeps its traceback."""
+    """The single error boundary: a project error is one line and exit 1, also when a Spark task
+    raised it (it arrives wrapped in pyspark's or py4j's exception); anything else is a bug and
+    keeps its traceback."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except LakesightError as exc:
             fail(str(exc))
+        except Exception as exc:
+            remote = executor_error(exc)
+            if remote is None:
+                raise
+            fail(str(remote))
 
 
 app = typer.Typer(
@@ -58,11 +64,21 @@ def sub_app(name: str, help_text: str) -> typer.Typer:
     return group
 
 
+# lakesight's own loggers (its packages, and ``lakesight.*`` names); every other library logs at
+# WARNING unless asked for DEBUG: at INFO for every logger, one scoring batch logged thousands of
+# lines of other libraries' chatter.
+PROJECT_LOGGERS = ("infra", "streams", "training", "handlers", "serving", "lakesight")
+
+
 def configure_logging(level: str = "INFO", *, force: bool = False) -> None:
-    """One log format for every long-running command (stderr); the Azure SDK's loggers at WARNING
-    unless ``level`` is DEBUG (``infra.blob.quiet_azure_sdk``)."""
+    """One log format for every long-running command (stderr): ``level`` for lakesight's own loggers,
+    WARNING for the rest unless ``level`` is DEBUG (the Azure SDK's: ``infra.blob.quiet_azure_sdk``)."""
     level = level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+    debug = level == "DEBUG"
+    root_level = level if debug or logging.getLevelName(level) > logging.WARNING else "WARNING"
+    logging.basicConfig(level=root_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+    for name in PROJECT_LOGGERS:
+        logging.getLogger(name).setLevel(level)
     quiet_azure_sdk(level)
 
 

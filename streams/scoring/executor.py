@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,14 @@ CLASSIFY_DDL = "label string, confidence double"
 EMBED_DDL = "array<float>"
 # Input rows may carry a reason they could not be read (a vanished blob); it wins over image checks.
 FETCH_ERROR = "fetch_error"
+
+
+def executor_mapper(body: Callable[..., Iterator[pd.DataFrame]], settings: Settings) -> Callable[[Any], Any]:
+    """The mapInPandas function ``body(batches, settings=...)`` for the executors: it closes over
+    ``settings.for_executors()``, never the driver's settings (their secrets would travel pickled
+    with every task; executors read the blob connection string from their environment)."""
+    view = settings.for_executors()
+    return lambda batches: body(batches, settings=view)
 
 
 def _prepare_worker(settings: Settings) -> None:
@@ -234,9 +242,11 @@ def register_classify(spark: Any, settings: Settings, name: str = "classify") ->
     """Register the champion as the Spark SQL function ``name(content)`` -> struct<label, confidence>."""
     from pyspark.sql.functions import pandas_udf
 
+    view = settings.for_executors()  # pickled with the function: no secrets (executor_mapper)
+
     @pandas_udf(CLASSIFY_DDL)  # type: ignore[call-overload]
     def classify(contents: pd.Series) -> pd.DataFrame:
-        return classify_series(contents, settings)
+        return classify_series(contents, view)
 
     return spark.udf.register(name, classify)
 
@@ -245,8 +255,10 @@ def register_embed(spark: Any, settings: Settings, name: str = "embed") -> Any:
     """Register the champion's embedding as the Spark SQL function ``name(content)`` -> array<float>."""
     from pyspark.sql.functions import pandas_udf
 
+    view = settings.for_executors()  # pickled with the function: no secrets (executor_mapper)
+
     @pandas_udf(EMBED_DDL)  # type: ignore[call-overload]
     def embed(contents: pd.Series) -> pd.Series:
-        return embed_series(contents, settings)
+        return embed_series(contents, view)
 
     return spark.udf.register(name, embed)

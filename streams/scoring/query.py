@@ -39,7 +39,7 @@ from streams.checkpoint.source_log import seen_file_count
 from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
 from streams.scoring.drift import DriftMonitor
-from streams.scoring.executor import MODEL_LOAD_ERROR, SCORED_DDL, score_rows
+from streams.scoring.executor import MODEL_LOAD_ERROR, SCORED_DDL, executor_mapper, score_rows
 from streams.scoring.progress import BatchRecord, ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 from streams.watched_folder import FolderCheck, WatchedFolder
@@ -290,9 +290,10 @@ class ScoringQuery:
         self._warn_if_unbounded()
 
     def _stream_writer(self, trigger_s: float | None) -> Any:
-        settings = self.settings  # the mapper is pickled for the executors: it must not hold ``self``
+        settings = self.settings
+        # The mapper is pickled for the executors: it holds neither ``self`` nor the secrets.
         scored = file_rows(self.spark, settings, self.source).mapInPandas(
-            lambda it: score_rows(it, settings=settings), SCORED_DDL
+            executor_mapper(score_rows, settings), SCORED_DDL
         )
         stream = (
             scored.writeStream.foreachBatch(self.writer)
@@ -307,13 +308,12 @@ class ScoringQuery:
         """A local folder source is looked at between batches: skipped files, changed error files."""
         if self.source.kind != "directory" or not WatchedFolder.watches(self.source.location):
             return None
-        settings = self.settings
         folder = WatchedFolder(
             self.source.location,
             self.source.glob,
             lake=self.lake,
             spark=self.spark,
-            mapper=lambda it: score_rows(it, settings=settings),
+            mapper=executor_mapper(score_rows, self.settings),
             ddl=SCORED_DDL,
             update=SCORE_UPDATE,
             when=SCORE_UPDATE_WHEN,

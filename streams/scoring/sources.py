@@ -23,6 +23,7 @@ from infra.images import IMAGE_GLOB
 from infra.settings import Settings, local_path
 from streams.checkpoint.names import checkpoint_name
 from streams.file_rows import image_file_stream
+from streams.scoring.executor import executor_mapper
 from streams.scoring.fetch import FETCHED_DDL, fetch_blobs
 from streams.watched_folder import typical_file_bytes
 
@@ -130,7 +131,7 @@ def file_rows(spark: Any, settings: Settings, source: Source) -> Any:
         )
         # Few records per file: repartition so every core downloads and scores.
         parallelism = spark.sparkContext.defaultParallelism
-        return records.repartition(parallelism).mapInPandas(lambda it: fetch_blobs(it, settings=settings), FETCHED_DDL)
+        return records.repartition(parallelism).mapInPandas(executor_mapper(fetch_blobs, settings), FETCHED_DDL)
     reader = _folder_reader(spark, settings, source).options(**clean_source_options(settings, source))
     files = image_file_stream(reader, source.location, source.glob)
     # Without this each file became its own task (docs/PLATFORM.md: 97 -> 194 img/s).

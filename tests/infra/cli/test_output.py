@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -37,3 +38,83 @@ def test_debug_shows_the_azure_sdks_requests() -> None:
     configure_logging("debug", force=True)
     assert logging.getLogger("azure").level == logging.DEBUG
     assert logging.getLogger("azure.core.pipeline.policies.http_logging_policy").isEnabledFor(logging.DEBUG)
+
+
+@pytest.fixture
+def restored_project_loggers() -> Iterator[None]:
+    from infra.cli._output import PROJECT_LOGGERS
+
+    saved = {name: logging.getLogger(name).level for name in PROJECT_LOGGERS}
+    yield
+    for name, level in saved.items():
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.mark.usefixtures("restored_logging", "restored_project_loggers")
+def test_info_is_for_lakesights_own_loggers_only() -> None:
+    configure_logging("info", force=True)
+    for ours in ("infra.champion", "streams.scoring.query", "training.worker", "handlers.app", "serving.app"):
+        assert logging.getLogger(ours).isEnabledFor(logging.INFO), ours
+    for theirs in ("mlflow.tracking", "py4j.clientserver", "urllib3.connectionpool", "azure.storage.blob"):
+        assert not logging.getLogger(theirs).isEnabledFor(logging.INFO), theirs
+        assert logging.getLogger(theirs).isEnabledFor(logging.WARNING), theirs
+
+
+# The error boundary ---------------------------------------------------------------------------
+def _boundary_app(command: Any) -> Any:
+    import typer
+
+    from infra.cli._output import _Boundary
+
+    app = typer.Typer(cls=_Boundary)
+    app.command()(command)
+    app.command("other")(lambda: None)  # two commands: the group (the boundary) dispatches
+    return app
+
+
+def _refuse_storage(_: Any) -> Any:  # runs on an executor
+    from infra.blob import StorageUnavailable
+
+    raise StorageUnavailable("blob storage did not answer for 10 s\nsecond line of detail")
+
+
+def _bug(_: Any) -> Any:  # runs on an executor
+    raise KeyError("a bug")
+
+
+def test_a_project_error_raised_in_a_spark_task_is_one_line(spark: Any) -> None:
+    from typer.testing import CliRunner
+
+    def command() -> None:
+        spark.sparkContext.parallelize([1], 1).map(_refuse_storage).collect()
+
+    result = CliRunner().invoke(_boundary_app(command), ["command"])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert lines == ["error: blob storage did not answer for 10 s (StorageUnavailable on a Spark executor)"]
+
+
+def test_other_failures_in_a_spark_task_keep_their_traceback(spark: Any) -> None:
+    from typer.testing import CliRunner
+
+    def command() -> None:
+        spark.sparkContext.parallelize([1], 1).map(_bug).collect()
+
+    result = CliRunner().invoke(_boundary_app(command), ["command"])
+    assert result.exit_code == 1
+    assert "KeyError" in str(result.exception)
+    assert "error:" not in result.output
+
+
+def test_the_whole_message_of_an_executor_error_is_kept() -> None:
+    from infra.errors import project_error_in
+
+    text = (
+        "An exception was thrown from the Python worker:\nTraceback (most recent call last):\n"
+        '  File "x.py", line 1, in f\ninfra.blob.StorageUnavailable: first\nsecond\n'
+        " SQLSTATE: 38000\n\tat org.x(Y.java)"
+    )
+    found = project_error_in(text)
+    assert found is not None and found.name == "infra.blob.StorageUnavailable"
+    assert found.detail == "first\nsecond"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.errors import SettingsError
 from infra.local.sample_data import png_bytes
 from infra.settings import Settings
 from infra.status import read_stream_status as read_status
@@ -131,3 +132,60 @@ def test_a_champion_that_fails_to_load_is_shown_until_resolved(spark, score_sett
     message = (failing or {}).get("champion_load_error") or ""
     assert "champion version 2 failed to load;" in message and "serving version 1" in message
     assert resolved is not None and resolved.get("champion_load_error") is None
+
+
+# What the executors are sent ------------------------------------------------------------------
+_BLOB_SECRET = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleS12YWx1ZQ==;"
+
+
+def _pickled_mappers(settings: Settings) -> list[bytes]:
+    """The closures the stream ships with every task, pickled as Spark pickles them."""
+    from pyspark import cloudpickle
+
+    from streams.scoring.executor import executor_mapper, score_rows
+    from streams.scoring.fetch import fetch_blobs
+
+    return [cloudpickle.dumps(executor_mapper(body, settings)) for body in (score_rows, fetch_blobs)]
+
+
+def test_no_secret_travels_in_the_mappers_and_executors_read_the_blob_secret_from_their_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark import cloudpickle
+
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        blob_connection_string=_BLOB_SECRET,
+        event_key="e" * 40 + "-event-secret",
+        model_api_key="m" * 40 + "-model-secret",
+    )
+    for pickled in _pickled_mappers(settings):
+        for secret in ("c2VjcmV0LWtleS12YWx1ZQ==", "-event-secret", "-model-secret"):
+            assert secret.encode() not in pickled
+    view = cloudpickle.loads(cloudpickle.dumps(settings.for_executors()))
+    monkeypatch.delenv("LAKESIGHT_BLOB_CONNECTION_STRING", raising=False)
+    with pytest.raises(SettingsError, match="LAKESIGHT_BLOB_CONNECTION_STRING in the executors' environment"):
+        view.blob_connection()
+    monkeypatch.setenv("LAKESIGHT_BLOB_CONNECTION_STRING", _BLOB_SECRET)
+    assert view.blob_connection() == _BLOB_SECRET
+
+
+def test_local_modes_azurite_default_is_derived_on_the_executor_not_shipped(tmp_path: Path) -> None:
+    from pyspark import cloudpickle
+
+    from infra.settings import AZURITE_KEY
+
+    settings = Settings(state_dir=tmp_path / "state", blob_port=10123)
+    for pickled in _pickled_mappers(settings):
+        assert AZURITE_KEY.encode() not in pickled
+    view = cloudpickle.loads(cloudpickle.dumps(settings.for_executors()))
+    assert view.blob_connection() == settings.blob_connection()
+
+
+def test_a_cluster_gets_the_blob_secret_in_its_executors_environment_redacted(tmp_path: Path) -> None:
+    from infra.spark import executor_secret_conf
+
+    conf = executor_secret_conf(Settings(state_dir=tmp_path / "s", blob_connection_string=_BLOB_SECRET))
+    assert conf["spark.executorEnv.LAKESIGHT_BLOB_CONNECTION_STRING"] == _BLOB_SECRET
+    assert "connection.?string" in conf["spark.redaction.regex"]
+    assert executor_secret_conf(Settings(state_dir=tmp_path / "s")) == {}  # Azurite's default: derived
