@@ -261,9 +261,11 @@ class SparkCluster:
 class TrackingServer(Service):
     """``mlflow server`` on SQLite with artifact proxying: clients read and write artifacts over HTTP only."""
 
-    def __init__(self, settings: Settings, *, port: int | None = None):
+    def __init__(self, settings: Settings, *, port: int | None = None, database: Path | None = None):
+        """``database``: an existing SQLite store to serve (default: a new one under the state dir)."""
         super().__init__(TRACKING_SERVICE, settings)
         self.port = port or free_port()
+        self.database = database or self.root / "mlflow.db"
 
     @property
     def root(self) -> Path:
@@ -284,7 +286,7 @@ class TrackingServer(Service):
             "mlflow",
             "server",
             "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
+            f"sqlite:///{self.database}",
             "--artifacts-destination",
             str(self.artifacts_dir),
             "--serve-artifacts",
@@ -302,7 +304,10 @@ class TrackingServer(Service):
 
     def start(self, timeout: float = 120.0) -> TrackingServer:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self.spawn(self.argv())
+        # mlflow execs its web server by name: this interpreter's bin must be on PATH, as in an activated venv.
+        self.spawn(
+            self.argv(), env={"PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+        )
         try:
             wait_for("the MLflow tracking server", self.healthy, [self], timeout)
         except BaseException:

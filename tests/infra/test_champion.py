@@ -129,25 +129,26 @@ def test_an_optional_alias_is_none_until_it_names_a_version_and_a_broken_one_is_
 
 @pytest.mark.slow
 def test_a_tracking_server_that_goes_down_keeps_the_champion_serving_and_says_so_once(
-    champion_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    champion_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     from infra.champion import load_failure
-    from tests.helpers.tracking import tracking_server
+    from infra.local.cluster import TrackingServer
 
     forget_models()
+    server = TrackingServer(champion_settings, database=champion_settings.state_dir / "mlflow.db").start()
     try:
-        with tracking_server(champion_settings.state_dir / "mlflow.db", tmp_path / "served") as server:
-            remote = champion_settings.model_copy(update={"mlflow_tracking_uri": server.uri})
-            classifier, version = current_classifier(remote, now=100.0)
-            assert version == "1" and load_failure(remote) is None
-            server.stop()
-            with caplog.at_level(logging.WARNING, logger="infra.champion"):
-                assert current_classifier(remote, now=200.0) == (classifier, "1")
-                assert current_classifier(remote, now=300.0) == (classifier, "1")
+        remote = champion_settings.model_copy(update={"mlflow_tracking_uri": server.uri})
+        classifier, version = current_classifier(remote, now=100.0)
+        assert version == "1" and load_failure(remote) is None
+        server.stop()
+        with caplog.at_level(logging.WARNING, logger="infra.champion"):
+            assert current_classifier(remote, now=200.0) == (classifier, "1")
+            assert current_classifier(remote, now=300.0) == (classifier, "1")
         failure = load_failure(remote)
         assert failure is not None and failure.startswith(f"MLflow tracking URI {server.uri} is not reachable")
         assert failure.endswith("still serving champion version 1") and "\n" not in failure
         warnings = [r for r in caplog.records if "not reachable" in r.getMessage()]
         assert len(warnings) == 1  # once for the outage, not at every check
     finally:
+        server.stop()
         forget_models()
