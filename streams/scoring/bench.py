@@ -474,6 +474,7 @@ def engine_comparison(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "seeded_rows": run["merge"]["seeded_rows"],
             "driver_peak_rss_mb": run["rss"].get("peak_driver_mb"),
             "driver_collected_mb_per_batch_max": run["driver_collected_mb_per_batch_max"],
+            "driver_image_mb_per_batch_max": run["driver_image_mb_per_batch_max"],
         }
         for engine, run in runs.items()
     }
@@ -547,13 +548,17 @@ def bench_score(
     log(f"throughput phase ({base.lake_engine} engine)")
     throughput = _variant(base, "throughput")
     collected: list[float] = []  # Arrow bytes the driver held per micro-batch
+    image_bytes: list[float] = []  # of which image content
     with RssSampler() as rss:
         report = run_scoring(
             throughput,
             source=root / "images",
             once=True,
             handle_signals=False,
-            on_batch=lambda result: collected.append(result.table.nbytes / 2**20),
+            on_batch=lambda result: (
+                collected.append(result.table.nbytes / 2**20),
+                image_bytes.append(result.table.column("content").nbytes / 2**20),
+            ),
         )
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
     stored = sum(1 for c in rows.column("content").to_pylist() if c)
@@ -595,7 +600,8 @@ def bench_score(
         "merge_seconds_per_batch_throughput_run": report.merge_seconds_mean,
         "lake_engine": base.lake_engine,
         "spark_master": base.spark_master,
-        "driver_collected_mb_per_batch_max": round(max(collected), 2) if collected else None,
+        "driver_collected_mb_per_batch_max": round(max(collected), 3) if collected else None,
+        "driver_image_mb_per_batch_max": round(max(image_bytes), 3) if image_bytes else None,
         "shadow": shadow,
         "latency": latency,
         "p50_latency_s": latency["p50_s"],
