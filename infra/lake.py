@@ -88,8 +88,6 @@ def from_source(columns: Iterable[str]) -> dict[str, str]:
 class Lake:
     """Access to the lake's Delta tables for one settings object, written through delta-rs."""
 
-    engine = "delta-rs"
-
     def __init__(self, settings: Settings, *, reuse_tables: bool = False):
         """``reuse_tables`` keeps each opened table and brings it up to date incrementally (only
         the new commits are read) instead of replaying the log from the last checkpoint on every

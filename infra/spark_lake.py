@@ -66,8 +66,6 @@ def conform_frame(spec: TableSpec, frame: DataFrame) -> DataFrame:
 class SparkLake(Lake):
     """:class:`Lake` whose MERGE, append and compaction run through delta-spark."""
 
-    engine = "spark"
-
     def __init__(self, settings: Settings, *, reuse_tables: bool = False, spark: SparkSession | None = None):
         super().__init__(settings, reuse_tables=reuse_tables)
         self._spark = spark
@@ -83,7 +81,7 @@ class SparkLake(Lake):
     def frame(self, spec: TableSpec, source: pa.Table | DataFrame) -> DataFrame:
         """``source`` as a DataFrame of ``spec``'s columns (Arrow is sent to the session)."""
         if isinstance(source, pa.Table):
-            return self.spark.createDataFrame(spec.conform(source))
+            return conform_frame(spec, self.spark.createDataFrame(spec.conform(source)))
         return conform_frame(spec, source)
 
     def _delta_table(self, spec: TableSpec, session: SparkSession) -> Any:

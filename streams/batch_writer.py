@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from infra.lake import Lake, MergeOutcome, Transaction, partition_values
 from infra.spark import CallbackConnections
+from infra.spark_lake import SparkLake
 from infra.tables import TableSpec
 from streams.checkpoint.names import query_app_id
 from streams.checkpoint.source_log import listed_files
@@ -135,7 +136,7 @@ class ExactlyOnceWriter:
     * ``note_columns``: columns the executors fill with word for the driver (not table columns);
       their first non-null value reaches ``after_commit`` in ``committed.notes``.
 
-    With the spark engine (``lake.engine == "spark"``) the micro-batch stays on the executors: it is
+    With the spark engine (``lake`` a :class:`~infra.spark_lake.SparkLake`) the micro-batch stays on the executors: it is
     persisted there, MERGEd by delta-spark, and the driver collects only its rows without image
     bytes (for the counters, status and drift), plus the content of the rows
     ``driver_content(frame)`` selects (the scoring stream's unsure images, for labeling).
@@ -205,8 +206,8 @@ class ExactlyOnceWriter:
         if self.skip_committed and self._already_committed(txn):
             self.totals.skipped_batches += 1  # replayed after a crash: already in the table
             return
-        if self.lake.engine == "spark":
-            self._write_on_executors(batch, batch_id, txn)
+        if isinstance(self.lake, SparkLake):
+            self._write_on_executors(self.lake, batch, batch_id, txn)
             return
         began = time.perf_counter()
         table = batch.toArrow()  # runs the micro-batch's Spark job
@@ -226,7 +227,7 @@ class ExactlyOnceWriter:
         if self.after_commit is not None:
             self.after_commit(committed)
 
-    def _write_on_executors(self, batch: Any, batch_id: int, txn: Transaction) -> None:
+    def _write_on_executors(self, lake: SparkLake, batch: Any, batch_id: int, txn: Transaction) -> None:
         """The spark engine's path: MERGE the persisted micro-batch where it is; collect no image bytes."""
         from pyspark import StorageLevel
 
@@ -239,15 +240,15 @@ class ExactlyOnceWriter:
             table = self._with_listed_files(scored, batch_id)
             if table.num_rows == 0:
                 return
-            source = self.lake.frame(self.spec, frame)  # type: ignore[attr-defined]
+            source = lake.frame(self.spec, frame)
             if table.num_rows > scored.num_rows:  # error rows for the files Spark did not read
-                source = source.unionByName(self.lake.frame(self.spec, table.slice(scored.num_rows)))  # type: ignore[attr-defined]
+                source = source.unionByName(lake.frame(self.spec, table.slice(scored.num_rows)))
             if self.dedupe:
                 table, source = dedupe_paths(table), latest_per_path(source)
             staged = self.before_merge(table, txn) if self.before_merge is not None else None
             merged = table if staged is None else staged.table
             source = self._with_staged_columns(source, merged)
-            outcome = self.lake.merge(  # type: ignore[call-arg]
+            outcome = lake.merge(
                 self.spec,
                 source,
                 update=self.update,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.local.stack import StackError, check_java
+from infra.local.stack import StackError, check_java, mlflow_server_env
 from infra.processes import Service, free_port, pid_alive
 from infra.settings import Settings
 
@@ -304,10 +304,7 @@ class TrackingServer(Service):
 
     def start(self, timeout: float = 120.0) -> TrackingServer:
         self.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        # mlflow execs its web server by name: this interpreter's bin must be on PATH, as in an activated venv.
-        self.spawn(
-            self.argv(), env={"PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
-        )
+        self.spawn(self.argv(), env=mlflow_server_env())
         try:
             wait_for("the MLflow tracking server", self.healthy, [self], timeout)
         except BaseException:

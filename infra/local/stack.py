@@ -6,13 +6,26 @@ the end of a test session) can end it cleanly.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from infra.errors import LakesightError
 from infra.processes import PROJECT_ROOT, Service, pid_alive, port_open
 from infra.settings import Settings
+
+
+def mlflow_server_env() -> dict[str, str]:
+    """The environment of an ``mlflow server`` lakesight starts.
+
+    Its interpreter's bin goes first on PATH (mlflow execs its web server by name, as from an
+    activated venv). Its job runner is off: MLflow 3 starts a pool of job-consumer processes
+    (~240 MB each, measured seven) for GenAI features lakesight does not use.
+    """
+    path = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    return {"PATH": path, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 class StackError(LakesightError, RuntimeError):

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.local.stack import azurite_argv
+from infra.local.stack import azurite_argv, mlflow_server_env
 from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
 from infra.status import supervisor_state_path, write_status_file
@@ -40,32 +40,43 @@ class Child:
 
 
 def default_children(settings: Settings) -> list[Child]:
-    """Every service of the local deployment, in start order."""
+    """Every service of the local deployment, in start order.
+
+    With a tracking server of the user's own (an http(s) tracking URI, e.g. the one
+    ``stack start --spark-cluster`` starts) no local MLflow server is started: its store would be
+    that URI and its artifact root that server's proxy, which ``mlflow server`` cannot serve.
+    """
+    tracking = [] if settings.mlflow_tracking_uri.startswith(("http://", "https://")) else [_mlflow_ui(settings)]
     return [
         Child("azurite", azurite_argv(settings)),
-        Child(
-            "mlflow",
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "server",
-                "--backend-store-uri",
-                settings.mlflow_tracking_uri,
-                "--default-artifact-root",
-                settings.mlflow_artifact_root,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(settings.mlflow_ui_port),
-            ],
-        ),
+        *tracking,
         Child("handler", lakesight_argv("serve")),
         Child("relay", lakesight_argv("relay")),
         # The stream's executors size TensorFlow from the settings (score_tf_threads), which the
         # child reads like every other setting: nothing here may override them.
         Child(SCORING_SERVICE, lakesight_argv("score", "--source", "arrivals")),
     ]
+
+
+def _mlflow_ui(settings: Settings) -> Child:
+    return Child(
+        "mlflow",
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            settings.mlflow_tracking_uri,
+            "--default-artifact-root",
+            settings.mlflow_artifact_root,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(settings.mlflow_ui_port),
+        ],
+        env=mlflow_server_env(),
+    )
 
 
 class Supervisor:

@@ -45,3 +45,15 @@ def test_crashed_child_is_restarted_and_stop_ends_everything(tmp_path: Path) -> 
     assert not thread.is_alive()
     assert not pid_alive(steady_pid)
     assert (settings.logs_dir / "steady.log").exists()
+
+
+def test_up_starts_no_mlflow_server_of_its_own_when_the_tracking_uri_is_a_server(tmp_path) -> None:
+    from infra.local.supervisor import default_children
+    from infra.settings import Settings
+
+    local = [c.name for c in default_children(Settings(state_dir=tmp_path))]
+    remote = [
+        c.name for c in default_children(Settings(state_dir=tmp_path, mlflow_tracking_uri="http://127.0.0.1:5999"))
+    ]
+    assert "mlflow" in local and "mlflow" not in remote
+    assert [name for name in local if name != "mlflow"] == remote
