@@ -369,13 +369,29 @@ def task_order(spec: dict[str, Any]) -> list[str]:
     return order
 
 
-def wheel_commands(spec: dict[str, Any]) -> dict[str, list[str]]:
-    """For each wheel task, the ``lakesight`` command line it runs (its parameters)."""
+def wheel_commands(spec: dict[str, Any], *, bind: bool = False) -> dict[str, list[str]]:
+    """For each wheel task, the ``lakesight`` command line it runs (its parameters).
+
+    ``bind``: ``{{job.parameters.x}}`` replaced by the parameter's default, as in a run started
+    without parameter overrides; otherwise the references stay as written.
+    """
+    defaults = {p["name"]: str(p.get("default", "")) for p in spec.get("parameters", [])}
+
+    def bound(parameter: str) -> str:
+        return _JOB_PARAM_REF.sub(lambda m: defaults[m[1]], parameter) if bind else parameter
+
     return {
-        t["task_key"]: list(t["python_wheel_task"].get("parameters", []))
+        t["task_key"]: [bound(p) for p in t["python_wheel_task"].get("parameters", [])]
         for t in spec["tasks"]
         if "python_wheel_task" in t
     }
+
+
+def task_cluster(spec: dict[str, Any], task_key: str) -> dict[str, Any]:
+    """The ``new_cluster`` of the job cluster that task ``task_key`` runs on."""
+    task = next(t for t in spec["tasks"] if t["task_key"] == task_key)
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in spec.get("job_clusters", [])}
+    return clusters[task["job_cluster_key"]]
 
 
 def spark_env_vars(spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, str]]]:

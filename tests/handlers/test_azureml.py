@@ -8,9 +8,6 @@ runs here, with exactly its environment, as far as it goes without Azure.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,14 +20,13 @@ from handlers.runs import is_retraining_run
 from infra.iac import RETRAINING_TAG
 from infra.iac.specs import JOB_SECRET_VARIABLES
 from infra.settings import Settings
+from tests.helpers.azureml import ROOT, job_shell, only_lakesight_env, rest_payload, run_in_job
 
-ROOT = Path(__file__).resolve().parents[2]
 LAKE_ROOT = "abfss://lake@acct.dfs.core.windows.net/tables"
 WORKSPACE_MLFLOW = (
     "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/0000/resourceGroups/lakesight-rg"
     "/providers/Microsoft.MachineLearningServices/workspaces/lakesight-ml"
 )
-PIP_STEP = "pip install --quiet --no-deps . && "
 
 
 class CapturingJobs:
@@ -52,13 +48,6 @@ def _submitted(settings: Settings, delta_version: int = 42, launch_id: int = 7) 
     return job
 
 
-def _payload(job: Any) -> Any:
-    """The job's properties as ``MLClient`` serialises them for the REST call."""
-    from azure.ai.ml.entities._job.to_rest_functions import to_rest_job_object
-
-    return to_rest_job_object(job).properties
-
-
 @pytest.fixture
 def handler_settings(tmp_path: Path) -> Settings:
     """A handler in Azure configured for Azure ML, with the workspace's tracking server and its own rule."""
@@ -73,39 +62,8 @@ def handler_settings(tmp_path: Path) -> Settings:
     )
 
 
-def _only(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [n for n in os.environ if n.startswith("LAKESIGHT_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-
-
-def _job_shell(payload: Any) -> tuple[str, str]:
-    """(setup, run): the command with its inputs bound as Azure ML binds them, the pip step taken out
-    (this venv already has the project) and split before its last step."""
-    command = payload.command.replace("${{inputs.delta_table}}", payload.inputs["delta_table"].uri)
-    command = command.replace("${{inputs.delta_version}}", payload.inputs["delta_version"].value)
-    assert "${{" not in command and command.startswith(PIP_STEP), command
-    setup, run = command.removeprefix(PIP_STEP).rsplit(" && ", 1)
-    return setup, run
-
-
-def _run_in_job(script: str, env: dict[str, str], home: Path) -> subprocess.CompletedProcess[str]:
-    """``script`` in bash from the code snapshot's root, with exactly ``env`` plus PATH and HOME."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}"
-    return subprocess.run(
-        ["bash", "-c", script],
-        cwd=ROOT,
-        env={**env, "PATH": path, "HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_submitted_job_is_a_retraining_run(handler_settings: Settings) -> None:
-    payload = _payload(_submitted(handler_settings, delta_version=42, launch_id=7))
+    payload = rest_payload(_submitted(handler_settings, delta_version=42, launch_id=7))
     # The run's tags come back as the RunCompleted event's runTags.
     assert is_retraining_run({"runTags": dict(payload.tags)})
     assert payload.tags[RETRAINING_TAG] == "true"
@@ -114,7 +72,7 @@ def test_submitted_job_is_a_retraining_run(handler_settings: Settings) -> None:
 
 
 def test_submitted_job_reads_the_handlers_table_at_the_version(handler_settings: Settings) -> None:
-    payload = _payload(_submitted(handler_settings, delta_version=42))
+    payload = rest_payload(_submitted(handler_settings, delta_version=42))
     assert set(payload.inputs) == {"delta_table", "delta_version"}
     assert payload.inputs["delta_table"].uri == handler_settings.table_uri("images")
     assert payload.inputs["delta_version"].value == "42"
@@ -124,11 +82,11 @@ def test_submitted_job_reads_the_handlers_table_at_the_version(handler_settings:
 def test_job_environment_alone_rebuilds_azure_settings_with_the_tracking_server(
     handler_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = _payload(_submitted(handler_settings)).environment_variables
+    env = rest_payload(_submitted(handler_settings)).environment_variables
     assert not set(env) & set(JOB_SECRET_VARIABLES)
     assert not [v for v in env.values() if str(tmp_path) in v], "a path of this machine went into the job"
     monkeypatch.chdir(tmp_path)  # no lakesight.toml here
-    _only(env, monkeypatch)
+    only_lakesight_env(env, monkeypatch)
     rebuilt = Settings()
     assert rebuilt.mode == "azure"
     assert rebuilt.mlflow_tracking_uri == WORKSPACE_MLFLOW
@@ -137,10 +95,10 @@ def test_job_environment_alone_rebuilds_azure_settings_with_the_tracking_server(
 
 
 def test_job_command_starts_lakesight_with_the_jobs_settings(handler_settings: Settings, tmp_path: Path) -> None:
-    payload = _payload(_submitted(handler_settings, delta_version=42))
-    setup, run = _job_shell(payload)
+    payload = rest_payload(_submitted(handler_settings, delta_version=42))
+    setup, run = job_shell(payload)
     assert run == "lakesight train --version 42 --json"
-    done = _run_in_job(f"{setup} && lakesight config", dict(payload.environment_variables), tmp_path)
+    done = run_in_job(f"{setup} && lakesight config", dict(payload.environment_variables), tmp_path)
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
     assert seen["mode"] == "azure"
@@ -148,19 +106,19 @@ def test_job_command_starts_lakesight_with_the_jobs_settings(handler_settings: S
     assert seen["mlflow_tracking_uri"] == WORKSPACE_MLFLOW
     assert seen["model_name"] == "digits-classifier" and seen["promotion_margin"] == 0.02
     # The training command itself parses: an unknown option would fail before --help is handled.
-    done = _run_in_job(f"{setup} && {run} --help", dict(payload.environment_variables), tmp_path)
+    done = run_in_job(f"{setup} && {run} --help", dict(payload.environment_variables), tmp_path)
     assert done.returncode == 0, done.stderr
     assert "--version" in done.stdout
 
 
 def test_local_tracking_store_stays_here_and_the_job_uses_its_workspaces(settings: Settings, tmp_path: Path) -> None:
     assert settings.mlflow_tracking_uri.startswith("sqlite:")
-    payload = _payload(_submitted(settings))
+    payload = rest_payload(_submitted(settings))
     env = dict(payload.environment_variables)
     assert "LAKESIGHT_MLFLOW_TRACKING_URI" not in env and "LAKESIGHT_MLFLOW_ARTIFACT_ROOT" not in env
-    setup, _ = _job_shell(payload)
+    setup, _ = job_shell(payload)
     # Azure ML sets MLFLOW_TRACKING_URI in every job to the workspace's server.
-    done = _run_in_job(f"{setup} && lakesight config", {**env, "MLFLOW_TRACKING_URI": WORKSPACE_MLFLOW}, tmp_path)
+    done = run_in_job(f"{setup} && lakesight config", {**env, "MLFLOW_TRACKING_URI": WORKSPACE_MLFLOW}, tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["mlflow_tracking_uri"] == WORKSPACE_MLFLOW
 

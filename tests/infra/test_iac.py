@@ -137,6 +137,33 @@ def test_every_cluster_carries_default_conf_less_the_local_only_keys(job: str, t
         assert not set(specs.LOCAL_ONLY_SPARK_CONF) & set(conf), f"{job}/{cluster_key} sets a local-only key"
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize(("job", "task"), [("scoring", "score"), ("training", "ingest")])
+def test_tasks_that_merge_images_use_the_spark_lake_engine(job: str, task: str, target: str) -> None:
+    # Unset, the engine follows LAKESIGHT_SPARK_MASTER, which Databricks leaves unset (local[*]): delta-rs,
+    # and every batch's image bytes collected to the driver (docs/DEPLOY.md, The lake engine).
+    env = specs.task_cluster(_job(job, target), task)["spark_env_vars"]
+    assert env["LAKESIGHT_LAKE_ENGINE"] == "spark"
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
+def test_every_cluster_keeps_the_lake_checkpoints_and_arrivals_on_shared_storage(job: str, target: str) -> None:
+    from infra.settings import names_driver_storage
+
+    # A session on a cluster master refuses driver-local roots (docs/DEPLOY.md, Nothing driver-local
+    # on a cluster); unset, they default to folders under LAKESIGHT_STATE_DIR, a node's own disk.
+    for cluster_key, env in specs.spark_env_vars(_job(job, target)):
+        for name in ("LAKESIGHT_LAKE_ROOT", "LAKESIGHT_CHECKPOINT_ROOT", "LAKESIGHT_ARRIVALS_ROOT"):
+            assert name in env and not names_driver_storage(env[name]), f"{job}/{cluster_key}: {name}"
+
+
+def test_wheel_commands_bind_job_parameters_to_their_defaults() -> None:
+    spec = _job("training")
+    assert specs.wheel_commands(spec)["ingest"][1] == "{{job.parameters.labeled_source}}"
+    assert specs.wheel_commands(spec, bind=True)["ingest"] == ["ingest", f"{LAKE_URL}/seed", "--labeled"]
+
+
 def test_target_values_and_var_overrides_reach_the_jobs() -> None:
     def scopes(spec: dict) -> set[str]:
         return {v.split("/")[1] for _, env in specs.spark_env_vars(spec) for v in env.values() if SECRET_REF.match(v)}
