@@ -136,8 +136,8 @@ class ExactlyOnceWriter:
     * ``note_columns``: columns the executors fill with word for the driver (not table columns);
       their first non-null value reaches ``after_commit`` in ``committed.notes``.
 
-    With the spark engine (``lake`` a :class:`~infra.spark_lake.SparkLake`) the micro-batch stays on the executors: it is
-    persisted there, MERGEd by delta-spark, and the driver collects only its rows without image
+    With the spark engine (``lake`` a :class:`~infra.spark_lake.SparkLake`) the micro-batch stays on
+    the executors: it is persisted there, MERGEd by delta-spark, and the driver collects only its rows without image
     bytes (for the counters, status and drift), plus the content of the rows
     ``driver_content(frame)`` selects (the scoring stream's unsure images, for labeling).
     ``staged_columns``: the columns ``before_merge`` sets on the driver's copy, sent back to the
