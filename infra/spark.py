@@ -44,6 +44,12 @@ DEFAULT_CONF = {
 }
 
 
+# delta-spark's defaults are sized for large tables on large clusters. Measured on local[2]
+# (docs/DEPLOY.md, "The lake engine"): a 20-row MERGE into images took 5.2 s with Delta's 50
+# snapshot partitions (every commit's state is rebuilt through a 50-task shuffle), 2.0 s with 2;
+# lakesight's tables stay at a few hundred files through compaction. spark_conf overrides it.
+DELTA_SPARK_CONF = {"spark.databricks.delta.snapshotPartitions": "4"}
+
 PLAIN_CHECKPOINT_MANAGER = "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
 
 
@@ -99,7 +105,7 @@ def engine_conf(settings: Settings) -> dict[str, str]:
     if settings.lake_engine != "spark" or "spark.jars" in settings.spark_conf:
         return {}
     folder = Path(settings.jars_dir) if settings.jars_dir else default_jars_dir()
-    return spark_jar_conf(folder)
+    return {**spark_jar_conf(folder), **DELTA_SPARK_CONF}
 
 
 def _plain_checkpoint_files(spark: SparkSession) -> None:

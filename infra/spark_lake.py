@@ -1,10 +1,14 @@
-"""The spark engine: the lake's writes as delta-spark DML on the Spark session's executors.
+"""The spark engine: micro-batches MERGEd by delta-spark on the executors, where they were computed.
 
 Same tables, keys, column ownership and partition-pruned MERGE predicate as the delta-rs engine
-(:class:`infra.lake.Lake`), which it extends: only the writes change engine. Reads of the small
-tables (ledger, candidates, status) stay with delta-rs on the driver. Each engine reads and MERGEs
-what the other wrote (tests/infra/test_spark_lake.py), and neither enables a table feature the
-other cannot read: tables are always created by delta-rs, at reader 1 / writer 2.
+(:class:`infra.lake.Lake`), which it extends. A DataFrame source (a micro-batch of ingest or the
+scoring stream, image bytes included) is written by delta-spark and never reaches the driver; rows
+the driver built itself (an Arrow source: the labeling ledger and candidates, drift and promotion
+records, the sent marks of earlier batches) are written by delta-rs, because they are already on
+the driver and a delta-spark statement costs seconds where delta-rs takes tens of milliseconds
+(docs/DEPLOY.md, "The lake engine"). Reads stay with delta-rs. Each engine reads and MERGEs what
+the other wrote (tests/infra/test_spark_lake.py), and neither enables a table feature the other
+cannot read: tables are always created by delta-rs, at reader 1 / writer 2.
 
 Replay safety: a write carrying a :class:`Transaction` sets Delta's idempotent-DML confs
 ``spark.databricks.delta.write.txnAppId`` / ``txnVersion`` for that statement; Delta records the
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from infra.lake import Lake, MergeOutcome, TableRef, Transaction, partition_values, pruned_predicate
+from infra.lake import Lake, MergeOutcome, TableRef, Transaction, pruned_predicate
 from infra.settings import Settings
 from infra.tables import TableSpec
 
@@ -64,7 +68,7 @@ def conform_frame(spec: TableSpec, frame: DataFrame) -> DataFrame:
 
 
 class SparkLake(Lake):
-    """:class:`Lake` whose MERGE, append and compaction run through delta-spark."""
+    """:class:`Lake` whose DataFrame MERGEs and appends, and compaction, run through delta-spark."""
 
     def __init__(self, settings: Settings, *, reuse_tables: bool = False, spark: SparkSession | None = None):
         super().__init__(settings, reuse_tables=reuse_tables)
@@ -102,17 +106,15 @@ class SparkLake(Lake):
         max_attempts: int = 20,
         partitions: dict[str, list[Any]] | None = None,
     ) -> MergeOutcome:
-        """:meth:`Lake.merge` on the executors. ``source`` may be Arrow (small tables: sent from the
-        driver) or a DataFrame (a micro-batch: it never leaves the executors). ``partitions``: the
-        partition values the source touches when the caller knows them (else one small Spark job
-        finds them)."""
+        """:meth:`Lake.merge` of a DataFrame on the executors (an Arrow source goes to delta-rs).
+        ``partitions``: the partition values the source touches when the caller knows them (else one
+        small Spark job finds them)."""
+        if isinstance(source, pa.Table):  # rows built on the driver: see the class docstring
+            return super().merge(
+                spec, source, update=update, when=when, insert=insert, txn=txn, max_attempts=max_attempts
+            )
         started = time.perf_counter()
-        if isinstance(source, pa.Table):
-            source = spec.conform(source)
-            if source.num_rows == 0:
-                return MergeOutcome(skipped=True, version=None)
-            partitions = partitions or partition_values(spec, source)
-        frame = self.frame(spec, source)
+        frame = conform_frame(spec, source)
         if partitions is None:
             partitions = _frame_partitions(spec, frame)
         predicate = pruned_predicate(spec, partitions)
@@ -129,18 +131,16 @@ class SparkLake(Lake):
         return self._run(spec, statement, session, txn, max_attempts, started)
 
     def append(self, spec: TableSpec, source: pa.Table | DataFrame, *, txn: Transaction | None = None) -> MergeOutcome:
-        started = time.perf_counter()
         if isinstance(source, pa.Table):
-            source = spec.conform(source)
-            if source.num_rows == 0:
-                return MergeOutcome(skipped=True, version=None)
-        frame = self.frame(spec, source)
+            return super().append(spec, source, txn=txn)
+        started = time.perf_counter()
+        frame = conform_frame(spec, source)
         self.ensure(spec)
         uri = self.uri(spec)
 
         def statement() -> tuple[int, int]:
             frame.write.format("delta").mode("append").save(uri)
-            return (source.num_rows if isinstance(source, pa.Table) else 0), 0
+            return 0, 0  # Delta's append reports no counts
 
         return self._run(spec, statement, frame.sparkSession, txn, 20, started)
 

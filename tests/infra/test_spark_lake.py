@@ -9,6 +9,7 @@ from infra.lake import Lake, Transaction, from_source
 from infra.settings import Settings
 from infra.spark_lake import SparkLake, open_lake
 from infra.tables import IMAGES, LABELING_CANDIDATES
+from tests.helpers.streams import merge_engines
 
 pytestmark = pytest.mark.spark
 
@@ -35,6 +36,11 @@ def engines(tmp_path) -> tuple[Lake, SparkLake]:
     return Lake(settings), SparkLake(settings)
 
 
+def on_executors(lake: SparkLake, table: pa.Table):
+    """``table`` as a DataFrame: what the spark engine MERGEs with delta-spark (a micro-batch)."""
+    return lake.frame(IMAGES, table)
+
+
 def by_path(lake: Lake) -> dict[str, dict]:
     return {row["path"]: row for row in lake.read(IMAGES).to_pylist()}
 
@@ -46,14 +52,19 @@ def test_open_lake_follows_the_engine_setting(tmp_path) -> None:
 
 def test_spark_merge_is_keyed_and_a_replayed_transaction_changes_nothing(engines) -> None:
     _, spark_lake = engines
-    first = spark_lake.merge(IMAGES, rows(["a", "b"]), txn=Transaction("q", 0))
+    first = spark_lake.merge(IMAGES, on_executors(spark_lake, rows(["a", "b"])), txn=Transaction("q", 0))
     assert (first.inserted, first.updated, first.skipped) == (2, 0, False)
     version = spark_lake.version(IMAGES)
     again = spark_lake.merge(
         IMAGES, rows(["a", "b"], label="x"), update=from_source(["label"]), txn=Transaction("q", 0)
     )
     assert again.skipped and spark_lake.version(IMAGES) == version
-    nxt = spark_lake.merge(IMAGES, rows(["b", "c"], label="y"), update=from_source(["label"]), txn=Transaction("q", 1))
+    nxt = spark_lake.merge(
+        IMAGES,
+        on_executors(spark_lake, rows(["b", "c"], label="y")),
+        update=from_source(["label"]),
+        txn=Transaction("q", 1),
+    )
     assert (nxt.inserted, nxt.updated) == (1, 1)
     assert {p: r["label"] for p, r in by_path(spark_lake).items()} == {"a": None, "b": "y", "c": "y"}
     assert spark_lake.committed_version(IMAGES, "q") == 1
@@ -62,10 +73,10 @@ def test_spark_merge_is_keyed_and_a_replayed_transaction_changes_nothing(engines
 def test_delta_skips_a_replayed_statement_by_itself(engines) -> None:
     """The idempotency confs, not only lakesight's own pre-check, stop a replay (Delta's txn table)."""
     _, spark_lake = engines
-    spark_lake.merge(IMAGES, rows(["a"]), txn=Transaction("q", 3))
+    spark_lake.merge(IMAGES, on_executors(spark_lake, rows(["a"])), txn=Transaction("q", 3))
     spark_lake._committed = lambda spec, txn: False  # type: ignore[method-assign]  # bypass the pre-check
     version = spark_lake.version(IMAGES)
-    spark_lake.merge(IMAGES, rows(["z"]), txn=Transaction("q", 3))
+    spark_lake.merge(IMAGES, on_executors(spark_lake, rows(["z"])), txn=Transaction("q", 3))
     assert spark_lake.version(IMAGES) == version
     assert sorted(by_path(spark_lake)) == ["a"]
 
@@ -74,11 +85,15 @@ def test_delta_skips_a_replayed_statement_by_itself(engines) -> None:
 def test_each_engine_merges_what_the_other_wrote(engines, first: str, second: str) -> None:
     lakes = dict(zip(("delta-rs", "spark"), engines, strict=True))
     writer, merger = lakes[first], lakes[second]
-    writer.merge(IMAGES, rows(["a", "b"], label="cat"), txn=Transaction(f"{first}-app", 0))
-    writer.merge(IMAGES, rows(["c"], day=OTHER_DAY), txn=Transaction(f"{first}-app", 1))
+
+    def source(lake: Lake, table: pa.Table):
+        return on_executors(lake, table) if isinstance(lake, SparkLake) else table
+
+    writer.merge(IMAGES, source(writer, rows(["a", "b"], label="cat")), txn=Transaction(f"{first}-app", 0))
+    writer.merge(IMAGES, source(writer, rows(["c"], day=OTHER_DAY)), txn=Transaction(f"{first}-app", 1))
     outcome = merger.merge(
         IMAGES,
-        rows(["b", "d"], confidence=0.7),
+        source(merger, rows(["b", "d"], confidence=0.7)),
         update=from_source(["confidence"]),
         txn=Transaction(f"{second}-app", 0),
     )
@@ -92,7 +107,8 @@ def test_each_engine_merges_what_the_other_wrote(engines, first: str, second: st
     # app transactions of both engines are in the one log, and each still skips its own replay
     assert merger.committed_version(IMAGES, f"{first}-app") == 1
     assert writer.committed_version(IMAGES, f"{second}-app") == 0
-    assert writer.merge(IMAGES, rows(["e"]), txn=Transaction(f"{second}-app", 0)).skipped
+    assert writer.merge(IMAGES, source(writer, rows(["e"])), txn=Transaction(f"{second}-app", 0)).skipped
+    assert merge_engines(engines[0]) == {"delta-rs", "spark"}
     operations = [entry["operation"] for entry in engines[0].history(IMAGES)]
     assert operations.count("MERGE") == 3
     protocol = engines[0].table(IMAGES).protocol()
@@ -112,13 +128,24 @@ def test_spark_merge_takes_a_dataframe_and_conforms_its_columns(engines, spark) 
     assert "note" not in delta_rs.read(IMAGES).column_names
 
 
+def test_rows_built_on_the_driver_go_through_delta_rs(engines) -> None:
+    delta_rs, spark_lake = engines
+    assert spark_lake.merge(IMAGES, rows(["a"]), txn=Transaction("d", 0)).inserted == 1
+    assert spark_lake.append(LABELING_CANDIDATES, LABELING_CANDIDATES.schema.empty_table()).skipped  # nothing to add
+    assert merge_engines(delta_rs) == {"delta-rs"}
+    assert spark_lake.merge(IMAGES, rows(["a"]), txn=Transaction("d", 0)).skipped
+
+
 def test_spark_append_and_compaction(engines) -> None:
     delta_rs, spark_lake = engines
-    candidates = LABELING_CANDIDATES.schema.empty_table()
     for batch in range(3):
-        spark_lake.merge(IMAGES, rows([f"p{batch}"]), txn=Transaction("c", batch))
-    assert spark_lake.append(LABELING_CANDIDATES, candidates).skipped  # nothing to add
+        spark_lake.merge(IMAGES, on_executors(spark_lake, rows([f"p{batch}"])), txn=Transaction("c", batch))
+    appended = spark_lake.append(IMAGES, on_executors(spark_lake, rows(["q"], day=OTHER_DAY)), txn=Transaction("c", 3))
+    assert not appended.skipped
+    assert spark_lake.append(IMAGES, on_executors(spark_lake, rows(["r"])), txn=Transaction("c", 3)).skipped
+    assert delta_rs.history(IMAGES, 1)[0]["engineInfo"].startswith("Apache-Spark")
     files_before = delta_rs.summary([IMAGES.name])[0]["files"]
     figures = spark_lake.compact(IMAGES, "load_date", [DAY])
-    assert files_before >= 3 and figures["files_removed"] == files_before and figures["files_added"] == 1
-    assert sorted(by_path(delta_rs)) == ["p0", "p1", "p2"]
+    # the three files of DAY become one; OTHER_DAY's is left alone
+    assert (files_before, figures["files_removed"], figures["files_added"]) == (4, 3, 1)
+    assert sorted(by_path(delta_rs)) == ["p0", "p1", "p2", "q"]
