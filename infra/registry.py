@@ -145,7 +145,8 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     experiment = mlflow_client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    location = f"{settings.mlflow_artifact_root.rstrip('/')}/{name}"
+    root = settings.mlflow_artifact_root.rstrip("/")
+    location = f"{root}/{name}" if root else None  # none: the tracking service's own store
     try:
         return mlflow_client.create_experiment(name, artifact_location=location)
     except Exception:  # another process may have created it meanwhile

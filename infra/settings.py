@@ -90,6 +90,12 @@ def names_driver_tracking(uri: str) -> bool:
     return parts.scheme in ("", "file", "sqlite") or names_driver_storage(uri)
 
 
+# Tracking services that choose where artifacts live (Databricks: its DBFS / Unity Catalog store;
+# Azure ML: the workspace's storage). A local default there would put a job cluster's model files
+# on a disk that goes away with it.
+SERVICE_TRACKING_SCHEMES = ("databricks", "databricks-uc", "azureml")
+
+
 def default_artifact_root(tracking_uri: str, state_dir: Path) -> str:
     """Where runs log artifacts when no root is set: the tracking server's proxy for an HTTP server.
 
@@ -99,6 +105,8 @@ def default_artifact_root(tracking_uri: str, state_dir: Path) -> str:
     """
     if tracking_uri.startswith(("http://", "https://")):
         return "mlflow-artifacts:/"
+    if tracking_uri.split(":", 1)[0] in SERVICE_TRACKING_SCHEMES:
+        return ""  # the service keeps every experiment's artifacts in its own store
     return str(state_dir / "mlartifacts")
 
 
@@ -432,7 +440,7 @@ class Settings(BaseSettings):
                 ("arrivals_root", self.arrivals_root),
                 ("mlflow_artifact_root", self.mlflow_artifact_root),
             )
-            if names_driver_storage(value)
+            if value and names_driver_storage(value)  # an empty artifact root: the tracking service's store
         ]
         if names_driver_tracking(self.mlflow_tracking_uri):
             local.append(f"mlflow_tracking_uri={self.mlflow_tracking_uri}")

@@ -25,6 +25,20 @@ def test_an_http_tracking_server_keeps_the_artifacts_by_default(tmp_path: Path) 
     assert given.mlflow_artifact_root == "s3://b/a"
 
 
+@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "azureml://eastus.api.azureml.ms/mlflow/v1.0/x"])
+def test_a_tracking_service_keeps_the_artifacts_in_its_own_store(tmp_path: Path, uri: str) -> None:
+    # A job cluster's local disk goes away with it: no local default, and a cluster accepts that.
+    settings = Settings(state_dir=tmp_path, mlflow_tracking_uri=uri, lake_root="abfss://lake@a.dfs.core.windows.net")
+    assert settings.mlflow_artifact_root == ""
+    cluster = settings.model_copy(
+        update={
+            "checkpoint_root": "abfss://lake@a.dfs.core.windows.net/c",
+            "arrivals_root": "abfss://lake@a.dfs.core.windows.net/a",
+        }
+    )
+    cluster.require_cluster_paths("spark://10.0.0.1:7077")
+
+
 def test_environment_overrides_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "lakesight.toml"
     config.write_text('model_name = "from-toml"\nconfidence_threshold = 0.8\nimages_container = "incoming"\n')
