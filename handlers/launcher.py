@@ -248,7 +248,11 @@ class Launcher(WakeableWorker):
         return self._query("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL")[0][0]
 
     def idle(self) -> bool:
-        return not self._active() and self.pending_triggers() == 0
+        """No launch in flight and no trigger waiting, read under one lock: read one after the other,
+        a claim in between (pending trigger → running launch) looked idle."""
+        with self._lock:
+            pending = self._conn.execute("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL").fetchone()[0]
+            return pending == 0 and not self._holds_flight()
 
     # The launch loop ---------------------------------------------------------------------------
     def _claim(self) -> tuple[int, int] | float | None:

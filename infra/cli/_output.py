@@ -77,9 +77,20 @@ def configure_logging(level: str = "INFO", *, force: bool = False) -> None:
     debug = level == "DEBUG"
     root_level = level if debug or logging.getLevelName(level) > logging.WARNING else "WARNING"
     logging.basicConfig(level=root_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=force)
+    if not debug:
+        _quiet_libraries(logging.getLevelName(root_level))
     for name in PROJECT_LOGGERS:
         logging.getLogger(name).setLevel(level)
     quiet_azure_sdk(level)
+
+
+def _quiet_libraries(floor: int) -> None:
+    """Raise libraries' own loggers to ``floor``: some set INFO on themselves when imported (MLflow's
+    ``mlflow`` logger), which the root's level does not reach."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        ours = any(name == p or name.startswith(p + ".") for p in PROJECT_LOGGERS)
+        if not ours and isinstance(logger, logging.Logger) and logging.NOTSET < logger.level < floor:
+            logger.setLevel(floor)
 
 
 def print_json(payload: Any) -> None:

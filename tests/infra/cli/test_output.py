@@ -52,6 +52,8 @@ def restored_project_loggers() -> Iterator[None]:
 
 @pytest.mark.usefixtures("restored_logging", "restored_project_loggers")
 def test_info_is_for_lakesights_own_loggers_only() -> None:
+    import mlflow  # noqa: F401 - sets INFO on its own logger when imported, which the root's level does not reach
+
     configure_logging("info", force=True)
     for ours in ("infra.champion", "streams.scoring.query", "training.worker", "handlers.app", "serving.app"):
         assert logging.getLogger(ours).isEnabledFor(logging.INFO), ours
