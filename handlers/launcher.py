@@ -224,10 +224,6 @@ class Launcher(WakeableWorker):
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
-    def _active(self) -> bool:
-        with self._lock:
-            return self._holds_flight()
-
     def _holds_flight(self) -> bool:
         """Whether a launch is running or submitted (the single flight is taken); the caller holds the lock."""
         return (
@@ -245,14 +241,18 @@ class Launcher(WakeableWorker):
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
     def pending_triggers(self) -> int:
-        return self._query("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL")[0][0]
+        with self._lock:
+            return self._pending()
+
+    def _pending(self) -> int:
+        """Triggers no launch has taken yet; the caller holds the lock."""
+        return self._conn.execute("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL").fetchone()[0]
 
     def idle(self) -> bool:
         """No launch in flight and no trigger waiting, read under one lock: read one after the other,
         a claim in between (pending trigger → running launch) looked idle."""
         with self._lock:
-            pending = self._conn.execute("SELECT COUNT(*) FROM triggers WHERE launch_id IS NULL").fetchone()[0]
-            return pending == 0 and not self._holds_flight()
+            return self._pending() == 0 and not self._holds_flight()
 
     # The launch loop ---------------------------------------------------------------------------
     def _claim(self) -> tuple[int, int] | float | None:
