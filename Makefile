@@ -8,7 +8,7 @@ JARS_STAMP := $(JARS)/.installed
 # The inner loop: everything that needs no Spark session, no Azurite and no multi-process run.
 FAST := not spark and not azurite and not slow and not e2e
 
-.PHONY: help install jars browser demo test test-fast lint format clean
+.PHONY: help install install-legacy jars browser demo test test-fast lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -65,3 +65,13 @@ format: install ## Apply the formatter and ruff's safe fixes
 
 clean: ## Remove local state (lake, checkpoints, MLflow, logs)
 	rm -rf .lakesight
+
+# The legacy stack (docs/LEGACY.md): TensorFlow 2.15 + Keras 2, Horovod 0.28.1 (Gloo), Petastorm 0.13.1.
+LEGACY_VENV ?= .venv-legacy
+LEGACY_STAMP := $(LEGACY_VENV)/.installed
+
+$(LEGACY_STAMP): legacy/requirements.txt legacy/constraints.txt legacy/install.sh pyproject.toml
+	bash legacy/install.sh $(LEGACY_VENV)
+	touch $(LEGACY_STAMP)
+
+install-legacy: $(LEGACY_STAMP) ## Build .venv-legacy for --strategy horovod / --feed petastorm (Horovod wheel cached)

@@ -169,8 +169,10 @@ class Lake:
         filters: Any = None,
     ) -> pa.Table:
         """A snapshot of ``name`` (latest, or pinned ``version``) as Arrow."""
-        dataset = self.table(name, version).to_pyarrow_dataset()
-        return dataset.to_table(columns=columns, filter=filters)
+        table = self.table(name, version)
+        if not ARROW_READS_DELTA_RS:
+            return read_through_sql(table, columns, filters)
+        return table.to_pyarrow_dataset().to_table(columns=columns, filter=filters)
 
     def version(self, name: TableRef) -> int:
         return self.table(name).version()
@@ -321,6 +323,42 @@ class Lake:
             "files_added": int(metrics.get("numFilesAdded", 0)),
             "seconds": round(time.perf_counter() - started, 4),
         }
+
+
+# delta-rs hands Arrow to pyarrow through the C data interface, with string and binary views; the
+# legacy stack pins pyarrow 14 (Petastorm needs its legacy Parquet dataset: docs/LEGACY.md), which
+# imports neither the partition values of delta-rs's dataset nor views. Its reads go through
+# delta-rs's SQL engine, each row as one struct of plain types.
+ARROW_READS_DELTA_RS = int(pa.__version__.split(".")[0]) >= 15
+
+
+def _plain_column(name: str, delta_type: Any) -> str:
+    """SQL for column ``name`` cast from views to plain Arrow types (inside a struct the cast holds;
+    at the top level delta-rs's query engine hands views out again)."""
+    quoted = '"' + name.replace('"', '""') + '"'
+    kind = getattr(delta_type, "type", None)
+    element = getattr(getattr(delta_type, "element_type", None), "type", None)
+    cast = {"string": "Utf8", "binary": "Binary"}.get(kind or "") or (
+        {"string": "List(Utf8)", "binary": "List(Binary)"}.get(element or "") if kind == "array" else None
+    )
+    return f"arrow_cast({quoted}, '{cast}')" if cast else quoted
+
+
+def read_through_sql(table: DeltaTable, columns: list[str] | None = None, filters: Any = None) -> pa.Table:
+    """``table``'s loaded version as Arrow without views or partition expressions (pyarrow before 15)."""
+    from deltalake import QueryBuilder
+
+    types = {field.name: field.type for field in table.schema().fields}
+    wanted = list(columns or types)
+    unknown = [c for c in wanted if c not in types]
+    if unknown:
+        raise LakeError(f"no columns {unknown} in {table.table_uri}")
+    fields = ", ".join(f"'{name}', {_plain_column(name, types[name])}" for name in wanted)
+    result = QueryBuilder().register("snapshot", table).execute(f"select named_struct({fields}) as row from snapshot")
+    rows = pa.RecordBatchReader._import_from_c_capsule(result.__arrow_c_stream__()).read_all()
+    structs = rows.column("row").combine_chunks()
+    flat = pa.Table.from_arrays(structs.flatten(), names=wanted)
+    return flat if filters is None else flat.filter(filters)
 
 
 def _add_missing_columns(table: DeltaTable, spec: TableSpec) -> None:

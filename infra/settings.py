@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     checkpoint_root: str = Field("", description="Streaming checkpoints; default <state_dir>/checkpoints")
     arrivals_root: str = Field("", description="Arrival records folder; default <state_dir>/arrivals")
     lake_storage_options: dict[str, str] = Field(default_factory=dict, description="delta-rs storage options")
+    petastorm_cache_url: str = Field(
+        "",
+        description="Where Petastorm's Spark converter materialises training rows (legacy stack, --feed petastorm); "
+        "a URL every worker reads; default file://<state_dir>/petastorm",
+    )
 
     spark_master: str = Field("local[*]", description="Spark master URL")
     # A cluster's workers cannot see the driver's disk (docs/DEPLOY.md, Nothing driver-local on a cluster).
@@ -396,6 +401,8 @@ class Settings(BaseSettings):
             self.mlflow_artifact_root = default_artifact_root(self.mlflow_tracking_uri, state)
         if not self.arrivals_root:
             self.arrivals_root = str(state / "arrivals")
+        if not self.petastorm_cache_url:
+            self.petastorm_cache_url = (state / "petastorm").as_uri()
         if not self.lake_engine:
             self.lake_engine = "delta-rs" if self.spark_master.startswith("local") else "spark"
         conn = self.blob_connection_string.get_secret_value()

@@ -25,6 +25,7 @@ from infra.processes import Service, free_port, lakesight_argv, port_open
 from infra.settings import Settings
 from infra.tables import IMAGES
 from tests.helpers.cluster import ClusterStack, finished_tasks, stack_cli
+from tests.helpers.training import flat_copies
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e, pytest.mark.slow]
 
@@ -172,17 +173,6 @@ def shapes(on: OnCluster, folder: str, *, count: int, seed: int) -> Path:
         str(seed),
     )
     return out
-
-
-def flat_copies(source: Path, target: Path) -> dict[str, str]:
-    """Copy ``source``'s ``<label>/<name>`` images flat into ``target``; {file name: true label}."""
-    target.mkdir(parents=True, exist_ok=True)
-    truth = {}
-    for image in sorted(source.rglob("*.png")):
-        name = f"{image.parent.name}-{image.name}"
-        shutil.copy(image, target / name)
-        truth[name] = image.parent.name
-    return truth
 
 
 def _export_labels(on: OnCluster, handler_port: int, truth: dict[str, str]) -> None:

@@ -1,20 +1,29 @@
-"""Multi-worker training: N MultiWorkerMirroredStrategy workers launched as Spark barrier tasks.
+"""Multi-worker training: N worker processes launched as Spark barrier tasks.
 
 Barrier mode starts all N tasks together (or none), which a synchronous all-reduce cluster
-needs. Each task picks a free port, shares ``host:port`` through ``BarrierTaskContext.allGather``
-(returned in task order), builds ``TF_CONFIG`` from that list and runs its worker process.
+needs. Each task learns its peers through the barrier and starts its worker process with the
+environment its strategy reads:
+
+* ``tf`` (MultiWorkerMirroredStrategy): each task picks a free port, shares ``host:port`` through
+  ``BarrierTaskContext.allGather`` (returned in task order) and builds ``TF_CONFIG`` from that list;
+* ``horovod`` (the legacy stack): task 0 serves Horovod's Gloo rendezvous for the slot plan made
+  from the barrier's task infos (``training.legacy.horovod_strategy``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import Any
 
 from infra.errors import LakesightError, executor_error
 from infra.processes import free_port
 from infra.settings import Settings
 from infra.spark import get_spark
+from training.strategy import HOROVOD
 from training.worker import WorkerJob, WorkerOutcome, relay_log, run_in_subprocess, threads_per_task
 
 log = logging.getLogger(__name__)
@@ -24,19 +33,34 @@ class DistributedError(LakesightError, RuntimeError):
     """The multi-worker run could not start or a worker failed."""
 
 
+@contextlib.contextmanager
+def tf_config_environment(context: Any, index: int) -> Iterator[dict[str, str]]:
+    """``TF_CONFIG`` for barrier task ``index``: every task's executor address and a port of its own."""
+    from training.strategy import tf_config
+
+    # The executor's address as Spark knows it; the port is ours.
+    host = context.getTaskInfos()[index].address.rsplit(":", 1)[0] or socket.gethostname()
+    addresses = context.allGather(f"{host}:{free_port('')}")
+    yield {"TF_CONFIG": tf_config(addresses, index)}
+
+
+def _worker_environment(strategy: str) -> Callable[[Any, int], Any]:
+    if strategy == HOROVOD:
+        from training.legacy.horovod_strategy import gloo_environment
+
+        return gloo_environment
+    return tf_config_environment
+
+
 def _barrier_task(job: WorkerJob, threads: int | None):
     def task(_rows):  # runs on an executor
         from pyspark import BarrierTaskContext
 
-        from training.strategy import tf_config
-
         context = BarrierTaskContext.get()
         index = context.partitionId()
-        # The executor's address as Spark knows it; the port is ours.
-        host = context.getTaskInfos()[index].address.rsplit(":", 1)[0] or socket.gethostname()
-        addresses = context.allGather(f"{host}:{free_port('')}")
         worker = replace(job, name=f"{job.name}-worker-{index}")
-        yield run_in_subprocess(worker, env={"TF_CONFIG": tf_config(addresses, index)}, threads=threads)
+        with _worker_environment(job.strategy)(context, index) as env:
+            yield run_in_subprocess(worker, env=env, threads=threads)
 
     return task
 

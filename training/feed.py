@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow.compute as pc
@@ -220,6 +220,42 @@ def _decode(snapshot: Snapshot, max_bytes: int, only: Sequence[str] | None) -> N
 
 
 # tf.data ---------------------------------------------------------------------------------------
+class TrainFeed(Protocol):
+    """Where a training run's rows come from: ``rows`` (all workers together) of ``image_size``
+    images, and the ``tf.data`` dataset of one worker's shard, in its per-replica batch size."""
+
+    rows: int
+    image_size: int
+
+    def dataset(self, context: Any, *, batch_size: int, seed: int) -> Any: ...
+
+
+@dataclass
+class ArrayFeed:
+    """The default feed: decoded rows of a Delta snapshot (read through Arrow), in memory."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def dataset(self, context: Any, *, batch_size: int, seed: int) -> Any:
+        return make_dataset(
+            self.images,
+            self.labels,
+            batch_size=batch_size,
+            training=True,
+            seed=seed + context.input_pipeline_id,
+            shard=(context.input_pipeline_id, context.num_input_pipelines),
+        )
+
+
 def augment(image: Any, seed: Any = None) -> Any:
     """Light augmentation for training only: shift by up to 1/16 of the side, jitter brightness."""
     import tensorflow as tf
@@ -258,3 +294,24 @@ def make_dataset(
     # Sharding is done above, by row; tf.distribute must not shard again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def training_batches(rows: Any, *, image_size: int, max_bytes: int, batch_size: int, seed: int) -> Any:
+    """Training batches from a ``tf.data`` stream of ``(content, label_id)`` row batches (a feed that
+    reads rows rather than holding them, e.g. Petastorm's): decoded with the model's one
+    preprocessing, shuffled within a buffer, augmented and batched as :func:`make_dataset` does."""
+    import tensorflow as tf
+
+    def decode(contents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images, errors = decode_images(list(contents), image_size, max_bytes=max_bytes)
+        return images, np.asarray([e is None for e in errors])
+
+    def decoded(content: Any, label: Any) -> Any:
+        images, ok = tf.numpy_function(decode, [content], (tf.float32, tf.bool), stateful=False)
+        images = tf.ensure_shape(images, [None, image_size, image_size, 3])
+        return tf.data.Dataset.from_tensor_slices((images, tf.cast(label, tf.int32), ok))
+
+    dataset = rows.flat_map(decoded).filter(lambda _x, _y, ok: ok).map(lambda x, y, _ok: (x, y))
+    dataset = dataset.shuffle(4 * max(batch_size, 64), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.map(lambda x, y: (augment(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)

@@ -1,8 +1,9 @@
-"""The training loop: one custom step (``strategy.run`` + ``GradientTape`` +
-``tf.nn.compute_average_loss``) for every strategy.
+"""The training loop: one custom step (``GradientTape``, the strategy's loss average and gradient
+update) for every strategy and every feed.
 
-Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (docs/PLATFORM.md), so local and
-multi-worker training share this loop instead of having two.
+Keras 3's ``fit`` fails under MultiWorkerMirroredStrategy (docs/PLATFORM.md), so local, multi-worker
+and Horovod training share this loop instead of having three. It runs on Keras 3 (the default
+stack) and on Keras 2 (the legacy stack, docs/LEGACY.md): it uses only what both have.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from infra.errors import UsageError
-from training.feed import make_dataset
+from training.feed import TrainFeed
 from training.models import DEFAULT_MODEL, build_model
 from training.strategy import TrainStrategy
 
@@ -100,7 +101,7 @@ def weights_digest(model: Any) -> str:
 
 
 def fit(
-    train: tuple[np.ndarray, np.ndarray],
+    train: TrainFeed,
     validation: tuple[np.ndarray, np.ndarray] | None,
     *,
     num_classes: int,
@@ -109,31 +110,28 @@ def fit(
     train_rows: int | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> FitResult:
-    """Train a fresh ``hyper.model`` on ``train`` (images, label ids) under ``strategy``.
+    """Train a fresh ``hyper.model`` on the ``train`` feed (images, label ids) under ``strategy``.
 
-    Every worker passes the same ``train`` rows and keeps its shard of them; ``train_rows``
-    (the global count) fixes the steps per epoch so all workers take the same number of steps.
+    Every worker reads its shard of the same rows; ``train_rows`` (the global count, the feed's
+    own by default) fixes the steps per epoch so all workers take the same number of steps.
     Validation runs on the chief only.
     """
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(hyper.seed)
-    tfs = strategy.tf_strategy
-    images, labels = train
-    image_size = int(images.shape[1])
     # Checked again here: a worker with several GPUs has more replicas than the driver counted.
-    check_batch_splits(hyper.batch_size, tfs.num_replicas_in_sync)
-    global_batch = max(hyper.batch_size, tfs.num_replicas_in_sync)
-    rows = train_rows if train_rows is not None else len(labels)
+    check_batch_splits(hyper.batch_size, strategy.replicas)
+    global_batch = max(hyper.batch_size, strategy.replicas)
+    rows = train_rows if train_rows is not None else train.rows
     steps = max(1, math.ceil(rows / global_batch))
     if hyper.max_steps_per_epoch:
         steps = min(steps, hyper.max_steps_per_epoch)
 
-    with tfs.scope():
+    with strategy.scope():
         model = build_model(
             hyper.model,
-            image_size=image_size,
+            image_size=train.image_size,
             num_classes=num_classes,
             dropout=hyper.dropout,
             dense_units=hyper.dense_units,
@@ -142,39 +140,29 @@ def fit(
         schedule = keras.optimizers.schedules.CosineDecay(
             hyper.learning_rate, decay_steps=max(1, steps * hyper.epochs), alpha=0.02
         )
-        optimizer: Any = keras.optimizers.Adam(learning_rate=schedule)
+        optimizer: Any = strategy.prepare_optimizer(keras.optimizers.Adam(learning_rate=schedule))
         if keras.mixed_precision.global_policy().name == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
-        loss_fn = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+    strategy.start(model, optimizer)
 
     def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
-        return make_dataset(
-            images,
-            labels,
-            batch_size=context.get_per_replica_batch_size(global_batch),
-            training=True,
-            seed=hyper.seed + context.input_pipeline_id,
-            shard=(context.input_pipeline_id, context.num_input_pipelines),
-        )
+        return train.dataset(context, batch_size=context.get_per_replica_batch_size(global_batch), seed=hyper.seed)
 
-    iterator = iter(tfs.distribute_datasets_from_function(dataset_fn))
+    iterator = strategy.datasets(dataset_fn)
 
     def step(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             probs = model(x, training=True)
-            loss = tf.nn.compute_average_loss(loss_fn(y, probs), global_batch_size=global_batch)
+            loss = strategy.average_loss(per_example_loss(y, probs), global_batch)
             scaled = optimizer.scale_loss(loss) if hasattr(optimizer, "scale_loss") else loss
-        grads = tape.gradient(scaled, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        strategy.apply_gradients(optimizer, tape, scaled, model.trainable_variables)
         hits = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(probs, -1, output_type=tf.int32), y), tf.float32))
         return loss, hits
 
     @tf.function
     def train_step(batch: Any) -> tuple[tf.Tensor, tf.Tensor]:
-        loss, hits = tfs.run(step, args=batch)
-        total_loss = tfs.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        return total_loss, tfs.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None)
+        return strategy.run_step(step, batch)
 
     predict = tf.function(lambda x: model(x, training=False))
     result = FitResult(model=model)
@@ -190,48 +178,42 @@ def fit(
         seen = steps * global_batch
         val_loss = val_accuracy = None
         if validation is not None and strategy.is_chief and len(validation[1]):
-            val_loss, val_accuracy = _evaluate(predict, loss_fn, validation)
+            val_loss, val_accuracy = _evaluate(predict, validation)
         metrics = EpochMetrics(epoch, loss_sum / steps, hit_sum / seen, val_loss, val_accuracy, seconds, seen)
         result.history.append(metrics)
         result.train_images += seen
         if on_epoch is not None and strategy.is_chief:
             on_epoch(metrics)
     result.train_seconds = time.perf_counter() - started
-    if strategy.num_workers > 1:
-        _average_state(model, tfs)
+    strategy.average_state(model)
     return result
 
 
-def _average_state(model: Any, tfs: Any) -> None:
-    """Average the non-trainable float state (BatchNorm moving statistics) across workers.
+def per_example_loss(labels: Any, probs: Any) -> Any:
+    """Sparse categorical cross-entropy per example: the function form, the same in Keras 2 and 3
+    (their loss classes spell "no reduction" differently)."""
+    import keras
 
-    Gradients are all-reduced, so trainable weights already agree; each worker's moving
-    statistics come from its own batches. Averaging them leaves every worker the same model.
-    """
-    import tensorflow as tf
-
-    state = [v for v in model.non_trainable_variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
-    if not state:
-        return
-
-    @tf.function
-    def gather() -> Any:
-        def replica_fn() -> Any:
-            context = tf.distribute.get_replica_context()
-            return context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state])
-
-        return tfs.run(replica_fn)
-
-    averaged = gather()
-    for variable, value in zip(state, averaged, strict=True):
-        variable.assign(tfs.experimental_local_results(value)[0])
+    return keras.losses.sparse_categorical_crossentropy(labels, probs)
 
 
-def _evaluate(predict: Callable[[Any], Any], loss_fn: Any, data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
+def _evaluate(predict: Callable[[Any], Any], data: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
     images, labels = data
     probs = np.concatenate([np.asarray(predict(images[i : i + 256])) for i in range(0, len(images), 256)])
-    loss = float(np.mean(np.asarray(loss_fn(labels, probs))))
+    loss = float(np.mean(np.asarray(per_example_loss(labels, probs))))
     return loss, float(np.mean(np.argmax(probs, axis=-1) == labels))
+
+
+def architecture(hyper: HyperParams, *, image_size: int, num_classes: int) -> dict[str, Any]:
+    """What :func:`training.models.build_model` needs to rebuild this run's network (no weights file:
+    the trained weights are loaded into it)."""
+    return {
+        "name": hyper.model,
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "dropout": hyper.dropout,
+        "dense_units": hyper.dense_units,
+    }
 
 
 def portable_copy(model: Any, hyper: HyperParams, *, num_classes: int) -> Any:
@@ -241,13 +223,7 @@ def portable_copy(model: Any, hyper: HyperParams, *, num_classes: int) -> Any:
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        copy = build_model(
-            hyper.model,
-            image_size=int(model.input_shape[1]),
-            num_classes=num_classes,
-            dropout=hyper.dropout,
-            dense_units=hyper.dense_units,
-        )
+        copy = build_model(**architecture(hyper, image_size=int(model.input_shape[1]), num_classes=num_classes))
         copy.set_weights([np.asarray(w, dtype=np.float32) for w in model.get_weights()])
     finally:
         keras.mixed_precision.set_global_policy(policy)

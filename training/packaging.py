@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from infra.drift import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
+from infra.errors import LakesightError
 from training.inference import fold_batch_norm
 from training.preprocess import decode_images
 from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
@@ -65,23 +66,19 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         reference = context.artifacts.get(REFERENCE_ARTIFACT)
-        self.load(
-            Path(context.artifacts["keras_model"]),
-            Path(context.artifacts["config"]),
-            reference=Path(reference) if reference else None,
-        )
+        network = next(context.artifacts[key] for key in NETWORK_ARTIFACTS if key in context.artifacts)
+        self.load(Path(network), Path(context.artifacts["config"]), reference=Path(reference) if reference else None)
 
     def load(self, model_path: Path, config_path: Path, *, reference: Path | None = None) -> None:
         limit_tensorflow_threads()
         enable_gpu_memory_growth()
-        import keras
         import tensorflow as tf
 
         config = json.loads(config_path.read_text())
         self.class_names: list[str] = list(config["class_names"])
         self.image_size: int = int(config["image_size"])
         self.max_bytes: int = int(config.get("max_bytes", 64 * 1024 * 1024))
-        network = keras.saving.load_model(model_path, compile=False)
+        network = load_network(model_path, config)
         self.reference = Baseline.load(reference) if reference is not None else None
         features, head = split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
@@ -179,6 +176,82 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         return result
 
 
+# The network travels as a Keras 3 ``.keras`` file (the default stack), or as its layers' weights
+# plus the build_model arguments (the legacy stack's Keras 2 writes a ``.keras`` Keras 3 cannot read:
+# docs/LEGACY.md, "One model contract"). Either loads on both stacks.
+KERAS_FILE, LAYER_WEIGHTS = "keras_model", "layer_weights"
+NETWORK_ARTIFACTS = (KERAS_FILE, LAYER_WEIGHTS)
+
+
+class PackagingError(LakesightError, ValueError):
+    """A network that cannot be saved or rebuilt in the model contract's formats."""
+
+
+def keras_major() -> int:
+    import keras
+
+    return int(keras.__version__.split(".")[0])
+
+
+def save_network(model: Any, folder: Path, architecture: dict[str, Any] | None) -> tuple[str, Path, dict[str, Any]]:
+    """Write ``model`` for the registry: ``(artifact name, file, what the config must add)``."""
+    if keras_major() >= 3:
+        path = folder / "model.keras"
+        model.save(path)
+        return KERAS_FILE, path, {}
+    if architecture is None:
+        raise PackagingError("Keras 2 saves a network as its layer weights: pass the build_model architecture")
+    return save_layer_weights(model, folder, architecture)
+
+
+def save_layer_weights(model: Any, folder: Path, architecture: dict[str, Any]) -> tuple[str, Path, dict[str, Any]]:
+    """``model``'s weights by layer name plus ``build_model``'s arguments: what :func:`load_network`
+    rebuilds in either Keras."""
+    path = folder / "weights.npz"
+    arrays = {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers for i, w in enumerate(layer.get_weights())}
+    np.savez(path, **arrays)
+    return LAYER_WEIGHTS, path, {"network": {"format": LAYER_WEIGHTS, "architecture": dict(architecture)}}
+
+
+def load_network(path: Path, config: dict[str, Any]) -> Any:
+    """The network a model version carries, in this process's Keras (2 or 3)."""
+    import keras
+
+    spec = config.get("network")
+    if spec is None:
+        return keras.saving.load_model(path, compile=False)
+    if spec.get("format") != LAYER_WEIGHTS:
+        raise PackagingError(f"unknown network format {spec.get('format')!r} in the model's config")
+    from training.models import build_model
+
+    network = build_model(**spec["architecture"])
+    with np.load(path) as arrays:
+        set_layer_weights(network, dict(arrays))
+    return network
+
+
+def set_layer_weights(network: Any, arrays: dict[str, np.ndarray]) -> None:
+    """Load ``{layer name/index: array}`` into ``network``, refusing any missing, extra or misshapen one."""
+    used = set()
+    for layer in network.layers:
+        expected = layer.get_weights()
+        if not expected:
+            continue
+        keys = [f"{layer.name}/{i}" for i in range(len(expected))]
+        missing = [k for k in keys if k not in arrays]
+        if missing:
+            raise PackagingError(f"the saved network has no weights for {', '.join(missing)}")
+        values = [arrays[k] for k in keys]
+        for key, value, want in zip(keys, values, expected, strict=True):
+            if value.shape != want.shape:
+                raise PackagingError(f"weights {key} have shape {value.shape}; the network expects {want.shape}")
+        layer.set_weights(values)
+        used.update(keys)
+    extra = sorted(set(arrays) - used)
+    if extra:
+        raise PackagingError(f"the saved network has weights no layer takes: {', '.join(extra[:5])}")
+
+
 def split_at_embedding(network: Any) -> tuple[Any | None, Any | None]:
     """``(features, head)``: the network up to its embedding and the layer after it.
 
@@ -236,22 +309,24 @@ def log_classifier(
     registered_model_name: str | None = None,
     name: str = "model",
     reference_images: np.ndarray | None = None,
+    architecture: dict[str, Any] | None = None,
 ) -> Any:
     """Log ``keras_model`` wrapped as an :class:`ImageClassifier` to the active run.
 
-    ``reference_images`` (decoded held-out images; at most :data:`REFERENCE_IMAGES` are used)
-    centre the embeddings and become the model's reference (``infra.drift.Baseline``).
+    ``architecture`` (``build_model``'s arguments) lets Keras 2 save the network in the format
+    both stacks load (:func:`save_network`). ``reference_images`` (decoded held-out images; at
+    most :data:`REFERENCE_IMAGES` are used) centre the embeddings and become the model's reference
+    (``infra.drift.Baseline``).
     Returns MLflow's ModelInfo (with ``registered_model_version`` when registered).
     """
     with tempfile.TemporaryDirectory() as folder:
-        model_path = Path(folder) / "model.keras"
         config_path = Path(folder) / "config.json"
-        keras_model.save(model_path)
-        config: dict[str, Any] = {"class_names": list(class_names), "image_size": image_size}
+        network, model_path, network_config = save_network(keras_model, Path(folder), architecture)
+        config: dict[str, Any] = {"class_names": list(class_names), "image_size": image_size, **network_config}
         config_path.write_text(json.dumps(config))
         probe = ImageClassifier()
         probe.load(model_path, config_path)
-        artifacts = {"keras_model": str(model_path), "config": str(config_path)}
+        artifacts = {network: str(model_path), "config": str(config_path)}
         if reference_images is not None and len(reference_images):
             sample = np.asarray(reference_images[:REFERENCE_IMAGES], dtype=np.float32)
             if probe.embedding_dims is not None:

@@ -17,16 +17,18 @@ from typing import Any
 from infra import registry
 from infra.errors import UsageError
 from infra.settings import Settings
-from training.feed import TEST, TRAIN, VALIDATION, Snapshot, TrainingDataError, load_snapshot
+from training.feed import TEST, TRAIN, VALIDATION, ArrayFeed, Snapshot, TrainingDataError, load_snapshot
 from training.loop import EpochMetrics, HyperParams, check_batch_splits, fit
 from training.models import DEFAULT_MODEL, MODELS
 from training.promotion import evaluate_version, promote
 from training.search import SEARCH_MODELS
+from training.strategy import ARROW, HOROVOD, PETASTORM, TF_DISTRIBUTE, check_available
 from training.tracking import log_dataset, log_evaluation, run_tags, snapshot_params
 from training.worker import DISTRIBUTED, WorkerJob, WorkerOutcome, log_model
 
 log = logging.getLogger(__name__)
 
+LEGACY = (HOROVOD, PETASTORM)  # what only the legacy stack runs (docs/LEGACY.md)
 Progress = Callable[[str], None]
 
 
@@ -38,7 +40,9 @@ class TrainOptions:
     model: str = DEFAULT_MODEL
     weights: str | None = None  # local weights file; nothing is downloaded
     mixed_precision: bool = False
-    workers: int = 1  # >1: MultiWorkerMirroredStrategy on Spark barrier tasks
+    workers: int = 1  # >1: worker processes on Spark barrier tasks, distributed by ``strategy``
+    strategy: str = TF_DISTRIBUTE  # tf (MultiWorkerMirroredStrategy) or horovod (the legacy stack)
+    feed: str = ARROW  # arrow (Delta snapshot -> Arrow -> tf.data) or petastorm (the legacy stack)
     search: int = 0  # >0: that many random trials as parallel Spark tasks
     search_models: tuple[str, ...] = SEARCH_MODELS
     dry_run: bool = False  # evaluate and report, move no alias
@@ -73,6 +77,10 @@ class TrainOptions:
             raise UsageError("workers must be at least 1 and search at least 0")
         if self.workers > 1 and self.search:
             raise UsageError("--workers and --search cannot be combined: a search runs one process per trial")
+        check_available(self.strategy, self.feed)
+        legacy = [f"--{o} {v}" for o, v in (("strategy", self.strategy), ("feed", self.feed)) if v in LEGACY]
+        if legacy and self.workers < 2:
+            raise UsageError(f"{' and '.join(legacy)} train on Spark barrier tasks: give --workers 2 or more")
         # Before any Spark job: each worker is one replica (a CPU, or one GPU each).
         check_batch_splits(self.batch_size, self.workers)
         unknown = set(self.search_models) - set(MODELS)
@@ -161,7 +169,14 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
         run_id = run.info.run_id
         mlflow.set_tags({**run_tags(snapshot), "mode": mode, "evaluation_split": eval_split})
         mlflow.log_params(
-            {**hyper.as_params(), **snapshot_params(snapshot), "workers": options.workers, "search": options.search}
+            {
+                **hyper.as_params(),
+                **snapshot_params(snapshot),
+                "workers": options.workers,
+                "search": options.search,
+                "strategy": options.strategy,
+                "feed": options.feed,
+            }
         )
         log_dataset(snapshot)
         job = WorkerJob(
@@ -177,11 +192,13 @@ def train(settings: Settings, options: TrainOptions | None = None, *, progress: 
             register=True,
             input_example=snapshot.contents[int(train_rows[0])],
             name=f"run-{run_id[:8]}",
+            strategy=options.strategy,
+            feed=options.feed,
         )
         if options.search:
             chosen, outcomes = _train_search(settings, job, options, experiment_id, run_id, say)
         elif options.workers > 1:
-            chosen, outcomes = _train_distributed(settings, job, options.workers, say)
+            chosen, outcomes = _train_distributed(settings, job, snapshot, options.workers, say)
         else:
             chosen = _train_local(job, snapshot, say)
             outcomes = [chosen]
@@ -266,7 +283,7 @@ def _train_local(job: WorkerJob, snapshot: Snapshot, say: Progress) -> WorkerOut
 
     validation = (snapshot.decoded(val_idx), snapshot.label_ids(val_idx))
     result = fit(
-        (snapshot.decoded(train_idx), snapshot.label_ids(train_idx)),
+        ArrayFeed(snapshot.decoded(train_idx), snapshot.label_ids(train_idx)),
         validation,
         num_classes=len(snapshot.class_names),
         hyper=job.hyper,
@@ -290,15 +307,31 @@ def _train_local(job: WorkerJob, snapshot: Snapshot, say: Progress) -> WorkerOut
     )
 
 
+_STRATEGY_NAMES = {TF_DISTRIBUTE: "MultiWorkerMirroredStrategy", HOROVOD: "Horovod (Gloo)"}
+
+
 def _train_distributed(
-    settings: Settings, job: WorkerJob, workers: int, say: Progress
+    settings: Settings, job: WorkerJob, snapshot: Snapshot, workers: int, say: Progress
 ) -> tuple[WorkerOutcome, list[WorkerOutcome]]:
     import mlflow
 
     from training.distributed import DistributedError, train_distributed
 
-    say(f"training {job.hyper.model} on {workers} MultiWorkerMirroredStrategy workers (Spark barrier tasks)")
-    outcomes = train_distributed(settings, job, workers)
+    if job.feed == PETASTORM:
+        from training.legacy.petastorm_feed import convert_snapshot
+
+        say(f"materialising images@{snapshot.delta_version} through Petastorm's Spark converter")
+        job.feed_source = convert_snapshot(settings, snapshot, workers=workers, seed=job.hyper.seed)
+        mlflow.log_params({"petastorm_train_rows": job.feed_source.train_rows})
+    say(
+        f"training {job.hyper.model} on {workers} {_STRATEGY_NAMES[job.strategy]} workers (Spark barrier tasks), "
+        f"fed by {job.feed}"
+    )
+    try:
+        outcomes = train_distributed(settings, job, workers)
+    finally:
+        if job.feed_source is not None:
+            job.feed_source.delete()
     chief = outcomes[0]
     digests = {o.weights_digest for o in outcomes}
     mlflow.set_tags({"device": chief.device, "workers_identical_weights": str(len(digests) == 1)})

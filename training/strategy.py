@@ -1,22 +1,59 @@
-"""Where training runs: a small interface over ``tf.distribute``.
+"""Where training runs: a small interface the one training loop (:mod:`training.loop`) runs under.
 
-``LocalStrategy``: this process (all its GPUs through MirroredStrategy, else the default).
-``MultiWorkerStrategy``: one of N processes in MultiWorkerMirroredStrategy, from ``TF_CONFIG``.
-A Horovod adapter would implement the same three things: the ``tf.distribute`` strategy the
-training step runs under, this process's worker index, and the worker count.
+A strategy answers: this process's worker index and the worker count, how many replicas share a
+global batch, and the few distributed steps of a run (feeding, one training step, the gradient
+update, the state averaging, the closing barrier). Two families implement it:
+
+* ``tf.distribute`` (the default stack): :class:`LocalStrategy` (this process, all its GPUs through
+  MirroredStrategy) and :class:`MultiWorkerStrategy` (one of N processes, from ``TF_CONFIG``);
+* Horovod (the legacy stack, ``training.legacy.horovod_strategy``): Gloo all-reduce between
+  processes that Spark barrier tasks start (docs/LEGACY.md).
+
+Strategies and feeds are chosen by name (:data:`STRATEGIES`, :data:`FEEDS`). This module never
+imports Horovod or Petastorm: :func:`check_available` finds them without importing them, and the
+legacy modules are imported only by a process that was asked for them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from infra.errors import UsageError
 from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
 log = logging.getLogger(__name__)
+
+TF_DISTRIBUTE, HOROVOD = "tf", "horovod"
+STRATEGIES = (TF_DISTRIBUTE, HOROVOD)
+ARROW, PETASTORM = "arrow", "petastorm"
+FEEDS = (ARROW, PETASTORM)
+# What each legacy name needs installed: the legacy virtualenv has them, the default one never does.
+_LEGACY_PACKAGES = {HOROVOD: "horovod", PETASTORM: "petastorm"}
+LEGACY_INSTALL_HINT = "run `make install-legacy` and use .venv-legacy/bin/lakesight"
+
+
+class LegacyStackMissing(UsageError):
+    """A Horovod or Petastorm run was asked for in an environment without the legacy stack."""
+
+
+def check_available(strategy: str, feed: str) -> None:
+    """Refuse unknown names, and legacy names this Python cannot import, in one line each."""
+    if strategy not in STRATEGIES:
+        raise UsageError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if feed not in FEEDS:
+        raise UsageError(f"unknown feed {feed!r}; choose one of {', '.join(FEEDS)}")
+    for option, name in (("--strategy", strategy), ("--feed", feed)):
+        package = _LEGACY_PACKAGES.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise LegacyStackMissing(
+                f"{option} {name} needs {package}, which only the legacy stack has: {LEGACY_INSTALL_HINT}"
+            )
 
 
 class TrainStrategy(Protocol):
@@ -29,6 +66,27 @@ class TrainStrategy(Protocol):
 
     @property
     def is_chief(self) -> bool: ...
+
+    @property
+    def replicas(self) -> int: ...
+
+    def scope(self) -> Any: ...
+
+    def prepare_optimizer(self, optimizer: Any) -> Any: ...
+
+    def datasets(self, dataset_fn: Callable[[Any], Any]) -> Any: ...
+
+    def average_loss(self, per_example: Any, global_batch: int) -> Any: ...
+
+    def apply_gradients(self, optimizer: Any, tape: Any, loss: Any, variables: Any) -> None: ...
+
+    def run_step(self, step: Callable[..., Any], batch: Any) -> tuple[Any, Any]: ...
+
+    def start(self, model: Any, optimizer: Any) -> None: ...
+
+    def average_state(self, model: Any) -> None: ...
+
+    def barrier(self) -> None: ...
 
 
 def setup_device(*, mixed_precision: bool = False) -> str:
@@ -58,8 +116,100 @@ def setup_device(*, mixed_precision: bool = False) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
+def float_state(model: Any) -> list[Any]:
+    """The model's non-trainable float variables: BatchNorm moving statistics, which each worker
+    accumulates from its own batches (gradients keep the trainable ones in step)."""
+    return [v for v in model.non_trainable_variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
+
+
+class TfDistribute:
+    """The distributed steps of a run through a ``tf.distribute`` strategy (set by subclasses)."""
+
+    name = TF_DISTRIBUTE
+    worker_index = 0
+    num_workers = 1
+    _strategy: Any
+
+    @property
+    def tf_strategy(self) -> Any:
+        return self._strategy
+
+    @property
+    def is_chief(self) -> bool:
+        return self.worker_index == 0
+
+    @property
+    def replicas(self) -> int:
+        return int(self._strategy.num_replicas_in_sync)
+
+    def scope(self) -> Any:
+        return self._strategy.scope()
+
+    def prepare_optimizer(self, optimizer: Any) -> Any:
+        return optimizer
+
+    def datasets(self, dataset_fn: Callable[[Any], Any]) -> Any:
+        return iter(self._strategy.distribute_datasets_from_function(dataset_fn))
+
+    def average_loss(self, per_example: Any, global_batch: int) -> Any:
+        import tensorflow as tf
+
+        # Each replica's share of the global mean: the all-reduced gradients are the mean's.
+        return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch)
+
+    def apply_gradients(self, optimizer: Any, tape: Any, loss: Any, variables: Any) -> None:
+        grads = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+    def run_step(self, step: Callable[..., Any], batch: Any) -> tuple[Any, Any]:
+        import tensorflow as tf
+
+        loss, hits = self._strategy.run(step, args=batch)
+        total_loss = self._strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        return total_loss, self._strategy.reduce(tf.distribute.ReduceOp.SUM, hits, axis=None)
+
+    def start(self, model: Any, optimizer: Any) -> None:
+        """Nothing to do: a ``tf.distribute`` strategy syncs initial values when variables are made."""
+
+    def average_state(self, model: Any) -> None:
+        """Average the BatchNorm moving statistics across workers, leaving every worker the same model."""
+        import tensorflow as tf
+
+        state = float_state(model)
+        if self.num_workers < 2 or not state:
+            return
+        tfs = self._strategy
+
+        @tf.function
+        def gather() -> Any:
+            def replica_fn() -> Any:
+                context = tf.distribute.get_replica_context()
+                return context.all_reduce(tf.distribute.ReduceOp.MEAN, [tf.identity(v.value) for v in state])
+
+            return tfs.run(replica_fn)
+
+        averaged = gather()
+        for variable, value in zip(state, averaged, strict=True):
+            variable.assign(tfs.experimental_local_results(value)[0])
+
+    def barrier(self) -> None:
+        """One all-reduce, so no worker leaves while the chief is still logging and registering."""
+        import tensorflow as tf
+
+        if self.num_workers < 2:
+            return
+        tfs = self._strategy
+
+        @tf.function
+        def together() -> tf.Tensor:
+            ones = tfs.run(lambda: tf.constant(1.0))
+            return tfs.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
+
+        together()
+
+
 @dataclass
-class LocalStrategy:
+class LocalStrategy(TfDistribute):
     """Training in this process: MirroredStrategy over several local GPUs, else the default."""
 
     name: str = "local"
@@ -72,17 +222,9 @@ class LocalStrategy:
         gpus = tf.config.list_physical_devices("GPU")
         self._strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
 
-    @property
-    def tf_strategy(self) -> Any:
-        return self._strategy
-
-    @property
-    def is_chief(self) -> bool:
-        return True
-
 
 @dataclass
-class MultiWorkerStrategy:
+class MultiWorkerStrategy(TfDistribute):
     """One worker of a MultiWorkerMirroredStrategy cluster described by ``TF_CONFIG``.
 
     Create it before any other TensorFlow work in the process (collective ops are configured
@@ -104,13 +246,17 @@ class MultiWorkerStrategy:
         )
         self._strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
-    @property
-    def tf_strategy(self) -> Any:
-        return self._strategy
 
-    @property
-    def is_chief(self) -> bool:
-        return self.worker_index == 0
+def worker_strategy(name: str) -> TrainStrategy:
+    """The strategy a training process runs under: ``name``'s, or from ``TF_CONFIG`` / local for tf.
+
+    Made before any other TensorFlow work in the process (collective ops are configured once).
+    """
+    if name == HOROVOD:
+        from training.legacy.horovod_strategy import HorovodStrategy
+
+        return HorovodStrategy()
+    return MultiWorkerStrategy() if os.environ.get("TF_CONFIG") else LocalStrategy()
 
 
 def tf_config(addresses: list[str], index: int) -> str:

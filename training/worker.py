@@ -9,6 +9,7 @@ logs to MLflow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,9 @@ class WorkerJob:
     register: bool = False  # register the model (distributed chief); trials only log it
     input_example: bytes = b""
     name: str = "worker"
+    strategy: str = "tf"  # training.strategy.STRATEGIES
+    feed: str = "arrow"  # training.strategy.FEEDS
+    feed_source: Any = None  # what the feed reads, made on the driver (petastorm: its converters)
 
 
 @dataclass
@@ -77,21 +82,44 @@ class WorkerOutcome:
 
 
 def run_job(job: WorkerJob) -> WorkerOutcome:
-    """Train as ``job`` says, in this process. ``TF_CONFIG`` set means: one of several workers."""
-    from training.feed import TRAIN, VALIDATION, load_snapshot
-    from training.loop import fit, weights_digest
-    from training.strategy import LocalStrategy, MultiWorkerStrategy, setup_device
+    """Train as ``job`` says, in this process, under ``job.strategy`` and reading ``job.feed``."""
+    from training.strategy import setup_device, worker_strategy
 
     device = setup_device(mixed_precision=job.hyper.mixed_precision)
     # Before any other TensorFlow work: collective ops are configured when the strategy is made.
-    strategy = MultiWorkerStrategy() if os.environ.get("TF_CONFIG") else LocalStrategy()
+    strategy = worker_strategy(job.strategy)
+    with _worker_data(job, chief=strategy.is_chief) as (train, validation):
+        outcome = _train_and_log(job, strategy, train, validation, device)
+    if strategy.num_workers > 1:
+        strategy.barrier()
+    return outcome
+
+
+@contextlib.contextmanager
+def _worker_data(job: WorkerJob, *, chief: bool) -> Iterator[tuple[Any, Any]]:
+    """The train feed and the validation rows (images, label ids) of the pinned Delta version."""
+    from training.strategy import PETASTORM
+
+    if job.feed == PETASTORM:
+        from training.legacy.petastorm_feed import open_feed
+
+        with open_feed(job.feed_source, chief=chief) as data:
+            yield data
+        return
+    from training.feed import TRAIN, VALIDATION, ArrayFeed, load_snapshot
+
     snapshot = load_snapshot(
         job.settings, version=job.delta_version, image_size=job.image_size, decode_only=(TRAIN, VALIDATION)
     )
     snapshot.class_names = list(job.class_names)  # the driver's classes: ids must agree
     train_idx, val_idx = snapshot.indices(TRAIN), snapshot.indices(VALIDATION)
-    train = (snapshot.decoded(train_idx), snapshot.label_ids(train_idx))
-    validation = (snapshot.decoded(val_idx), snapshot.label_ids(val_idx))
+    train = ArrayFeed(snapshot.decoded(train_idx), snapshot.label_ids(train_idx))
+    yield train, (snapshot.decoded(val_idx), snapshot.label_ids(val_idx))
+
+
+def _train_and_log(job: WorkerJob, strategy: Any, train: Any, validation: Any, device: str) -> WorkerOutcome:
+    from training.loop import fit, weights_digest
+
     outcome = WorkerOutcome(
         name=job.name, worker_index=strategy.worker_index, num_workers=strategy.num_workers, device=device
     )
@@ -125,15 +153,13 @@ def run_job(job: WorkerJob) -> WorkerOutcome:
             outcome.val_accuracy = result.history[-1].val_accuracy
             outcome.val_loss = result.history[-1].val_loss
         if logs_to_mlflow:
-            info = log_model(job, result.model, reference_images=validation[0])
+            info = log_model(job, result.model, reference_images=validation[0] if validation else None)
             outcome.model_uri = info.model_uri
             outcome.model_version = _registered_version(info)
             outcome.run_id = job.run_id
     finally:
         if logs_to_mlflow:
             mlflow.end_run()
-    if strategy.num_workers > 1:
-        _sync_exit(strategy)
     return outcome
 
 
@@ -142,12 +168,14 @@ def log_model(job: WorkerJob, model: Any, *, reference_images: Any = None) -> An
 
     ``reference_images`` (the held-out split) become the model's reference (``training.packaging``).
     """
-    from training.loop import portable_copy
+    from training.loop import architecture, portable_copy
     from training.packaging import log_classifier
 
-    serving = portable_copy(model, job.hyper, num_classes=len(job.class_names))
+    classes = len(job.class_names)
+    serving = portable_copy(model, job.hyper, num_classes=classes)
     return log_classifier(
         serving,
+        architecture=architecture(job.hyper, image_size=job.image_size, num_classes=classes),
         class_names=job.class_names,
         image_size=job.image_size,
         input_example=job.input_example,
@@ -159,20 +187,6 @@ def log_model(job: WorkerJob, model: Any, *, reference_images: Any = None) -> An
 def _registered_version(info: Any) -> str | None:
     version = getattr(info, "registered_model_version", None)
     return None if version is None else str(version)
-
-
-def _sync_exit(strategy: Any) -> None:
-    """One all-reduce, so no worker leaves while the chief is still logging and registering."""
-    import tensorflow as tf
-
-    tfs = strategy.tf_strategy
-
-    @tf.function
-    def together() -> tf.Tensor:
-        ones = tfs.run(lambda: tf.constant(1.0))
-        return tfs.reduce(tf.distribute.ReduceOp.SUM, ones, axis=None)
-
-    together()
 
 
 # Launching ------------------------------------------------------------------------------------

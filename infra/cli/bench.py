@@ -16,7 +16,15 @@ from typing import Annotated, Any
 import typer
 
 from infra.cli._output import print_json, say, stdout_to_stderr, sub_app
-from infra.cli.training import BatchSizeOption, EpochsOption, MixedPrecisionOption, ModelOption, train_options
+from infra.cli.training import (
+    BatchSizeOption,
+    EpochsOption,
+    FeedOption,
+    MixedPrecisionOption,
+    ModelOption,
+    StrategyOption,
+    train_options,
+)
 from infra.errors import UsageError
 from infra.settings import LAKE_ENGINES, Settings, get_settings
 
@@ -161,7 +169,9 @@ def bench_train(
     epochs: EpochsOption = 25,
     model: ModelOption = "cnn",
     batch_size: BatchSizeOption = 64,
-    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes as Spark barrier tasks (see --strategy)")] = 1,
+    strategy: StrategyOption = "tf",
+    feed: FeedOption = "arrow",
     mixed_precision: MixedPrecisionOption = False,
     state: Annotated[Path | None, typer.Option(help="Folder for the digits and the bench's own lake/MLflow")] = None,
 ) -> None:
@@ -169,7 +179,13 @@ def bench_train(
     from training.bench import bench_train as run
 
     options = train_options(
-        epochs=epochs, model=model, batch_size=batch_size, workers=workers, mixed_precision=mixed_precision
+        epochs=epochs,
+        model=model,
+        batch_size=batch_size,
+        workers=workers,
+        strategy=strategy,
+        feed=feed,
+        mixed_precision=mixed_precision,
     )
     folder = state or Path(tempfile.mkdtemp(prefix="lakesight-bench-"))
     with stdout_to_stderr():

@@ -16,6 +16,20 @@ EpochsOption = Annotated[int, typer.Option(min=1, help="Training epochs")]
 ModelOption = Annotated[str, typer.Option(help="cnn | mobilenetv3small | efficientnetb0 | resnet50")]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Global batch size")]
 MixedPrecisionOption = Annotated[bool, typer.Option("--mixed-precision", help="float16 compute on a GPU")]
+StrategyOption = Annotated[
+    str,
+    typer.Option(
+        help="How --workers share the training: tf (MultiWorkerMirroredStrategy) or horovod (Gloo all-reduce; "
+        "the legacy stack, make install-legacy)"
+    ),
+]
+FeedOption = Annotated[
+    str,
+    typer.Option(
+        help="How rows of the pinned Delta version reach the workers: arrow (snapshot -> Arrow -> tf.data) or "
+        "petastorm (Petastorm's Spark converter; the legacy stack)"
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -48,7 +62,9 @@ def train(
     model: ModelOption = "cnn",
     weights: Annotated[Path | None, typer.Option(help="Local weights file for the model (never downloaded)")] = None,
     mixed_precision: MixedPrecisionOption = False,
-    workers: Annotated[int, typer.Option(min=1, help="MultiWorkerMirroredStrategy workers as Spark barrier tasks")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes as Spark barrier tasks (see --strategy)")] = 1,
+    strategy: StrategyOption = "tf",
+    feed: FeedOption = "arrow",
     search: Annotated[int, typer.Option(min=0, help="Random hyperparameter trials as parallel Spark tasks")] = 0,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Register and evaluate, but move no alias")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line on stdout (for launchers)")] = False,
@@ -65,6 +81,8 @@ def train(
         weights=str(weights) if weights else None,
         mixed_precision=mixed_precision,
         workers=workers,
+        strategy=strategy,
+        feed=feed,
         search=search,
         dry_run=dry_run,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,3 +40,14 @@ def digit_rows(digits_dir: Path, count: int, *, split: str = "train") -> list[tu
     """The first ``count`` digit PNGs of ``split`` as labeled rows (label = folder name)."""
     files = sorted((digits_dir / split).rglob("*.png"), key=lambda f: f.name)[:count]  # all classes mixed
     return [(f"file:{f}", f.read_bytes(), f.parent.name, None) for f in files]
+
+
+def flat_copies(source: Path, target: Path) -> dict[str, str]:
+    """Copy ``source``'s ``<label>/<name>`` images flat into ``target``; {file name: true label}."""
+    target.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for image in sorted(source.rglob("*.png")):
+        name = f"{image.parent.name}-{image.name}"
+        shutil.copy(image, target / name)
+        truth[name] = image.parent.name
+    return truth
