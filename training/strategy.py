@@ -122,10 +122,10 @@ def float_state(model: Any) -> list[Any]:
     return [v for v in model.non_trainable_variables if v.dtype in ("float16", "bfloat16", "float32", "float64")]
 
 
-class TfDistribute:
-    """The distributed steps of a run through a ``tf.distribute`` strategy (set by subclasses)."""
+class WorkerBase:
+    """What every strategy answers alike: worker 0 is the chief, and the model's variables are made
+    under the ``tf.distribute`` strategy the subclass sets (the default one for Horovod)."""
 
-    name = TF_DISTRIBUTE
     worker_index = 0
     num_workers = 1
     _strategy: Any
@@ -138,12 +138,18 @@ class TfDistribute:
     def is_chief(self) -> bool:
         return self.worker_index == 0
 
+    def scope(self) -> Any:
+        return self._strategy.scope()
+
+
+class TfDistribute(WorkerBase):
+    """The distributed steps of a run through a ``tf.distribute`` strategy (set by subclasses)."""
+
+    name = TF_DISTRIBUTE
+
     @property
     def replicas(self) -> int:
         return int(self._strategy.num_replicas_in_sync)
-
-    def scope(self) -> Any:
-        return self._strategy.scope()
 
     def prepare_optimizer(self, optimizer: Any) -> Any:
         return optimizer

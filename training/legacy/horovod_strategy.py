@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from training.strategy import HOROVOD, float_state
+from training.strategy import HOROVOD, WorkerBase, float_state
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def gloo_environment(context: Any, index: int) -> Iterator[dict[str, str]]:
             server.stop()
 
 
-class HorovodStrategy:
+class HorovodStrategy(WorkerBase):
     """One Horovod process (``hvd.init()`` from the ``HOROVOD_*`` environment), Gloo all-reduce.
 
     The training step is the default path's: the loss is each process's mean over its own share
@@ -137,19 +137,8 @@ class HorovodStrategy:
         self._strategy = tf.distribute.get_strategy()
 
     @property
-    def tf_strategy(self) -> Any:
-        return self._strategy
-
-    @property
-    def is_chief(self) -> bool:
-        return self.worker_index == 0
-
-    @property
     def replicas(self) -> int:
         return self.num_workers
-
-    def scope(self) -> Any:
-        return self._strategy.scope()
 
     def prepare_optimizer(self, optimizer: Any) -> Any:
         import horovod.tensorflow.keras as hvd_keras
