@@ -70,8 +70,8 @@ clean: ## Remove local state (lake, checkpoints, MLflow, logs)
 LEGACY_VENV ?= .venv-legacy
 LEGACY_STAMP := $(LEGACY_VENV)/.installed
 
-$(LEGACY_STAMP): legacy/requirements.txt legacy/constraints.txt legacy/install.sh pyproject.toml
-	bash legacy/install.sh $(LEGACY_VENV)
+$(LEGACY_STAMP): infra/legacy/requirements.txt infra/legacy/constraints.txt infra/legacy/install.sh pyproject.toml
+	bash infra/legacy/install.sh $(LEGACY_VENV)
 	touch $(LEGACY_STAMP)
 
 install-legacy: $(LEGACY_STAMP) ## Build .venv-legacy for --strategy horovod / --feed petastorm (Horovod wheel cached)

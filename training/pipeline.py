@@ -22,13 +22,12 @@ from training.loop import EpochMetrics, HyperParams, check_batch_splits, fit
 from training.models import DEFAULT_MODEL, MODELS
 from training.promotion import evaluate_version, promote
 from training.search import SEARCH_MODELS
-from training.strategy import ARROW, HOROVOD, PETASTORM, TF_DISTRIBUTE, check_available
+from training.strategy import ARROW, HOROVOD, LEGACY_NAMES, PETASTORM, TF_DISTRIBUTE, check_available
 from training.tracking import log_dataset, log_evaluation, run_tags, snapshot_params
 from training.worker import DISTRIBUTED, WorkerJob, WorkerOutcome, log_model
 
 log = logging.getLogger(__name__)
 
-LEGACY = (HOROVOD, PETASTORM)  # what only the legacy stack runs (docs/LEGACY.md)
 Progress = Callable[[str], None]
 
 
@@ -78,7 +77,7 @@ class TrainOptions:
         if self.workers > 1 and self.search:
             raise UsageError("--workers and --search cannot be combined: a search runs one process per trial")
         check_available(self.strategy, self.feed)
-        legacy = [f"--{o} {v}" for o, v in (("strategy", self.strategy), ("feed", self.feed)) if v in LEGACY]
+        legacy = [f"--{o} {v}" for o, v in (("strategy", self.strategy), ("feed", self.feed)) if v in LEGACY_NAMES]
         if legacy and self.workers < 2:
             raise UsageError(f"{' and '.join(legacy)} train on Spark barrier tasks: give --workers 2 or more")
         # Before any Spark job: each worker is one replica (a CPU, or one GPU each).

@@ -35,6 +35,7 @@ ARROW, PETASTORM = "arrow", "petastorm"
 FEEDS = (ARROW, PETASTORM)
 # What each legacy name needs installed: the legacy virtualenv has them, the default one never does.
 _LEGACY_PACKAGES = {HOROVOD: "horovod", PETASTORM: "petastorm"}
+LEGACY_NAMES = tuple(_LEGACY_PACKAGES)  # what only the legacy stack runs
 LEGACY_INSTALL_HINT = "run `make install-legacy` and use .venv-legacy/bin/lakesight"
 
 

@@ -27,6 +27,7 @@ from infra.errors import LakesightError
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
 from training.loop import EpochMetrics, HyperParams
+from training.strategy import ARROW, PETASTORM, TF_DISTRIBUTE, setup_device, worker_strategy
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ class WorkerJob:
     register: bool = False  # register the model (distributed chief); trials only log it
     input_example: bytes = b""
     name: str = "worker"
-    strategy: str = "tf"  # training.strategy.STRATEGIES
-    feed: str = "arrow"  # training.strategy.FEEDS
+    strategy: str = TF_DISTRIBUTE  # training.strategy.STRATEGIES
+    feed: str = ARROW  # training.strategy.FEEDS
     feed_source: Any = None  # what the feed reads, made on the driver (petastorm: its converters)
 
 
@@ -83,8 +84,6 @@ class WorkerOutcome:
 
 def run_job(job: WorkerJob) -> WorkerOutcome:
     """Train as ``job`` says, in this process, under ``job.strategy`` and reading ``job.feed``."""
-    from training.strategy import setup_device, worker_strategy
-
     device = setup_device(mixed_precision=job.hyper.mixed_precision)
     # Before any other TensorFlow work: collective ops are configured when the strategy is made.
     strategy = worker_strategy(job.strategy)
@@ -98,8 +97,6 @@ def run_job(job: WorkerJob) -> WorkerOutcome:
 @contextlib.contextmanager
 def _worker_data(job: WorkerJob, *, chief: bool) -> Iterator[tuple[Any, Any]]:
     """The train feed and the validation rows (images, label ids) of the pinned Delta version."""
-    from training.strategy import PETASTORM
-
     if job.feed == PETASTORM:
         from training.legacy.petastorm_feed import open_feed
 

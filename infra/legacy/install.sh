@@ -4,7 +4,7 @@
 # MLflow and the project. The Horovod wheel is built once and kept in the wheel cache, so a second
 # install only reinstalls wheels. Prints how long the install and the Horovod build took.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 
 VENV=${1:-.venv-legacy}
 HOROVOD_VERSION=0.28.1
@@ -19,9 +19,9 @@ echo "building $VENV (legacy stack: TensorFlow $TF_VERSION, Horovod $HOROVOD_VER
 "$PYTHON" -m venv --clear "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install --quiet --upgrade pip
-"${PIP[@]}" install --quiet -c legacy/constraints.txt -r legacy/requirements.txt
+"${PIP[@]}" install --quiet -c infra/legacy/constraints.txt -r infra/legacy/requirements.txt
 # tf-keras 2.15 names the full `tensorflow` wheel; the CPU wheel above is the same TensorFlow.
-"${PIP[@]}" install --quiet --no-deps -c legacy/constraints.txt tf-keras
+"${PIP[@]}" install --quiet --no-deps -c infra/legacy/constraints.txt tf-keras
 
 wheel=$(ls "$WHEELS"/horovod-"$HOROVOD_VERSION"-*.whl 2>/dev/null | head -1 || true)
 if [ -z "$wheel" ]; then
