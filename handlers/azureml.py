@@ -13,7 +13,8 @@ from typing import Any
 
 from handlers.launcher import FAILED, SUBMITTED, LaunchResult
 from infra.iac import load_retrain_job
-from infra.settings import Settings, is_local_uri
+from infra.locations import is_local_uri
+from infra.settings import Settings
 from infra.tables import IMAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

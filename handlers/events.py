@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handlers import safe_json
-from infra.drift import DRIFT_EVENT_TYPE
+from infra.core.drift import DRIFT_EVENT_TYPE
 from infra.errors import LakesightError
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 DATASET_DRIFT = "Microsoft.MachineLearningServices.DatasetDriftDetected"
 RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
-IMAGE_DRIFT = DRIFT_EVENT_TYPE  # published by the scoring stream's drift monitor (infra.drift)
+IMAGE_DRIFT = DRIFT_EVENT_TYPE  # published by the scoring stream's drift monitor (infra.core.drift)
 
 CLOUDEVENTS_SINGLE = "application/cloudevents+json"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"

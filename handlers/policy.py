@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 
 from infra import registry
-from infra.drift import EPSILON, psi
+from infra.core.drift import EPSILON, psi
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS

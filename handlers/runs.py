@@ -2,9 +2,9 @@
 
 ``lakesight train`` promotes by itself, wherever it runs, and tags the model version with its
 decision. The check here makes sure a remote (Azure ML) run's version got a decision: it reports
-the one already taken, or applies the registry's rule (:func:`infra.registry.promotion_decision`)
+the one already taken, or applies the registry's rule (:func:`infra.promotion.promotion_decision`)
 to the version's recorded test accuracy when the run registered a version without deciding. A split
-winner may become ``challenger`` and wait for live labels (``infra.promotion_evidence``).
+winner may become ``challenger`` and wait for live labels (``infra.core.promotion``).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from infra import registry
+from infra.core import promotion
 from infra.iac import RETRAINING_TAG
 from infra.settings import Settings
 
@@ -61,11 +62,11 @@ def _decide(
         return {"promoted": False, "model_version": challenger.version, "reason": "the run recorded no accuracy"}
     compared = champion is not None and champion.version != challenger.version
     incumbent = _accuracy(champion, mlflow_client) if compared else None
-    decision = registry.promotion_decision(
+    decision = promotion.promotion_decision(
         accuracy, incumbent, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
     )
     champion_version = None if champion is None else champion.version
-    registry.record_promotion(
+    promotion.record_promotion(
         settings,
         challenger.version,
         decision,

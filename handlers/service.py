@@ -22,8 +22,8 @@ from handlers.eventlog import Claim, EventLog, EventStatus
 from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
 from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
-from infra import promotion_evidence
 from infra.arrivals import write_arrival_records
+from infra.core import promotion as promotion_evidence
 from infra.deadletters import DeadLetter, DeadLetterTable
 from infra.lake import Lake
 from infra.settings import Settings

@@ -43,7 +43,8 @@ from pathlib import Path
 
 from infra.blob import StorageFolder, bounded_service_client, storage_folder, validate_blob_name, with_retries
 from infra.errors import LakesightError
-from infra.settings import Settings, local_path
+from infra.locations import local_path
+from infra.settings import Settings
 
 ARRIVAL_RECORD_DDL = (
     "url string, container string, name string, etag string, content_type string, "

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.errors import LakesightError
-from infra.settings import local_path
+from infra.locations import local_path
 
 
 class FilesError(LakesightError, RuntimeError):

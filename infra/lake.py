@@ -27,7 +27,8 @@ from deltalake import ColumnProperties, CommitProperties, DeltaTable, Transactio
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from infra.errors import LakesightError
-from infra.settings import Settings, local_path
+from infra.locations import local_path
+from infra.settings import Settings
 from infra.tables import IMAGES, TableSpec
 
 __all__ = [

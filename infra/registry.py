@@ -5,7 +5,7 @@ is a newer version that beat it on the test split and waits for live evidence, s
 stream beside the champion (docs/PROMOTION.md). A version that does not beat the champion gets no
 alias (its decision tag says ``rejected``). This module owns every model-version tag name, the
 listing of versions, the split promotion rule and the writes that apply it and the live decision
-(taken by ``infra.promotion_evidence``), and the :class:`Classifier` protocol that a loaded model
+(taken by ``infra.core.promotion``), and the :class:`Classifier` protocol that a loaded model
 version satisfies.
 """
 
@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 from infra.errors import LakesightError
 from infra.settings import Settings
 
 if TYPE_CHECKING:
-    import numpy as np
     import pandas as pd
 
-    from infra.drift import Baseline
 
 # How many threads TensorFlow may use in this process: set by whoever starts a process that loads
 # the model (the scoring executors from ``score_tf_threads``, training from its share of cores),
@@ -46,7 +46,7 @@ TAG_CHAMPION_VERSION = "champion_version"  # the champion it was compared with
 TAG_DECISION = "promotion_decision"
 TAG_REASON = "promotion_reason"
 TAG_ROLLED_BACK = "rolled_back"  # on the version a rollback took the champion alias from: when, why, to what
-# The challenger's live evidence (infra.promotion_evidence): the discordant pairs, the McNemar
+# The challenger's live evidence (infra.core.promotion): the discordant pairs, the McNemar
 # p-value, and waiting / promoted / refused with its reason.
 TAG_LIVE_B = "live_b"  # human-labeled images the champion got right and the challenger wrong
 TAG_LIVE_C = "live_c"  # the reverse
@@ -172,7 +172,7 @@ def version_by_alias(settings: Settings, alias: str = CHAMPION) -> Any | None:
         return None
 
 
-def champion(settings: Settings) -> Any | None:
+def champion_version(settings: Settings) -> Any | None:
     return version_by_alias(settings, CHAMPION)
 
 
@@ -203,13 +203,47 @@ def load_classifier(settings: Settings, version: str | int | None = None) -> tup
     import mlflow
 
     if version is None:
-        current = champion(settings)
+        current = champion_version(settings)
         if current is None:
             raise RegistryError(f"model {settings.model_name!r} has no {CHAMPION!r} version yet: run 'lakesight train'")
         version = current.version
     configure_mlflow(settings)
     loaded = mlflow.pyfunc.load_model(model_uri(settings, version))
     return loaded.unwrap_python_model(), str(version)
+
+
+REFERENCE_ARTIFACT = "reference"  # the pyfunc artifact name of a model's Baseline
+REFERENCE_FILE = "reference.npz"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A model's reference: what it made of its held-out images at registration.
+
+    Saved with the model version as ``reference.npz`` (``training.packaging`` writes it, the
+    stream reads it through :func:`model_baseline`, the drift statistics compare with it): this class owns the format.
+    """
+
+    probabilities: np.ndarray  # (n, classes)
+    class_names: Sequence[str]
+    embeddings: np.ndarray | None  # (n, dims), as served: centred and L2-normalised
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, Any] = {
+            "probabilities": np.asarray(self.probabilities, np.float32),
+            "class_names": np.asarray(self.class_names),
+        }
+        if self.embeddings is not None:
+            arrays["embeddings"] = np.asarray(self.embeddings, np.float32)
+        with path.open("wb") as out:
+            np.savez_compressed(out, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Baseline:
+        with np.load(path, allow_pickle=False) as arrays:
+            embeddings = np.asarray(arrays["embeddings"]) if "embeddings" in arrays.files else None
+            names = [str(n) for n in arrays["class_names"]]
+            return cls(np.asarray(arrays["probabilities"]), names, embeddings)
 
 
 def model_baseline(settings: Settings, version: str | int) -> Baseline | None:
@@ -221,8 +255,6 @@ def model_baseline(settings: Settings, version: str | int) -> Baseline | None:
     import tempfile
 
     import mlflow
-
-    from infra.drift import REFERENCE_FILE, Baseline
 
     configure_mlflow(settings)
     with tempfile.TemporaryDirectory() as folder:
@@ -318,126 +350,3 @@ def versions(settings: Settings) -> list[VersionRow]:
 def list_versions(settings: Settings) -> list[dict[str, str]]:
     """Every version of the registered model, newest first, with aliases, scores and Delta version."""
     return [row.summary() for row in versions(settings)]
-
-
-# Promotion ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PromotionDecision:
-    promote: bool  # the version becomes champion now
-    alias: str | None  # the alias it gets: champion, challenger, or None (rejected)
-    reason: str
-
-    @property
-    def decision(self) -> str:
-        """What its ``promotion_decision`` tag says: the alias it got, or ``rejected``."""
-        return self.alias or REJECTED
-
-
-def promotion_decision(
-    new_accuracy: float, champion_accuracy: float | None, margin: float, *, min_pairs: int
-) -> PromotionDecision:
-    """The split rule: the first model becomes champion; a later one must beat ``champion + margin``.
-
-    Ties never win. A winner becomes champion at once when ``min_pairs`` is 0, else challenger:
-    live labels decide then (``infra.promotion_evidence``). A loser gets no alias.
-    """
-    if champion_accuracy is None:
-        return PromotionDecision(True, CHAMPION, "no champion yet")
-    compared = f"{new_accuracy:.4f} {{}} champion {champion_accuracy:.4f} by more than {margin}"
-    if new_accuracy <= champion_accuracy + margin:
-        return PromotionDecision(False, None, compared.format("does not beat"))
-    if min_pairs == 0:
-        return PromotionDecision(True, CHAMPION, compared.format("beats"))
-    waits = f"; challenger until live labels give {min_pairs} discordant pairs"
-    return PromotionDecision(False, CHALLENGER, compared.format("beats") + waits)
-
-
-def record_promotion(
-    settings: Settings,
-    version: str | int,
-    decision: PromotionDecision,
-    *,
-    accuracy: float,
-    champion_version: str | None,
-    champion_accuracy: float | None,
-    dry_run: bool = False,
-) -> dict[str, str]:
-    """Apply ``decision`` to ``version`` (its alias, unless ``dry_run``) and tag the version with it.
-
-    A challenger still waiting is superseded when another version takes its alias or the champion
-    moves (its split comparison was with the old champion). Returns the tags written, so a caller
-    can copy them onto its MLflow run.
-    """
-    if not dry_run and decision.alias is not None:
-        waiting = version_by_alias(settings, CHALLENGER)
-        set_alias(settings, decision.alias, version)
-        if waiting is not None and str(waiting.version) != str(version):
-            _supersede(settings, str(waiting.version), by=str(version), alias=decision.alias)
-    tags = {
-        TAG_ACCURACY: f"{accuracy:.6f}",
-        TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
-        TAG_DECISION: ("would be " if dry_run else "") + decision.decision,
-        TAG_CHAMPION_VERSION: champion_version or "",
-        TAG_REASON: decision.reason,
-    }
-    set_version_tags(settings, version, tags)
-    return tags
-
-
-def _supersede(settings: Settings, waiting: str, *, by: str, alias: str) -> None:
-    if alias == CHAMPION:  # the alias still names the old challenger: it must stop being shadow-scored
-        drop_alias(settings, CHALLENGER, waiting)
-    reason = f"version {by} became {alias} while this one waited for live evidence"
-    set_version_tags(settings, waiting, {TAG_DECISION: SUPERSEDED, TAG_LIVE_REASON: reason})
-
-
-def promote_challenger(settings: Settings, version: str) -> str | None:
-    """Make the waiting challenger ``version`` champion on live evidence; return the champion it replaced.
-
-    The replaced champion is recorded on ``version`` (``champion_version``), so :func:`rollback`
-    goes back to it; the challenger alias goes, so the stream stops shadow-scoring.
-    """
-    current = champion(settings)
-    previous = None if current is None else str(current.version)
-    set_alias(settings, CHAMPION, version)
-    drop_alias(settings, CHALLENGER, version)
-    set_version_tags(settings, version, {TAG_DECISION: CHAMPION, TAG_CHAMPION_VERSION: previous or ""})
-    return previous
-
-
-def refuse_challenger(settings: Settings, version: str) -> None:
-    """Take the challenger alias from ``version``, worse on live labels; the champion stays."""
-    drop_alias(settings, CHALLENGER, version)
-    set_version_tags(settings, version, {TAG_DECISION: REFUSED})
-
-
-@dataclass(frozen=True)
-class Rollback:
-    from_version: str
-    to_version: str
-    reason: str
-
-
-def rollback(settings: Settings, *, reason: str, to: str | int | None = None) -> Rollback:
-    """Move ``champion`` back to ``to`` (default: the champion the current one was promoted over).
-
-    The version rolled back from gets a ``rolled_back`` tag (time, target, reason); every process
-    that follows the alias (the stream's workers, the model server) picks the target up within
-    ``champion_check_s``.
-    """
-    if not reason.strip():
-        raise RegistryError("a rollback needs a reason (--reason)")
-    current = champion(settings)
-    if current is None:
-        raise RegistryError(f"model {settings.model_name!r} has no {CHAMPION!r} version to roll back")
-    target = str(to) if to is not None else (current.tags or {}).get(TAG_CHAMPION_VERSION, "")
-    if not target:
-        raise RegistryError(f"version {current.version} records no previous champion: name one with --to VERSION")
-    if target == str(current.version):
-        raise RegistryError(f"version {target} is already the champion")
-    if target not in {row.version for row in versions(settings)}:
-        raise RegistryError(f"model {settings.model_name!r} has no version {target}")
-    set_alias(settings, CHAMPION, target)
-    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    set_version_tags(settings, current.version, {TAG_ROLLED_BACK: f"{stamp} to version {target}: {reason.strip()}"})
-    return Rollback(str(current.version), target, reason.strip())

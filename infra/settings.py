@@ -6,14 +6,11 @@ is ``$LAKESIGHT_CONFIG`` when set, else ``./lakesight.toml`` when present.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -24,6 +21,7 @@ from pydantic_settings import (
 )
 
 from infra.errors import SettingsError
+from infra.locations import default_artifact_root, is_loopback, local_path, names_driver_storage, names_driver_tracking
 
 if TYPE_CHECKING:
     from infra.tables import TableSpec
@@ -38,6 +36,9 @@ DEFAULT_MODEL_API_KEY = "local-model-key"
 # An event key shorter than this is guessable; azure mode refuses it.
 MIN_EVENT_KEY_CHARS = 32
 LAKE_ENGINES = ("delta-rs", "spark")
+# The selection strategies a user may name; infra.core.labeling.strategies implements each one
+# (tests/infra/test_settings.py keeps the two lists equal).
+LABELING_STRATEGIES = ("threshold", "random", "least_confidence", "margin", "entropy", "margin_diversity")
 SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
 # spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
@@ -58,66 +59,6 @@ def _config_file() -> Path | None:
         return Path(explicit)
     local = Path("lakesight.toml")
     return local if local.exists() else None
-
-
-def local_path(uri: str) -> Path | None:
-    """The local path a plain path or ``file:`` URI names; None for cloud storage."""
-    if uri.startswith("file:"):
-        uri = uri.removeprefix("file:")
-        uri = "/" + uri.lstrip("/") if uri.startswith("//") else uri
-    return None if "://" in uri else Path(uri).expanduser()
-
-
-def is_local_uri(uri: str) -> bool:
-    return local_path(uri) is not None
-
-
-def names_driver_storage(uri: str) -> bool:
-    """Whether ``uri`` names storage only this machine sees: a path or ``file:`` URI. Any other
-    scheme (``abfss:``, ``dbfs:``, ``mlflow-artifacts:``) is storage a cluster can share; a
-    single-letter one is a Windows drive."""
-    scheme = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):", uri)
-    return scheme is None or scheme.group(1).lower() == "file"
-
-
-def names_driver_tracking(uri: str) -> bool:
-    """Whether an MLflow tracking URI is this machine's: a file store, SQLite, or a loopback server."""
-    if uri in ("databricks", "databricks-uc"):
-        return False
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https"):
-        return is_loopback(parts.hostname or "")
-    return parts.scheme in ("", "file", "sqlite") or names_driver_storage(uri)
-
-
-# Tracking services that choose where artifacts live (Databricks: its DBFS / Unity Catalog store;
-# Azure ML: the workspace's storage). A local default there would put a job cluster's model files
-# on a disk that goes away with it.
-SERVICE_TRACKING_SCHEMES = ("databricks", "databricks-uc", "azureml")
-
-
-def default_artifact_root(tracking_uri: str, state_dir: Path) -> str:
-    """Where runs log artifacts when no root is set: the tracking server's proxy for an HTTP server.
-
-    An HTTP-tracked run's artifacts on the logging process's disk are lost to every other machine:
-    a Spark executor elsewhere loading the model then fails with "No such artifact". Through
-    ``mlflow-artifacts:/`` the server stores them and serves them to every client.
-    """
-    if tracking_uri.startswith(("http://", "https://")):
-        return "mlflow-artifacts:/"
-    if tracking_uri.split(":", 1)[0] in SERVICE_TRACKING_SCHEMES:
-        return ""  # the service keeps every experiment's artifacts in its own store
-    return str(state_dir / "mlartifacts")
-
-
-def is_loopback(host: str) -> bool:
-    """True for a bind address only this machine can reach (``127.0.0.0/8``, ``::1``, ``localhost``)."""
-    if host.strip("[]").lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to any interface
-        return False
 
 
 class Settings(BaseSettings):
@@ -342,10 +283,8 @@ class Settings(BaseSettings):
     @field_validator("labeling_strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        from infra.labeling.strategies import STRATEGIES
-
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown labeling strategy {value!r}; choose one of {', '.join(STRATEGIES)}")
+        if value not in LABELING_STRATEGIES:
+            raise ValueError(f"unknown labeling strategy {value!r}; choose one of {', '.join(LABELING_STRATEGIES)}")
         return value
 
     @field_validator("labeling_window_s")

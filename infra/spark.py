@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.jvm import default_jars_dir, spark_jar_conf
-from infra.settings import BLOB_CONNECTION_ENV, Settings, azurite_connection, is_local_uri
+from infra.locations import is_local_uri
+from infra.settings import BLOB_CONNECTION_ENV, Settings, azurite_connection
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -4,7 +4,7 @@
 MERGE names only the partitions its batch touches and costs the same on day 1 and day 1,000.
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
 The other tables are the labeling ledger (the stream), label rejects and retraining decisions
-(the handlers), promotion decisions on live evidence (``infra.promotion_evidence``) and the model
+(the handlers), promotion decisions on live evidence (``infra.core.promotion``) and the model
 server's inference table; ``infra.status`` reads them by these specs.
 ``embeddings_spec(name)`` is the shape of the tables ``lakesight featurize`` writes, under any other name.
 """
@@ -193,7 +193,7 @@ RETRAINING_DECISIONS = TableSpec(
     sort_by="decided_at",
 )
 
-# One row per change in a challenger's live evidence or outcome (infra.promotion_evidence), keyed by
+# One row per change in a challenger's live evidence or outcome (infra.core.promotion), keyed by
 # the challenger and its tally, so a repeated label event that changed nothing adds nothing.
 # ``b``: champion right, challenger wrong; ``c``: the reverse; ``outcome``: waiting, promoted or refused.
 PROMOTION_DECISIONS = TableSpec(

@@ -3,7 +3,7 @@
 ``POST /v1/classify``: one image as the raw body (``image/*``) or a multipart batch; answers
 label, confidence, per-class probabilities, model name and version per image. ``GET /v1/model``
 names the version being served, ``GET /v1/stats`` its counters, ``GET /healthz`` liveness (the
-only route without the ``X-API-Key`` header). The champion is ``infra.champion``'s cache, so a
+only route without the ``X-API-Key`` header). The champion is ``infra.core.model_cache``'s cache, so a
 promotion or rollback is picked up within ``champion_check_s`` without a restart.
 """
 
@@ -25,11 +25,11 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.requests import ClientDisconnect
 
-from infra.champion import load_failure
+from infra.core.model_cache import load_failure
 from infra.images import content_hash
 from infra.registry import RegistryError
 from infra.settings import Settings
-from infra.status import HEARTBEAT_EVERY_S, SERVING, model_server_status_path, write_status_file
+from infra.status_files import HEARTBEAT_EVERY_S, SERVING, model_server_status_path, write_status_file
 from infra.web import RequestRefused, key_matches, refused_response
 from serving.batcher import ChampionLookup, MicroBatcher, Scored, served_classifier
 from serving.inference_log import CLASS_NAMES, CONTENT, EMBEDDING, PROBABILITIES, InferenceLog

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from infra.champion import current_classifier
+from infra.core.model_cache import current_classifier
 from infra.registry import Classifier
 from infra.settings import Settings
 from infra.web import RequestRefused

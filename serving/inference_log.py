@@ -5,7 +5,7 @@ queue is full (the table is slower than the traffic) the response still goes out
 dropped and counted, so a slow lake never slows or fails a request.
 
 With ``LAKESIGHT_ONLINE_TO_LABELING`` the same thread hands unsure images to labeling through
-``infra.labeling`` (the stream's hand-off, ledger and daily budget) and adds them to ``images`` as
+``infra.core.labeling`` (the stream's hand-off, ledger and daily budget) and adds them to ``images`` as
 ``online:<request id>/<item>``, so the human label that comes back lands on a row training reads.
 Each write is one app transaction (this process's id, a batch counter), replay-safe like the stream.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra.labeling import hand_off
+from infra.core.labeling import hand_off
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
 from infra.tables import IMAGES, ONLINE_PREDICTIONS

@@ -36,8 +36,9 @@ from infra.blob import (
 from infra.errors import UsageError
 from infra.images import IMAGE_GLOB, content_hash, glob_matcher
 from infra.lake import Lake, from_source
+from infra.locations import local_path
 from infra.registry import Classifier, RegistryError, load_classifier, registry_exists, versions
-from infra.settings import Settings, local_path
+from infra.settings import Settings
 from infra.tables import EMBEDDING, TABLES, TS, TableSpec, embeddings_spec
 from streams.file_rows import FileChecks, checked_bytes
 from streams.scoring.fetch import BlobFetcher

@@ -19,7 +19,8 @@ import pandas as pd
 import pyarrow as pa
 
 from infra.images import MAX_IMAGE_PIXELS, content_hash, image_error
-from infra.settings import Settings, local_path
+from infra.locations import local_path
+from infra.settings import Settings
 from infra.tables import IMAGES_SCHEMA, LABEL_SOURCE_PATH, conform
 from streams.checkpoint.source_log import listed_files, normalise_path
 

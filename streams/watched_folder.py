@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from infra.images import glob_matcher
 from infra.lake import Lake, MergeOutcome
-from infra.settings import local_path
+from infra.locations import local_path
 from infra.tables import IMAGES
 from streams.checkpoint.source_log import normalise_path
 from streams.file_rows import BINARY_FILE_DDL, LISTED_COLUMNS

@@ -91,7 +91,7 @@ def digits_dir(session_dir: Path) -> Path:
 def model_store(session_dir: Path) -> Path:
     """An MLflow store holding version 1 of a tiny CNN as champion (built once per session)."""
     from tests.helpers.models import CLASSES, IMAGE_SIZE
-    from training.toy_models import register_champion, tiny_cnn
+    from training.bench.toy_models import register_champion, tiny_cnn
 
     state = session_dir / "model-store"
     register_champion(

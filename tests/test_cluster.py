@@ -55,7 +55,7 @@ def test_stack_start_prints_the_environment_that_points_commands_at_the_cluster(
 
 
 def test_an_http_tracked_model_keeps_its_artifacts_on_the_server(cluster_stack: ClusterStack, tmp_path: Path) -> None:
-    from training.toy_models import register_champion, tiny_cnn
+    from training.bench.toy_models import register_champion, tiny_cnn
 
     state = tmp_path / "state"
     settings = Settings(state_dir=state, mlflow_tracking_uri=cluster_stack.tracking.uri, model_name=_model_name())
@@ -92,7 +92,7 @@ def test_an_http_tracked_model_keeps_its_artifacts_on_the_server(cluster_stack: 
 LOAD_CHAMPION = """
 import json
 import numpy as np
-from infra.champion import current_classifier
+from infra.core.model_cache import current_classifier
 from infra.local.sample_data import png_bytes
 from infra.settings import Settings
 
@@ -256,7 +256,7 @@ def test_ingest_train_score_label_and_retrain_on_the_cluster(cluster_stack: Clus
 
 
 def test_a_worker_lost_mid_stream_loses_and_duplicates_no_row(cluster_stack: ClusterStack, tmp_path: Path) -> None:
-    from training.toy_models import register_champion, tiny_cnn
+    from training.bench.toy_models import register_champion, tiny_cnn
 
     # Small batches, so the stream is mid-way through several when the worker goes.
     on = OnCluster(cluster_stack, tmp_path, LAKESIGHT_SCORE_MAX_FILES_PER_TRIGGER="4", LAKESIGHT_SCORE_TRIGGER_S="1")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from infra.champion import current_classifier
+from infra.core.model_cache import current_classifier
 from infra.lake import Lake
 from infra.processes import lakesight_argv
 from infra.registry import TAG_DELTA_VERSION, configure_mlflow
@@ -143,7 +143,7 @@ def test_a_horovod_petastorm_model_is_served_by_the_default_stream(legacy_python
     correct = sum(r["predicted_label"] == truth[r["path"].rsplit("/", 1)[-1]] for r in rows)
     assert correct / len(rows) >= 0.97, f"holdout accuracy {correct / len(rows):.4f}"
 
-    # The model server and the SQL functions load the champion through infra.champion: same answers.
+    # The model server and the SQL functions load the champion through infra.core.model_cache: same answers.
     classifier, served = current_classifier(settings)
     sample = sorted(truth)[:16]
     labels = classifier.classify([(holdout / f).read_bytes() for f in sample])["label"].tolist()

@@ -22,8 +22,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from infra.drift import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
 from infra.errors import LakesightError
+from infra.registry import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
 from training.inference import fold_batch_norm
 from training.preprocess import decode_images
 from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
@@ -316,7 +316,7 @@ def log_classifier(
     ``architecture`` (``build_model``'s arguments) lets Keras 2 save the network in the format
     both stacks load (:func:`save_network`). ``reference_images`` (decoded held-out images; at
     most :data:`REFERENCE_IMAGES` are used) centre the embeddings and become the model's reference
-    (``infra.drift.Baseline``).
+    (``infra.core.drift.Baseline``).
     Returns MLflow's ModelInfo (with ``registered_model_version`` when registered).
     """
     with tempfile.TemporaryDirectory() as folder:

@@ -2,9 +2,9 @@
 
 :func:`promote` evaluates the new version and the current champion on the same held-out rows,
 both loaded through the registry as the raw-bytes classifiers the stream uses, then applies the
-registry's rule (:func:`infra.registry.promotion_decision`, written by
-:func:`infra.registry.record_promotion`), or only reports it on a dry run. A split winner becomes
-``challenger`` while ``promotion_min_pairs`` > 0: live labels then decide (``infra.promotion_evidence``).
+registry's rule (:func:`infra.promotion.promotion_decision`, written by
+:func:`infra.promotion.record_promotion`), or only reports it on a dry run. A split winner becomes
+``challenger`` while ``promotion_min_pairs`` > 0: live labels then decide (``infra.core.promotion``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from infra import registry
+from infra.core import promotion
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -75,15 +76,15 @@ def promote(
 
     version = str(version)
     new = new or evaluate_version(settings, version, contents, truth)
-    current = registry.champion(settings)
+    current = registry.champion_version(settings)
     champion_version = str(current.version) if current is not None and str(current.version) != version else None
     champion_accuracy = None
     if champion_version is not None:
         champion_accuracy = evaluate_version(settings, champion_version, contents, truth).accuracy
-    decision = registry.promotion_decision(
+    decision = promotion.promotion_decision(
         new.accuracy, champion_accuracy, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
     )
-    tags = registry.record_promotion(
+    tags = promotion.record_promotion(
         settings,
         version,
         decision,

@@ -4,7 +4,7 @@ In azure mode the page and its data need the event key (:data:`handlers.deps.Sta
 unless ``status_public`` is set; ``/healthz`` stays open for health probes.
 
 The page is ``handlers/static/status.html`` (inline CSS and JavaScript), read once at import; its
-script refreshes every few seconds from :func:`infra.status.snapshot`, which reads state and
+script refreshes every few seconds from :func:`infra.core.status.snapshot`, which reads state and
 creates nothing. Its charts are drawn by uPlot, pinned in ``package.json`` and installed by
 ``npm install`` (``make install``): the app serves it from the project's ``node_modules`` at
 ``/assets/uplot.js`` and ``/assets/uplot.css``, so nothing is fetched from the internet.
@@ -21,8 +21,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 
 from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
+from infra.core.status import snapshot
 from infra.processes import PROJECT_ROOT
-from infra.status import snapshot
 
 PAGE = resources.files("handlers").joinpath("static", "status.html").read_text(encoding="utf-8")
 UPLOT_DIST = PROJECT_ROOT / "node_modules" / "uplot" / "dist"

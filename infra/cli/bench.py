@@ -56,8 +56,8 @@ def run_score_bench(
     With ``shadow``, the same network with other weights becomes the challenger for the shadow pass.
     """
     from infra.registry import CHALLENGER
-    from streams.scoring import bench
-    from training.toy_models import build_keras, register_champion, register_version
+    from streams.bench import score as bench
+    from training.bench.toy_models import build_keras, register_champion, register_version
 
     if model not in BENCH_MODELS:
         raise UsageError(f"--model must be one of {', '.join(BENCH_MODELS)}, not {model!r}")
@@ -176,7 +176,7 @@ def bench_train(
     state: Annotated[Path | None, typer.Option(help="Folder for the digits and the bench's own lake/MLflow")] = None,
 ) -> None:
     """Train on the digits (train split ingested into a fresh lake) and print holdout accuracy, time, img/s."""
-    from training.bench import bench_train as run
+    from training.bench.train import bench_train as run
 
     options = train_options(
         epochs=epochs,
@@ -210,7 +210,7 @@ def bench_serve(
     from infra.local.sample_data import png_bytes
     from infra.processes import Service, free_port, lakesight_argv
     from serving.bench import raw_model_images_per_s, run_cases
-    from training.toy_models import build_keras, register_champion
+    from training.bench.toy_models import build_keras, register_champion
 
     if model not in BENCH_MODELS:
         raise UsageError(f"--model must be one of {', '.join(BENCH_MODELS)}, not {model!r}")
@@ -271,8 +271,8 @@ def bench_drift(
     the monitor windows of new default shapes and of darker, brighter, rotated and gradient-background
     ones (docs/DRIFT.md).
     """
-    from streams.scoring.drift_bench import bench_drift as run
-    from training.toy_models import train_shapes_champion
+    from streams.bench.drift import bench_drift as run
+    from training.bench.toy_models import train_shapes_champion
 
     folder = Path(tempfile.mkdtemp(prefix="lakesight-bench-drift-"))
     settings = Settings(state_dir=folder / "state")
@@ -295,7 +295,7 @@ def labeling_config(
 ) -> Any:
     """The label-efficiency benchmark's set-up: the defaults (or the quick ones), the options given, and
     the stream's near-duplicate distance and class share from ``settings``."""
-    from training.label_bench import SCENARIOS, BenchConfig
+    from training.bench.labeling import SCENARIOS, BenchConfig
 
     unknown = sorted(set(scenarios or ()) - set(SCENARIOS))
     if unknown:
@@ -331,13 +331,13 @@ def bench_labeling(
     """Label efficiency of the labeling strategies after drift; print JSON.
 
     v0 is trained on synthetic shapes of distribution A; the pool is a drifted distribution B. Each
-    round every strategy picks --labels images with the stream's selection (infra.labeling.strategies),
+    round every strategy picks --labels images with the stream's selection (infra.core.labeling.strategies),
     their true labels are revealed, the model is retrained and scored on a fixed B holdout. Scenario
     near_duplicates adds 30% near-duplicates to the pool and counts the pairs each strategy sends.
     LAKESIGHT_LABELING_MIN_DISTANCE and LAKESIGHT_LABELING_MAX_CLASS_SHARE apply as in the stream.
     Progress goes to stderr; docs/LABELING.md explains the figures.
     """
-    from training.label_bench import run_label_bench
+    from training.bench.labeling import run_label_bench
 
     config = labeling_config(
         get_settings(), rounds=rounds, labels=labels, seeds=seeds, pool=pool, quick=quick, scenarios=scenario

@@ -159,7 +159,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole snapshot as JSON")] = False,
 ) -> None:
     """Show the live pipeline: services, stream progress and backlog, champion, pending labels, decisions."""
-    from infra.status import snapshot
+    from infra.core.status import snapshot
 
     snap = snapshot(get_settings())
     if as_json:
@@ -194,7 +194,7 @@ def _render_dead_letters(snap: dict[str, Any]) -> None:
 
 def _stream_line(stream: dict[str, Any]) -> str:
     """``running (pid …, model …)``, or ``stopped`` with its last batch time and why: the state as
-    :func:`infra.status.judge_stream` judged it, not as a left-behind status file claims."""
+    :func:`infra.status_files.judge_stream` judged it, not as a left-behind status file claims."""
     state = stream.get("state")
     if state is None:
         return "never ran"

@@ -123,8 +123,8 @@ def decide(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")] = False,
 ) -> None:
     """Judge the challenger on live labels now: waiting, refused or promoted (what every label merge does)."""
+    from infra.core.promotion import decide as decide_now
     from infra.lake import Lake
-    from infra.promotion_evidence import decide as decide_now
 
     settings = get_settings()
     decision = decide_now(settings, Lake(settings))
@@ -143,7 +143,7 @@ def rollback(
     to: Annotated[str | None, typer.Option(help="Version to make champion (default: the previous champion)")] = None,
 ) -> None:
     """Move the champion alias back; the running stream and model server follow within champion_check_s."""
-    from infra.registry import rollback as move_back
+    from infra.core.promotion import rollback as move_back
 
     settings = get_settings()
     done = move_back(settings, reason=reason, to=to)

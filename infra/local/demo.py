@@ -383,7 +383,7 @@ class Demo:
     def _champion(self) -> str | None:
         from infra import registry
 
-        current = registry.champion(self.settings)
+        current = registry.champion_version(self.settings)
         return None if current is None else str(current.version)
 
     def _accuracy(self, version: str | None, holdout: list[Path]) -> float | None:
@@ -397,7 +397,7 @@ class Demo:
         return round(correct / len(holdout), 4)
 
     def _decisions(self) -> list[dict[str, Any]]:
-        from infra.status import snapshot
+        from infra.core.status import snapshot
 
         return snapshot(self.settings).get("decisions") or []
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from infra.local.stack import azurite_argv, mlflow_server_env
 from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
-from infra.status import supervisor_state_path, write_status_file
+from infra.status_files import supervisor_state_path, write_status_file
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from infra.filesystem import basename, files_for, join, parent
-from infra.settings import Settings, local_path
+from infra.locations import local_path
+from infra.settings import Settings
 from streams.checkpoint.source_log import logged_files
 from streams.scoring.sources import Source
 

@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra import registry
-from infra.drift import DRIFT_EVENT_TYPE, Assessment, Baseline, Thresholds, Window, assess
+from infra.core.drift import DRIFT_EVENT_TYPE, Assessment, Thresholds, Window, assess
 from infra.lake import Lake
+from infra.registry import Baseline
 from infra.settings import Settings
 from infra.tables import DRIFT_REPORTS
 
@@ -53,7 +54,7 @@ class _Open:
 
 
 class DriftMonitor:
-    """Feeds windows of the stream's scored rows to :func:`infra.drift.assess`."""
+    """Feeds windows of the stream's scored rows to :func:`infra.core.drift.assess`."""
 
     def __init__(self, settings: Settings, lake: Lake, *, publish: Publisher | None = None):
         self.settings = settings

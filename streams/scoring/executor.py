@@ -1,4 +1,4 @@
-"""Executor-side scoring: the row mappers and the SQL functions, on the champion of ``infra.champion``.
+"""Executor-side scoring: the row mappers and the SQL functions, on the champion of ``infra.core.model_cache``.
 
 Spark reuses Python workers (``spark.python.worker.reuse``), so that process-wide cache lives
 across tasks and micro-batches: the model is loaded once per worker and follows the alias.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra import champion as champion_cache
+from infra.core import model_cache as champion_cache
 from infra.hashing import stable_fraction
 from infra.registry import CHALLENGER, TF_THREADS_ENV
 from infra.settings import Settings
@@ -59,7 +59,7 @@ def _prepare_worker(settings: Settings) -> None:
 
 
 def current_classifier(settings: Settings, *, now: float | None = None) -> tuple[Any, str]:
-    """``(classifier, version)`` of the champion for this Python worker (``infra.champion``'s cache)."""
+    """``(classifier, version)`` of the champion for this Python worker (``infra.core.model_cache``'s cache)."""
     _prepare_worker(settings)
     return champion_cache.current_classifier(settings, now=now)
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from infra.settings import Settings
-from infra.status import HEARTBEAT_EVERY_S, stream_status_path, write_status_file
+from infra.status_files import HEARTBEAT_EVERY_S, stream_status_path, write_status_file
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.blob import STORAGE_UNAVAILABLE
+from infra.core.labeling import HandOff, hand_off
 from infra.errors import LakesightError
-from infra.labeling import HandOff, hand_off
 from infra.lake import MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.spark import get_spark
 from infra.spark_lake import open_lake
-from infra.status import WAITING_FOR_STORAGE
+from infra.status_files import WAITING_FOR_STORAGE
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, SHADOW_COLUMNS, column_names
 from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.rotation import remembers_every_file, remove_retired, retire_checkpoint, rotation_enabled

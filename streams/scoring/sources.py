@@ -20,7 +20,8 @@ from infra.arrivals import ARRIVAL_RECORD_DDL, arrivals_location, record_file_by
 from infra.errors import LakesightError
 from infra.filesystem import files_for
 from infra.images import IMAGE_GLOB
-from infra.settings import Settings, local_path
+from infra.locations import local_path
+from infra.settings import Settings
 from streams.checkpoint.names import checkpoint_name
 from streams.file_rows import image_file_stream
 from streams.scoring.executor import executor_mapper

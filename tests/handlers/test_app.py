@@ -14,9 +14,9 @@ from azure.core.messaging import CloudEvent
 
 from handlers.eventlog import EventLog, EventStatus
 from handlers.events import BLOB_CREATED, Event
+from infra.core.status import snapshot
 from infra.deadletters import dead_letter_path, read_dead_letters
 from infra.settings import Settings
-from infra.status import snapshot
 from tests.helpers.handlers import arrival_lines, blob_data, blob_event, blob_event_dict, serving
 
 KEY = {"aeg-sas-key": "local-dev-key"}

@@ -146,7 +146,7 @@ def test_an_export_s_human_labels_settle_the_waiting_challenger(settings: Settin
     assert outcome["labels"]["merged"] == 5
     live = outcome["promotion"]
     assert (live["outcome"], live["b"], live["c"], live["p_value"]) == ("refused", 5, 0, 1 / 32)
-    assert str(registry.champion(settings).version) == "1"
+    assert str(registry.champion_version(settings).version) == "1"
     assert registry.version_by_alias(settings, registry.CHALLENGER) is None
     assert [r["outcome"] for r in Lake(settings).read(PROMOTION_DECISIONS).to_pylist()] == ["refused"]
 

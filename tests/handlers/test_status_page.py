@@ -17,10 +17,10 @@ from fastapi import HTTPException
 
 from handlers.routes.status import asset_file
 from infra import registry
+from infra.core.status import snapshot
 from infra.lake import Lake
 from infra.processes import free_port, pid_alive
 from infra.settings import Settings
-from infra.status import snapshot
 from infra.tables import DRIFT_REPORTS, IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, RETRAINING_DECISIONS
 from tests.helpers.browser import CHROMIUM, Browser
 from tests.helpers.status import promote_versions, stream_process
@@ -116,7 +116,7 @@ def seed_decision(settings: Settings) -> None:
 
 def seed_live_evidence(settings: Settings) -> None:
     """Human labels on 7 images challenger 3 shadow-scored (4 it got wrong, 3 right), and the decision they gave."""
-    from infra.promotion_evidence import decide
+    from infra.core.promotion import decide
 
     labeled = [("0", "0", "1")] * 4 + [("1", "0", "1")] * 3
     n = len(labeled)
@@ -243,7 +243,7 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
         ARTIFACTS.mkdir(exist_ok=True)
         browser.screenshot(ARTIFACTS / "status-page.png")
 
-    assert champion == str(registry.champion(settings).version) == "2"
+    assert champion == str(registry.champion_version(settings).version) == "2"
     assert running["champion"]["value"] == dead["champion"]["value"] == champion
     assert f"pid {live.pid}, model 2, last batch 2026-11-22 10:00:00 UTC" in running["stream"]["detail"]
     assert not pid_alive(live.pid)

@@ -1,6 +1,6 @@
 """A remote-like filesystem for tests: Hadoop's ``viewfs://`` mounted over a local folder.
 
-A ``viewfs://`` URI is not a local path to lakesight (``infra.settings.local_path`` gives None), so
+A ``viewfs://`` URI is not a local path to lakesight (``infra.locations.local_path`` gives None), so
 everything that handles cloud checkpoints (``abfss://``) takes its remote path: Hadoop's
 FileSystem through the SparkSession's JVM, the very API Spark uses for the stream's own files.
 """

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from infra import registry
+from infra.core import promotion
 from infra.settings import Settings
-from infra.status import read_stream_status
+from infra.status_files import read_stream_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -58,12 +59,12 @@ def promote_versions(settings: Settings, accuracies: list[float], *, min_pairs: 
     for accuracy in accuracies:
         run = client.create_run(experiment)
         version = client.create_model_version(settings.model_name, source=str(source), run_id=run.info.run_id).version
-        current = registry.champion(settings)
+        current = registry.champion_version(settings)
         champion_accuracy = float(current.tags[registry.TAG_ACCURACY]) if current is not None else None
-        decision = registry.promotion_decision(
+        decision = promotion.promotion_decision(
             accuracy, champion_accuracy, settings.promotion_margin, min_pairs=min_pairs
         )
-        registry.record_promotion(
+        promotion.record_promotion(
             settings,
             version,
             decision,
@@ -72,7 +73,7 @@ def promote_versions(settings: Settings, accuracies: list[float], *, min_pairs: 
             champion_accuracy=champion_accuracy,
         )
         registry.set_version_tags(settings, version, {registry.TAG_DELTA_VERSION: 3})
-    current = registry.champion(settings)
+    current = registry.champion_version(settings)
     return None if current is None else str(current.version)
 
 

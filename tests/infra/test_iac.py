@@ -149,7 +149,7 @@ def test_tasks_that_merge_images_use_the_spark_lake_engine(job: str, task: str, 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("job", specs.DATABRICKS_JOBS)
 def test_every_cluster_keeps_the_lake_checkpoints_and_arrivals_on_shared_storage(job: str, target: str) -> None:
-    from infra.settings import names_driver_storage
+    from infra.locations import names_driver_storage
 
     # A session on a cluster master refuses driver-local roots (docs/DEPLOY.md, Nothing driver-local
     # on a cluster); unset, they default to folders under LAKESIGHT_STATE_DIR, a node's own disk.

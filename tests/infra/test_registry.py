@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra import registry
+from infra.core import promotion
 from infra.registry import RegistryError
 from infra.settings import Settings
 from tests.helpers.cli import lakesight
@@ -19,13 +20,13 @@ def test_rollback_moves_the_champion_to_the_one_it_replaced_and_records_why(tmp_
     settings = Settings(state_dir=tmp_path / "state")
     assert promote_versions(settings, [0.8, 0.9, 0.95]) == "3"
 
-    done = registry.rollback(settings, reason="  worse on today's images ")
+    done = promotion.rollback(settings, reason="  worse on today's images ")
 
     assert (done.from_version, done.to_version, done.reason) == ("3", "2", "worse on today's images")
-    assert str(registry.champion(settings).version) == "2"
+    assert str(registry.champion_version(settings).version) == "2"
     tag = registry.client(settings).get_model_version(settings.model_name, "3").tags[registry.TAG_ROLLED_BACK]
     assert tag.endswith("to version 2: worse on today's images")
-    again = registry.rollback(settings, reason="again", to=1)
+    again = promotion.rollback(settings, reason="again", to=1)
     assert (again.from_version, again.to_version) == ("2", "1")
 
 
@@ -43,17 +44,17 @@ def test_bad_rollbacks_are_refused_and_change_nothing(
     settings = Settings(state_dir=tmp_path / "state")
     promote_versions(settings, [0.8, 0.9])
     with pytest.raises(RegistryError, match=message):
-        registry.rollback(settings, reason=reason, to=to)
-    assert str(registry.champion(settings).version) == "2"
+        promotion.rollback(settings, reason=reason, to=to)
+    assert str(registry.champion_version(settings).version) == "2"
 
 
 def test_the_first_champion_has_nothing_to_roll_back_to(tmp_path: Path) -> None:
     settings = Settings(state_dir=tmp_path / "state")
     promote_versions(settings, [0.8])
     with pytest.raises(RegistryError, match="no previous champion: name one with --to"):
-        registry.rollback(settings, reason="bad")
+        promotion.rollback(settings, reason="bad")
     with pytest.raises(RegistryError, match="no 'champion' version"):
-        registry.rollback(Settings(state_dir=tmp_path / "empty"), reason="bad")
+        promotion.rollback(Settings(state_dir=tmp_path / "empty"), reason="bad")
 
 
 def test_lakesight_models_rollback_prints_what_it_did(tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_lakesight_models_decide_judges_the_challenger_on_live_labels(tmp_path: 
         0,
     )
     assert decision["p_value"] == 2**-20 and decision["recorded"] is True
-    assert str(registry.champion(settings).version) == "1"
+    assert str(registry.champion_version(settings).version) == "1"
     after = lakesight("models", "decide", state=settings.state_dir)
     assert after.returncode == 0 and "has no challenger waiting for live evidence" in after.stdout
     listed = {row["version"]: row for row in json.loads(lakesight("models", "--json", state=settings.state_dir).stdout)}

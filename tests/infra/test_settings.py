@@ -198,3 +198,10 @@ def test_the_check_runs_when_a_spark_session_starts(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: databricks))
     with pytest.raises(SettingsError, match=r"spark master spark://10\.1\.2\.3:7077"):
         get_spark(Settings(state_dir=tmp_path))  # the session's master says, not the setting
+
+
+def test_the_strategy_names_settings_accept_are_the_ones_implemented() -> None:
+    from infra.core.labeling.strategies import STRATEGIES
+    from infra.settings import LABELING_STRATEGIES
+
+    assert set(LABELING_STRATEGIES) == set(STRATEGIES)

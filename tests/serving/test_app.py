@@ -148,7 +148,7 @@ def test_concurrent_requests_share_model_calls(champion_settings: Settings) -> N
 def test_a_deployment_can_serve_another_alias(champion_settings: Settings) -> None:
     from infra.registry import set_alias
     from tests.helpers.models import IMAGE_SIZE
-    from training.toy_models import register_champion, tiny_cnn
+    from training.bench.toy_models import register_champion, tiny_cnn
 
     newer = register_champion(
         champion_settings, tiny_cnn(IMAGE_SIZE, len(CLASSES), seed=5), class_names=CLASSES, image_size=IMAGE_SIZE

@@ -9,7 +9,7 @@ from infra.settings import Settings
 from tests.helpers.images import solid_png
 from tests.helpers.models import CLASSES, IMAGE_SIZE
 from tests.helpers.serving import model_server, post_image
-from training.toy_models import register_champion, tiny_cnn
+from training.bench.toy_models import register_champion, tiny_cnn
 
 
 def test_promotion_under_load_fails_no_request(champion_settings: Settings) -> None:

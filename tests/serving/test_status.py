@@ -12,7 +12,7 @@ from handlers.app import create_app as webhook_app
 from handlers.server import running
 from infra.cli.local import _pipeline_rows
 from infra.settings import Settings
-from infra.status import model_server_state, model_server_status_path, write_status_file
+from infra.status_files import model_server_state, model_server_status_path, write_status_file
 from tests.helpers.browser import CHROMIUM, Browser
 from tests.helpers.images import solid_png
 from tests.helpers.serving import model_server, post_image

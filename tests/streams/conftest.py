@@ -29,7 +29,7 @@ def score_blob_settings(tmp_path: Path, model_store: Path, azurite_port: int) ->
 @pytest.fixture(scope="session")
 def shapes_model_store(session_dir: Path) -> Path:
     """An MLflow store whose champion learnt the shapes generator's images, with its reference (~25 s, once)."""
-    from training.toy_models import train_shapes_champion
+    from training.bench.toy_models import train_shapes_champion
 
     state = session_dir / "shapes-model-store"
     train_shapes_champion(Settings(state_dir=state))

@@ -56,7 +56,7 @@ def _assert_unit_embeddings(rows: list[dict], dims: int) -> None:
 @pytest.fixture(scope="module")
 def plain_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A registry whose champion has no embedding layer (an output layer not named 'probabilities')."""
-    from training.toy_models import register_champion, tiny_cnn
+    from training.bench.toy_models import register_champion, tiny_cnn
 
     state = tmp_path_factory.mktemp("plain-model-store")
     network = tiny_cnn(IMAGE_SIZE, len(CLASSES), embedding=False)
@@ -242,8 +242,8 @@ def test_digit_embeddings_are_linearly_separable(tmp_path: Path, settings: Setti
 
     from sklearn.linear_model import LogisticRegression
 
+    from training.bench.toy_models import register_champion
     from training.models import DEFAULT_MODEL
-    from training.toy_models import register_champion
 
     assert DEFAULT_MODEL == "cnn"
     train = sorted((digits_dir / "train").rglob("*.png"))

@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from infra import registry
+from infra.core import promotion
 from infra.registry import RegistryError
 from infra.settings import Settings
 from tests.helpers.images import solid_png
@@ -66,12 +67,12 @@ def test_cli_trains_logs_registers_and_promotes_then_a_pinned_dry_run(settings: 
     assert pinned.delta_version == digits_lake and pinned.alias is None and not pinned.promoted
     assert pinned.rows["train"] > 100 and set(pinned.contract()) == CONTRACT
     assert pinned.champion_accuracy == pytest.approx(first["accuracy"])
-    would = registry.promotion_decision(
+    would = promotion.promotion_decision(
         pinned.accuracy, pinned.champion_accuracy, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
     )
     tags = client.get_model_version(settings.model_name, pinned.model_version).tags
     assert tags[registry.TAG_DECISION] == f"would be {would.decision}"
-    assert str(registry.champion(settings).version) == first["model_version"]  # a dry run moves nothing
+    assert str(registry.champion_version(settings).version) == first["model_version"]  # a dry run moves nothing
 
 
 @pytest.mark.spark

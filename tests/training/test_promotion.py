@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from infra import registry
+from infra.core import promotion
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
 from training.packaging import log_classifier
@@ -15,14 +16,14 @@ TRUTH = ["dark", "dark", "dark", "light", "light", "light"]
 
 
 def test_first_model_becomes_champion() -> None:
-    decision = registry.promotion_decision(0.2, None, margin=0.05, min_pairs=20)
+    decision = promotion.promotion_decision(0.2, None, margin=0.05, min_pairs=20)
     assert (decision.promote, decision.alias) == (True, registry.CHAMPION)
 
 
 def test_better_by_more_than_the_margin_is_promoted_or_waits_for_live_labels() -> None:
-    now = registry.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=0)
+    now = promotion.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=0)
     assert (now.promote, now.alias, now.decision) == (True, registry.CHAMPION, registry.CHAMPION)
-    waits = registry.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=20)
+    waits = promotion.promotion_decision(0.96, 0.90, margin=0.05, min_pairs=20)
     assert (waits.promote, waits.alias, waits.decision) == (False, registry.CHALLENGER, registry.CHALLENGER)
     assert waits.reason.endswith("challenger until live labels give 20 discordant pairs")
 
@@ -30,7 +31,7 @@ def test_better_by_more_than_the_margin_is_promoted_or_waits_for_live_labels() -
 @pytest.mark.parametrize(("new", "old", "margin"), [(0.90, 0.90, 0.0), (0.94, 0.90, 0.05), (0.80, 0.90, 0.0)])
 def test_not_better_enough_is_rejected_without_an_alias(new: float, old: float, margin: float) -> None:
     for min_pairs in (0, 20):
-        decision = registry.promotion_decision(new, old, margin=margin, min_pairs=min_pairs)
+        decision = promotion.promotion_decision(new, old, margin=margin, min_pairs=min_pairs)
         assert (decision.promote, decision.alias, decision.decision) == (False, None, registry.REJECTED)
         assert f"{old:.4f}" in decision.reason and "does not beat" in decision.reason
 
@@ -63,7 +64,7 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     strong = _register(settings, perfect=True)
     dry = promote(settings, strong, IMAGES, TRUTH, dry_run=True)
     assert (dry.promoted, dry.alias, dry.accuracy, dry.champion_accuracy) == (False, None, 1.0, 0.5)
-    assert str(registry.champion(settings).version) == weak  # a dry run moves nothing
+    assert str(registry.champion_version(settings).version) == weak  # a dry run moves nothing
 
     real = promote(settings, strong, IMAGES, TRUTH)
     assert (real.promoted, real.alias, real.champion_version) == (True, "champion", weak)
@@ -71,7 +72,7 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     again_weak = weak
     worse = promote(settings, again_weak, IMAGES, TRUTH)
     assert (worse.promoted, worse.alias, worse.accuracy, worse.champion_accuracy) == (False, None, 0.5, 1.0)
-    assert str(registry.champion(settings).version) == strong
+    assert str(registry.champion_version(settings).version) == strong
     assert registry.version_by_alias(settings, registry.CHALLENGER) is None
 
     listed = {row["version"]: row for row in registry.list_versions(settings)}
@@ -95,5 +96,5 @@ def test_registry_round_first_dry_run_better_and_worse(settings: Settings) -> No
     winner = _register(waiting, perfect=True)
     staged = promote(waiting, winner, IMAGES, TRUTH)
     assert (staged.promoted, staged.alias, staged.accuracy, staged.champion_version) == (False, "challenger", 1.0, weak)
-    assert str(registry.champion(settings).version) == weak
+    assert str(registry.champion_version(settings).version) == weak
     assert str(registry.version_by_alias(settings, registry.CHALLENGER).version) == winner

@@ -21,7 +21,8 @@ import numpy as np
 
 from infra.errors import SettingsError
 from infra.lake import Lake
-from infra.settings import Settings, names_driver_storage
+from infra.locations import names_driver_storage
+from infra.settings import Settings
 from infra.spark import get_spark
 from infra.tables import IMAGES
 from training.feed import TRAIN, VALIDATION, Snapshot, training_batches

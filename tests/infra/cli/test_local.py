@@ -93,8 +93,8 @@ def test_the_last_drift_window_is_a_status_line() -> None:
 
 
 def test_status_shows_the_challenger_s_live_tally_and_why_it_waits(tmp_path: Path) -> None:
+    from infra.core.promotion import decide
     from infra.lake import Lake
-    from infra.promotion_evidence import decide
 
     settings = Settings(state_dir=tmp_path / "state")
     assert promote_versions(settings, [0.9, 0.95], min_pairs=20) == "1"  # version 2 waits as challenger

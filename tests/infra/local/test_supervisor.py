@@ -6,7 +6,7 @@ from pathlib import Path
 from infra.local.supervisor import Child, Supervisor
 from infra.processes import pid_alive
 from infra.settings import Settings
-from infra.status import read_supervisor_state
+from infra.status_files import read_supervisor_state
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:

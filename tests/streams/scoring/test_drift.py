@@ -13,8 +13,8 @@ from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
+from streams.bench.drift import bench_drift, window_table
 from streams.scoring.drift import DriftMonitor
-from streams.scoring.drift_bench import bench_drift, window_table
 from streams.scoring.query import run_scoring
 from tests.helpers.handlers import fake_train_command, serving
 

@@ -8,13 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.core import promotion
 from infra.errors import SettingsError
 from infra.local.sample_data import png_bytes
 from infra.settings import Settings
-from infra.status import read_stream_status as read_status
+from infra.status_files import read_stream_status as read_status
 from tests.helpers.images import solid_png
 from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, scoring_in_background, shapes, wait_for_rows
-from training.toy_models import register_champion, tiny_cnn
+from training.bench.toy_models import register_champion, tiny_cnn
 
 
 @pytest.mark.spark
@@ -86,7 +87,7 @@ def test_rollback_reaches_the_running_stream(spark, score_settings: Settings, tm
     with scoring_in_background(score_settings, source=incoming):
         before = shapes(incoming / "a", 3, seed=1, prefix="before")
         wait_for_rows(score_settings, len(before))
-        done = registry.rollback(score_settings, reason="worse on live images")
+        done = promotion.rollback(score_settings, reason="worse on live images")
         time.sleep(score_settings.champion_check_s + 0.5)  # the workers' next check sees the moved alias
         after = shapes(incoming / "b", 3, seed=2, prefix="after")
         wait_for_rows(score_settings, len(before) + len(after))

@@ -9,8 +9,8 @@ import pyarrow.compute as pc
 import pytest
 
 from infra.blob import BlobStore
+from infra.core.labeling import hand_off, sampled
 from infra.hashing import stable_fraction
-from infra.labeling import hand_off, sampled
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings

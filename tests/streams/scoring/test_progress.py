@@ -7,7 +7,7 @@ import os
 import time
 
 from infra.settings import Settings
-from infra.status import judge_stream, read_stream_status, stream_status_path
+from infra.status_files import judge_stream, read_stream_status, stream_status_path
 from streams.scoring.progress import RECENT, BatchRecord, ScoreStatus
 from tests.helpers.status import batch_fields
 

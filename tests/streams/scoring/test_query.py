@@ -17,7 +17,7 @@ from infra.blob import BlobStore, account_url
 from infra.lake import Lake, MergeOutcome, Transaction
 from infra.processes import free_port
 from infra.settings import Settings
-from infra.status import read_stream_status as read_status
+from infra.status_files import read_stream_status as read_status
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
 from streams.batch_writer import Committed
 from streams.file_rows import SYMLINK

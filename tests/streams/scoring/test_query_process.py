@@ -15,7 +15,7 @@ import pytest
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
-from infra.status import stream_state
+from infra.status_files import stream_state
 from infra.tables import IMAGES
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e, pytest.mark.slow]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from infra import champion as champion_cache
+from infra.core import model_cache as champion_cache
 from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.registry import CHALLENGER, load_classifier
@@ -20,7 +20,7 @@ from streams.scoring.executor import predictions, shadowed
 from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, run_scoring
 from tests.helpers.images import truncated_png
 from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, shapes
-from training.toy_models import register_version, tiny_cnn
+from training.bench.toy_models import register_version, tiny_cnn
 
 SHADOW = ("shadow_label", "shadow_confidence", "shadow_model_version", "shadow_scored_at")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from infra.labeling import hand_off
-from infra.labeling.handoff import paced_allowance
+from infra.core.labeling import hand_off
+from infra.core.labeling.handoff import paced_allowance
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS

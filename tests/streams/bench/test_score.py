@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from infra.settings import Settings
-from streams.scoring.bench import (
+from streams.bench.score import (
     CLASSES,
     IMAGE_SIZE,
     SHADOW_TARGET,
@@ -21,7 +21,7 @@ from streams.scoring.bench import (
     memory_growth,
     shadow_phase,
 )
-from training.toy_models import register_champion, register_version, tiny_cnn
+from training.bench.toy_models import register_champion, register_version, tiny_cnn
 
 
 def _samples(driver: list[float], workers: list[float]) -> dict[str, list[float]]:

@@ -1,9 +1,9 @@
 """``lakesight bench drift``: false alarms on the training distribution, windows to detect shifted images.
 
-Windows of generated shapes are scored by the registered champion (through ``infra.champion``,
+Windows of generated shapes are scored by the registered champion (through ``infra.core.model_cache``,
 as the stream's workers do) and fed to the stream's own :class:`DriftMonitor`, one window per
 micro-batch, so the figures are those of the code the stream runs. The champion must have learnt
-the shapes generator's default images (``training.toy_models.train_shapes_champion``).
+the shapes generator's default images (``training.bench.toy_models.train_shapes_champion``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra import champion
+from infra.core import model_cache as champion
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images
 from infra.settings import Settings

@@ -7,9 +7,10 @@ import datetime as dt
 import os
 from pathlib import Path
 
+from infra.core.status import snapshot
 from infra.processes import pid_alive
 from infra.settings import Settings
-from infra.status import HEARTBEAT_STALE_S, judge_stream, snapshot
+from infra.status_files import HEARTBEAT_STALE_S, judge_stream
 from tests.helpers.status import promote_versions, status_left_by_a_killed_stream
 
 LAST_BATCH = dt.datetime(2026, 11, 22, 9, 58, 30, tzinfo=dt.UTC)

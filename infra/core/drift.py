@@ -9,7 +9,7 @@ Three statistics, each against its own threshold (docs/DRIFT.md):
   permutation test: the threshold is the ``1 - alpha`` quantile of the statistic over random
   relabellings of the pooled sample, so its false-alarm rate is ``alpha`` whatever the embedding.
 
-The reference is the model's own (``training.packaging.Reference``: probabilities and embeddings
+The reference is the model's own (``infra.registry.Baseline``: probabilities and embeddings
 of up to 512 held-out images, saved at registration). The stream keeps the window
 (``streams.scoring.drift``); this module is pure and shared by it, the handlers' policy (PSI) and
 ``lakesight bench drift``.
@@ -21,14 +21,12 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from infra.registry import Baseline
+
 DRIFT_EVENT_TYPE = "lakesight.drift.detected"
-REFERENCE_ARTIFACT = "reference"  # the pyfunc artifact name of a model's Baseline
-REFERENCE_FILE = "reference.npz"
 EPSILON = 1e-4  # smoothing for bins absent on one side of PSI
 CONFIDENCE_BINS = 10
 ATYPICAL_IMAGES = 5
@@ -70,36 +68,6 @@ class Window:
     predicted: Sequence[str]
     embeddings: np.ndarray | None  # (m, dims), a sample; None without embeddings
     paths: Sequence[str] = ()  # of the embeddings' rows, for the most atypical images
-
-
-@dataclass(frozen=True)
-class Baseline:
-    """A model's reference: what it made of its held-out images at registration.
-
-    Saved with the model version as ``reference.npz`` (``training.packaging`` writes it, the
-    stream reads it through ``infra.registry.model_baseline``): this class owns the format.
-    """
-
-    probabilities: np.ndarray  # (n, classes)
-    class_names: Sequence[str]
-    embeddings: np.ndarray | None  # (n, dims), as served: centred and L2-normalised
-
-    def save(self, path: Path) -> None:
-        arrays: dict[str, Any] = {
-            "probabilities": np.asarray(self.probabilities, np.float32),
-            "class_names": np.asarray(self.class_names),
-        }
-        if self.embeddings is not None:
-            arrays["embeddings"] = np.asarray(self.embeddings, np.float32)
-        with path.open("wb") as out:
-            np.savez_compressed(out, **arrays)
-
-    @classmethod
-    def load(cls, path: Path) -> Baseline:
-        with np.load(path, allow_pickle=False) as arrays:
-            embeddings = np.asarray(arrays["embeddings"]) if "embeddings" in arrays.files else None
-            names = [str(n) for n in arrays["class_names"]]
-            return cls(np.asarray(arrays["probabilities"]), names, embeddings)
 
 
 @dataclass

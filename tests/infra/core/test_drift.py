@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infra.drift import Baseline, Thresholds, Window, assess, confidence_bins, mmd_permutation_test, psi
+from infra.core.drift import Thresholds, Window, assess, confidence_bins, mmd_permutation_test, psi
+from infra.registry import Baseline
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:

@@ -7,21 +7,22 @@ so the snapshot works from any process, and a missing piece shows as absent, not
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
-import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra import registry
+from infra.core import promotion
+from infra.core.labeling import queue_state
 from infra.deadletters import read_dead_letters
-from infra.processes import pid_alive
-from infra.settings import Settings, local_path
+from infra.lake import Lake
+from infra.locations import local_path
+from infra.settings import Settings
+from infra.status_files import model_server_state, read_stream_status, read_supervisor_state, stream_state
 from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
@@ -37,108 +38,6 @@ STATS_COLUMNS = [
     "error",
     "labeled_at",
 ]
-STREAM_STATUS_FILE = "score-status.json"
-SUPERVISOR_STATE_FILE = "supervisor.json"
-MODEL_SERVER_STATUS_FILE = "model-server.json"
-# The model server's state while its process lives (the same pid + heartbeat rule as the stream's).
-SERVING = "serving"
-# The stream's status file carries its ``pid`` and a ``heartbeat_at`` (epoch seconds) that its
-# process rewrites every HEARTBEAT_EVERY_S while it runs. A file left behind by a killed or
-# crashed stream still says "running"; a reader believes it only while that pid is alive and the
-# heartbeat is younger than HEARTBEAT_STALE_S (several missed beats: a busy driver may be late).
-HEARTBEAT_EVERY_S = 5.0
-HEARTBEAT_STALE_S = 30.0
-# The stream's states while its process lives (it writes them; a dead process's file says stopped).
-WAITING_FOR_STORAGE = "waiting for storage"
-LIVE_STATES = ("starting", "running", WAITING_FOR_STORAGE)
-
-
-def stream_status_path(settings: Settings) -> Path:
-    """Where the scoring stream keeps its progress (rewritten atomically on every batch)."""
-    return settings.run_dir / STREAM_STATUS_FILE
-
-
-def supervisor_state_path(settings: Settings) -> Path:
-    """Where ``lakesight up``'s supervisor records its children (rewritten atomically)."""
-    return settings.run_dir / SUPERVISOR_STATE_FILE
-
-
-def model_server_status_path(settings: Settings) -> Path:
-    """Where ``lakesight serve-model`` keeps its figures (rewritten every heartbeat)."""
-    return settings.run_dir / MODEL_SERVER_STATUS_FILE
-
-
-def write_status_file(path: Path, state: dict[str, Any]) -> None:
-    """Replace ``path`` with ``state`` as JSON in one rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(json.dumps(state, default=str, indent=1))
-    temp.replace(path)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def read_stream_status(settings: Settings) -> dict[str, Any] | None:
-    return _read_json(stream_status_path(settings))
-
-
-def read_supervisor_state(settings: Settings) -> dict[str, Any] | None:
-    return _read_json(supervisor_state_path(settings))
-
-
-def _iso(epoch: Any) -> str | None:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat() if isinstance(epoch, (int, float)) else None
-
-
-def _why_not_live(status: dict[str, Any], now: float) -> str | None:
-    """Why a status file that claims a live stream is not believed; None when it is."""
-    pid, heartbeat = status.get("pid"), status.get("heartbeat_at")
-    if not isinstance(pid, int) or pid <= 0 or not pid_alive(pid):
-        return f"process {pid} is not running"
-    if not isinstance(heartbeat, (int, float)):
-        return "no heartbeat recorded"
-    if now - heartbeat > HEARTBEAT_STALE_S:
-        return f"no heartbeat for {now - heartbeat:.0f} s"
-    return None
-
-
-def judge_stream(status: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
-    """The status file with ``state`` as it really is: a live state only while the stream's
-    process is alive and its heartbeat fresh, else ``stopped``. Adds ``reported_state`` (what
-    the file says), ``stale_reason``, ``heartbeat_age_s`` and ``last_batch_at`` (ISO, UTC)."""
-    now = time.time() if now is None else now
-    claimed = status.get("state")
-    reason = _why_not_live(status, now) if claimed in LIVE_STATES else None
-    heartbeat = status.get("heartbeat_at")
-    return {
-        **status,
-        "state": "stopped" if reason else claimed,
-        "reported_state": claimed,
-        "stale_reason": reason,
-        "heartbeat_age_s": round(now - heartbeat, 1) if isinstance(heartbeat, (int, float)) else None,
-        "last_batch_at": _iso((status.get("last_batch") or {}).get("committed_at")),
-    }
-
-
-def model_server_state(settings: Settings, *, now: float | None = None) -> dict[str, Any] | None:
-    """The model server's figures, ``state`` "serving" only while its process lives and beats."""
-    status = _read_json(model_server_status_path(settings))
-    if status is None:
-        return None
-    now = time.time() if now is None else now
-    reason = _why_not_live(status, now) if status.get("state") == SERVING else None
-    return {**status, "state": "stopped" if reason else status.get("state"), "stale_reason": reason}
-
-
-def stream_state(settings: Settings) -> dict[str, Any] | None:
-    """The scoring stream's status file, judged by :func:`judge_stream`; None when it never ran."""
-    status = read_stream_status(settings)
-    return None if status is None else judge_stream(status)
 
 
 def _counts(values: list[Any]) -> dict[str, int]:
@@ -175,8 +74,6 @@ def image_stats(table: pa.Table) -> dict[str, Any]:
 def _models(settings: Settings) -> dict[str, Any] | None:
     """The registered versions, oldest first, and the champion; None before any registry exists
     (reading a local SQLite registry would create one: a status read must change nothing)."""
-    from infra import registry
-
     if not registry.registry_exists(settings):
         return None
     rows = sorted(registry.versions(settings), key=lambda row: int(row.version))
@@ -199,8 +96,6 @@ def _models(settings: Settings) -> dict[str, Any] | None:
 
 def _existing_lake(settings: Settings) -> Any:
     """The lake, or None when its local root does not exist yet (opening it would create the folder)."""
-    from infra.lake import Lake
-
     root = local_path(settings.lake_root)
     return None if root is not None and not root.exists() else Lake(settings)
 
@@ -214,8 +109,6 @@ def _images(settings: Settings) -> dict[str, Any] | None:
 
 def _labeling(settings: Settings) -> dict[str, Any] | None:
     """The labeling queue, and the stream's word when its strategy had to fall back."""
-    from infra.labeling import queue_state
-
     lake = _existing_lake(settings)
     if lake is None:
         return None
@@ -253,15 +146,13 @@ def _drift(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
 
 def _promotion(settings: Settings) -> dict[str, Any] | None:
     """The challenger's live evidence now (what the next label merge would decide) and the recorded decisions."""
-    from infra import promotion_evidence
-
     lake = _existing_lake(settings)
     if lake is None:
         return None
-    live = promotion_evidence.assess(settings, lake)
+    live = promotion.assess(settings, lake)
     return {
         "challenger": None if live is None else live.as_dict(),
-        "recent": promotion_evidence.recent_decisions(lake),
+        "recent": promotion.recent_decisions(lake),
     }
 
 

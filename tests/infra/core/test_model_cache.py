@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.champion import current_classifier, forget_models
+from infra.core.model_cache import current_classifier, forget_models
 from infra.registry import load_classifier
 from infra.settings import Settings
 from tests.helpers.models import CLASSES, IMAGE_SIZE
-from training.toy_models import register_champion, tiny_cnn
+from training.bench.toy_models import register_champion, tiny_cnn
 
 
 def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
@@ -38,7 +38,7 @@ def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
         with pytest.raises(Exception) as failure:  # whatever MLflow raises is what gets logged
             load_classifier(champion_settings, "2")
 
-        with caplog.at_level(logging.WARNING, logger="infra.champion"):
+        with caplog.at_level(logging.WARNING, logger="infra.core.model_cache"):
             first = current_classifier(champion_settings, now=100.0 + check)
             within = current_classifier(champion_settings, now=100.0 + check * 1.5)  # cached: no second try
             next_check = current_classifier(champion_settings, now=100.0 + check * 2.5)
@@ -47,7 +47,7 @@ def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
 
     assert first[0] is within[0] is next_check[0] is classifier
     assert first[1] == within[1] == next_check[1] == "1"
-    warnings = [r for r in caplog.records if r.name == "infra.champion"]
+    warnings = [r for r in caplog.records if r.name == "infra.core.model_cache"]
     assert len(warnings) == 2  # once per check interval, not once per call
     message = warnings[0].getMessage()
     assert warnings[0].levelno == logging.WARNING
@@ -57,7 +57,7 @@ def test_a_champion_that_fails_to_load_is_logged_and_the_old_one_kept_serving(
 
 def test_a_fresh_process_serves_the_version_a_broken_champion_replaced(champion_settings: Settings) -> None:
     from infra import registry
-    from infra.champion import load_failure
+    from infra.core.model_cache import load_failure
 
     broken = register_champion(
         champion_settings,
@@ -81,9 +81,9 @@ def test_a_fresh_process_serves_the_version_a_broken_champion_replaced(champion_
 def test_an_optional_alias_is_none_until_it_names_a_version_and_a_broken_one_is_logged_once(
     champion_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from infra.champion import optional_classifier
+    from infra.core.model_cache import optional_classifier
     from infra.registry import CHALLENGER, drop_alias, set_alias
-    from training.toy_models import register_version
+    from training.bench.toy_models import register_version
 
     forget_models()
     check = champion_settings.champion_check_s
@@ -112,10 +112,10 @@ def test_an_optional_alias_is_none_until_it_names_a_version_and_a_broken_one_is_
             experiment="broken-challenger",
         )
         shutil.rmtree(Path(champion_settings.mlflow_artifact_root) / "broken-challenger")
-        with caplog.at_level(logging.WARNING, logger="infra.champion"):
+        with caplog.at_level(logging.WARNING, logger="infra.core.model_cache"):
             broken = [optional_classifier(champion_settings, alias=CHALLENGER, now=100.0 + k * check) for k in (3, 4)]
         assert broken == [None, None]  # never the old challenger: its alias moved
-        warnings = [r.getMessage() for r in caplog.records if r.name == "infra.champion"]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "infra.core.model_cache"]
         assert len(warnings) == 1 and "challenger of" in warnings[0] and "version 3 failed" in warnings[0]
 
         set_alias(champion_settings, CHALLENGER, "2")
@@ -131,7 +131,7 @@ def test_an_optional_alias_is_none_until_it_names_a_version_and_a_broken_one_is_
 def test_a_tracking_server_that_goes_down_keeps_the_champion_serving_and_says_so_once(
     champion_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from infra.champion import load_failure
+    from infra.core.model_cache import load_failure
     from infra.local.cluster import TrackingServer
 
     forget_models()
@@ -141,7 +141,7 @@ def test_a_tracking_server_that_goes_down_keeps_the_champion_serving_and_says_so
         classifier, version = current_classifier(remote, now=100.0)
         assert version == "1" and load_failure(remote) is None
         server.stop()
-        with caplog.at_level(logging.WARNING, logger="infra.champion"):
+        with caplog.at_level(logging.WARNING, logger="infra.core.model_cache"):
             assert current_classifier(remote, now=200.0) == (classifier, "1")
             assert current_classifier(remote, now=300.0) == (classifier, "1")
         failure = load_failure(remote)

@@ -1,4 +1,4 @@
-"""Promotion on live evidence (``infra.promotion_evidence``): McNemar's exact test, the paired tally, and the
+"""Promotion on live evidence (``infra.core.promotion``): McNemar's exact test, the paired tally, and the
 decision against a real registry and a real lake: waiting, refused (the Done-when of issue 17), promoted."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import pyarrow as pa
 import pytest
 
 from infra import registry
-from infra.lake import Lake
-from infra.promotion_evidence import (
+from infra.core import promotion
+from infra.core.promotion import (
     PROMOTED,
     REFUSED,
     WAITING,
@@ -22,6 +22,7 @@ from infra.promotion_evidence import (
     recent_decisions,
     tally,
 )
+from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, PROMOTION_DECISIONS
 from tests.helpers.status import promote_versions
@@ -140,7 +141,7 @@ def test_a_challenger_better_on_the_split_but_worse_on_live_labels_is_refused(se
     assert refused is not None and refused.outcome == REFUSED and refused.tally.pairs == 20
     assert (refused.tally.b, refused.tally.c) == (19, 1) and refused.p_value == pytest.approx(21 / 2**20)
     assert refused.reason.startswith("refused: worse on live labels (b=19, c=1, p=2.")
-    assert str(registry.champion(settings).version) == "1"  # the champion stays
+    assert str(registry.champion_version(settings).version) == "1"  # the champion stays
     assert registry.version_by_alias(settings, registry.CHALLENGER) is None  # no longer shadow-scored
     tags = _tags(settings, "2")
     assert tags[registry.TAG_DECISION] == registry.REFUSED and tags[registry.TAG_LIVE_DECISION] == REFUSED
@@ -176,12 +177,12 @@ def test_a_challenger_not_worse_on_live_labels_is_promoted_and_a_rollback_return
 
     assert promoted is not None and promoted.outcome == PROMOTED and promoted.tally.pairs == 20
     assert promoted.reason.startswith("promoted: not worse on live labels (b=8, c=12, p=0.8")
-    assert str(registry.champion(settings).version) == "2"
+    assert str(registry.champion_version(settings).version) == "2"
     assert registry.version_by_alias(settings, registry.CHALLENGER) is None
     tags = _tags(settings, "2")
     assert (tags[registry.TAG_DECISION], tags[registry.TAG_LIVE_DECISION]) == (registry.CHAMPION, PROMOTED)
     assert tags[registry.TAG_CHAMPION_VERSION] == "1"
-    assert registry.rollback(settings, reason="paged").to_version == "1"
+    assert promotion.rollback(settings, reason="paged").to_version == "1"
 
 
 def test_without_labels_on_shadow_scored_images_a_challenger_waits_and_the_status_read_changes_nothing(
@@ -205,7 +206,7 @@ def test_an_images_table_from_before_shadow_scoring_has_no_evidence_until_it_gai
 ) -> None:
     from deltalake import write_deltalake
 
-    from infra.promotion_evidence import live_pairs
+    from infra.core.promotion import live_pairs
     from infra.tables import IMAGES_SCHEMA, SHADOW_COLUMNS
 
     lake = Lake(settings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from infra.labeling.strategies import DIVERSITY_POOL_FACTOR, MARGIN_DIVERSITY, Candidates, Known, select
+from infra.core.labeling.strategies import DIVERSITY_POOL_FACTOR, MARGIN_DIVERSITY, Candidates, Known, select
 
 
 def _unit(*rows: list[float]) -> np.ndarray:

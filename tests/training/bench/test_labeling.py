@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infra.labeling.strategies import LEAST_CONFIDENCE, MARGIN_DIVERSITY, STRATEGIES, THRESHOLD
+from infra.core.labeling.strategies import LEAST_CONFIDENCE, MARGIN_DIVERSITY, STRATEGIES, THRESHOLD
 from tests.helpers.cli import lakesight
-from training.label_bench import DRIFT, NEAR_DUPLICATES, duplicates_sent, labels_to_reach
+from training.bench.labeling import DRIFT, NEAR_DUPLICATES, duplicates_sent, labels_to_reach
 
 
 @pytest.mark.slow

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.errors import SettingsError
-from infra.labeling.strategies import (
+from infra.core.labeling.strategies import (
     ENTROPY,
     LEAST_CONFIDENCE,
     MARGIN,
@@ -18,6 +17,7 @@ from infra.labeling.strategies import (
     Known,
     select,
 )
+from infra.errors import SettingsError
 from infra.settings import get_settings
 
 

@@ -10,7 +10,7 @@ Two scenarios on the synthetic shapes (:mod:`infra.local.sample_data`):
 * ``near_duplicates``: the same, but 30% of the pool are near-duplicates of other pool images
   (re-encoded PNG→JPEG→PNG or re-saved, shifted by up to two pixels, light noise).
 
-Each round every strategy picks ``labels`` pool images with :func:`infra.labeling.strategies.select`
+Each round every strategy picks ``labels`` pool images with :func:`infra.core.labeling.strategies.select`
 (the stream's selection) from the current model's probabilities and embeddings, under the same
 class cap; their labels come from the generator's truth; the model is retrained from the seed's
 initial weights for a fixed number of epochs on A's labeled set plus every B label so far, and
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from infra.labeling.strategies import MARGIN_DIVERSITY, RANDOM, STRATEGIES, Candidates, Known, select
+from infra.core.labeling.strategies import MARGIN_DIVERSITY, RANDOM, STRATEGIES, Candidates, Known, select
 from infra.local.sample_data import ShapeKnobs, shape_images
 from infra.settings import Settings
 from training.preprocess import decode_images

@@ -180,7 +180,7 @@ def assess(settings: Settings, lake: Lake) -> LiveDecision | None:
     if challenger is None:
         return None
     version = str(challenger.version)
-    current = registry.champion(settings)
+    current = registry.champion_version(settings)
     evidence = tally(live_pairs(lake, version))
     outcome, p, reason = judge(evidence, alpha=settings.promotion_alpha, min_pairs=settings.promotion_min_pairs)
     tags = dict(challenger.tags or {})
@@ -233,9 +233,9 @@ def _track(settings: Settings, decision: LiveDecision) -> None:
 def _apply(settings: Settings, decision: LiveDecision) -> None:
     """Move the aliases for a final outcome (both writes do nothing once the challenger alias is gone)."""
     if decision.outcome == PROMOTED:
-        registry.promote_challenger(settings, decision.challenger_version)
+        promote_challenger(settings, decision.challenger_version)
     elif decision.outcome == REFUSED:
-        registry.refuse_challenger(settings, decision.challenger_version)
+        refuse_challenger(settings, decision.challenger_version)
 
 
 def decide(settings: Settings, lake: Lake) -> LiveDecision | None:
@@ -264,3 +264,134 @@ def recent_decisions(lake: Lake, limit: int = 10) -> list[dict[str, Any]]:
     rows = lake.read(PROMOTION_DECISIONS).to_pylist()
     rows.sort(key=lambda r: str(r["decided_at"]), reverse=True)
     return [{k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in r.items()} for r in rows[:limit]]
+
+
+# The split rule, its record, and moving the aliases ----------------------------------------------
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool  # the version becomes champion now
+    alias: str | None  # the alias it gets: champion, challenger, or None (rejected)
+    reason: str
+
+    @property
+    def decision(self) -> str:
+        """What its ``promotion_decision`` tag says: the alias it got, or ``rejected``."""
+        return self.alias or registry.REJECTED
+
+
+def promotion_decision(
+    new_accuracy: float, champion_accuracy: float | None, margin: float, *, min_pairs: int
+) -> PromotionDecision:
+    """The split rule: the first model becomes champion; a later one must beat ``champion + margin``.
+
+    Ties never win. A winner becomes champion at once when ``min_pairs`` is 0, else challenger:
+    live labels decide then (``infra.core.promotion``). A loser gets no alias.
+    """
+    if champion_accuracy is None:
+        return PromotionDecision(True, registry.CHAMPION, "no champion yet")
+    compared = f"{new_accuracy:.4f} {{}} champion {champion_accuracy:.4f} by more than {margin}"
+    if new_accuracy <= champion_accuracy + margin:
+        return PromotionDecision(False, None, compared.format("does not beat"))
+    if min_pairs == 0:
+        return PromotionDecision(True, registry.CHAMPION, compared.format("beats"))
+    waits = f"; challenger until live labels give {min_pairs} discordant pairs"
+    return PromotionDecision(False, registry.CHALLENGER, compared.format("beats") + waits)
+
+
+def record_promotion(
+    settings: Settings,
+    version: str | int,
+    decision: PromotionDecision,
+    *,
+    accuracy: float,
+    champion_version: str | None,
+    champion_accuracy: float | None,
+    dry_run: bool = False,
+) -> dict[str, str]:
+    """Apply ``decision`` to ``version`` (its alias, unless ``dry_run``) and tag the version with it.
+
+    A challenger still waiting is superseded when another version takes its alias or the champion
+    moves (its split comparison was with the old champion). Returns the tags written, so a caller
+    can copy them onto its MLflow run.
+    """
+    if not dry_run and decision.alias is not None:
+        waiting = registry.version_by_alias(settings, registry.CHALLENGER)
+        registry.set_alias(settings, decision.alias, version)
+        if waiting is not None and str(waiting.version) != str(version):
+            _supersede(settings, str(waiting.version), by=str(version), alias=decision.alias)
+    tags = {
+        registry.TAG_ACCURACY: f"{accuracy:.6f}",
+        registry.TAG_CHAMPION_ACCURACY: "" if champion_accuracy is None else f"{champion_accuracy:.6f}",
+        registry.TAG_DECISION: ("would be " if dry_run else "") + decision.decision,
+        registry.TAG_CHAMPION_VERSION: champion_version or "",
+        registry.TAG_REASON: decision.reason,
+    }
+    registry.set_version_tags(settings, version, tags)
+    return tags
+
+
+def _supersede(settings: Settings, waiting: str, *, by: str, alias: str) -> None:
+    if alias == registry.CHAMPION:  # the alias still names the old challenger: it must stop being shadow-scored
+        registry.drop_alias(settings, registry.CHALLENGER, waiting)
+    reason = f"version {by} became {alias} while this one waited for live evidence"
+    registry.set_version_tags(
+        settings, waiting, {registry.TAG_DECISION: registry.SUPERSEDED, registry.TAG_LIVE_REASON: reason}
+    )
+
+
+def promote_challenger(settings: Settings, version: str) -> str | None:
+    """Make the waiting challenger ``version`` champion on live evidence; return the champion it replaced.
+
+    The replaced champion is recorded on ``version`` (``champion_version``), so :func:`rollback`
+    goes back to it; the challenger alias goes, so the stream stops shadow-scoring.
+    """
+    current = registry.champion_version(settings)
+    previous = None if current is None else str(current.version)
+    registry.set_alias(settings, registry.CHAMPION, version)
+    registry.drop_alias(settings, registry.CHALLENGER, version)
+    registry.set_version_tags(
+        settings, version, {registry.TAG_DECISION: registry.CHAMPION, registry.TAG_CHAMPION_VERSION: previous or ""}
+    )
+    return previous
+
+
+def refuse_challenger(settings: Settings, version: str) -> None:
+    """Take the challenger alias from ``version``, worse on live labels; the champion stays."""
+    registry.drop_alias(settings, registry.CHALLENGER, version)
+    registry.set_version_tags(settings, version, {registry.TAG_DECISION: registry.REFUSED})
+
+
+@dataclass(frozen=True)
+class Rollback:
+    from_version: str
+    to_version: str
+    reason: str
+
+
+def rollback(settings: Settings, *, reason: str, to: str | int | None = None) -> Rollback:
+    """Move ``champion`` back to ``to`` (default: the champion the current one was promoted over).
+
+    The version rolled back from gets a ``rolled_back`` tag (time, target, reason); every process
+    that follows the alias (the stream's workers, the model server) picks the target up within
+    ``champion_check_s``.
+    """
+    if not reason.strip():
+        raise registry.RegistryError("a rollback needs a reason (--reason)")
+    current = registry.champion_version(settings)
+    if current is None:
+        raise registry.RegistryError(f"model {settings.model_name!r} has no {registry.CHAMPION!r} version to roll back")
+    target = str(to) if to is not None else (current.tags or {}).get(registry.TAG_CHAMPION_VERSION, "")
+    if not target:
+        raise registry.RegistryError(
+            f"version {current.version} records no previous champion: name one with --to VERSION"
+        )
+    if target == str(current.version):
+        raise registry.RegistryError(f"version {target} is already the champion")
+    if target not in {row.version for row in registry.versions(settings)}:
+        raise registry.RegistryError(f"model {settings.model_name!r} has no version {target}")
+    registry.set_alias(settings, registry.CHAMPION, target)
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    registry.set_version_tags(
+        settings, current.version, {registry.TAG_ROLLED_BACK: f"{stamp} to version {target}: {reason.strip()}"}
+    )
+    return Rollback(str(current.version), target, reason.strip())

@@ -5,7 +5,7 @@ first) and chooses up to ``k``. ``margin_diversity``, the default, spreads its p
 the best-ranked candidates by margin and chooses among them by greedy k-center on the embeddings
 (each next pick the one farthest from the picks so far and from what humans already have),
 skipping near-duplicates of what humans already have or will have. docs/LABELING.md explains the
-strategies and the benchmark behind the default. The hand-off (``infra.labeling.handoff``) and
+strategies and the benchmark behind the default. The hand-off (``infra.core.labeling.handoff``) and
 ``lakesight bench labeling`` both call :func:`select`, so the benchmark measures exactly what the
 stream does.
 """

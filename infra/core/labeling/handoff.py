@@ -5,7 +5,7 @@ unsure online images (``LAKESIGHT_ONLINE_TO_LABELING``): one hand-off, one ledge
 
 An unsure image (confidence under the threshold, sampled, never sent) becomes a *candidate*.
 Candidates wait in ``labeling_candidates`` until their window (``labeling_window_s``) closes;
-then they compete: the strategy (``infra.labeling.strategies``) chooses as many as the window
+then they compete: the strategy (``infra.core.labeling.strategies``) chooses as many as the window
 may spend, which is its share of the daily budget plus what earlier windows of the day left
 (the pacing of docs/LABELING.md). Every candidate gets an outcome: sent, near_duplicate,
 class_capped or not_chosen. With ``labeling_window_s=0`` each micro-batch is its own window,
@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.core.labeling import strategies
 from infra.hashing import stable_fraction
-from infra.labeling import strategies
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS, TS
