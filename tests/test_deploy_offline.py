@@ -23,10 +23,8 @@ from typing import Any
 
 import pytest
 
-from infra import iac
 from infra.arrivals import write_arrival_records
 from infra.blob import BlobStore
-from infra.iac import specs
 from infra.lake import Lake
 from infra.local.cluster import TrackingServer
 from infra.local.stack import Azurite
@@ -37,6 +35,7 @@ from tests.helpers.azureml import job_shell, only_lakesight_env, rest_payload, r
 from tests.helpers.cluster import ClusterStack, finished_tasks
 from tests.helpers.streams import arrival_record, merge_engines
 from tests.helpers.training import digit_rows, write_rows
+from tests.infra.iac import specs
 
 # What `--var lake_url=...` gives `databricks bundle deploy`, and the target deployed.
 LAKE_URL = "abfss://lake@lakesightacct.dfs.core.windows.net"
@@ -196,14 +195,14 @@ def test_databricks_tasks_run_with_their_clusters_conf_and_env_on_the_local_clus
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    training = iac.load_databricks_job("training", TARGET, {"lake_url": LAKE_URL})
-    scoring = iac.load_databricks_job("scoring", TARGET, {"lake_url": LAKE_URL})
+    training = specs.load_databricks_job("training", TARGET, {"lake_url": LAKE_URL})
+    scoring = specs.load_databricks_job("scoring", TARGET, {"lake_url": LAKE_URL})
     mapping = bundle_mapping(tmp_path, cluster_stack, azure_blob_connection)
     run = BundleTasks(cluster_stack, mapping)
     seed_digits(digits_dir, Path(run.command(training, "ingest")[1]))  # the labeled_source parameter
 
     # The training DAG, task by task in its order.
-    printed = {key: run(training, key) for key in iac.task_order(training)}
+    printed = {key: run(training, key) for key in specs.task_order(training)}
     assert list(printed) == ["ingest", "train", "registry"]
     run.ran_on_executors("ingest")
     trained = json.loads(printed["train"].strip().splitlines()[-1])
@@ -249,7 +248,7 @@ def test_the_retraining_job_trains_and_registers_through_the_tracking_server(dig
         rows = digit_rows(digits_dir, 10 * DIGITS_PER_CLASS)
         delta_version = write_rows(Settings(state_dir=tmp_path / "writer", lake_root=str(lake_root)), rows)
         # As `az ml job create -f retrain-job.yml --set inputs.delta_table.path=... inputs.delta_version=...`.
-        job = iac.load_retrain_job(delta_table=str(lake_root / IMAGES.name), delta_version=delta_version)
+        job = specs.load_retrain_job(delta_table=str(lake_root / IMAGES.name), delta_version=delta_version)
         payload = rest_payload(job)
         setup, command = job_shell(payload)
         env = {**payload.environment_variables, **azureml_mapping(tracking, tmp_path)}

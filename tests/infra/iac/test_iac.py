@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infra import iac
-from infra.iac import specs
 from infra.settings import Settings
 from infra.spark import DEFAULT_CONF
 from infra.tables import IMAGES
+from tests.infra.iac import specs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MAIN = specs.bicep_outline(specs.bicep_template())
 WEBHOOKS = specs.bicep_outline(specs.AZURE_DIR / "modules" / "event-webhooks.bicep")
 ML = specs.bicep_outline(specs.AZURE_DIR / "modules" / "ml.bicep")
@@ -64,7 +63,7 @@ TARGETS = specs.bundle_targets()
 
 
 def _job(name: str, target: str = "dev") -> dict:
-    return iac.load_databricks_job(name, target, {"lake_url": LAKE_URL})
+    return specs.load_databricks_job(name, target, {"lake_url": LAKE_URL})
 
 
 def test_bundle_has_a_default_dev_and_a_production_target() -> None:
@@ -73,7 +72,7 @@ def test_bundle_has_a_default_dev_and_a_production_target() -> None:
     assert targets["dev"]["mode"] == "development" and targets["dev"]["default"] is True
     # The CLI refuses a production target without a fixed root_path.
     assert targets["prod"]["mode"] == "production" and targets["prod"]["workspace"]["root_path"]
-    assert iac.load_bundle(variables={"lake_url": LAKE_URL})["bundle"] == {"name": "lakesight", "target": "dev"}
+    assert specs.load_bundle(variables={"lake_url": LAKE_URL})["bundle"] == {"name": "lakesight", "target": "dev"}
 
 
 def test_resource_files_share_their_blocks_through_anchors() -> None:
@@ -92,7 +91,7 @@ def test_resource_files_share_their_blocks_through_anchors() -> None:
 
 def test_training_dag_runs_ingest_then_train_on_gpu_then_the_registry_step() -> None:
     spec = _job("training")
-    order = iac.task_order(spec)
+    order = specs.task_order(spec)
     assert order[:2] == ["ingest", "train"] and len(order) == 3
     tasks = {t["task_key"]: t for t in spec["tasks"]}
     assert [d["task_key"] for d in tasks["train"]["depends_on"]] == ["ingest"]
@@ -171,7 +170,7 @@ def test_target_values_and_var_overrides_reach_the_jobs() -> None:
     assert scopes(_job("scoring", "dev")) == {"lakesight-dev"}  # the dev target's value
     assert scopes(_job("scoring", "prod")) == {"lakesight"}  # the declared default
     # What --var gives wins over the target's value.
-    override = iac.load_databricks_job("scoring", "dev", {"lake_url": LAKE_URL, "secret_scope": "mine"})
+    override = specs.load_databricks_job("scoring", "dev", {"lake_url": LAKE_URL, "secret_scope": "mine"})
     assert scopes(override) == {"mine"}
 
 
@@ -188,34 +187,34 @@ def _write_bundle(tmp_path: Path, resource: str, targets: str = "targets:\n  dev
 def test_unknown_variable_is_a_spec_error(tmp_path: Path) -> None:
     root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: ${var.known}-${var.nope}\n")
     with pytest.raises(specs.SpecError, match=r"resources\.jobs\.j\.name: unknown variable 'nope' in \$\{var\.nope\}"):
-        iac.load_bundle(path=root)
+        specs.load_bundle(path=root)
 
 
 def test_unknown_reference_is_a_spec_error_but_deploy_time_ones_stay(tmp_path: Path) -> None:
     root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: ${bundle.name}-${workspace.host}\n")
-    assert iac.load_bundle(path=root)["resources"]["jobs"]["j"]["name"] == "t-${workspace.host}"
+    assert specs.load_bundle(path=root)["resources"]["jobs"]["j"]["name"] == "t-${workspace.host}"
     (tmp_path / "resources" / "job.yml").write_text("resources:\n  jobs:\n    j:\n      name: ${vars.known}\n")
     with pytest.raises(specs.SpecError, match=r"unknown reference in \$\{vars\.known\}"):
-        iac.load_bundle(path=root)
+        specs.load_bundle(path=root)
 
 
 def test_missing_target_is_a_spec_error() -> None:
     with pytest.raises(specs.SpecError, match=r"unknown bundle target 'staging'; the bundle has: dev, prod"):
-        iac.load_databricks_job("training", "staging", {"lake_url": LAKE_URL})
+        specs.load_databricks_job("training", "staging", {"lake_url": LAKE_URL})
 
 
 def test_variable_without_a_value_is_a_spec_error() -> None:
     with pytest.raises(specs.SpecError, match=r"variable 'lake_url' has no value for target 'prod'.*--var lake_url="):
-        iac.load_databricks_job("training", "prod")
+        specs.load_databricks_job("training", "prod")
     with pytest.raises(specs.SpecError, match=r"undeclared variables \['lake_ur'\]"):
-        iac.load_databricks_job("training", "prod", {"lake_ur": LAKE_URL})
+        specs.load_databricks_job("training", "prod", {"lake_ur": LAKE_URL})
 
 
 def test_a_job_defined_in_two_files_is_a_spec_error(tmp_path: Path) -> None:
     root = _write_bundle(tmp_path, "resources:\n  jobs:\n    j:\n      name: one\n")
     (tmp_path / "resources" / "again.yml").write_text("resources:\n  jobs:\n    j:\n      name: two\n")
     with pytest.raises(specs.SpecError, match="already defined"):
-        iac.load_bundle(path=root)
+        specs.load_bundle(path=root)
 
 
 def _broken(mutate) -> dict:
@@ -310,7 +309,7 @@ def test_wheel_tasks_call_existing_cli_commands() -> None:
 # ------------------------------------------------------------------------------------------------
 # Azure ML
 def test_retrain_job_loads_with_azure_ai_ml() -> None:
-    job = iac.load_retrain_job()
+    job = specs.load_retrain_job()
     assert job.compute == _default(MAIN, "gpuClusterName")
     assert job.experiment_name == _default(MAIN, "retrainExperimentName")
     assert "lakesight train --version ${{inputs.delta_version}} --json" in job.command
@@ -324,20 +323,20 @@ def test_retrain_job_loads_with_azure_ai_ml() -> None:
 def test_retrain_job_agrees_with_the_handlers_azureml_backend() -> None:
     from handlers import azureml
 
-    job = iac.load_retrain_job()
+    job = specs.load_retrain_job()
     # The RunCompleted subscription filters on this experiment; the compute is the settings default.
     assert job.experiment_name == azureml.EXPERIMENT == _default(MAIN, "retrainExperimentName")
     assert job.compute == _setting_default("azureml_compute")
 
 
 def test_retrain_job_code_is_the_repository_root() -> None:
-    job = iac.load_retrain_job()
+    job = specs.load_retrain_job()
     assert (specs.AZUREML_DIR / job.code).resolve() == ROOT
 
 
 def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
     table = "abfss://lake@acct.dfs.core.windows.net/tables/images"
-    job = iac.load_retrain_job(
+    job = specs.load_retrain_job(
         delta_table=table,
         delta_version=42,
         compute="gpu-big",
@@ -351,7 +350,7 @@ def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
     assert job.compute == "gpu-big" and job.experiment_name == "exp"
     assert Path(job.code) == tmp_path.resolve()
     assert job.tags["launch_id"] == "7" and job.tags["delta_version"] == "42"
-    assert job.tags[iac.RETRAINING_TAG] == "true"
+    assert job.tags[specs.RETRAINING_TAG] == "true"
     # Added to the YAML's variables, not in place of them.
     assert job.environment_variables["LAKESIGHT_MODEL_NAME"] == "m"
     assert job.environment_variables["LAKESIGHT_MODE"] == "azure"
@@ -360,7 +359,7 @@ def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
 def test_retrain_job_as_written_is_a_retraining_run_in_azure_mode() -> None:
     from handlers.runs import is_retraining_run
 
-    job = iac.load_retrain_job()
+    job = specs.load_retrain_job()
     # `az ml job create -f` submits the YAML as is: its RunCompleted must reach the promotion check.
     assert is_retraining_run({"runTags": dict(job.tags)})
     assert job.environment_variables["LAKESIGHT_MODE"] == "azure"
@@ -371,18 +370,18 @@ def test_retrain_job_as_written_is_a_retraining_run_in_azure_mode() -> None:
 def test_retrain_job_refuses_secrets_in_its_definition(name: str) -> None:
     assert {"LAKESIGHT_EVENT_KEY", "LAKESIGHT_BLOB_CONNECTION_STRING"} <= set(specs.JOB_SECRET_VARIABLES)
     with pytest.raises(specs.SpecError, match=f"not putting \\['{name}'\\]"):
-        iac.load_retrain_job(environment={name: "s3cret", "LAKESIGHT_MODEL_NAME": "m"})
+        specs.load_retrain_job(environment={name: "s3cret", "LAKESIGHT_MODEL_NAME": "m"})
 
 
 def test_retrain_job_without_the_retraining_tag_is_a_spec_error(tmp_path: Path, monkeypatch) -> None:
     document = yaml.safe_load(specs.retrain_job_path().read_text())
-    del document["tags"][iac.RETRAINING_TAG]
+    del document["tags"][specs.RETRAINING_TAG]
     document["code"] = str(ROOT)
     (tmp_path / "conda.yml").write_text((specs.AZUREML_DIR / "conda.yml").read_text())
     (tmp_path / "retrain-job.yml").write_text(yaml.safe_dump(document))
-    monkeypatch.setattr(specs, "retrain_job_path", lambda: tmp_path / "retrain-job.yml")
+    monkeypatch.setattr("infra.iac.specs.retrain_job_path", lambda: tmp_path / "retrain-job.yml")
     with pytest.raises(specs.SpecError, match=r"must carry the tag lakesight\.retraining"):
-        iac.load_retrain_job()
+        specs.load_retrain_job()
 
 
 def test_retrain_environment_mirrors_project_dependencies() -> None:
@@ -518,22 +517,22 @@ def test_bicep_build_compiles_the_template() -> None:
 # ------------------------------------------------------------------------------------------------
 # Azure ML online endpoint (the model server)
 def test_online_endpoint_mirrors_traffic_to_the_challenger_deployment() -> None:
-    endpoint = iac.load_online_endpoint()
+    endpoint = specs.load_online_endpoint()
     assert endpoint.auth_mode == "key"
     assert endpoint.traffic == {"blue": 100} and endpoint.mirror_traffic == {"green": 10}
-    blue, green = iac.load_online_deployment("blue"), iac.load_online_deployment("green")
+    blue, green = specs.load_online_deployment("blue"), specs.load_online_deployment("green")
     assert {blue.name, green.name} == set(endpoint.traffic) | set(endpoint.mirror_traffic)
     assert blue.endpoint_name == green.endpoint_name == endpoint.name
     assert blue.environment_variables["LAKESIGHT_SERVE_ALIAS"] == "champion"
     assert green.environment_variables["LAKESIGHT_SERVE_ALIAS"] == "challenger"
     with pytest.raises(specs.SpecError, match="slot"):
-        iac.load_online_deployment("red")
+        specs.load_online_deployment("red")
 
 
 def test_online_deployment_routes_are_the_model_servers() -> None:
     from serving.app import CLASSIFY_PATH
 
-    deployment = iac.load_online_deployment()
+    deployment = specs.load_online_deployment()
     routes = deployment.environment.inference_config
     settings = Settings(**_deployment_fields(deployment.environment_variables))
     assert routes["scoringRoute"] == {"path": CLASSIFY_PATH, "port": settings.model_port}
@@ -543,7 +542,7 @@ def test_online_deployment_routes_are_the_model_servers() -> None:
 
 
 def test_the_serving_image_holds_every_package_and_runs_serve_model() -> None:
-    deployment = iac.load_online_deployment()
+    deployment = specs.load_online_deployment()
     root = (specs.online_deployment_path().parent / deployment.environment.build.path).resolve()
     dockerfile = (root / deployment.environment.build.dockerfile_path).read_text()
     pyproject = tomllib.loads((root / "pyproject.toml").read_text())
@@ -565,7 +564,7 @@ def test_serve_model_runs_with_exactly_the_deployments_environment(champion_sett
     from serving.app import API_KEY_HEADER
     from tests.helpers.images import solid_png
 
-    deployment = iac.load_online_deployment()
+    deployment = specs.load_online_deployment()
     routes = deployment.environment.inference_config
     key = "k" * 40
     port = free_port()  # the deployment's own port may be taken on this machine; the routes are what count
