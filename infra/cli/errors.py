@@ -1,0 +1,70 @@
+"""Every lakesight error in one place: the catalogue a reader scans and a caller catches from.
+
+Each error is defined beside the code that raises it, under the one root ``LakesightError``
+(``infra/errors.py``); this module only re-exports them. It sits in the composition root because
+it imports every peer; ``tests/infra/cli/test_errors.py`` fails when an error is missing here.
+The CLI prints any of them as one line (``infra/cli/_output.py``), also when a Spark task raised it.
+"""
+
+from handlers.blob_created import Refused as BlobEventRefused
+from handlers.events import PayloadError
+from handlers.labels import ExportError, ExportTooLarge
+from handlers.safe_json import UntrustedJSONError
+from infra.arrivals import ArrivalsError
+from infra.blob import BlobNameError, BlobUrlError, StorageUnavailable
+from infra.errors import ExecutorError, LakesightError, SettingsError, UsageError
+from infra.filesystem import FilesError
+from infra.iac import SpecError
+from infra.jvm import JarsMissing
+from infra.lake import LakeError
+from infra.local.demo import DemoError
+from infra.local.stack import StackError
+from infra.registry import RegistryError, RegistryUnreachable
+from infra.web import RequestRefused
+from streams.checkpoint.names import CheckpointError
+from streams.ingest import IngestError
+from streams.scoring.query import ScoreError
+from streams.scoring.sources import SourceError
+from training.distributed import DistributedError
+from training.feed import TrainingDataError
+from training.models import ModelError
+from training.packaging import PackagingError
+from training.search import SearchError
+from training.strategy import LegacyStackMissing
+from training.worker import WorkerError
+
+__all__ = [
+    "ArrivalsError",
+    "BlobEventRefused",
+    "BlobNameError",
+    "BlobUrlError",
+    "CheckpointError",
+    "DemoError",
+    "DistributedError",
+    "ExecutorError",
+    "ExportError",
+    "ExportTooLarge",
+    "FilesError",
+    "IngestError",
+    "JarsMissing",
+    "LakeError",
+    "LakesightError",
+    "LegacyStackMissing",
+    "ModelError",
+    "PackagingError",
+    "PayloadError",
+    "RegistryError",
+    "RegistryUnreachable",
+    "RequestRefused",
+    "ScoreError",
+    "SearchError",
+    "SettingsError",
+    "SourceError",
+    "SpecError",
+    "StackError",
+    "StorageUnavailable",
+    "TrainingDataError",
+    "UntrustedJSONError",
+    "UsageError",
+    "WorkerError",
+]
