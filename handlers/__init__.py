@@ -1,19 +1,16 @@
 """Event Grid webhook service: blob events, labeling exports, drift, retraining.
 
-Modules, one per concern:
+Sub-packages, one per concern:
 
-* HTTP: ``app`` (the FastAPI factory), ``deps`` (typed dependencies: service, settings, event
-  key, status key), ``routes.events`` (``OPTIONS``/``POST /api/events``), ``routes.status`` (the
-  status page ``/`` from ``static/status.html``, ``/api/status``, ``/healthz``), ``events``
-  (payload models), ``safe_json`` (untrusted JSON parsed with limits);
-* intake and work: ``service`` (claim-once intake, the two worker lanes, dead letters),
-  ``eventlog`` (the persisted log and ``EventStatus``), ``blob_created`` (which upload, ``TargetKind``, arrival
-  records), ``labels`` (exports → human labels), ``policy`` (retraining decisions), ``runs``
-  (RunCompleted → promotion check);
-* background work: ``background`` (the wakeable worker thread), ``launcher`` (single-flight
-  retraining, ``LaunchStatus``) with its ``azureml`` backend, ``score_pass`` (availableNow
-  scoring passes when no stream runs);
-* plumbing and entry points: ``sqlite`` (connections and transactions of the handler
-  databases), ``relay`` (Azurite → BlobCreated), ``server`` (uvicorn), ``bench``,
-  ``function_app`` (Azure Functions).
+* ``api``: the FastAPI factory, dependencies (service, settings, event key, status key), the
+  routes (``OPTIONS``/``POST /api/events``; the status page ``/``, ``/api/status``, ``/healthz``),
+  the payload models and untrusted JSON parsed with limits;
+* ``intake``: claim-once intake and the two worker lanes, the persisted event log and
+  ``EventStatus``, blob uploads into arrival records, labeling exports into human labels;
+* ``retraining``: the retraining policy, single-flight launches (``LaunchStatus``) with the Azure ML
+  backend, RunCompleted into the promotion check, availableNow scoring passes.
+
+At the root: ``background`` (the wakeable worker thread), ``sqlite`` (connections and transactions
+of the handler databases), ``relay`` (Azurite → BlobCreated), ``server`` (uvicorn), ``bench``
+(``lakesight bench events``), ``function_app`` (the Azure Functions entry point).
 """

@@ -21,9 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from handlers.app import create_app
-from handlers.blob_created import account_url
-from handlers.events import BLOB_CREATED
+from handlers.api.app import create_app
+from handlers.api.payloads import BLOB_CREATED
+from handlers.intake.blob_created import account_url
 from handlers.server import running
 from infra.settings import Settings
 

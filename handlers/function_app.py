@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from handlers.app import create_app
+from handlers.api.app import create_app
 from infra.settings import get_settings
 
 app = func.AsgiFunctionApp(app=create_app(get_settings()), http_auth_level=func.AuthLevel.ANONYMOUS)

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from handlers.events import BLOB_CREATED
+from handlers.api.payloads import BLOB_CREATED
 from handlers.sqlite import connect, now_iso
 from infra.blob import BlobStore
 from infra.settings import Settings

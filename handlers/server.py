@@ -1,4 +1,4 @@
-"""Running the webhook under uvicorn: in the foreground (``lakesight serve``) or in a thread (bench, tests)."""
+"""Running the webhook under uvicorn: in the foreground (``lakesight serve-events``) or in a thread (bench, tests)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 from fastapi import FastAPI
 
-from handlers.app import create_app
-from handlers.routes.events import EVENTS_PATH
+from handlers.api.app import create_app
+from handlers.api.routes.events import EVENTS_PATH
 from infra.settings import Settings
 from infra.web import serve_forever, serving_in_thread
 

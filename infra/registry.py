@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 # How many threads TensorFlow may use in this process: set by whoever starts a process that loads
 # the model (the scoring executors from ``score_tf_threads``, training from its share of cores),
-# read by ``training.tf_runtime`` when the model loads.
+# read by ``training.run.tf_runtime`` when the model loads.
 TF_THREADS_ENV = "LAKESIGHT_TF_THREADS"
 
 CHAMPION = "champion"

@@ -236,7 +236,7 @@ def test_ingest_train_score_label_and_retrain_on_the_cluster(cluster_stack: Clus
     # Every prediction names the model version that made it.
     assert all(r["predicted_label"] and r["model_version"] == str(v1["model_version"]) for r in scored), scored
 
-    handler = on.spawn("handler", "serve", "--log-level", "warning")
+    handler = on.spawn("handler", "serve-events", "--log-level", "warning")
     try:
         _export_labels(on, handler_port, truth)
     finally:

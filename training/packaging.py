@@ -24,9 +24,9 @@ import pandas as pd
 
 from infra.errors import LakesightError
 from infra.registry import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
-from training.inference import fold_batch_norm
-from training.preprocess import decode_images
-from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
+from training.data.preprocess import decode_images
+from training.model.fold_batchnorm import fold_batch_norm
+from training.run.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
 OUTPUT_COLUMNS = ["label", "confidence", "probabilities", "embedding", "error"]
 EMBEDDING_MAX_DIMS = 128
@@ -222,7 +222,7 @@ def load_network(path: Path, config: dict[str, Any]) -> Any:
         return keras.saving.load_model(path, compile=False)
     if spec.get("format") != LAYER_WEIGHTS:
         raise PackagingError(f"unknown network format {spec.get('format')!r} in the model's config")
-    from training.models import build_model
+    from training.model.models import build_model
 
     network = build_model(**spec["architecture"])
     with np.load(path) as arrays:

@@ -17,14 +17,14 @@ from typing import Any
 from infra import registry
 from infra.errors import UsageError
 from infra.settings import Settings
-from training.feed import TEST, TRAIN, VALIDATION, ArrayFeed, Snapshot, TrainingDataError, load_snapshot
-from training.loop import EpochMetrics, HyperParams, check_batch_splits, fit
-from training.models import DEFAULT_MODEL, MODELS
-from training.promotion import evaluate_version, promote
-from training.search import SEARCH_MODELS
-from training.strategy import ARROW, HOROVOD, LEGACY_NAMES, PETASTORM, TF_DISTRIBUTE, check_available
+from training.data.feed import TEST, TRAIN, VALIDATION, ArrayFeed, Snapshot, TrainingDataError, load_snapshot
+from training.evaluation import evaluate_version, promote
+from training.model.models import DEFAULT_MODEL, MODELS
+from training.run.loop import EpochMetrics, HyperParams, check_batch_splits, fit
+from training.run.search import SEARCH_MODELS
+from training.run.strategy import ARROW, HOROVOD, LEGACY_NAMES, PETASTORM, TF_DISTRIBUTE, check_available
+from training.run.worker import DISTRIBUTED, WorkerJob, WorkerOutcome, log_model
 from training.tracking import log_dataset, log_evaluation, run_tags, snapshot_params
-from training.worker import DISTRIBUTED, WorkerJob, WorkerOutcome, log_model
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +268,8 @@ def _train_local(job: WorkerJob, snapshot: Snapshot, say: Progress) -> WorkerOut
     """Train in this process (GPU when TensorFlow sees one) and log/register to the active run."""
     import mlflow
 
-    from training.loop import weights_digest
-    from training.strategy import LocalStrategy, setup_device
+    from training.run.loop import weights_digest
+    from training.run.strategy import LocalStrategy, setup_device
 
     device = setup_device(mixed_precision=job.hyper.mixed_precision)
     say(f"training {job.hyper.model} for {job.hyper.epochs} epochs on {device}")
@@ -314,7 +314,7 @@ def _train_distributed(
 ) -> tuple[WorkerOutcome, list[WorkerOutcome]]:
     import mlflow
 
-    from training.distributed import DistributedError, train_distributed
+    from training.run.distributed import DistributedError, train_distributed
 
     if job.feed == PETASTORM:
         from training.legacy.petastorm_feed import convert_snapshot
@@ -344,7 +344,7 @@ def _train_search(
 ) -> tuple[WorkerOutcome, list[WorkerOutcome]]:
     import mlflow
 
-    from training.search import best_trial, run_search, sample_trials
+    from training.run.search import best_trial, run_search, sample_trials
 
     trials = sample_trials(options.search, job.hyper, seed=options.seed, models=options.search_models)
     say(f"searching: {len(trials)} trials as parallel Spark tasks")

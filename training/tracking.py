@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from infra.registry import TAG_DELTA_VERSION
-from training.feed import Snapshot
+from training.data.feed import Snapshot
 
 TAG_GIT_COMMIT = "git_commit"
 _REPO = Path(__file__).resolve().parent.parent

@@ -6,10 +6,10 @@ it imports every peer; ``tests/infra/cli/test_errors.py`` fails when an error is
 The CLI prints any of them as one line (``infra/cli/_output.py``), also when a Spark task raised it.
 """
 
-from handlers.blob_created import Refused as BlobEventRefused
-from handlers.events import PayloadError
-from handlers.labels import ExportError, ExportTooLarge
-from handlers.safe_json import UntrustedJSONError
+from handlers.api.payloads import PayloadError
+from handlers.api.safe_json import UntrustedJSONError
+from handlers.intake.blob_created import Refused as BlobEventRefused
+from handlers.intake.label_exports import ExportError, ExportTooLarge
 from infra.arrivals import ArrivalsError
 from infra.blob import BlobNameError, BlobUrlError, StorageUnavailable
 from infra.errors import ExecutorError, LakesightError, SettingsError, UsageError
@@ -25,13 +25,13 @@ from streams.checkpoint.names import CheckpointError
 from streams.ingest import IngestError
 from streams.scoring.query import ScoreError
 from streams.scoring.sources import SourceError
-from training.distributed import DistributedError
-from training.feed import TrainingDataError
-from training.models import ModelError
+from training.data.feed import TrainingDataError
+from training.model.models import ModelError
 from training.packaging import PackagingError
-from training.search import SearchError
-from training.strategy import LegacyStackMissing
-from training.worker import WorkerError
+from training.run.distributed import DistributedError
+from training.run.search import SearchError
+from training.run.strategy import LegacyStackMissing
+from training.run.worker import WorkerError
 
 __all__ = [
     "ArrivalsError",

@@ -1,4 +1,8 @@
-"""``lakesight serve`` and ``lakesight relay``: the Event Grid webhook and the local blob-event relay."""
+"""``lakesight serve-events`` and ``lakesight relay``: the Event Grid webhook and the local blob-event relay.
+
+``lakesight serve`` stays as a hidden alias of ``serve-events``: scripts and deployments written
+before the rename keep working (the model server is ``serve-model``).
+"""
 
 from __future__ import annotations
 
@@ -11,16 +15,17 @@ from infra.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(serve)
+    app.command("serve-events")(serve_events)
+    app.command("serve", hidden=True)(serve_events)  # the name before serve-model existed
     app.command()(relay)
 
 
-def serve(
+def serve_events(
     host: Annotated[str | None, typer.Option(help="Bind address (default: settings.handler_host)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default: settings.handler_port)")] = None,
     log_level: Annotated[str, typer.Option(help="Log level of the handlers and uvicorn")] = "info",
 ) -> None:
-    """Serve the Event Grid webhook (POST /api/events, GET /healthz) with uvicorn."""
+    """Serve the Event Grid webhook (POST /api/events, the status page, GET /healthz) with uvicorn."""
     from handlers.server import serve as run_server
 
     configure_logging(log_level)

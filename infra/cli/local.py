@@ -101,7 +101,7 @@ def demo(
     render_rows("demo summary", _demo_rows(report))
     out.print(
         f"state: {report.state_dir}  ·  MLflow UI: mlflow ui --backend-store-uri "
-        f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve, then http://127.0.0.1:"
+        f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve-events, then http://127.0.0.1:"
         f"{settings.handler_port}/"
     )
 

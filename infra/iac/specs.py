@@ -24,7 +24,7 @@ DATABRICKS_DIR = IAC_DIR / "databricks"
 AZUREML_DIR = IAC_DIR / "azureml"
 
 # The tag that marks an Azure ML run as a lakesight retraining: the job carries it, and
-# handlers/runs.py acts on a RunCompleted event only when its runTags have it set to "true".
+# handlers/retraining/runs.py acts on a RunCompleted event only when its runTags have it set to "true".
 RETRAINING_TAG = "lakesight.retraining"
 # Variables a retraining job must not be given: its definition is readable by everyone with access to
 # the workspace. The lake's storage options can hold a service principal's secret; the GPU cluster reads
@@ -135,4 +135,6 @@ def _check_retrain_job(job: Command) -> None:
         if name not in job.inputs or "${{inputs." + name + "}}" not in (job.command or ""):
             raise SpecError(f"retrain job must take input {name!r} and use it in its command")
     if str((job.tags or {}).get(RETRAINING_TAG, "")).lower() != "true":
-        raise SpecError(f"retrain job must carry the tag {RETRAINING_TAG}: 'true' (handlers/runs.py acts on it)")
+        raise SpecError(
+            f"retrain job must carry the tag {RETRAINING_TAG}: 'true' (handlers/retraining/runs.py acts on it)"
+        )

@@ -243,7 +243,7 @@ class Demo:
             # Interleave classes so every wave holds every class.
             incoming.sort(key=lambda p: p.name)
         with self.step("start the webhook handler and the relay"):
-            self.spawn("handler", "serve", "--log-level", "warning")
+            self.spawn("handler", "serve-events", "--log-level", "warning")
             wait_until(
                 "the handler",
                 lambda: port_open("127.0.0.1", self.handler_port),

@@ -50,7 +50,7 @@ def default_children(settings: Settings) -> list[Child]:
     return [
         Child("azurite", azurite_argv(settings)),
         *tracking,
-        Child("handler", lakesight_argv("serve")),
+        Child("handler", lakesight_argv("serve-events")),
         Child("relay", lakesight_argv("relay")),
         # The stream's executors size TensorFlow from the settings (score_tf_threads), which the
         # child reads like every other setting: nothing here may override them.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from handlers.service import HandlerService
+from handlers.intake.service import HandlerService
 from infra.settings import Settings, get_settings
 from tests.helpers.handlers import serving
 

@@ -12,8 +12,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.core.messaging import CloudEvent
 
-from handlers.eventlog import EventLog, EventStatus
-from handlers.events import BLOB_CREATED, Event
+from handlers.api.payloads import BLOB_CREATED, Event
+from handlers.intake.eventlog import EventLog, EventStatus
 from infra.core.status import snapshot
 from infra.deadletters import dead_letter_path, read_dead_letters
 from infra.settings import Settings

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from handlers.azureml import EXPERIMENT, AzureMLBackend
-from handlers.launcher import SUBMITTED
-from handlers.runs import is_retraining_run
+from handlers.retraining.azureml import EXPERIMENT, AzureMLBackend
+from handlers.retraining.launcher import SUBMITTED
+from handlers.retraining.runs import is_retraining_run
 from infra.iac import RETRAINING_TAG
 from infra.iac.specs import JOB_SECRET_VARIABLES
 from infra.settings import Settings

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from azure.eventgrid import EventGridEvent
 
-from handlers.blob_created import MAX_BLOB_BYTES, Refused, TargetKind, account_url, blob_target
-from handlers.eventlog import EventStatus
-from handlers.events import BLOB_CREATED, Event
+from handlers.api.payloads import BLOB_CREATED, Event
+from handlers.intake.blob_created import MAX_BLOB_BYTES, Refused, TargetKind, account_url, blob_target
+from handlers.intake.eventlog import EventStatus
 from infra.errors import LakesightError
 from infra.settings import Settings
 from tests.helpers.handlers import arrival_lines, blob_created_event, blob_data, serving

@@ -8,8 +8,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from handlers import deps
-from handlers.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep, refused_response
+from handlers.api import deps
+from handlers.api.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep, refused_response
 from handlers.server import running
 
 REFUSED = (401, {"error": "missing or wrong event key"})
@@ -38,7 +38,7 @@ def _answer(response: httpx.Response) -> tuple[int, dict]:
 
 
 def test_the_event_key_is_required_by_header_or_query(caplog: pytest.LogCaptureFixture) -> None:
-    with running(_app(b"s3cret")) as url, caplog.at_level(logging.WARNING, logger="handlers.deps"):
+    with running(_app(b"s3cret")) as url, caplog.at_level(logging.WARNING, logger="handlers.api.deps"):
         base = url.removesuffix("/api/events")
         assert _answer(httpx.get(f"{base}/guarded")) == REFUSED
         assert _answer(httpx.get(f"{base}/guarded", headers={"aeg-sas-key": "s3cre"})) == REFUSED  # a prefix

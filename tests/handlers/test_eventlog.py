@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from handlers.eventlog import EventLog, EventStatus
-from handlers.events import Event
+from handlers.api.payloads import Event
+from handlers.intake.eventlog import EventLog, EventStatus
 
 
 def _event(event_id: str) -> Event:

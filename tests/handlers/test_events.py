@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from handlers.events import CLOUDEVENTS_BATCH, CLOUDEVENTS_SINGLE, PayloadError, parse_events
+from handlers.api.payloads import CLOUDEVENTS_BATCH, CLOUDEVENTS_SINGLE, PayloadError, parse_events
 
 
 def _eg(event_id: str = "e1") -> dict:

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from handlers.labels import ExportError, ExportTooLarge, ImageIndex, LabelEntry, parse_export
+from handlers.intake.label_exports import ExportError, ExportTooLarge, ImageIndex, LabelEntry, parse_export
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from handlers.azureml import AzureMLBackend
-from handlers.events import RUN_COMPLETED
-from handlers.launcher import (
+from handlers.api.payloads import RUN_COMPLETED
+from handlers.retraining.azureml import AzureMLBackend
+from handlers.retraining.launcher import (
     ABANDONED,
     FAILED,
     SUBMITTED,
@@ -161,7 +161,7 @@ def test_launch_of_a_dead_process_is_abandoned_not_rerun(settings: Settings, tmp
 
 def test_launch_statuses_keep_their_stored_strings() -> None:
     assert [s.value for s in LaunchStatus] == ["running", "submitted", "succeeded", "failed", "abandoned"]
-    # handlers/azureml.py and the tests import these names: they are the members, not copies.
+    # handlers/retraining/azureml.py and the tests import these names: they are the members, not copies.
     assert (FAILED, SUBMITTED, SUCCEEDED, ABANDONED) == (
         LaunchStatus.FAILED,
         LaunchStatus.SUBMITTED,

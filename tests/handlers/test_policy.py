@@ -10,7 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from handlers.policy import (
+from handlers.retraining.policy import (
     Metrics,
     champion_training_version,
     decide_retraining,
@@ -19,7 +19,7 @@ from handlers.policy import (
     measure,
     psi,
 )
-from handlers.runs import promotion_check
+from handlers.retraining.runs import promotion_check
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, RETRAINING_DECISIONS
@@ -168,7 +168,7 @@ def test_champion_training_version_from_the_registry(
     client.set_registered_model_alias("tag-model", "champion", version)
     assert champion_training_version(settings) == (version, 7)
     client.set_model_version_tag("tag-model", version, "delta_version", "seven")
-    with caplog.at_level("WARNING", logger="handlers.policy"):
+    with caplog.at_level("WARNING", logger="handlers.retraining.policy"):
         assert champion_training_version(settings) == (version, None)
     assert "non-integer delta_version tag 'seven'" in caplog.text
 
@@ -208,7 +208,7 @@ def test_promotion_check_after_remote_run(tmp_path: Path, registry: str) -> None
 def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: Path, publisher) -> None:
     from azure.eventgrid import EventGridEvent
 
-    from handlers.events import DATASET_DRIFT
+    from handlers.api.payloads import DATASET_DRIFT
 
     record = tmp_path / "runs.txt"
     settings = settings.model_copy(update={"retrain_command": fake_train_command(record), "retrain_cooldown_s": 0.0})

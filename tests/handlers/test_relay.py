@@ -12,7 +12,7 @@ from azure.core.exceptions import HttpResponseError
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from handlers.app import create_app
+from handlers.api.app import create_app
 from handlers.relay import Relay
 from handlers.server import running
 from infra.blob import BlobStore

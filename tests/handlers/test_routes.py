@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handlers.app import create_app
-from handlers.deps import STATUS_COOKIE
+from handlers.api.app import create_app
+from handlers.api.deps import STATUS_COOKIE
 from handlers.server import running
 from infra.errors import SettingsError
 from infra.settings import DEFAULT_EVENT_KEY, Settings

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from handlers import safe_json
-from handlers.safe_json import MAX_DEPTH, UntrustedJSONError
+from handlers.api import safe_json
+from handlers.api.safe_json import MAX_DEPTH, UntrustedJSONError
 
 
 def test_ordinary_json_is_returned_as_json_loads_would() -> None:

@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from handlers.app import create_app
-from handlers.score_pass import ScorePass
+from handlers.api.app import create_app
+from handlers.intake.service import HandlerService
+from handlers.retraining.score_pass import ScorePass
 from handlers.server import running
-from handlers.service import HandlerService
 from infra.processes import SCORING_SERVICE
 from infra.settings import Settings
 from tests.helpers.handlers import blob_event

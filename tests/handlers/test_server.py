@@ -1,4 +1,4 @@
-"""The webhook under uvicorn: ``lakesight serve`` as its own process, and ``running`` in a thread."""
+"""The webhook under uvicorn: ``lakesight serve-events`` (old name ``serve``) as a process, ``running`` in a thread."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from handlers.app import create_app
+from handlers.api.app import create_app
 from handlers.server import running
 from infra.processes import free_port
 from infra.settings import Settings
@@ -20,6 +20,7 @@ from tests.helpers.handlers import blob_event_dict
 
 
 def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
+    """Through the old name `serve`, which stays an alias of `serve-events` for existing scripts."""
     port = free_port()
     env = {**os.environ, "LAKESIGHT_STATE_DIR": str(tmp_path / "state"), "LAKESIGHT_EVENT_KEY": "serve-key"}
     proc = subprocess.Popen(
@@ -74,7 +75,7 @@ def test_serve_refuses_an_empty_event_key(tmp_path: Path, mode: str, host: str) 
     }
     # A subprocess with a timeout: a server that starts anyway would otherwise serve forever.
     result = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "serve", "--host", host, "--port", str(free_port())],
+        [sys.executable, "-m", "infra.cli", "serve-events", "--host", host, "--port", str(free_port())],
         env=env,
         capture_output=True,
         text=True,
@@ -90,7 +91,7 @@ def test_an_empty_key_on_loopback_serves_unauthenticated_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = Settings(state_dir=tmp_path / "state", event_key="")
-    with caplog.at_level(logging.WARNING, logger="handlers.app"):
+    with caplog.at_level(logging.WARNING, logger="handlers.api.app"):
         app = create_app(settings, host="127.0.0.1")
     assert any("runs unauthenticated" in r.getMessage() for r in caplog.records)
     with running(app) as url:

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pytest
 
-from handlers.eventlog import EventStatus
-from handlers.events import RUN_COMPLETED, Event
-from handlers.launcher import LaunchResult, LaunchStatus
-from handlers.service import HandlerService
+from handlers.api.payloads import RUN_COMPLETED, Event
+from handlers.intake.eventlog import EventStatus
+from handlers.intake.service import HandlerService
+from handlers.retraining.launcher import LaunchResult, LaunchStatus
 from infra.deadletters import read_dead_letters
 from infra.iac import RETRAINING_TAG
 from infra.lake import Lake

@@ -15,7 +15,7 @@ import pytest
 import uvicorn
 from fastapi import HTTPException
 
-from handlers.routes.status import asset_file
+from handlers.api.routes.status import asset_file
 from infra import registry
 from infra.core.status import snapshot
 from infra.lake import Lake
@@ -142,7 +142,7 @@ def seed_live_evidence(settings: Settings) -> None:
 
 @pytest.fixture
 def server(settings: Settings):
-    from handlers.app import create_app
+    from handlers.api.app import create_app
 
     seed_images(settings)
     seed_decision(settings)

@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from handlers.app import create_app
-from handlers.blob_created import account_url
-from handlers.events import BLOB_CREATED
+from handlers.api.app import create_app
+from handlers.api.payloads import BLOB_CREATED
+from handlers.intake.blob_created import account_url
+from handlers.intake.service import HandlerService
 from handlers.server import running
-from handlers.service import HandlerService
 from infra.arrivals import arrivals_dir
 from infra.settings import Settings
 
@@ -106,8 +106,8 @@ def arrival_lines(settings: Settings) -> list[dict]:
 
 
 def blob_created_event(settings: Settings, container: str, name: str, *, event_id: str | None = None, **data: Any):
-    """The same BlobCreated as the service sees it after parsing (a :class:`handlers.events.Event`)."""
-    from handlers.events import Event
+    """The same BlobCreated as the service sees it after parsing (a :class:`handlers.api.payloads.Event`)."""
+    from handlers.api.payloads import Event
 
     sdk = blob_event(settings, container, name, event_id=event_id, **data)
     return Event(id=sdk.id, type=BLOB_CREATED, subject=sdk.subject, time="2026-01-02T03:04:05.1234567Z", data=sdk.data)

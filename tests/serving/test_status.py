@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.app import create_app as webhook_app
+from handlers.api.app import create_app as webhook_app
 from handlers.server import running
 from infra.cli.local import _pipeline_rows
 from infra.settings import Settings

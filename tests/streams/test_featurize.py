@@ -222,8 +222,8 @@ def _trained_digits_cnn(train: list[Path], epochs: int) -> object:
     """Training's default CNN fitted on the digit PNGs with Keras directly (labels: folder names)."""
     import keras
 
-    from training.models import DEFAULT_MODEL, build_model
-    from training.preprocess import decode_images
+    from training.data.preprocess import decode_images
+    from training.model.models import DEFAULT_MODEL, build_model
 
     images, errors = decode_images([p.read_bytes() for p in train], 32)
     assert not any(errors)
@@ -243,7 +243,7 @@ def test_digit_embeddings_are_linearly_separable(tmp_path: Path, settings: Setti
     from sklearn.linear_model import LogisticRegression
 
     from training.bench.toy_models import register_champion
-    from training.models import DEFAULT_MODEL
+    from training.model.models import DEFAULT_MODEL
 
     assert DEFAULT_MODEL == "cnn"
     train = sorted((digits_dir / "train").rglob("*.png"))

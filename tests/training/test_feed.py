@@ -6,7 +6,7 @@ import pytest
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
 from tests.helpers.training import digit_rows, write_rows
-from training.feed import TEST, TRAIN, VALIDATION, TrainingDataError, load_snapshot, split_of
+from training.data.feed import TEST, TRAIN, VALIDATION, TrainingDataError, load_snapshot, split_of
 
 
 def test_split_is_a_pure_function_of_the_path_with_the_intended_shares() -> None:

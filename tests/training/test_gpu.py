@@ -23,8 +23,8 @@ def gpu_visible():
 def test_mixed_precision_training_step_runs_on_the_gpu(gpu_visible) -> None:
     import tensorflow as tf
 
-    from training.models import build_model
-    from training.strategy import setup_device
+    from training.model.models import build_model
+    from training.run.strategy import setup_device
 
     described = setup_device(mixed_precision=True)
     assert described.startswith("GPU x")

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.inference import fold_batch_norm
-from training.models import build_model
+from training.model.fold_batchnorm import fold_batch_norm
+from training.model.models import build_model
 from training.packaging import ImageClassifier
 
 SIZE = 32

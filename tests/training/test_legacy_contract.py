@@ -23,7 +23,7 @@ from infra.settings import Settings
 from infra.tables import IMAGES
 from tests.helpers.training import write_rows
 from training.legacy.horovod_strategy import slot_plan
-from training.models import build_model
+from training.model.models import build_model
 from training.packaging import (
     LAYER_WEIGHTS,
     ImageClassifier,

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.models import ModelError, build_model
+from training.model.models import ModelError, build_model
 
 
 def test_cnn_and_a_backbone_from_a_local_weights_file(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from infra.registry import RegistryError
 from infra.settings import Settings
 from tests.helpers.images import solid_png
 from tests.helpers.training import write_rows
-from training.feed import TrainingDataError
+from training.data.feed import TrainingDataError
 from training.pipeline import TrainOptions, train
 
 CONTRACT = {"model_version", "promoted", "alias", "accuracy", "champion_accuracy", "run_id", "delta_version"}

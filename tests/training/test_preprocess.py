@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from tests.helpers.images import solid_png, truncated_png
-from training.preprocess import decode_image, decode_images
+from training.data.preprocess import decode_image, decode_images
 
 
 def test_batch_decode_matches_single_decode_and_reports_bad_rows() -> None:

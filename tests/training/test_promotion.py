@@ -7,8 +7,8 @@ from infra import registry
 from infra.core import promotion
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
+from training.evaluation import promote
 from training.packaging import log_classifier
-from training.promotion import promote
 
 CLASSES = ["dark", "light"]
 IMAGES = [solid_png(v) for v in (10, 30, 50, 200, 220, 240)]

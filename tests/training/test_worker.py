@@ -11,9 +11,9 @@ import pytest
 
 from infra.errors import UsageError
 from infra.settings import Settings
-from training.loop import HyperParams
 from training.pipeline import TrainOptions, train
-from training.worker import (
+from training.run.loop import HyperParams
+from training.run.worker import (
     DISTRIBUTED,
     ERROR_TAIL_BYTES,
     WorkerError,
@@ -54,7 +54,7 @@ def test_the_end_of_a_log_starts_at_a_line(tmp_path: Path) -> None:
 
 
 def test_relayed_log_lines_reach_the_drivers_log(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="training.worker"):
+    with caplog.at_level(logging.INFO, logger="training.run.worker"):
         relay_log("run-1-worker-1", "epoch 1 done\n\nepoch 2 done\n")
     assert [r.getMessage() for r in caplog.records] == [
         "[run-1-worker-1] epoch 1 done",
@@ -92,11 +92,11 @@ def _fail_like_a_worker(_: Any) -> Any:  # runs on an executor
 def test_a_distributed_failure_names_the_worker_and_logs_its_whole_error(
     spark: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from training.distributed import _worker_failure
+    from training.run.distributed import _worker_failure
 
     with pytest.raises(Exception) as raised:  # whatever pyspark wraps it in
         spark.sparkContext.parallelize([1], 1).map(_fail_like_a_worker).collect()
-    with caplog.at_level(logging.INFO, logger="training.worker"):
+    with caplog.at_level(logging.INFO, logger="training.run.worker"):
         error = _worker_failure(raised.value)
     assert str(error) == (
         "multi-worker training failed on an executor: run-x-worker-1 exited with 1 after 3s (log /x on host) "

@@ -35,7 +35,7 @@ from PIL import Image
 from infra.core.labeling.strategies import MARGIN_DIVERSITY, RANDOM, STRATEGIES, Candidates, Known, select
 from infra.local.sample_data import ShapeKnobs, shape_images
 from infra.settings import Settings
-from training.preprocess import decode_images
+from training.data.preprocess import decode_images
 
 Progress = Callable[[str], None]
 DRIFT = "drift"
@@ -205,7 +205,7 @@ class Learner:
     def _fresh(self, seed: int) -> Any:
         import keras
 
-        from training.models import build_model
+        from training.model.models import build_model
 
         keras.utils.set_random_seed(seed)
         return build_model(

@@ -1,6 +1,6 @@
 """Registering a classifier for the scoring stream when training has not produced one (bench, tests).
 
-The benchmark's default is training's default CNN (``training.models``), untrained: throughput
+The benchmark's default is training's default CNN (``training.model.models``), untrained: throughput
 does not depend on the weights. ``tiny`` is a very small CNN for tests and for measuring the
 pipeline's own capacity when the model is not the bottleneck.
 """
@@ -38,7 +38,7 @@ def build_keras(kind: str, image_size: int, num_classes: int, seed: int = 0) -> 
         return tiny_cnn(image_size, num_classes, seed)
     import keras
 
-    from training.models import DEFAULT_MODEL, build_model
+    from training.model.models import DEFAULT_MODEL, build_model
 
     keras.utils.set_random_seed(seed)
     return build_model(DEFAULT_MODEL, image_size=image_size, num_classes=num_classes)
@@ -118,8 +118,8 @@ def train_shapes_champion(settings: Settings, *, count: int = 1200, epochs: int 
     import numpy as np
 
     from infra.local.sample_data import SHAPE_CLASSES, ShapeKnobs, shape_images
-    from training.models import build_model
-    from training.preprocess import decode_images
+    from training.data.preprocess import decode_images
+    from training.model.models import build_model
 
     def shapes(n: int, knob_seed: int) -> tuple[Any, Any]:
         items = list(shape_images(ShapeKnobs(count=n, size=SHAPES_SIZE, seed=knob_seed, holdout_fraction=0)))

@@ -28,7 +28,7 @@ def bench_train(
     ``holdout``: a folder of ``<label>/<image>`` files the run never saw.
     """
     from infra.registry import load_classifier
-    from training.promotion import accuracy
+    from training.evaluation import accuracy
 
     options = options or TrainOptions()
     started = time.perf_counter()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from training.strategy import HOROVOD, WorkerBase, float_state
+from training.run.strategy import HOROVOD, WorkerBase, float_state
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ rows the snapshot chose for each split (the same hash split, labels and decodabl
 default feed) and hands them to ``make_spark_converter``, which materialises them as Parquet
 under ``petastorm_cache_url``. The converters are small picklable handles: each training process
 opens its shard (``cur_shard`` = its rank) as a ``tf.data`` dataset of row batches and decodes them
-with the model's one preprocessing (``training.feed.training_batches``).
+with the model's one preprocessing (``training.data.feed.training_batches``).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from infra.locations import names_driver_storage
 from infra.settings import Settings
 from infra.spark import get_spark
 from infra.tables import IMAGES
-from training.feed import TRAIN, VALIDATION, Snapshot, training_batches
-from training.preprocess import decode_images
+from training.data.feed import TRAIN, VALIDATION, Snapshot, training_batches
+from training.data.preprocess import decode_images
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def convert_snapshot(settings: Settings, snapshot: Snapshot, *, workers: int, se
 
 @dataclass
 class PetastormFeed:
-    """One training process's shard of the train converter, as ``training.loop.fit`` reads feeds."""
+    """One training process's shard of the train converter, as ``training.run.loop.fit`` reads feeds."""
 
     source: PetastormSource
     stack: contextlib.ExitStack

@@ -55,7 +55,13 @@ def test_info_is_for_lakesights_own_loggers_only() -> None:
     import mlflow  # noqa: F401 - sets INFO on its own logger when imported, which the root's level does not reach
 
     configure_logging("info", force=True)
-    for ours in ("infra.core.model_cache", "streams.scoring.query", "training.worker", "handlers.app", "serving.app"):
+    for ours in (
+        "infra.core.model_cache",
+        "streams.scoring.query",
+        "training.run.worker",
+        "handlers.api.app",
+        "serving.app",
+    ):
         assert logging.getLogger(ours).isEnabledFor(logging.INFO), ours
     for theirs in ("mlflow.tracking", "py4j.clientserver", "urllib3.connectionpool", "azure.storage.blob"):
         assert not logging.getLogger(theirs).isEnabledFor(logging.INFO), theirs

@@ -321,7 +321,7 @@ def test_retrain_job_loads_with_azure_ai_ml() -> None:
 
 
 def test_retrain_job_agrees_with_the_handlers_azureml_backend() -> None:
-    from handlers import azureml
+    from handlers.retraining import azureml
 
     job = specs.load_retrain_job()
     # The RunCompleted subscription filters on this experiment; the compute is the settings default.
@@ -357,7 +357,7 @@ def test_retrain_job_overrides_land_in_the_job(tmp_path: Path) -> None:
 
 
 def test_retrain_job_as_written_is_a_retraining_run_in_azure_mode() -> None:
-    from handlers.runs import is_retraining_run
+    from handlers.retraining.runs import is_retraining_run
 
     job = specs.load_retrain_job()
     # `az ml job create -f` submits the YAML as is: its RunCompleted must reach the promotion check.

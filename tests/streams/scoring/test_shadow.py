@@ -36,7 +36,7 @@ def test_the_shadow_share_is_a_stable_hash_of_the_path() -> None:
     assert 900 < sum(half) < 1100
     assert half == [stable_fraction(f"shadow:{p}") < 0.5 for p in paths]
     assert all(shadowed(paths, 1.0)) and not any(shadowed(paths, 0.0))
-    # Not the test split's hash (training.feed hashes the bare path): the shadowed share is not the held-out one.
+    # Not the test split's hash (training.data.feed hashes the bare path): the shadowed share is not the held-out one.
     assert half != [stable_fraction(p) < 0.5 for p in paths]
 
 

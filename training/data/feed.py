@@ -5,7 +5,7 @@
 * Rows with an ``error`` or bytes that do not decode are skipped and counted.
 * The train / validation / test side of a row is a hash of its path (``infra.hashing``, as the
   sample data's holdout), so a row never changes side between runs or Delta versions.
-* Decoding is :mod:`training.preprocess`, the one preprocessing the registered model ships.
+* Decoding is :mod:`training.data.preprocess`, the one preprocessing the registered model ships.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from infra.hashing import stable_fraction
 from infra.lake import Lake, LakeError
 from infra.settings import Settings
 from infra.tables import IMAGES
-from training.preprocess import decode_images
+from training.data.preprocess import decode_images
 
 log = logging.getLogger(__name__)
 

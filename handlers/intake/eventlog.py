@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from handlers.events import Event
+from handlers.api.payloads import Event
 from handlers.sqlite import connect, now_iso, transaction
 
 

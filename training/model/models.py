@@ -1,7 +1,7 @@
 """Keras models: a small CNN (the default) and keras.applications backbones trained from scratch
 or from a local weights file (nothing is ever downloaded).
 
-Every model takes ``(size, size, 3)`` float32 images in [0, 1] (what :mod:`training.preprocess`
+Every model takes ``(size, size, 3)`` float32 images in [0, 1] (what :mod:`training.data.preprocess`
 produces) and ends in a float32 softmax over the classes, so mixed precision keeps stable outputs.
 """
 

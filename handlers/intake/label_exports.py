@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from handlers import safe_json
+from handlers.api import safe_json
 from infra.blob import BlobStore, canonical_blob_url, validate_blob_name
 from infra.errors import LakesightError
 from infra.lake import Lake, Transaction

@@ -1,7 +1,7 @@
 """The Event Grid webhook: the FastAPI app factory.
 
 :func:`create_app` puts the settings, the event key and the :class:`HandlerService` on
-``app.state`` (where :mod:`handlers.deps` finds them) and mounts the routers: ``routes.events``
+``app.state`` (where :mod:`handlers.api.deps` finds them) and mounts the routers: ``routes.events``
 (``OPTIONS``/``POST /api/events``) and ``routes.status`` (``/``, ``/api/status``, ``/healthz``).
 The OpenAPI schema and docs are served only with ``settings.openapi``: they describe internals
 nobody needs to see by default.
@@ -15,9 +15,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from handlers.deps import RequestRefused, refused_response
-from handlers.routes import events, status
-from handlers.service import HandlerService
+from handlers.api.deps import RequestRefused, refused_response
+from handlers.api.routes import events, status
+from handlers.intake.service import HandlerService
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)

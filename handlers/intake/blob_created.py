@@ -12,8 +12,8 @@ import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
 
-from handlers.eventlog import EventStatus
-from handlers.events import COMPLETE_BLOB_APIS, Event
+from handlers.api.payloads import COMPLETE_BLOB_APIS, Event
+from handlers.intake.eventlog import EventStatus
 from infra.arrivals import ArrivalRecord
 from infra.blob import BlobNameError, BlobRef, blob_ref
 from infra.blob import account_url as account_url  # re-exported: the service and tests read it from here

@@ -1,7 +1,7 @@
 """Payload models: Event Grid schema and CloudEvents 1.0 bodies parsed into one :class:`Event` shape.
 
 Event Grid batches are all-or-none, so one malformed event makes the whole body a 400. Bodies are
-untrusted: they are parsed by :func:`handlers.safe_json.loads` (depth, number range, duplicate
+untrusted: they are parsed by :func:`handlers.api.safe_json.loads` (depth, number range, duplicate
 keys, UTF-8), so nothing a sender writes can make the request path fail with anything but a
 :class:`PayloadError`.
 """
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from handlers import safe_json
+from handlers.api import safe_json
 from infra.core.drift import DRIFT_EVENT_TYPE
 from infra.errors import LakesightError
 

@@ -1,6 +1,6 @@
 """Typed FastAPI dependencies of the webhook's routes, laid out like the FastAPI template's ``deps``.
 
-What a route needs comes from ``app.state`` (set once by :func:`handlers.app.create_app`), so the
+What a route needs comes from ``app.state`` (set once by :func:`handlers.api.app.create_app`), so the
 routes are plain module-level functions: ``ServiceDep`` and ``SettingsDep`` hand over the app's
 service and settings, ``EventKeyDep`` admits only callers with the shared event key, and
 ``StatusKeyDep`` guards the status page and its data the same way in azure mode. A refusal is
@@ -17,7 +17,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Response
 
-from handlers.service import HandlerService
+from handlers.intake.service import HandlerService
 from infra.settings import Settings
 from infra.web import RequestRefused, key_matches, refused_response
 

@@ -1,6 +1,6 @@
 """The live status page at ``/``, its data at ``/api/status``, and ``/healthz``: read-only.
 
-In azure mode the page and its data need the event key (:data:`handlers.deps.StatusKeyDep`)
+In azure mode the page and its data need the event key (:data:`handlers.api.deps.StatusKeyDep`)
 unless ``status_public`` is set; ``/healthz`` stays open for health probes.
 
 The page is ``handlers/static/status.html`` (inline CSS and JavaScript), read once at import; its
@@ -20,7 +20,7 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse
 
-from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
+from handlers.api.deps import ServiceDep, SettingsDep, StatusKeyDep
 from infra.core.status import snapshot
 from infra.processes import PROJECT_ROOT
 

@@ -40,7 +40,7 @@ class LaunchStatus(StrEnum):
     ABANDONED = "abandoned"  # its process stopped while training ran; never rerun
 
 
-# Names imported by handlers/azureml.py, tests/handlers/test_azureml.py and test_launcher.py: the
+# Names imported by handlers/retraining/azureml.py, tests/handlers/test_azureml.py and test_launcher.py: the
 # enum's own members under their old names (not new strings), until those files use LaunchStatus.
 FAILED = LaunchStatus.FAILED
 SUBMITTED = LaunchStatus.SUBMITTED
@@ -325,7 +325,7 @@ class Launcher(WakeableWorker):
 def make_backend(settings: Settings) -> Backend:
     """The backend named by ``settings.retrain_backend``."""
     if settings.retrain_backend == "azureml":
-        from handlers.azureml import AzureMLBackend
+        from handlers.retraining.azureml import AzureMLBackend
 
         return AzureMLBackend(settings)
     return LocalBackend(settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from handlers.launcher import FAILED, SUBMITTED, LaunchResult
+from handlers.retraining.launcher import FAILED, SUBMITTED, LaunchResult
 from infra.iac import load_retrain_job
 from infra.locations import is_local_uri
 from infra.settings import Settings
@@ -20,7 +20,7 @@ from infra.tables import IMAGES
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENT = "lakesight-retraining"
 # What the job takes from the handler's settings: the model it registers a version of and the rule
-# it promotes by must be the handler's own, since handlers/runs.py checks that version afterwards.
+# it promotes by must be the handler's own, since handlers/retraining/runs.py checks that version afterwards.
 # The rest stays out: the lake root comes from the job's delta_table input; the mode is the YAML's
 # (azure); state_dir and the paths under it are this machine's; secrets and storage options are not
 # written into a job definition (infra.iac.specs.JOB_SECRET_VARIABLES).

@@ -1,6 +1,6 @@
 """``OPTIONS`` and ``POST /api/events``: the Event Grid and CloudEvents delivery endpoint.
 
-Every call needs the shared key (:data:`handlers.deps.EventKeyDep`). ``POST`` enforces the body
+Every call needs the shared key (:data:`handlers.api.deps.EventKeyDep`). ``POST`` enforces the body
 size limit while streaming, answers the subscription handshake, and hands the events to the
 service, which claims them once and works off the request path. Status codes follow Event Grid's
 retry rules: 400/401/413 are final, 5xx is retried.
@@ -13,8 +13,8 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from handlers.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep
-from handlers.events import SUBSCRIPTION_VALIDATION, Event, PayloadError, parse_events
+from handlers.api.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep
+from handlers.api.payloads import SUBSCRIPTION_VALIDATION, Event, PayloadError, parse_events
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """One training process launched from a Spark task: a multi-worker member or a search trial.
 
-Each runs in a fresh interpreter (``python -m training.worker JOB RESULT``) rather than inside
+Each runs in a fresh interpreter (``python -m training.run.worker JOB RESULT``) rather than inside
 the Spark Python worker: TensorFlow configures collective ops once per process, and Spark
 reuses its Python workers, so a second distributed run in the same worker would fail. The
 process reads the pinned Delta version itself, keeps its shard, trains, and (chief / trial)
@@ -26,8 +26,8 @@ from typing import Any
 from infra.errors import LakesightError
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
-from training.loop import EpochMetrics, HyperParams
-from training.strategy import ARROW, PETASTORM, TF_DISTRIBUTE, setup_device, worker_strategy
+from training.run.loop import EpochMetrics, HyperParams
+from training.run.strategy import ARROW, PETASTORM, TF_DISTRIBUTE, setup_device, worker_strategy
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ class WorkerJob:
     register: bool = False  # register the model (distributed chief); trials only log it
     input_example: bytes = b""
     name: str = "worker"
-    strategy: str = TF_DISTRIBUTE  # training.strategy.STRATEGIES
-    feed: str = ARROW  # training.strategy.FEEDS
+    strategy: str = TF_DISTRIBUTE  # training.run.strategy.STRATEGIES
+    feed: str = ARROW  # training.run.strategy.FEEDS
     feed_source: Any = None  # what the feed reads, made on the driver (petastorm: its converters)
 
 
@@ -103,7 +103,7 @@ def _worker_data(job: WorkerJob, *, chief: bool) -> Iterator[tuple[Any, Any]]:
         with open_feed(job.feed_source, chief=chief) as data:
             yield data
         return
-    from training.feed import TRAIN, VALIDATION, ArrayFeed, load_snapshot
+    from training.data.feed import TRAIN, VALIDATION, ArrayFeed, load_snapshot
 
     snapshot = load_snapshot(
         job.settings, version=job.delta_version, image_size=job.image_size, decode_only=(TRAIN, VALIDATION)
@@ -115,7 +115,7 @@ def _worker_data(job: WorkerJob, *, chief: bool) -> Iterator[tuple[Any, Any]]:
 
 
 def _train_and_log(job: WorkerJob, strategy: Any, train: Any, validation: Any, device: str) -> WorkerOutcome:
-    from training.loop import fit, weights_digest
+    from training.run.loop import fit, weights_digest
 
     outcome = WorkerOutcome(
         name=job.name, worker_index=strategy.worker_index, num_workers=strategy.num_workers, device=device
@@ -165,8 +165,8 @@ def log_model(job: WorkerJob, model: Any, *, reference_images: Any = None) -> An
 
     ``reference_images`` (the held-out split) become the model's reference (``training.packaging``).
     """
-    from training.loop import architecture, portable_copy
     from training.packaging import log_classifier
+    from training.run.loop import architecture, portable_copy
 
     classes = len(job.class_names)
     serving = portable_copy(model, job.hyper, num_classes=classes)
@@ -224,7 +224,7 @@ def run_in_subprocess(
         with open(log_path, "wb") as log_file:
             try:
                 done = subprocess.run(
-                    [sys.executable, "-m", "training.worker", str(job_path), str(result_path)],
+                    [sys.executable, "-m", "training.run.worker", str(job_path), str(result_path)],
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     env=child_env,
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the module's own copy, so pickled jobs and outcomes name training.worker, not __main__.
-    from training.worker import main as module_main
+    # Run the module's own copy, so pickled jobs and outcomes name training.run.worker, not __main__.
+    from training.run.worker import main as module_main
 
     sys.exit(module_main())

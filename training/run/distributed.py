@@ -23,8 +23,8 @@ from infra.errors import LakesightError, executor_error
 from infra.processes import free_port
 from infra.settings import Settings
 from infra.spark import get_spark
-from training.strategy import HOROVOD
-from training.worker import WorkerJob, WorkerOutcome, relay_log, run_in_subprocess, threads_per_task
+from training.run.strategy import HOROVOD
+from training.run.worker import WorkerJob, WorkerOutcome, relay_log, run_in_subprocess, threads_per_task
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DistributedError(LakesightError, RuntimeError):
 @contextlib.contextmanager
 def tf_config_environment(context: Any, index: int) -> Iterator[dict[str, str]]:
     """``TF_CONFIG`` for barrier task ``index``: every task's executor address and a port of its own."""
-    from training.strategy import tf_config
+    from training.run.strategy import tf_config
 
     # The executor's address as Spark knows it; the port is ours.
     host = context.getTaskInfos()[index].address.rsplit(":", 1)[0] or socket.gethostname()

@@ -1,4 +1,4 @@
-"""Where training runs: a small interface the one training loop (:mod:`training.loop`) runs under.
+"""Where training runs: a small interface the one training loop (:mod:`training.run.loop`) runs under.
 
 A strategy answers: this process's worker index and the worker count, how many replicas share a
 global batch, and the few distributed steps of a run (feeding, one training step, the gradient
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from infra.errors import UsageError
-from training.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
+from training.run.tf_runtime import enable_gpu_memory_growth, limit_tensorflow_threads
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import replace
 from infra.errors import LakesightError
 from infra.settings import Settings
 from infra.spark import get_spark
-from training.loop import HyperParams
-from training.worker import (
+from training.run.loop import HyperParams
+from training.run.worker import (
     TRIAL,
     WorkerError,
     WorkerJob,

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from handlers import blob_created, labels, policy, runs
-from handlers.blob_created import BlobTarget, Refused, TargetKind
-from handlers.eventlog import Claim, EventLog, EventStatus
-from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
-from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
-from handlers.score_pass import ScorePass
+from handlers.api.payloads import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
+from handlers.intake import blob_created
+from handlers.intake import label_exports as labels
+from handlers.intake.blob_created import BlobTarget, Refused, TargetKind
+from handlers.intake.eventlog import Claim, EventLog, EventStatus
+from handlers.retraining import policy, runs
+from handlers.retraining.launcher import Backend, Launcher, LaunchStatus, make_backend
+from handlers.retraining.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.core import promotion as promotion_evidence
 from infra.deadletters import DeadLetter, DeadLetterTable

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from infra.errors import UsageError
-from training.feed import TrainFeed
-from training.models import DEFAULT_MODEL, build_model
-from training.strategy import TrainStrategy
+from training.data.feed import TrainFeed
+from training.model.models import DEFAULT_MODEL, build_model
+from training.run.strategy import TrainStrategy
 
 
 def check_batch_splits(batch_size: int, replicas: int) -> None:
@@ -205,7 +205,7 @@ def _evaluate(predict: Callable[[Any], Any], data: tuple[np.ndarray, np.ndarray]
 
 
 def architecture(hyper: HyperParams, *, image_size: int, num_classes: int) -> dict[str, Any]:
-    """What :func:`training.models.build_model` needs to rebuild this run's network (no weights file:
+    """What :func:`training.model.models.build_model` needs to rebuild this run's network (no weights file:
     the trained weights are loaded into it)."""
     return {
         "name": hyper.model,
