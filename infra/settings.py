@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -64,7 +64,9 @@ def _config_file() -> Path | None:
 class Settings(BaseSettings):
     """Everything lakesight can be configured with. Paths may be local or ``abfss://`` URIs."""
 
-    model_config = SettingsConfigDict(env_prefix="LAKESIGHT_", extra="ignore", validate_default=True)
+    model_config = SettingsConfigDict(
+        env_prefix="LAKESIGHT_", extra="ignore", validate_default=True, populate_by_name=True
+    )
     # Set on the copy for executors (for_executors): "env" reads the blob connection string from the
     # executor's environment, "azurite" derives local mode's default again; "" on the driver.
     _executor_blob: str = PrivateAttr("")
@@ -180,7 +182,19 @@ class Settings(BaseSettings):
         1.0, ge=0, le=1, description="Share of each batch the stream also scores with the challenger (by path hash)"
     )
     retrain_min_new_labels: int = Field(50, ge=1, description="New human labels that trigger retraining")
-    retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
+    # Label shift (the class mix of new human labels against the champion's training labels), not the
+    # stream's image drift; the old name LAKESIGHT_RETRAIN_DRIFT_THRESHOLD is still read.
+    retrain_label_shift_threshold: float = Field(
+        0.2,
+        ge=0,
+        validation_alias=AliasChoices(
+            "retrain_label_shift_threshold",
+            "LAKESIGHT_RETRAIN_LABEL_SHIFT_THRESHOLD",
+            "LAKESIGHT_RETRAIN_DRIFT_THRESHOLD",
+        ),
+        description="Label-shift PSI (new labels' class mix vs the champion's training labels) that triggers; "
+        "also the score a drift event must reach",
+    )
     retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")
     retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
 
@@ -505,19 +519,3 @@ def _one_line(exc: ValueError) -> str:
             f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg'].removeprefix('Value error, ')}" for e in errors()
         )
     return str(exc)
-
-
-def reference_markdown() -> str:
-    """The configuration reference table (README), generated from :class:`Settings`."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    defaults = Settings.model_construct()
-    for name, info in Settings.model_fields.items():
-        value = getattr(defaults, name, info.default)
-        if isinstance(value, SecretStr):
-            shown = "(secret)" if name != "blob_connection_string" else "(Azurite in local mode)"
-        elif value in ("", {}, None):
-            shown = "(derived)" if isinstance(value, str) else "(empty)"
-        else:
-            shown = f"`{value}`"
-        lines.append(f"| `LAKESIGHT_{name.upper()}` | {shown} | {info.description or ''} |")
-    return "\n".join(lines)

@@ -5,8 +5,10 @@ Metrics, each against a configurable threshold:
 * ``new_labels``: human labels in ``images`` now that were not in the snapshot the champion was
   trained on (its model version's ``delta_version`` tag, read through :mod:`infra.registry`); all
   human labels when there is no champion;
-* ``psi`` (and ``js``, recorded): class-distribution drift between the champion's training labels
-  and the new labels;
+* ``psi`` (and ``js``, recorded): *label shift*, the class mix of the new labels against the
+  champion's training labels (reason ``label_shift``; ``retrain_label_shift_threshold``). *Image
+  drift* is the stream's word for its own windows (docs/DRIFT.md); it reaches this policy as a drift
+  event (reason ``image_drift``);
 * ``champion_accuracy``: predicted vs human label on the newly labeled images that were scored.
 
 Every decision is one row of the ``retraining_decisions`` Delta table keyed by its trigger id, so a
@@ -67,7 +69,7 @@ class RetrainDecision:
             "decided_at": dt.datetime.now(dt.UTC),
             **metrics,
             "min_new_labels": settings.retrain_min_new_labels,
-            "drift_threshold": settings.retrain_drift_threshold,
+            "drift_threshold": settings.retrain_label_shift_threshold,
             "min_accuracy": settings.retrain_min_accuracy,
             "min_sample": settings.retrain_min_sample,
             "retrain": self.retrain,
@@ -173,15 +175,15 @@ def decide_retraining(settings: Settings, metrics: Metrics) -> tuple[bool, list[
     if metrics.new_labels >= settings.retrain_min_new_labels:
         reasons.append("new_labels")
     enough = metrics.new_labels >= settings.retrain_min_sample
-    if enough and metrics.psi is not None and metrics.psi >= settings.retrain_drift_threshold:
-        reasons.append("label_drift")
+    if enough and metrics.psi is not None and metrics.psi >= settings.retrain_label_shift_threshold:
+        reasons.append("label_shift")
     if (
         metrics.accuracy_sample >= settings.retrain_min_sample
         and metrics.champion_accuracy is not None
         and metrics.champion_accuracy < settings.retrain_min_accuracy
     ):
         reasons.append("accuracy")
-    if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_drift_threshold:
+    if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_label_shift_threshold:
         reasons.append("image_drift" if metrics.image_drift else "dataset_drift")
     # Retraining on exactly the data the champion saw cannot help, whatever fired.
     return bool(reasons) and metrics.new_labels > 0, reasons

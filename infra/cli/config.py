@@ -17,7 +17,8 @@ def config(
     reference: Annotated[bool, typer.Option("--reference", help="Print every setting as a Markdown table")] = False,
 ) -> None:
     """Print the effective settings (secrets masked), or the reference of every setting."""
-    from infra.settings import get_settings, reference_markdown
+    from infra.settings import get_settings
+    from infra.settings_reference import reference_markdown
 
     if reference:
         out.print(reference_markdown(), markup=False, highlight=False, soft_wrap=True)

@@ -55,7 +55,7 @@ def test_single_flight_coalesces_triggers(settings: Settings, tmp_path: Path) ->
     try:
         assert launcher.request("t1", "new_labels", 5) == "queued"
         _wait(lambda: any(x["status"] == "running" for x in launcher.launches()))
-        assert launcher.request("t2", "label_drift", 6) == "coalesced"
+        assert launcher.request("t2", "label_shift", 6) == "coalesced"
         assert launcher.request("t3", "accuracy", 7) == "coalesced"
         assert launcher.request("t1", "new_labels", 5) == "duplicate"
         assert launcher.wait_idle(30)

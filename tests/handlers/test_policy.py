@@ -42,7 +42,7 @@ def test_distances() -> None:
     ("metrics", "expected"),
     [
         (Metrics(delta_version=1, new_labels=60), (True, ["new_labels"])),
-        (Metrics(delta_version=1, new_labels=25, psi=0.5), (True, ["label_drift"])),
+        (Metrics(delta_version=1, new_labels=25, psi=0.5), (True, ["label_shift"])),
         (Metrics(delta_version=1, new_labels=5, psi=0.5), (False, [])),  # too few for drift to count
         (Metrics(delta_version=1, new_labels=30, champion_accuracy=0.5, accuracy_sample=30), (True, ["accuracy"])),
         (Metrics(delta_version=1, new_labels=0, dataset_drift=0.9), (False, ["dataset_drift"])),
@@ -104,7 +104,7 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
         model_name="policy-model",
         retrain_min_new_labels=100,
         retrain_min_sample=4,
-        retrain_drift_threshold=0.2,
+        retrain_label_shift_threshold=0.2,
         retrain_min_accuracy=0.9,
     )
     lake = Lake(settings)
@@ -143,12 +143,12 @@ def test_measure_against_champion_and_record(tmp_path: Path, registry: str) -> N
 
     first = evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)
     evaluate(settings, lake, decision_id="evt-1", trigger="labeling-export", request_launch=launch)  # replay
-    assert first.retrain and first.reasons == ["label_drift", "accuracy"]
+    assert first.retrain and first.reasons == ["label_shift", "accuracy"]
     rows = lake.read(RETRAINING_DECISIONS).to_pylist()
     assert len(rows) == 1, "a replayed trigger must not add a decision row"
     assert rows[0]["psi"] == pytest.approx(metrics.psi) and rows[0]["champion_version"] == version
     assert rows[0]["drift_threshold"] == 0.2 and rows[0]["launch"] == "queued"
-    assert requested[0] == ("evt-1", "label_drift,accuracy", lake.version(IMAGES))
+    assert requested[0] == ("evt-1", "label_shift,accuracy", lake.version(IMAGES))
 
 
 def test_champion_training_version_from_the_registry(
