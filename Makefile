@@ -53,7 +53,7 @@ test: install ## Run the whole test suite (what CI runs)
 test-fast: install ## The inner loop: tests without Spark, Azurite or multi-process runs (~1 min)
 	$(PY) -m pytest -m "$(FAST)"
 
-lint: install ## Formatter check, ruff, the import contracts, mypy on infra
+lint: install ## Formatter check, ruff, the import contracts, mypy on every package
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports

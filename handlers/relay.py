@@ -91,7 +91,7 @@ class Relay:
         self._conn = connect(settings.state_dir / "handlers" / "relay.db")
         self._conn.executescript(_SCHEMA)
         self._seen = {tuple(row) for row in self._conn.execute("SELECT container, name, etag FROM announced")}
-        self.account = self.store.service.account_name
+        self.account = str(self.store.service.account_name)
 
     def poll(self) -> int:
         """Announce every blob not announced before; return how many were sent."""

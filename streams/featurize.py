@@ -354,7 +354,9 @@ def featurize(
         raise UsageError(f"--out {out!r} is the source table: write the embeddings to another table")
     images = source_items(settings, image_source, glob=glob, batch=batch)  # a missing container: refused here
     classifier, loaded = load_embedder(settings, version)
-    report = FeaturizeReport(spec.name, str(image_source), settings.model_name, loaded, int(classifier.embedding_dims))
+    report = FeaturizeReport(
+        spec.name, str(image_source), settings.model_name, loaded, int(classifier.embedding_dims or 0)
+    )
     lake.ensure(spec)
     writer = _Writer(lake, spec, report, max(flush_rows, 1))
     for items in chunked(images, batch):

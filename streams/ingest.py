@@ -40,7 +40,7 @@ class IngestReport(BatchTotals):
     reread_files: int = 0  # had an error row, changed since, read again
     unknown_labels: Counter[str] = field(default_factory=Counter)
 
-    def add(self, batch: Committed, *, labeled: bool) -> None:
+    def count(self, batch: Committed, *, labeled: bool) -> None:
         """Count one MERGEd batch, and the readable files of a labeled one that got no label."""
         super().add(batch)
         self.files += batch.table.num_rows
@@ -123,7 +123,7 @@ def ingest(
         )
 
     def counted(batch: Committed) -> None:
-        report.add(batch, labeled=labeled)
+        report.count(batch, labeled=labeled)
         if on_batch is not None:
             on_batch(report)
 

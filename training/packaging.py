@@ -21,6 +21,7 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from infra.errors import LakesightError
 from infra.registry import REFERENCE_ARTIFACT, REFERENCE_FILE, Baseline
@@ -54,7 +55,7 @@ def _pad_rows(batch: np.ndarray, step: int) -> np.ndarray:
     return np.concatenate([batch, np.zeros((extra, *batch.shape[1:]), dtype=batch.dtype)])
 
 
-class ImageClassifier(mlflow.pyfunc.PythonModel):
+class ImageClassifier(PythonModel):
     """Raw bytes in, label / confidence / per-class probabilities out."""
 
     batch_size = 256
@@ -63,6 +64,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
     # padded to a multiple of ``shape_step`` keep to 8 shapes (measured: +67 MB, then flat);
     # smaller ones to a power of two, 5 shapes more (``padded_rows``).
     shape_step = 32
+    embedding_dims: int | None = None  # the embedding's width; None for a network without one
 
     def load_context(self, context: Any) -> None:
         reference = context.artifacts.get(REFERENCE_ARTIFACT)
@@ -83,9 +85,9 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         features, head = split_at_embedding(network)
         spec = tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
         # Served with batch norm folded into the convolutions: the same outputs, fewer passes.
-        if features is None:
+        if features is None or head is None:
             self.keras_model = fold_batch_norm(network)
-            self.embedding_dims: int | None = None
+            self.embedding_dims = None
             # A fixed input signature: one trace for every batch size (predict_on_batch retraced).
             self._infer = tf.function(lambda x: (self.keras_model(x, training=False), None), input_signature=[spec])
             return
@@ -209,7 +211,7 @@ def save_layer_weights(model: Any, folder: Path, architecture: dict[str, Any]) -
     rebuilds in either Keras."""
     path = folder / "weights.npz"
     arrays = {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers for i, w in enumerate(layer.get_weights())}
-    np.savez(path, **arrays)
+    np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     return LAYER_WEIGHTS, path, {"network": {"format": LAYER_WEIGHTS, "architecture": dict(architecture)}}
 
 

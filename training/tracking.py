@@ -60,9 +60,10 @@ def log_dataset(snapshot: Snapshot) -> None:
     """Record the Delta snapshot as the run's input: table path, version, row count, digest."""
     import mlflow
     from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.pandas_dataset import from_pandas
 
     source = DeltaDatasetSource(path=snapshot.table_uri, delta_table_version=snapshot.delta_version)
-    dataset = mlflow.data.from_pandas(
+    dataset = from_pandas(
         snapshot.describe(),
         source=source,
         targets="label",

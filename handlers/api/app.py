@@ -52,7 +52,8 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     app.state.settings = settings
     app.state.event_key = key.encode()
     app.state.service = service or HandlerService(settings)
-    app.add_exception_handler(RequestRefused, refused_response)
+    # Starlette types a handler for Exception; this one takes the subclass it is registered for.
+    app.add_exception_handler(RequestRefused, refused_response)  # type: ignore[arg-type]
     app.include_router(events.router)
     app.include_router(status.router)
     return app

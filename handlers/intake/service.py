@@ -274,7 +274,9 @@ class HandlerService:
             "champion_accuracy": decision.metrics.champion_accuracy,
         }
 
-    def _export(self, event: Event, target: BlobTarget) -> dict[str, Any]:
+    def _export(self, event: Event, target: BlobTarget | None) -> dict[str, Any]:
+        if target is None:  # the dispatcher sends only BlobCreated events with a target here
+            raise Refused(EventStatus.IGNORED, "an export event names no blob")
         cap = self.settings.max_export_bytes
         labels.check_declared_size(event.data.get("contentLength"), cap)
         entries = labels.parse_export(self.store.chunks(target.container, target.name), max_bytes=cap)

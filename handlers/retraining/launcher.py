@@ -281,7 +281,7 @@ class Launcher(WakeableWorker):
                     os.getpid(),
                 ),
             )
-            launch_id = cursor.lastrowid
+            launch_id = int(cursor.lastrowid or 0)  # an INSERT always sets it
             self._conn.execute("UPDATE triggers SET launch_id = ? WHERE launch_id IS NULL", (launch_id,))
         log.info(
             "launch %d: %d coalesced trigger(s), images@%s, backend %s",

@@ -135,7 +135,7 @@ def measure(
     )
 
     trained_human: dict[str, str] = {}
-    base = Counter()
+    base: Counter[str] = Counter()
     if champion_delta is not None:
         try:
             trained = lake.read(IMAGES, version=champion_delta, columns=["path", "label", "label_source"]).to_pylist()

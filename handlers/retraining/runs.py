@@ -61,7 +61,7 @@ def _decide(
     if accuracy is None:
         return {"promoted": False, "model_version": challenger.version, "reason": "the run recorded no accuracy"}
     compared = champion is not None and champion.version != challenger.version
-    incumbent = _accuracy(champion, mlflow_client) if compared else None
+    incumbent = _accuracy(champion, mlflow_client) if champion is not None and compared else None
     decision = promotion.promotion_decision(
         accuracy, incumbent, settings.promotion_margin, min_pairs=settings.promotion_min_pairs
     )

@@ -79,7 +79,7 @@ def bench_drift(
     costs: list[float] = []
     log(f"{windows} windows of {images} images from the training distribution")
     alarms = _run(settings, lake, "same", {}, windows, images, costs)
-    shifts = {}
+    shifts: dict[str, dict[str, Any]] = {}
     for scenario in SHIFTS:
         log(f"{shift_windows} windows of {images} {scenario.name} images")
         flagged = _run(settings, lake, scenario.name, scenario.knobs, shift_windows, images, costs)

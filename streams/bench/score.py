@@ -120,6 +120,19 @@ class RssSampler:
         }
 
 
+def _appender(into: list[float], figure: Callable[[Any], float]) -> Callable[[Any], None]:
+    """An ``on_batch`` callback that appends one figure of every batch to ``into``."""
+    return lambda result: into.append(figure(result))
+
+
+def _both(*callbacks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def call(result: Any) -> None:
+        for callback in callbacks:
+            callback(result)
+
+    return call
+
+
 def _write_shapes(folder: Path, count: int, seed: int) -> list[Path]:
     from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 
@@ -356,7 +369,7 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
             source=folder,
             once=True,
             handle_signals=False,
-            on_batch=lambda r, merges=merges: merges.append(r.outcome.seconds),
+            on_batch=_appender(merges, lambda result: result.outcome.seconds),
         )
         figures[f"seconds_per_batch_{name}"] = round(statistics.median(merges), 4)
         figures[f"seconds_per_batch_{name}_all"] = [round(m, 3) for m in merges]
@@ -562,9 +575,9 @@ def bench_score(
             source=root / "images",
             once=True,
             handle_signals=False,
-            on_batch=lambda result: (
-                collected.append(result.table.nbytes / 2**20),
-                image_bytes.append(_content_bytes(result.table) / 2**20),
+            on_batch=_both(
+                _appender(collected, lambda result: result.table.nbytes / 2**20),
+                _appender(image_bytes, lambda result: _content_bytes(result.table) / 2**20),
             ),
         )
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])

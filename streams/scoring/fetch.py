@@ -95,7 +95,7 @@ class BlobFetcher:
         except ResourceNotFoundError:
             return None, VANISHED
         except HttpResponseError as exc:  # a definite refusal of this blob (transient ones were retried)
-            return None, f"blob fetch refused: {exc.status_code} {exc.error_code or exc.reason}"[:500]
+            return None, f"blob fetch refused: {exc.status_code} {getattr(exc, 'error_code', None) or exc.reason}"[:500]
         return data, None
 
 

@@ -96,7 +96,7 @@ class ScoreReport(BatchTotals):
     storage_retries: int = 0  # batches that failed on unreachable blob storage and were run again
     stopped_by: str = "end of input"
 
-    def add(self, batch: Committed, *, sent: int) -> None:
+    def count(self, batch: Committed, *, sent: int) -> None:
         """Count one MERGEd batch: its rows, labeling sends, MERGE time and the versions that scored it."""
         super().add(batch)
         self.rows += batch.table.num_rows
@@ -167,10 +167,10 @@ def resolve_source(settings: Settings, source: str | Path | None, glob: str = IM
 
 
 def _require_champion(settings: Settings) -> None:
-    from infra.registry import RegistryError, champion
+    from infra.registry import RegistryError, champion_version
 
     try:
-        if champion(settings) is None:
+        if champion_version(settings) is None:
             raise ScoreError(f"model {settings.model_name!r} has no champion yet: run 'lakesight train'")
     except RegistryError as exc:
         raise ScoreError(str(exc)) from exc
@@ -387,7 +387,7 @@ class ScoringQuery:
     def _committed(self, batch: Committed) -> None:
         handed: HandOff = batch.staged
         compacted = self.compactor.after_batch(pc.unique(batch.merged.column("load_date")).to_pylist())
-        self.report.add(batch, sent=handed.sent)
+        self.report.count(batch, sent=handed.sent)
         if handed.fallback:
             self.status.update(labeling_fallback=handed.fallback)
         self._note_champion_load(batch.notes.get(MODEL_LOAD_ERROR))

@@ -127,7 +127,7 @@ def _shapes(count: int, seed: int, prefix: str, knobs: dict[str, Any], config: B
 def near_duplicate(content: bytes, rng: np.random.Generator) -> bytes:
     """Another file of the same picture: shifted up to 2 px, maybe light noise, JPEG round trip or re-saved."""
     with Image.open(io.BytesIO(content)) as image:
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+        pixels: np.ndarray = np.asarray(image.convert("RGB"), dtype=np.float32)
     dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
     padded = np.pad(pixels, ((2, 2), (2, 2), (0, 0)), mode="edge")
     height, width = pixels.shape[:2]
@@ -179,6 +179,8 @@ class Learner:
         self._optimizer_start = [np.array(v) for v in self.optimizer.variables]
         self._starts: dict[int, list[np.ndarray]] = {}
         features, _ = split_at_embedding(self.network)
+        if features is None:
+            raise ValueError("the benchmark's network has no embedding layer")
         spec = tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.float32)
         loss_fn = keras.losses.SparseCategoricalCrossentropy()
         weights = self.network.trainable_variables
@@ -506,10 +508,10 @@ def scenario_report(config: BenchConfig, by_strategy: dict[str, list[Curve]]) ->
 
 
 def strategy_report(runs: list[Curve]) -> dict[str, Any]:
-    rounds = []
+    rounds: list[dict[str, Any]] = []
     for index, labels in enumerate(runs[0].labels):
         per_seed = [run.accuracy[index] for run in runs]
-        sent = [run.duplicates[index - 1] if index else 0 for run in runs]
+        sent: list[int] = [run.duplicates[index - 1] if index else 0 for run in runs]
         rounds.append(
             {
                 "round": index,

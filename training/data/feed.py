@@ -224,8 +224,11 @@ class TrainFeed(Protocol):
     """Where a training run's rows come from: ``rows`` (all workers together) of ``image_size``
     images, and the ``tf.data`` dataset of one worker's shard, in its per-replica batch size."""
 
-    rows: int
-    image_size: int
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def image_size(self) -> int: ...
 
     def dataset(self, context: Any, *, batch_size: int, seed: int) -> Any: ...
 

@@ -61,7 +61,7 @@ def convert_snapshot(settings: Settings, snapshot: Snapshot, *, workers: int, se
     from petastorm.spark import make_spark_converter
 
     spark = get_spark(settings, "lakesight-train")
-    master = spark.sparkContext.master
+    master = str(spark.sparkContext.master)
     local_cache = names_driver_storage(settings.petastorm_cache_url) and not settings.allow_local_paths_on_cluster
     if local_cache and not master.startswith("local"):
         raise SettingsError(

@@ -82,6 +82,12 @@ class WorkerOutcome:
     log: str = ""  # the end of the process's log (LOG_TAIL_BYTES), for the driver's log
 
 
+def _log_epoch(metrics: EpochMetrics) -> None:
+    import mlflow
+
+    mlflow.log_metrics(metrics.as_metrics(), step=metrics.epoch)
+
+
 def run_job(job: WorkerJob) -> WorkerOutcome:
     """Train as ``job`` says, in this process, under ``job.strategy`` and reading ``job.feed``."""
     device = setup_device(mixed_precision=job.hyper.mixed_precision)
@@ -139,7 +145,7 @@ def _train_and_log(job: WorkerJob, strategy: Any, train: Any, validation: Any, d
             hyper=job.hyper,
             strategy=strategy,
             train_rows=job.train_rows,
-            on_epoch=(lambda m: mlflow.log_metrics(m.as_metrics(), step=m.epoch)) if logs_to_mlflow else None,
+            on_epoch=_log_epoch if logs_to_mlflow else None,
         )
         outcome.weights_digest = weights_digest(result.model)
         outcome.train_images = result.train_images
