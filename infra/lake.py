@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +29,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from infra.errors import LakesightError
 from infra.locations import local_path
 from infra.settings import Settings
-from infra.tables import IMAGES, TableSpec
+from infra.tables import IMAGES, TableSpec, latest_per_path
 
 __all__ = [
     "Lake",
@@ -86,6 +86,92 @@ def from_source(columns: Iterable[str]) -> dict[str, str]:
     return {c: f"s.{c}" for c in columns}
 
 
+@dataclass(frozen=True)
+class LakeConfig:
+    """What a lake handle reads of the settings: where the tables are and how to reach them."""
+
+    root: str
+    storage_options: dict[str, str] | None
+    engine: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> LakeConfig:
+        return cls(settings.lake_root, dict(settings.lake_storage_options) or None, settings.lake_engine)
+
+    def table_uri(self, table: str) -> str:
+        return f"{self.root.rstrip('/')}/{table}"
+
+
+def open_lake(settings: Settings, *, reuse_tables: bool = False) -> Lake:
+    """The lake for a Spark job, written by the engine ``settings.lake_engine`` names."""
+    if settings.lake_engine == "spark":
+        from infra.spark_lake import SparkLake  # the spark engine extends this module's Lake
+
+        return SparkLake(settings, reuse_tables=reuse_tables)
+    return Lake(settings, reuse_tables=reuse_tables)
+
+
+class MicroBatch(Protocol):
+    """One foreachBatch micro-batch as a lake engine holds it for the MERGE (:meth:`Lake.micro_batch`).
+
+    ``table`` is what the driver sees; where the rows and their image bytes live is the engine's
+    business, so a job's writer reads the same whichever engine writes.
+    """
+
+    table: pa.Table
+
+    def extend_to(self, table: pa.Table) -> None: ...
+
+    def keep_latest_per_path(self) -> None: ...
+
+    def merge(
+        self,
+        spec: TableSpec,
+        merged: pa.Table,
+        *,
+        update: dict[str, str] | None,
+        when: str | None,
+        txn: Transaction,
+        staged_columns: tuple[str, ...] = (),
+    ) -> MergeOutcome: ...
+
+    def close(self) -> None: ...
+
+
+class ArrowBatch:
+    """A micro-batch collected to the driver as Arrow and MERGEd by delta-rs (the embedded engine).
+
+    The delta-rs engine's :class:`MicroBatch`: every row, image bytes included, on the driver.
+    """
+
+    def __init__(self, lake: Lake, frame: Any):
+        self.lake = lake
+        self.table: pa.Table = frame.toArrow()  # runs the micro-batch's Spark job
+
+    def extend_to(self, table: pa.Table) -> None:
+        """Take ``table``: :attr:`table` with rows appended at its end (files Spark listed, never read)."""
+        self.table = table
+
+    def keep_latest_per_path(self) -> None:
+        self.table = latest_per_path(self.table)
+
+    def merge(
+        self,
+        spec: TableSpec,
+        merged: pa.Table,
+        *,
+        update: dict[str, str] | None,
+        when: str | None,
+        txn: Transaction,
+        staged_columns: tuple[str, ...] = (),
+    ) -> MergeOutcome:
+        """MERGE ``merged`` (:attr:`table` as the job's ``stage`` step left it) with ``txn``."""
+        return self.lake.merge(spec, merged, update=update, when=when, txn=txn)
+
+    def close(self) -> None:
+        """Nothing is held beyond the Arrow table."""
+
+
 class Lake:
     """Access to the lake's Delta tables for one settings object, written through delta-rs."""
 
@@ -95,11 +181,11 @@ class Lake:
         call: for one writer thread committing often (the scoring stream), where a full load
         costs up to 99 JSON commits. Not for objects shared between threads.
         """
-        self.settings = settings
+        self.config = LakeConfig.of(settings)  # the whole settings object stays with the caller
         self._reuse = reuse_tables
         self._open: dict[str, DeltaTable] = {}
-        self.root = settings.lake_root
-        self.storage_options = dict(settings.lake_storage_options) or None
+        self.root = self.config.root
+        self.storage_options = self.config.storage_options
         root = local_path(self.root)
         if root is not None:
             self._prepare_local_root(root)
@@ -115,7 +201,7 @@ class Lake:
 
     # Table handles -----------------------------------------------------------------------------
     def uri(self, table: TableRef) -> str:
-        return self.settings.table_uri(str(table))
+        return self.config.table_uri(str(table))
 
     def exists(self, table: TableRef) -> bool:
         return DeltaTable.is_deltatable(self.uri(table), storage_options=self.storage_options)
@@ -211,6 +297,11 @@ class Lake:
         if root is None:
             return [IMAGES.name]
         return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
+
+    def micro_batch(self, frame: Any, *, driver_content: Any = None) -> MicroBatch:
+        """A foreachBatch micro-batch ready to MERGE: collected to the driver (``driver_content`` is
+        the spark engine's: which rows' image bytes the driver needs; here it has them all)."""
+        return ArrowBatch(self, frame)
 
     # Writes -------------------------------------------------------------------------------------
     def merge(

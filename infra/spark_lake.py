@@ -28,14 +28,14 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from infra.lake import Lake, MergeOutcome, TableRef, Transaction, pruned_predicate
+from infra.lake import Lake, MergeOutcome, MicroBatch, TableRef, Transaction, partition_values, pruned_predicate
 from infra.settings import Settings
-from infra.tables import TableSpec
+from infra.tables import TableSpec, latest_per_path
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-__all__ = ["SparkLake", "conform_frame", "open_lake"]
+__all__ = ["FrameBatch", "SparkLake", "conform_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,6 @@ TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 # The idempotency confs live in the session: one statement at a time may carry them.
 _txn_lock = threading.Lock()
-
-
-def open_lake(settings: Settings, *, reuse_tables: bool = False) -> Lake:
-    """The lake for a Spark job, written by the engine ``settings.lake_engine`` names."""
-    if settings.lake_engine == "spark":
-        return SparkLake(settings, reuse_tables=reuse_tables)
-    return Lake(settings, reuse_tables=reuse_tables)
 
 
 def conform_frame(spec: TableSpec, frame: DataFrame) -> DataFrame:
@@ -73,13 +66,14 @@ class SparkLake(Lake):
     def __init__(self, settings: Settings, *, reuse_tables: bool = False, spark: SparkSession | None = None):
         super().__init__(settings, reuse_tables=reuse_tables)
         self._spark = spark
+        self._session_settings = settings  # the Spark session, when this lake starts it, needs them all
 
     @property
     def spark(self) -> SparkSession:
         if self._spark is None:
             from infra.spark import get_spark
 
-            self._spark = get_spark(self.settings)
+            self._spark = get_spark(self._session_settings)
         return self._spark
 
     def frame(self, spec: TableSpec, source: pa.Table | DataFrame) -> DataFrame:
@@ -93,6 +87,10 @@ class SparkLake(Lake):
 
         self.ensure(spec)  # created by delta-rs: the protocol both engines read
         return SparkDeltaTable.forPath(session, self.uri(spec))
+
+    def micro_batch(self, frame: Any, *, driver_content: Any = None) -> MicroBatch:
+        """A foreachBatch micro-batch kept on the executors (see :class:`FrameBatch`)."""
+        return FrameBatch(self, frame, driver_content)
 
     def merge(
         self,
@@ -204,6 +202,97 @@ class SparkLake(Lake):
     def _committed(self, spec: TableSpec, txn: Transaction) -> bool:
         done = self.committed_version(spec, txn.app_id) if self.exists(spec) else None
         return done is not None and done >= txn.version
+
+
+class FrameBatch:
+    """The spark engine's :class:`~infra.lake.MicroBatch`: MERGEd by delta-spark where it was computed.
+
+    The driver collects its rows without image bytes (for counters, status and drift), plus the
+    content of the rows ``driver_content(frame)`` selects (the scoring stream's unsure images, for
+    labeling).
+    """
+
+    def __init__(self, lake: SparkLake, frame: DataFrame, driver_content: Any = None):
+        from pyspark import StorageLevel
+
+        self.lake = lake
+        self.frame = frame.persist(StorageLevel.MEMORY_AND_DISK)  # scored once: read by the collect and the MERGE
+        self.table: pa.Table = _without_content(self.frame, driver_content).toArrow()  # runs the Spark job
+        self._collected = self.table.num_rows
+        self._latest = False
+
+    def extend_to(self, table: pa.Table) -> None:
+        """Take ``table``: :attr:`table` with rows appended at its end (files Spark listed, never read)."""
+        self.table = table
+
+    def keep_latest_per_path(self) -> None:
+        self.table = latest_per_path(self.table)
+        self._latest = True
+
+    def merge(
+        self,
+        spec: TableSpec,
+        merged: pa.Table,
+        *,
+        update: dict[str, str] | None,
+        when: str | None,
+        txn: Transaction,
+        staged_columns: tuple[str, ...] = (),
+    ) -> MergeOutcome:
+        """MERGE the executors' rows, with the driver's extra rows and the ``staged_columns`` the
+        job's ``stage`` step set on ``merged`` (joined back by path)."""
+        source = self.lake.frame(spec, self.frame)
+        extra = self.table.num_rows - self._collected
+        if extra > 0:  # error rows for the files Spark did not read
+            source = source.unionByName(self.lake.frame(spec, self.table.slice(self._collected)))
+        if self._latest:
+            source = _latest_per_path(source)
+        source = _with_staged_columns(source, merged, staged_columns)
+        return self.lake.merge(
+            spec, source, update=update, when=when, txn=txn, partitions=partition_values(spec, merged)
+        )
+
+    def close(self) -> None:
+        self.frame.unpersist()
+
+
+def _without_content(frame: DataFrame, driver_content: Any) -> DataFrame:
+    """The micro-batch's rows as the driver sees them: ``content`` only where ``driver_content`` asks."""
+    from pyspark.sql import functions as F
+
+    wanted = driver_content(frame) if driver_content is not None else F.lit(False)
+    others = [F.col(name) for name in frame.columns if name != "content"]
+    return frame.select(*others, F.when(wanted, F.col("content")).alias("content"))
+
+
+def _with_staged_columns(source: DataFrame, merged: pa.Table, names: tuple[str, ...]) -> DataFrame:
+    """``source`` with the values the driver gave ``names`` in ``merged`` (by path)."""
+    import pyarrow.compute as pc
+    from pyspark.sql import functions as F
+
+    for name in names:
+        if name not in merged.column_names:
+            continue  # the step set nothing in this batch
+        values = merged.select(["path", name]).filter(pc.is_valid(merged.column(name)))
+        if values.num_rows == 0:
+            continue
+        staged = source.sparkSession.createDataFrame(values).withColumnRenamed(name, "_staged")
+        source = (
+            source.join(F.broadcast(staged), "path", "left")
+            .withColumn(name, F.coalesce(F.col("_staged"), F.col(name)))
+            .drop("_staged")
+        )
+    return source
+
+
+def _latest_per_path(frame: DataFrame) -> DataFrame:
+    """:func:`infra.tables.latest_per_path` on the executors: one row per path, the greatest ``modified_at``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = F.col("modified_at").desc_nulls_last() if "modified_at" in frame.columns else F.lit(0)
+    rank = F.row_number().over(Window.partitionBy("path").orderBy(order, F.monotonically_increasing_id().desc()))
+    return frame.withColumn("_rank", rank).filter(F.col("_rank") == 1).drop("_rank")
 
 
 class _session_conf:

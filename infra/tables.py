@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 TS = pa.timestamp("us", tz="UTC")
 # The model's penultimate layer, L2-normalised (training.packaging): null for models without one.
@@ -331,3 +332,22 @@ def conform(table: pa.Table, schema: pa.Schema = IMAGES_SCHEMA) -> pa.Table:
         else:
             columns.append(pa.nulls(table.num_rows, type=field.type))
     return pa.Table.from_arrays(columns, schema=schema)
+
+
+def latest_per_path(table: pa.Table) -> pa.Table:
+    """Keep one row per path, the latest event's: a MERGE source must not name one target row twice.
+
+    Latest is the greatest ``modified_at`` (an arrival's event time, a file's modification time),
+    then the later row. Row order alone is not event order: Spark concatenates a micro-batch's
+    partitions in its own order, so two records of one blob in different files may come either way.
+    """
+    if table.num_rows < 2 or pc.count_distinct(table.column("path")).as_py() == table.num_rows:
+        return table
+    if "modified_at" in table.column_names:
+        times = pc.fill_null(table.column("modified_at").cast(pa.int64()), -(2**63)).to_pylist()
+    else:
+        times = [0] * table.num_rows
+    latest: dict[str, tuple[int, int]] = {}
+    for row, (path, moment) in enumerate(zip(table.column("path").to_pylist(), times, strict=True)):
+        latest[path] = max(latest.get(path, (moment, row)), (moment, row))
+    return table.take(pa.array(sorted(row for _, row in latest.values()), type=pa.int64()))

@@ -17,12 +17,11 @@ import pyarrow.compute as pc
 
 from infra.errors import LakesightError
 from infra.images import IMAGE_GLOB
-from infra.lake import from_source
+from infra.lake import from_source, open_lake
 from infra.settings import Settings
 from infra.spark import get_spark
-from infra.spark_lake import open_lake
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
-from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
+from streams.batch_writer import BatchSteps, BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.names import checkpoint_name
 from streams.file_rows import ARRIVAL_CHANGED, ARRIVAL_DDL, FileChecks, arrival_rows, image_file_stream, label_folder
 from streams.watched_folder import WatchedFolder
@@ -64,6 +63,29 @@ _UPDATE_WHEN = (
     "AND (s.label IS DISTINCT FROM t.label))"
 )
 _UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_LABEL}
+
+
+class IngestBatch(BatchSteps):
+    """What the ingest does with each micro-batch: MERGE the arrivals (the writer), then count them."""
+
+    kind = "ingest"
+    spec = IMAGES
+    update = _UPDATE
+    when = _UPDATE_WHEN
+    # No transaction check before the batch runs: the MERGE skips a replay (and the report counts
+    # it, as it always has) without a second table load per batch.
+    skip_committed = False
+    unread_files = True
+
+    def __init__(self, report: IngestReport, *, labeled: bool, on_batch: Callable[[IngestReport], None] | None):
+        self.report = report
+        self.labeled = labeled
+        self.on_batch = on_batch
+
+    def after_commit(self, batch: Committed) -> None:
+        self.report.count(batch, labeled=self.labeled)
+        if self.on_batch is not None:
+            self.on_batch(self.report)
 
 
 def _resolve_source(source: str) -> str:
@@ -122,24 +144,8 @@ def ingest(
             report,
         )
 
-    def counted(batch: Committed) -> None:
-        report.count(batch, labeled=labeled)
-        if on_batch is not None:
-            on_batch(report)
-
     writer = ExactlyOnceWriter(
-        lake,
-        IMAGES,
-        checkpoint=checkpoint,
-        kind="ingest",
-        totals=report,
-        update=_UPDATE,
-        when=_UPDATE_WHEN,
-        # No transaction check before the batch runs: the MERGE skips a replay (and the report
-        # counts it, as it always has) without a second table load per batch.
-        skip_committed=False,
-        unread_files=True,
-        after_commit=counted,
+        lake, IngestBatch(report, labeled=labeled, on_batch=on_batch), checkpoint=checkpoint, totals=report
     )
     query = (
         rows.writeStream.foreachBatch(writer)

@@ -35,6 +35,27 @@ from infra.tables import IMAGES, LABEL_SOURCE_HUMAN, RETRAINING_DECISIONS
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """The thresholds the retraining decision reads (built from settings by the handlers' service)."""
+
+    min_new_labels: int
+    label_shift_psi: float  # new labels' class mix vs the champion's training labels
+    drift_score: float  # the score an image-drift or dataset-drift event must reach (the same setting)
+    min_accuracy: float
+    min_sample: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetrainPolicy:
+        return cls(
+            min_new_labels=settings.retrain_min_new_labels,
+            label_shift_psi=settings.retrain_label_shift_threshold,
+            drift_score=settings.retrain_label_shift_threshold,
+            min_accuracy=settings.retrain_min_accuracy,
+            min_sample=settings.retrain_min_sample,
+        )
+
+
 @dataclass
 class Metrics:
     delta_version: int
@@ -59,7 +80,7 @@ class RetrainDecision:
     reasons: list[str]
     launch: str = "none"
 
-    def row(self, settings: Settings) -> dict[str, object]:
+    def row(self, policy: RetrainPolicy) -> dict[str, object]:
         metrics = asdict(self.metrics)
         metrics.pop("new_distribution")
         metrics.pop("image_drift")  # in ``reasons`` when it fired
@@ -68,10 +89,10 @@ class RetrainDecision:
             "trigger": self.trigger,
             "decided_at": dt.datetime.now(dt.UTC),
             **metrics,
-            "min_new_labels": settings.retrain_min_new_labels,
-            "drift_threshold": settings.retrain_label_shift_threshold,
-            "min_accuracy": settings.retrain_min_accuracy,
-            "min_sample": settings.retrain_min_sample,
+            "min_new_labels": policy.min_new_labels,
+            "drift_threshold": policy.label_shift_psi,  # the table's column keeps its first name
+            "min_accuracy": policy.min_accuracy,
+            "min_sample": policy.min_sample,
             "retrain": self.retrain,
             "reasons": ",".join(self.reasons),
             "launch": self.launch,
@@ -169,21 +190,21 @@ def measure(
     return metrics
 
 
-def decide_retraining(settings: Settings, metrics: Metrics) -> tuple[bool, list[str]]:
-    """Whether to retrain, and which rules fired. Pure: thresholds come from ``settings``."""
+def decide_retraining(policy: RetrainPolicy, metrics: Metrics) -> tuple[bool, list[str]]:
+    """Whether to retrain, and which rules fired. Pure: thresholds come from ``policy``."""
     reasons = []
-    if metrics.new_labels >= settings.retrain_min_new_labels:
+    if metrics.new_labels >= policy.min_new_labels:
         reasons.append("new_labels")
-    enough = metrics.new_labels >= settings.retrain_min_sample
-    if enough and metrics.psi is not None and metrics.psi >= settings.retrain_label_shift_threshold:
+    enough = metrics.new_labels >= policy.min_sample
+    if enough and metrics.psi is not None and metrics.psi >= policy.label_shift_psi:
         reasons.append("label_shift")
     if (
-        metrics.accuracy_sample >= settings.retrain_min_sample
+        metrics.accuracy_sample >= policy.min_sample
         and metrics.champion_accuracy is not None
-        and metrics.champion_accuracy < settings.retrain_min_accuracy
+        and metrics.champion_accuracy < policy.min_accuracy
     ):
         reasons.append("accuracy")
-    if metrics.dataset_drift is not None and metrics.dataset_drift >= settings.retrain_label_shift_threshold:
+    if metrics.dataset_drift is not None and metrics.dataset_drift >= policy.drift_score:
         reasons.append("image_drift" if metrics.image_drift else "dataset_drift")
     # Retraining on exactly the data the champion saw cannot help, whatever fired.
     return bool(reasons) and metrics.new_labels > 0, reasons
@@ -201,13 +222,14 @@ def evaluate(
 ) -> RetrainDecision:
     """Measure, decide, ask the launcher when retraining is due, and record the decision once."""
     metrics = measure(settings, lake, dataset_drift=dataset_drift, image_drift=image_drift)
-    retrain, reasons = decide_retraining(settings, metrics)
+    policy = RetrainPolicy.of(settings)
+    retrain, reasons = decide_retraining(policy, metrics)
     decision = RetrainDecision(
         decision_id=decision_id, trigger=trigger, metrics=metrics, retrain=retrain, reasons=reasons
     )
     if retrain and request_launch is not None:
         decision.launch = request_launch(decision_id, ",".join(reasons), metrics.delta_version)
-    rows = pa.Table.from_pylist([decision.row(settings)], schema=RETRAINING_DECISIONS.schema)
+    rows = pa.Table.from_pylist([decision.row(policy)], schema=RETRAINING_DECISIONS.schema)
     lake.merge(RETRAINING_DECISIONS, rows)
     log.info(
         "retraining decision %s (%s): retrain=%s reasons=%s new_labels=%d psi=%s accuracy=%s launch=%s",

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra.core import model_cache as champion
+from infra.core import model_cache
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images
 from infra.settings import Settings
@@ -43,7 +43,7 @@ SHIFTS = (
 def window_table(settings: Settings, knobs: ShapeKnobs, *, batch: int) -> pa.Table:
     """One window's images scored by the champion, as the stream's batch table has them."""
     items = list(shape_images(knobs))
-    classifier, version = champion.current_classifier(settings)
+    classifier, version = model_cache.current_classifier(settings)
     result = classifier.classify([data for _, data in items])
     return pa.table(
         {

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.core import model_cache as champion_cache
+from infra.core import model_cache
 from infra.hashing import stable_fraction
 from infra.registry import CHALLENGER, TF_THREADS_ENV
 from infra.settings import Settings
@@ -58,10 +58,10 @@ def _prepare_worker(settings: Settings) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def current_classifier(settings: Settings, *, now: float | None = None) -> tuple[Any, str]:
+def worker_champion(settings: Settings, *, now: float | None = None) -> tuple[Any, str]:
     """``(classifier, version)`` of the champion for this Python worker (``infra.core.model_cache``'s cache)."""
     _prepare_worker(settings)
-    return champion_cache.current_classifier(settings, now=now)
+    return model_cache.current_classifier(settings, now=now)
 
 
 def shadow_classifier(settings: Settings, *, now: float | None = None) -> tuple[Any, str] | None:
@@ -69,7 +69,7 @@ def shadow_classifier(settings: Settings, *, now: float | None = None) -> tuple[
     if settings.shadow_fraction <= 0:
         return None  # shadow scoring is off: not even the alias is looked up
     _prepare_worker(settings)
-    return champion_cache.optional_classifier(settings, alias=CHALLENGER, now=now)
+    return model_cache.optional_classifier(settings, alias=CHALLENGER, now=now)
 
 
 def shadowed(paths: Iterable[str], fraction: float) -> list[bool]:
@@ -156,7 +156,7 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     good = frame.index[frame["error"].isna() & frame["content"].notna()]
     if len(good) == 0:
         return out
-    classifier, version = current_classifier(settings)
+    classifier, version = worker_champion(settings)
     result = classifier.classify([bytes(c) for c in frame.loc[good, "content"]])
     result.index = good
     ok = good[result["error"].isna().to_numpy()]
@@ -197,7 +197,7 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
                 rows.loc[failed, "content"] = None
                 rows.loc[failed, "content_hash"] = None
             scored = predictions(rows, settings)  # may add the decoder's error to ``rows``
-            scored[MODEL_LOAD_ERROR] = champion_cache.load_failure(settings)
+            scored[MODEL_LOAD_ERROR] = model_cache.load_failure(settings)
             yield pd.concat([quarantine(rows, checks), scored], axis=1)
 
 
@@ -209,7 +209,7 @@ def _classified(contents: pd.Series, settings: Settings) -> tuple[list[int], pd.
     rows = [i for i, c in enumerate(contents) if c is not None and len(c) > 0]
     if not rows:
         return rows, None
-    classifier, _ = current_classifier(settings)
+    classifier, _ = worker_champion(settings)
     return rows, classifier.classify([bytes(contents.iloc[i]) for i in rows])
 
 

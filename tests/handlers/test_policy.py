@@ -12,6 +12,7 @@ import pytest
 
 from handlers.retraining.policy import (
     Metrics,
+    RetrainPolicy,
     champion_training_version,
     decide_retraining,
     evaluate,
@@ -50,7 +51,7 @@ def test_distances() -> None:
     ],
 )
 def test_decide_rules(settings: Settings, metrics: Metrics, expected: tuple[bool, list[str]]) -> None:
-    assert decide_retraining(settings, metrics) == expected
+    assert decide_retraining(RetrainPolicy.of(settings), metrics) == expected
 
 
 def _labels(lake: Lake, paths: list[str], labels: list[str], source: str) -> None:

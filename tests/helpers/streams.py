@@ -7,19 +7,21 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
 from infra.arrivals import ARRIVAL_RECORD_DDL, ArrivalRecord
 from infra.blob import BlobStore
-from infra.lake import Lake
+from infra.lake import Lake, Transaction
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
 from infra.tables import IMAGES, TableSpec
 
 # Re-exported: the streams tests take the shared champion's constants from here.
+from streams.batch_writer import BatchSteps, Committed, Staged
 from tests.helpers.models import CLASSES as CLASSES
 from tests.helpers.models import IMAGE_SIZE as IMAGE_SIZE
 from tests.helpers.models import with_model as with_model
@@ -128,3 +130,38 @@ def scoring_in_background(settings: Settings, **options: object) -> Iterator[dic
         stop.set()
         worker.join(60)
     assert not worker.is_alive(), "the scoring stream did not stop within 60 s"
+
+
+class RecordingSteps(BatchSteps):
+    """A job's :class:`~streams.batch_writer.BatchSteps` for writer tests: MERGEs into ``images``,
+    updates ``update``, hands every committed batch to ``done``; the writer's flags as keywords."""
+
+    kind = "test"
+    spec = IMAGES
+
+    def __init__(
+        self,
+        done: list[Committed] | Callable[[Committed], None],
+        *,
+        update: dict[str, str] | None = None,
+        listed: Callable[[int], None] | None = None,
+        stage: Callable[[pa.Table, Transaction], Staged] | None = None,
+        **flags: bool,
+    ):
+        self._done = done.append if isinstance(done, list) else done
+        self.update = update
+        self._listed = listed
+        self._stage = stage
+        self.counts_listed = listed is not None
+        for name, value in flags.items():
+            setattr(self, name, value)
+
+    def listed(self, files: int) -> None:
+        if self._listed is not None:
+            self._listed(files)
+
+    def stage(self, table: pa.Table, txn: Transaction) -> Staged:
+        return self._stage(table, txn) if self._stage is not None else super().stage(table, txn)
+
+    def after_commit(self, batch: Committed) -> None:
+        self._done(batch)

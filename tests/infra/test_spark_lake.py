@@ -5,9 +5,9 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from infra.lake import Lake, Transaction, from_source
+from infra.lake import Lake, Transaction, from_source, open_lake
 from infra.settings import Settings
-from infra.spark_lake import SparkLake, open_lake
+from infra.spark_lake import SparkLake
 from infra.tables import IMAGES, LABELING_CANDIDATES
 from tests.helpers.streams import merge_engines
 

@@ -12,9 +12,10 @@ import pytest
 
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
-from infra.tables import IMAGES
-from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter, dedupe_paths
+from infra.tables import IMAGES, latest_per_path
+from streams.batch_writer import BatchTotals, Committed, ExactlyOnceWriter
 from streams.checkpoint.names import query_app_id
+from tests.helpers.streams import RecordingSteps
 
 DAY = dt.date(2026, 11, 2)
 
@@ -65,21 +66,13 @@ def _writer(settings: Settings, checkpoint: Path, done: list[Committed], **optio
     checkpoint.mkdir(parents=True, exist_ok=True)
     if not (checkpoint / "metadata").exists():
         (checkpoint / "metadata").write_text(json.dumps({"id": f"q-{checkpoint.name}"}))
-    return ExactlyOnceWriter(
-        lake,
-        IMAGES,
-        checkpoint=str(checkpoint),
-        kind="test",
-        totals=BatchTotals(),
-        update=from_source(["content_hash"]),
-        after_commit=done.append,
-        **options,  # type: ignore[arg-type]
-    )
+    steps = RecordingSteps(done, update=from_source(["content_hash"]), **options)  # type: ignore[arg-type]
+    return ExactlyOnceWriter(lake, steps, checkpoint=str(checkpoint), totals=BatchTotals())
 
 
-def test_dedupe_paths_keeps_the_last_row_per_path() -> None:
+def test_latest_per_path_keeps_the_last_row_per_path() -> None:
     table = pa.table({"path": ["a", "b", "a", "c", "b"], "v": [1, 2, 3, 4, 5]})
-    assert sorted(dedupe_paths(table).to_pylist(), key=lambda r: r["v"]) == [
+    assert sorted(latest_per_path(table).to_pylist(), key=lambda r: r["v"]) == [
         {"path": "a", "v": 3},
         {"path": "c", "v": 4},
         {"path": "b", "v": 5},
@@ -144,7 +137,7 @@ def test_files_listed_but_not_read_get_a_row_and_are_counted(settings: Settings,
     (log / "0").write_text("v1\n" + "\n".join(json.dumps(e, separators=(",", ":")) for e in entries) + "\n")
     listed: list[int] = []
     done: list[Committed] = []
-    writer = _writer(settings, checkpoint, done, unread_files=True, on_listed=listed.append)
+    writer = _writer(settings, checkpoint, done, unread_files=True, listed=listed.append)
 
     writer(FakeBatch(_rows(f"file:{tmp_path}/a.png")), 0)
 
@@ -164,7 +157,7 @@ def test_the_step_before_the_merge_decides_what_is_merged_and_duplicates_collaps
         return Marked(table.set_column(2, "content_hash", pa.array(["marked"] * table.num_rows)), "handed")
 
     done: list[Committed] = []
-    writer = _writer(settings, tmp_path / "checkpoint", done, dedupe=True, before_merge=mark)
+    writer = _writer(settings, tmp_path / "checkpoint", done, dedupe=True, stage=mark)
 
     writer(FakeBatch(pa.concat_tables([_rows("a", hash_="old"), _rows("b"), _rows("a", hash_="new")])), 3)
 

@@ -26,6 +26,7 @@ from streams.file_rows import (
     read_local_file,
 )
 from tests.helpers.images import claimed_png, solid_png, truncated_png
+from tests.helpers.streams import RecordingSteps
 
 CHECKS = FileChecks(max_bytes=10 * 1024 * 1024)
 
@@ -105,7 +106,7 @@ def test_a_file_gone_between_listing_and_reading_gets_a_row_and_the_stream_goes_
     )
     totals = BatchTotals()
     writer = ExactlyOnceWriter(
-        lake, IMAGES, checkpoint=checkpoint, kind="test", totals=totals, unread_files=True, after_commit=totals.add
+        lake, RecordingSteps(totals.add, unread_files=True), checkpoint=checkpoint, totals=totals
     )
     deleted: list[str] = []
 

@@ -143,8 +143,8 @@ def test_the_ingest_report_counts_files_and_unlabeled_folders() -> None:
         committed_at=0.0,
     )
     report = IngestReport(source="/in")
-    report.add(batch, labeled=True)
-    report.add(batch, labeled=False)  # an unlabeled ingest reports no folders
+    report.count(batch, labeled=True)
+    report.count(batch, labeled=False)  # an unlabeled ingest reports no folders
 
     assert (report.files, report.batches, report.inserted, report.errors) == (8, 2, 8, 2)
     assert report.unknown_labels == {"dog": 2}

@@ -226,10 +226,10 @@ def _committed(versions: list[str | None], errors: list[str | None], outcome: Me
 
 def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
     report = ScoreReport(source="directory:/in")
-    report.add(
+    report.count(
         _committed(["1", "1", None], [None, None, "empty file"], MergeOutcome(False, 3, 2, 1, seconds=0.5)), sent=1
     )
-    report.add(_committed(["2"], [None], MergeOutcome(True, 3, seconds=0.25)), sent=0)
+    report.count(_committed(["2"], [None], MergeOutcome(True, 3, seconds=0.25)), sent=0)
     report.skipped_batches += 1  # what the writer counts for a batch skipped before it ran
 
     assert (report.batches, report.rows, report.inserted, report.updated) == (2, 4, 2, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from infra.core import model_cache as champion_cache
+from infra.core import model_cache
 from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.registry import CHALLENGER, load_classifier
@@ -116,7 +116,7 @@ def test_a_failing_challenger_never_stops_the_champion(
 ) -> None:
     broken = _Broken()
     monkeypatch.setattr(executor, "_failed_shadows", set())  # what this process logged before
-    monkeypatch.setattr(champion_cache, "optional_classifier", lambda settings, **_: (broken, "2"))
+    monkeypatch.setattr(model_cache, "optional_classifier", lambda settings, **_: (broken, "2"))
     images = [p.read_bytes() for p in shapes(score_settings.state_dir / "in", 3)]
     frame = pd.DataFrame({"path": [f"file:/in/{i}.png" for i in range(3)], "content": images, "error": [None] * 3})
 
@@ -130,8 +130,8 @@ def test_a_failing_challenger_never_stops_the_champion(
         "challenger version 2 failed; its batches get no shadow scores: challenger exploded"
     ]
     # A challenger that is the champion itself is not scored twice; shadow scoring off looks nothing up.
-    monkeypatch.setattr(champion_cache, "optional_classifier", lambda settings, **_: (broken, "1"))
+    monkeypatch.setattr(model_cache, "optional_classifier", lambda settings, **_: (broken, "1"))
     assert predictions(frame, score_settings)["shadow_label"].isna().all() and broken.calls == 2
     off = score_settings.model_copy(update={"shadow_fraction": 0.0})
-    monkeypatch.setattr(champion_cache, "optional_classifier", lambda settings, **_: pytest.fail("looked up"))
+    monkeypatch.setattr(model_cache, "optional_classifier", lambda settings, **_: pytest.fail("looked up"))
     assert predictions(frame, off)["shadow_label"].isna().all()
