@@ -5,7 +5,7 @@ MERGE names only the partitions its batch touches and costs the same on day 1 an
 Columns are grouped by the writer that owns them: no writer ever updates another's group.
 The other tables are the labeling ledger (the stream), label rejects and retraining decisions
 (the handlers), promotion decisions on live evidence (``infra.core.promotion``) and the model
-server's inference table; ``infra.status`` reads them by these specs.
+server's inference table; ``infra.core.status`` reads them by these specs.
 ``embeddings_spec(name)`` is the shape of the tables ``lakesight featurize`` writes, under any other name.
 """
 

@@ -239,7 +239,7 @@ def _ms(started: float) -> float:
 
 
 def _figures(state: ServingState, status: str) -> dict[str, Any]:
-    """What ``lakesight status`` and the status page show of this server (``infra.status``)."""
+    """What ``lakesight status`` and the status page show of this server (``infra.status_files``)."""
     online = state.inference_log
     return {
         "state": status,

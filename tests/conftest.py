@@ -19,7 +19,7 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # TensorFlow on 2 cores next to Spark: keep it quiet and from grabbing every thread.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests that are not about pacing see unsure images sent from the batch that scored them; the
-# pacing tests (tests/infra/test_labeling_handoff.py) set the window themselves.
+# pacing tests (tests/infra/core/labeling/test_handoff.py) set the window themselves.
 os.environ.setdefault("LAKESIGHT_LABELING_WINDOW_S", "0")
 
 

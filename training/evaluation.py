@@ -2,8 +2,8 @@
 
 :func:`promote` evaluates the new version and the current champion on the same held-out rows,
 both loaded through the registry as the raw-bytes classifiers the stream uses, then applies the
-registry's rule (:func:`infra.promotion.promotion_decision`, written by
-:func:`infra.promotion.record_promotion`), or only reports it on a dry run. A split winner becomes
+registry's rule (:func:`infra.core.promotion.promotion_decision`, written by
+:func:`infra.core.promotion.record_promotion`), or only reports it on a dry run. A split winner becomes
 ``challenger`` while ``promotion_min_pairs`` > 0: live labels then decide (``infra.core.promotion``).
 """
 

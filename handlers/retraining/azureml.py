@@ -17,7 +17,7 @@ from infra.locations import is_local_uri
 from infra.settings import Settings
 from infra.tables import IMAGES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "lakesight-retraining"
 # What the job takes from the handler's settings: the model it registers a version of and the rule
 # it promotes by must be the handler's own, since handlers/retraining/runs.py checks that version afterwards.

@@ -2,7 +2,7 @@
 
 ``lakesight train`` promotes by itself, wherever it runs, and tags the model version with its
 decision. The check here makes sure a remote (Azure ML) run's version got a decision: it reports
-the one already taken, or applies the registry's rule (:func:`infra.promotion.promotion_decision`)
+the one already taken, or applies the registry's rule (:func:`infra.core.promotion.promotion_decision`)
 to the version's recorded test accuracy when the run registered a version without deciding. A split
 winner may become ``challenger`` and wait for live labels (``infra.core.promotion``).
 """

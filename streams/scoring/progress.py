@@ -4,7 +4,7 @@ The listener (driver side) sees Spark's progress events; foreachBatch adds what 
 (model version, MERGE time, errors, labeling). Both land in ``<run_dir>/score-status.json``,
 rewritten atomically, with the last few batches kept (bounded, so the file never grows). Every
 write stamps ``heartbeat_at``, and :meth:`ScoreStatus.heartbeat` keeps writing while the stream
-runs, so a reader can tell a live stream from a file a killed one left behind (``infra.status``).
+runs, so a reader can tell a live stream from a file a killed one left behind (``infra.status_files``).
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ _BUNDLE_REF = re.compile(r"\$\{([A-Za-z0-9_.\[\]-]+)\}")
 _DEPLOY_TIME_REFS = ("workspace.", "resources.")
 
 # Keys of infra.spark.DEFAULT_CONF that a Databricks cluster must not get; every other key is in every
-# cluster's spark_conf (tests/infra/test_iac.py), because on Databricks get_spark() returns the
+# cluster's spark_conf (tests/infra/iac/test_iac.py), because on Databricks get_spark() returns the
 # cluster's own session and DEFAULT_CONF is not applied there.
 LOCAL_ONLY_SPARK_CONF = (
     # Sized for the few cores of the embedded local[*] session; a cluster's cores change with
