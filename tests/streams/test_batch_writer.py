@@ -93,7 +93,7 @@ def test_a_batch_is_merged_with_its_transaction_and_a_replay_skipped_before_it_r
     assert lake.committed_version(IMAGES, query_app_id(str(tmp_path / "checkpoint"), "test")) == 0
     assert writer.app_id() == query_app_id(str(tmp_path / "checkpoint"), "test")
     assert len(done) == 1 and done[0].batch_id == 0 and done[0].outcome.inserted == 2
-    assert done[0].began <= done[0].collected and done[0].staged is None
+    assert done[0].began <= done[0].collected and done[0].merged is done[0].table  # no stage step: merged as collected
     version = lake.version(IMAGES)
 
     writer.batch_done.clear()
