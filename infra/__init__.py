@@ -1,6 +1,6 @@
-"""The shared platform layer: settings, lake, Spark, blob storage, MLflow, local stack.
-
-Imports none of ``streams``, ``training`` or ``handlers`` at module level.
+"""The platform at the root (settings, locations, lake and its engines, tables, Spark, blob storage,
+MLflow registry, processes, status files); ``core`` the shared domain above it; ``local`` the local
+runtime and ``cli`` the composition root at the top (docs/ARCHITECTURE.md, "Layers").
 """
 
 import os
