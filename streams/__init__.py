@@ -9,6 +9,7 @@
 - ``featurize``: embeddings of a folder, container or table into a table of their own (no Spark).
 - ``bench``: ``lakesight bench score`` and ``lakesight bench drift``.
 
-Imports ``infra`` (never the CLI or the local runtime; the benchmarks alone read sample data); meets training through the registered MLflow model and the handlers through
-arrival records and the lake (docs/ARCHITECTURE.md).
+Imports ``infra`` (never the CLI or the local runtime; the benchmarks alone read sample data);
+meets training through the registered MLflow model and the handlers through arrival records and
+the lake (docs/ARCHITECTURE.md).
 """
