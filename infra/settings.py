@@ -310,7 +310,21 @@ class Settings(BaseSettings):
     serve_alias: str = Field(
         "champion", min_length=1, description="Registry alias the model server serves (a green deployment: challenger)"
     )
-    max_batch_images: int = Field(32, ge=1, description="Most images in one multipart request to the model server")
+    max_batch_images: int = Field(
+        32, ge=1, description="Most parts (images or fields) in one multipart request to the model server"
+    )
+    max_part_header_bytes: int = Field(
+        2048, ge=256, description="Longest header line of a multipart part (Content-Disposition with its file name)"
+    )
+    serve_max_inflight_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Request body bytes the model server holds at once (declared or streaming in); past it a "
+        "request gets 503 with Retry-After, and its batcher queues no more",
+    )
+    serve_max_inflight_requests: int = Field(
+        256, ge=1, description="Requests the model server holds at once; past it 503 with Retry-After"
+    )
     serve_batch_wait_ms: float = Field(
         4.0, ge=0, description="How long the model server gathers concurrent requests into one model batch"
     )

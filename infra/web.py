@@ -29,17 +29,19 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 class RequestRefused(LakesightError):
     """A request answered with ``status_code`` and ``{"error": message}`` (see :func:`refused_response`)."""
 
-    def __init__(self, status_code: int, message: str):
+    def __init__(self, status_code: int, message: str, *, retry_after_s: int | None = None):
         self.message = one_line(message)
         super().__init__(self.message)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s  # a busy service: when the caller may try again
 
 
 async def refused_response(_request: Any, exc: RequestRefused) -> Any:
     """The exception handler each app installs for :class:`RequestRefused`."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
 def key_matches(supplied: str | None, key: bytes) -> bool:
