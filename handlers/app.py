@@ -10,15 +10,16 @@ nobody needs to see by default.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from handlers.deps import RequestRefused, refused_response
+from handlers.deps import RequestRefused, refused_response, status_secret
 from handlers.routes import events, status
 from handlers.service import HandlerService
-from infra.settings import Settings
+from infra.settings import Settings, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     empty event key is allowed only on a loopback one.
     """
     # Checked (azure mode, bind address) before anything is opened.
-    key = settings.event_secret(bind_host=host or settings.handler_host)
+    bind = host or settings.handler_host
+    keys = settings.event_secrets(bind_host=bind)
+    key = keys[0]
     if not key:
         log.warning("LAKESIGHT_EVENT_KEY is empty: the webhook runs unauthenticated (loopback bind only)")
     docs = settings.openapi
@@ -50,7 +53,11 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.event_key = key.encode()
+    app.state.event_keys = tuple(k.encode() for k in keys)
+    # Status is open only where the bind is loopback (local mode) or the deployment says so.
+    app.state.status_open = settings.status_public or (settings.mode == "local" and is_loopback(bind))
+    cookie_secret = settings.status_cookie_secret.get_secret_value().encode() or secrets.token_bytes(32)
+    app.state.status_secret = status_secret(cookie_secret, key.encode())
     app.state.service = service or HandlerService(settings)
     app.add_exception_handler(RequestRefused, refused_response)
     app.include_router(events.router)

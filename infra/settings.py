@@ -38,7 +38,7 @@ DEFAULT_MODEL_API_KEY = "local-model-key"
 # An event key shorter than this is guessable; azure mode refuses it.
 MIN_EVENT_KEY_CHARS = 32
 LAKE_ENGINES = ("delta-rs", "spark")
-SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
+SECRET_FIELDS = ("blob_connection_string", "event_key", "event_key_next", "status_cookie_secret", "model_api_key")
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
 # spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
 BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
@@ -293,6 +293,21 @@ class Settings(BaseSettings):
     handler_host: str = Field("127.0.0.1", description="Webhook service bind address")
     handler_port: int = Field(8765, description="Webhook service port")
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
+    event_key_next: SecretStr = Field(
+        SecretStr(""),
+        description="During a key rotation, the key replacing LAKESIGHT_EVENT_KEY: both are accepted until it "
+        "becomes the current one (docs/DEPLOY.md, Rotating the event key)",
+    )
+    status_cookie_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Server-side secret the status page's cookie is signed with (the same on every instance); "
+        "empty: a random one per process",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses of TLS-terminating proxies whose X-Forwarded-Proto/-For the "
+        "servers believe (uvicorn's forwarded_allow_ips); the status cookie is Secure when they say https",
+    )
     max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
     max_export_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Larger labeling exports are refused (and dead-lettered)"
@@ -509,6 +524,17 @@ class Settings(BaseSettings):
         """The webhook's shared key, checked by :func:`_shared_key` (pass the bind address when serving)."""
         return _shared_key(self, self.event_key, DEFAULT_EVENT_KEY, "event key", "LAKESIGHT_EVENT_KEY", bind_host)
 
+    def event_secrets(self, *, bind_host: str | None = None) -> tuple[str, ...]:
+        """The event keys the webhook accepts: the current one, and the next one during a rotation
+        (checked by the same rules)."""
+        current = self.event_secret(bind_host=bind_host)
+        if not self.event_key_next.get_secret_value():
+            return (current,)
+        upcoming = _shared_key(
+            self, self.event_key_next, DEFAULT_EVENT_KEY, "next event key", "LAKESIGHT_EVENT_KEY_NEXT", bind_host
+        )
+        return (current, upcoming)
+
     def model_secret(self, *, bind_host: str | None = None) -> str:
         """The model server's API key, checked by :func:`_shared_key` (pass the bind address when serving)."""
         return _shared_key(
@@ -546,22 +572,33 @@ class Settings(BaseSettings):
 def _shared_key(
     settings: Settings, secret: SecretStr, default: str, what: str, variable: str, bind_host: str | None
 ) -> str:
-    """A service's shared key. Azure mode refuses an empty, the default or a short (guessable) one.
-    An empty key turns authentication off, so local mode allows it only on a loopback bind."""
+    """A service's shared key. Azure mode, and local mode on a bind others can reach, refuse an
+    empty key (authentication off), the published default and a short (guessable) one; only local
+    mode on a loopback bind takes them (``bind_host`` None: a client of the key, not a server)."""
     key = secret.get_secret_value()
     if settings.mode != "local":
-        if not key:
-            raise SettingsError(f"mode=azure needs a {what}: {variable} is empty")
-        if key == default:
-            raise SettingsError(f"mode=azure refuses the default {what}: set {variable}")
-        if len(key) < MIN_EVENT_KEY_CHARS:
-            raise SettingsError(f"mode=azure needs a {what} of at least {MIN_EVENT_KEY_CHARS} characters ({variable})")
-    elif not key and bind_host is not None and not is_loopback(bind_host):
-        raise SettingsError(
-            f"an empty {variable} turns authentication off, which is allowed only on a loopback bind, "
-            f"not on {bind_host!r}: set {variable} or bind to 127.0.0.1"
-        )
+        refusal = weak_key_reason(key, default, what, variable)
+        if refusal:
+            raise SettingsError(f"mode=azure {refusal}")
+    elif bind_host is not None and not is_loopback(bind_host):
+        refusal = weak_key_reason(key, default, what, variable)
+        if refusal:
+            raise SettingsError(
+                f"a bind on {bind_host!r} {refusal}; an empty or default key is allowed only on a loopback bind "
+                "(127.0.0.1)"
+            )
     return key
+
+
+def weak_key_reason(key: str, default: str, what: str, variable: str) -> str | None:
+    """Why ``key`` cannot guard a service others can reach, or None."""
+    if not key:
+        return f"needs a {what}: {variable} is empty"
+    if key == default:
+        return f"refuses the default {what}: set {variable}"
+    if len(key) < MIN_EVENT_KEY_CHARS:
+        return f"needs a {what} of at least {MIN_EVENT_KEY_CHARS} characters ({variable})"
+    return None
 
 
 @lru_cache(maxsize=1)
