@@ -98,7 +98,7 @@ class Lake:
         self._reuse = reuse_tables
         self._open: dict[str, DeltaTable] = {}
         self.root = settings.lake_root
-        self.storage_options = dict(settings.lake_storage_options) or None
+        self.storage_options = settings.storage_options() or None
         root = local_path(self.root)
         if root is not None:
             self._prepare_local_root(root)

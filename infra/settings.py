@@ -42,6 +42,8 @@ SECRET_FIELDS = ("blob_connection_string", "event_key", "event_key_next", "statu
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
 # spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
 BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
+# The same for delta-rs's storage options (a service principal's secret), as JSON.
+LAKE_STORAGE_OPTIONS_ENV = "LAKESIGHT_LAKE_STORAGE_OPTIONS"
 
 
 def azurite_connection(port: int) -> str:
@@ -127,6 +129,8 @@ class Settings(BaseSettings):
     # Set on the copy for executors (for_executors): "env" reads the blob connection string from the
     # executor's environment, "azurite" derives local mode's default again; "" on the driver.
     _executor_blob: str = PrivateAttr("")
+    # True on the copy for executors when the driver had storage options: they come from the environment.
+    _executor_storage_env: bool = PrivateAttr(False)
 
     mode: Literal["local", "azure"] = Field("local", description="local: embedded stack; azure: real cloud")
     state_dir: Path = Field(Path(".lakesight"), description="Where local state lives (lake, logs, MLflow)")
@@ -512,9 +516,25 @@ class Settings(BaseSettings):
         from their environment (:data:`BLOB_CONNECTION_ENV`); local mode's Azurite default, a public
         development key, is derived again from ``blob_port``."""
         conn = self.blob_connection_string.get_secret_value()
-        view = self.model_copy(update={name: SecretStr("") for name in SECRET_FIELDS})
+        blanks: dict[str, Any] = {name: SecretStr("") for name in SECRET_FIELDS}
+        # Storage options hold a service principal's secret and Spark confs account keys: neither
+        # travels in a closure (executors read the options from LAKE_STORAGE_OPTIONS_ENV).
+        view = self.model_copy(update={**blanks, "lake_storage_options": {}, "spark_conf": {}})
         view._executor_blob = "azurite" if conn == azurite_connection(self.blob_port) else "env"
+        view._executor_storage_env = bool(self.lake_storage_options)
         return view
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs's storage options: the setting on the driver, the environment on an executor."""
+        if not self._executor_storage_env:
+            return dict(self.lake_storage_options)
+        raw = os.environ.get(LAKE_STORAGE_OPTIONS_ENV, "")
+        if not raw:
+            raise SettingsError(
+                f"this Spark executor has no lake storage options: set {LAKE_STORAGE_OPTIONS_ENV} in the executors' "
+                f"environment (a cluster secret, or spark.executorEnv.{LAKE_STORAGE_OPTIONS_ENV})"
+            )
+        return {str(k): str(v) for k, v in json.loads(raw).items()}
 
     def events_url(self) -> str:
         """The handler's Event Grid webhook on this machine."""
@@ -543,10 +563,13 @@ class Settings(BaseSettings):
 
     # Serialised forms --------------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
-        """Settings as plain values with secrets masked, for printing and logging."""
-        out = self.model_dump(mode="json")
+        """Settings as plain values with secrets masked, for printing and logging (infra.redaction:
+        the secret fields, secret-named storage options and Spark confs, credentials in URLs)."""
+        from infra.redaction import MASK, redact
+
+        out: dict[str, Any] = redact(self.model_dump(mode="json"))
         for name in SECRET_FIELDS:
-            out[name] = "**********"
+            out[name] = MASK
         return out
 
     def to_env(self, *, secrets: bool = True, only: tuple[str, ...] | None = None) -> dict[str, str]:
