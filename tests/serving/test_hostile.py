@@ -74,3 +74,23 @@ def test_too_many_header_lines_or_fields_are_refused(champion_settings: Settings
         )
     assert flood.status_code == 400 and "header" in flood.json()["error"].lower()
     assert too_many.status_code == 413 and "more than 2 images" in too_many.json()["error"]
+
+
+def test_decoder_floods_and_formats_the_model_refuses_are_errors_of_their_parts(champion_settings: Settings) -> None:
+    from tests.helpers.images import chunk_flood_png, many_scan_jpeg, ppm_image
+    from tests.helpers.serving import post_batch
+
+    parts = [
+        ("flood.png", chunk_flood_png(50_000), "image/png"),
+        ("scans.jpg", many_scan_jpeg(300), "image/jpeg"),
+        ("photo.ppm", ppm_image(), "application/octet-stream"),
+        ("ok.png", solid_png(5), "image/png"),
+    ]
+    with model_server(champion_settings, inference_table=False) as client:
+        response = post_batch(client, parts)
+    assert response.status_code == 200, response.text
+    flood, scans, ppm, ok = response.json()["results"]
+    assert "too many PNG chunks" in flood["error"]
+    assert "too many JPEG scans" in scans["error"]
+    assert ppm["error"] == "unsupported format PPM"
+    assert "error" not in ok and ok["label"]

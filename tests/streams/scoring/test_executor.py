@@ -220,3 +220,14 @@ def test_a_pickled_task_closure_carries_no_storage_option_or_spark_conf_secret(
     monkeypatch.setenv("LAKESIGHT_LAKE_STORAGE_OPTIONS", conf["spark.executorEnv.LAKESIGHT_LAKE_STORAGE_OPTIONS"])
     assert view.storage_options() == options
     assert settings.storage_options() == options  # the driver's own
+
+
+def test_the_sql_functions_refuse_what_the_stream_refuses(champion_settings: Settings) -> None:
+    import pandas as pd
+
+    from streams.scoring.executor import classify_series
+    from tests.helpers.images import chunk_flood_png, many_scan_jpeg, ppm_image
+
+    contents = pd.Series([chunk_flood_png(50_000), many_scan_jpeg(300), ppm_image(), solid_png(5)])
+    out = classify_series(contents, champion_settings)
+    assert out["label"].isna().tolist() == [True, True, True, False]
