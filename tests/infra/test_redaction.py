@@ -56,3 +56,29 @@ def test_connection_strings_and_sas_urls_lose_only_their_secrets() -> None:
     assert redact_text(sas) == sas.replace(SAS_SIGNATURE, MASK)
     plain = "abfss://lake@acct.dfs.core.windows.net/tables"
     assert redact_text(plain) == plain
+
+
+def test_an_unreachable_tracking_uri_is_named_without_its_password() -> None:
+    import httpx
+
+    from infra.processes import free_port
+    from infra.registry import unreachable
+
+    uri = f"http://lakesight:{URL_PASSWORD}@127.0.0.1:{free_port()}"
+    try:
+        httpx.get(uri, timeout=5)  # nothing listens there: a real connection error
+    except httpx.HTTPError as exc:
+        error = unreachable(uri, exc)
+    assert URL_PASSWORD not in str(error)
+    assert f"http://lakesight:{MASK}@127.0.0.1" in str(error) and "is not reachable" in str(error)
+
+
+def test_the_status_snapshot_is_redacted(tmp_path: Path) -> None:
+    # The registry section fails on this URI (nothing listens); its error quotes the URI.
+    from infra.processes import free_port
+    from infra.settings import Settings
+    from infra.status import snapshot
+
+    uri = f"http://lakesight:{URL_PASSWORD}@127.0.0.1:{free_port()}"
+    shown = json.dumps(snapshot(Settings(state_dir=tmp_path / "state", mlflow_tracking_uri=uri)))
+    assert URL_PASSWORD not in shown
