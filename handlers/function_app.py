@@ -12,4 +12,8 @@ import azure.functions as func
 from handlers.api.app import create_app
 from infra.settings import get_settings
 
-app = func.AsgiFunctionApp(app=create_app(get_settings()), http_auth_level=func.AuthLevel.ANONYMOUS)
+# A Functions app is reachable by anyone: its event key is checked as on an open bind, so an empty
+# or default key refuses to start even in local mode.
+EXPOSED_BIND = "0.0.0.0"
+
+app = func.AsgiFunctionApp(app=create_app(get_settings(), host=EXPOSED_BIND), http_auth_level=func.AuthLevel.ANONYMOUS)

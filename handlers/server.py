@@ -16,8 +16,8 @@ from infra.web import serve_forever, serving_in_thread
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None, log_level: str = "info") -> None:
     """Serve the webhook until interrupted; handler outcomes are logged at ``log_level``."""
     bind = host or settings.handler_host
-    app = create_app(settings, host=bind)  # refuses an empty event key on a non-loopback bind
-    serve_forever(app, bind, port or settings.handler_port, log_level)
+    app = create_app(settings, host=bind)  # refuses an empty or default event key on a non-loopback bind
+    serve_forever(app, bind, port or settings.handler_port, log_level, trusted_proxies=settings.trusted_proxies)
 
 
 @contextmanager

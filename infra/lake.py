@@ -96,7 +96,7 @@ class LakeConfig:
 
     @classmethod
     def of(cls, settings: Settings) -> LakeConfig:
-        return cls(settings.lake_root, dict(settings.lake_storage_options) or None, settings.lake_engine)
+        return cls(settings.lake_root, settings.storage_options() or None, settings.lake_engine)
 
     def table_uri(self, table: str) -> str:
         return f"{self.root.rstrip('/')}/{table}"

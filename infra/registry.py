@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from infra.errors import LakesightError
+from infra.redaction import redact_text
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -95,10 +96,11 @@ class RegistryUnreachable(RegistryError):
 
 def unreachable(uri: str, exc: BaseException) -> RegistryUnreachable:
     """One line naming the URI and why (the socket's errno when there is one), not MLflow's page of URLs."""
-    text = " ".join(str(exc).split())
+    text = redact_text(" ".join(str(exc).split()))
     errno = re.search(r"\[Errno -?\d+\][^\"')]*", text)
     reason = errno.group(0).strip() if errno else text[:200]
-    return RegistryUnreachable(f"MLflow tracking URI {uri} is not reachable ({reason})")
+    # A URI may carry a password (https://user:password@host): printed with it masked.
+    return RegistryUnreachable(f"MLflow tracking URI {redact_text(uri)} is not reachable ({reason})")
 
 
 def _is_unreachable(exc: BaseException) -> bool:

@@ -39,10 +39,12 @@ LAKE_ENGINES = ("delta-rs", "spark")
 # The selection strategies a user may name; infra.core.labeling.strategies implements each one
 # (tests/infra/test_settings.py keeps the two lists equal).
 LABELING_STRATEGIES = ("threshold", "random", "least_confidence", "margin", "entropy", "margin_diversity")
-SECRET_FIELDS = ("blob_connection_string", "event_key", "model_api_key")
+SECRET_FIELDS = ("blob_connection_string", "event_key", "event_key_next", "status_cookie_secret", "model_api_key")
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
 # spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
 BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
+# The same for delta-rs's storage options (a service principal's secret), as JSON.
+LAKE_STORAGE_OPTIONS_ENV = "LAKESIGHT_LAKE_STORAGE_OPTIONS"
 
 
 def azurite_connection(port: int) -> str:
@@ -70,6 +72,8 @@ class Settings(BaseSettings):
     # Set on the copy for executors (for_executors): "env" reads the blob connection string from the
     # executor's environment, "azurite" derives local mode's default again; "" on the driver.
     _executor_blob: str = PrivateAttr("")
+    # True on the copy for executors when the driver had storage options: they come from the environment.
+    _executor_storage_env: bool = PrivateAttr(False)
 
     mode: Literal["local", "azure"] = Field("local", description="local: embedded stack; azure: real cloud")
     state_dir: Path = Field(Path(".lakesight"), description="Where local state lives (lake, logs, MLflow)")
@@ -248,6 +252,21 @@ class Settings(BaseSettings):
     handler_host: str = Field("127.0.0.1", description="Webhook service bind address")
     handler_port: int = Field(8765, description="Webhook service port")
     event_key: SecretStr = Field(SecretStr(DEFAULT_EVENT_KEY), description="Shared key for Event Grid calls")
+    event_key_next: SecretStr = Field(
+        SecretStr(""),
+        description="During a key rotation, the key replacing LAKESIGHT_EVENT_KEY: both are accepted until it "
+        "becomes the current one (docs/DEPLOY.md, Rotating the event key)",
+    )
+    status_cookie_secret: SecretStr = Field(
+        SecretStr(""),
+        description="Server-side secret the status page's cookie is signed with (the same on every instance); "
+        "empty: a random one per process",
+    )
+    trusted_proxies: str = Field(
+        "127.0.0.1",
+        description="Comma-separated addresses of TLS-terminating proxies whose X-Forwarded-Proto/-For the "
+        "servers believe (uvicorn's forwarded_allow_ips); the status cookie is Secure when they say https",
+    )
     max_event_body_bytes: int = Field(1024 * 1024, gt=0, description="Larger webhook bodies get 413")
     max_export_bytes: int = Field(
         256 * 1024 * 1024, gt=0, description="Larger labeling exports are refused (and dead-lettered)"
@@ -265,7 +284,21 @@ class Settings(BaseSettings):
     serve_alias: str = Field(
         "champion", min_length=1, description="Registry alias the model server serves (a green deployment: challenger)"
     )
-    max_batch_images: int = Field(32, ge=1, description="Most images in one multipart request to the model server")
+    max_batch_images: int = Field(
+        32, ge=1, description="Most parts (images or fields) in one multipart request to the model server"
+    )
+    max_part_header_bytes: int = Field(
+        2048, ge=256, description="Longest header line of a multipart part (Content-Disposition with its file name)"
+    )
+    serve_max_inflight_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Request body bytes the model server holds at once (declared or streaming in); past it a "
+        "request gets 503 with Retry-After, and its batcher queues no more",
+    )
+    serve_max_inflight_requests: int = Field(
+        256, ge=1, description="Requests the model server holds at once; past it 503 with Retry-After"
+    )
     serve_batch_wait_ms: float = Field(
         4.0, ge=0, description="How long the model server gathers concurrent requests into one model batch"
     )
@@ -436,9 +469,25 @@ class Settings(BaseSettings):
         from their environment (:data:`BLOB_CONNECTION_ENV`); local mode's Azurite default, a public
         development key, is derived again from ``blob_port``."""
         conn = self.blob_connection_string.get_secret_value()
-        view = self.model_copy(update={name: SecretStr("") for name in SECRET_FIELDS})
+        blanks: dict[str, Any] = {name: SecretStr("") for name in SECRET_FIELDS}
+        # Storage options hold a service principal's secret and Spark confs account keys: neither
+        # travels in a closure (executors read the options from LAKE_STORAGE_OPTIONS_ENV).
+        view = self.model_copy(update={**blanks, "lake_storage_options": {}, "spark_conf": {}})
         view._executor_blob = "azurite" if conn == azurite_connection(self.blob_port) else "env"
+        view._executor_storage_env = bool(self.lake_storage_options)
         return view
+
+    def storage_options(self) -> dict[str, str]:
+        """delta-rs's storage options: the setting on the driver, the environment on an executor."""
+        if not self._executor_storage_env:
+            return dict(self.lake_storage_options)
+        raw = os.environ.get(LAKE_STORAGE_OPTIONS_ENV, "")
+        if not raw:
+            raise SettingsError(
+                f"this Spark executor has no lake storage options: set {LAKE_STORAGE_OPTIONS_ENV} in the executors' "
+                f"environment (a cluster secret, or spark.executorEnv.{LAKE_STORAGE_OPTIONS_ENV})"
+            )
+        return {str(k): str(v) for k, v in json.loads(raw).items()}
 
     def events_url(self) -> str:
         """The handler's Event Grid webhook on this machine."""
@@ -448,6 +497,17 @@ class Settings(BaseSettings):
         """The webhook's shared key, checked by :func:`_shared_key` (pass the bind address when serving)."""
         return _shared_key(self, self.event_key, DEFAULT_EVENT_KEY, "event key", "LAKESIGHT_EVENT_KEY", bind_host)
 
+    def event_secrets(self, *, bind_host: str | None = None) -> tuple[str, ...]:
+        """The event keys the webhook accepts: the current one, and the next one during a rotation
+        (checked by the same rules)."""
+        current = self.event_secret(bind_host=bind_host)
+        if not self.event_key_next.get_secret_value():
+            return (current,)
+        upcoming = _shared_key(
+            self, self.event_key_next, DEFAULT_EVENT_KEY, "next event key", "LAKESIGHT_EVENT_KEY_NEXT", bind_host
+        )
+        return (current, upcoming)
+
     def model_secret(self, *, bind_host: str | None = None) -> str:
         """The model server's API key, checked by :func:`_shared_key` (pass the bind address when serving)."""
         return _shared_key(
@@ -456,10 +516,13 @@ class Settings(BaseSettings):
 
     # Serialised forms --------------------------------------------------------------------------
     def public_dict(self) -> dict[str, Any]:
-        """Settings as plain values with secrets masked, for printing and logging."""
-        out = self.model_dump(mode="json")
+        """Settings as plain values with secrets masked, for printing and logging (infra.redaction:
+        the secret fields, secret-named storage options and Spark confs, credentials in URLs)."""
+        from infra.redaction import MASK, redact
+
+        out: dict[str, Any] = redact(self.model_dump(mode="json"))
         for name in SECRET_FIELDS:
-            out[name] = "**********"
+            out[name] = MASK
         return out
 
     def to_env(self, *, secrets: bool = True, only: tuple[str, ...] | None = None) -> dict[str, str]:
@@ -485,22 +548,33 @@ class Settings(BaseSettings):
 def _shared_key(
     settings: Settings, secret: SecretStr, default: str, what: str, variable: str, bind_host: str | None
 ) -> str:
-    """A service's shared key. Azure mode refuses an empty, the default or a short (guessable) one.
-    An empty key turns authentication off, so local mode allows it only on a loopback bind."""
+    """A service's shared key. Azure mode, and local mode on a bind others can reach, refuse an
+    empty key (authentication off), the published default and a short (guessable) one; only local
+    mode on a loopback bind takes them (``bind_host`` None: a client of the key, not a server)."""
     key = secret.get_secret_value()
     if settings.mode != "local":
-        if not key:
-            raise SettingsError(f"mode=azure needs a {what}: {variable} is empty")
-        if key == default:
-            raise SettingsError(f"mode=azure refuses the default {what}: set {variable}")
-        if len(key) < MIN_EVENT_KEY_CHARS:
-            raise SettingsError(f"mode=azure needs a {what} of at least {MIN_EVENT_KEY_CHARS} characters ({variable})")
-    elif not key and bind_host is not None and not is_loopback(bind_host):
-        raise SettingsError(
-            f"an empty {variable} turns authentication off, which is allowed only on a loopback bind, "
-            f"not on {bind_host!r}: set {variable} or bind to 127.0.0.1"
-        )
+        refusal = weak_key_reason(key, default, what, variable)
+        if refusal:
+            raise SettingsError(f"mode=azure {refusal}")
+    elif bind_host is not None and not is_loopback(bind_host):
+        refusal = weak_key_reason(key, default, what, variable)
+        if refusal:
+            raise SettingsError(
+                f"a bind on {bind_host!r} {refusal}; an empty or default key is allowed only on a loopback bind "
+                "(127.0.0.1)"
+            )
     return key
+
+
+def weak_key_reason(key: str, default: str, what: str, variable: str) -> str | None:
+    """Why ``key`` cannot guard a service others can reach, or None."""
+    if not key:
+        return f"needs a {what}: {variable} is empty"
+    if key == default:
+        return f"refuses the default {what}: set {variable}"
+    if len(key) < MIN_EVENT_KEY_CHARS:
+        return f"needs a {what} of at least {MIN_EVENT_KEY_CHARS} characters ({variable})"
+    return None
 
 
 @lru_cache(maxsize=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sys
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from infra.jvm import default_jars_dir, spark_jar_conf
 from infra.locations import is_local_uri
-from infra.settings import BLOB_CONNECTION_ENV, Settings, azurite_connection
+from infra.redaction import SECRET_NAME_PATTERN
+from infra.settings import BLOB_CONNECTION_ENV, LAKE_STORAGE_OPTIONS_ENV, Settings, azurite_connection
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -82,19 +84,25 @@ def get_spark(settings: Settings, app_name: str = "lakesight") -> SparkSession:
         return spark
 
 
-# Spark's default redaction, and the blob connection string: hidden in the UI, event log and logs.
-REDACTION_REGEX = r"(?i)secret|password|token|access[.]?key|connection.?string"
+# lakesight's one redaction rule (infra.redaction): what it hides when it prints settings, Spark
+# hides in its UI, event log and logs (Spark's default, plus connection strings and account keys).
+REDACTION_REGEX = SECRET_NAME_PATTERN
 
 
 def executor_secret_conf(settings: Settings) -> dict[str, str]:
-    """The blob connection string in the executors' environment, where the executor-side fetch reads
-    it (``Settings.for_executors``: task closures carry no secret). Nothing for local mode's Azurite
-    default, which executors derive; a cluster that sets the variable itself keeps its own."""
+    """The blob connection string and the lake's storage options in the executors' environment,
+    where executor code reads them (``Settings.for_executors``: task closures carry no secret).
+    Nothing for local mode's Azurite default, which executors derive; a cluster that sets a variable
+    itself keeps its own."""
+    conf = {"spark.redaction.regex": REDACTION_REGEX}
     conn = settings.blob_connection_string.get_secret_value()
     key = f"spark.executorEnv.{BLOB_CONNECTION_ENV}"
-    if not conn or conn == azurite_connection(settings.blob_port) or key in settings.spark_conf:
-        return {}
-    return {key: conn, "spark.redaction.regex": REDACTION_REGEX}
+    if conn and conn != azurite_connection(settings.blob_port) and key not in settings.spark_conf:
+        conf[key] = conn
+    options_key = f"spark.executorEnv.{LAKE_STORAGE_OPTIONS_ENV}"
+    if settings.lake_storage_options and options_key not in settings.spark_conf:
+        conf[options_key] = json.dumps(settings.lake_storage_options)
+    return conf
 
 
 def engine_conf(settings: Settings) -> dict[str, str]:

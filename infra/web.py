@@ -29,38 +29,52 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 class RequestRefused(LakesightError):
     """A request answered with ``status_code`` and ``{"error": message}`` (see :func:`refused_response`)."""
 
-    def __init__(self, status_code: int, message: str):
+    def __init__(self, status_code: int, message: str, *, retry_after_s: int | None = None):
         self.message = one_line(message)
         super().__init__(self.message)
         self.status_code = status_code
+        self.retry_after_s = retry_after_s  # a busy service: when the caller may try again
 
 
 async def refused_response(_request: Any, exc: RequestRefused) -> Any:
     """The exception handler each app installs for :class:`RequestRefused`."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    headers = None if exc.retry_after_s is None else {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=headers)
 
 
 def key_matches(supplied: str | None, key: bytes) -> bool:
     return hmac.compare_digest((supplied or "").encode(), key)
 
 
-def uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
+def uvicorn_config(app: Any, host: str, port: int, log_level: str, *, trusted_proxies: str | None = None) -> Any:
+    """``trusted_proxies``: the addresses whose X-Forwarded-Proto/-For uvicorn believes (settings'
+    ``trusted_proxies``; None: uvicorn's default, loopback)."""
     import uvicorn
 
     # One process, one event loop: each service keeps its state (queues, caches) in this process.
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        forwarded_allow_ips=trusted_proxies,
+    )
 
 
-def serve_forever(app: Any, host: str, port: int, log_level: str = "info") -> None:
+def serve_forever(
+    app: Any, host: str, port: int, log_level: str = "info", *, trusted_proxies: str | None = None
+) -> None:
     """Serve ``app`` until interrupted, logging at ``log_level``."""
     import logging
 
     import uvicorn
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.Server(uvicorn_config(app, host, port, log_level)).run()
+    uvicorn.Server(uvicorn_config(app, host, port, log_level, trusted_proxies=trusted_proxies)).run()
 
 
 @contextmanager

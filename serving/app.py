@@ -16,7 +16,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -31,11 +31,13 @@ from infra.registry import RegistryError
 from infra.settings import Settings
 from infra.status_files import HEARTBEAT_EVERY_S, SERVING, model_server_status_path, write_status_file
 from infra.web import RequestRefused, key_matches, refused_response
+from serving.admission import InFlightBudget
 from serving.batcher import ChampionLookup, MicroBatcher, Scored, served_classifier
 from serving.inference_log import CLASS_NAMES, CONTENT, EMBEDDING, PROBABILITIES, InferenceLog
 from serving.stats import ServingStats
 from serving.uploads import (
     Upload,
+    Uploads,
     body_limit,
     check_declared_length,
     check_kind,
@@ -57,6 +59,7 @@ class ServingState:
     batcher: MicroBatcher
     inference_log: InferenceLog | None
     stats: ServingStats
+    budget: InFlightBudget
 
 
 # Async although they only read app.state: FastAPI runs a plain ``def`` dependency in its thread pool.
@@ -94,7 +97,7 @@ async def model(state: StateDep) -> dict[str, Any]:
 
 @router.get("/v1/stats", dependencies=[ApiKeyDep])
 async def stats(state: StateDep) -> dict[str, Any]:
-    out: dict[str, Any] = state.stats.snapshot()
+    out: dict[str, Any] = {**state.stats.snapshot(), **state.budget.snapshot()}
     out["model_batches"] = state.batcher.batches
     out["model_batch_images_mean"] = round(state.batcher.batched_images / max(state.batcher.batches, 1), 2)
     online = state.inference_log
@@ -113,9 +116,12 @@ async def classify(
     received_at = dt.datetime.now(dt.UTC)
     request_id = uuid.uuid4().hex
     try:
-        uploads = await _read(request, state.settings)
-        good = [u for u in uploads.items if u.content is not None]
-        scored = await _champion(state.batcher.classify([u.content for u in good if u.content])) if good else None
+        limit, declared = _admit(request, state.settings)
+        # The body's bytes count against the in-flight budget until the answer is built.
+        with state.budget.hold(declared) as reservation:
+            uploads = await _read(request, state.settings, limit, None if declared is not None else reservation.grow)
+            good = [u for u in uploads.items if u.content is not None]
+            scored = await _champion(state.batcher.classify([u.content for u in good if u.content])) if good else None
     except RequestRefused as exc:
         state.stats.observe(exc.status_code, _ms(started), 0)
         raise
@@ -135,14 +141,19 @@ async def classify(
     return JSONResponse(body, status_code=status, headers={"X-Request-ID": request_id})
 
 
-async def _read(request: Request, settings: Settings):
-    content_type = request.headers.get("content-type", "")
-    kind = media_type(content_type)
+def _admit(request: Request, settings: Settings) -> tuple[int, int | None]:
+    """The body limit for this request's type and its declared length, refused (415, 413) before
+    anything is read or reserved."""
+    kind = media_type(request.headers.get("content-type", ""))
     check_kind(kind)
     limit = body_limit(settings, kind)
-    check_declared_length(request.headers.get("content-length"), limit)
+    return limit, check_declared_length(request.headers.get("content-length"), limit)
+
+
+async def _read(request: Request, settings: Settings, limit: int, reserve: Callable[[int], None] | None) -> Uploads:
+    content_type = request.headers.get("content-type", "")
     try:
-        body = await read_capped(request.stream(), limit, "request body")
+        body = await read_capped(request.stream(), limit, "request body", reserve)
     except ClientDisconnect:
         raise RequestRefused(400, "the client went away before sending the whole body") from None
     # Off the event loop: splitting a large batch and reading image headers takes milliseconds.
@@ -301,6 +312,7 @@ def create_app(
         batcher=MicroBatcher(settings, champion),
         inference_log=InferenceLog(settings) if inference_table else None,
         stats=ServingStats(),
+        budget=InFlightBudget(settings.serve_max_inflight_bytes, settings.serve_max_inflight_requests),
     )
     # Starlette types a handler for Exception; this one takes the subclass it is registered for.
     app.add_exception_handler(RequestRefused, refused_response)  # type: ignore[arg-type]

@@ -21,12 +21,14 @@ from infra.core.model_cache import current_classifier
 from infra.registry import Classifier
 from infra.settings import Settings
 from infra.web import RequestRefused
+from serving.admission import busy
 
 log = logging.getLogger(__name__)
 
 ChampionLookup = Callable[[Settings], tuple[Classifier, str]]
-# Requests waiting for the model beyond this are answered 503 at once: an overloaded server sheds
-# load instead of holding every body in memory until clients time out.
+# Requests waiting for the model beyond this (or beyond serve_max_inflight_bytes of images) are
+# answered 503 with Retry-After at once: an overloaded server sheds load instead of holding every
+# body in memory until clients time out.
 MAX_QUEUED_REQUESTS = 512
 
 
@@ -48,6 +50,7 @@ class Scored:
 class _Pending:
     contents: list[bytes]
     future: asyncio.Future[Scored]
+    size: int  # image bytes, counted in MicroBatcher.queued_bytes while queued
 
 
 def _log_if_died(task: asyncio.Task[None]) -> None:
@@ -66,6 +69,8 @@ class MicroBatcher:
         self.batches = 0
         self.batched_images = 0
         self.version: str | None = None  # the version of the last model call
+        # Image bytes waiting in the queue, bounded by serve_max_inflight_bytes (on the event loop only).
+        self.queued_bytes = 0
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="lakesight-micro-batcher")
@@ -82,11 +87,15 @@ class MicroBatcher:
         """Score ``contents`` with the champion, batched with whatever else is in flight."""
         if self._task is None or self._task.done():
             raise RequestRefused(503, "the model server's batcher is not running")
+        size = sum(len(c) for c in contents)
+        if self.queued_bytes + size > self.settings.serve_max_inflight_bytes:
+            raise busy(f"{self.queued_bytes} image bytes already wait for the model")
         future: asyncio.Future[Scored] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(list(contents), future))
+            self._queue.put_nowait(_Pending(list(contents), future, size))
         except asyncio.QueueFull:
-            raise RequestRefused(503, f"busy: {MAX_QUEUED_REQUESTS} requests already wait for the model") from None
+            raise busy(f"{MAX_QUEUED_REQUESTS} requests already wait for the model") from None
+        self.queued_bytes += size
         return await future
 
     async def model(self) -> tuple[Classifier, str]:
@@ -111,6 +120,11 @@ class MicroBatcher:
                     item.future.set_result(answer)
 
     async def _gather(self) -> list[_Pending]:
+        pending = await self._gather_queued()
+        self.queued_bytes -= sum(item.size for item in pending)
+        return pending
+
+    async def _gather_queued(self) -> list[_Pending]:
         pending = [await self._queue.get()]
         images = len(pending[0].contents)
         cap = self.settings.serve_batch_images

@@ -8,7 +8,7 @@ from serving.app import create_app
 
 
 def check_bind(settings: Settings, host: str) -> None:
-    """An empty key is allowed only where nobody else can connect (a loopback bind, local mode)."""
+    """An empty or default key is allowed only where nobody else can connect (a loopback bind, local mode)."""
     settings.model_secret(bind_host=host)
 
 
@@ -17,4 +17,5 @@ def serve_model(
 ) -> None:
     host = host or settings.model_host
     check_bind(settings, host)
-    serve_forever(create_app(settings), host, port or settings.model_port, log_level)
+    app = create_app(settings)
+    serve_forever(app, host, port or settings.model_port, log_level, trusted_proxies=settings.trusted_proxies)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from infra.redaction import redact_text
 from infra.registry import TAG_DELTA_VERSION
 from training.data.feed import Snapshot
 
@@ -31,7 +32,7 @@ def git_commit() -> str | None:
 
 
 def run_tags(snapshot: Snapshot) -> dict[str, str]:
-    tags = {TAG_DELTA_VERSION: str(snapshot.delta_version), "table": snapshot.table_uri}
+    tags = {TAG_DELTA_VERSION: str(snapshot.delta_version), "table": redact_text(snapshot.table_uri)}
     commit = git_commit()
     if commit:
         tags[TAG_GIT_COMMIT] = commit
@@ -43,7 +44,7 @@ def snapshot_params(snapshot: Snapshot) -> dict[str, Any]:
     counts = snapshot.split_counts()
     return {
         "delta_version": snapshot.delta_version,
-        "table": snapshot.table_uri,
+        "table": redact_text(snapshot.table_uri),
         "rows": snapshot.rows,
         "train_rows": counts.get("train", 0),
         "validation_rows": counts.get("validation", 0),

@@ -10,14 +10,16 @@ nobody needs to see by default.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from handlers.api.deps import RequestRefused, refused_response
+from handlers.api.deps import RequestRefused, refused_response, status_secret
 from handlers.api.routes import events, status
 from handlers.intake.service import HandlerService
+from infra.locations import is_loopback
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,9 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     empty event key is allowed only on a loopback one.
     """
     # Checked (azure mode, bind address) before anything is opened.
-    key = settings.event_secret(bind_host=host or settings.handler_host)
+    bind = host or settings.handler_host
+    keys = settings.event_secrets(bind_host=bind)
+    key = keys[0]
     if not key:
         log.warning("LAKESIGHT_EVENT_KEY is empty: the webhook runs unauthenticated (loopback bind only)")
     docs = settings.openapi
@@ -50,7 +54,11 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
         redoc_url=None,
     )
     app.state.settings = settings
-    app.state.event_key = key.encode()
+    app.state.event_keys = tuple(k.encode() for k in keys)
+    # Status is open only where the bind is loopback (local mode) or the deployment says so.
+    app.state.status_open = settings.status_public or (settings.mode == "local" and is_loopback(bind))
+    cookie_secret = settings.status_cookie_secret.get_secret_value().encode() or secrets.token_bytes(32)
+    app.state.status_secret = status_secret(cookie_secret, key.encode())
     app.state.service = service or HandlerService(settings)
     # Starlette types a handler for Exception; this one takes the subclass it is registered for.
     app.add_exception_handler(RequestRefused, refused_response)  # type: ignore[arg-type]

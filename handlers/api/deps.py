@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import time
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
@@ -26,9 +27,11 @@ __all__ = ["EventKeyDep", "RequestRefused", "ServiceDep", "SettingsDep", "Status
 log = logging.getLogger(__name__)
 
 # The status page's script fetches api/status without the key a person put in the page's URL, so
-# a page admitted by the key leaves a cookie for the fetches. It holds a digest of the key, never
-# the key, and admits only the status routes.
+# a page admitted by the key leaves a cookie for the fetches. It holds an expiry and a MAC under a
+# server-side secret (infra.settings status_cookie_secret, mixed with the key), never the key:
+# nobody holding only the key, or an old cookie, can make one. It admits only the status routes.
 STATUS_COOKIE = "lakesight-status"
+STATUS_COOKIE_TTL_S = 8 * 3600
 
 
 # The dependencies are ``async`` although they only read app.state: FastAPI runs a plain ``def``
@@ -57,33 +60,57 @@ async def require_event_key(request: Request) -> None:
     guess was right. An empty configured key switches the check off: settings allow that only in
     local mode on a loopback bind (:meth:`infra.settings.Settings.event_secret`).
     """
-    key: bytes = request.app.state.event_key
-    if key and not key_matches(_supplied_key(request), key):
+    if not _key_admits(request):
         raise _refuse_unauthenticated(request)
 
 
-def status_token(key: bytes) -> str:
-    """The status cookie's value: a digest of the event key, useless for delivering events."""
-    return hmac.new(key, b"lakesight status page", hashlib.sha256).hexdigest()
+def _key_admits(request: Request) -> bool:
+    """Whether the supplied key is one of the accepted ones (the current and, during a rotation,
+    the next): every key is compared, so timing does not tell which one matched."""
+    keys: tuple[bytes, ...] = request.app.state.event_keys
+    if not keys[0]:  # an empty key: the check is off (loopback only, infra.settings)
+        return True
+    supplied = _supplied_key(request)
+    return any([key_matches(supplied, key) for key in keys])
+
+
+def status_secret(cookie_secret: bytes, key: bytes) -> bytes:
+    """What status cookies are signed with: the server-side secret, tied to the current key (a new
+    key ends the old cookies)."""
+    return hmac.new(cookie_secret, key, hashlib.sha256).digest()
+
+
+def status_token(secret: bytes, expires: int) -> str:
+    """A status cookie's value: its expiry (Unix seconds) and a MAC of it, useless for delivering events."""
+    mac = hmac.new(secret, f"lakesight status page|{expires}".encode(), hashlib.sha256).hexdigest()
+    return f"{expires}.{mac}"
+
+
+def status_cookie_admits(secret: bytes, value: str, now: float) -> bool:
+    expires, _, _mac = value.partition(".")
+    if not expires.isdigit() or int(expires) < now:
+        return False
+    return hmac.compare_digest(status_token(secret, int(expires)).encode(), value.encode())
 
 
 async def require_status_key(request: Request, response: Response) -> None:
-    """In azure mode, admit status readers only with the event key (header, ``code`` or the status cookie).
-
-    Local mode and ``status_public`` leave the status routes open. A caller admitted by the key
+    """Admit status readers only with the event key (header, ``code`` or the status cookie), unless
+    the app serves status openly (``status_public``, or local mode on a loopback bind). A caller admitted by the key
     gets the cookie, so the page's own fetches of ``api/status`` are admitted too.
     """
-    settings: Settings = request.app.state.settings
-    key: bytes = request.app.state.event_key
-    if settings.mode == "local" or settings.status_public:
+    if request.app.state.status_open:
         return
-    token = status_token(key)
-    if hmac.compare_digest(request.cookies.get(STATUS_COOKIE, "").encode(), token.encode()):
+    secret: bytes = request.app.state.status_secret
+    if status_cookie_admits(secret, request.cookies.get(STATUS_COOKIE, ""), time.time()):
         return
-    if not key_matches(_supplied_key(request), key):
+    if not _key_admits(request):
         raise _refuse_unauthenticated(request)
+    # https as uvicorn saw it: a TLS proxy's X-Forwarded-Proto counts only from trusted_proxies.
     secure = request.url.scheme == "https"
-    response.set_cookie(STATUS_COOKIE, token, httponly=True, samesite="strict", secure=secure)
+    token = status_token(secret, int(time.time()) + STATUS_COOKIE_TTL_S)
+    response.set_cookie(
+        STATUS_COOKIE, token, max_age=STATUS_COOKIE_TTL_S, httponly=True, samesite="strict", secure=secure
+    )
 
 
 ServiceDep = Annotated[HandlerService, Depends(app_service)]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from infra import registry
 from infra.core.drift import EPSILON, psi
@@ -141,11 +142,15 @@ def champion_training_version(settings: Settings) -> tuple[str | None, int | Non
 def measure(
     settings: Settings, lake: Lake, *, dataset_drift: float | None = None, image_drift: bool = False
 ) -> Metrics:
-    """The policy's metrics for the latest ``images`` snapshot."""
+    """The policy's metrics for the latest ``images`` snapshot.
+
+    Bounded reads: only the human-labeled rows (a few per labeling budget, never the whole table)
+    and, at the champion's version, the label column alone; new labels are found by an Arrow join
+    on ``path``, not by Python rows of every image.
+    """
     lake.images()
     version = lake.version(IMAGES)
-    columns = ["path", "label", "label_source", "predicted_label"]
-    current = lake.read(IMAGES, version=version, columns=columns).to_pylist()
+    current = _human_labels(lake, version, ["path", "label", "predicted_label"])
     champion_version, champion_delta = champion_training_version(settings)
     metrics = Metrics(
         delta_version=version,
@@ -154,40 +159,50 @@ def measure(
         dataset_drift=dataset_drift,
         image_drift=image_drift,
     )
-
-    trained_human: dict[str, str] = {}
     base: Counter[str] = Counter()
+    new_rows = current
     if champion_delta is not None:
         try:
-            trained = lake.read(IMAGES, version=champion_delta, columns=["path", "label", "label_source"]).to_pylist()
+            base = _label_counts(lake.read(IMAGES, version=champion_delta, columns=["label"]).column("label"))
+            trained = _human_labels(lake, champion_delta, ["path", "label"])
         except Exception as exc:  # noqa: BLE001 - delta-rs raises its own error types for a vacuumed version
             log.warning("cannot read images@%s (champion's training data): %s", champion_delta, exc)
-            trained = []
-        for row in trained:
-            if row["label"] is None:
-                continue
-            base[row["label"]] += 1
-            if row["label_source"] == LABEL_SOURCE_HUMAN:
-                trained_human[row["path"]] = row["label"]
-
-    new_rows = [
-        r
-        for r in current
-        if r["label_source"] == LABEL_SOURCE_HUMAN
-        and r["label"] is not None
-        and trained_human.get(r["path"]) != r["label"]
-    ]
-    metrics.new_labels = len(new_rows)
-    new = Counter(r["label"] for r in new_rows)
+            base, trained = Counter(), None
+        if trained is not None and trained.num_rows:
+            new_rows = _changed_labels(current, trained)
+    metrics.new_labels = new_rows.num_rows
+    new = _label_counts(new_rows.column("label"))
     metrics.new_distribution = dict(new)
     if base and new:
         metrics.psi = psi(base, new)
         metrics.js = jensen_shannon(base, new)
-    scored = [r for r in new_rows if r["predicted_label"] is not None]
-    metrics.accuracy_sample = len(scored)
-    if scored:
-        metrics.champion_accuracy = sum(r["predicted_label"] == r["label"] for r in scored) / len(scored)
+    scored = new_rows.filter(pc.is_valid(new_rows.column("predicted_label")))
+    metrics.accuracy_sample = scored.num_rows
+    if scored.num_rows:
+        right = pc.sum(pc.cast(pc.equal(scored.column("predicted_label"), scored.column("label")), pa.int64()))
+        metrics.champion_accuracy = right.as_py() / scored.num_rows
     return metrics
+
+
+def _human_labels(lake: Lake, version: int, columns: list[str]) -> pa.Table:
+    """The rows of ``images@version`` a human labeled (only ``columns``), filtered by the reader."""
+    human = (pc.field("label_source") == LABEL_SOURCE_HUMAN) & pc.field("label").is_valid()
+    # The filter's column is read too: the legacy stack's reader filters after projecting.
+    rows = lake.read(IMAGES, version=version, columns=[*columns, "label_source"], filters=human)
+    return rows.drop_columns(["label_source"])
+
+
+def _label_counts(labels: pa.ChunkedArray) -> Counter[str]:
+    counts = pc.value_counts(labels.drop_null()) if len(labels) else []
+    return Counter({item["values"].as_py(): item["counts"].as_py() for item in counts})
+
+
+def _changed_labels(current: pa.Table, trained: pa.Table) -> pa.Table:
+    """The rows of ``current`` whose human label the champion did not train on (new, or changed)."""
+    before = trained.rename_columns(["path", "trained_label"])
+    joined = current.join(before, keys="path", join_type="left outer")
+    same = pc.fill_null(pc.equal(joined.column("label"), joined.column("trained_label")), False)
+    return joined.filter(pc.invert(same)).drop_columns(["trained_label"])
 
 
 def decide_retraining(policy: RetrainPolicy, metrics: Metrics) -> tuple[bool, list[str]]:

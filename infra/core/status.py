@@ -21,6 +21,7 @@ from infra.core.labeling import queue_state
 from infra.deadletters import read_dead_letters
 from infra.lake import Lake
 from infra.locations import local_path
+from infra.redaction import redact, redact_text
 from infra.settings import Settings
 from infra.status_files import model_server_state, read_stream_status, read_supervisor_state, stream_state
 from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
@@ -191,7 +192,8 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         try:
             result[name] = read()
         except Exception as exc:  # noqa: BLE001 - a status page shows what it can
-            log.info("status section %s unavailable: %s", name, exc)
+            log.info("status section %s unavailable: %s", name, redact_text(str(exc)))
             result[name] = None
-            result.setdefault("unavailable", {})[name] = str(exc)[:300]
-    return result
+            result.setdefault("unavailable", {})[name] = redact_text(str(exc))[:300]
+    # Errors quote URLs and connection strings: what the page and `lakesight status` show is redacted.
+    return redact(result)

@@ -88,15 +88,32 @@ class BlobFetcher:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         client = self.service.get_blob_client(ref.container, ref.name)
+        cap = self.settings.max_image_bytes
         try:
-            data = with_retries(
-                lambda: client.download_blob().readall(), budget_s=self.settings.blob_retry_s, give_up=give_up
+            # A ranged read of one byte past the cap: a blob of any size costs at most that much.
+            data, size = with_retries(
+                lambda: _read_at_most(client, cap + 1), budget_s=self.settings.blob_retry_s, give_up=give_up
             )
         except ResourceNotFoundError:
             return None, VANISHED
         except HttpResponseError as exc:  # a definite refusal of this blob (transient ones were retried)
             return None, f"blob fetch refused: {exc.status_code} {getattr(exc, 'error_code', None) or exc.reason}"[:500]
+        if len(data) > cap:  # the row's error; its bytes never reach the JVM
+            return None, too_large(size, cap)
         return data, None
+
+
+def too_large(size: int, cap: int) -> str:
+    """The error of a blob over ``max_image_bytes``: the words the file check uses (infra.images)."""
+    return f"too large: {size} bytes (limit {cap})"
+
+
+def _read_at_most(client: Any, limit: int) -> tuple[bytes, int]:
+    """The blob's first ``limit`` bytes and its whole size (from the answer's Content-Range)."""
+    downloader = client.download_blob(offset=0, length=limit)
+    data = downloader.readall()
+    total = str(downloader.properties.content_range or "").rpartition("/")[2]
+    return data, int(total) if total.isdigit() else len(data)
 
 
 def _latest_per_path(frame: pd.DataFrame, checked: list[Checked]) -> tuple[pd.DataFrame, list[Checked]]:
@@ -105,6 +122,14 @@ def _latest_per_path(frame: pd.DataFrame, checked: list[Checked]) -> tuple[pd.Da
     frame = frame.sort_values(["event_time", "sequencer"], na_position="first")
     frame = frame.drop_duplicates("_path", keep="last")
     return frame, list(frame["_checked"])
+
+
+def _announced_length(value: object) -> int:
+    """A record's ``content_length`` (the event's; 0 when missing or not a number)."""
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0
 
 
 def _text(value: object) -> str | None:
@@ -120,10 +145,17 @@ def _fetched_rows(fetcher: BlobFetcher, pool: ThreadPoolExecutor, frame: pd.Data
     frame, checked = _latest_per_path(frame, checked)
     give_up = GiveUp()  # one request giving up fails the others of this batch at once
 
-    def fetch(item: Checked) -> tuple[bytes | None, str | None]:
-        return fetcher.download(item.ref, give_up) if item.ref is not None else (None, item.error)
+    cap = fetcher.settings.max_image_bytes
+    announced = [_announced_length(value) for value in frame["content_length"]] if "content_length" in frame else None
 
-    fetched = list(pool.map(fetch, checked))
+    def fetch(index: int, item: Checked) -> tuple[bytes | None, str | None]:
+        if item.ref is None:
+            return None, item.error
+        if announced is not None and announced[index] > cap:  # no request for a blob the event says is too large
+            return None, too_large(announced[index], cap)
+        return fetcher.download(item.ref, give_up)
+
+    fetched = list(pool.map(fetch, range(len(checked)), checked))
     contents = [data for data, _ in fetched]
     return pd.DataFrame(
         {

@@ -17,7 +17,7 @@ REFUSED = (401, {"error": "missing or wrong event key"})
 
 def _app(key: bytes) -> FastAPI:
     app = FastAPI()
-    app.state.event_key = key
+    app.state.event_keys = (key,)
     app.state.service = object()  # the dependencies hand over whatever create_app put there
     app.state.settings = object()
     app.add_exception_handler(RequestRefused, refused_response)

@@ -10,6 +10,11 @@ import json
 def test_function_app_serves_the_same_app(env_settings) -> None:
     import azure.functions as func
 
+    from infra.settings import get_settings
+
+    # A Functions app is reachable by anyone: it starts only with a real key (test_exposed_keys.py).
+    env_settings.setenv("LAKESIGHT_EVENT_KEY", "f" * 40)
+    get_settings.cache_clear()
     module = importlib.import_module("handlers.function_app")
     module = importlib.reload(module)  # build it with this test's settings
     assert isinstance(module.app, func.AsgiFunctionApp)

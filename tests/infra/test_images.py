@@ -51,3 +51,34 @@ def test_the_glob_matcher_reads_hadoop_globs_as_spark_does() -> None:
     assert glob_matcher("img-??.png")("img-07.png") and not glob_matcher("img-??.png")("img-7.png")
     assert glob_matcher(r"a\*.png")("a*.png") and not glob_matcher(r"a\*.png")("ab.png")
     assert glob_matcher("a+b.(1).png")("a+b.(1).png")
+
+
+def test_decoder_floods_are_refused_from_their_structure_by_every_reader() -> None:
+    from infra.images import MAX_JPEG_SCANS, MAX_PNG_CHUNKS
+    from tests.helpers.images import chunk_flood_png, many_scan_jpeg, zlib_text_png
+    from training.data.preprocess import decode_images
+
+    flood = chunk_flood_png(185_000)  # 2.2 MB: Pillow took 0.4 s reading its chunks
+    scans = many_scan_jpeg(3 * MAX_JPEG_SCANS)
+    text_bomb = zlib_text_png(40, 900 * 1024)  # 40 KiB inflating to 35 MiB of text (Pillow allowed 64)
+    expected = {
+        "flood": f"too many PNG chunks (limit {MAX_PNG_CHUNKS:,})",
+        "scans": f"too many JPEG scans: {3 * MAX_JPEG_SCANS + 10:,} (limit {MAX_JPEG_SCANS})",
+    }
+    for decode in (True, False):  # the stream's check, the model server's header check
+        assert image_error(flood, 10_000_000, decode=decode) == expected["flood"]
+        assert image_error(scans, 10_000_000, decode=decode) == expected["scans"]
+        assert "text chunks" in (image_error(text_bomb, 10_000_000, decode=decode) or "")
+    # The model's own decoding (the pyfunc, the SQL functions, the model server's batches).
+    _, errors = decode_images([flood, scans, text_bomb, chunk_flood_png(10), many_scan_jpeg(0)], 16)
+    assert errors[:2] == [expected["flood"], expected["scans"]]
+    assert "text chunks" in (errors[2] or "")
+    assert errors[3:] == [None, None]  # real images pass
+
+
+def test_the_model_decodes_only_the_formats_the_stream_accepts() -> None:
+    from tests.helpers.images import ppm_image
+    from training.data.preprocess import decode_images
+
+    _, errors = decode_images([ppm_image(), solid_png()], 16)
+    assert errors == ["unsupported format PPM", None]

@@ -4,7 +4,7 @@ import pytest
 from pydantic import SecretStr
 
 from infra.errors import SettingsError
-from infra.settings import AZURITE_KEY, Settings, get_settings
+from infra.settings import AZURITE_KEY, DEFAULT_EVENT_KEY, Settings, get_settings
 
 
 def test_defaults_live_under_state_dir(tmp_path: Path) -> None:
@@ -85,14 +85,24 @@ def test_azure_mode_checks_each_secret_where_it_is_used() -> None:
     assert settings.blob_connection() == real and settings.event_secret() == strong
 
 
-def test_an_empty_event_key_is_allowed_only_on_a_loopback_bind() -> None:
-    empty = Settings(event_key="")
-    for loopback in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
-        assert empty.event_secret(bind_host=loopback) == ""
-    for exposed in ("0.0.0.0", "::", "192.168.1.20", "handler.example.com"):
-        with pytest.raises(SettingsError, match="allowed only on a loopback bind"):
-            empty.event_secret(bind_host=exposed)
-    assert Settings(event_key="a-key").event_secret(bind_host="0.0.0.0") == "a-key"
+def test_an_empty_or_default_event_key_is_allowed_only_on_a_loopback_bind() -> None:
+    for weak in ("", DEFAULT_EVENT_KEY, "a-short-key"):
+        settings = Settings(event_key=weak)
+        for loopback in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+            assert settings.event_secret(bind_host=loopback) == weak
+        for exposed in ("0.0.0.0", "::", "192.168.1.20", "handler.example.com"):
+            with pytest.raises(SettingsError, match="allowed only on a loopback bind"):
+                settings.event_secret(bind_host=exposed)
+    strong = "k" * 32
+    assert Settings(event_key=strong).event_secret(bind_host="0.0.0.0") == strong
+
+
+def test_the_next_event_key_is_accepted_beside_the_current_one_and_checked_alike() -> None:
+    assert Settings(event_key="k" * 32).event_secrets(bind_host="0.0.0.0") == ("k" * 32,)
+    rotating = Settings(event_key="k" * 32, event_key_next="n" * 32)
+    assert rotating.event_secrets(bind_host="0.0.0.0") == ("k" * 32, "n" * 32)
+    with pytest.raises(SettingsError, match="LAKESIGHT_EVENT_KEY_NEXT"):
+        Settings(event_key="k" * 32, event_key_next=DEFAULT_EVENT_KEY).event_secrets(bind_host="0.0.0.0")
 
 
 def test_local_mode_fills_every_location_from_the_state_dir(tmp_path: Path) -> None:

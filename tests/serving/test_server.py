@@ -14,13 +14,15 @@ from serving.app import create_app
 from serving.server import check_bind
 
 
-def test_an_empty_key_is_allowed_on_loopback_only(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_empty_or_default_key_is_allowed_on_loopback_only(caplog: pytest.LogCaptureFixture) -> None:
     keyless = Settings(model_api_key="")
     check_bind(keyless, "127.0.0.1")
     check_bind(keyless, "::1")
     with pytest.raises(SettingsError, match="allowed only on a loopback bind"):
         check_bind(keyless, "0.0.0.0")
-    check_bind(Settings(), "0.0.0.0")  # any key: fine
+    with pytest.raises(SettingsError, match="refuses the default model API key"):
+        check_bind(Settings(), "0.0.0.0")  # the published default opens nothing beyond loopback
+    check_bind(Settings(model_api_key="m" * 32), "0.0.0.0")  # a real key: fine
     create_app(keyless, inference_table=False)
     assert "runs without an API key" in caplog.text
 

@@ -5,20 +5,20 @@ Training and the registered model (hence scoring) both call this, so they cannot
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
 
-from infra.images import image_error
+from infra.images import ImageRefused, image_error, opened_image
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _decode_rgb(data: bytes, image_size: int) -> np.ndarray:
-    """``(size, size, 3)`` uint8 RGB pixels of ``data``."""
-    with Image.open(io.BytesIO(data)) as image:
+    """``(size, size, 3)`` uint8 RGB pixels of ``data``, refused (:class:`infra.images.ImageRefused`)
+    before decoding when the shared checks say so: the model decodes only what the stream accepts."""
+    with opened_image(data) as image:
         rgb = image.convert("RGB")
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BILINEAR)
@@ -48,6 +48,8 @@ def decode_images(
         if reason is None:
             try:
                 pixels[index] = _decode_rgb(bytes(data), image_size)  # type: ignore[arg-type]
+            except ImageRefused as exc:
+                reason = str(exc)
             except Exception:  # noqa: BLE001 - any decoder failure becomes the row's error
                 reason = image_error(bytes(data), max_bytes) or "undecodable image"  # type: ignore[arg-type]
         errors.append(reason)

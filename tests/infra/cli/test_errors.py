@@ -16,7 +16,9 @@ def _import_every_module() -> None:
         package = importlib.import_module(name)
         for module in pkgutil.walk_packages(package.__path__, f"{name}."):
             legacy = module.name.startswith("training.legacy.") and not module.name.endswith(".check")
-            if module.name.endswith("__main__") or legacy:  # __main__ runs the CLI; legacy needs Horovod
+            # Entry points act when imported (__main__ runs the CLI; the Functions app builds the app
+            # from the environment's settings); legacy modules need Horovod.
+            if module.name.endswith(("__main__", ".function_app")) or legacy:
                 continue
             importlib.import_module(module.name)
 

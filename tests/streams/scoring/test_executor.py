@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -188,5 +189,46 @@ def test_a_cluster_gets_the_blob_secret_in_its_executors_environment_redacted(tm
 
     conf = executor_secret_conf(Settings(state_dir=tmp_path / "s", blob_connection_string=_BLOB_SECRET))
     assert conf["spark.executorEnv.LAKESIGHT_BLOB_CONNECTION_STRING"] == _BLOB_SECRET
-    assert "connection.?string" in conf["spark.redaction.regex"]
-    assert executor_secret_conf(Settings(state_dir=tmp_path / "s")) == {}  # Azurite's default: derived
+    assert re.search(conf["spark.redaction.regex"], "spark.executorEnv.LAKESIGHT_BLOB_CONNECTION_STRING")
+    # Azurite's default is derived on the executor: only the redaction rule.
+    assert set(executor_secret_conf(Settings(state_dir=tmp_path / "s"))) == {"spark.redaction.regex"}
+
+
+def test_a_pickled_task_closure_carries_no_storage_option_or_spark_conf_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pyspark import cloudpickle
+
+    from infra.spark import executor_secret_conf
+
+    options = {"azure_client_id": "the-client", "azure_client_secret": "sp-secret-value-1"}
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        blob_connection_string=_BLOB_SECRET,
+        lake_storage_options=options,
+        spark_conf={"fs.azure.account.key.acct.dfs.core.windows.net": "account-key-value-2"},
+    )
+    pickled = [*_pickled_mappers(settings), cloudpickle.dumps(settings.for_executors())]
+    for blob in pickled:
+        for secret in ("sp-secret-value-1", "account-key-value-2", "c2VjcmV0LWtleS12YWx1ZQ=="):
+            assert secret.encode() not in blob
+    # The executor reads the options from its environment, which the cluster's conf sets.
+    conf = executor_secret_conf(settings)
+    view = cloudpickle.loads(pickled[-1])
+    monkeypatch.delenv("LAKESIGHT_LAKE_STORAGE_OPTIONS", raising=False)
+    with pytest.raises(SettingsError, match="LAKESIGHT_LAKE_STORAGE_OPTIONS"):
+        view.storage_options()
+    monkeypatch.setenv("LAKESIGHT_LAKE_STORAGE_OPTIONS", conf["spark.executorEnv.LAKESIGHT_LAKE_STORAGE_OPTIONS"])
+    assert view.storage_options() == options
+    assert settings.storage_options() == options  # the driver's own
+
+
+def test_the_sql_functions_refuse_what_the_stream_refuses(champion_settings: Settings) -> None:
+    import pandas as pd
+
+    from streams.scoring.executor import classify_series
+    from tests.helpers.images import chunk_flood_png, many_scan_jpeg, ppm_image
+
+    contents = pd.Series([chunk_flood_png(50_000), many_scan_jpeg(300), ppm_image(), solid_png(5)])
+    out = classify_series(contents, champion_settings)
+    assert out["label"].isna().tolist() == [True, True, True, False]

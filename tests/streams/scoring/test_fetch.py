@@ -101,3 +101,41 @@ def test_unreachable_storage_fails_the_batch_quickly_instead_of_writing_error_ro
         list(fetch_blobs([arrival_frame(records)], settings=settings))
     assert time.monotonic() - began < 15  # the SDK's own retries took minutes
     assert "ServiceRequestError" in str(failed.value)
+
+
+@pytest.mark.azurite
+def test_an_oversized_blob_is_an_error_row_and_at_most_one_byte_past_the_cap_is_downloaded(
+    blob_settings: Settings,
+) -> None:
+    cap = 50_000
+    settings = blob_settings.model_copy(update={"max_image_bytes": cap})
+    store = BlobStore(settings)
+    # The record understates the size (records are not trusted): only the ranged read can tell.
+    big = store.upload(settings.images_container, "big.png", solid_png(7) + bytes(2_000_000))
+    exact = store.upload(settings.images_container, "exact.png", solid_png(8) + bytes(cap - len(solid_png(8))))
+    received: list[int] = []
+    service = bounded_service_client(
+        settings, raw_response_hook=lambda r: received.append(int(r.http_response.headers.get("Content-Length", 0)))
+    )
+    records = [hand_written_record(url, None, None, at=NOW) for url in (big, exact)]
+    rows = {
+        row["path"]: row
+        for row in pd.concat(fetch_blobs([arrival_frame(records)], settings=settings, service=service)).to_dict(
+            "records"
+        )
+    }
+
+    assert rows[big]["content"] is None
+    assert rows[big][FETCH_ERROR] == f"too large: {2_000_000 + len(solid_png(7))} bytes (limit {cap})"
+    assert rows[exact][FETCH_ERROR] is None and len(rows[exact]["content"]) == cap
+    assert received and max(received) <= cap + 1  # the whole blob never crossed the wire
+
+
+@pytest.mark.azurite
+def test_a_record_announcing_an_oversized_blob_is_an_error_row_without_a_request(blob_settings: Settings) -> None:
+    settings = blob_settings.model_copy(update={"max_image_bytes": 1000})
+    url = BlobStore(settings).upload(settings.images_container, "announced.png", bytes(5000))
+    record = {**hand_written_record(url, None, None, at=NOW), "content_length": 5000}
+    rows, requests = _fetch(settings, [record])
+    assert rows[url][FETCH_ERROR] == "too large: 5000 bytes (limit 1000)" and rows[url]["content"] is None
+    assert requests == []
