@@ -15,6 +15,7 @@ from infra.blob import BlobNameError, BlobUrlError, StorageUnavailable
 from infra.errors import ExecutorError, LakesightError, SettingsError, UsageError
 from infra.filesystem import FilesError
 from infra.iac import SpecError
+from infra.images import ImageRefused
 from infra.jvm import JarsMissing
 from infra.lake import LakeError
 from infra.local.demo import DemoError
@@ -45,6 +46,7 @@ __all__ = [
     "ExportError",
     "ExportTooLarge",
     "FilesError",
+    "ImageRefused",
     "IngestError",
     "JarsMissing",
     "LakeError",
