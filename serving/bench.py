@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 
 from infra.settings import Settings
-from serving.app import API_KEY_HEADER, CLASSIFY_PATH
+from serving.api.deps import API_KEY_HEADER
+from serving.api.routes.classify import CLASSIFY_PATH
 from serving.batcher import served_classifier
 
 DEFAULT_CASES = ((1, 1), (8, 1), (32, 1), (1, 16), (8, 16), (32, 16))

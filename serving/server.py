@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from infra.settings import Settings
 from infra.web import serve_forever
-from serving.app import create_app
+from serving.api.app import create_app
 
 
 def check_bind(settings: Settings, host: str) -> None:

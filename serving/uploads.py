@@ -222,7 +222,7 @@ def split_multipart(
     try:
         parser = MultipartParser(
             boundary,
-            collector.callbacks(),
+            collector.callbacks(),  # type: ignore[arg-type]  # a plain dict of the callbacks it names
             max_header_count=MAX_PART_HEADERS,
             max_header_size=max_header_bytes,
         )

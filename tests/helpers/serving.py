@@ -10,7 +10,9 @@ import httpx
 
 from infra.settings import Settings
 from infra.web import serving_in_thread
-from serving.app import API_KEY_HEADER, CLASSIFY_PATH, create_app
+from serving.api.app import create_app
+from serving.api.deps import API_KEY_HEADER
+from serving.api.routes.classify import CLASSIFY_PATH
 
 
 @contextmanager

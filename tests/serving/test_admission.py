@@ -15,7 +15,8 @@ import numpy as np
 from PIL import Image
 
 from infra.settings import Settings
-from serving.app import API_KEY_HEADER, CLASSIFY_PATH
+from serving.api.deps import API_KEY_HEADER
+from serving.api.routes.classify import CLASSIFY_PATH
 from tests.helpers.images import solid_png
 from tests.helpers.serving import model_server, post_image
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from infra.settings import Settings
-from serving.app import API_KEY_HEADER, CLASSIFY_PATH
+from serving.api.deps import API_KEY_HEADER
+from serving.api.routes.classify import CLASSIFY_PATH
 from tests.helpers.images import solid_png, truncated_png
 from tests.helpers.models import CLASSES
 from tests.helpers.serving import key_header, model_server, post_batch, post_image
@@ -185,7 +186,7 @@ def test_a_failed_model_call_answers_503_and_the_next_request_is_served(champion
 
 
 def test_only_unsure_rows_carry_bytes_for_labeling() -> None:
-    from serving.app import _attach_for_labeling
+    from serving.api.routes.classify import _attach_for_labeling
     from serving.batcher import Scored
     from serving.inference_log import CLASS_NAMES, CONTENT, PROBABILITIES
     from serving.uploads import Upload

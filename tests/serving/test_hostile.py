@@ -9,7 +9,7 @@ import time
 import httpx
 
 from infra.settings import Settings
-from serving.app import CLASSIFY_PATH
+from serving.api.routes.classify import CLASSIFY_PATH
 from tests.helpers.images import solid_png
 from tests.helpers.serving import key_header, model_server
 

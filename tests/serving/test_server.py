@@ -10,7 +10,7 @@ import pytest
 from infra.errors import SettingsError
 from infra.processes import lakesight_argv
 from infra.settings import Settings
-from serving.app import create_app
+from serving.api.app import create_app
 from serving.server import check_bind
 
 

@@ -60,7 +60,7 @@ def test_info_is_for_lakesights_own_loggers_only() -> None:
         "streams.scoring.query",
         "training.run.worker",
         "handlers.api.app",
-        "serving.app",
+        "serving.api.app",
     ):
         assert logging.getLogger(ours).isEnabledFor(logging.INFO), ours
     for theirs in ("mlflow.tracking", "py4j.clientserver", "urllib3.connectionpool", "azure.storage.blob"):

@@ -530,7 +530,7 @@ def test_online_endpoint_mirrors_traffic_to_the_challenger_deployment() -> None:
 
 
 def test_online_deployment_routes_are_the_model_servers() -> None:
-    from serving.app import CLASSIFY_PATH
+    from serving.api.routes.classify import CLASSIFY_PATH
 
     deployment = specs.load_online_deployment()
     routes = deployment.environment.inference_config
@@ -561,7 +561,7 @@ def test_serve_model_runs_with_exactly_the_deployments_environment(champion_sett
     import httpx
 
     from infra.processes import free_port, lakesight_argv
-    from serving.app import API_KEY_HEADER
+    from serving.api.deps import API_KEY_HEADER
     from tests.helpers.images import solid_png
 
     deployment = specs.load_online_deployment()
