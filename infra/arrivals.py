@@ -5,7 +5,7 @@ atomically (written under a hidden temp name, then renamed), so the stream's fil
 never reads half a file. Fields:
 
 =================  ===========================================================================
-``url``            the blob's canonical URL (``infra.blob.canonical_blob_url``): the ``images`` row key
+``url``            the blob's canonical URL (``infra.blob_names.canonical_blob_url``): the ``images`` row key
 ``container``      container name (validated)
 ``name``           blob name inside the container (validated: no ``..``, absolute, control chars)
 ``etag``           the blob's eTag at event time; (url, etag) identifies one upload
@@ -41,7 +41,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from infra.blob import StorageFolder, bounded_service_client, storage_folder, validate_blob_name, with_retries
+from infra.blob import bounded_service_client, with_retries
+from infra.blob_names import StorageFolder, storage_folder, validate_blob_name
 from infra.errors import LakesightError
 from infra.locations import local_path
 from infra.settings import Settings

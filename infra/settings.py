@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from infra.blob_names import HADOOP_STORAGE_FORM, BlobNameError, storage_folder, validate_container_name
 from infra.errors import SettingsError
 from infra.locations import default_artifact_root, is_loopback, local_path, names_driver_storage, names_driver_tracking
 
@@ -344,8 +345,6 @@ class Settings(BaseSettings):
     @field_validator("images_container", "labeling_container", "exports_container")
     @classmethod
     def _container_name(cls, value: str) -> str:
-        from infra.blob import validate_container_name
-
         return validate_container_name(value)
 
     @field_validator("arrivals_root")
@@ -354,8 +353,6 @@ class Settings(BaseSettings):
         """The handlers write records where the stream reads them: a local folder, or a folder the
         Blob API can write and Spark's Hadoop connector read (docs/DEPLOY.md); anything else used to
         become a local folder named after the URI, which the stream on another machine never saw."""
-        from infra.blob import HADOOP_STORAGE_FORM, BlobNameError, storage_folder
-
         if value and (local_path(value) is None or not names_driver_storage(value)):
             try:
                 storage_folder(value)

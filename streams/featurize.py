@@ -23,16 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from infra.blob import (
-    STORAGE_UNAVAILABLE,
-    BlobNameError,
-    GiveUp,
-    StorageUnavailable,
-    blob_ref,
-    is_transient,
-    validate_container_name,
-    with_retries,
-)
+from infra.blob import STORAGE_UNAVAILABLE, GiveUp, StorageUnavailable, is_transient, with_retries
+from infra.blob_names import BlobNameError, blob_ref, validate_container_name
 from infra.errors import UsageError
 from infra.images import IMAGE_GLOB, content_hash, glob_matcher
 from infra.lake import Lake, from_source

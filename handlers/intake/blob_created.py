@@ -2,7 +2,7 @@
 
 Guards from docs/PLATFORM.md: only the APIs that complete a blob count, empty blobs are skipped, the
 URL must name a configured container of the configured account, and the blob name must be safe. The
-URL is canonicalised (``infra.blob.blob_ref``) before anything else uses it: variants of one upload's
+URL is canonicalised (``infra.blob_names.blob_ref``) before anything else uses it: variants of one upload's
 URL are one upload to the event log and one ``images`` row key, and no userinfo or SAS query is kept.
 """
 
@@ -15,8 +15,8 @@ from enum import StrEnum
 from handlers.api.payloads import COMPLETE_BLOB_APIS, Event
 from handlers.intake.eventlog import EventStatus
 from infra.arrivals import ArrivalRecord
-from infra.blob import BlobNameError, BlobRef, blob_ref
 from infra.blob import account_url as account_url  # re-exported: the service and tests read it from here
+from infra.blob_names import BlobNameError, BlobRef, blob_ref
 from infra.errors import LakesightError
 from infra.settings import Settings
 
@@ -54,7 +54,7 @@ class BlobTarget:
     kind: TargetKind
     container: str
     name: str
-    url: str  # canonical (``infra.blob.canonical_blob_url``): the dedupe key and the row key
+    url: str  # canonical (``infra.blob_names.canonical_blob_url``): the dedupe key and the row key
     etag: str
 
 

@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from handlers.api import safe_json
-from infra.blob import BlobStore, canonical_blob_url, validate_blob_name
+from infra.blob import BlobStore
+from infra.blob_names import canonical_blob_url, validate_blob_name
 from infra.errors import LakesightError
 from infra.lake import Lake, Transaction
 from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS

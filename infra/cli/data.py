@@ -24,7 +24,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _image_sink(out_dir: Path | None, container: str | None, settings: Settings) -> dict[str, Any]:
-    from infra.blob import BlobStore, validate_container_name
+    from infra.blob import BlobStore
+    from infra.blob_names import validate_container_name
 
     if (out_dir is None) == (container is None):
         raise UsageError("give exactly one of --out DIR or --container NAME")

@@ -11,7 +11,8 @@ from handlers.api.safe_json import UntrustedJSONError
 from handlers.intake.blob_created import Refused as BlobEventRefused
 from handlers.intake.label_exports import ExportError, ExportTooLarge
 from infra.arrivals import ArrivalsError
-from infra.blob import BlobNameError, BlobUrlError, StorageUnavailable
+from infra.blob import StorageUnavailable
+from infra.blob_names import BlobNameError, BlobUrlError
 from infra.errors import ExecutorError, LakesightError, SettingsError, UsageError
 from infra.filesystem import FilesError
 from infra.iac import SpecError

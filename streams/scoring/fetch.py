@@ -1,7 +1,7 @@
 """Executor side of the arrival-record source: each record's blob downloaded, several at a time.
 
 Runs inside ``mapInPandas`` (``streams.scoring.sources.file_rows`` wires it in on the driver).
-Records are not trusted: a record's URL is canonicalised (``infra.blob.blob_ref``) and must name a
+Records are not trusted: a record's URL is canonicalised (``infra.blob_names.blob_ref``) and must name a
 blob of the images container of the configured account, or the record becomes an error row and no
 request is made. A definite answer becomes an error row, recorded once and never retried: a blob
 gone before it is read, a name storage refuses. Storage that does not answer (connection refused,
@@ -20,15 +20,8 @@ from typing import Any
 
 import pandas as pd
 
-from infra.blob import (
-    BlobNameError,
-    BlobRef,
-    GiveUp,
-    blob_ref,
-    bounded_service_client,
-    quiet_azure_sdk,
-    with_retries,
-)
+from infra.blob import GiveUp, bounded_service_client, quiet_azure_sdk, with_retries
+from infra.blob_names import BlobNameError, BlobRef, blob_ref
 from infra.settings import Settings
 from streams.file_rows import BINARY_FILE_DDL
 from streams.scoring.executor import FETCH_ERROR

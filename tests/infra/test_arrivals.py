@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from infra.arrivals import ArrivalRecord, ArrivalsError, arrivals_dir, record_file_bytes, write_arrival_records
-from infra.blob import BlobNameError
+from infra.blob_names import BlobNameError
 from infra.errors import SettingsError
 from infra.settings import Settings, get_settings
 

@@ -1,8 +1,8 @@
 import pytest
 
-from infra.blob import (
+from infra.blob import BlobStore
+from infra.blob_names import (
     BlobNameError,
-    BlobStore,
     BlobUrlError,
     blob_ref,
     canonical_blob_url,

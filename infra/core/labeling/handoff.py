@@ -561,6 +561,6 @@ def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = Non
 
 
 def _content_type(name: str) -> str:
-    from infra.blob import guess_content_type
+    from infra.blob_names import guess_content_type
 
     return guess_content_type(name)
