@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     images_container: str = Field("images", description="Container where new images land")
     labeling_container: str = Field("labeling", description="Container for images sent to humans")
     exports_container: str = Field("labeling-exports", description="Container for labeling exports")
+    labeling_datastore: str = Field(
+        "lakesight_labeling",
+        description="Azure ML datastore registered on the labeling container: azureml:// and AmlDatastore:// "
+        "references in exports must name it",
+    )
 
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; default SQLite in state_dir")
     mlflow_artifact_root: str = Field(

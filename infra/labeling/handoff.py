@@ -88,6 +88,12 @@ def labeling_blob_name(path: str, day: dt.date) -> str:
     return f"images/{day.isoformat()}/{digest}-{safe}"
 
 
+def task_id(path: str, content_hash: str | None) -> str:
+    """The hand-off's id for sending these bytes of ``path``: in the ledger and the manifest, so a
+    labeling service can name the image by it (a re-sent image with new bytes gets a new id)."""
+    return hashlib.sha256(f"{path}\n{content_hash or ''}".encode()).hexdigest()[:24]
+
+
 def manifest_blob_name(app_id: str, batch_id: int, day: dt.date) -> str:
     query = app_id.split(":", 1)[-1]
     return f"manifests/{day.isoformat()}/{query}-batch-{batch_id:08d}.jsonl"
@@ -497,6 +503,8 @@ def _send(
             },
             "content_hash": [row.get("content_hash") for row in picks],
             "embedding": pa.array([row.get("embedding") for row in picks], pa.list_(pa.float32())),
+            "task_id": [task_id(row["path"], row.get("content_hash")) for row in picks],
+            "image_name": [posixpath.basename(name) for name in names],
         }
     )
     lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
@@ -508,6 +516,7 @@ def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) ->
         json.dumps(
             {
                 "image_url": url,
+                "task_id": task_id(row["path"], row.get("content_hash")),
                 "source_url": row["path"],
                 "content_hash": row["content_hash"],
                 "predicted_label": row["predicted_label"],
