@@ -9,8 +9,8 @@ key: copies, task ids and file names in ``labeling_requests``, sources in ``imag
 matched by a suffix: a URL of another account or container is simply not a key of either table.
 A bare file name matches only a copy in the labeling container, and only when exactly one has it.
 
-The lookups read only the rows they name (a filter on the key column), so matching an export costs
-the same with ten images in the lake or ten million.
+The lookups read only the rows they name (:meth:`Lake.lookup`: files are pruned by the key
+column's statistics), never every path of ``images`` into memory.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
-
-import pyarrow as pa
 
 from infra.blob import BlobNameError, account_url, canonical_blob_url, validate_blob_name
 from infra.lake import Lake
@@ -42,7 +40,6 @@ SOURCE = "source"  # the image's own path in ``images`` (a blob URL or a file: p
 
 _AZUREML = re.compile(r"azureml://(?:[^?#]*/)?datastores/(?P<store>[^/]+)/paths/(?P<blob>[^?#]+)", re.IGNORECASE)
 _AML_DATASTORE = re.compile(r"amldatastore://(?P<store>[^/]+)/(?P<blob>[^?#]+)", re.IGNORECASE)
-LOOKUP_CHUNK = 1000  # keys per lookup query
 LEDGER_COLUMNS = ["path", "image_url", "task_id", "image_name", "content_hash", "sent_at"]
 IMAGE_COLUMNS = [
     "path",
@@ -190,29 +187,11 @@ def _latest(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _by_key(lake: Lake, spec: TableSpec, column: str, keys: list[str], columns: list[str]) -> dict[str, list[dict]]:
-    """Rows of ``spec`` whose ``column`` is one of ``keys``, grouped by it; only those rows are read.
-
-    Through delta-rs SQL: its scan prunes files by their statistics. (A pyarrow dataset filter on a
-    string column fails on delta-rs's string_view statistics, see ``handoff._ledger``.)
-    """
-    wanted = sorted(set(keys))
-    if not wanted or not lake.exists(spec):
-        return {}
-    from deltalake import QueryBuilder
-
-    table = lake.ensure(spec)  # an older ledger gains task_id/image_name (null in its old rows)
+    """Rows of ``spec`` whose ``column`` is one of ``keys``, grouped by it (:meth:`Lake.lookup`)."""
     grouped: dict[str, list[dict]] = {}
-    for start in range(0, len(wanted), LOOKUP_CHUNK):
-        literals = ", ".join(_sql_string(key) for key in wanted[start : start + LOOKUP_CHUNK])
-        query = f"select {', '.join(columns)} from snapshot where {column} in ({literals})"
-        result = QueryBuilder().register("snapshot", table).execute(query)
-        for row in pa.RecordBatchReader._import_from_c_capsule(result.__arrow_c_stream__()).read_all().to_pylist():
-            grouped.setdefault(row[column], []).append(row)
+    for row in lake.lookup(spec, column, keys, columns).to_pylist():
+        grouped.setdefault(row[column], []).append(row)
     return grouped
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _container_prefix(base_url: str, container: str) -> str:
