@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from handlers import safe_json
 from infra.blob import BlobStore, validate_blob_name
 from infra.errors import LakesightError
+from infra.image_bytes import STALE_BYTES
 from infra.labeling.matching import AMBIGUOUS_NAME, TASK, UNKNOWN_IMAGE, Matcher, Ref, Target
 from infra.lake import Lake, Transaction
 from infra.tables import IMAGES, LABEL_HISTORY, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
@@ -260,7 +261,6 @@ LABEL_UPDATE = {
 # Why a human label is in ``label_history``.
 REPLACED = "replaced by a newer label"
 OLDER = "older than the label kept"
-STALE_BYTES = "the image's bytes changed since"
 UNKNOWN_CLASS = "unknown class"
 
 

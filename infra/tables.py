@@ -117,7 +117,8 @@ LABELING_REQUESTS = TableSpec(
             pa.field("image_name", pa.string()),
         ]
     ),
-    keys=("path",),
+    # One row per image and content sent: new bytes of a path sent before are a new request.
+    keys=("path", "content_hash"),
     partition_by=("request_date",),
     sort_by="sent_at",
 )

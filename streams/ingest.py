@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.errors import LakesightError
+from infra.image_bytes import BYTES_REPLACED, keep_stored_rows
 from infra.images import IMAGE_GLOB
 from infra.lake import from_source
 from infra.settings import Settings
@@ -53,8 +55,12 @@ class IngestReport(BatchTotals):
 
 # Arrival columns change only when the file did; a path label never replaces a human one.
 _UPDATE_ARRIVAL = from_source(c for c in column_names(ARRIVAL_COLUMNS) if c not in ("path", "load_date"))
+# A human label stays, unless the bytes it was given for are replaced (infra.image_bytes).
 _UPDATE_LABEL = {
-    name: f"CASE WHEN t.label_source = '{LABEL_SOURCE_HUMAN}' OR s.label IS NULL THEN t.{name} ELSE s.{name} END"
+    name: (
+        f"CASE WHEN {BYTES_REPLACED} AND t.label_source = '{LABEL_SOURCE_HUMAN}' THEN s.{name} "
+        f"WHEN t.label_source = '{LABEL_SOURCE_HUMAN}' OR s.label IS NULL THEN t.{name} ELSE s.{name} END"
+    )
     for name in column_names(LABEL_COLUMNS)
 }
 # delta-rs's SQL parser needs each IS DISTINCT FROM in its own parentheses.
@@ -64,6 +70,11 @@ _UPDATE_WHEN = (
     "AND (s.label IS DISTINCT FROM t.label))"
 )
 _UPDATE = {**_UPDATE_ARRIVAL, **_UPDATE_LABEL}
+
+
+@dataclass(frozen=True)
+class _Kept:
+    table: pa.Table  # the batch, each path under the load_date images already has it
 
 
 def _resolve_source(source: str) -> str:
@@ -140,6 +151,9 @@ def ingest(
         skip_committed=False,
         unread_files=True,
         after_commit=counted,
+        # One row per path: an image ingested again on another day updates its row.
+        before_merge=lambda table, _txn: _Kept(keep_stored_rows(lake, table)),
+        staged_columns=("load_date",),
     )
     query = (
         rows.writeStream.foreachBatch(writer)

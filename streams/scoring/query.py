@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 
 from infra.blob import STORAGE_UNAVAILABLE
 from infra.errors import LakesightError
+from infra.image_bytes import BYTES_REPLACED, keep_stored_rows, label_update_for_new_bytes
 from infra.labeling import HandOff, hand_off
 from infra.lake import MergeOutcome, Transaction, from_source
 from infra.settings import Settings
@@ -47,10 +48,14 @@ from streams.watched_folder import FolderCheck, WatchedFolder
 log = logging.getLogger(__name__)
 
 # Matched rows: predictions always follow the latest scoring; a sent_to_labeling_at once set
-# stays; label columns are never named, so a human label cannot be overwritten.
+# stays while the bytes do (new bytes may be sent again); a human label is never overwritten,
+# only cleared when the bytes it was given for are replaced (infra.image_bytes).
 _UPDATE_PREDICTION = {
     **from_source(c for c in column_names(PREDICTION_COLUMNS) if c != "sent_to_labeling_at"),
-    "sent_to_labeling_at": "COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at)",
+    "sent_to_labeling_at": (
+        f"CASE WHEN {BYTES_REPLACED} THEN s.sent_to_labeling_at "
+        "ELSE COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at) END"
+    ),
 }
 # Arrival columns change only when the file did (a rewritten file, or an error row's file that
 # changed since); the error follows the scoring.
@@ -65,6 +70,7 @@ SCORE_UPDATE = {
     **_UPDATE_ARRIVAL,
     **_UPDATE_PREDICTION,
     **from_source(column_names(SHADOW_COLUMNS)),
+    **label_update_for_new_bytes(),
     "error": "s.error",
 }
 # A fetch that got no bytes (vanished blob) never wipes a row that has them.
@@ -283,7 +289,7 @@ class ScoringQuery:
             after_commit=self._committed,
             note_columns=(MODEL_LOAD_ERROR,),
             driver_content=lambda frame: labeling_content(settings, frame),
-            staged_columns=("sent_to_labeling_at",),
+            staged_columns=("sent_to_labeling_at", "load_date"),
         )
         self._stream = self._stream_writer(trigger_s)
         self.folder = self._watched_folder()
@@ -361,6 +367,8 @@ class ScoringQuery:
 
     # foreachBatch ---------------------------------------------------------------------------------
     def _hand_off(self, table: pa.Table, txn: Transaction) -> HandOff:
+        # First each path's stored load_date: one row per path, and the hand-off marks that row.
+        table = keep_stored_rows(self.lake, table)
         return hand_off(self.settings, self.lake, table, app_id=txn.app_id, batch_id=txn.version)
 
     def _watch_drift(self, batch: Committed) -> None:
