@@ -20,6 +20,7 @@ from infra.labeling import hand_off
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_HISTORY, LABEL_REJECTS, LABELING_REQUESTS
+from tests.helpers.handlers import blob_event, serving
 
 pytestmark = pytest.mark.azurite
 
@@ -249,3 +250,62 @@ def test_the_ledger_is_read_by_key(labeling: Settings) -> None:
     ledger = Lake(labeling).read(LABELING_REQUESTS, columns=["path", "task_id", "image_name", "image_url"])
     row = next(r for r in ledger.to_pylist() if r["path"] == manifest[0]["source_url"])
     assert row["task_id"] == manifest[0]["task_id"] and row["image_url"].endswith("/" + row["image_name"])
+
+
+# Azure ML Data Labeling exports, in the shapes Microsoft documents (docs/LABELING.md cites them),
+# for a labeling project whose datastore is the labeling container: delivered as a blob in the
+# exports container and announced by its BlobCreated event to the handler over HTTP.
+def deliver(settings: Settings, publisher, name: str, data: bytes) -> dict:
+    BlobStore(settings).upload(settings.exports_container, name, data)
+    event = blob_event(settings, settings.exports_container, name)
+    with serving(settings) as (url, service):
+        publisher(url).send([event])
+        assert service.wait_idle(60)
+        return json.loads(service.events.get(event.id)["outcome"])["labels"]
+
+
+def test_an_azure_ml_coco_export_merges_every_entry(labeling: Settings, publisher) -> None:
+    manifest = send(labeling, sources(labeling, 3))
+    datastore = labeling.labeling_datastore
+    images, annotations = [], []
+    for number, line in enumerate(manifest, 1):
+        name = blob_ref(line["image_url"]).name  # the path inside the datastore
+        images.append(
+            {
+                "id": number,
+                "width": 32,
+                "height": 32,
+                "file_name": name,
+                "coco_url": f"AmlDatastore://{datastore}/{name}",
+                "absolute_url": line["image_url"],
+                "date_captured": "2026-12-03T10:15:00.0000000Z",
+            }
+        )
+        annotations.append({"id": number, "category_id": 1 + number % 2, "image_id": number, "area": 0.0})
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "0"}, {"id": 2, "name": "1"}],
+    }
+    labels = deliver(labeling, publisher, "export/coco/labels.json", json.dumps(coco).encode())
+
+    assert labels["merged"] == 5 and labels["rejected"] == {}, labels
+    got = labels_of(Lake(labeling))
+    assert [got[line["source_url"]] for line in manifest] == [str(n % 2) for n in range(1, 6)]
+
+
+def test_an_azure_ml_jsonl_export_merges_every_entry(labeling: Settings, publisher) -> None:
+    manifest = send(labeling, sources(labeling, 3))
+    lines = [
+        {
+            "image_url": datastore_path(labeling, line["image_url"]),
+            "image_details": {"format": "png", "width": "32px", "height": "32px"},
+            "label": "1" if number % 2 else ["0"],  # multi-class, and multi-label with one label
+        }
+        for number, line in enumerate(manifest)
+    ]
+    labels = deliver(labeling, publisher, "export/jsonl/labels.jsonl", jsonl(lines))
+
+    assert labels["merged"] == 5 and labels["rejected"] == {}, labels
+    got = labels_of(Lake(labeling))
+    assert [got[line["source_url"]] for line in manifest] == ["0", "1", "0", "1", "0"]
