@@ -20,32 +20,14 @@ from infra.labeling import hand_off
 from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_HISTORY, LABEL_REJECTS, LABELING_REQUESTS
+from tests.handlers.conftest import CLASSES
 from tests.helpers.handlers import blob_event, serving
 
 pytestmark = pytest.mark.azurite
 
 DAY = dt.date(2026, 12, 3)
 NOW = dt.datetime(2026, 12, 3, 10, tzinfo=dt.UTC)
-CLASSES = ["0", "1"]
 WORKSPACE = "azureml://subscriptions/s-1/resourcegroups/rg/workspaces/ws"
-
-
-@pytest.fixture
-def labeling(blob_settings: Settings) -> Settings:
-    # Its own labeling container: the session's Azurite is shared with other tests.
-    settings = blob_settings.model_copy(
-        update={
-            "labeling_container": "labeling-match",
-            "labeling_window_s": 0,
-            "labeling_daily_budget": 100,
-            "labeling_fraction": 1.0,
-            "labeling_max_class_share": 1.0,
-            "confidence_threshold": 0.99,
-            "label_classes": CLASSES,
-        }
-    )
-    BlobStore(settings).ensure_containers()
-    return settings
 
 
 def scored_rows(paths: list[str], *, seed: str = "") -> pa.Table:

@@ -198,3 +198,14 @@ def test_the_check_runs_when_a_spark_session_starts(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(SparkSession, "getActiveSession", staticmethod(lambda: databricks))
     with pytest.raises(SettingsError, match=r"spark master spark://10\.1\.2\.3:7077"):
         get_spark(Settings(state_dir=tmp_path))  # the session's master says, not the setting
+
+
+def test_the_label_studio_password_follows_the_secret_rules(tmp_path: Path) -> None:
+    from tests.helpers.handlers import azure_settings
+
+    assert Settings(state_dir=tmp_path).label_studio_secret() == "local-label-studio"  # local: the default is fine
+    with pytest.raises(SettingsError, match="LAKESIGHT_LABEL_STUDIO_PASSWORD"):
+        azure_settings(tmp_path).label_studio_secret()
+    strong = azure_settings(tmp_path, label_studio_password="p" * 40)
+    assert strong.label_studio_secret() == "p" * 40
+    assert strong.public_dict()["label_studio_password"] == "**********"

@@ -1,0 +1,76 @@
+"""A real Label Studio (from .venv-labelstudio) over its HTTP API: tasks from the hand-off's manifest
+with the champion's pre-annotation, a labeler's annotations, and their labels merged by task id."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from handlers.label_studio import pull_labels
+from handlers.labels import REPLACED
+from infra.labeling.label_studio import LabelStudioClient, choice_result
+from infra.lake import Lake
+from infra.local.label_studio import LabelStudio
+from infra.local.stack import StackError
+from infra.processes import free_port
+from infra.settings import Settings
+from infra.tables import IMAGES, LABEL_HISTORY
+from tests.handlers.conftest import CLASSES
+from tests.handlers.test_label_matching import labels_of, send, sources
+
+pytestmark = [pytest.mark.azurite, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    state: Path = tmp_path_factory.mktemp("label-studio")
+    service = LabelStudio(Settings(state_dir=state, label_studio_port=free_port()))
+    try:
+        service.start(timeout=420)
+    except StackError as exc:
+        if "not installed" in str(exc) and os.environ.get("CI") != "true":
+            pytest.skip(str(exc))
+        raise
+    yield service
+    service.stop()
+
+
+def test_a_labeler_labels_in_label_studio_and_the_labels_merge(label_studio: LabelStudio, labeling: Settings) -> None:
+    manifest = send(labeling, sources(labeling, 2))
+    settings = label_studio.settings
+    client = LabelStudioClient(label_studio.url, settings.label_studio_email, settings.label_studio_secret())
+    project = client.project("lakesight-classifier", CLASSES)
+    assert client.project("lakesight-classifier", CLASSES) == project  # one project per model
+    assert client.import_tasks(project, manifest) == len(manifest)
+
+    tasks = client.tasks(project)
+    by_copy = {task["data"]["image"]: task for task in tasks}
+    assert set(by_copy) == {line["image_url"] for line in manifest}
+    for task in tasks:  # the champion's answer is there for the labeler to confirm or correct
+        (prediction,) = task["predictions"]
+        assert prediction["model_version"] == "1" and prediction["result"] == choice_result("0")
+
+    for task in tasks:  # the labeler corrects every one, as the labeling page submits it
+        client.annotate(task["id"], "1")
+    lake = Lake(labeling)
+    report = pull_labels(lake, client, project, classes=CLASSES)
+    assert report.merged == len(manifest) and report.rejected == {}, report.as_dict()
+    assert labels_of(lake) == {line["source_url"]: "1" for line in manifest}
+
+    version = lake.version(IMAGES)
+    assert pull_labels(lake, client, project, classes=CLASSES).skipped_replay  # nothing new: nothing committed
+    assert lake.version(IMAGES) == version
+
+    # The labeler changes their mind on one image: the edited annotation is newer and wins.
+    first = tasks[0]
+    current = next(t for t in client.tasks(project) if t["id"] == first["id"])
+    annotation = current["annotations"][0]
+    client.api("PATCH", f"/api/annotations/{annotation['id']}", json={"result": choice_result("0")})
+    pull_labels(lake, client, project, classes=CLASSES)
+    assert labels_of(lake)[first["data"]["source_url"]] == "0"
+    history = lake.read(LABEL_HISTORY).to_pylist()
+    assert [(h["label"], h["kept_label"], h["reason"]) for h in history] == [("1", "0", REPLACED)]
+    client.close()
