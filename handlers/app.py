@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from handlers.deps import RequestRefused, refused_response
-from handlers.routes import events, status
+from handlers.routes import events, label_studio, status
 from handlers.service import HandlerService
 from infra.settings import Settings
 
@@ -55,4 +55,5 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     app.add_exception_handler(RequestRefused, refused_response)
     app.include_router(events.router)
     app.include_router(status.router)
+    app.include_router(label_studio.router)
     return app

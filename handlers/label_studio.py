@@ -28,6 +28,17 @@ def annotation_entries(annotations: list[Annotation]) -> list[LabelEntry]:
     ]
 
 
+def apply_annotation(lake: Lake, annotation: Annotation, *, source: str, classes: list[str]) -> LabelReport:
+    """Apply one annotation (a webhook's): once per annotation and version, whatever the deliveries."""
+    return apply_export(
+        lake,
+        annotation_entries([annotation]),
+        event_id=f"label-studio-{annotation.annotation_id}@{annotation.updated_at}",
+        export_url=source,
+        classes=classes,
+    )
+
+
 def pull_labels(lake: Lake, client: LabelStudioClient, project: int, *, classes: list[str]) -> LabelReport:
     """Apply every annotation of ``project``; its MERGE carries a transaction id named after the
     annotations' versions, so a pull that finds nothing new commits nothing."""

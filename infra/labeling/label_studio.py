@@ -161,6 +161,32 @@ class LabelStudioClient:
         return found
 
 
+# The webhook actions that carry one annotation's new version (docs/LABELING.md).
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+
+
+def annotation_from_webhook(payload: object) -> Annotation | None:
+    """The annotation a Label Studio webhook payload carries (created or updated), else None.
+
+    :class:`LabelStudioError` for a payload of such an action that lacks its annotation or task.
+    """
+    if not isinstance(payload, dict) or payload.get("action") not in ANNOTATION_ACTIONS:
+        return None
+    annotation, task = payload.get("annotation"), payload.get("task")
+    if not isinstance(annotation, dict) or not isinstance(task, dict) or "id" not in annotation:
+        raise LabelStudioError(f"{payload.get('action')} payload without its annotation and task")
+    raw_data, raw_result = task.get("data"), annotation.get("result")
+    data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    result: list[dict[str, Any]] = raw_result if isinstance(raw_result, list) else []
+    return Annotation(
+        annotation_id=int(annotation["id"]),
+        updated_at=str(annotation.get("updated_at") or annotation.get("created_at") or ""),
+        task_id=data.get("task_id"),
+        image=data.get("image"),
+        label=_single_choice(result),
+    )
+
+
 def _single_choice(result: list[dict[str, Any]]) -> str | None:
     choices = [
         c for r in result if r.get("from_name") == CHOICES_TAG for c in (r.get("value") or {}).get("choices", [])
