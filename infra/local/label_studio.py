@@ -17,6 +17,10 @@ from infra.processes import PROJECT_ROOT, Service, pid_alive
 from infra.settings import Settings
 
 HEALTH_PATH = "/health"
+# Label Studio refuses webhook (and import) URLs on reserved networks, loopback included; its
+# webhooks go to the handler on this machine's loopback. Loopback is let through; private, link-local
+# (cloud metadata) and shared ranges stay blocked.
+BANNED_SUBNETS = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,169.254.0.0/16,100.64.0.0/10,0.0.0.0/8,fc00::/7,fe80::/10"
 
 
 def label_studio_executable(settings: Settings) -> Path:
@@ -65,6 +69,8 @@ class LabelStudio(Service):
             "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir),
             # Only the admin lakesight creates signs in: no open sign-up page on the laptop.
             "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
+            "USE_DEFAULT_BANNED_SUBNETS": "false",
+            "USER_ADDITIONAL_BANNED_SUBNETS": BANNED_SUBNETS,
         }
 
     def healthy(self) -> bool:
