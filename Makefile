@@ -8,7 +8,13 @@ JARS_STAMP := $(JARS)/.installed
 # The inner loop: everything that needs no Spark session, no Azurite and no multi-process run.
 FAST := not spark and not azurite and not slow and not e2e
 
-.PHONY: help install install-legacy jars browser demo test test-fast lint format clean
+# Label Studio, the labeling service on the laptop (docs/LABELING.md): a venv of its own, its pins
+# (Django, numpy, pydantic, boto3, ...) are not ours.
+LABELSTUDIO_VENV ?= .venv-labelstudio
+LABELSTUDIO_STAMP := $(LABELSTUDIO_VENV)/.installed
+LABELSTUDIO_VERSION := 1.23.2
+
+.PHONY: help install install-legacy jars browser labelstudio demo test test-fast lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -31,7 +37,15 @@ $(JARS_STAMP): jvm/pom.xml $(STAMP)
 
 jars: $(JARS_STAMP) ## Resolve the spark engine's JVM packages into .jars (part of install)
 
-install: $(STAMP) $(JARS_STAMP) browser ## Install Python packages (venv), the JVM jars (Maven), Azurite (npm) and, where allowed, Chromium
+install: $(STAMP) $(JARS_STAMP) $(LABELSTUDIO_STAMP) browser ## Install Python packages (venv), the JVM jars (Maven), Azurite (npm), Label Studio and, where allowed, Chromium
+
+$(LABELSTUDIO_STAMP):
+	python3.11 -m venv $(LABELSTUDIO_VENV) 2>/dev/null || python3 -m venv $(LABELSTUDIO_VENV)
+	$(LABELSTUDIO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LABELSTUDIO_VENV)/bin/python -m pip install --quiet label-studio==$(LABELSTUDIO_VERSION)
+	touch $(LABELSTUDIO_STAMP)
+
+labelstudio: $(LABELSTUDIO_STAMP) ## Build .venv-labelstudio (label-studio from PyPI; part of install)
 
 # The status page is checked in headless Chromium: Debian's package, never a browser download.
 # Installed when missing and this user may run apt-get; otherwise that one test says why it skips

@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # paths in the statistics let a batch of newer, time-ordered names skip the older files. Image
 # bytes get no statistics: they never filter anything and would only bloat every footer.
 PATH_STATS_BYTES = 2048
+LOOKUP_CHUNK = 1000  # keys per query of Lake.lookup
 WRITER_PROPERTIES = WriterProperties(
     statistics_truncate_length=PATH_STATS_BYTES,
     column_properties={"content": ColumnProperties(statistics_enabled="NONE")},
@@ -260,6 +261,28 @@ class Lake:
         if not ARROW_READS_DELTA_RS:
             return read_through_sql(table, columns, filters)
         return table.to_pyarrow_dataset().to_table(columns=columns, filter=filters)
+
+    def lookup(self, spec: TableSpec, column: str, keys: Iterable[str], columns: list[str]) -> pa.Table:
+        """The rows of ``spec`` whose ``column`` is one of ``keys`` (``columns`` of them); only those are read.
+
+        Through delta-rs SQL, whose scan prunes files by their statistics: a pyarrow dataset filter on
+        a string column fails on delta-rs's string_view statistics. An empty table when the table
+        does not exist yet; a table made by an older lakesight gains the spec's new columns first.
+        """
+        wanted = sorted(set(keys))
+        if not wanted or not self.exists(spec):
+            return pa.table({name: pa.array([], spec.schema.field(name).type) for name in columns})
+        from deltalake import QueryBuilder
+
+        table = self.ensure(spec)
+        parts = []
+        for start in range(0, len(wanted), LOOKUP_CHUNK):
+            literals = ", ".join(_sql_literal(key) for key in wanted[start : start + LOOKUP_CHUNK])
+            query = f"select {', '.join(columns)} from snapshot where {column} in ({literals})"
+            result = QueryBuilder().register("snapshot", table).execute(query)
+            found = pa.RecordBatchReader._import_from_c_capsule(result.__arrow_c_stream__()).read_all()
+            parts.append(found.cast(pa.schema([spec.schema.field(name) for name in columns])))
+        return pa.concat_tables(parts)
 
     def version(self, name: TableRef) -> int:
         return self.table(name).version()

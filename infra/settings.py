@@ -40,7 +40,15 @@ LAKE_ENGINES = ("delta-rs", "spark")
 # The selection strategies a user may name; infra.core.labeling.strategies implements each one
 # (tests/infra/test_settings.py keeps the two lists equal).
 LABELING_STRATEGIES = ("threshold", "random", "least_confidence", "margin", "entropy", "margin_diversity")
-SECRET_FIELDS = ("blob_connection_string", "event_key", "event_key_next", "status_cookie_secret", "model_api_key")
+SECRET_FIELDS = (
+    "blob_connection_string",
+    "event_key",
+    "event_key_next",
+    "status_cookie_secret",
+    "model_api_key",
+    "label_studio_password",
+)
+DEFAULT_LABEL_STUDIO_PASSWORD = "local-label-studio"
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
 # spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
 BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
@@ -108,6 +116,21 @@ class Settings(BaseSettings):
     images_container: str = Field("images", description="Container where new images land")
     labeling_container: str = Field("labeling", description="Container for images sent to humans")
     exports_container: str = Field("labeling-exports", description="Container for labeling exports")
+    label_studio_port: int = Field(8767, description="Port of the Label Studio that 'lakesight up' starts (loopback)")
+    label_studio_email: str = Field(
+        "admin@lakesight.local", description="Label Studio admin user lakesight creates and signs in as"
+    )
+    label_studio_password: SecretStr = Field(
+        SecretStr(DEFAULT_LABEL_STUDIO_PASSWORD), description="Label Studio admin password (azure mode: set one)"
+    )
+    label_studio_venv: str = Field(
+        "", description="Label Studio's virtualenv (make labelstudio); default <project>/.venv-labelstudio"
+    )
+    labeling_datastore: str = Field(
+        "lakesight_labeling",
+        description="Azure ML datastore registered on the labeling container: azureml:// and AmlDatastore:// "
+        "references in exports must name it",
+    )
 
     mlflow_tracking_uri: str = Field("", description="MLflow tracking URI; default SQLite in state_dir")
     mlflow_artifact_root: str = Field(
@@ -504,6 +527,17 @@ class Settings(BaseSettings):
             self, self.event_key_next, DEFAULT_EVENT_KEY, "next event key", "LAKESIGHT_EVENT_KEY_NEXT", bind_host
         )
         return (current, upcoming)
+
+    def label_studio_secret(self) -> str:
+        """The Label Studio admin password, under the rules of :func:`_shared_key` (loopback only locally)."""
+        return _shared_key(
+            self,
+            self.label_studio_password,
+            DEFAULT_LABEL_STUDIO_PASSWORD,
+            "Label Studio password",
+            "LAKESIGHT_LABEL_STUDIO_PASSWORD",
+            None,
+        )
 
     def model_secret(self, *, bind_host: str | None = None) -> str:
         """The model server's API key, checked by :func:`_shared_key` (pass the bind address when serving)."""

@@ -36,7 +36,9 @@ ARRIVAL_COLUMNS = [
 LABEL_COLUMNS = [
     pa.field("label", pa.string()),
     pa.field("label_source", pa.string()),
-    pa.field("labeled_at", TS),
+    pa.field("labeled_at", TS),  # when the human made the label (the export's or service's time): the label's version
+    # The content hash of the bytes the human saw: a label applies to those bytes only (docs/LABELING.md).
+    pa.field("labeled_content_hash", pa.string()),
 ]
 # Written by the scoring stream.
 PREDICTION_COLUMNS = [
@@ -110,9 +112,14 @@ LABELING_REQUESTS = TableSpec(
             pa.field("rank", pa.int32()),
             pa.field("content_hash", pa.string()),
             pa.field("embedding", EMBEDDING),
+            # Added for matching labels (docs/LABELING.md): the request's task id (a hash of path and
+            # content hash, in the manifest) and the copy's file name in the labeling container.
+            pa.field("task_id", pa.string()),
+            pa.field("image_name", pa.string()),
         ]
     ),
-    keys=("path",),
+    # One row per image and content sent: new bytes of a path sent before are a new request.
+    keys=("path", "content_hash"),
     partition_by=("request_date",),
     sort_by="sent_at",
 )
@@ -161,6 +168,27 @@ LABEL_REJECTS = TableSpec(
         ]
     ),
     keys=("event_id", "entry"),
+    sort_by="recorded_at",
+)
+
+# Human labels that are not (or no longer) the label of their image, and why: replaced by a newer
+# label, older than the label kept, or given for bytes the image no longer has (docs/LABELING.md).
+# ``kept_label`` is the image's label after the decision: a row whose ``label`` differs records a disagreement.
+LABEL_HISTORY = TableSpec(
+    "label_history",
+    pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("labeled_at", TS, nullable=False),
+            pa.field("label", pa.string(), nullable=False),
+            pa.field("content_hash", pa.string()),
+            pa.field("kept_label", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("event_id", pa.string()),
+            pa.field("recorded_at", TS),
+        ]
+    ),
+    keys=("path", "labeled_at", "label"),
     sort_by="recorded_at",
 )
 
@@ -285,6 +313,7 @@ TABLES = (
     LABELING_REQUESTS,
     LABELING_CANDIDATES,
     LABEL_REJECTS,
+    LABEL_HISTORY,
     RETRAINING_DECISIONS,
     PROMOTION_DECISIONS,
     ONLINE_PREDICTIONS,

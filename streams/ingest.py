@@ -13,15 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.errors import LakesightError
+from infra.image_bytes import BYTES_REPLACED, keep_stored_rows
 from infra.images import IMAGE_GLOB
-from infra.lake import from_source, open_lake
+from infra.lake import Lake, Transaction, from_source, open_lake
 from infra.settings import Settings
 from infra.spark import get_spark
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, LABEL_COLUMNS, LABEL_SOURCE_HUMAN, column_names
-from streams.batch_writer import BatchSteps, BatchTotals, Committed, ExactlyOnceWriter
+from streams.batch_writer import BatchSteps, BatchTotals, Committed, ExactlyOnceWriter, Unstaged
 from streams.checkpoint.names import checkpoint_name
 from streams.file_rows import ARRIVAL_CHANGED, ARRIVAL_DDL, FileChecks, arrival_rows, image_file_stream, label_folder
 from streams.watched_folder import WatchedFolder
@@ -52,8 +54,12 @@ class IngestReport(BatchTotals):
 
 # Arrival columns change only when the file did; a path label never replaces a human one.
 _UPDATE_ARRIVAL = from_source(c for c in column_names(ARRIVAL_COLUMNS) if c not in ("path", "load_date"))
+# A human label stays, unless the bytes it was given for are replaced (infra.image_bytes).
 _UPDATE_LABEL = {
-    name: f"CASE WHEN t.label_source = '{LABEL_SOURCE_HUMAN}' OR s.label IS NULL THEN t.{name} ELSE s.{name} END"
+    name: (
+        f"CASE WHEN {BYTES_REPLACED} AND t.label_source = '{LABEL_SOURCE_HUMAN}' THEN s.{name} "
+        f"WHEN t.label_source = '{LABEL_SOURCE_HUMAN}' OR s.label IS NULL THEN t.{name} ELSE s.{name} END"
+    )
     for name in column_names(LABEL_COLUMNS)
 }
 # delta-rs's SQL parser needs each IS DISTINCT FROM in its own parentheses.
@@ -76,11 +82,20 @@ class IngestBatch(BatchSteps):
     # it, as it always has) without a second table load per batch.
     skip_committed = False
     unread_files = True
+    # One row per path: an image ingested again on another day updates its row (its stored load_date).
+    staged_columns = ("load_date",)
 
-    def __init__(self, report: IngestReport, *, labeled: bool, on_batch: Callable[[IngestReport], None] | None):
+    def __init__(
+        self, report: IngestReport, lake: Lake, *, labeled: bool, on_batch: Callable[[IngestReport], None] | None
+    ):
         self.report = report
+        self.lake = lake
         self.labeled = labeled
         self.on_batch = on_batch
+
+    def stage(self, table: pa.Table, txn: Transaction) -> Unstaged:
+        """Each path under the load_date its row already has."""
+        return Unstaged(keep_stored_rows(self.lake, table))
 
     def after_commit(self, batch: Committed) -> None:
         self.report.count(batch, labeled=self.labeled)
@@ -145,7 +160,7 @@ def ingest(
         )
 
     writer = ExactlyOnceWriter(
-        lake, IngestBatch(report, labeled=labeled, on_batch=on_batch), checkpoint=checkpoint, totals=report
+        lake, IngestBatch(report, lake, labeled=labeled, on_batch=on_batch), checkpoint=checkpoint, totals=report
     )
     query = (
         rows.writeStream.foreachBatch(writer)

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from infra.image_bytes import keep_stored_rows
 from infra.images import glob_matcher
 from infra.lake import Lake, MergeOutcome
 from infra.locations import local_path
@@ -206,7 +207,7 @@ class WatchedFolder:
         changed = self.changed()
         if not changed:
             return FolderCheck(skipped)
-        table = self.reread(changed)
+        table = keep_stored_rows(self.lake, self.reread(changed))  # the path's row, whatever the day
         outcome = self.lake.merge(IMAGES, table, update=self.update, when=self.when)
         self.remember(table)
         log.info("read %d changed file(s) with an error row again in %s", table.num_rows, self.location)

@@ -175,14 +175,14 @@ def shapes(on: OnCluster, folder: str, *, count: int, seed: int) -> Path:
     return out
 
 
-def _export_labels(on: OnCluster, handler_port: int, truth: dict[str, str]) -> None:
-    """Play the labeling service: upload a JSONL export of the true labels, announce it to the handler,
-    wait until every label is in ``images`` as a human one."""
+def _export_labels(on: OnCluster, handler_port: int, truth: dict[str, str], folder: Path) -> None:
+    """Play the labeling service: upload a JSONL export of the true labels (naming each image by its
+    source path in ``folder``), announce it to the handler, wait until every label is in ``images``."""
     from infra.blob import BlobStore
     from tests.helpers.handlers import blob_event_dict
 
     wait_until(lambda: port_open("127.0.0.1", handler_port), "the handler", timeout=90)
-    lines = [json.dumps({"image_url": f"incoming/{name}", "label": label}) for name, label in truth.items()]
+    lines = [json.dumps({"image_url": str(folder.resolve() / name), "label": label}) for name, label in truth.items()]
     name = "exports/round-1.jsonl"
     BlobStore(on.settings).upload(on.settings.exports_container, name, ("\n".join(lines) + "\n").encode())
     event = blob_event_dict(on.settings, on.settings.exports_container, name)
@@ -238,7 +238,7 @@ def test_ingest_train_score_label_and_retrain_on_the_cluster(cluster_stack: Clus
 
     handler = on.spawn("handler", "serve-events", "--log-level", "warning")
     try:
-        _export_labels(on, handler_port, truth)
+        _export_labels(on, handler_port, truth, incoming)
     finally:
         handler.stop()
 

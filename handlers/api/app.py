@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from handlers.api.deps import RequestRefused, refused_response, status_secret
-from handlers.api.routes import events, status
+from handlers.api.routes import events, label_studio, status
 from handlers.intake.service import HandlerService
 from infra.locations import is_loopback
 from infra.settings import Settings
@@ -64,4 +64,5 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     app.add_exception_handler(RequestRefused, refused_response)  # type: ignore[arg-type]
     app.include_router(events.router)
     app.include_router(status.router)
+    app.include_router(label_studio.router)
     return app

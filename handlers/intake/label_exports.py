@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Protocol
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from handlers.api import safe_json
 from infra.blob import BlobStore
-from infra.blob_names import canonical_blob_url, validate_blob_name
+from infra.blob_names import validate_blob_name
+from infra.core.labeling.matching import AMBIGUOUS_NAME, TASK, UNKNOWN_IMAGE, Matcher, Ref, Target
 from infra.errors import LakesightError
+from infra.image_bytes import STALE_BYTES
 from infra.lake import Lake, Transaction
-from infra.tables import IMAGES, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
+from infra.settings import Settings
+from infra.tables import IMAGES, LABEL_HISTORY, LABEL_REJECTS, LABEL_SOURCE_HUMAN, TS
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,13 @@ class BlobExports:
 
 @dataclass(frozen=True)
 class LabelEntry:
-    """One labeled image in an export: every reference it gives (URLs, file name) and its class."""
+    """One labeled image in an export: every reference it gives (task id, URLs, file name), its class,
+    and when the human gave it (None: the export does not say; the export's own time is used)."""
 
     refs: tuple[str, ...]
     label: str
+    labeled_at: dt.datetime | None = None
+    task_id: str | None = None
 
 
 @dataclass
@@ -82,6 +87,14 @@ class LabelReport:
     unknown_images: int = 0
     ambiguous_images: int = 0
     unknown_classes: Counter = field(default_factory=Counter)
+    rejected: Counter = field(default_factory=Counter)  # reason -> entries
+
+    def count_reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        if reason == UNKNOWN_IMAGE:
+            self.unknown_images += 1
+        elif reason == AMBIGUOUS_NAME:
+            self.ambiguous_images += 1
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -93,6 +106,7 @@ class LabelReport:
             "unknown_images": self.unknown_images,
             "ambiguous_images": self.ambiguous_images,
             "unknown_classes": dict(self.unknown_classes),
+            "rejected": dict(self.rejected),
         }
 
 
@@ -109,7 +123,8 @@ def _coco(doc: dict) -> list[LabelEntry]:
             if label is None:
                 raise ExportError(f"annotation names category id {ann['category_id']!r} missing from categories[]")
             refs = tuple(str(image[k]) for k in ("absolute_url", "coco_url", "file_name") if image.get(k))
-            entries.append(LabelEntry(refs=refs, label=label))
+            when = label_time(ann.get("updated_at") or ann.get("created_at"), f"annotation {ann.get('id')!r}")
+            entries.append(LabelEntry(refs=refs, label=label, labeled_at=when))
     except (KeyError, TypeError) as exc:
         raise ExportError(f"COCO export is missing a field: {exc}") from exc
     return entries
@@ -119,14 +134,37 @@ def _jsonl_entry(number: int, line: bytes) -> LabelEntry:
     """The entry on JSONL line ``number`` (1-based), or :class:`ExportError` naming the line."""
     try:
         row = safe_json.loads(line)
-        url, label = row["image_url"], row["label"]
-    except (safe_json.UntrustedJSONError, KeyError, TypeError) as exc:
+        url, task, label = row.get("image_url"), row.get("task_id"), row["label"]
+    except (safe_json.UntrustedJSONError, KeyError, TypeError, AttributeError) as exc:
         raise ExportError(f"JSONL line {number} is not an image_url/label object: {exc}") from exc
+    if not url and task is None:
+        raise ExportError(f"JSONL line {number} names no image (image_url or task_id)")
     if isinstance(label, list):  # multi-label exports: lakesight classifies, so one label only
         if len(label) != 1:
             raise ExportError(f"JSONL line {number} has {len(label)} labels; one expected")
         label = label[0]
-    return LabelEntry(refs=(str(url),), label=str(label))
+    when = label_time(row.get("labeled_at") or row.get("updated_at"), f"JSONL line {number}")
+    refs = (str(url),) if url else ()
+    return LabelEntry(refs=refs, label=str(label), labeled_at=when, task_id=None if task is None else str(task))
+
+
+def label_time(value: object, where: str) -> dt.datetime | None:
+    """An entry's label time (ISO 8601; UTC when it names no zone), None when absent."""
+    if value is None or value == "":
+        return None
+    try:
+        when = dt.datetime.fromisoformat(str(value))
+    except ValueError as exc:
+        raise ExportError(f"{where}: {value!r} is not an ISO 8601 time") from exc
+    return when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when.astimezone(dt.UTC)
+
+
+def export_time(event_time: str) -> dt.datetime | None:
+    """The time of the event that announced an export: the version of its entries without a time."""
+    try:
+        return label_time(event_time, "event time")
+    except ExportError:
+        return None
 
 
 def _capped(chunks: Iterable[bytes], max_bytes: int) -> Iterator[bytes]:
@@ -156,10 +194,10 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
 def _is_jsonl(first_line: bytes) -> bool:
     """Whether an export whose first non-empty line is ``first_line`` is JSONL rather than COCO JSON.
 
-    Every JSONL entry names its image by ``image_url``; a COCO document never does (its images
-    have ``file_name``, ``coco_url``, ``absolute_url``), and its first line may be a bare ``{``.
+    Every JSONL entry names its image by ``image_url`` or ``task_id``; a COCO document never does
+    (its images have ``file_name``, ``coco_url``, ``absolute_url``), and its first line may be a bare ``{``.
     """
-    return b'"image_url"' in first_line
+    return b'"image_url"' in first_line or b'"task_id"' in first_line
 
 
 def _coco_document(text: bytes) -> list[LabelEntry]:
@@ -194,56 +232,6 @@ def parse_export(data: bytes | Iterable[bytes], *, max_bytes: int | None = None)
     return [_jsonl_entry(number, line) for number, line in numbered if line.strip()]
 
 
-def _canonical(ref: str) -> str | None:
-    """A blob URL as ``images`` keys it (an export may name it with a SAS query, upper case, dfs)."""
-    if "://" not in ref:
-        return None
-    try:
-        return canonical_blob_url(ref)
-    except ValueError:  # not a blob URL lakesight would store (azureml://, another scheme)
-        return None
-
-
-def ref_segments(ref: str) -> list[str]:
-    """Path segments of an image reference: blob URL, ``azureml://…/paths/…`` URI or file name."""
-    parsed = urlparse(ref)
-    path = unquote(parsed.path if parsed.scheme else ref)
-    if parsed.scheme == "azureml" and "/paths/" in path:
-        path = path.split("/paths/", 1)[1]
-    return [s for s in path.split("/") if s]
-
-
-class ImageIndex:
-    """Rows of ``images`` findable by exact path or by a unique path suffix."""
-
-    def __init__(self, paths: list[str], load_dates: list[dt.date]):
-        self.exact = dict(zip(paths, load_dates, strict=True))
-        self.suffixes: dict[tuple[str, ...], list[str]] = defaultdict(list)
-        for path in paths:
-            segments = ref_segments(path)
-            for start in range(len(segments)):
-                self.suffixes[tuple(segments[start:])].append(path)
-
-    def match(self, entry: LabelEntry) -> tuple[str | None, str]:
-        """``(path, "")`` for the image ``entry`` names, or ``(None, reason)``."""
-        for ref in entry.refs:
-            for candidate in (ref, _canonical(ref)):
-                if candidate in self.exact:
-                    return candidate, ""
-        ambiguous = False
-        for ref in entry.refs:
-            segments = ref_segments(ref)
-            # Longest suffix first: "images/2026/a.png" beats "a.png".
-            for start in range(len(segments)):
-                found = self.suffixes.get(tuple(segments[start:]), [])
-                if len(found) == 1:
-                    return found[0], ""
-                if len(found) > 1:
-                    ambiguous = True
-                    break
-        return None, "ambiguous image" if ambiguous else "unknown image"
-
-
 def known_classes(lake: Lake, configured: list[str]) -> set[str] | None:
     """The classes an export may use: configured ones, else the labels already in ``images``.
 
@@ -256,7 +244,43 @@ def known_classes(lake: Lake, configured: list[str]) -> set[str] | None:
     return found or None
 
 
+# The one rule of which human label an image keeps (docs/LABELING.md, "Label versions"): a label
+# for the bytes the image has now, newer than its human label, and saying something new. Replays
+# and older exports fail it and change nothing; :func:`_verdict` is the same rule in Python.
+NEWER_LABEL = (
+    "(s.labeled_content_hash IS NULL OR t.content_hash IS NULL OR t.content_hash = s.labeled_content_hash)"
+    f" AND ((t.label_source IS DISTINCT FROM '{LABEL_SOURCE_HUMAN}') OR (t.labeled_at IS NULL)"
+    " OR (s.labeled_at > t.labeled_at))"
+    " AND ((t.label IS DISTINCT FROM s.label) OR (t.label_source IS DISTINCT FROM s.label_source)"
+    " OR (t.labeled_content_hash IS DISTINCT FROM s.labeled_content_hash))"
+)
+LABEL_UPDATE = {
+    "label": "s.label",
+    "label_source": "s.label_source",
+    "labeled_at": "s.labeled_at",
+    "labeled_content_hash": "s.labeled_content_hash",
+}
+# Why a human label is in ``label_history``.
+REPLACED = "replaced by a newer label"
+OLDER = "older than the label kept"
+UNKNOWN_CLASS = "unknown class"
+
+
+@dataclass(frozen=True)
+class _Label:
+    label: str
+    labeled_at: dt.datetime
+    target: Target
+
+
+def _refs(matcher: Matcher, entry: LabelEntry) -> list[Ref | str]:
+    """The entry's references in lookup form: its task id first, then what it names, in order."""
+    refs: list[Ref | str] = [Ref(TASK, entry.task_id)] if entry.task_id else []
+    return refs + [matcher.ref(raw) for raw in entry.refs]
+
+
 def apply_export(
+    settings: Settings,
     lake: Lake,
     entries: list[LabelEntry],
     *,
@@ -265,63 +289,46 @@ def apply_export(
     classes: list[str] | None = None,
     labeled_at: dt.datetime | None = None,
 ) -> LabelReport:
-    """MERGE the export's labels into ``images`` once per ``event_id``; record what cannot be applied."""
+    """MERGE the export's labels into ``images`` once per ``event_id``; record what cannot be applied.
+
+    ``labeled_at`` is the export's own time: the version of its entries that carry no time of their own.
+    """
     report = LabelReport(entries=len(entries))
     lake.images()
-    snapshot = lake.read(IMAGES, columns=["path", "load_date"])
-    index = ImageIndex(snapshot.column("path").to_pylist(), snapshot.column("load_date").to_pylist())
     known = known_classes(lake, classes or [])
-    stamp = labeled_at or dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    stamp = labeled_at or now
+    matcher = Matcher(settings)
+    targets = matcher.resolve(lake, [_refs(matcher, entry) for entry in entries])
 
-    chosen: dict[str, str] = {}  # path -> label; a later entry for the same image wins
+    chosen: dict[str, _Label] = {}  # path -> the newest label of this export for it
+    outvoted: list[_Label] = []  # an image labeled twice in one export: the older entry
     rejects = []
-    for number, entry in enumerate(entries):
-        path, reason = index.match(entry)
-        if path is not None and known is not None and entry.label not in known:
-            path, reason = None, "unknown class"
+    for number, (entry, target) in enumerate(zip(entries, targets, strict=True)):
+        reason = target if isinstance(target, str) else ""
+        if not reason and known is not None and entry.label not in known:
+            reason = UNKNOWN_CLASS
             report.unknown_classes[entry.label] += 1
-        elif reason == "unknown image":
-            report.unknown_images += 1
-        elif reason == "ambiguous image":
-            report.ambiguous_images += 1
-        if path is None:
-            rejects.append(
-                {
-                    "event_id": event_id,
-                    "entry": number,
-                    "export_url": export_url,
-                    "image_ref": entry.refs[0] if entry.refs else "",
-                    "label": entry.label,
-                    "reason": reason,
-                    "recorded_at": stamp,
-                }
-            )
-        else:
-            chosen[path] = entry.label
+        if reason or isinstance(target, str):
+            report.count_reject(reason)
+            rejects.append(_reject_row(event_id, number, export_url, entry, reason, now))
+            continue
+        label = _Label(entry.label, entry.labeled_at or stamp, target)
+        previous = chosen.get(target.path)
+        if previous is not None and previous.labeled_at > label.labeled_at:
+            label, previous = previous, label
+        if previous is not None:
+            outvoted.append(previous)
+        chosen[target.path] = label
 
-    if rejects:
-        log.warning(
-            "export %s: %d entries not applied (%s)",
-            export_url,
-            len(rejects),
-            dict(Counter(r["reason"] for r in rejects)),
-        )
-        lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS.schema))
+    _record_rejects(lake, export_url, rejects)
     if chosen:
-        source = pa.table(
-            {
-                "path": list(chosen),
-                "load_date": pa.array([index.exact[p] for p in chosen], pa.date32()),
-                "label": list(chosen.values()),
-                "label_source": [LABEL_SOURCE_HUMAN] * len(chosen),
-                "labeled_at": pa.array([stamp] * len(chosen), TS),
-            }
-        )
+        _record_history(lake, chosen, outvoted, event_id, now)
         outcome = lake.merge(
             IMAGES,
-            source,
-            update={"label": "s.label", "label_source": "s.label_source", "labeled_at": "s.labeled_at"},
-            when="(t.label IS DISTINCT FROM s.label) OR (t.label_source IS DISTINCT FROM s.label_source)",
+            _label_rows(list(chosen.values())),
+            update=LABEL_UPDATE,
+            when=NEWER_LABEL,
             insert=False,
             txn=Transaction(f"lakesight-labels-{event_id}", 1),
         )
@@ -330,3 +337,86 @@ def apply_export(
         report.skipped_replay = outcome.skipped
         report.delta_version = outcome.version
     return report
+
+
+def _reject_row(
+    event_id: str, number: int, export_url: str, entry: LabelEntry, reason: str, now: dt.datetime
+) -> dict[str, object]:
+    first = entry.refs[0] if entry.refs else ""
+    return {
+        "event_id": event_id,
+        "entry": number,
+        "export_url": export_url,
+        "image_ref": first or (f"task:{entry.task_id}" if entry.task_id else ""),
+        "label": entry.label,
+        "reason": reason,
+        "recorded_at": now,
+    }
+
+
+def _record_rejects(lake: Lake, export_url: str, rejects: list[dict[str, object]]) -> None:
+    if not rejects:
+        return
+    reasons = dict(Counter(str(r["reason"]) for r in rejects))
+    log.warning("export %s: %d entries not applied (%s)", export_url, len(rejects), reasons)
+    lake.merge(LABEL_REJECTS, pa.Table.from_pylist(rejects, schema=LABEL_REJECTS.schema))
+
+
+def _label_rows(labels: list[_Label]) -> pa.Table:
+    return pa.table(
+        {
+            "path": [x.target.path for x in labels],
+            "load_date": pa.array([x.target.load_date for x in labels], pa.date32()),
+            "label": [x.label for x in labels],
+            "label_source": [LABEL_SOURCE_HUMAN] * len(labels),
+            "labeled_at": pa.array([x.labeled_at for x in labels], TS),
+            "labeled_content_hash": pa.array([x.target.labeled_hash for x in labels], pa.string()),
+        }
+    )
+
+
+def _verdict(label: _Label) -> tuple[bool, dict[str, object] | None]:
+    """Whether ``label`` becomes its image's label (:data:`NEWER_LABEL`), and the label that goes
+    to history because of it: the one replaced, or ``label`` itself when it loses."""
+    row = label.target.current
+    kept = {"path": label.target.path, "content_hash": label.target.labeled_hash}
+    incoming = {**kept, "labeled_at": label.labeled_at, "label": label.label, "kept_label": row["label"]}
+    if label.target.labeled_hash and row["content_hash"] and label.target.labeled_hash != row["content_hash"]:
+        return False, {**incoming, "reason": STALE_BYTES}
+    human = row["label_source"] == LABEL_SOURCE_HUMAN and row["labeled_at"] is not None
+    if human and label.labeled_at <= row["labeled_at"]:
+        return False, ({**incoming, "reason": OLDER} if label.label != row["label"] else None)
+    if not human or (label.label == row["label"] and label.target.labeled_hash == row["labeled_content_hash"]):
+        return True, None
+    replaced = {
+        "path": label.target.path,
+        "labeled_at": row["labeled_at"],
+        "label": row["label"],
+        "content_hash": row["labeled_content_hash"],
+        "kept_label": label.label,
+        "reason": REPLACED,
+    }
+    return True, replaced
+
+
+def _record_history(
+    lake: Lake, chosen: dict[str, _Label], outvoted: list[_Label], event_id: str, now: dt.datetime
+) -> None:
+    """Every human label this export displaces or loses to, kept in ``label_history`` (once: keyed)."""
+    rows = [row for label in chosen.values() if (row := _verdict(label)[1]) is not None]
+    for loser in outvoted:
+        winner = chosen[loser.target.path]
+        if loser.label != winner.label:
+            rows.append(
+                {
+                    "path": loser.target.path,
+                    "labeled_at": loser.labeled_at,
+                    "label": loser.label,
+                    "content_hash": loser.target.labeled_hash,
+                    "kept_label": winner.label,
+                    "reason": OLDER,
+                }
+            )
+    if rows:
+        table = pa.Table.from_pylist([{**r, "event_id": event_id, "recorded_at": now} for r in rows])
+        lake.merge(LABEL_HISTORY, table, insert=True)

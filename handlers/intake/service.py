@@ -281,7 +281,13 @@ class HandlerService:
         labels.check_declared_size(event.data.get("contentLength"), cap)
         entries = labels.parse_export(self.store.chunks(target.container, target.name), max_bytes=cap)
         report = labels.apply_export(
-            self.lake, entries, event_id=event.id, export_url=target.url, classes=self.settings.label_classes
+            self.settings,
+            self.lake,
+            entries,
+            event_id=event.id,
+            export_url=target.url,
+            classes=self.settings.label_classes,
+            labeled_at=labels.export_time(event.time),
         )
         log.info("export %s: %s", target.url, report.as_dict())
         # The new labels may settle a waiting challenger: decided first, so the retraining policy

@@ -13,6 +13,7 @@ from handlers.intake.label_exports import ExportError, ExportTooLarge
 from infra.arrivals import ArrivalsError
 from infra.blob import StorageUnavailable
 from infra.blob_names import BlobNameError, BlobUrlError
+from infra.core.labeling.label_studio import LabelStudioError
 from infra.errors import ExecutorError, LakesightError, SettingsError, UsageError
 from infra.filesystem import FilesError
 from infra.iac import SpecError
@@ -50,6 +51,7 @@ __all__ = [
     "ImageRefused",
     "IngestError",
     "JarsMissing",
+    "LabelStudioError",
     "LakeError",
     "LakesightError",
     "LegacyStackMissing",

@@ -16,6 +16,7 @@ MLflow. Each run starts from a clean demo state dir; Ctrl-C stops every child.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import shlex
@@ -272,12 +273,21 @@ class Demo:
             self.report.images_uploaded += len(first_wave)
             self.wait_for_count("scored", self._scored, len(first_wave), timeout=300)
         with self.step("play the labeling service: export true labels of the unsure images"):
-            requested = wait_until("labeling requests", self._labeling_requests, timeout=60)
+            # What a labeling service has: the manifests' copies in the labeling container.
+            requested = wait_until("labeling manifests", self._manifest_lines, timeout=60)
             self.report.sent_to_labeling = len(requested)
+            labeled_at = dt.datetime.now(dt.UTC).isoformat()
             lines = [
-                json.dumps({"image_url": url, "label": self.truth[url.rsplit("/", 1)[-1]]})
-                for url in requested
-                if url.rsplit("/", 1)[-1] in self.truth
+                json.dumps(
+                    {
+                        "image_url": line["image_url"],
+                        "task_id": line["task_id"],
+                        "label": self.truth[line["source_url"].rsplit("/", 1)[-1]],
+                        "labeled_at": labeled_at,
+                    }
+                )
+                for line in requested
+                if line["source_url"].rsplit("/", 1)[-1] in self.truth
             ]
             store.upload(
                 self.settings.exports_container,
@@ -349,11 +359,17 @@ class Demo:
         table = self._images(["label_source"])
         return 0 if table is None else int(pc.sum(pc.equal(table.column("label_source"), "human")).as_py() or 0)
 
-    def _labeling_requests(self) -> list[str]:
-        table = self._images(["path", "sent_to_labeling_at"])
-        if table is None:
-            return []
-        return [r["path"] for r in table.to_pylist() if r["sent_to_labeling_at"] is not None]
+    def _manifest_lines(self) -> list[dict[str, Any]]:
+        """Every line of the hand-off's manifests in the labeling container (what a labeler receives)."""
+        from infra.blob import BlobStore
+
+        store = BlobStore(self.settings)
+        container = self.settings.labeling_container
+        lines: list[dict[str, Any]] = []
+        for blob in store.list(container, prefix="manifests/"):
+            text = store.download(container, str(getattr(blob, "name", ""))).decode()
+            lines.extend(json.loads(line) for line in text.splitlines() if line.strip())
+        return lines
 
     def _versions_of(self, names: list[str]) -> dict[str, int]:
         table = self._images(["path", "model_version"])

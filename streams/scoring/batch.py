@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from infra.core.labeling import HandOff, hand_off
+from infra.image_bytes import BYTES_REPLACED, keep_stored_rows, label_update_for_new_bytes
 from infra.lake import Lake, MergeOutcome, Transaction, from_source
 from infra.settings import Settings
 from infra.tables import ARRIVAL_COLUMNS, IMAGES, PREDICTION_COLUMNS, SHADOW_COLUMNS, column_names
@@ -34,10 +35,14 @@ from streams.watched_folder import FolderCheck, WatchedFolder
 log = logging.getLogger(__name__)
 
 # Matched rows: predictions always follow the latest scoring; a sent_to_labeling_at once set
-# stays; label columns are never named, so a human label cannot be overwritten.
+# stays while the bytes do (new bytes may be sent again); a human label is never overwritten,
+# only cleared when the bytes it was given for are replaced (infra.image_bytes).
 _UPDATE_PREDICTION = {
     **from_source(c for c in column_names(PREDICTION_COLUMNS) if c != "sent_to_labeling_at"),
-    "sent_to_labeling_at": "COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at)",
+    "sent_to_labeling_at": (
+        f"CASE WHEN {BYTES_REPLACED} THEN s.sent_to_labeling_at "
+        "ELSE COALESCE(t.sent_to_labeling_at, s.sent_to_labeling_at) END"
+    ),
 }
 # Arrival columns change only when the file did (a rewritten file, or an error row's file that
 # changed since); the error follows the scoring.
@@ -52,6 +57,7 @@ SCORE_UPDATE = {
     **_UPDATE_ARRIVAL,
     **_UPDATE_PREDICTION,
     **from_source(column_names(SHADOW_COLUMNS)),
+    **label_update_for_new_bytes(),
     "error": "s.error",
 }
 # A fetch that got no bytes (vanished blob) never wipes a row that has them.
@@ -146,7 +152,8 @@ class ScoringBatch(BatchSteps):
     when = SCORE_UPDATE_WHEN
     dedupe = True
     note_columns = (MODEL_LOAD_ERROR,)
-    staged_columns = ("sent_to_labeling_at",)
+    # The hand-off's marks, and each path's stored load_date (one row per path whatever the day).
+    staged_columns = ("sent_to_labeling_at", "load_date")
 
     def __init__(
         self,
@@ -181,7 +188,9 @@ class ScoringBatch(BatchSteps):
         return labeling_content(self.settings, frame)
 
     def stage(self, table: pa.Table, txn: Transaction) -> HandOff:
-        """The labeling hand-off: unsure images chosen, copied, recorded in the ledger (same transaction)."""
+        """Each path under the load_date its row already has (one row per path, whatever the day),
+        then the labeling hand-off: unsure images chosen, copied, recorded in the ledger (same transaction)."""
+        table = keep_stored_rows(self.lake, table)
         return hand_off(self.settings, self.lake, table, app_id=txn.app_id, batch_id=txn.version)
 
     def _watch_drift(self, batch: Committed) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from handlers.intake.service import HandlerService
+from infra.blob import BlobStore
 from infra.settings import Settings, get_settings
 from tests.helpers.handlers import serving
 
@@ -45,3 +46,26 @@ def env_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[py
     get_settings.cache_clear()
     yield monkeypatch
     get_settings.cache_clear()
+
+
+# The classes of the label-matching tests' labeling settings.
+CLASSES = ["0", "1"]
+
+
+@pytest.fixture
+def labeling(blob_settings: Settings) -> Settings:
+    """Settings whose hand-off sends every scored image to its own labeling container."""
+    # Its own labeling container: the session's Azurite is shared with other tests.
+    settings = blob_settings.model_copy(
+        update={
+            "labeling_container": "labeling-match",
+            "labeling_window_s": 0,
+            "labeling_daily_budget": 100,
+            "labeling_fraction": 1.0,
+            "labeling_max_class_share": 1.0,
+            "confidence_threshold": 0.99,
+            "label_classes": CLASSES,
+        }
+    )
+    BlobStore(settings).ensure_containers()
+    return settings

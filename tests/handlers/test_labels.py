@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from handlers.intake.label_exports import ExportError, ExportTooLarge, ImageIndex, LabelEntry, parse_export
+from handlers.intake.label_exports import ExportError, ExportTooLarge, LabelEntry, parse_export
 from infra.blob import BlobStore
 from infra.lake import Lake
 from infra.settings import Settings
@@ -52,11 +52,12 @@ def seed_images(settings: Settings, count: int = 6) -> list[str]:
 
 
 def coco_export(paths: list[str]) -> bytes:
+    """A COCO export naming the images by their source URLs (these images were never handed off)."""
     images = [
-        {"id": 1, "file_name": "img-0.png", "coco_url": "azureml://datastores/ds/paths/images/2026/01/img-0.png"},
+        {"id": 1, "file_name": "img-0.png", "absolute_url": paths[0] + "?sv=2024&sig=abc"},
         {"id": 2, "file_name": "whatever.png", "absolute_url": paths[1]},
-        {"id": 3, "file_name": "2026/01/img-2.png"},
-        {"id": 4, "file_name": "img-3.png"},
+        {"id": 3, "file_name": "img-2.png", "absolute_url": paths[2].replace("http://", "HTTP://")},
+        {"id": 4, "file_name": "img-3.png", "absolute_url": paths[3]},
         {"id": 5, "file_name": "never-uploaded.png"},
     ]
     annotations = [
@@ -79,7 +80,7 @@ def test_parse_export_forms() -> None:
         LabelEntry(("azureml://datastores/d/paths/images/a.png",), "cat"),
         LabelEntry(("azureml://datastores/d/paths/images/b.png",), "dog"),
     ]
-    coco = parse_export(coco_export(["u0", "u1"]))
+    coco = parse_export(coco_export(["u0", "u1", "u2", "u3"]))
     assert [e.label for e in coco] == ["circle", "square", "circle", "hexagon", "circle"]
     for bad in (b'{"images": [', b'{"image_url": "x"}\n{"label": 1}', b"\xff", b'{"foo": 1}'):
         with pytest.raises(ExportError):
@@ -90,7 +91,7 @@ JSONL_LINE = b'{"image_url": "azureml://datastores/d/paths/images/a.png", "label
 
 
 def test_a_truncated_coco_export_is_reported_as_coco_not_as_a_jsonl_line() -> None:
-    doc = coco_export(["u0", "u1"])
+    doc = coco_export(["u0", "u1", "u2", "u3"])
     pretty = json.dumps(json.loads(doc), indent=2).encode()
     assert len(parse_export(pretty)) == len(parse_export(doc)) == 5
     for truncated in (doc[: len(doc) // 2], pretty[: len(pretty) // 2]):
@@ -116,19 +117,9 @@ def test_jsonl_is_streamed_and_the_size_cap_stops_the_read() -> None:
     with pytest.raises(ExportTooLarge, match="larger than 1000 bytes"):
         parse_export(download(1000), max_bytes=1000)
     assert len(produced) <= 1000 // len(JSONL_LINE) + 1  # stopped at the cap, not after the whole export
-    doc = coco_export(["u0", "u1"])
+    doc = coco_export(["u0", "u1", "u2", "u3"])
     with pytest.raises(ExportTooLarge):  # a COCO document is read whole, but only within the cap
         parse_export(doc, max_bytes=len(doc) - 1)
-
-
-def test_image_index_matches_url_and_unique_suffix() -> None:
-    index = ImageIndex(
-        ["http://h/acct/images/a/x.png", "http://h/acct/images/b/x.png", "http://h/acct/images/y.png"], [DAY] * 3
-    )
-    assert index.match(LabelEntry(("http://h/acct/images/y.png",), "c")) == ("http://h/acct/images/y.png", "")
-    assert index.match(LabelEntry(("azureml://datastores/d/paths/images/b/x.png",), "c"))[0].endswith("b/x.png")
-    assert index.match(LabelEntry(("x.png",), "c")) == (None, "ambiguous image")
-    assert index.match(LabelEntry(("z.png",), "c")) == (None, "unknown image")
 
 
 def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_path, publisher) -> None:
@@ -175,7 +166,7 @@ def test_export_merges_labels_and_keeps_rejects(blob_settings: Settings, tmp_pat
         ("unknown class", "hexagon"),
         ("unknown image", "circle"),
     ]
-    assert {r["image_ref"] for r in rejects} == {"img-3.png", "never-uploaded.png"}
+    assert {r["image_ref"] for r in rejects} == {paths[3], "never-uploaded.png"}
 
     decisions = lake.read(RETRAINING_DECISIONS).to_pylist()
     assert len(decisions) == 1
@@ -205,8 +196,8 @@ def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> Non
         insert=False,
     )
     lines = [
-        {"image_url": "azureml://datastores/ws/paths/images/2026/01/img-0.png", "label": "circle"},
-        {"image_url": "azureml://datastores/ws/paths/images/2026/01/img-1.png", "label": "rhombus"},
+        {"image_url": paths[0], "label": "circle"},
+        {"image_url": paths[1], "label": "rhombus"},
     ]
     BlobStore(settings).upload(
         settings.exports_container, "e/labels.jsonl", "\n".join(json.dumps(line) for line in lines).encode()
@@ -228,11 +219,3 @@ def test_jsonl_export_without_trigger(blob_settings: Settings, publisher) -> Non
         "champion_accuracy": 1.0,
     }  # no champion: no baseline
     assert Lake(settings).read(RETRAINING_DECISIONS).num_rows == 1
-
-
-def test_an_export_url_variant_matches_its_canonical_row_where_the_suffix_is_ambiguous() -> None:
-    stored = "https://acct.blob.core.windows.net/images/a/x.png"
-    index = ImageIndex([stored, "file:/data/images/a/x.png"], [DAY] * 2)  # the same suffix twice
-    signed = "HTTPS://Acct.DFS.core.windows.net/images/a/x.png?sv=2024&sig=abc#frag"
-    assert index.match(LabelEntry((signed,), "c")) == (stored, "")
-    assert index.match(LabelEntry(("images/a/x.png",), "c")) == (None, "ambiguous image")

@@ -23,7 +23,7 @@ from infra.tables import IMAGES, LABEL_REJECTS, PROMOTION_DECISIONS, RETRAINING_
 from tests.helpers.handlers import arrival_lines, blob_created_event
 from tests.helpers.status import promote_versions
 
-EXPORT = b'{"image_url": "azureml://datastores/ws/paths/images/never-seen.png", "label": "circle"}\n'
+EXPORT = b'{"image_url": "azureml://datastores/lakesight_labeling/paths/images/never-seen.png", "label": "circle"}\n'
 
 
 class FakeStore:

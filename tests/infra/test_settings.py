@@ -215,3 +215,14 @@ def test_the_strategy_names_settings_accept_are_the_ones_implemented() -> None:
     from infra.settings import LABELING_STRATEGIES
 
     assert set(LABELING_STRATEGIES) == set(STRATEGIES)
+
+
+def test_the_label_studio_password_follows_the_secret_rules(tmp_path: Path) -> None:
+    from tests.helpers.handlers import azure_settings
+
+    assert Settings(state_dir=tmp_path).label_studio_secret() == "local-label-studio"  # local: the default is fine
+    with pytest.raises(SettingsError, match="LAKESIGHT_LABEL_STUDIO_PASSWORD"):
+        azure_settings(tmp_path).label_studio_secret()
+    strong = azure_settings(tmp_path, label_studio_password="p" * 40)
+    assert strong.label_studio_secret() == "p" * 40
+    assert strong.public_dict()["label_studio_password"] == "**********"

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.images import content_hash
 from infra.settings import Settings
 from tests.helpers.images import solid_png, truncated_png
 from tests.helpers.training import digit_rows, write_rows
@@ -58,3 +59,31 @@ def test_no_table_no_labels_or_one_class_fail_before_training(settings: Settings
     write_rows(settings, [(f"file:/c/{i}.png", solid_png(i), "cat", None) for i in range(5)])
     with pytest.raises(TrainingDataError, match="single class"):
         load_snapshot(settings)
+
+
+def test_a_label_given_for_other_bytes_never_trains(settings: Settings, digits_dir: Path) -> None:
+    """A human label records the content hash it was given for: a row whose bytes differ is skipped."""
+    import pyarrow as pa
+
+    from infra.lake import Lake
+    from infra.tables import IMAGES, LABEL_SOURCE_HUMAN
+
+    rows = digit_rows(digits_dir, 30)
+    write_rows(settings, rows)
+    seen, other = rows[0], rows[1]
+    lake = Lake(settings)
+    day = lake.read(IMAGES, columns=["load_date"]).column("load_date")[0].as_py()
+    labels = pa.table(
+        {
+            "path": [seen[0], other[0]],
+            "load_date": pa.array([day, day], pa.date32()),
+            "label": ["7", "7"],
+            "label_source": [LABEL_SOURCE_HUMAN] * 2,
+            "labeled_content_hash": [content_hash(seen[1]), content_hash(b"the bytes the human saw")],
+        }
+    )
+    update = {c: f"s.{c}" for c in ("label", "label_source", "labeled_content_hash")}
+    lake.merge(IMAGES, labels, update=update, insert=False)
+    snapshot = load_snapshot(settings, decode=False)
+    assert snapshot.skipped == {"label for other bytes": 1}
+    assert other[0] not in snapshot.paths and seen[0] in snapshot.paths

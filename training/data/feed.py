@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
@@ -37,6 +38,7 @@ VALIDATION_FRACTION = 0.15
 MIN_IMAGE_SIZE = 32  # the keras.applications backbones refuse smaller inputs
 MAX_IMAGE_SIZE = 224
 _COLUMNS = ["path", "content", "content_hash", "label", "label_source", "error"]
+LABELED_HASH = "labeled_content_hash"  # read where the snapshot has it
 _DECODE_CHUNK = 512
 
 
@@ -136,7 +138,8 @@ def load_snapshot(
     lake = Lake(settings)
     try:
         pinned = lake.version(IMAGES) if version is None else int(version)
-        table = lake.read(IMAGES, version=pinned, columns=_COLUMNS)
+        present = {field.name for field in lake.table(IMAGES, pinned).schema().fields}
+        table = lake.read(IMAGES, version=pinned, columns=[c for c in (*_COLUMNS, LABELED_HASH) if c in present])
     except LakeError as exc:
         raise TrainingDataError(f"no images table to train on ({exc}): ingest labeled images first") from exc
     except Exception as exc:  # delta-rs raises its own errors for a version that does not exist
@@ -145,6 +148,7 @@ def load_snapshot(
     labeled = table.filter(pc.is_valid(table.column("label")))
     unlabeled = table.num_rows - labeled.num_rows
     skipped: Counter[str] = Counter()
+    labeled = _labels_for_these_bytes(labeled, skipped)
     errors = labeled.column("error").to_pylist()
     for reason in errors:
         if reason is not None:
@@ -179,6 +183,22 @@ def load_snapshot(
     if skipped_total:
         log.warning("skipped %d labeled rows of images@%d: %s", skipped_total, pinned, dict(snapshot.skipped))
     return snapshot
+
+
+def _labels_for_these_bytes(labeled: pa.Table, skipped: Counter[str]) -> pa.Table:
+    """The labeled rows whose label was given for the bytes the row holds (docs/LABELING.md).
+
+    A human label records the content hash it was given for; one that differs from the row's
+    (bytes replaced after the label, before a stream cleared it) never trains the model.
+    """
+    if LABELED_HASH not in labeled.column_names:
+        return labeled  # a snapshot from before labels recorded their bytes
+    given, held = labeled.column(LABELED_HASH), labeled.column("content_hash")
+    stale = pc.fill_null(pc.and_(pc.and_(pc.is_valid(given), pc.is_valid(held)), pc.not_equal(given, held)), False)
+    count = int(pc.sum(stale).as_py() or 0)
+    if count:
+        skipped["label for other bytes"] += count
+    return labeled.filter(pc.invert(stale))
 
 
 def _check_learnable(labels: list[str], rows: int, version: int) -> None:

@@ -80,12 +80,19 @@ def sampled(path: str, fraction: float) -> bool:
     return fraction >= 1 or stable_fraction(path) < fraction
 
 
-def labeling_blob_name(path: str, day: dt.date) -> str:
-    """Deterministic, safe blob name for the copy of ``path`` (the same on replay)."""
-    digest = hashlib.sha1(path.encode()).hexdigest()[:16]
+def labeling_blob_name(path: str, day: dt.date, content_hash: str | None = None) -> str:
+    """Deterministic, safe blob name for the copy of these bytes of ``path`` (the same on replay;
+    new bytes of the path get a copy of their own, so a copy's URL names one content)."""
+    digest = task_id(path, content_hash)[:16]
     base = posixpath.basename(path.rstrip("/")) or "image"
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in base)[:100]
     return f"images/{day.isoformat()}/{digest}-{safe}"
+
+
+def task_id(path: str, content_hash: str | None) -> str:
+    """The hand-off's id for sending these bytes of ``path``: in the ledger and the manifest, so a
+    labeling service can name the image by it (a re-sent image with new bytes gets a new id)."""
+    return hashlib.sha256(f"{path}\n{content_hash or ''}".encode()).hexdigest()[:24]
 
 
 def manifest_blob_name(app_id: str, batch_id: int, day: dt.date) -> str:
@@ -135,13 +142,20 @@ def _sent_on(lake: Lake, day: dt.date) -> pa.Table:
 
 
 def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
-    if not lake.exists(LABELING_REQUESTS) or not paths:
-        return LABELING_REQUESTS.schema.empty_table()
-    # Filtered in memory: the ledger holds at most the daily budget per day, and pushing an
-    # ``isin`` down fails on delta-rs's string_view statistics.
-    columns = ["path", "request_date", "sent_at", "app_id", "batch_id"]
-    ledger = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=columns))
-    return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
+    """The ledger rows of ``paths`` (read by key)."""
+    columns = ["path", "content_hash", "request_date", "sent_at", "app_id", "batch_id"]
+    return LABELING_REQUESTS.conform(lake.lookup(LABELING_REQUESTS, "path", paths, columns))
+
+
+def _sent_bytes(lake: Lake, paths: list[str]) -> set[tuple[str, str | None]]:
+    """``(path, content hash)`` of the images among ``paths`` that were sent with those bytes:
+    an image is sent once per content, so new bytes under a sent path may be sent again."""
+    ledger = _ledger(lake, paths)
+    return set(zip(ledger.column("path").to_pylist(), ledger.column("content_hash").to_pylist(), strict=True))
+
+
+def _pairs(table: pa.Table) -> list[tuple[str, str | None]]:
+    return list(zip(table.column("path").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
 
 
 def _known(lake: Lake, today: dt.date) -> strategies.Known:
@@ -232,9 +246,10 @@ def _decide(settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime) -> 
     """Choose among ``due``, window by window (oldest first), each within its paced allowance."""
     decision = _Decision()
     # A candidate an interrupted earlier call already sent keeps that outcome, and is not sent again.
-    sent_before = set(_ledger(lake, due.column("path").to_pylist()).column("path").to_pylist())
-    decision.outcomes.update(dict.fromkeys(sent_before, strategies.SENT))
-    due = due.filter(pc.invert(pc.is_in(due.column("path"), value_set=pa.array(sorted(sent_before), pa.string()))))
+    sent_before = _sent_bytes(lake, due.column("path").to_pylist())
+    pending = [pair not in sent_before for pair in _pairs(due)]
+    decision.outcomes.update({pair[0]: strategies.SENT for pair in _pairs(due) if pair in sent_before})
+    due = due.filter(pa.array(pending, pa.bool_()))
     known = _known(lake, now.date())
     spent: dict[dt.date, pa.Table] = {}
     starts = sorted(set(due.column("window_start").to_pylist()))
@@ -334,9 +349,9 @@ def hand_off(
         return _replayed(lake, table, app_id=app_id, batch_id=batch_id)
     now = now or dt.datetime.now(dt.UTC)
     rows = _eligible(table, settings)
-    paths = table.column("path").to_pylist()
-    already = set(_ledger(lake, [paths[i] for i in rows]).column("path").to_pylist()) if rows else set()
-    queue = _as_candidates(table, [i for i in rows if paths[i] not in already], settings, now)
+    pairs = _pairs(table)
+    already = _sent_bytes(lake, [pairs[i][0] for i in rows]) if rows else set()
+    queue = _as_candidates(table, [i for i in rows if pairs[i] not in already], settings, now)
     if settings.labeling_window_s <= 0:
         due, queued = queue, 0
     else:
@@ -468,7 +483,7 @@ def _send(
     blobs: Uploader = store if store is not None else BlobStore(settings)
     container = settings.labeling_container
     day = now.date()
-    names = [labeling_blob_name(row["path"], day) for row in picks]
+    names = [labeling_blob_name(row["path"], day, row.get("content_hash")) for row in picks]
     with ThreadPoolExecutor(max_workers=settings.blob_fetch_threads) as pool:
         urls = list(
             pool.map(
@@ -497,6 +512,8 @@ def _send(
             },
             "content_hash": [row.get("content_hash") for row in picks],
             "embedding": pa.array([row.get("embedding") for row in picks], pa.list_(pa.float32())),
+            "task_id": [task_id(row["path"], row.get("content_hash")) for row in picks],
+            "image_name": [posixpath.basename(name) for name in names],
         }
     )
     lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
@@ -508,6 +525,7 @@ def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) ->
         json.dumps(
             {
                 "image_url": url,
+                "task_id": task_id(row["path"], row.get("content_hash")),
                 "source_url": row["path"],
                 "content_hash": row["content_hash"],
                 "predicted_label": row["predicted_label"],
