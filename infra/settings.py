@@ -301,6 +301,26 @@ class Settings(BaseSettings):
         False, description="Azure mode: serve the status page and /api/status without the event key"
     )
     openapi: bool = Field(False, description="Serve the webhook's OpenAPI schema and docs (/openapi.json, /docs)")
+    handler_lease_s: float = Field(
+        30.0, gt=0, description="An event a handler process claimed stays its own this long without a renewal"
+    )
+    handler_retry_base_s: float = Field(
+        2.0, gt=0, description="First back-off before failed event work is retried (doubles per attempt)"
+    )
+    handler_retry_max_s: float = Field(300.0, gt=0, description="Longest back-off between retries of failed event work")
+    handler_max_attempts: int = Field(
+        20, ge=1, description="Attempts before failed event work is given up (status failed, dead-lettered)"
+    )
+    handler_stuck_s: float = Field(
+        600.0, gt=0, description="A handler lane busy on one piece of work longer than this is reported stuck"
+    )
+    handler_max_queued: int = Field(
+        50_000, ge=1, description="Events queued in a handler's lanes beyond which deliveries get 503 (retried)"
+    )
+    event_log_retention_days: float = Field(7.0, gt=0, description="Finished events older than this are pruned")
+    event_log_max_rows: int = Field(1_000_000, ge=1, description="Finished events kept at most (oldest pruned first)")
+    dead_letter_retention_days: float = Field(30.0, gt=0, description="Dead letters older than this are pruned")
+    dead_letter_max_rows: int = Field(10_000, ge=1, description="Dead letters kept at most (oldest pruned first)")
 
     model_host: str = Field("127.0.0.1", description="Model server (lakesight serve-model) bind address")
     model_port: int = Field(8766, description="Model server port")

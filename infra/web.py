@@ -29,17 +29,18 @@ def one_line(text: str, limit: int = MAX_REASON_CHARS) -> str:
 class RequestRefused(LakesightError):
     """A request answered with ``status_code`` and ``{"error": message}`` (see :func:`refused_response`)."""
 
-    def __init__(self, status_code: int, message: str):
+    def __init__(self, status_code: int, message: str, *, headers: dict[str, str] | None = None):
         self.message = one_line(message)
         super().__init__(self.message)
         self.status_code = status_code
+        self.headers = headers or {}
 
 
 async def refused_response(_request: Any, exc: RequestRefused) -> Any:
     """The exception handler each app installs for :class:`RequestRefused`."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": exc.message}, status_code=exc.status_code)
+    return JSONResponse({"error": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
 
 def key_matches(supplied: str | None, key: bytes) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from handlers.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep
@@ -88,4 +89,5 @@ async def receive(_key: EventKeyDep, request: Request, service: ServiceDep, sett
     if answer is not None:
         return answer
     service.start()  # hosts without lifespan events (Azure Functions) start workers on first use
-    return JSONResponse(service.submit(events))
+    # Off the event loop: the claim is a SQLite transaction that may wait for another writer.
+    return JSONResponse(await run_in_threadpool(service.submit, events))

@@ -18,9 +18,11 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
 from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
+from handlers.lanes import describe
+from handlers.service import HandlerService
 from infra.processes import PROJECT_ROOT
 from infra.status import snapshot
 
@@ -46,12 +48,20 @@ async def status_page(_key: StatusKeyDep) -> str:
 
 
 @router.get("/healthz")
-async def healthz(service: ServiceDep) -> dict[str, object]:
-    return {
-        "status": "ok",
-        "duplicates_suppressed": service.duplicates_suppressed,
-        "pending_triggers": service.launcher.pending_triggers(),
-    }
+async def healthz(service: ServiceDep) -> JSONResponse:
+    """200 while every lane runs and the event log answers; 503 naming each problem otherwise."""
+    health = await run_in_threadpool(_health, service)
+    return JSONResponse(health, status_code=503 if health["problems"] else 200)
+
+
+def _health(service: HandlerService) -> dict[str, Any]:
+    health = service.health()
+    try:
+        health["pending_triggers"] = service.launcher.pending_triggers()
+    except Exception as exc:  # noqa: BLE001 - a probe gets an answer, naming what it could not read
+        health["problems"].append(f"launcher database unreadable: {describe(exc)}")
+        health["status"] = "unhealthy"
+    return health
 
 
 def asset_file(name: str, dist: Path = UPLOT_DIST) -> tuple[Path, str]:

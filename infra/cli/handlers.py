@@ -1,4 +1,5 @@
-"""``lakesight serve`` and ``lakesight relay``: the Event Grid webhook and the local blob-event relay."""
+"""``lakesight serve``, ``lakesight relay`` and ``lakesight events``: the Event Grid webhook, the local
+blob-event relay, and the replay of dead-lettered events."""
 
 from __future__ import annotations
 
@@ -6,13 +7,15 @@ from typing import Annotated
 
 import typer
 
-from infra.cli._output import configure_logging, console, print_json
+from infra.cli._output import configure_logging, console, print_json, sub_app
 from infra.settings import get_settings
 
 
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(relay)
+    events = sub_app("events", "The handlers' events: 'retry' replays dead letters after their fault is fixed.")
+    events.command("retry")(retry)
 
 
 def serve(
@@ -47,3 +50,18 @@ def relay(
         pass
     finally:
         watcher.close()
+
+
+def retry(
+    event_id: Annotated[
+        list[str] | None, typer.Option("--event", help="Only this event id (repeat for several)")
+    ] = None,
+    refused: Annotated[
+        bool, typer.Option("--refused", help="Also refused events (after a fix such as a larger size cap)")
+    ] = False,
+) -> None:
+    """Hand dead-lettered (given-up) events back to the handlers' event log; the running handler
+    processes them within a second, or ``lakesight serve`` at its start. Prints {replayed, skipped}."""
+    from handlers.replay import retry_dead_letters
+
+    print_json(retry_dead_letters(get_settings(), refused=refused, event_ids=event_id or ()))

@@ -91,7 +91,9 @@ def test_status_page_is_the_packaged_html_file(server) -> None:
 def test_healthz_reports_the_service(settings: Settings, server, publisher) -> None:
     url, service = server
     health = httpx.get(url.replace("/api/events", "/healthz")).json()
-    assert health == {"status": "ok", "duplicates_suppressed": 0, "pending_triggers": 0}
+    assert (health["status"], health["problems"], health["duplicates_suppressed"]) == ("ok", [], 0)
+    assert health["pending_triggers"] == 0 and health["backlog"]["pending"] == 0
+    assert {name: lane["alive"] for name, lane in health["lanes"].items()} == {"fast": True, "slow": True}
     event = blob_event(settings, "images", "h.png")
     publisher(url).send([event])
     publisher(url).send([event])  # a redelivery, suppressed

@@ -76,7 +76,11 @@ def blob_event(settings: Settings, container: str, name: str, *, event_id: str |
 
 def blob_event_dict(settings: Settings, container: str, name: str, **options: Any) -> dict[str, Any]:
     """The same event as the Event Grid JSON dict (for raw httpx requests)."""
-    event = blob_event(settings, container, name, **options)
+    return event_grid_dict(blob_event(settings, container, name, **options))
+
+
+def event_grid_dict(event: Any) -> dict[str, Any]:
+    """An SDK ``EventGridEvent`` as the Event Grid JSON dict it is delivered as."""
     return {
         "id": event.id,
         "eventType": event.event_type,
