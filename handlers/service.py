@@ -76,6 +76,7 @@ class HandlerService:
         self._lanes = (self._fast, self._slow)
         self._held: set[str] = set()  # ids of the events this process has queued or is working on
         self._supervisor: threading.Thread | None = None
+        self._pruner: threading.Thread | None = None
         self._stopping = threading.Event()
         self._supervisor_error: str | None = None
         self.sweeps = 0  # supervisor ticks done (tests wait on it)
@@ -100,6 +101,8 @@ class HandlerService:
                 target=self._supervise, name="lakesight-handlers-supervisor", daemon=True
             )
             self._supervisor.start()
+            self._pruner = threading.Thread(target=self._prune_loop, name="lakesight-handlers-pruner", daemon=True)
+            self._pruner.start()
             self.launcher.start()
             if self.scorer is not None:
                 self.scorer.start()
@@ -109,8 +112,9 @@ class HandlerService:
         with self._lock:
             supervisor, self._supervisor = self._supervisor, None
         self._stopping.set()
-        if supervisor is not None:
-            supervisor.join(timeout)
+        for thread in (supervisor, self._pruner):
+            if thread is not None:
+                thread.join(timeout)
         for lane in self._lanes:
             lane.stop(timeout)
         self.launcher.stop()
@@ -199,7 +203,7 @@ class HandlerService:
 
     # Supervisor: retries, take-over, leases, pruning, health --------------------------------------
     def _supervise(self) -> None:
-        due = {"renew": 0.0, "prune": 0.0, "status": 0.0}
+        due = {"renew": 0.0, "status": 0.0}
         while not self._stopping.is_set():
             try:
                 self._supervise_once(due)
@@ -226,12 +230,19 @@ class HandlerService:
             if taken:
                 log.info("retrying %d pending event(s) from the event log", len(taken))
                 self._route(taken)
-        if now >= due["prune"]:
-            self.prune()
-            due["prune"] = now + PRUNE_EVERY_S
         if now >= due["status"]:
             write_status_file(handler_status_path(self.settings), self.health())
             due["status"] = now + STATUS_EVERY_S
+
+    def _prune_loop(self) -> None:
+        """Prune now and every PRUNE_EVERY_S, on a thread of its own: a locked dead-letter database
+        must not hold up the retries and the lease renewals."""
+        while not self._stopping.is_set():
+            try:
+                self.prune()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next round
+                log.warning("pruning failed: %s", describe(exc))
+            self._stopping.wait(PRUNE_EVERY_S)
 
     def prune(self) -> dict[str, int]:
         """Forget finished events and dead letters past their age and count limits (settings)."""

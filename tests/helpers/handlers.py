@@ -4,7 +4,9 @@ uvicorn server around the handlers app, the fake trainer's command line, and arr
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -115,3 +117,46 @@ def blob_created_event(settings: Settings, container: str, name: str, *, event_i
 
     sdk = blob_event(settings, container, name, event_id=event_id, **data)
     return Event(id=sdk.id, type=BLOB_CREATED, subject=sdk.subject, time="2026-01-02T03:04:05.1234567Z", data=sdk.data)
+
+
+@contextmanager
+def serve_process(state: Path, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``lakesight serve`` as its own process on ``port`` over the state folder ``state``, up (healthz
+    answers) when yielded; killed on exit if still running. ``env`` adds ``LAKESIGHT_*`` settings."""
+    from tests.helpers.waiting import wait_until
+
+    environment = {**os.environ, "LAKESIGHT_STATE_DIR": str(state), **env}
+    argv = [sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is not None or _answers(f"http://127.0.0.1:{port}/healthz"), "serve to start")
+        assert proc.poll() is None, f"lakesight serve exited with {proc.returncode}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def logged_event(settings: Settings, event_id: str) -> dict[str, Any] | None:
+    """The event log's row for ``event_id`` (status, owner, lease_until, attempts), read-only, from any process."""
+    import sqlite3
+    from contextlib import closing
+
+    path = settings.state_dir / "handlers" / "events.db"
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute(
+            "SELECT status, owner, lease_until, attempts FROM events WHERE id = ?", (event_id,)
+        ).fetchone()
+    return None if row is None else dict(row)
