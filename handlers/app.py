@@ -19,6 +19,7 @@ from handlers.deps import RequestRefused, refused_response
 from handlers.routes import events, status
 from handlers.service import HandlerService
 from infra.settings import Settings
+from infra.status import CachedSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     app.state.settings = settings
     app.state.event_key = key.encode()
     app.state.service = service or HandlerService(settings)
+    app.state.status = CachedSnapshot(settings, max_age_s=settings.status_cache_s)
     app.add_exception_handler(RequestRefused, refused_response)
     app.include_router(events.router)
     app.include_router(status.router)

@@ -17,7 +17,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     """Serve the webhook until interrupted; handler outcomes are logged at ``log_level``."""
     bind = host or settings.handler_host
     app = create_app(settings, host=bind)  # refuses an empty event key on a non-loopback bind
-    serve_forever(app, bind, port or settings.handler_port, log_level)
+    serve_forever(app, bind, port or settings.handler_port, log_level, settings=settings)
 
 
 @contextmanager
@@ -25,5 +25,6 @@ def running(
     app: FastAPI, *, host: str = "127.0.0.1", port: int | None = None, log_level: str = "warning", timeout: float = 20.0
 ) -> Iterator[str]:
     """Run ``app`` under uvicorn in a background thread; yield its events URL; stop it on exit."""
-    with serving_in_thread(app, host=host, port=port, log_level=log_level, timeout=timeout) as base:
+    settings = app.state.settings
+    with serving_in_thread(app, host=host, port=port, log_level=log_level, timeout=timeout, settings=settings) as base:
         yield f"{base}{EVENTS_PATH}"

@@ -300,7 +300,21 @@ class Settings(BaseSettings):
     status_public: bool = Field(
         False, description="Azure mode: serve the status page and /api/status without the event key"
     )
+    status_cache_s: float = Field(
+        3.0, ge=0, description="The status page's data is taken at most this often, however many pages are open"
+    )
     openapi: bool = Field(False, description="Serve the webhook's OpenAPI schema and docs (/openapi.json, /docs)")
+    web_limit_concurrency: int = Field(
+        256,
+        ge=1,
+        description="Connections and requests a web service (webhook, model server) takes at once; more get 503",
+    )
+    web_keep_alive_s: int = Field(
+        5, ge=1, description="Idle keep-alive connections of the web services close after this"
+    )
+    web_max_header_bytes: int = Field(
+        16_384, ge=1024, description="Larger request heads (request line and headers) are refused by the web services"
+    )
     handler_lease_s: float = Field(
         30.0, gt=0, description="An event a handler process claimed stays its own this long without a renewal"
     )

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -334,3 +335,24 @@ def snapshot(settings: Settings) -> dict[str, Any]:
             result[name] = None
             result.setdefault("unavailable", {})[name] = str(exc)[:300]
     return result
+
+
+class CachedSnapshot:
+    """:func:`snapshot` computed at most once per ``max_age_s``, however many readers ask: every status
+    page polls, and a snapshot scans tables. One reader computes while the others wait for its result."""
+
+    def __init__(self, settings: Settings, *, max_age_s: float):
+        self.settings = settings
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._value: dict[str, Any] | None = None
+        self._taken_at = float("-inf")
+        self.computed = 0  # snapshots taken so far
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if self._value is None or time.monotonic() - self._taken_at >= self.max_age_s:
+                self._value = snapshot(self.settings)
+                self._taken_at = time.monotonic()
+                self.computed += 1
+            return self._value

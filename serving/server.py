@@ -17,4 +17,4 @@ def serve_model(
 ) -> None:
     host = host or settings.model_host
     check_bind(settings, host)
-    serve_forever(create_app(settings), host, port or settings.model_port, log_level)
+    serve_forever(create_app(settings), host, port or settings.model_port, log_level, settings=settings)

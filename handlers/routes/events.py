@@ -13,6 +13,7 @@ import logging
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from handlers.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep
 from handlers.events import SUBSCRIPTION_VALIDATION, Event, PayloadError, parse_events
@@ -38,11 +39,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise _TooLarge(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nothing was acknowledged: the sender delivers again
+        host = request.client.host if request.client else "?"
+        log.warning("client %s hung up after %d of %s body bytes; nothing accepted", host, size, declared or "?")
+        raise RequestRefused(400, "client hung up mid-body") from None
     return b"".join(chunks)
 
 

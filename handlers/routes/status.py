@@ -16,15 +16,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from handlers.deps import ServiceDep, SettingsDep, StatusKeyDep
+from handlers.deps import ServiceDep, StatusKeyDep
 from handlers.lanes import describe
 from handlers.service import HandlerService
 from infra.processes import PROJECT_ROOT
-from infra.status import snapshot
+from infra.status import CachedSnapshot
 
 PAGE = resources.files("handlers").joinpath("static", "status.html").read_text(encoding="utf-8")
 UPLOT_DIST = PROJECT_ROOT / "node_modules" / "uplot" / "dist"
@@ -38,8 +38,10 @@ router = APIRouter()
 
 
 @router.get("/api/status")
-async def status_json(_key: StatusKeyDep, settings: SettingsDep) -> dict[str, Any]:
-    return await run_in_threadpool(snapshot, settings)
+async def status_json(_key: StatusKeyDep, request: Request) -> dict[str, Any]:
+    """The status snapshot, taken at most every ``status_cache_s`` whatever the number of open pages."""
+    cache: CachedSnapshot = request.app.state.status
+    return await run_in_threadpool(cache.get)
 
 
 @router.get("/", response_class=HTMLResponse)

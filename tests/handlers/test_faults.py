@@ -3,6 +3,9 @@ keep running, /healthz says what is wrong, and acknowledged work is finished onc
 
 from __future__ import annotations
 
+import os
+import sqlite3
+from contextlib import closing
 from typing import Any
 
 import httpx
@@ -11,9 +14,11 @@ import pytest
 from handlers.eventlog import EventStatus
 from handlers.events import RUN_COMPLETED
 from infra.arrivals import arrivals_dir
+from infra.cli.local import _handler_rows
 from infra.deadletters import dead_letter_path, read_dead_letters
 from infra.iac import RETRAINING_TAG
 from infra.settings import Settings
+from infra.status import snapshot
 from tests.helpers.handlers import arrival_lines, blob_event, event_grid_dict, serving
 from tests.helpers.waiting import wait_until
 
@@ -35,7 +40,12 @@ def _run_completed(event_id: str, *, retraining: bool, run_id: str | None = None
 
 def _deliver(url: str, event: Any) -> httpx.Response:
     """A delivery whose answer the test reads (the SDK's send returns none)."""
-    return httpx.post(url, json=[event_grid_dict(event)], headers={"aeg-sas-key": "local-dev-key"}, timeout=10)
+    return _deliver_all(url, [event])
+
+
+def _deliver_all(url: str, events: list[Any]) -> httpx.Response:
+    body = [event_grid_dict(e) for e in events]
+    return httpx.post(url, json=body, headers={"aeg-sas-key": "local-dev-key"}, timeout=10)
 
 
 def _health(url: str) -> httpx.Response:
@@ -57,6 +67,13 @@ def test_the_slow_lane_outlives_an_unopenable_dead_letter_table(quick: Settings,
         unhealthy = wait_until(lambda: (r := _health(url)).status_code == 503 and r.json(), "/healthz to answer 503")
         assert any(p.startswith("slow lane failing: OperationalError") for p in unhealthy["problems"])
         assert unhealthy["lanes"]["slow"]["alive"] and unhealthy["lanes"]["slow"]["errors"] >= 1
+        # lakesight status shows it too, from the handler's status file.
+        rows = wait_until(lambda: _handler_rows(snapshot(quick)["handlers"]), "the handler in lakesight status")
+        wait_until(
+            lambda: "slow lane failing" in _handler_rows(snapshot(quick)["handlers"])[0]["value"],
+            "the failing lane in lakesight status",
+        )
+        assert rows[0]["what"] == f"event handler (pid {os.getpid()})"
 
         later = _run_completed("someone-elses", retraining=False)  # ignored: needs no dead letter
         publisher(url).send([later])
@@ -123,3 +140,28 @@ def test_work_failing_past_the_attempts_is_given_up_visibly_and_replayed(quick: 
         wait_until(lambda: _status_of(service, event.id) == EventStatus.DONE, "the replayed event to be done")
     assert read_dead_letters(settings)["count"] == 0
     assert [r["event_id"] for r in arrival_lines(settings)] == [event.id]
+
+
+def test_full_lanes_answer_503_with_retry_after_and_accept_again_later(settings: Settings) -> None:
+    """The fast lane held up by a locked dead-letter database (another process's write lock): past
+    ``handler_max_queued`` queued events a delivery is refused whole with 503, so Event Grid retries it."""
+    bounded = settings.model_copy(update={"handler_max_queued": 5})
+    letters = dead_letter_path(bounded)
+    letters.parent.mkdir(parents=True)
+    with serving(bounded) as (url, service), closing(sqlite3.connect(letters, timeout=1)) as lock:
+        lock.execute("BEGIN EXCLUSIVE")
+        assert _deliver(url, blob_event(bounded, "images", "a/../../x")).status_code == 200  # refused: blocks
+        wait_until(lambda: service.health()["lanes"]["fast"]["busy_s"] is not None, "the fast lane to be held up")
+        queued = [blob_event(bounded, "images", f"q/{i}.png") for i in range(5)]
+        assert _deliver_all(url, queued).json()["accepted"] == 5
+        extra = blob_event(bounded, "images", "q/extra.png")
+        full = _deliver(url, extra)
+        assert full.status_code == 503 and full.headers["retry-after"] == "10"
+        assert full.json() == {"error": "5 events queued; retry later"}
+        assert service.events.get(extra.id) is None  # nothing of the refused delivery was claimed
+        lock.rollback()
+        # Event Grid retries until the lane has drained and the delivery is accepted.
+        answer = wait_until(lambda: (r := _deliver(url, extra)).status_code == 200 and r, "a retry to be accepted")
+        assert answer.json()["accepted"] == 1
+        assert service.wait_idle()
+    assert sorted(r["event_id"] for r in arrival_lines(bounded)) == sorted(e.id for e in [*queued, extra])

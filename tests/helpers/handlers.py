@@ -120,14 +120,20 @@ def blob_created_event(settings: Settings, container: str, name: str, *, event_i
 
 
 @contextmanager
-def serve_process(state: Path, port: int, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+def serve_process(state: Path, port: int, *, log: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """``lakesight serve`` as its own process on ``port`` over the state folder ``state``, up (healthz
-    answers) when yielded; killed on exit if still running. ``env`` adds ``LAKESIGHT_*`` settings."""
+    answers) when yielded; killed on exit if still running. ``log`` receives its stderr; ``env`` adds
+    ``LAKESIGHT_*`` settings."""
     from tests.helpers.waiting import wait_until
 
     environment = {**os.environ, "LAKESIGHT_STATE_DIR": str(state), **env}
     argv = [sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level", "warning"]
-    proc = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
+    finally:
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]
     try:
         wait_until(lambda: proc.poll() is not None or _answers(f"http://127.0.0.1:{port}/healthz"), "serve to start")
         assert proc.poll() is None, f"lakesight serve exited with {proc.returncode}"
