@@ -188,12 +188,16 @@ class EventLog:
     def take_due(self, limit: int) -> list[Event]:
         """Take up to ``limit`` pending events nobody holds whose retry time has come, oldest first."""
         now = time.time()
+        due = (
+            "SELECT id, body FROM events WHERE status = ? AND next_at <= ?"
+            " AND (lease_until IS NULL OR lease_until < ?) ORDER BY received_at, rowid LIMIT ?"
+        )
+        args = (EventStatus.PENDING, now, now, limit)
+        with self._lock:  # a read first: most ticks find nothing and take no write lock
+            if self._conn.execute(due, args).fetchone() is None:
+                return []
         with self._lock, transaction(self._conn):
-            rows = self._conn.execute(
-                "SELECT id, body FROM events WHERE status = ? AND next_at <= ?"
-                " AND (lease_until IS NULL OR lease_until < ?) ORDER BY received_at, rowid LIMIT ?",
-                (EventStatus.PENDING, now, now, limit),
-            ).fetchall()
+            rows = self._conn.execute(due, args).fetchall()
             self._conn.executemany(
                 "UPDATE events SET owner = ?, lease_until = ? WHERE id = ?",
                 [(self.owner, now + self.lease_s, event_id) for event_id, _ in rows],

@@ -25,7 +25,7 @@ from typing import Any
 from handlers import blob_created, labels, policy, runs
 from handlers.blob_created import BlobTarget, Refused, TargetKind
 from handlers.eventlog import Claim, EventLog, EventStatus
-from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, Event
+from handlers.events import BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, RUN_STATUS_CHANGED, Event
 from handlers.lanes import Lane, describe
 from handlers.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.score_pass import ScorePass
@@ -39,7 +39,7 @@ from infra.web import RequestRefused
 
 log = logging.getLogger(__name__)
 
-KNOWN_TYPES = frozenset({BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED})
+KNOWN_TYPES = frozenset({BLOB_CREATED, DATASET_DRIFT, IMAGE_DRIFT, RUN_COMPLETED, RUN_STATUS_CHANGED})
 FAST_BATCH = 1000
 # Events acknowledged to Event Grid but not acted on for a reason someone should see (docs/DEPLOY.md);
 # ignored and duplicate events are expected and are not dead letters.
@@ -384,6 +384,8 @@ class HandlerService:
             handler = self._image_drift
         elif event.type == RUN_COMPLETED:
             handler = self._run_completed
+        elif event.type == RUN_STATUS_CHANGED:
+            handler = self._run_status_changed
         else:
             raise Refused(EventStatus.IGNORED, f"no slow-lane handler for {event.type}")
         result = handler(event, target)
@@ -446,3 +448,17 @@ class HandlerService:
             raise Refused(EventStatus.REFUSED, "RunCompleted without runId")
         launch_id = self.launcher.complete_external(run_id, LaunchStatus.SUCCEEDED, {"run": run_id})
         return {"launch_id": launch_id, "promotion": runs.promotion_check(self.settings, run_id)}
+
+    def _run_status_changed(self, event: Event, _target: object) -> dict[str, Any]:
+        """A retraining run that failed or was cancelled frees the launcher (its launch is failed)."""
+        if not runs.is_retraining_run(event.data):
+            return {"status": EventStatus.IGNORED, "reason": "not a lakesight retraining run"}
+        failed = runs.failed_status(event.data)
+        if failed is None:
+            return {"status": EventStatus.IGNORED, "reason": f"run status {event.data.get('runStatus')!r} ends nothing"}
+        run_id = str(event.data.get("runId") or "")
+        if not run_id:
+            raise Refused(EventStatus.REFUSED, "RunStatusChanged without runId")
+        outcome = {"run": run_id, "error": f"the retraining run ended {failed}"}
+        launch_id = self.launcher.complete_external(run_id, LaunchStatus.FAILED, outcome)
+        return {"launch_id": launch_id, "run_status": failed}

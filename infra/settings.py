@@ -242,6 +242,11 @@ class Settings(BaseSettings):
     retrain_drift_threshold: float = Field(0.2, ge=0, description="Label-distribution PSI that triggers")
     retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")
     retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
+    retrain_run_deadline_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="A submitted retraining run that has not ended after this is failed (the launcher is freed)",
+    )
 
     score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
     score_max_bytes_per_trigger: int = Field(
