@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-import time
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -206,10 +205,7 @@ def test_an_export_over_the_size_cap_is_refused_and_dead_lettered(
 def test_a_retraining_run_completed_finishes_its_submitted_launch(service: HandlerService) -> None:
     launcher = service.launcher
     launcher.request("trigger-1", "new_labels", 4)
-    deadline = time.monotonic() + 20
-    while [x["status"] for x in launcher.launches()] != [LaunchStatus.SUBMITTED]:
-        assert time.monotonic() < deadline, "the launch was never submitted"
-        time.sleep(0.02)
+    _submitted(launcher, 1)
     event = _run_completed("run-1", retraining=True)
     service.submit([event])
     logged = _processed(service, event)

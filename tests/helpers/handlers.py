@@ -135,8 +135,7 @@ def serve_process(state: Path, port: int, *, log: Path | None = None, **env: str
         if log is not None:
             stderr.close()  # type: ignore[union-attr]
     try:
-        wait_until(lambda: proc.poll() is not None or _answers(f"http://127.0.0.1:{port}/healthz"), "serve to start")
-        assert proc.poll() is None, f"lakesight serve exited with {proc.returncode}"
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), "lakesight serve to start", process=proc)
         yield proc
     finally:
         if proc.poll() is None:
@@ -144,7 +143,8 @@ def serve_process(state: Path, port: int, *, log: Path | None = None, **env: str
         proc.wait(timeout=30)
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (whatever the status)."""
     import httpx
 
     try:
