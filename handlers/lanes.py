@@ -90,9 +90,17 @@ class Lane:
         self._thread.start()
 
     def stop(self, timeout: float) -> None:
+        """End the thread after the items queued before now; items queued later are dropped (their
+        events stay pending in the log, which the owner hands back at stop)."""
         self.queue.put(STOP)
         if self._thread is not None:
             self._thread.join(timeout)
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                return
+            self.queue.task_done()
 
     def revive(self) -> bool:
         """Start the thread again if it ended without being stopped; True when it did."""
