@@ -14,7 +14,12 @@ LABELSTUDIO_VENV ?= .venv-labelstudio
 LABELSTUDIO_STAMP := $(LABELSTUDIO_VENV)/.installed
 LABELSTUDIO_VERSION := 1.23.2
 
-.PHONY: help install install-legacy jars browser labelstudio demo test test-fast lint format clean
+# make test-repeat: the tests matching K (pytest -k), or in T (paths), run N times in a row; stops at the first failure.
+N ?= 10
+K ?=
+T ?= tests
+
+.PHONY: help install install-legacy jars browser labelstudio demo test test-fast test-repeat lint format clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -66,6 +71,12 @@ test: install ## Run the whole test suite (what CI runs)
 
 test-fast: install ## The inner loop: tests without Spark, Azurite or multi-process runs (~1 min)
 	$(PY) -m pytest -m "$(FAST)"
+
+test-repeat: install ## Run tests N times in a row to show they hold, e.g. make test-repeat N=10 K=sigkill T=tests/streams
+	@for i in $$(seq 1 $(N)); do \
+		echo "== run $$i of $(N)"; \
+		$(PY) -m pytest -x -q -p no:cacheprovider $(T) $(if $(K),-k "$(K)") || { echo "failed on run $$i of $(N)"; exit 1; }; \
+	done; echo "passed $(N) runs in a row"
 
 lint: install ## Formatter check, ruff, the import contracts, mypy on every package
 	$(VENV)/bin/ruff format --check .

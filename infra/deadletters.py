@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings
+from infra.web import one_line
 
 MAX_EVENT_CHARS = 16_384  # the raw event kept; Event Grid events are a few hundred bytes
 MAX_REASON_CHARS = 2_000
@@ -70,7 +71,7 @@ class DeadLetterTable:
                 letter.event_id,
                 letter.event_type,
                 letter.status,
-                letter.reason[:MAX_REASON_CHARS],
+                one_line(letter.reason, MAX_REASON_CHARS),
                 stamp,
                 letter.event[:MAX_EVENT_CHARS],
                 int(len(letter.event) > MAX_EVENT_CHARS),
@@ -84,6 +85,46 @@ class DeadLetterTable:
             conn.executescript(_SCHEMA)
             conn.executemany("INSERT OR REPLACE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         return len(rows)
+
+    def prune(self, older_than: dt.timedelta, *, keep: int) -> int:
+        """Forget letters recorded before ``older_than`` ago and beyond the newest ``keep``; return how many."""
+        if not self.path.exists():
+            return 0
+        cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat()
+        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)) as conn, conn:
+            conn.executescript(_SCHEMA)
+            removed = conn.execute("DELETE FROM dead_letters WHERE recorded_at < ?", (cutoff,)).rowcount
+            removed += conn.execute(
+                "DELETE FROM dead_letters WHERE rowid NOT IN"
+                " (SELECT rowid FROM dead_letters ORDER BY recorded_at DESC, rowid DESC LIMIT ?)",
+                (keep,),
+            ).rowcount
+        return removed
+
+    def replayable(self, statuses: Iterable[str], event_ids: Iterable[str] = ()) -> list[DeadLetter]:
+        """The letters of ``statuses`` (only ``event_ids`` when given) whose raw event was kept whole,
+        oldest first: the ones a replay can hand back to the handlers."""
+        if not self.path.exists():
+            return []
+        wanted, ids = list(statuses), list(event_ids)
+        sql = (
+            "SELECT event_id, event_type, status, reason, event FROM dead_letters WHERE event_truncated = 0"
+            f" AND status IN ({', '.join('?' * len(wanted))})"
+        )
+        if ids:
+            sql += f" AND event_id IN ({', '.join('?' * len(ids))})"
+        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)) as conn:
+            return [DeadLetter(*row) for row in conn.execute(sql + " ORDER BY recorded_at", (*wanted, *ids))]
+
+    def forget(self, event_ids: Iterable[str]) -> int:
+        """Remove the letters of ``event_ids`` (replayed); return how many."""
+        rows = [(event_id,) for event_id in event_ids]
+        if not rows or not self.path.exists():
+            return 0
+        with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)) as conn, conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM dead_letters WHERE event_id = ?", rows)
+            return conn.total_changes - before
 
 
 def read_dead_letters(settings: Settings, *, recent: int = 5) -> dict[str, Any] | None:

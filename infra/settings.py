@@ -225,6 +225,11 @@ class Settings(BaseSettings):
     )
     retrain_min_accuracy: float = Field(0.9, ge=0, le=1, description="Champion accuracy floor on new labels")
     retrain_cooldown_s: float = Field(60.0, ge=0, description="Quiet time between retrainings")
+    retrain_run_deadline_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="A submitted retraining run that has not ended after this is failed (the launcher is freed)",
+    )
 
     score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
     score_max_bytes_per_trigger: int = Field(
@@ -298,7 +303,41 @@ class Settings(BaseSettings):
     status_public: bool = Field(
         False, description="Azure mode: serve the status page and /api/status without the event key"
     )
+    status_cache_s: float = Field(
+        3.0, ge=0, description="The status page's data is taken at most this often, however many pages are open"
+    )
     openapi: bool = Field(False, description="Serve the webhook's OpenAPI schema and docs (/openapi.json, /docs)")
+    web_limit_concurrency: int = Field(
+        256,
+        ge=1,
+        description="Connections and requests a web service (webhook, model server) takes at once; more get 503",
+    )
+    web_keep_alive_s: int = Field(
+        5, ge=1, description="Idle keep-alive connections of the web services close after this"
+    )
+    web_max_header_bytes: int = Field(
+        16_384, ge=1024, description="Larger request heads (request line and headers) are refused by the web services"
+    )
+    handler_lease_s: float = Field(
+        30.0, gt=0, description="An event a handler process claimed stays its own this long without a renewal"
+    )
+    handler_retry_base_s: float = Field(
+        2.0, gt=0, description="First back-off before failed event work is retried (doubles per attempt)"
+    )
+    handler_retry_max_s: float = Field(300.0, gt=0, description="Longest back-off between retries of failed event work")
+    handler_max_attempts: int = Field(
+        20, ge=1, description="Attempts before failed event work is given up (status failed, dead-lettered)"
+    )
+    handler_stuck_s: float = Field(
+        600.0, gt=0, description="A handler lane busy on one piece of work longer than this is reported stuck"
+    )
+    handler_max_queued: int = Field(
+        50_000, ge=1, description="Events queued in a handler's lanes beyond which deliveries get 503 (retried)"
+    )
+    event_log_retention_days: float = Field(7.0, gt=0, description="Finished events older than this are pruned")
+    event_log_max_rows: int = Field(1_000_000, ge=1, description="Finished events kept at most (oldest pruned first)")
+    dead_letter_retention_days: float = Field(30.0, gt=0, description="Dead letters older than this are pruned")
+    dead_letter_max_rows: int = Field(10_000, ge=1, description="Dead letters kept at most (oldest pruned first)")
 
     model_host: str = Field("127.0.0.1", description="Model server (lakesight serve-model) bind address")
     model_port: int = Field(8766, description="Model server port")

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 STREAM_STATUS_FILE = "score-status.json"
 SUPERVISOR_STATE_FILE = "supervisor.json"
 MODEL_SERVER_STATUS_FILE = "model-server.json"
+# One per handler process (several may share a state folder): its health, as /healthz answers it.
+HANDLER_STATUS_GLOB = "status-*.json"
 # The model server's state while its process lives (the same pid + heartbeat rule as the stream's).
 SERVING = "serving"
 # The stream's status file carries its ``pid`` and a ``heartbeat_at`` (epoch seconds) that its
@@ -49,6 +51,33 @@ def supervisor_state_path(settings: Settings) -> Path:
 def model_server_status_path(settings: Settings) -> Path:
     """Where ``lakesight serve-model`` keeps its figures (rewritten every heartbeat)."""
     return settings.run_dir / MODEL_SERVER_STATUS_FILE
+
+
+def handler_state_dir(settings: Settings) -> Path:
+    """The handlers' own folder under the state dir (their databases and status files)."""
+    return settings.state_dir / "handlers"
+
+
+def handler_status_path(settings: Settings, pid: int | None = None) -> Path:
+    """Where the handler process ``pid`` (default: this one) keeps its health (rewritten every few seconds)."""
+    return handler_state_dir(settings) / f"status-{pid or os.getpid()}.json"
+
+
+def handler_states(settings: Settings, *, now: float | None = None) -> list[dict[str, Any]] | None:
+    """The health of every live handler process (its pid alive, its heartbeat fresh); None when none runs.
+
+    A process that died leaves its file behind: it is reported with ``state`` "stopped" and its
+    ``stale_reason``, so status shows the handlers that were there and are gone.
+    """
+    now = time.time() if now is None else now
+    states = []
+    for path in sorted(handler_state_dir(settings).glob(HANDLER_STATUS_GLOB)):
+        status = _read_json(path)
+        if status is None:
+            continue
+        reason = _why_not_live(status, now)
+        states.append({**status, "state": "stopped" if reason else status.get("status"), "stale_reason": reason})
+    return states or None
 
 
 def write_status_file(path: Path, state: dict[str, Any]) -> None:

@@ -17,5 +17,4 @@ def serve_model(
 ) -> None:
     host = host or settings.model_host
     check_bind(settings, host)
-    app = create_app(settings)
-    serve_forever(app, host, port or settings.model_port, log_level, trusted_proxies=settings.trusted_proxies)
+    serve_forever(create_app(settings), host, port or settings.model_port, log_level, settings=settings)

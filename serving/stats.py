@@ -20,6 +20,12 @@ class ServingStats:
         self.images = 0
         self.started_at = time.time()
 
+    def refused(self, status: int) -> None:
+        """Count a request refused before any work (a wrong key): in ``statuses``, never in the latency
+        window, so a flood of wrong-key requests cannot move p50 and p99 of the real ones."""
+        with self._lock:
+            self.statuses[status] += 1
+
     def observe(self, status: int, latency_ms: float, images: int) -> None:
         now = time.monotonic()
         with self._lock:

@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from handlers.api.deps import RequestRefused, refused_response, status_secret
 from handlers.api.routes import events, label_studio, status
 from handlers.intake.service import HandlerService
+from infra.core.status import CachedSnapshot
 from infra.locations import is_loopback
 from infra.settings import Settings
 
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, service: HandlerService | None = None, hos
     cookie_secret = settings.status_cookie_secret.get_secret_value().encode() or secrets.token_bytes(32)
     app.state.status_secret = status_secret(cookie_secret, key.encode())
     app.state.service = service or HandlerService(settings)
+    app.state.status = CachedSnapshot(settings, max_age_s=settings.status_cache_s)
     # Starlette types a handler for Exception; this one takes the subclass it is registered for.
     app.add_exception_handler(RequestRefused, refused_response)  # type: ignore[arg-type]
     app.include_router(events.router)

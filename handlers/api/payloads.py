@@ -21,6 +21,7 @@ BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 DATASET_DRIFT = "Microsoft.MachineLearningServices.DatasetDriftDetected"
 RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
+RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
 IMAGE_DRIFT = DRIFT_EVENT_TYPE  # published by the scoring stream's drift monitor (infra.core.drift)
 
 CLOUDEVENTS_SINGLE = "application/cloudevents+json"

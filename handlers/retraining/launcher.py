@@ -312,13 +312,31 @@ class Launcher(WakeableWorker):
             result = LaunchResult(LaunchStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"})
         self._finish(launch_id, result)
 
+    def _fail_overdue(self) -> float | None:
+        """Fail submitted launches older than ``retrain_run_deadline_s`` (their run never reported back:
+        the single flight is freed); return the seconds until the next one is due, or None."""
+        deadline = self.settings.retrain_run_deadline_s
+        rows = self._query(
+            "SELECT launch_id, started_epoch FROM launches WHERE status = ? ORDER BY started_epoch",
+            (LaunchStatus.SUBMITTED,),
+        )
+        now = time.time()
+        for launch_id, started in rows:
+            if started + deadline > now:
+                return started + deadline - now
+            error = f"no end of its run within retrain_run_deadline_s={deadline:g}: launcher released"
+            self._finish(launch_id, LaunchResult(LaunchStatus.FAILED, {"error": error}))
+        return None
+
     def _loop(self) -> None:
         while not self._stop.is_set():
+            next_deadline = self._fail_overdue()
             claimed = self._claim()
             if isinstance(claimed, tuple):
                 self._run_claimed(*claimed)
                 continue
-            self._wake.wait(timeout=min(claimed, 60.0) if claimed else 60.0)
+            waits = [60.0, *(w for w in (claimed, next_deadline) if w)]
+            self._wake.wait(timeout=min(waits))
             self._wake.clear()
 
 

@@ -20,6 +20,16 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 
+# RunStatusChanged statuses that end a run without a model: the launch that submitted it is failed.
+FAILED_RUN_STATUSES = frozenset({"Failed", "Canceled", "NotResponding"})
+
+
+def failed_status(data: dict[str, Any]) -> str | None:
+    """The run's status from a RunStatusChanged event when it ended the run without success, else None."""
+    status = str(data.get("runStatus") or "")
+    return status if status in FAILED_RUN_STATUSES else None
+
+
 def is_retraining_run(data: dict[str, Any]) -> bool:
     tags = data.get("runTags") or {}
     return isinstance(tags, dict) and str(tags.get(RETRAINING_TAG, "")).lower() == "true"

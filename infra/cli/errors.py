@@ -10,6 +10,7 @@ from handlers.api.payloads import PayloadError
 from handlers.api.safe_json import UntrustedJSONError
 from handlers.intake.blob_created import Refused as BlobEventRefused
 from handlers.intake.label_exports import ExportError, ExportTooLarge
+from handlers.intake.service import LanesFull
 from infra.arrivals import ArrivalsError
 from infra.blob import StorageUnavailable
 from infra.blob_names import BlobNameError, BlobUrlError
@@ -54,6 +55,7 @@ __all__ = [
     "LabelStudioError",
     "LakeError",
     "LakesightError",
+    "LanesFull",
     "LegacyStackMissing",
     "ModelError",
     "PackagingError",

@@ -1,4 +1,5 @@
-"""``lakesight serve-events`` and ``lakesight relay``: the Event Grid webhook and the local blob-event relay.
+"""``lakesight serve-events``, ``lakesight relay`` and ``lakesight events``: the Event Grid webhook, the local
+blob-event relay, and the replay of dead-lettered events.
 
 ``lakesight serve`` stays as a hidden alias of ``serve-events``: scripts and deployments written
 before the rename keep working (the model server is ``serve-model``).
@@ -10,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from infra.cli._output import configure_logging, console, print_json
+from infra.cli._output import configure_logging, console, print_json, sub_app
 from infra.settings import get_settings
 
 
@@ -18,6 +19,8 @@ def register(app: typer.Typer) -> None:
     app.command("serve-events")(serve_events)
     app.command("serve", hidden=True)(serve_events)  # the name before serve-model existed
     app.command()(relay)
+    events = sub_app("events", "The handlers' events: 'retry' replays dead letters after their fault is fixed.")
+    events.command("retry")(retry)
 
 
 def serve_events(
@@ -52,3 +55,18 @@ def relay(
         pass
     finally:
         watcher.close()
+
+
+def retry(
+    event_id: Annotated[
+        list[str] | None, typer.Option("--event", help="Only this event id (repeat for several)")
+    ] = None,
+    refused: Annotated[
+        bool, typer.Option("--refused", help="Also refused events (after a fix such as a larger size cap)")
+    ] = False,
+) -> None:
+    """Hand dead-lettered (given-up) events back to the handlers' event log; the running handler
+    processes them within a second, or ``lakesight serve`` at its start. Prints {replayed, skipped}."""
+    from handlers.intake.replay import retry_dead_letters
+
+    print_json(retry_dead_letters(get_settings(), refused=refused, event_ids=event_id or ()))

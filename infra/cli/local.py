@@ -303,6 +303,20 @@ def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
     return rows
 
 
+def _handler_rows(handlers: list[dict[str, Any]] | None) -> list[dict[str, str]]:
+    """One row per handler process: its state, its problems (or "ok") and its event backlog."""
+    rows = []
+    for handler in handlers or []:
+        backlog = handler.get("backlog") or {}
+        problems = "; ".join(handler.get("problems") or []) or "ok"
+        state = handler.get("state")
+        if handler.get("stale_reason"):
+            problems = f"{state}: {handler['stale_reason']}"
+        value = f"{problems}; {backlog.get('pending')} pending, {backlog.get('retrying')} waiting for a retry"
+        rows.append({"what": f"event handler (pid {handler.get('pid')})", "value": value})
+    return rows
+
+
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     stream = snap.get("stream") or {}
     progress = stream.get("last_progress") or {}
@@ -335,6 +349,7 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     for who, state in (("scoring stream", stream), ("model server", online or {})):
         if state.get("champion_load_error") and state.get("state") not in (None, "stopped"):
             rows.append({"what": f"{who}: champion not loaded", "value": str(state["champion_load_error"])})
+    rows.extend(_handler_rows(snap.get("handlers")))
     if stream.get("storage"):  # only while the stream cannot reach blob storage (its batch waits)
         rows.append({"what": "blob storage", "value": f"{stream['storage']}: {stream.get('storage_error')}"})
     return rows

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -23,7 +25,13 @@ from infra.lake import Lake
 from infra.locations import local_path
 from infra.redaction import redact, redact_text
 from infra.settings import Settings
-from infra.status_files import model_server_state, read_stream_status, read_supervisor_state, stream_state
+from infra.status_files import (
+    handler_states,
+    model_server_state,
+    read_stream_status,
+    read_supervisor_state,
+    stream_state,
+)
 from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
 
 log = logging.getLogger(__name__)
@@ -187,6 +195,7 @@ def snapshot(settings: Settings) -> dict[str, Any]:
         "decisions": lambda: _decisions(settings),
         "drift": lambda: _drift(settings),
         "dead_letters": lambda: read_dead_letters(settings),
+        "handlers": lambda: handler_states(settings),
     }
     for name, read in sections.items():
         try:
@@ -197,3 +206,24 @@ def snapshot(settings: Settings) -> dict[str, Any]:
             result.setdefault("unavailable", {})[name] = redact_text(str(exc))[:300]
     # Errors quote URLs and connection strings: what the page and `lakesight status` show is redacted.
     return redact(result)
+
+
+class CachedSnapshot:
+    """:func:`snapshot` computed at most once per ``max_age_s``, however many readers ask: every status
+    page polls, and a snapshot scans tables. One reader computes while the others wait for its result."""
+
+    def __init__(self, settings: Settings, *, max_age_s: float):
+        self.settings = settings
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._value: dict[str, Any] | None = None
+        self._taken_at = float("-inf")
+        self.computed = 0  # snapshots taken so far
+
+    def get(self) -> dict[str, Any]:
+        with self._lock:
+            if self._value is None or time.monotonic() - self._taken_at >= self.max_age_s:
+                self._value = snapshot(self.settings)
+                self._taken_at = time.monotonic()
+                self.computed += 1
+            return self._value

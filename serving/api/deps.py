@@ -39,7 +39,7 @@ async def serving_state(request: Request) -> ServingState:
 async def require_api_key(request: Request) -> None:
     state: ServingState = request.app.state.serving
     if state.key and not key_matches(request.headers.get(API_KEY_HEADER), state.key):
-        state.stats.observe(401, 0.0, 0)
+        state.stats.refused(401)
         raise RequestRefused(401, f"missing or wrong {API_KEY_HEADER} header")
 
 

@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,8 @@ from handlers.api.app import create_app
 from handlers.server import running
 from infra.processes import free_port
 from infra.settings import Settings
-from tests.helpers.handlers import blob_event_dict
+from tests.helpers.handlers import answers, blob_event_dict
+from tests.helpers.waiting import wait_until
 
 
 def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
@@ -31,15 +31,7 @@ def test_cli_serve_runs_the_webhook(tmp_path: Path) -> None:
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "lakesight serve did not come up"
-            time.sleep(0.2)
+        wait_until(lambda: answers(f"{base}/healthz"), "lakesight serve to come up", process=proc)
         validation = [
             {
                 "id": "v",

@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-import time
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
 
-from handlers.api.payloads import RUN_COMPLETED, Event
+from handlers.api.payloads import RUN_COMPLETED, RUN_STATUS_CHANGED, Event
 from handlers.intake.eventlog import EventStatus
 from handlers.intake.service import HandlerService
 from handlers.retraining.launcher import LaunchResult, LaunchStatus
@@ -22,6 +21,7 @@ from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_REJECTS, PROMOTION_DECISIONS, RETRAINING_DECISIONS
 from tests.helpers.handlers import arrival_lines, blob_created_event
 from tests.helpers.status import promote_versions
+from tests.helpers.waiting import wait_until
 
 EXPORT = b'{"image_url": "azureml://datastores/lakesight_labeling/paths/images/never-seen.png", "label": "circle"}\n'
 
@@ -205,10 +205,7 @@ def test_an_export_over_the_size_cap_is_refused_and_dead_lettered(
 def test_a_retraining_run_completed_finishes_its_submitted_launch(service: HandlerService) -> None:
     launcher = service.launcher
     launcher.request("trigger-1", "new_labels", 4)
-    deadline = time.monotonic() + 20
-    while [x["status"] for x in launcher.launches()] != [LaunchStatus.SUBMITTED]:
-        assert time.monotonic() < deadline, "the launch was never submitted"
-        time.sleep(0.02)
+    _submitted(launcher, 1)
     event = _run_completed("run-1", retraining=True)
     service.submit([event])
     logged = _processed(service, event)
@@ -223,3 +220,49 @@ def test_an_unknown_type_is_acknowledged_and_ignored(service: HandlerService) ->
     assert service.submit([event]) == {"accepted": 0, "duplicates": 0, "ignored": 1}
     logged = service.events.get(event.id)  # finished at intake, before any lane
     assert logged["status"] == EventStatus.IGNORED and logged["outcome"] == f"unknown event type {event.type}"
+
+
+def _submitted(launcher, count: int) -> None:
+    wait_until(
+        lambda: [x["status"] for x in launcher.launches()][count - 1 : count] == [LaunchStatus.SUBMITTED],
+        "a submitted launch",
+    )
+
+
+def test_a_failed_retraining_run_frees_the_launcher(service: HandlerService) -> None:
+    launcher = service.launcher
+    launcher.request("trigger-1", "new_labels", 4)
+    _submitted(launcher, 1)
+    failed = Event(
+        id="status-1",
+        type=RUN_STATUS_CHANGED,
+        subject="/runs/run-1",
+        time="",
+        data={"runId": "run-1", "runStatus": "Failed", "runTags": {RETRAINING_TAG: "true"}},
+    )
+    service.submit([failed])
+    logged = _processed(service, failed)
+    assert logged["status"] == EventStatus.DONE and json.loads(logged["outcome"]) == {
+        "launch_id": 1,
+        "run_status": "Failed",
+    }
+    (launch,) = launcher.launches()
+    assert launch["status"] == LaunchStatus.FAILED and "ended Failed" in launch["outcome"]
+    launcher.request("trigger-2", "new_labels", 5)  # the single flight is free again
+    _submitted(launcher, 2)
+
+
+def test_a_run_that_never_reports_back_is_failed_at_its_deadline(settings: Settings, store: FakeStore) -> None:
+    configured = settings.model_copy(update={"retrain_cooldown_s": 0.0, "retrain_run_deadline_s": 1.0})
+    service = HandlerService(configured, backend=RemoteBackend(), store=store)
+    service.start()
+    try:
+        launcher = service.launcher
+        launcher.request("trigger-1", "new_labels", 4)
+        _submitted(launcher, 1)
+        wait_until(lambda: launcher.launches()[0]["status"] == LaunchStatus.FAILED, "the deadline to fail the launch")
+        assert "retrain_run_deadline_s=1" in launcher.launches()[0]["outcome"]
+        launcher.request("trigger-2", "new_labels", 5)
+        _submitted(launcher, 2)
+    finally:
+        service.stop()

@@ -4,7 +4,9 @@ uvicorn server around the handlers app, the fake trainer's command line, and arr
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -76,7 +78,11 @@ def blob_event(settings: Settings, container: str, name: str, *, event_id: str |
 
 def blob_event_dict(settings: Settings, container: str, name: str, **options: Any) -> dict[str, Any]:
     """The same event as the Event Grid JSON dict (for raw httpx requests)."""
-    event = blob_event(settings, container, name, **options)
+    return event_grid_dict(blob_event(settings, container, name, **options))
+
+
+def event_grid_dict(event: Any) -> dict[str, Any]:
+    """An SDK ``EventGridEvent`` as the Event Grid JSON dict it is delivered as."""
     return {
         "id": event.id,
         "eventType": event.event_type,
@@ -111,3 +117,52 @@ def blob_created_event(settings: Settings, container: str, name: str, *, event_i
 
     sdk = blob_event(settings, container, name, event_id=event_id, **data)
     return Event(id=sdk.id, type=BLOB_CREATED, subject=sdk.subject, time="2026-01-02T03:04:05.1234567Z", data=sdk.data)
+
+
+@contextmanager
+def serve_process(state: Path, port: int, *, log: Path | None = None, **env: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``lakesight serve`` as its own process on ``port`` over the state folder ``state``, up (healthz
+    answers) when yielded; killed on exit if still running. ``log`` receives its stderr; ``env`` adds
+    ``LAKESIGHT_*`` settings."""
+    from tests.helpers.waiting import wait_until
+
+    environment = {**os.environ, "LAKESIGHT_STATE_DIR": str(state), **env}
+    argv = [sys.executable, "-m", "infra.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    stderr = log.open("wb") if log is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(argv, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
+    finally:
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), "lakesight serve to start", process=proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+
+
+def answers(url: str) -> bool:
+    """Whether an HTTP server answers at ``url`` (whatever the status)."""
+    import httpx
+
+    try:
+        httpx.get(url, timeout=5)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def logged_event(settings: Settings, event_id: str) -> dict[str, Any] | None:
+    """The event log's row for ``event_id`` (status, owner, lease_until, attempts), read-only, from any process."""
+    import sqlite3
+    from contextlib import closing
+
+    path = settings.state_dir / "handlers" / "events.db"
+    with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=30)) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute(
+            "SELECT status, owner, lease_until, attempts FROM events WHERE id = ?", (event_id,)
+        ).fetchone()
+    return None if row is None else dict(row)

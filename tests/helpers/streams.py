@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from streams.batch_writer import BatchSteps, Committed, Staged
 from tests.helpers.models import CLASSES as CLASSES
 from tests.helpers.models import IMAGE_SIZE as IMAGE_SIZE
 from tests.helpers.models import with_model as with_model
+from tests.helpers.waiting import WAIT_S, wait_until
 
 
 def scoring_settings(tmp_path: Path, **fields: object) -> Settings:
@@ -63,15 +63,14 @@ def rows_by_name(settings: Settings) -> dict[str, dict]:
     return {Path(r["path"]).name: r for r in table}
 
 
-def wait_for_rows(settings: Settings, count: int, timeout: float = 60) -> None:
+def wait_for_rows(settings: Settings, count: int, timeout: float = WAIT_S) -> None:
     """Wait until ``images`` holds at least ``count`` rows (a running stream committed them)."""
     lake = Lake(settings)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lake.exists(IMAGES) and lake.read(IMAGES, columns=["path"]).num_rows >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"fewer than {count} rows after {timeout} s")
+    wait_until(
+        lambda: lake.exists(IMAGES) and lake.read(IMAGES, columns=["path"]).num_rows >= count,
+        f"{count} rows in images",
+        timeout=timeout,
+    )
 
 
 def arrival_record(settings: Settings, store: BlobStore, name: str, data: bytes, *, at: str) -> ArrivalRecord:

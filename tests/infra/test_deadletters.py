@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -34,3 +35,18 @@ def test_letters_are_kept_once_per_event_bounded_and_newest_first(tmp_path: Path
             "SELECT event, event_truncated FROM dead_letters WHERE event_id = 'e2'"
         ).fetchone()
     assert len(event) == MAX_EVENT_CHARS and truncated == 1
+
+
+def test_prune_forgets_old_letters_and_keeps_the_newest(settings: Settings) -> None:
+    table = DeadLetterTable(settings)
+    for i in range(5):
+        table.record([DeadLetter(f"e{i}", "t", "refused", "why", "{}")])
+    with sqlite3.connect(dead_letter_path(settings)) as conn:
+        conn.execute("UPDATE dead_letters SET recorded_at = '2020-01-01T00:00:00+00:00' WHERE event_id = 'e4'")
+    assert table.prune(dt.timedelta(days=30), keep=2) == 3  # e4 by age, e0 and e1 by count
+    assert sorted(r["event_id"] for r in read_dead_letters(settings)["recent"]) == ["e2", "e3"]
+
+
+def test_a_multi_line_reason_is_kept_on_one_line(settings: Settings) -> None:
+    DeadLetterTable(settings).record([DeadLetter("e", "t", "failed", "BlobNotFound\nRequestId:1\nTime:2", "{}")])
+    assert read_dead_letters(settings)["recent"][0]["reason"] == "BlobNotFound RequestId:1 Time:2"

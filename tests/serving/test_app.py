@@ -116,6 +116,19 @@ def test_the_key_is_required_and_never_logged(champion_settings: Settings, caplo
     assert key not in caplog.text
 
 
+def test_wrong_key_requests_stay_out_of_the_latency_figures(champion_settings: Settings) -> None:
+    """A flood of 401s is counted, but p50/p99 remain those of the requests the model answered."""
+    with model_server(champion_settings, inference_table=False) as client:
+        assert post_image(client, solid_png()).status_code == 200
+        before = client.get("/v1/stats").json()
+        for _ in range(50):
+            refused = client.post(CLASSIFY_PATH, content=solid_png(), headers={API_KEY_HEADER: "wrong"})
+            assert refused.status_code == 401
+        after = client.get("/v1/stats").json()
+    assert after["statuses"]["401"] == 50
+    assert before["p50_ms"] > 0 and (after["p50_ms"], after["p99_ms"]) == (before["p50_ms"], before["p99_ms"])
+
+
 def test_no_champion_is_a_503_that_says_so(tmp_path) -> None:
     settings = Settings(state_dir=tmp_path / "empty")
     with model_server(settings, inference_table=False) as client:

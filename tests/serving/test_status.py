@@ -16,16 +16,14 @@ from infra.status_files import model_server_state, model_server_status_path, wri
 from tests.helpers.browser import CHROMIUM, Browser
 from tests.helpers.images import solid_png
 from tests.helpers.serving import model_server, post_image
+from tests.helpers.waiting import wait_until
 
 
-def _wait_for(settings: Settings, predicate, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = model_server_state(settings)
-        if state is not None and predicate(state):
-            return state
-        time.sleep(0.2)
-    pytest.fail(f"model server status never matched: {model_server_state(settings)}")
+def _wait_for(settings: Settings, predicate) -> dict:
+    return wait_until(
+        lambda: (state := model_server_state(settings)) is not None and predicate(state) and state,
+        "the model server's status",
+    )
 
 
 def test_status_shows_the_serving_version_rate_and_latency_then_stopped(champion_settings: Settings) -> None:

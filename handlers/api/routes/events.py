@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from handlers.api.deps import EventKeyDep, RequestRefused, ServiceDep, SettingsDep
 from handlers.api.payloads import SUBSCRIPTION_VALIDATION, Event, PayloadError, parse_events
@@ -37,11 +39,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise _TooLarge(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _TooLarge(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:  # nothing was acknowledged: the sender delivers again
+        host = request.client.host if request.client else "?"
+        log.warning("client %s hung up after %d of %s body bytes; nothing accepted", host, size, declared or "?")
+        raise RequestRefused(400, "client hung up mid-body") from None
     return b"".join(chunks)
 
 
@@ -88,4 +95,5 @@ async def receive(_key: EventKeyDep, request: Request, service: ServiceDep, sett
     if answer is not None:
         return answer
     service.start()  # hosts without lifespan events (Azure Functions) start workers on first use
-    return JSONResponse(service.submit(events))
+    # Off the event loop: the claim is a SQLite transaction that may wait for another writer.
+    return JSONResponse(await run_in_threadpool(service.submit, events))

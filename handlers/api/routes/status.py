@@ -16,12 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
-from handlers.api.deps import ServiceDep, SettingsDep, StatusKeyDep
-from infra.core.status import snapshot
+from handlers.api.deps import ServiceDep, StatusKeyDep
+from handlers.intake.lanes import describe
+from handlers.intake.service import HandlerService
+from infra.core.status import CachedSnapshot
 from infra.processes import PROJECT_ROOT
 
 PAGE = resources.files("handlers").joinpath("static", "status.html").read_text(encoding="utf-8")
@@ -36,8 +38,10 @@ router = APIRouter()
 
 
 @router.get("/api/status")
-async def status_json(_key: StatusKeyDep, settings: SettingsDep) -> dict[str, Any]:
-    return await run_in_threadpool(snapshot, settings)
+async def status_json(_key: StatusKeyDep, request: Request) -> dict[str, Any]:
+    """The status snapshot, taken at most every ``status_cache_s`` whatever the number of open pages."""
+    cache: CachedSnapshot = request.app.state.status
+    return await run_in_threadpool(cache.get)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -46,12 +50,20 @@ async def status_page(_key: StatusKeyDep) -> str:
 
 
 @router.get("/healthz")
-async def healthz(service: ServiceDep) -> dict[str, object]:
-    return {
-        "status": "ok",
-        "duplicates_suppressed": service.duplicates_suppressed,
-        "pending_triggers": service.launcher.pending_triggers(),
-    }
+async def healthz(service: ServiceDep) -> JSONResponse:
+    """200 while every lane runs and the event log answers; 503 naming each problem otherwise."""
+    health = await run_in_threadpool(_health, service)
+    return JSONResponse(health, status_code=503 if health["problems"] else 200)
+
+
+def _health(service: HandlerService) -> dict[str, Any]:
+    health = service.health()
+    try:
+        health["pending_triggers"] = service.launcher.pending_triggers()
+    except Exception as exc:  # noqa: BLE001 - a probe gets an answer, naming what it could not read
+        health["problems"].append(f"launcher database unreadable: {describe(exc)}")
+        health["status"] = "unhealthy"
+    return health
 
 
 def asset_file(name: str, dist: Path = UPLOT_DIST) -> tuple[Path, str]:

@@ -55,7 +55,7 @@ param gpuVmSize string = 'Standard_NC4as_T4_v3'
 @minValue(1)
 param gpuMaxNodes int = 1
 
-@description('Experiment of the retraining command job (infra/iac/azureml/retrain-job.yml); only its RunCompleted events are sent.')
+@description('Experiment of the retraining command job (infra/iac/azureml/retrain-job.yml); only its RunCompleted and RunStatusChanged events are sent.')
 param retrainExperimentName string = 'lakesight-retraining'
 
 param tags object = {
@@ -103,6 +103,7 @@ var mlSubscriptions = [
     name: 'retrain-run-completed'
     includedEventTypes: [
       'Microsoft.MachineLearningServices.RunCompleted'
+      'Microsoft.MachineLearningServices.RunStatusChanged'
     ]
     subjectBeginsWith: ''
     advancedFilters: [

@@ -427,7 +427,7 @@ def test_blob_subscriptions_are_filtered_per_container() -> None:
 
 
 def test_ml_events_reach_the_handler() -> None:
-    for event in ("RunCompleted", "DatasetDriftDetected"):
+    for event in ("RunCompleted", "RunStatusChanged", "DatasetDriftDetected"):
         assert f"'Microsoft.MachineLearningServices.{event}'" in MAIN.text
     assert "topicType: 'Microsoft.MachineLearningServices.Workspaces'" in MAIN.text
     assert "values: [\n          retrainExperimentName\n        ]" in MAIN.text

@@ -1,21 +1,12 @@
 import sys
 import threading
-import time
 from pathlib import Path
 
 from infra.local.supervisor import Child, Supervisor
 from infra.processes import pid_alive
 from infra.settings import Settings
 from infra.status_files import read_supervisor_state
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+from tests.helpers.waiting import wait_until
 
 
 def test_crashed_child_is_restarted_and_stop_ends_everything(tmp_path: Path) -> None:
@@ -31,7 +22,7 @@ def test_crashed_child_is_restarted_and_stop_ends_everything(tmp_path: Path) -> 
     thread = threading.Thread(target=supervisor.run, args=(stop,))
     thread.start()
     try:
-        assert wait_for(lambda: marker.exists() and len(marker.read_text()) >= 3)
+        wait_until(lambda: marker.exists() and len(marker.read_text()) >= 3, "the crasher's third start")
         state = read_supervisor_state(settings)
         assert state is not None
         by_name = {c["name"]: c for c in state["children"]}

@@ -3,7 +3,6 @@ through the azure-eventgrid SDK to a real handler whose policy launches retraini
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,6 +16,7 @@ from streams.bench.drift import bench_drift, window_table
 from streams.scoring.drift import DriftMonitor
 from streams.scoring.query import run_scoring
 from tests.helpers.handlers import fake_train_command, serving
+from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.spark
 
@@ -86,14 +86,14 @@ def test_shifted_images_reach_retraining_through_the_drift_event(drift_settings:
     with serving(settings) as (url, service):
         run_scoring(settings.model_copy(update={"drift_event_url": url}), source=incoming, once=True)
         assert service.wait_idle(60)
-        decisions = _wait_for(lambda: _image_drift_decisions(lake), 60)
+        decisions = wait_until(lambda: _image_drift_decisions(lake), "an image-drift decision")
     reports = lake.read(DRIFT_REPORTS).to_pylist()
     assert len(reports) == 1 and reports[0]["drifted"] and reports[0]["event_error"] is None
     decision = decisions[0]
     assert decision["decision_id"] == reports[0]["event_id"]
     assert "image_drift" in decision["reasons"] and decision["retrain"] and decision["launch"] != "none"
     assert decision["new_labels"] == 3 and decision["dataset_drift"] >= 1
-    _wait_for(lambda: record.exists() and record.read_text().strip(), 60)  # the launcher ran the retraining
+    wait_until(lambda: record.exists() and record.read_text().strip(), "the launcher to run the retraining")
 
 
 def _human_labels(count: int) -> pa.Table:
@@ -115,13 +115,3 @@ def _image_drift_decisions(lake: Lake) -> list[dict]:
     if not lake.exists(RETRAINING_DECISIONS):
         return []
     return [r for r in lake.read(RETRAINING_DECISIONS).to_pylist() if r["trigger"] == "image-drift"]
-
-
-def _wait_for(check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout} s")

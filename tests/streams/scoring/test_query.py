@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,6 +34,7 @@ from tests.helpers.streams import (
     wait_for_rows,
     with_model,
 )
+from tests.helpers.waiting import wait_until
 
 
 @pytest.mark.spark
@@ -245,15 +244,6 @@ def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
     assert ScoreReport(source="x").as_dict()["merge_seconds_mean"] is None
 
 
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not {what} after {timeout} s")
-
-
 @pytest.mark.spark
 @pytest.mark.azurite
 @pytest.mark.slow
@@ -275,7 +265,7 @@ def test_a_storage_outage_holds_the_batch_until_storage_is_back(spark, model_sto
         azurite.stop()
 
         with scoring_in_background(settings, handle_signals=False) as result:
-            _wait_for(lambda: (read_status(settings) or {}).get("storage"), "reporting the outage")
+            wait_until(lambda: (read_status(settings) or {}).get("storage"), "reporting the outage")
             status = read_status(settings)
             assert (
                 status["storage"].startswith("unreachable since") and "ServiceRequestError" in status["storage_error"]
@@ -283,7 +273,7 @@ def test_a_storage_outage_holds_the_batch_until_storage_is_back(spark, model_sto
             assert not Lake(settings).exists(IMAGES) or Lake(settings).read(IMAGES).num_rows == 0
             azurite.start()
             wait_for_rows(settings, len(images), timeout=120)
-            _wait_for(lambda: (read_status(settings) or {}).get("storage") is None, "clearing the outage")
+            wait_until(lambda: (read_status(settings) or {}).get("storage") is None, "clearing the outage")
     finally:
         azurite.stop()
     rows = {r["path"]: r for r in Lake(settings).read(IMAGES).to_pylist()}

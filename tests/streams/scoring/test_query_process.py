@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -15,8 +14,9 @@ import pytest
 from infra.lake import Lake
 from infra.local.sample_data import ShapeKnobs, shape_images, write_images
 from infra.settings import Settings
-from infra.status_files import stream_state
+from infra.status_files import read_stream_status, stream_state
 from infra.tables import IMAGES
+from tests.helpers.waiting import wait_until
 
 pytestmark = [pytest.mark.spark, pytest.mark.e2e, pytest.mark.slow]
 FILES = 60
@@ -51,15 +51,11 @@ def row_count(lake: Lake) -> int:
         return 0
 
 
-def wait_for(check, process: subprocess.Popen, log: Path, timeout: float = 150) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        if process.poll() is not None:
-            raise AssertionError(f"score exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        time.sleep(0.1)
-    raise AssertionError(f"timed out:\n{log.read_text()[-3000:]}")
+def batch_recorded(settings: Settings, lake: Lake) -> bool:
+    """A batch committed to the table and recorded in the stream's status file: the commit comes first,
+    so a kill right after it saw rows without ``last_batch`` (a flake); both must be there."""
+    status = read_stream_status(settings) or {}
+    return status.get("last_batch") is not None and row_count(lake) > 0
 
 
 def test_sigkill_mid_run_then_restart_scores_every_image_exactly_once(score_settings: Settings, tmp_path: Path) -> None:
@@ -71,7 +67,7 @@ def test_sigkill_mid_run_then_restart_scores_every_image_exactly_once(score_sett
 
     first = start_score(score_settings, incoming, log)
     try:
-        wait_for(lambda: row_count(lake) > 0, first, log)
+        wait_until(lambda: batch_recorded(score_settings, lake), "a recorded batch", process=first, log=log)
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
@@ -84,7 +80,7 @@ def test_sigkill_mid_run_then_restart_scores_every_image_exactly_once(score_sett
 
     second = start_score(score_settings, incoming, log)
     try:
-        wait_for(lambda: row_count(lake) >= FILES, second, log)
+        wait_until(lambda: row_count(lake) >= FILES, "every image scored", process=second, log=log)
         assert (stream_state(score_settings) or {}).get("state") == "running"
         second.send_signal(signal.SIGTERM)  # graceful stop: exit 0 with a report
         assert second.wait(60) == 0, log.read_text()[-3000:]
