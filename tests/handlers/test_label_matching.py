@@ -292,3 +292,34 @@ def test_an_azure_ml_jsonl_export_merges_every_entry(labeling: Settings, publish
     assert labels["merged"] == 5 and labels["rejected"] == {}, labels
     got = labels_of(Lake(labeling))
     assert [got[line["source_url"]] for line in manifest] == ["0", "1", "0", "1", "0"]
+
+
+def test_an_export_reads_in_python_memory_independent_of_the_table_size(tmp_path) -> None:
+    """Matching used to index every ``images`` path in Python for each export; the keyed lookup
+    reads only the rows the export names. Arrow buffers are not Python objects, so tracemalloc
+    sees only what the matching itself builds."""
+    import tracemalloc
+
+    def peak_for(rows: int) -> int:
+        settings = Settings(state_dir=tmp_path / f"state-{rows}")
+        lake = Lake(settings)
+        named = [f"file:/data/named-{i:02d}.png" for i in range(20)]
+        paths = [f"file:/data/bulk-{i:06d}.png" for i in range(rows)] + named
+        day = pa.array([NOW.date()] * len(paths), pa.date32())
+        lake.merge(IMAGES, pa.table({"path": paths, "load_date": day, "content_hash": ["h"] * len(paths)}))
+        export = jsonl([{"image_url": path, "label": "1"} for path in named])
+        warm = apply(settings, Lake(settings), export, "warm")  # imports and caches outside the measurement
+        assert warm.merged == 20, warm.as_dict()
+        lake = Lake(settings)  # a fresh reader, as each export gets
+        tracemalloc.start()
+        try:
+            report = apply(settings, lake, export, "measured")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert report.rejected == {}, report.as_dict()
+        return peak
+
+    small, large = peak_for(1_000), peak_for(60_000)
+    # 59,000 more paths held as Python strings were megabytes; the keyed lookup leaves the heap as it was.
+    assert large - small < 2 * 1024 * 1024, (small, large)
