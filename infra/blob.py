@@ -119,13 +119,13 @@ def bounded_service_client(settings: Settings, **options: Any) -> Any:
 
 
 class BlobStore:
-    """Thin wrapper over ``azure-storage-blob`` bound to one account."""
+    """Thin wrapper over ``azure-storage-blob`` bound to one account, with the SDK's retries bounded
+    (:func:`bounded_service_client`): with storage down, the SDK's defaults held a handler lane on one
+    export read for about a minute per try, while the events behind it waited."""
 
     def __init__(self, settings: Settings):
-        from azure.storage.blob import BlobServiceClient
-
         self.settings = settings
-        self.service = BlobServiceClient.from_connection_string(settings.blob_connection())
+        self.service = bounded_service_client(settings)
 
     def containers(self) -> list[str]:
         s = self.settings

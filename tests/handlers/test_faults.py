@@ -3,12 +3,15 @@ keep running, /healthz says what is wrong, and acknowledged work is finished onc
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import sqlite3
 from contextlib import closing
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 
 from handlers.api.payloads import RUN_COMPLETED
@@ -165,3 +168,59 @@ def test_full_lanes_answer_503_with_retry_after_and_accept_again_later(settings:
         assert answer.json()["accepted"] == 1
         assert service.wait_idle()
     assert sorted(r["event_id"] for r in arrival_lines(bounded)) == sorted(e.id for e in [*queued, extra])
+
+
+@pytest.mark.azurite
+@pytest.mark.slow
+def test_an_export_while_blob_storage_is_down_stays_pending_and_is_applied_once_it_is_back(tmp_path) -> None:
+    """Its own Azurite, stopped after the export was written: the delivery is acknowledged (the event
+    is in the log), the export cannot be read, the event waits for a retry (said by /healthz), and the
+    labels merge once when the same Azurite, with the same data, answers again."""
+    from infra.blob import BlobStore
+    from infra.lake import Lake
+    from infra.local.stack import Azurite
+    from infra.processes import free_port
+    from infra.tables import IMAGES
+
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        blob_port=free_port(),
+        blob_retry_s=0.5,
+        handler_retry_base_s=0.2,
+        handler_retry_max_s=0.5,
+    )
+    azurite = Azurite(settings)
+    azurite.start()
+    try:
+        named = [f"file:/data/exported-{i}.png" for i in range(3)]
+        day = pa.array([dt.date(2026, 12, 3)] * len(named), pa.date32())
+        seeded = Lake(settings).merge(IMAGES, pa.table({"path": named, "load_date": day, "content_hash": ["h"] * 3}))
+        export = "\n".join(json.dumps({"image_url": path, "label": "1"}) for path in named).encode()
+        BlobStore(settings).upload(settings.exports_container, "e/labels.jsonl", export)
+        azurite.stop()
+
+        with serving(settings) as (url, service):
+            event = blob_event(
+                settings,
+                settings.exports_container,
+                "e/labels.jsonl",
+                length=len(export),
+                content_type="application/json",
+            )
+            assert _deliver(url, event).status_code == 200  # durably queued: Event Grid's job is done
+            waiting = wait_until(
+                lambda: (r := _health(url)).status_code == 503 and r.json(), "/healthz to name the waiting retry"
+            )
+            assert any("wait for a retry" in problem for problem in waiting["problems"]), waiting
+            assert _status_of(service, event.id) != EventStatus.DONE
+
+            azurite.start()
+            wait_until(lambda: _status_of(service, event.id) == EventStatus.DONE, "the export once storage is back")
+            rows = Lake(settings).read(IMAGES, columns=["path", "label", "label_source"]).to_pylist()
+            assert {r["path"]: (r["label"], r["label_source"]) for r in rows} == dict.fromkeys(named, ("1", "human"))
+            history = Lake(settings).table(IMAGES).history()
+            label_merges = [c for c in history if c["version"] > seeded.version and c.get("operation") == "MERGE"]
+            assert len(label_merges) == 1, label_merges  # applied once, however many tries
+            wait_until(lambda: _health(url).status_code == 200, "/healthz healthy again")
+    finally:
+        azurite.stop()
