@@ -256,11 +256,24 @@ class Lake:
         columns: list[str] | None = None,
         filters: Any = None,
     ) -> pa.Table:
-        """A snapshot of ``name`` (latest, or pinned ``version``) as Arrow."""
+        """A snapshot of ``name`` (latest, or pinned ``version``) as Arrow.
+
+        ``filters`` should name only columns in ``columns``: where pyarrow cannot push a filter into
+        the scan, the rows are filtered after it.
+        """
         table = self.table(name, version)
         if not ARROW_READS_DELTA_RS:
             return read_through_sql(table, columns, filters)
-        return table.to_pyarrow_dataset().to_table(columns=columns, filter=filters)
+        dataset = table.to_pyarrow_dataset()
+        try:
+            return dataset.to_table(columns=columns, filter=filters)
+        except pa.ArrowNotImplementedError:
+            if filters is None:
+                raise
+            # delta-rs writes string columns into its files as string_view, and pyarrow cannot compare
+            # a string literal with those files' statistics ("no kernel matching input types (string,
+            # string_view)"): the same rows, filtered once read.
+            return dataset.to_table(columns=columns).filter(filters)
 
     def lookup(self, spec: TableSpec, column: str, keys: Iterable[str], columns: list[str]) -> pa.Table:
         """The rows of ``spec`` whose ``column`` is one of ``keys`` (``columns`` of them); only those are read.

@@ -235,3 +235,25 @@ def test_merge_into_a_compacted_partition_past_8192_rows_matches_each_key_once(s
     assert table.num_rows == 10_000 == len(set(table.column("path").to_pylist()))
     confidence = dict(zip(table.column("path").to_pylist(), table.column("confidence").to_pylist(), strict=True))
     assert confidence.pop(in_file_order[8192]) == 0.9 and set(confidence.values()) == {0.5}
+
+
+def test_a_string_filter_reads_files_delta_rs_wrote_with_string_views(settings: Settings) -> None:
+    """delta-rs writes a MERGE's string columns as string_view; pyarrow's scan cannot compare a string
+    literal with those files' statistics, so the read filters once the rows are in (the retraining
+    policy's human-label read failed on every export here)."""
+    import pyarrow.compute as pc
+
+    from infra.tables import LABEL_SOURCE_HUMAN
+
+    lake = Lake(settings)
+    paths = [f"file:/d/{i}.png" for i in range(6)]
+    day = pa.array([dt.date(2026, 1, 2)] * 6, pa.date32())
+    lake.merge(IMAGES, pa.table({"path": paths, "load_date": day, "predicted_label": ["circle"] * 6}))
+    human = pa.table(
+        {"path": paths[:4], "load_date": day[:4], "label": ["square"] * 4, "label_source": [LABEL_SOURCE_HUMAN] * 4}
+    )
+    lake.merge(IMAGES, human, update={"label": "s.label", "label_source": "s.label_source"})
+
+    wanted = (pc.field("label_source") == LABEL_SOURCE_HUMAN) & pc.field("label").is_valid()
+    rows = Lake(settings).read(IMAGES, columns=["path", "label", "label_source"], filters=wanted)
+    assert sorted(rows.column("path").to_pylist()) == paths[:4]
