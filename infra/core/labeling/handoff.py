@@ -21,6 +21,12 @@ idempotent under replay:
 * the ledger and queue writes carry ``(app_id, batch_id)``: a replayed batch whose ledger write
   already committed reuses that selection instead of choosing again; outcome and ``images``
   marks are MERGEs that only fill what is still empty, so repeating them changes nothing.
+
+A window's close writes, in order: the queue (candidates), the blobs and manifest, the ledger, the
+candidates' outcomes, the ``images`` marks of picks from earlier batches (the caller's ``images``
+MERGE comes last). A kill before the ledger commit is replayed as a fresh choice; a kill after it
+is finished by the replay from the ledger (:func:`_replayed`), so the candidates and their outcomes
+always agree with what was sent.
 """
 
 from __future__ import annotations
@@ -128,30 +134,42 @@ def class_limits(settings: Settings, classes: list[str], sent_by_class: Counter[
 
 
 # The ledger ---------------------------------------------------------------------------------------
-def _sent_on(lake: Lake, day: dt.date) -> pa.Table:
+# A batch whose ledger rows a replay sets aside, to see the ledger as that batch first saw it.
+Batch = tuple[str, int]
+
+
+def _ledger_rows(lake: Lake, columns: list[str], filters: Any = None, *, ignore: Batch | None = None) -> pa.Table:
+    """Ledger ``columns`` (all rows, or those ``filters`` keeps), less the rows batch ``ignore`` wrote."""
     if not lake.exists(LABELING_REQUESTS):
-        return pa.table({"path": pa.array([], pa.string()), "predicted_label": pa.array([], pa.string())})
-    return lake.read(LABELING_REQUESTS, columns=["path", "predicted_label"], filters=pc.field("request_date") == day)
+        return LABELING_REQUESTS.schema.empty_table().select(columns)
+    wanted = list(dict.fromkeys([*columns, "app_id", "batch_id"])) if ignore else columns
+    rows = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=wanted, filters=filters))
+    if ignore is not None:
+        theirs = pc.and_(pc.equal(rows.column("app_id"), ignore[0]), pc.equal(rows.column("batch_id"), ignore[1]))
+        rows = rows.filter(pc.invert(pc.fill_null(theirs, False)))
+    return rows.select(columns)
 
 
-def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
-    if not lake.exists(LABELING_REQUESTS) or not paths:
-        return LABELING_REQUESTS.schema.empty_table()
+def _sent_on(lake: Lake, day: dt.date, *, ignore: Batch | None = None) -> pa.Table:
+    return _ledger_rows(lake, ["path", "predicted_label"], pc.field("request_date") == day, ignore=ignore)
+
+
+def _ledger(lake: Lake, paths: list[str], *, ignore: Batch | None = None) -> pa.Table:
+    columns = ["path", "request_date", "sent_at", "app_id", "batch_id"]
+    if not paths:
+        return LABELING_REQUESTS.schema.empty_table().select(columns)
     # Filtered in memory: the ledger holds at most the daily budget per day, and pushing an
     # ``isin`` down fails on delta-rs's string_view statistics.
-    columns = ["path", "request_date", "sent_at", "app_id", "batch_id"]
-    ledger = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=columns))
+    ledger = _ledger_rows(lake, columns, ignore=ignore)
     return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
 
 
-def _known(lake: Lake, today: dt.date) -> strategies.Known:
+def _known(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> strategies.Known:
     """Embeddings and content hashes of the images sent lately: what a new pick must not repeat."""
     if not lake.exists(LABELING_REQUESTS):
         return strategies.Known()
     since = today - dt.timedelta(days=KNOWN_DAYS)
-    sent = lake.read(
-        LABELING_REQUESTS, columns=["content_hash", "embedding"], filters=pc.field("request_date") >= since
-    )
+    sent = _ledger_rows(lake, ["content_hash", "embedding"], pc.field("request_date") >= since, ignore=ignore)
     hashes = frozenset(h for h in sent.column("content_hash").to_pylist() if h)
     vectors = [v for v in sent.column("embedding").to_pylist() if v]
     dims = {len(v) for v in vectors}
@@ -191,11 +209,12 @@ def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt
     return LABELING_CANDIDATES.conform(pa.table(columns))
 
 
-def _closed_windows(lake: Lake, settings: Settings, now: dt.datetime) -> pa.Table:
-    """Waiting candidates whose window has closed, with their bytes (once per window per process)."""
+def _closed_windows(lake: Lake, settings: Settings, now: dt.datetime, *, look_again: bool = False) -> pa.Table:
+    """Waiting candidates whose window has closed, with their bytes (once per window per process,
+    unless ``look_again``)."""
     current = window_start(now, settings.labeling_window_s)
     root = str(lake.root)
-    if _last_look.get(root) == current or not lake.exists(LABELING_CANDIDATES):
+    if (_last_look.get(root) == current and not look_again) or not lake.exists(LABELING_CANDIDATES):
         return LABELING_CANDIDATES.schema.empty_table()
     # Waiting candidates older than KNOWN_DAYS (a stream stopped for a month) are left undecided.
     recent = pc.field("window_date") >= now.date() - dt.timedelta(days=KNOWN_DAYS)
@@ -228,21 +247,27 @@ class _Decision:
     fallback: str | None = None
 
 
-def _decide(settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime) -> _Decision:
-    """Choose among ``due``, window by window (oldest first), each within its paced allowance."""
+def _decide(
+    settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime, *, ignore: Batch | None = None
+) -> _Decision:
+    """Choose among ``due``, window by window (oldest first), each within its paced allowance.
+
+    ``ignore``: a replayed batch, whose own ledger rows are set aside so that the choice is the one
+    it made before its kill.
+    """
     decision = _Decision()
     # A candidate an interrupted earlier call already sent keeps that outcome, and is not sent again.
-    sent_before = set(_ledger(lake, due.column("path").to_pylist()).column("path").to_pylist())
+    sent_before = set(_ledger(lake, due.column("path").to_pylist(), ignore=ignore).column("path").to_pylist())
     decision.outcomes.update(dict.fromkeys(sent_before, strategies.SENT))
     due = due.filter(pc.invert(pc.is_in(due.column("path"), value_set=pa.array(sorted(sent_before), pa.string()))))
-    known = _known(lake, now.date())
+    known = _known(lake, now.date(), ignore=ignore)
     spent: dict[dt.date, pa.Table] = {}
     starts = sorted(set(due.column("window_start").to_pylist()))
     for start in starts:
         group = due.filter(pc.equal(due.column("window_start"), pa.scalar(start, TS)))
         day = start.date()
         if day not in spent:
-            spent[day] = _sent_on(lake, day)
+            spent[day] = _sent_on(lake, day, ignore=ignore)
         earlier = [p for p in decision.picks if p["request_date"] == day]
         sent_by_class = Counter(
             spent[day].column("predicted_label").to_pylist() + [p["predicted_label"] for p in earlier]
@@ -331,17 +356,9 @@ def hand_off(
         return HandOff(table)
     committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
     if committed is not None and committed >= batch_id:
-        return _replayed(lake, table, app_id=app_id, batch_id=batch_id)
+        return _replayed(settings, lake, table, app_id=app_id, batch_id=batch_id)
     now = now or dt.datetime.now(dt.UTC)
-    rows = _eligible(table, settings)
-    paths = table.column("path").to_pylist()
-    already = set(_ledger(lake, [paths[i] for i in rows]).column("path").to_pylist()) if rows else set()
-    queue = _as_candidates(table, [i for i in rows if paths[i] not in already], settings, now)
-    if settings.labeling_window_s <= 0:
-        due, queued = queue, 0
-    else:
-        lake.append(LABELING_CANDIDATES, queue, txn=Transaction(app_id + _QUEUE, batch_id))
-        due, queued = _closed_windows(lake, settings, now), queue.num_rows
+    due, queued = _queue_and_due(settings, lake, table, now, app_id=app_id, batch_id=batch_id)
     if due.num_rows == 0:
         return HandOff(table, queued=queued)
     decision = _decide(settings, lake, due, now)
@@ -360,14 +377,78 @@ def hand_off(
     )
 
 
-def _replayed(lake: Lake, table: pa.Table, *, app_id: str, batch_id: int) -> HandOff:
-    """This batch's ledger write already committed: mark what it sent, choose nothing again."""
-    ledger = _ledger(lake, table.column("path").to_pylist())
+def _queue_and_due(
+    settings: Settings,
+    lake: Lake,
+    table: pa.Table,
+    now: dt.datetime,
+    *,
+    app_id: str,
+    batch_id: int,
+    ignore: Batch | None = None,
+) -> tuple[pa.Table, int]:
+    """Queue the batch's candidates (a replay's queue write is skipped by its transaction); the
+    candidates due for a decision now, and how many were queued for a window still open."""
+    rows = _eligible(table, settings)
+    paths = table.column("path").to_pylist()
+    already = set(_ledger(lake, [paths[i] for i in rows], ignore=ignore).column("path").to_pylist()) if rows else set()
+    queue = _as_candidates(table, [i for i in rows if paths[i] not in already], settings, now)
+    if settings.labeling_window_s <= 0:
+        return queue, 0
+    lake.append(LABELING_CANDIDATES, queue, txn=Transaction(app_id + _QUEUE, batch_id))
+    return _closed_windows(lake, settings, now, look_again=ignore is not None), queue.num_rows
+
+
+def _replayed(settings: Settings, lake: Lake, table: pa.Table, *, app_id: str, batch_id: int) -> HandOff:
+    """This batch's ledger write already committed: finish the writes after it, choose nothing new.
+
+    The ledger is the record of what was sent. The choice is made again as the batch first made it
+    (at its ``sent_at``, its own ledger rows set aside), to give the other candidates of its windows
+    their outcomes; then the ledger overrides it: its rows are ``sent``, nothing else is. Outcomes
+    and ``images`` marks only fill what is still empty, so a replay after a complete close changes
+    nothing.
+    """
+    ledger = _ledger_rows(lake, ["path", "request_date", "sent_at", "app_id", "batch_id"])
     mine = ledger.filter(
         pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
     )
-    sent_at = dict(zip(mine.column("path").to_pylist(), mine.column("sent_at").to_pylist(), strict=True))
-    return HandOff(_mark(table, sent_at), sent=0, replayed=True)
+    if mine.num_rows == 0:
+        return HandOff(table, sent=0, replayed=True)
+    now = min(mine.column("sent_at").to_pylist())
+    this_batch = (app_id, batch_id)
+    due, _ = _queue_and_due(settings, lake, table, now, app_id=app_id, batch_id=batch_id, ignore=this_batch)
+    sent = set(mine.column("path").to_pylist())
+    if due.num_rows:
+        decision = _decide(settings, lake, due, now, ignore=this_batch)
+        decision.picks = [p for p in decision.picks if p["path"] in sent]
+        decision.outcomes = {
+            path: strategies.SENT if path in sent else _unsent(outcome) for path, outcome in decision.outcomes.items()
+        }
+        decision.outcomes.update(dict.fromkeys(sent & set(due.column("path").to_pylist()), strategies.SENT))
+        _record_outcomes(settings, lake, due, decision, now, app_id=app_id, batch_id=batch_id)
+    marked = _mark_sent(lake, table, _sent_rows(lake, table, mine), now)
+    return HandOff(marked, sent=0, replayed=True)
+
+
+def _unsent(outcome: str) -> str:
+    """A replayed choice that the ledger does not hold was never sent: not chosen."""
+    return strategies.NOT_CHOSEN if outcome == strategies.SENT else outcome
+
+
+def _sent_rows(lake: Lake, table: pa.Table, mine: pa.Table) -> list[dict[str, Any]]:
+    """The images a batch sent, with the ``load_date`` that ``images`` keys them by."""
+    here = set(table.column("path").to_pylist())
+    paths = mine.column("path").to_pylist()
+    rows: list[dict[str, Any]] = [{"path": p, "load_date": None} for p in paths if p in here]
+    elsewhere = [p for p in paths if p not in here]
+    if elsewhere and lake.exists(LABELING_CANDIDATES):
+        days = pc.unique(mine.column("request_date")).to_pylist()
+        queued = lake.read(
+            LABELING_CANDIDATES, columns=["path", "load_date"], filters=pc.field("window_date").isin(days)
+        )
+        queued = _first_per_path(queued.filter(pc.is_in(queued.column("path"), pa.array(elsewhere, pa.string()))))
+        rows.extend(queued.to_pylist())
+    return rows
 
 
 def _say_fallback_once(lake: Lake, fallback: str | None) -> None:
