@@ -143,6 +143,13 @@ class Settings(BaseSettings):
     labeling_max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of a day's budget one predicted class may take"
     )
+    labeling_duplicate_fraction: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="A candidate is a pixel near-duplicate under this fraction of the median thumbnail residual "
+        "to the nearest distinct image",
+    )
     # The stream's image-drift monitor (docs/DRIFT.md).
     drift_window_batches: int = Field(
         20, ge=1, description="A drift window closes after this many micro-batches (or drift_window_s)"

@@ -110,6 +110,8 @@ LABELING_REQUESTS = TableSpec(
             pa.field("rank", pa.int32()),
             pa.field("content_hash", pa.string()),
             pa.field("embedding", EMBEDDING),
+            # The pixel thumbnail near-duplicates are found by (infra/core/labeling/pixels.py).
+            pa.field("thumbnail", pa.binary()),
         ]
     ),
     keys=("path",),
@@ -139,6 +141,7 @@ LABELING_CANDIDATES = TableSpec(
             pa.field("model_version", pa.string()),
             pa.field("outcome", pa.string()),
             pa.field("decided_at", TS),
+            pa.field("thumbnail", pa.binary()),  # as in labeling_requests
         ]
     ),
     keys=("path",),

@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.core.labeling import strategies
+from infra.core.labeling import pixels, strategies
 from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
@@ -164,18 +164,24 @@ def _ledger(lake: Lake, paths: list[str], *, ignore: Batch | None = None) -> pa.
     return ledger.filter(pc.is_in(ledger.column("path"), value_set=pa.array(paths, type=pa.string())))
 
 
-def _known(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> strategies.Known:
-    """Embeddings and content hashes of the images sent lately: what a new pick must not repeat."""
-    if not lake.exists(LABELING_REQUESTS):
-        return strategies.Known()
+_KNOWN_COLUMNS = ["content_hash", "embedding", "model_version", "thumbnail"]
+
+
+def _recent(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> list[dict[str, Any]]:
+    """The images sent lately (what a new pick must not repeat), as ledger rows of ``_KNOWN_COLUMNS``."""
     since = today - dt.timedelta(days=KNOWN_DAYS)
-    sent = _ledger_rows(lake, ["content_hash", "embedding"], pc.field("request_date") >= since, ignore=ignore)
-    hashes = frozenset(h for h in sent.column("content_hash").to_pylist() if h)
-    vectors = [v for v in sent.column("embedding").to_pylist() if v]
-    dims = {len(v) for v in vectors}
-    if len(dims) != 1:  # none, or from models of different widths: compare hashes only
-        return strategies.Known(content_hashes=hashes)
-    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes)
+    return _ledger_rows(lake, _KNOWN_COLUMNS, pc.field("request_date") >= since, ignore=ignore).to_pylist()
+
+
+def _known(sent: list[dict[str, Any]], version: str | None) -> strategies.Known:
+    """What ``sent`` (ledger rows and picks) tells a new pick: hashes and thumbnails of every model
+    version, embeddings only of ``version``'s (another network's vectors are not comparable)."""
+    hashes = frozenset(r["content_hash"] for r in sent if r.get("content_hash"))
+    thumbnails = tuple(r["thumbnail"] for r in sent if r.get("thumbnail"))
+    vectors = [r["embedding"] for r in sent if r.get("embedding") and r.get("model_version") == version]
+    if version is None or len({len(v) for v in vectors}) != 1:  # none comparable: hashes and pixels only
+        return strategies.Known(content_hashes=hashes, thumbnails=thumbnails)
+    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes, thumbnails)
 
 
 # Candidates ---------------------------------------------------------------------------------------
@@ -206,6 +212,7 @@ def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt
     )
     if "embedding" not in columns:
         columns["embedding"] = pa.nulls(n, LABELING_CANDIDATES.schema.field("embedding").type)
+    columns["thumbnail"] = pa.array([pixels.thumbnail(c) for c in picked.column("content").to_pylist()], pa.binary())
     return LABELING_CANDIDATES.conform(pa.table(columns))
 
 
@@ -260,7 +267,7 @@ def _decide(
     sent_before = set(_ledger(lake, due.column("path").to_pylist(), ignore=ignore).column("path").to_pylist())
     decision.outcomes.update(dict.fromkeys(sent_before, strategies.SENT))
     due = due.filter(pc.invert(pc.is_in(due.column("path"), value_set=pa.array(sorted(sent_before), pa.string()))))
-    known = _known(lake, now.date(), ignore=ignore)
+    recent = _recent(lake, now.date(), ignore=ignore)
     spent: dict[dt.date, pa.Table] = {}
     starts = sorted(set(due.column("window_start").to_pylist()))
     for start in starts:
@@ -275,20 +282,41 @@ def _decide(
         classes = sorted({name for names in group.column("class_names").to_pylist() if names for name in names})
         limits = class_limits(settings, classes, sent_by_class)
         allowance = paced_allowance(settings, start, spent[day].num_rows + len(earlier))
-        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits)
+        version = _window_version(group)
+        known = _known(recent + decision.picks, version)
+        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits, version)
         for pick in picks:
             pick["request_date"] = day
         decision.picks.extend(picks)
         decision.outcomes.update(outcomes)
         decision.fallback = decision.fallback or fallback
-        known = _with_picks(known, picks)
     return decision
 
 
+def _window_version(group: pa.Table) -> str | None:
+    """The model version whose embeddings a window's diversity compares: the one most of its rows have."""
+    versions = [
+        v
+        for v, e in zip(group.column("model_version").to_pylist(), group.column("embedding").to_pylist(), strict=True)
+        if e
+    ]
+    return Counter(versions).most_common(1)[0][0] if versions else None
+
+
 def _choose(
-    settings: Settings, group: pa.Table, allowance: int, known: strategies.Known, limits: dict[str, int] | None
+    settings: Settings,
+    group: pa.Table,
+    allowance: int,
+    known: strategies.Known,
+    limits: dict[str, int] | None,
+    version: str | None,
 ) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
     rows = group.to_pylist()
+    for row in rows:
+        if row.get("model_version") != version:
+            row["embedding"] = None  # another network's vector: not comparable with this window's
+        if row.get("thumbnail") is None:  # queued before thumbnails were kept
+            row["thumbnail"] = pixels.thumbnail(row.get("content"))
     usable = _with_embeddings_if_any(rows)
     candidates = strategies.Candidates(
         keys=[r["path"] for r in usable],
@@ -296,6 +324,7 @@ def _choose(
         predicted=[r["predicted_label"] for r in usable],
         embeddings=_embedding_matrix(usable),
         content_hashes=[r["content_hash"] for r in usable],
+        thumbnails=[r["thumbnail"] for r in usable],
     )
     selection = strategies.select(
         candidates,
@@ -304,6 +333,7 @@ def _choose(
         known=known,
         min_distance=settings.labeling_min_distance,
         class_limits=limits,
+        duplicate_fraction=settings.labeling_duplicate_fraction,
     )
     outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows}
     outcomes.update({usable[i]["path"]: strategies.NEAR_DUPLICATE for i in selection.near_duplicates})
@@ -328,16 +358,6 @@ def _embedding_matrix(rows: list[dict[str, Any]]) -> np.ndarray | None:
     if not vectors or any(not v for v in vectors) or len({len(v) for v in vectors}) != 1:
         return None
     return np.asarray(vectors, dtype=np.float32)
-
-
-def _with_picks(known: strategies.Known, picks: list[dict[str, Any]]) -> strategies.Known:
-    hashes = known.content_hashes | {p["content_hash"] for p in picks if p.get("content_hash")}
-    vectors = [p["embedding"] for p in picks if p.get("embedding")]
-    if not vectors or (known.embeddings.size and known.embeddings.shape[1] != len(vectors[0])):
-        return strategies.Known(known.embeddings, hashes)
-    added = np.asarray(vectors, dtype=np.float32)
-    embeddings = np.concatenate([known.embeddings, added]) if known.embeddings.size else added
-    return strategies.Known(embeddings, hashes)
 
 
 # The hand-off -------------------------------------------------------------------------------------
@@ -578,6 +598,7 @@ def _send(
             },
             "content_hash": [row.get("content_hash") for row in picks],
             "embedding": pa.array([row.get("embedding") for row in picks], pa.list_(pa.float32())),
+            "thumbnail": pa.array([row.get("thumbnail") for row in picks], pa.binary()),
         }
     )
     lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from infra.core.labeling import pixels
 from infra.hashing import stable_fraction
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Candidates:
     predicted: Sequence[str]
     embeddings: np.ndarray | None = None  # (n, dims), L2-normalised; rows of NaN have none
     content_hashes: Sequence[str | None] = ()
+    thumbnails: Sequence[bytes | None] = ()  # pixels.thumbnail of each; none: no pixel near-duplicate check
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,8 +65,9 @@ class Candidates:
 class Known:
     """What humans already have or will have: pending and labeled images."""
 
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # one model version's
     content_hashes: frozenset[str] = frozenset()
+    thumbnails: tuple[bytes, ...] = ()  # any model version's: pixels do not change with the model
 
 
 @dataclass(frozen=True)
@@ -121,25 +124,70 @@ def select(
     known: Known | None = None,
     min_distance: float = 0.0,
     class_limits: Mapping[str, int] | None = None,
+    duplicate_fraction: float = 0.4,
 ) -> Selection:
     """Up to ``k`` candidates under ``strategy``.
 
     ``class_limits`` caps the picks per predicted class (a class absent from it is uncapped).
+    Every strategy skips pixel near-duplicates (:mod:`infra.core.labeling.pixels`, at
+    ``duplicate_fraction``) of a known image or of a better-ranked candidate.
     Only ``margin_diversity`` skips near-duplicates: an image whose content hash is known or
     repeated, or whose embedding lies within ``min_distance`` (cosine) of a known image or of an
     earlier pick. Without embeddings it falls back to ``margin`` and says why in ``fallback``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown labeling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    known = known or Known()
     if strategy == MARGIN_DIVERSITY and len(candidates) and not candidates.has_embeddings():
-        selection = select(candidates, k, strategy=MARGIN, class_limits=class_limits)
+        selection = select(
+            candidates,
+            k,
+            strategy=MARGIN,
+            known=known,
+            class_limits=class_limits,
+            duplicate_fraction=duplicate_fraction,
+        )
         selection.fallback = "the model gives no embeddings: margin_diversity falls back to margin"
         return selection
     order, values = ranked(strategy, candidates)
+    copies = pixel_duplicates(candidates, order, known, duplicate_fraction)
+    order = [i for i in order if i not in copies]
     limits = dict(class_limits or {})
     if strategy != MARGIN_DIVERSITY:
-        return _take_in_order(candidates, order, values, k, strategy, limits)
-    return _k_center(candidates, order, values, k, known or Known(), min_distance, limits)
+        selection = _take_in_order(candidates, order, values, k, strategy, limits)
+    else:
+        selection = _k_center(candidates, order, values, k, known, min_distance, limits)
+    selection.near_duplicates.extend(sorted(copies))
+    return selection
+
+
+def pixel_duplicates(candidates: Candidates, order: list[int], known: Known, fraction: float) -> set[int]:
+    """Candidates whose thumbnail repeats a known image's or a better-ranked candidate's (in ``order``)."""
+    if not candidates.thumbnails or not order:
+        return set()
+    images, valid = pixels.as_array(candidates.thumbnails)
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        return set()
+    references, _ = pixels.as_array(known.thumbnails)
+    _, to_known = pixels.nearest(images[rows], references)
+    near, to_others = pixels.nearest(images[rows], images[rows], same_set=True)
+    threshold = pixels.calibrated_threshold(np.concatenate([to_known.min(axis=1), to_others.min(axis=1)]), fraction)
+    slot = {int(index): n for n, index in enumerate(rows)}
+    kept: set[int] = set()
+    copies: set[int] = set()
+    for index in order:
+        n = slot.get(index)
+        if n is None:
+            continue
+        repeats_kept = any(
+            int(rows[j]) in kept for j, r in zip(near[n], to_others[n], strict=True) if j >= 0 and r < threshold
+        )
+        if to_known[n].min() < threshold or repeats_kept:
+            copies.add(index)
+        else:
+            kept.add(index)
+    return copies
 
 
 def _take_in_order(
