@@ -143,6 +143,18 @@ class Settings(BaseSettings):
     labeling_max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of a day's budget one predicted class may take"
     )
+    labeling_explore_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of every window's allowance drawn at random (a stable hash) from all images scored in it",
+    )
+    labeling_explore_sample: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of confident scored images queued (by a stable hash) for the exploration draw",
+    )
     labeling_duplicate_fraction: float = Field(
         0.4,
         gt=0,

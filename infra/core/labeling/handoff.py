@@ -186,15 +186,34 @@ def _known(sent: list[dict[str, Any]], version: str | None) -> strategies.Known:
 
 # Candidates ---------------------------------------------------------------------------------------
 def _eligible(table: pa.Table, settings: Settings) -> list[int]:
-    """Rows that may be sent: scored, readable, unsure and sampled."""
-    unsure = pc.and_(
+    """Rows that may be sent: scored and readable, and either unsure and sampled or in the exploration sample."""
+    scored = pc.and_(
         pc.and_(pc.is_null(table.column("error")), pc.is_valid(table.column("content"))),
-        pc.less(table.column("confidence"), settings.confidence_threshold),
+        pc.is_valid(table.column("probabilities")),
     )
-    unsure = pc.and_(unsure, pc.is_valid(table.column("probabilities")))
-    rows = [i for i, flag in enumerate(unsure.to_pylist()) if flag]
+    rows = [i for i, flag in enumerate(scored.to_pylist()) if flag]
     paths = table.column("path").to_pylist()
-    return [i for i in rows if sampled(paths[i], settings.labeling_fraction)]
+    confidences = table.column("confidence").to_pylist()
+    return [i for i in rows if _unsure(settings, paths[i], confidences[i]) or _explorable(settings, paths[i])]
+
+
+def _unsure(settings: Settings, path: str, confidence: float | None) -> bool:
+    """An unsure image the strategy may choose: under the confidence threshold, in the sample."""
+    return (
+        confidence is not None
+        and confidence < settings.confidence_threshold
+        and sampled(path, settings.labeling_fraction)
+    )
+
+
+def explore_key(path: str) -> float:
+    """An image's place in the exploration draw: the lowest keys of a window are drawn."""
+    return stable_fraction(f"explore:{path}")
+
+
+def _explorable(settings: Settings, path: str) -> bool:
+    """In the exploration draw's pool: a stable hash sample of every scored image, sure or unsure."""
+    return settings.labeling_explore_share > 0 and explore_key(path) < settings.labeling_explore_sample
 
 
 def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt.datetime) -> pa.Table:
@@ -317,6 +336,9 @@ def _choose(
             row["embedding"] = None  # another network's vector: not comparable with this window's
         if row.get("thumbnail") is None:  # queued before thumbnails were kept
             row["thumbnail"] = pixels.thumbnail(row.get("content"))
+    explored, rows = _explore(settings, rows, allowance, known)
+    allowance -= len(explored)
+    known = _with_explored(known, explored)
     usable = _with_embeddings_if_any(rows)
     candidates = strategies.Candidates(
         keys=[r["path"] for r in usable],
@@ -336,15 +358,79 @@ def _choose(
         duplicate_fraction=settings.labeling_duplicate_fraction,
     )
     outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows}
+    outcomes.update({r["path"]: strategies.SENT for r in explored})
     outcomes.update({usable[i]["path"]: strategies.NEAR_DUPLICATE for i in selection.near_duplicates})
     outcomes.update({usable[i]["path"]: strategies.CLASS_CAPPED for i in selection.class_capped})
-    picks = []
+    picks = list(explored)
     for pick in selection.picks:
         row = dict(usable[pick.index])
-        row.update(strategy=selection.strategy, score=pick.score, rank=pick.rank)
+        row.update(strategy=selection.strategy, score=pick.score, rank=len(explored) + pick.rank)
         outcomes[row["path"]] = strategies.SENT
         picks.append(row)
     return picks, outcomes, selection.fallback
+
+
+def explore_count(settings: Settings, allowance: int, salt: str) -> int:
+    """How many of ``allowance`` the exploration draw takes: the share, its fraction rounded up or
+    down by a stable hash of ``salt`` (the window), so that small allowances explore at the share on average."""
+    wanted = allowance * settings.labeling_explore_share
+    whole = math.floor(wanted)
+    return min(allowance, whole + (1 if stable_fraction(f"explore-round:{salt}") < wanted - whole else 0))
+
+
+def _explore(
+    settings: Settings, rows: list[dict[str, Any]], allowance: int, known: strategies.Known
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The window's exploration picks (the lowest explore keys of its whole sample, copies of
+    known images skipped), and the unsure rows left for the strategy."""
+    salt = str(rows[0]["window_start"]) if rows else ""
+    count = explore_count(settings, allowance, salt)
+    pool = sorted(
+        (r for r in rows if _explorable(settings, r["path"])), key=lambda r: (explore_key(r["path"]), r["path"])
+    )
+    copies = _copies_in(pool, known, settings)
+    explored = [
+        {**row, "strategy": strategies.EXPLORE, "score": 1.0 - explore_key(row["path"])}
+        for n, row in enumerate(pool)
+        if n not in copies
+    ][:count]
+    for rank, row in enumerate(explored, start=1):
+        row["rank"] = rank
+    taken = {r["path"] for r in explored}
+    left = [r for r in rows if r["path"] not in taken and _unsure(settings, r["path"], r.get("confidence"))]
+    return explored, left
+
+
+def _copies_in(pool: list[dict[str, Any]], known: strategies.Known, settings: Settings) -> set[int]:
+    """Positions in ``pool`` that repeat a known image or an earlier one of ``pool`` (by hash or pixels)."""
+    seen = set(known.content_hashes)
+    copies = set()
+    for n, row in enumerate(pool):
+        digest = row.get("content_hash")
+        if digest and digest in seen:
+            copies.add(n)
+        elif digest:
+            seen.add(digest)
+    as_candidates = strategies.Candidates(
+        keys=[r["path"] for r in pool],
+        probabilities=np.zeros((len(pool), 1)),
+        predicted=[""] * len(pool),
+        thumbnails=[r.get("thumbnail") for r in pool],
+    )
+    return copies | strategies.pixel_duplicates(
+        as_candidates, list(range(len(pool))), known, settings.labeling_duplicate_fraction
+    )
+
+
+def _with_explored(known: strategies.Known, explored: list[dict[str, Any]]) -> strategies.Known:
+    """``known`` and the exploration picks: the strategy must not choose copies of them."""
+    if not explored:
+        return known
+    return strategies.Known(
+        known.embeddings,
+        known.content_hashes | {r["content_hash"] for r in explored if r.get("content_hash")},
+        known.thumbnails + tuple(r["thumbnail"] for r in explored if r.get("thumbnail")),
+    )
 
 
 def _with_embeddings_if_any(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -629,6 +715,37 @@ def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) ->
     return ("\n".join(lines) + "\n").encode()
 
 
+def prequential_accuracy(lake: Lake, today: dt.date) -> dict[str, Any]:
+    """The serving model's live accuracy: its predictions on the exploration picks whose labels came back.
+
+    The exploration draw is a uniform sample of every scored image, so this estimates the accuracy
+    on the stream itself (the strategy's picks, chosen for being hard, would not). Over the last
+    ``KNOWN_DAYS``, for the newest model version with returned labels.
+    """
+    since = today - dt.timedelta(days=KNOWN_DAYS)
+    # The strategy is filtered in memory: a string comparison pushed down fails on delta-rs's string_view.
+    recent = _ledger_rows(
+        lake, ["path", "predicted_label", "model_version", "sent_at", "strategy"], pc.field("request_date") >= since
+    ).to_pylist()
+    explored = [r for r in recent if r["strategy"] == strategies.EXPLORE]
+    found: dict[str, Any] = {"model_version": None, "accuracy": None, "labels": 0, "explored": len(explored)}
+    if not explored or not lake.exists(IMAGES):
+        return found
+    labeled = lake.read(
+        IMAGES,
+        columns=["path", "label"],
+        filters=(pc.field("load_date") >= since - dt.timedelta(days=KNOWN_DAYS)) & pc.field("label").is_valid(),
+    )
+    labels = dict(zip(labeled.column("path").to_pylist(), labeled.column("label").to_pylist(), strict=True))
+    returned = [r for r in explored if r["path"] in labels]
+    if not returned:
+        return found
+    newest = max(returned, key=lambda r: r["sent_at"])["model_version"]
+    mine = [r for r in returned if r["model_version"] == newest]
+    right = sum(1 for r in mine if r["predicted_label"] == labels[r["path"]])
+    return {**found, "model_version": newest, "accuracy": right / len(mine), "labels": len(mine)}
+
+
 def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = None) -> dict[str, Any]:
     """The labeling queue for the status page: waiting, sent today, budget left now, what was skipped."""
     now = now or dt.datetime.now(dt.UTC)
@@ -659,6 +776,8 @@ def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = Non
         ]
         state["decided_today"] = dict(sorted(Counter(decided).items()))
     state["near_duplicates_skipped_today"] = state["decided_today"].get(strategies.NEAR_DUPLICATE, 0)
+    state["explore_share"] = settings.labeling_explore_share
+    state["prequential"] = prequential_accuracy(lake, today)
     return state
 
 

@@ -29,6 +29,8 @@ LEAST_CONFIDENCE = "least_confidence"
 MARGIN = "margin"
 ENTROPY = "entropy"
 MARGIN_DIVERSITY = "margin_diversity"
+# Not a setting: the exploration share of every window (docs/LABELING.md), recorded as its strategy.
+EXPLORE = "explore"
 STRATEGIES = (THRESHOLD, RANDOM, LEAST_CONFIDENCE, MARGIN, ENTROPY, MARGIN_DIVERSITY)
 DEFAULT_STRATEGY = MARGIN_DIVERSITY
 # margin_diversity runs k-center over this many times k of the best-margin candidates: wide
