@@ -155,6 +155,12 @@ class Settings(BaseSettings):
         le=1,
         description="Share of confident scored images queued (by a stable hash) for the exploration draw",
     )
+    labeling_warm_floor: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="margin_diversity chooses by typicality (cold) while live accuracy is under this or twice chance",
+    )
     labeling_duplicate_fraction: float = Field(
         0.4,
         gt=0,

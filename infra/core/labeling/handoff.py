@@ -46,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.core.labeling import pixels, strategies
+from infra.core.labeling import phases, pixels, strategies
 from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
@@ -287,6 +287,7 @@ def _decide(
     decision.outcomes.update(dict.fromkeys(sent_before, strategies.SENT))
     due = due.filter(pc.invert(pc.is_in(due.column("path"), value_set=pa.array(sorted(sent_before), pa.string()))))
     recent = _recent(lake, now.date(), ignore=ignore)
+    live = prequential_accuracy(lake, now.date()) if settings.labeling_strategy == strategies.MARGIN_DIVERSITY else None
     spent: dict[dt.date, pa.Table] = {}
     starts = sorted(set(due.column("window_start").to_pylist()))
     for start in starts:
@@ -303,7 +304,7 @@ def _decide(
         allowance = paced_allowance(settings, start, spent[day].num_rows + len(earlier))
         version = _window_version(group)
         known = _known(recent + decision.picks, version)
-        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits, version)
+        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits, version, live)
         for pick in picks:
             pick["request_date"] = day
         decision.picks.extend(picks)
@@ -329,6 +330,7 @@ def _choose(
     known: strategies.Known,
     limits: dict[str, int] | None,
     version: str | None,
+    live: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
     rows = group.to_pylist()
     for row in rows:
@@ -340,6 +342,7 @@ def _choose(
     allowance -= len(explored)
     known = _with_explored(known, explored)
     usable = _with_embeddings_if_any(rows)
+    phase = _phase(settings, usable, version, live)
     candidates = strategies.Candidates(
         keys=[r["path"] for r in usable],
         probabilities=np.asarray([r["probabilities"] for r in usable], dtype=np.float64).reshape(len(usable), -1),
@@ -354,8 +357,9 @@ def _choose(
         strategy=settings.labeling_strategy,
         known=known,
         min_distance=settings.labeling_min_distance,
-        class_limits=limits,
+        class_limits=None if phase == phases.COLD else limits,  # the cap applies only when warm
         duplicate_fraction=settings.labeling_duplicate_fraction,
+        phase=phase,
     )
     outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows}
     outcomes.update({r["path"]: strategies.SENT for r in explored})
@@ -368,6 +372,27 @@ def _choose(
         outcomes[row["path"]] = strategies.SENT
         picks.append(row)
     return picks, outcomes, selection.fallback
+
+
+def _phase(
+    settings: Settings, rows: list[dict[str, Any]], version: str | None, live: dict[str, Any] | None
+) -> str | None:
+    """Cold or warm for ``margin_diversity`` (other strategies: none), from the model's live accuracy
+    (when it is this window's model version's) and the window's predicted classes."""
+    if live is None or not rows:
+        return None
+    own = live.get("model_version") == version and version is not None
+    classes = max((len(r.get("class_names") or []) for r in rows), default=0)
+    state, why = phases.phase(
+        live.get("accuracy") if own else None,
+        live.get("labels", 0) if own else 0,
+        classes,
+        [r.get("predicted_label") or "" for r in rows],
+        settings.labeling_warm_floor,
+    )
+    if state == phases.COLD:
+        log.info("labeling: cold window (%s): typicality", why)
+    return state
 
 
 def explore_count(settings: Settings, allowance: int, salt: str) -> int:

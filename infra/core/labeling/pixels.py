@@ -60,7 +60,7 @@ def as_array(thumbnails: Sequence[bytes | None]) -> tuple[np.ndarray, np.ndarray
     return out, valid
 
 
-def _coarse(images: np.ndarray) -> np.ndarray:
+def coarse(images: np.ndarray) -> np.ndarray:
     step = SIZE // COARSE
     return images.reshape(len(images), COARSE, step, COARSE, step, 3).mean(axis=(2, 4)).reshape(len(images), -1)
 
@@ -92,7 +92,7 @@ def nearest(
     residual = np.full((n, neighbours), np.inf)
     if n == 0 or count <= 0:
         return index, residual
-    q, r = _coarse(queries), _coarse(references)
+    q, r = coarse(queries), coarse(references)
     distance = (q**2).sum(1)[:, None] + (r**2).sum(1)[None, :] - 2.0 * q @ r.T
     if same_set:
         np.fill_diagonal(distance, np.inf)

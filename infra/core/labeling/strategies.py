@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from infra.core.labeling import pixels
+from infra.core.labeling import phases, pixels
 from infra.hashing import stable_fraction
 
 log = logging.getLogger(__name__)
@@ -127,12 +127,17 @@ def select(
     min_distance: float = 0.0,
     class_limits: Mapping[str, int] | None = None,
     duplicate_fraction: float = 0.4,
+    phase: str | None = None,
 ) -> Selection:
     """Up to ``k`` candidates under ``strategy``.
 
     ``class_limits`` caps the picks per predicted class (a class absent from it is uncapped).
     Every strategy skips pixel near-duplicates (:mod:`infra.core.labeling.pixels`, at
     ``duplicate_fraction``) of a known image or of a better-ranked candidate.
+
+    ``phase`` (:mod:`infra.core.labeling.phases`; the hand-off passes it for ``margin_diversity``):
+    ``cold`` chooses by typicality, uncapped; ``warm`` spreads ``margin_diversity``'s picks by
+    representative k-means instead of farthest-first; ``None`` is farthest-first.
     Only ``margin_diversity`` skips near-duplicates: an image whose content hash is known or
     repeated, or whose embedding lies within ``min_distance`` (cosine) of a known image or of an
     earlier pick. Without embeddings it falls back to ``margin`` and says why in ``fallback``.
@@ -148,6 +153,7 @@ def select(
             known=known,
             class_limits=class_limits,
             duplicate_fraction=duplicate_fraction,
+            phase=phases.COLD if phase == phases.COLD else None,
         )
         selection.fallback = "the model gives no embeddings: margin_diversity falls back to margin"
         return selection
@@ -155,8 +161,12 @@ def select(
     copies = pixel_duplicates(candidates, order, known, duplicate_fraction)
     order = [i for i in order if i not in copies]
     limits = dict(class_limits or {})
-    if strategy != MARGIN_DIVERSITY:
+    if phase == phases.COLD:
+        selection = _typical(candidates, order, values, k, known)
+    elif strategy != MARGIN_DIVERSITY:
         selection = _take_in_order(candidates, order, values, k, strategy, limits)
+    elif phase == phases.WARM:
+        selection = _representative(candidates, order, values, k, known, min_distance, limits)
     else:
         selection = _k_center(candidates, order, values, k, known, min_distance, limits)
     selection.near_duplicates.extend(sorted(copies))
@@ -203,6 +213,68 @@ def _take_in_order(
             selection.class_capped.append(index)
             continue
         selection.picks.append(Pick(index, float(values[index]), len(selection.picks) + 1))
+    return selection
+
+
+def _features(candidates: Candidates, known: Known) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What a cold window clusters: the embeddings, else the coarse pixel thumbnails; with the known images'."""
+    if candidates.has_embeddings():
+        assert candidates.embeddings is not None
+        vectors = np.asarray(candidates.embeddings, np.float64)
+        comparable = known.embeddings.size and known.embeddings.shape[1] == vectors.shape[1]
+        return vectors, np.asarray(known.embeddings, np.float64) if comparable else None
+    images, valid = pixels.as_array(candidates.thumbnails)
+    if not candidates.thumbnails or not valid.all():
+        return None, None
+    references, _ = pixels.as_array(known.thumbnails)
+    return pixels.coarse(images), pixels.coarse(references) if len(references) else None
+
+
+def _typical(candidates: Candidates, order: list[int], values: np.ndarray, k: int, known: Known) -> Selection:
+    """A cold window: TypiClust over the features, uncapped; without features, the random order."""
+    selection = Selection(picks=[], strategy=phases.TYPICALITY)
+    pool = _without_duplicates(candidates, order, np.zeros(len(candidates), dtype=bool), known, selection)
+    features, references = _features(candidates, known)
+    if features is None:
+        chosen = sorted(pool, key=lambda i: stable_fraction(f"labeling:{candidates.keys[i]}"))[:k]
+    else:
+        chosen = [pool[j] for j in phases.typical(features[pool], k, references)]
+    selection.picks = [Pick(index, float(values[index]), rank) for rank, index in enumerate(chosen, start=1)]
+    return selection
+
+
+def _representative(
+    candidates: Candidates,
+    order: list[int],
+    values: np.ndarray,
+    k: int,
+    known: Known,
+    min_distance: float,
+    limits: dict[str, int],
+) -> Selection:
+    """A warm window: the lowest margins, spread by weighted k-means (the point nearest each centroid),
+    then, if the cap or copies left it short, the next best-ranked."""
+    selection = Selection(picks=[], strategy=MARGIN_DIVERSITY)
+    if k <= 0 or not order:
+        return selection
+    assert candidates.embeddings is not None
+    vectors = np.asarray(candidates.embeddings, dtype=np.float32)
+    to_known = _distance_to_known(vectors, known)
+    close = to_known < min_distance if min_distance > 0 else np.zeros(len(vectors), dtype=bool)
+    pool = _without_duplicates(candidates, order, close, known, selection)
+    window = pool[: k * DIVERSITY_POOL_FACTOR]
+    spread = [window[j] for j in phases.representative(vectors[window], values[window], k)]
+    picked: list[int] = []
+    for index in spread + [i for i in pool if i not in set(spread)]:
+        if len(picked) >= k:
+            break
+        if min_distance > 0 and picked and float((1.0 - vectors[picked] @ vectors[index]).min()) < min_distance:
+            selection.near_duplicates.append(index)
+        elif not _within_class_limit(candidates.predicted[index], limits):
+            selection.class_capped.append(index)
+        else:
+            picked.append(index)
+    selection.picks = [Pick(index, float(values[index]), rank) for rank, index in enumerate(picked, start=1)]
     return selection
 
 
