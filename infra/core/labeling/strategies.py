@@ -184,7 +184,7 @@ def pixel_duplicates(candidates: Candidates, order: list[int], known: Known, fra
     references, _ = pixels.as_array(known.thumbnails)
     _, to_known = pixels.nearest(images[rows], references)
     near, to_others = pixels.nearest(images[rows], images[rows], same_set=True)
-    threshold = pixels.calibrated_threshold(np.concatenate([to_known.min(axis=1), to_others.min(axis=1)]), fraction)
+    threshold = pixels.calibrated_threshold(np.concatenate([to_known, to_others], axis=1), fraction)
     slot = {int(index): n for n, index in enumerate(rows)}
     kept: set[int] = set()
     copies: set[int] = set()
