@@ -138,9 +138,10 @@ def select(
     ``phase`` (:mod:`infra.core.labeling.phases`; the hand-off passes it for ``margin_diversity``):
     ``cold`` chooses by typicality, uncapped; ``warm`` spreads ``margin_diversity``'s picks by
     representative k-means instead of farthest-first; ``None`` is farthest-first.
-    Only ``margin_diversity`` skips near-duplicates: an image whose content hash is known or
-    repeated, or whose embedding lies within ``min_distance`` (cosine) of a known image or of an
-    earlier pick. Without embeddings it falls back to ``margin`` and says why in ``fallback``.
+    ``margin_diversity`` also skips an image whose content hash is known or repeated, and, unless
+    every candidate has a thumbnail, one whose embedding lies within ``min_distance``
+    (cosine) of a known image or of an earlier pick. Without embeddings it falls back to
+    ``margin`` and says why in ``fallback``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown labeling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -159,6 +160,10 @@ def select(
         return selection
     order, values = ranked(strategy, candidates)
     copies = pixel_duplicates(candidates, order, known, duplicate_fraction)
+    if candidates.thumbnails and all(t is not None for t in candidates.thumbnails):
+        # The pixel check finds the copies; the embedding is for diversity only: distinct images
+        # sit as close in it as copies do, so a distance there would skip distinct images.
+        min_distance = 0.0
     order = [i for i in order if i not in copies]
     limits = dict(class_limits or {})
     if phase == phases.COLD:

@@ -125,3 +125,14 @@ def test_after_a_retraining_copies_are_still_caught_and_other_networks_vectors_a
     assert outcomes["file:/in/new.png"] == "sent"
     thumbnails = lake.read(LABELING_REQUESTS, columns=["thumbnail"]).column("thumbnail").to_pylist()
     assert len(thumbnails) == 13 and all(t and len(t) == pixels.SIZE * pixels.SIZE * 3 for t in thumbnails)
+
+
+def test_distinct_images_close_in_the_embedding_are_not_skipped_when_pixels_are_known() -> None:
+    images = shapes(6, seed=31)
+    window = candidates(images)
+    same_vector = np.tile(np.eye(1, 64, dtype=np.float32), (6, 1))  # one point for all: "near" by embedding
+    window = Candidates(
+        window.keys, window.probabilities, window.predicted, same_vector, window.content_hashes, window.thumbnails
+    )
+    chosen = select(window, 6, strategy=MARGIN_DIVERSITY, min_distance=0.05)
+    assert chosen.near_duplicates == [] and len(chosen.picks) == 6
