@@ -171,6 +171,31 @@ class Settings(BaseSettings):
     labeling_max_class_share: float = Field(
         0.5, gt=0, le=1, description="Most of a day's budget one predicted class may take"
     )
+    labeling_explore_share: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="Share of every window's allowance drawn at random (a stable hash) from all images scored in it",
+    )
+    labeling_explore_sample: float = Field(
+        0.05,
+        gt=0,
+        le=1,
+        description="Share of confident scored images queued (by a stable hash) for the exploration draw",
+    )
+    labeling_warm_floor: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="margin_diversity chooses by typicality (cold) while live accuracy is under this or twice chance",
+    )
+    labeling_duplicate_fraction: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="A candidate is a pixel near-duplicate under this fraction of the median thumbnail residual "
+        "to the nearest distinct image",
+    )
     # The stream's image-drift monitor (docs/DRIFT.md).
     drift_window_batches: int = Field(
         20, ge=1, description="A drift window closes after this many micro-batches (or drift_window_s)"

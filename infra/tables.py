@@ -116,6 +116,8 @@ LABELING_REQUESTS = TableSpec(
             # content hash, in the manifest) and the copy's file name in the labeling container.
             pa.field("task_id", pa.string()),
             pa.field("image_name", pa.string()),
+            # The pixel thumbnail near-duplicates are found by (infra/core/labeling/pixels.py).
+            pa.field("thumbnail", pa.binary()),
         ]
     ),
     # One row per image and content sent: new bytes of a path sent before are a new request.
@@ -146,6 +148,7 @@ LABELING_CANDIDATES = TableSpec(
             pa.field("model_version", pa.string()),
             pa.field("outcome", pa.string()),
             pa.field("decided_at", TS),
+            pa.field("thumbnail", pa.binary()),  # as in labeling_requests
         ]
     ),
     keys=("path",),

@@ -298,6 +298,15 @@ def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
             f"{queue['near_duplicates_skipped_today']} near-duplicates skipped today",
         }
     ]
+    live = queue.get("prequential") or {}
+    if live.get("accuracy") is not None:
+        rows.append(
+            {
+                "what": "live accuracy",
+                "value": f"{live['accuracy']:.3f} on {live['labels']} exploration labels "
+                f"(model version {live['model_version']})",
+            }
+        )
     if queue.get("fallback"):
         rows.append({"what": "labeling strategy", "value": str(queue["fallback"])})
     return rows

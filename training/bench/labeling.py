@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from infra.core.labeling import phases, pixels
 from infra.core.labeling.strategies import MARGIN_DIVERSITY, RANDOM, STRATEGIES, Candidates, Known, select
 from infra.local.sample_data import ShapeKnobs, shape_images
 from infra.settings import Settings
@@ -67,6 +68,8 @@ class BenchConfig:
     dense_units: int = 128  # the embedding's width (the cnn's default)
     duplicate_share: float = 0.3
     min_distance: float = Settings.model_fields["labeling_min_distance"].default
+    duplicate_fraction: float = Settings.model_fields["labeling_duplicate_fraction"].default
+    warm_floor: float = Settings.model_fields["labeling_warm_floor"].default
     max_class_share: float = Settings.model_fields["labeling_max_class_share"].default
     scenarios: tuple[str, ...] = SCENARIOS
     strategies: tuple[str, ...] = STRATEGIES
@@ -92,6 +95,7 @@ class Pool:
     images: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0, 3), np.float32))
     groups: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each one's source: its position
     hashes: list[str] = field(default_factory=list)
+    thumbnails: list[bytes | None] = field(default_factory=list)  # the stream's pixel near-duplicate key
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -99,6 +103,7 @@ class Pool:
     def decoded(self, image_size: int) -> Pool:
         self.images = decode_images(self.contents, image_size)[0]
         self.hashes = [hashlib.sha256(data).hexdigest() for data in self.contents]
+        self.thumbnails = [pixels.thumbnail(data) for data in self.contents]
         if not len(self.groups):
             self.groups = np.arange(len(self))
         return self
@@ -342,14 +347,25 @@ def choose(config: BenchConfig, strategy: str, pool: Pool, outcome: Outcome, lab
     remaining = [i for i in range(len(pool)) if i not in taken]
     first = _select(config, strategy, pool, outcome, remaining, labeled, config.class_limits())
     picks = [remaining[i] for i in first.indices]
+    skips = _false_skips(pool, labeled, remaining, [remaining[i] for i in first.near_duplicates])
     short = config.labels - len(picks)
     if short <= 0 or not first.class_capped:
-        return Picked(picks, capped=len(first.class_capped), topped_up=0)
+        return Picked(picks, capped=len(first.class_capped), topped_up=0, **skips)
     chosen = set(picks)
     rest = [i for i in remaining if i not in chosen]
     extra = _select(replace(config, labels=short), strategy, pool, outcome, rest, [*labeled, *picks], None)
     more = [rest[i] for i in extra.indices]
-    return Picked(picks + more, capped=len(first.class_capped), topped_up=len(more))
+    return Picked(picks + more, capped=len(first.class_capped), topped_up=len(more), **skips)
+
+
+def _false_skips(
+    pool: Pool, labeled: Sequence[int], remaining: Sequence[int], skipped: Sequence[int]
+) -> dict[str, int]:
+    """Of the round's distinct candidates (no other image of their picture labeled or waiting), how
+    many were skipped as near-duplicates."""
+    count = np.bincount(pool.groups[[*labeled, *remaining]], minlength=len(pool))
+    distinct = sum(1 for i in remaining if count[pool.groups[i]] == 1)
+    return {"distinct": distinct, "false_skips": sum(1 for i in skipped if count[pool.groups[i]] == 1)}
 
 
 @dataclass(frozen=True)
@@ -357,6 +373,8 @@ class Picked:
     indices: list[int]
     capped: int  # candidates the class cap passed over
     topped_up: int  # picks of the uncapped second pass
+    distinct: int = 0  # candidates with no other image of their picture labeled or waiting
+    false_skips: int = 0  # of those, skipped as near-duplicates
 
 
 def _select(
@@ -369,25 +387,37 @@ def _select(
     class_limits: dict[str, int] | None,
 ) -> Any:
     probs = outcome.probabilities[remaining]
+    predicted = [CLASSES[int(c)] for c in np.argmax(probs, axis=1)]
     candidates = Candidates(
         keys=[pool.keys[i] for i in remaining],
         probabilities=probs,
-        predicted=[CLASSES[int(c)] for c in np.argmax(probs, axis=1)],
+        predicted=predicted,
         embeddings=outcome.embeddings[remaining],
         content_hashes=[pool.hashes[i] for i in remaining],
+        thumbnails=[pool.thumbnails[i] for i in remaining],
     )
     # What humans already have: the B images labeled in earlier rounds, under the current model.
     known = Known(
         embeddings=outcome.embeddings[list(labeled)] if labeled else np.zeros((0, 0), np.float32),
         content_hashes=frozenset(pool.hashes[i] for i in labeled),
+        thumbnails=tuple(t for t in (pool.thumbnails[i] for i in labeled) if t),
     )
+    # The stream's cold/warm switch for the default. Its live accuracy (from exploration labels,
+    # none before the first labels come back) stands in as the holdout accuracy from round 1 on.
+    phase = None
+    if strategy == MARGIN_DIVERSITY:
+        live = outcome.accuracy if labeled else None
+        labels = phases.MIN_LIVE_LABELS if labeled else 0
+        phase = phases.phase(live, labels, len(CLASSES), predicted, config.warm_floor)[0]
     return select(
         candidates,
         config.labels,
         strategy=strategy,
         known=known,
         min_distance=config.min_distance,
-        class_limits=class_limits,
+        class_limits=None if phase == phases.COLD else class_limits,
+        duplicate_fraction=config.duplicate_fraction,
+        phase=phase,
     )
 
 
@@ -412,6 +442,8 @@ class Curve:
     capped: list[int] = field(default_factory=list)
     topped_up: list[int] = field(default_factory=list)
     distances: list[dict[str, np.ndarray]] = field(default_factory=list)
+    distinct: list[int] = field(default_factory=list)
+    false_skips: list[int] = field(default_factory=list)
 
 
 def run_curve(bench: Bench, seed: int, scenario: str, strategy: str) -> Curve:
@@ -436,6 +468,8 @@ def run_curve(bench: Bench, seed: int, scenario: str, strategy: str) -> Curve:
         curve.duplicates.append(duplicates_sent(pool.groups, labeled, picked.indices))
         curve.capped.append(picked.capped)
         curve.topped_up.append(picked.topped_up)
+        curve.distinct.append(picked.distinct)
+        curve.false_skips.append(picked.false_skips)
         labeled.extend(picked.indices)
     return curve
 
@@ -526,7 +560,14 @@ def strategy_report(runs: list[Curve]) -> dict[str, Any]:
             }
         )
     total = sum(row["near_duplicates_sent"] for row in rounds)
-    return {"final_accuracy": rounds[-1]["accuracy"], "near_duplicates_sent": total, "rounds": rounds}
+    distinct = sum(sum(run.distinct) for run in runs)
+    false_skips = sum(sum(run.false_skips) for run in runs)
+    return {
+        "final_accuracy": rounds[-1]["accuracy"],
+        "near_duplicates_sent": total,
+        "near_duplicate_false_skip_rate": round(false_skips / distinct, 5) if distinct else None,
+        "rounds": rounds,
+    }
 
 
 def labels_to_reach(rounds: list[dict[str, Any]], target: float) -> float | None:
@@ -573,6 +614,7 @@ def headline_figures(scenarios: dict[str, Any], seconds: float) -> dict[str, Any
         reason = "the drift scenario did not run margin_diversity and random"
     near = scenarios.get(NEAR_DUPLICATES, {}).get("strategies", {}).get(MARGIN_DIVERSITY)
     sent = None if near is None else near["near_duplicates_sent"]
+    false_skip_rate = None if near is None else near["near_duplicate_false_skip_rate"]
     meets = (
         ratio is not None
         and ratio <= TARGET_LABEL_RATIO
@@ -584,6 +626,7 @@ def headline_figures(scenarios: dict[str, Any], seconds: float) -> dict[str, Any
         "label_ratio_vs_random": ratio,
         "label_ratio_reason": reason,
         "near_duplicates_sent": sent,
+        "near_duplicate_false_skip_rate": false_skip_rate,
         "targets": {
             "label_ratio_vs_random": f"<= {TARGET_LABEL_RATIO}",
             "near_duplicates_sent": TARGET_NEAR_DUPLICATES,

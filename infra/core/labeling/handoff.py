@@ -21,6 +21,12 @@ idempotent under replay:
 * the ledger and queue writes carry ``(app_id, batch_id)``: a replayed batch whose ledger write
   already committed reuses that selection instead of choosing again; outcome and ``images``
   marks are MERGEs that only fill what is still empty, so repeating them changes nothing.
+
+A window's close writes, in order: the queue (candidates), the blobs and manifest, the ledger, the
+candidates' outcomes, the ``images`` marks of picks from earlier batches (the caller's ``images``
+MERGE comes last). A kill before the ledger commit is replayed as a fresh choice; a kill after it
+is finished by the replay from the ledger (:func:`_replayed`), so the candidates and their outcomes
+always agree with what was sent.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from infra.core.labeling import strategies
+from infra.core.labeling import phases, pixels, strategies
 from infra.hashing import stable_fraction
 from infra.lake import Lake, Transaction
 from infra.settings import Settings
@@ -135,22 +141,41 @@ def class_limits(settings: Settings, classes: list[str], sent_by_class: Counter[
 
 
 # The ledger ---------------------------------------------------------------------------------------
-def _sent_on(lake: Lake, day: dt.date) -> pa.Table:
+# A batch whose ledger rows a replay sets aside, to see the ledger as that batch first saw it.
+Batch = tuple[str, int]
+
+
+def _ledger_rows(lake: Lake, columns: list[str], filters: Any = None, *, ignore: Batch | None = None) -> pa.Table:
+    """Ledger ``columns`` (all rows, or those ``filters`` keeps), less the rows batch ``ignore`` wrote."""
     if not lake.exists(LABELING_REQUESTS):
-        return pa.table({"path": pa.array([], pa.string()), "predicted_label": pa.array([], pa.string())})
-    return lake.read(LABELING_REQUESTS, columns=["path", "predicted_label"], filters=pc.field("request_date") == day)
+        return LABELING_REQUESTS.schema.empty_table().select(columns)
+    wanted = list(dict.fromkeys([*columns, "app_id", "batch_id"])) if ignore else columns
+    rows = LABELING_REQUESTS.conform(lake.read(LABELING_REQUESTS, columns=wanted, filters=filters))
+    return _without_batch(rows, ignore).select(columns)
 
 
-def _ledger(lake: Lake, paths: list[str]) -> pa.Table:
-    """The ledger rows of ``paths`` (read by key)."""
+def _without_batch(rows: pa.Table, ignore: Batch | None) -> pa.Table:
+    """``rows`` less those batch ``ignore`` wrote (a replayed batch sets its own ledger rows aside)."""
+    if ignore is None:
+        return rows
+    theirs = pc.and_(pc.equal(rows.column("app_id"), ignore[0]), pc.equal(rows.column("batch_id"), ignore[1]))
+    return rows.filter(pc.invert(pc.fill_null(theirs, False)))
+
+
+def _sent_on(lake: Lake, day: dt.date, *, ignore: Batch | None = None) -> pa.Table:
+    return _ledger_rows(lake, ["path", "predicted_label"], pc.field("request_date") == day, ignore=ignore)
+
+
+def _ledger(lake: Lake, paths: list[str], *, ignore: Batch | None = None) -> pa.Table:
+    """The ledger rows of ``paths`` (read by key), less those batch ``ignore`` wrote."""
     columns = ["path", "content_hash", "request_date", "sent_at", "app_id", "batch_id"]
-    return LABELING_REQUESTS.conform(lake.lookup(LABELING_REQUESTS, "path", paths, columns))
+    return _without_batch(LABELING_REQUESTS.conform(lake.lookup(LABELING_REQUESTS, "path", paths, columns)), ignore)
 
 
-def _sent_bytes(lake: Lake, paths: list[str]) -> set[tuple[str, str | None]]:
+def _sent_bytes(lake: Lake, paths: list[str], *, ignore: Batch | None = None) -> set[tuple[str, str | None]]:
     """``(path, content hash)`` of the images among ``paths`` that were sent with those bytes:
     an image is sent once per content, so new bytes under a sent path may be sent again."""
-    ledger = _ledger(lake, paths)
+    ledger = _ledger(lake, paths, ignore=ignore)
     return set(zip(ledger.column("path").to_pylist(), ledger.column("content_hash").to_pylist(), strict=True))
 
 
@@ -158,33 +183,56 @@ def _pairs(table: pa.Table) -> list[tuple[str, str | None]]:
     return list(zip(table.column("path").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
 
 
-def _known(lake: Lake, today: dt.date) -> strategies.Known:
-    """Embeddings and content hashes of the images sent lately: what a new pick must not repeat."""
-    if not lake.exists(LABELING_REQUESTS):
-        return strategies.Known()
+_KNOWN_COLUMNS = ["content_hash", "embedding", "model_version", "thumbnail"]
+
+
+def _recent(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> list[dict[str, Any]]:
+    """The images sent lately (what a new pick must not repeat), as ledger rows of ``_KNOWN_COLUMNS``."""
     since = today - dt.timedelta(days=KNOWN_DAYS)
-    sent = lake.read(
-        LABELING_REQUESTS, columns=["content_hash", "embedding"], filters=pc.field("request_date") >= since
-    )
-    hashes = frozenset(h for h in sent.column("content_hash").to_pylist() if h)
-    vectors = [v for v in sent.column("embedding").to_pylist() if v]
-    dims = {len(v) for v in vectors}
-    if len(dims) != 1:  # none, or from models of different widths: compare hashes only
-        return strategies.Known(content_hashes=hashes)
-    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes)
+    return _ledger_rows(lake, _KNOWN_COLUMNS, pc.field("request_date") >= since, ignore=ignore).to_pylist()
+
+
+def _known(sent: list[dict[str, Any]], version: str | None) -> strategies.Known:
+    """What ``sent`` (ledger rows and picks) tells a new pick: hashes and thumbnails of every model
+    version, embeddings only of ``version``'s (another network's vectors are not comparable)."""
+    hashes = frozenset(r["content_hash"] for r in sent if r.get("content_hash"))
+    thumbnails = tuple(r["thumbnail"] for r in sent if r.get("thumbnail"))
+    vectors = [r["embedding"] for r in sent if r.get("embedding") and r.get("model_version") == version]
+    if version is None or len({len(v) for v in vectors}) != 1:  # none comparable: hashes and pixels only
+        return strategies.Known(content_hashes=hashes, thumbnails=thumbnails)
+    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes, thumbnails)
 
 
 # Candidates ---------------------------------------------------------------------------------------
 def _eligible(table: pa.Table, settings: Settings) -> list[int]:
-    """Rows that may be sent: scored, readable, unsure and sampled."""
-    unsure = pc.and_(
+    """Rows that may be sent: scored and readable, and either unsure and sampled or in the exploration sample."""
+    scored = pc.and_(
         pc.and_(pc.is_null(table.column("error")), pc.is_valid(table.column("content"))),
-        pc.less(table.column("confidence"), settings.confidence_threshold),
+        pc.is_valid(table.column("probabilities")),
     )
-    unsure = pc.and_(unsure, pc.is_valid(table.column("probabilities")))
-    rows = [i for i, flag in enumerate(unsure.to_pylist()) if flag]
+    rows = [i for i, flag in enumerate(scored.to_pylist()) if flag]
     paths = table.column("path").to_pylist()
-    return [i for i in rows if sampled(paths[i], settings.labeling_fraction)]
+    confidences = table.column("confidence").to_pylist()
+    return [i for i in rows if _unsure(settings, paths[i], confidences[i]) or _explorable(settings, paths[i])]
+
+
+def _unsure(settings: Settings, path: str, confidence: float | None) -> bool:
+    """An unsure image the strategy may choose: under the confidence threshold, in the sample."""
+    return (
+        confidence is not None
+        and confidence < settings.confidence_threshold
+        and sampled(path, settings.labeling_fraction)
+    )
+
+
+def explore_key(path: str) -> float:
+    """An image's place in the exploration draw: the lowest keys of a window are drawn."""
+    return stable_fraction(f"explore:{path}")
+
+
+def _explorable(settings: Settings, path: str) -> bool:
+    """In the exploration draw's pool: a stable hash sample of every scored image, sure or unsure."""
+    return settings.labeling_explore_share > 0 and explore_key(path) < settings.labeling_explore_sample
 
 
 def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt.datetime) -> pa.Table:
@@ -202,14 +250,16 @@ def _as_candidates(table: pa.Table, rows: list[int], settings: Settings, now: dt
     )
     if "embedding" not in columns:
         columns["embedding"] = pa.nulls(n, LABELING_CANDIDATES.schema.field("embedding").type)
+    columns["thumbnail"] = pa.array([pixels.thumbnail(c) for c in picked.column("content").to_pylist()], pa.binary())
     return LABELING_CANDIDATES.conform(pa.table(columns))
 
 
-def _closed_windows(lake: Lake, settings: Settings, now: dt.datetime) -> pa.Table:
-    """Waiting candidates whose window has closed, with their bytes (once per window per process)."""
+def _closed_windows(lake: Lake, settings: Settings, now: dt.datetime, *, look_again: bool = False) -> pa.Table:
+    """Waiting candidates whose window has closed, with their bytes (once per window per process,
+    unless ``look_again``)."""
     current = window_start(now, settings.labeling_window_s)
     root = str(lake.root)
-    if _last_look.get(root) == current or not lake.exists(LABELING_CANDIDATES):
+    if (_last_look.get(root) == current and not look_again) or not lake.exists(LABELING_CANDIDATES):
         return LABELING_CANDIDATES.schema.empty_table()
     # Waiting candidates older than KNOWN_DAYS (a stream stopped for a month) are left undecided.
     recent = pc.field("window_date") >= now.date() - dt.timedelta(days=KNOWN_DAYS)
@@ -242,22 +292,29 @@ class _Decision:
     fallback: str | None = None
 
 
-def _decide(settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime) -> _Decision:
-    """Choose among ``due``, window by window (oldest first), each within its paced allowance."""
+def _decide(
+    settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime, *, ignore: Batch | None = None
+) -> _Decision:
+    """Choose among ``due``, window by window (oldest first), each within its paced allowance.
+
+    ``ignore``: a replayed batch, whose own ledger rows are set aside so that the choice is the one
+    it made before its kill.
+    """
     decision = _Decision()
     # A candidate an interrupted earlier call already sent keeps that outcome, and is not sent again.
-    sent_before = _sent_bytes(lake, due.column("path").to_pylist())
+    sent_before = _sent_bytes(lake, due.column("path").to_pylist(), ignore=ignore)
     pending = [pair not in sent_before for pair in _pairs(due)]
     decision.outcomes.update({pair[0]: strategies.SENT for pair in _pairs(due) if pair in sent_before})
     due = due.filter(pa.array(pending, pa.bool_()))
-    known = _known(lake, now.date())
+    recent = _recent(lake, now.date(), ignore=ignore)
+    live = prequential_accuracy(lake, now.date()) if settings.labeling_strategy == strategies.MARGIN_DIVERSITY else None
     spent: dict[dt.date, pa.Table] = {}
     starts = sorted(set(due.column("window_start").to_pylist()))
     for start in starts:
         group = due.filter(pc.equal(due.column("window_start"), pa.scalar(start, TS)))
         day = start.date()
         if day not in spent:
-            spent[day] = _sent_on(lake, day)
+            spent[day] = _sent_on(lake, day, ignore=ignore)
         earlier = [p for p in decision.picks if p["request_date"] == day]
         sent_by_class = Counter(
             spent[day].column("predicted_label").to_pylist() + [p["predicted_label"] for p in earlier]
@@ -265,27 +322,54 @@ def _decide(settings: Settings, lake: Lake, due: pa.Table, now: dt.datetime) -> 
         classes = sorted({name for names in group.column("class_names").to_pylist() if names for name in names})
         limits = class_limits(settings, classes, sent_by_class)
         allowance = paced_allowance(settings, start, spent[day].num_rows + len(earlier))
-        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits)
+        version = _window_version(group)
+        known = _known(recent + decision.picks, version)
+        picks, outcomes, fallback = _choose(settings, group, allowance, known, limits, version, live)
         for pick in picks:
             pick["request_date"] = day
         decision.picks.extend(picks)
         decision.outcomes.update(outcomes)
         decision.fallback = decision.fallback or fallback
-        known = _with_picks(known, picks)
     return decision
 
 
+def _window_version(group: pa.Table) -> str | None:
+    """The model version whose embeddings a window's diversity compares: the one most of its rows have."""
+    versions = [
+        v
+        for v, e in zip(group.column("model_version").to_pylist(), group.column("embedding").to_pylist(), strict=True)
+        if e
+    ]
+    return Counter(versions).most_common(1)[0][0] if versions else None
+
+
 def _choose(
-    settings: Settings, group: pa.Table, allowance: int, known: strategies.Known, limits: dict[str, int] | None
+    settings: Settings,
+    group: pa.Table,
+    allowance: int,
+    known: strategies.Known,
+    limits: dict[str, int] | None,
+    version: str | None,
+    live: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, str], str | None]:
     rows = group.to_pylist()
+    for row in rows:
+        if row.get("model_version") != version:
+            row["embedding"] = None  # another network's vector: not comparable with this window's
+        if row.get("thumbnail") is None:  # queued before thumbnails were kept
+            row["thumbnail"] = pixels.thumbnail(row.get("content"))
+    explored, rows = _explore(settings, rows, allowance, known)
+    allowance -= len(explored)
+    known = _with_explored(known, explored)
     usable = _with_embeddings_if_any(rows)
+    phase = _phase(settings, usable, version, live)
     candidates = strategies.Candidates(
         keys=[r["path"] for r in usable],
         probabilities=np.asarray([r["probabilities"] for r in usable], dtype=np.float64).reshape(len(usable), -1),
         predicted=[r["predicted_label"] for r in usable],
         embeddings=_embedding_matrix(usable),
         content_hashes=[r["content_hash"] for r in usable],
+        thumbnails=[r["thumbnail"] for r in usable],
     )
     selection = strategies.select(
         candidates,
@@ -293,18 +377,105 @@ def _choose(
         strategy=settings.labeling_strategy,
         known=known,
         min_distance=settings.labeling_min_distance,
-        class_limits=limits,
+        class_limits=None if phase == phases.COLD else limits,  # the cap applies only when warm
+        duplicate_fraction=settings.labeling_duplicate_fraction,
+        phase=phase,
     )
     outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows}
+    outcomes.update({r["path"]: strategies.SENT for r in explored})
     outcomes.update({usable[i]["path"]: strategies.NEAR_DUPLICATE for i in selection.near_duplicates})
     outcomes.update({usable[i]["path"]: strategies.CLASS_CAPPED for i in selection.class_capped})
-    picks = []
+    picks = list(explored)
     for pick in selection.picks:
         row = dict(usable[pick.index])
-        row.update(strategy=selection.strategy, score=pick.score, rank=pick.rank)
+        row.update(strategy=selection.strategy, score=pick.score, rank=len(explored) + pick.rank)
         outcomes[row["path"]] = strategies.SENT
         picks.append(row)
     return picks, outcomes, selection.fallback
+
+
+def _phase(
+    settings: Settings, rows: list[dict[str, Any]], version: str | None, live: dict[str, Any] | None
+) -> str | None:
+    """Cold or warm for ``margin_diversity`` (other strategies: none), from the model's live accuracy
+    (when it is this window's model version's) and the window's predicted classes."""
+    if live is None or not rows:
+        return None
+    own = live.get("model_version") == version and version is not None
+    classes = max((len(r.get("class_names") or []) for r in rows), default=0)
+    state, why = phases.phase(
+        live.get("accuracy") if own else None,
+        live.get("labels", 0) if own else 0,
+        classes,
+        [r.get("predicted_label") or "" for r in rows],
+        settings.labeling_warm_floor,
+    )
+    if state == phases.COLD:
+        log.info("labeling: cold window (%s): typicality", why)
+    return state
+
+
+def explore_count(settings: Settings, allowance: int, salt: str) -> int:
+    """How many of ``allowance`` the exploration draw takes: the share, its fraction rounded up or
+    down by a stable hash of ``salt`` (the window), so that small allowances explore at the share on average."""
+    wanted = allowance * settings.labeling_explore_share
+    whole = math.floor(wanted)
+    return min(allowance, whole + (1 if stable_fraction(f"explore-round:{salt}") < wanted - whole else 0))
+
+
+def _explore(
+    settings: Settings, rows: list[dict[str, Any]], allowance: int, known: strategies.Known
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The window's exploration picks (the lowest explore keys of its whole sample, copies of
+    known images skipped), and the unsure rows left for the strategy."""
+    salt = str(rows[0]["window_start"]) if rows else ""
+    count = explore_count(settings, allowance, salt)
+    pool = sorted(
+        (r for r in rows if _explorable(settings, r["path"])), key=lambda r: (explore_key(r["path"]), r["path"])
+    )
+    copies = _copies_in(pool, known, settings)
+    explored = [
+        {**row, "strategy": strategies.EXPLORE, "score": 1.0 - explore_key(row["path"])}
+        for n, row in enumerate(pool)
+        if n not in copies
+    ][:count]
+    for rank, row in enumerate(explored, start=1):
+        row["rank"] = rank
+    taken = {r["path"] for r in explored}
+    left = [r for r in rows if r["path"] not in taken and _unsure(settings, r["path"], r.get("confidence"))]
+    return explored, left
+
+
+def _copies_in(pool: list[dict[str, Any]], known: strategies.Known, settings: Settings) -> set[int]:
+    """Positions in ``pool`` that repeat a known image or an earlier one of ``pool`` (by hash or pixels)."""
+    seen = set(known.content_hashes)
+    copies = set()
+    for n, row in enumerate(pool):
+        digest = row.get("content_hash")
+        if digest and digest in seen:
+            copies.add(n)
+        elif digest:
+            seen.add(digest)
+    as_candidates = strategies.Candidates(
+        keys=[r["path"] for r in pool],
+        probabilities=np.zeros((len(pool), 1)),
+        predicted=[""] * len(pool),
+        thumbnails=[r.get("thumbnail") for r in pool],
+    )
+    return copies | strategies.pixel_duplicates(
+        as_candidates, list(range(len(pool))), known, settings.labeling_duplicate_fraction
+    )
+
+
+def _with_explored(known: strategies.Known, explored: list[dict[str, Any]]) -> strategies.Known:
+    """``known`` and the exploration picks: the strategy must not choose copies of them."""
+    if not explored:
+        return known
+    return strategies.Known(
+        known.embeddings,
+        known.content_hashes | {r["content_hash"] for r in explored if r.get("content_hash")},
+        known.thumbnails + tuple(r["thumbnail"] for r in explored if r.get("thumbnail")),
+    )
 
 
 def _with_embeddings_if_any(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -318,16 +489,6 @@ def _embedding_matrix(rows: list[dict[str, Any]]) -> np.ndarray | None:
     if not vectors or any(not v for v in vectors) or len({len(v) for v in vectors}) != 1:
         return None
     return np.asarray(vectors, dtype=np.float32)
-
-
-def _with_picks(known: strategies.Known, picks: list[dict[str, Any]]) -> strategies.Known:
-    hashes = known.content_hashes | {p["content_hash"] for p in picks if p.get("content_hash")}
-    vectors = [p["embedding"] for p in picks if p.get("embedding")]
-    if not vectors or (known.embeddings.size and known.embeddings.shape[1] != len(vectors[0])):
-        return strategies.Known(known.embeddings, hashes)
-    added = np.asarray(vectors, dtype=np.float32)
-    embeddings = np.concatenate([known.embeddings, added]) if known.embeddings.size else added
-    return strategies.Known(embeddings, hashes)
 
 
 # The hand-off -------------------------------------------------------------------------------------
@@ -346,17 +507,9 @@ def hand_off(
         return HandOff(table)
     committed = lake.committed_version(LABELING_REQUESTS, app_id) if lake.exists(LABELING_REQUESTS) else None
     if committed is not None and committed >= batch_id:
-        return _replayed(lake, table, app_id=app_id, batch_id=batch_id)
+        return _replayed(settings, lake, table, app_id=app_id, batch_id=batch_id)
     now = now or dt.datetime.now(dt.UTC)
-    rows = _eligible(table, settings)
-    pairs = _pairs(table)
-    already = _sent_bytes(lake, [pairs[i][0] for i in rows]) if rows else set()
-    queue = _as_candidates(table, [i for i in rows if pairs[i] not in already], settings, now)
-    if settings.labeling_window_s <= 0:
-        due, queued = queue, 0
-    else:
-        lake.append(LABELING_CANDIDATES, queue, txn=Transaction(app_id + _QUEUE, batch_id))
-        due, queued = _closed_windows(lake, settings, now), queue.num_rows
+    due, queued = _queue_and_due(settings, lake, table, now, app_id=app_id, batch_id=batch_id)
     if due.num_rows == 0:
         return HandOff(table, queued=queued)
     decision = _decide(settings, lake, due, now)
@@ -375,14 +528,78 @@ def hand_off(
     )
 
 
-def _replayed(lake: Lake, table: pa.Table, *, app_id: str, batch_id: int) -> HandOff:
-    """This batch's ledger write already committed: mark what it sent, choose nothing again."""
-    ledger = _ledger(lake, table.column("path").to_pylist())
+def _queue_and_due(
+    settings: Settings,
+    lake: Lake,
+    table: pa.Table,
+    now: dt.datetime,
+    *,
+    app_id: str,
+    batch_id: int,
+    ignore: Batch | None = None,
+) -> tuple[pa.Table, int]:
+    """Queue the batch's candidates (a replay's queue write is skipped by its transaction); the
+    candidates due for a decision now, and how many were queued for a window still open."""
+    rows = _eligible(table, settings)
+    pairs = _pairs(table)
+    already = _sent_bytes(lake, [pairs[i][0] for i in rows], ignore=ignore) if rows else set()
+    queue = _as_candidates(table, [i for i in rows if pairs[i] not in already], settings, now)
+    if settings.labeling_window_s <= 0:
+        return queue, 0
+    lake.append(LABELING_CANDIDATES, queue, txn=Transaction(app_id + _QUEUE, batch_id))
+    return _closed_windows(lake, settings, now, look_again=ignore is not None), queue.num_rows
+
+
+def _replayed(settings: Settings, lake: Lake, table: pa.Table, *, app_id: str, batch_id: int) -> HandOff:
+    """This batch's ledger write already committed: finish the writes after it, choose nothing new.
+
+    The ledger is the record of what was sent. The choice is made again as the batch first made it
+    (at its ``sent_at``, its own ledger rows set aside), to give the other candidates of its windows
+    their outcomes; then the ledger overrides it: its rows are ``sent``, nothing else is. Outcomes
+    and ``images`` marks only fill what is still empty, so a replay after a complete close changes
+    nothing.
+    """
+    ledger = _ledger_rows(lake, ["path", "request_date", "sent_at", "app_id", "batch_id"])
     mine = ledger.filter(
         pc.and_(pc.equal(ledger.column("app_id"), app_id), pc.equal(ledger.column("batch_id"), batch_id))
     )
-    sent_at = dict(zip(mine.column("path").to_pylist(), mine.column("sent_at").to_pylist(), strict=True))
-    return HandOff(_mark(table, sent_at), sent=0, replayed=True)
+    if mine.num_rows == 0:
+        return HandOff(table, sent=0, replayed=True)
+    now = min(mine.column("sent_at").to_pylist())
+    this_batch = (app_id, batch_id)
+    due, _ = _queue_and_due(settings, lake, table, now, app_id=app_id, batch_id=batch_id, ignore=this_batch)
+    sent = set(mine.column("path").to_pylist())
+    if due.num_rows:
+        decision = _decide(settings, lake, due, now, ignore=this_batch)
+        decision.picks = [p for p in decision.picks if p["path"] in sent]
+        decision.outcomes = {
+            path: strategies.SENT if path in sent else _unsent(outcome) for path, outcome in decision.outcomes.items()
+        }
+        decision.outcomes.update(dict.fromkeys(sent & set(due.column("path").to_pylist()), strategies.SENT))
+        _record_outcomes(settings, lake, due, decision, now, app_id=app_id, batch_id=batch_id)
+    marked = _mark_sent(lake, table, _sent_rows(lake, table, mine), now)
+    return HandOff(marked, sent=0, replayed=True)
+
+
+def _unsent(outcome: str) -> str:
+    """A replayed choice that the ledger does not hold was never sent: not chosen."""
+    return strategies.NOT_CHOSEN if outcome == strategies.SENT else outcome
+
+
+def _sent_rows(lake: Lake, table: pa.Table, mine: pa.Table) -> list[dict[str, Any]]:
+    """The images a batch sent, with the ``load_date`` that ``images`` keys them by."""
+    here = set(table.column("path").to_pylist())
+    paths = mine.column("path").to_pylist()
+    rows: list[dict[str, Any]] = [{"path": p, "load_date": None} for p in paths if p in here]
+    elsewhere = [p for p in paths if p not in here]
+    if elsewhere and lake.exists(LABELING_CANDIDATES):
+        days = pc.unique(mine.column("request_date")).to_pylist()
+        queued = lake.read(
+            LABELING_CANDIDATES, columns=["path", "load_date"], filters=pc.field("window_date").isin(days)
+        )
+        queued = _first_per_path(queued.filter(pc.is_in(queued.column("path"), pa.array(elsewhere, pa.string()))))
+        rows.extend(queued.to_pylist())
+    return rows
 
 
 def _say_fallback_once(lake: Lake, fallback: str | None) -> None:
@@ -514,6 +731,7 @@ def _send(
             "embedding": pa.array([row.get("embedding") for row in picks], pa.list_(pa.float32())),
             "task_id": [task_id(row["path"], row.get("content_hash")) for row in picks],
             "image_name": [posixpath.basename(name) for name in names],
+            "thumbnail": pa.array([row.get("thumbnail") for row in picks], pa.binary()),
         }
     )
     lake.merge(LABELING_REQUESTS, ledger_rows, txn=Transaction(app_id, batch_id))
@@ -543,6 +761,37 @@ def _manifest(picks: list[dict[str, Any]], urls: list[str], now: dt.datetime) ->
         for url, row in zip(urls, picks, strict=True)
     ]
     return ("\n".join(lines) + "\n").encode()
+
+
+def prequential_accuracy(lake: Lake, today: dt.date) -> dict[str, Any]:
+    """The serving model's live accuracy: its predictions on the exploration picks whose labels came back.
+
+    The exploration draw is a uniform sample of every scored image, so this estimates the accuracy
+    on the stream itself (the strategy's picks, chosen for being hard, would not). Over the last
+    ``KNOWN_DAYS``, for the newest model version with returned labels.
+    """
+    since = today - dt.timedelta(days=KNOWN_DAYS)
+    # The strategy is filtered in memory: a string comparison pushed down fails on delta-rs's string_view.
+    recent = _ledger_rows(
+        lake, ["path", "predicted_label", "model_version", "sent_at", "strategy"], pc.field("request_date") >= since
+    ).to_pylist()
+    explored = [r for r in recent if r["strategy"] == strategies.EXPLORE]
+    found: dict[str, Any] = {"model_version": None, "accuracy": None, "labels": 0, "explored": len(explored)}
+    if not explored or not lake.exists(IMAGES):
+        return found
+    labeled = lake.read(
+        IMAGES,
+        columns=["path", "label"],
+        filters=(pc.field("load_date") >= since - dt.timedelta(days=KNOWN_DAYS)) & pc.field("label").is_valid(),
+    )
+    labels = dict(zip(labeled.column("path").to_pylist(), labeled.column("label").to_pylist(), strict=True))
+    returned = [r for r in explored if r["path"] in labels]
+    if not returned:
+        return found
+    newest = max(returned, key=lambda r: r["sent_at"])["model_version"]
+    mine = [r for r in returned if r["model_version"] == newest]
+    right = sum(1 for r in mine if r["predicted_label"] == labels[r["path"]])
+    return {**found, "model_version": newest, "accuracy": right / len(mine), "labels": len(mine)}
 
 
 def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = None) -> dict[str, Any]:
@@ -575,6 +824,8 @@ def queue_state(settings: Settings, lake: Lake, *, now: dt.datetime | None = Non
         ]
         state["decided_today"] = dict(sorted(Counter(decided).items()))
     state["near_duplicates_skipped_today"] = state["decided_today"].get(strategies.NEAR_DUPLICATE, 0)
+    state["explore_share"] = settings.labeling_explore_share
+    state["prequential"] = prequential_accuracy(lake, today)
     return state
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from infra.core.labeling import phases, pixels
 from infra.hashing import stable_fraction
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ LEAST_CONFIDENCE = "least_confidence"
 MARGIN = "margin"
 ENTROPY = "entropy"
 MARGIN_DIVERSITY = "margin_diversity"
+# Not a setting: the exploration share of every window (docs/LABELING.md), recorded as its strategy.
+EXPLORE = "explore"
 STRATEGIES = (THRESHOLD, RANDOM, LEAST_CONFIDENCE, MARGIN, ENTROPY, MARGIN_DIVERSITY)
 DEFAULT_STRATEGY = MARGIN_DIVERSITY
 # margin_diversity runs k-center over this many times k of the best-margin candidates: wide
@@ -51,6 +54,7 @@ class Candidates:
     predicted: Sequence[str]
     embeddings: np.ndarray | None = None  # (n, dims), L2-normalised; rows of NaN have none
     content_hashes: Sequence[str | None] = ()
+    thumbnails: Sequence[bytes | None] = ()  # pixels.thumbnail of each; none: no pixel near-duplicate check
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,8 +67,9 @@ class Candidates:
 class Known:
     """What humans already have or will have: pending and labeled images."""
 
-    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # one model version's
     content_hashes: frozenset[str] = frozenset()
+    thumbnails: tuple[bytes, ...] = ()  # any model version's: pixels do not change with the model
 
 
 @dataclass(frozen=True)
@@ -121,25 +126,85 @@ def select(
     known: Known | None = None,
     min_distance: float = 0.0,
     class_limits: Mapping[str, int] | None = None,
+    duplicate_fraction: float = 0.4,
+    phase: str | None = None,
 ) -> Selection:
     """Up to ``k`` candidates under ``strategy``.
 
     ``class_limits`` caps the picks per predicted class (a class absent from it is uncapped).
-    Only ``margin_diversity`` skips near-duplicates: an image whose content hash is known or
-    repeated, or whose embedding lies within ``min_distance`` (cosine) of a known image or of an
-    earlier pick. Without embeddings it falls back to ``margin`` and says why in ``fallback``.
+    Every strategy skips pixel near-duplicates (:mod:`infra.core.labeling.pixels`, at
+    ``duplicate_fraction``) of a known image or of a better-ranked candidate.
+
+    ``phase`` (:mod:`infra.core.labeling.phases`; the hand-off passes it for ``margin_diversity``):
+    ``cold`` chooses by typicality, uncapped; ``warm`` spreads ``margin_diversity``'s picks by
+    representative k-means instead of farthest-first; ``None`` is farthest-first.
+    ``margin_diversity`` also skips an image whose content hash is known or repeated, and, unless
+    every candidate has a thumbnail, one whose embedding lies within ``min_distance``
+    (cosine) of a known image or of an earlier pick. Without embeddings it falls back to
+    ``margin`` and says why in ``fallback``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown labeling strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    known = known or Known()
     if strategy == MARGIN_DIVERSITY and len(candidates) and not candidates.has_embeddings():
-        selection = select(candidates, k, strategy=MARGIN, class_limits=class_limits)
+        selection = select(
+            candidates,
+            k,
+            strategy=MARGIN,
+            known=known,
+            class_limits=class_limits,
+            duplicate_fraction=duplicate_fraction,
+            phase=phases.COLD if phase == phases.COLD else None,
+        )
         selection.fallback = "the model gives no embeddings: margin_diversity falls back to margin"
         return selection
     order, values = ranked(strategy, candidates)
+    copies = pixel_duplicates(candidates, order, known, duplicate_fraction)
+    if candidates.thumbnails and all(t is not None for t in candidates.thumbnails):
+        # The pixel check finds the copies; the embedding is for diversity only: distinct images
+        # sit as close in it as copies do, so a distance there would skip distinct images.
+        min_distance = 0.0
+    order = [i for i in order if i not in copies]
     limits = dict(class_limits or {})
-    if strategy != MARGIN_DIVERSITY:
-        return _take_in_order(candidates, order, values, k, strategy, limits)
-    return _k_center(candidates, order, values, k, known or Known(), min_distance, limits)
+    if phase == phases.COLD:
+        selection = _typical(candidates, order, values, k, known)
+    elif strategy != MARGIN_DIVERSITY:
+        selection = _take_in_order(candidates, order, values, k, strategy, limits)
+    elif phase == phases.WARM:
+        selection = _representative(candidates, order, values, k, known, min_distance, limits)
+    else:
+        selection = _k_center(candidates, order, values, k, known, min_distance, limits)
+    selection.near_duplicates.extend(sorted(copies))
+    return selection
+
+
+def pixel_duplicates(candidates: Candidates, order: list[int], known: Known, fraction: float) -> set[int]:
+    """Candidates whose thumbnail repeats a known image's or a better-ranked candidate's (in ``order``)."""
+    if not candidates.thumbnails or not order:
+        return set()
+    images, valid = pixels.as_array(candidates.thumbnails)
+    rows = np.flatnonzero(valid)
+    if len(rows) == 0:
+        return set()
+    references, _ = pixels.as_array(known.thumbnails)
+    _, to_known = pixels.nearest(images[rows], references)
+    near, to_others = pixels.nearest(images[rows], images[rows], same_set=True)
+    threshold = pixels.calibrated_threshold(np.concatenate([to_known, to_others], axis=1), fraction)
+    slot = {int(index): n for n, index in enumerate(rows)}
+    kept: set[int] = set()
+    copies: set[int] = set()
+    for index in order:
+        n = slot.get(index)
+        if n is None:
+            continue
+        repeats_kept = any(
+            int(rows[j]) in kept for j, r in zip(near[n], to_others[n], strict=True) if j >= 0 and r < threshold
+        )
+        if to_known[n].min() < threshold or repeats_kept:
+            copies.add(index)
+        else:
+            kept.add(index)
+    return copies
 
 
 def _take_in_order(
@@ -153,6 +218,68 @@ def _take_in_order(
             selection.class_capped.append(index)
             continue
         selection.picks.append(Pick(index, float(values[index]), len(selection.picks) + 1))
+    return selection
+
+
+def _features(candidates: Candidates, known: Known) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """What a cold window clusters: the embeddings, else the coarse pixel thumbnails; with the known images'."""
+    if candidates.has_embeddings():
+        assert candidates.embeddings is not None
+        vectors = np.asarray(candidates.embeddings, np.float64)
+        comparable = known.embeddings.size and known.embeddings.shape[1] == vectors.shape[1]
+        return vectors, np.asarray(known.embeddings, np.float64) if comparable else None
+    images, valid = pixels.as_array(candidates.thumbnails)
+    if not candidates.thumbnails or not valid.all():
+        return None, None
+    references, _ = pixels.as_array(known.thumbnails)
+    return pixels.coarse(images), pixels.coarse(references) if len(references) else None
+
+
+def _typical(candidates: Candidates, order: list[int], values: np.ndarray, k: int, known: Known) -> Selection:
+    """A cold window: TypiClust over the features, uncapped; without features, the random order."""
+    selection = Selection(picks=[], strategy=phases.TYPICALITY)
+    pool = _without_duplicates(candidates, order, np.zeros(len(candidates), dtype=bool), known, selection)
+    features, references = _features(candidates, known)
+    if features is None:
+        chosen = sorted(pool, key=lambda i: stable_fraction(f"labeling:{candidates.keys[i]}"))[:k]
+    else:
+        chosen = [pool[j] for j in phases.typical(features[pool], k, references)]
+    selection.picks = [Pick(index, float(values[index]), rank) for rank, index in enumerate(chosen, start=1)]
+    return selection
+
+
+def _representative(
+    candidates: Candidates,
+    order: list[int],
+    values: np.ndarray,
+    k: int,
+    known: Known,
+    min_distance: float,
+    limits: dict[str, int],
+) -> Selection:
+    """A warm window: the lowest margins, spread by weighted k-means (the point nearest each centroid),
+    then, if the cap or copies left it short, the next best-ranked."""
+    selection = Selection(picks=[], strategy=MARGIN_DIVERSITY)
+    if k <= 0 or not order:
+        return selection
+    assert candidates.embeddings is not None
+    vectors = np.asarray(candidates.embeddings, dtype=np.float32)
+    to_known = _distance_to_known(vectors, known)
+    close = to_known < min_distance if min_distance > 0 else np.zeros(len(vectors), dtype=bool)
+    pool = _without_duplicates(candidates, order, close, known, selection)
+    window = pool[: k * DIVERSITY_POOL_FACTOR]
+    spread = [window[j] for j in phases.representative(vectors[window], values[window], k)]
+    picked: list[int] = []
+    for index in spread + [i for i in pool if i not in set(spread)]:
+        if len(picked) >= k:
+            break
+        if min_distance > 0 and picked and float((1.0 - vectors[picked] @ vectors[index]).min()) < min_distance:
+            selection.near_duplicates.append(index)
+        elif not _within_class_limit(candidates.predicted[index], limits):
+            selection.class_capped.append(index)
+        else:
+            picked.append(index)
+    selection.picks = [Pick(index, float(values[index]), rank) for rank, index in enumerate(picked, start=1)]
     return selection
 
 

@@ -74,6 +74,7 @@ def paced(blob_settings: Settings) -> Settings:
             "labeling_daily_budget": 24,  # one image an hour
             "confidence_threshold": 0.99,
             "labeling_max_class_share": 1.0,
+            "labeling_explore_share": 0.0,  # the strategy alone: exploration has its own tests
         }
     )
 
