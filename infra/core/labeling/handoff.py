@@ -362,6 +362,9 @@ def _choose(
     allowance -= len(explored)
     known = _with_explored(known, explored)
     usable = _with_embeddings_if_any(rows)
+    if not usable:  # the exploration share took every candidate of the window
+        outcomes = {r["path"]: strategies.NOT_CHOSEN for r in rows} | {r["path"]: strategies.SENT for r in explored}
+        return list(explored), outcomes, None
     phase = _phase(settings, usable, version, live)
     candidates = strategies.Candidates(
         keys=[r["path"] for r in usable],

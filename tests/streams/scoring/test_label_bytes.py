@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import json
 
+import numpy as np
 import pytest
 
 from handlers.intake.label_exports import apply_export, parse_export
@@ -20,7 +21,7 @@ from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_HISTORY, LABELING_REQUESTS
 from streams.scoring.query import run_scoring
-from tests.helpers.images import solid_png
+from tests.helpers.images import png_bytes
 from tests.helpers.streams import CLASSES, arrival_record
 
 pytestmark = [pytest.mark.spark, pytest.mark.azurite]
@@ -42,6 +43,17 @@ def label(settings: Settings, image_url: str, value: str, event: str) -> dict:
     return apply_export(
         settings, lake, parse_export(export), event_id=event, export_url=event, classes=CLASSES, labeled_at=stamp
     ).as_dict()
+
+
+def halves(*, vertical: bool, size: int = 32) -> bytes:
+    """A dark and a light half, split left/right or top/bottom: two pictures, not one picture twice
+    (the hand-off would skip a near-duplicate, and a change of brightness alone is one)."""
+    pixels = np.full((size, size, 3), 20, dtype=np.uint8)
+    if vertical:
+        pixels[:, size // 2 :] = 220
+    else:
+        pixels[size // 2 :, :] = 220
+    return png_bytes(pixels)
 
 
 def copies(settings: Settings, path: str) -> dict[str | None, str]:
@@ -67,19 +79,19 @@ def test_an_overwritten_image_keeps_one_row_and_loses_its_stale_label(
     )
     BlobStore(settings).ensure_containers()
     first_day = dt.date(2026, 12, 1)
-    path = arrive(settings, f"bytes-{tag}/img.png", solid_png(20), first_day, "ev-1")
+    path = arrive(settings, f"bytes-{tag}/img.png", halves(vertical=True), first_day, "ev-1")
     run_scoring(settings, once=True)
     lake = Lake(settings)
     (old_hash, old_copy), *_ = copies(settings, path).items()
     assert label(settings, old_copy, CLASSES[0], "label-1")["merged"] == 1
 
-    arrive(settings, f"bytes-{tag}/img.png", solid_png(220), first_day + dt.timedelta(days=days_apart), "ev-2")
+    arrive(settings, f"bytes-{tag}/img.png", halves(vertical=False), first_day + dt.timedelta(days=days_apart), "ev-2")
     run_scoring(settings, once=True)
 
     rows = [r for r in lake.read(IMAGES).to_pylist() if r["path"] == path]
     assert len(rows) == 1, "one row per path, whatever the day"
     row = rows[0]
-    assert row["load_date"] == first_day and row["content"] == solid_png(220)
+    assert row["load_date"] == first_day and row["content"] == halves(vertical=False)
     assert (row["label"], row["label_source"], row["labeled_at"], row["labeled_content_hash"]) == (None,) * 4
     history = lake.read(LABEL_HISTORY).to_pylist()
     assert [(h["label"], h["reason"], h["content_hash"]) for h in history] == [(CLASSES[0], STALE_BYTES, old_hash)]

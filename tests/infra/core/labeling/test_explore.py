@@ -104,3 +104,14 @@ def test_an_empty_window_sends_nothing_and_its_share_carries_over(exploring: Set
     assert closing.sent == 2 and closing.outcomes == {"sent": 2, "not_chosen": 1}
     strategies = sorted(lake.read(LABELING_REQUESTS, columns=["strategy"]).column("strategy").to_pylist())
     assert strategies == ["explore", "margin_diversity"]
+
+
+def test_a_window_whose_one_candidate_the_exploration_share_takes_sends_it(exploring: Settings) -> None:
+    """Explore drew the window's only unsure image: the strategy has nothing left to rank, and the
+    close sends the one image instead of failing the micro-batch (it failed every time the stable
+    hash drew it, so the scoring stream died on some image names and not others)."""
+    settings = exploring.model_copy(update={"labeling_explore_share": 1.0})
+    lake = Lake(settings)
+    handed = scored(lake, batch([("only", 0.6, one_hot(1))], when=at(9)), 0, settings, at(9))
+    ledger = lake.read(LABELING_REQUESTS, columns=["path", "strategy"]).to_pylist()
+    assert handed.sent == 1 and [r["strategy"] for r in ledger] == ["explore"]
