@@ -25,6 +25,7 @@ from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, RETRAINING_DECISIONS
 from tests.helpers.handlers import fake_train_command, serving
+from tests.helpers.memory import peak_in_subprocess
 
 DAY = dt.date(2026, 1, 3)
 
@@ -247,28 +248,31 @@ def test_dataset_drift_event_triggers_one_launch(settings: Settings, tmp_path: P
     assert record.read_text().split() == [str(lake.version(IMAGES))]
 
 
+def policy_heap_peak(rows: int, folder: str) -> int:
+    """The policy's peak Python heap reading a table of ``rows`` paths and 20 new human labels."""
+    import tracemalloc
+
+    settings = Settings(state_dir=Path(folder) / f"state-{rows}")
+    lake = Lake(settings)
+    _labels(lake, [f"/data/bulk-{i:06d}.png" for i in range(rows)], ["circle"] * rows, "path")
+    _labels(lake, [f"/data/human-{i}.png" for i in range(20)], ["square", "triangle"] * 10, "human")
+    lake = Lake(settings)  # a fresh reader, as each event gets
+    measure(settings, lake)  # warm: imports and caches outside the measurement
+    tracemalloc.start()
+    try:
+        metrics = measure(settings, lake)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert metrics.new_labels == 20 and metrics.new_distribution == {"square": 10, "triangle": 10}
+    return peak
+
+
 def test_measure_reads_in_python_memory_independent_of_the_table_size(tmp_path: Path) -> None:
     """The policy used to turn every images row into a Python dict on every event: its Python heap
     grew with the table. Arrow buffers are not Python objects, so tracemalloc sees only what the
     policy itself builds."""
-    import tracemalloc
-
-    def peak_for(rows: int) -> int:
-        settings = Settings(state_dir=tmp_path / f"state-{rows}")
-        lake = Lake(settings)
-        _labels(lake, [f"/data/bulk-{i:06d}.png" for i in range(rows)], ["circle"] * rows, "path")
-        _labels(lake, [f"/data/human-{i}.png" for i in range(20)], ["square", "triangle"] * 10, "human")
-        lake = Lake(settings)  # a fresh reader, as each event gets
-        measure(settings, lake)  # warm: imports and caches outside the measurement
-        tracemalloc.start()
-        try:
-            metrics = measure(settings, lake)
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-        assert metrics.new_labels == 20 and metrics.new_distribution == {"square": 10, "triangle": 10}
-        return peak
-
-    small, large = peak_for(1_000), peak_for(60_000)
+    peak = "tests.handlers.test_policy:policy_heap_peak"
+    small, large = peak_in_subprocess(peak, 1_000, tmp_path), peak_in_subprocess(peak, 60_000, tmp_path)
     # 59,000 more rows as dicts were tens of MB; the bounded reads leave the heap where it was.
     assert large - small < 2 * 1024 * 1024, (small, large)

@@ -1,0 +1,33 @@
+"""A function's peak Python heap, measured in an interpreter of its own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def peak_in_subprocess(function: str, *args: object, timeout: float = 300.0) -> int:
+    """Call ``function`` ("package.module:name", returning the peak it measured with tracemalloc) with
+    ``args`` in a fresh Python process, and return that peak in bytes.
+
+    tracemalloc runs there, where no other thread allocates: on Python 3.11 stopping it while another
+    thread allocates can crash the whole interpreter, and a test session keeps server threads alive.
+    """
+    module, name = function.split(":")
+    code = (
+        "import importlib, json, sys; "
+        f"print(getattr(importlib.import_module({module!r}), {name!r})(*json.loads(sys.argv[1])))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path) else a for a in args])],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return int(done.stdout.strip().splitlines()[-1])
