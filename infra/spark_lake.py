@@ -260,7 +260,9 @@ def _without_content(frame: DataFrame, driver_content: Any) -> DataFrame:
     """The micro-batch's rows as the driver sees them: ``content`` only where ``driver_content`` asks."""
     from pyspark.sql import functions as F
 
-    wanted = driver_content(frame) if driver_content is not None else F.lit(False)
+    wanted = driver_content(frame) if driver_content is not None else None
+    if wanted is None:  # the job needs no image bytes on the driver
+        wanted = F.lit(False)
     others = [F.col(name) for name in frame.columns if name != "content"]
     return frame.select(*others, F.when(wanted, F.col("content")).alias("content"))
 

@@ -11,6 +11,12 @@ def solid_png(value: int = 128, size: int = 32) -> bytes:
     return png_bytes(np.full((size, size, 3), value, dtype=np.uint8))
 
 
+def pattern_png(seed: int, size: int = 32) -> bytes:
+    """Random pixels from ``seed``: pictures that differ from each other, where solid colours do not
+    (the hand-off's pixel check takes brightness off, so two solid images are one picture twice)."""
+    return png_bytes(np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
 def truncated_png(size: int = 32) -> bytes:
     data = solid_png(77, size)
     return data[: len(data) // 2]

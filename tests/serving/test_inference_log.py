@@ -11,7 +11,7 @@ from infra.lake import Lake
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_REQUESTS, ONLINE_PREDICTIONS
 from serving.inference_log import InferenceLog
-from tests.helpers.images import solid_png, truncated_png
+from tests.helpers.images import pattern_png, solid_png, truncated_png
 from tests.helpers.models import with_model
 from tests.helpers.serving import model_server, post_batch, post_image
 
@@ -68,7 +68,7 @@ def test_unsure_online_images_go_to_labeling_once_when_asked(blob_settings: Sett
     )
     BlobStore(settings).ensure_containers()
     with model_server(settings) as client:
-        answers = [post_image(client, solid_png(value)).json() for value in (10, 20, 30)]
+        answers = [post_image(client, pattern_png(seed)).json() for seed in (10, 20, 30)]
         bad = post_image(client, truncated_png())
     assert bad.status_code == 422
     lake = Lake(settings)

@@ -68,7 +68,7 @@ import infra, streams, training, handlers, serving
 names = []
 for package in (infra, streams, training, handlers, serving):
     for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-        if module.name.endswith("__main__"):
+        if module.name.endswith(("__main__", ".function_app")):  # entry points act when imported
             continue
         importlib.import_module(module.name)
         names.append(module.name)
