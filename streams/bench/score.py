@@ -120,6 +120,12 @@ class RssSampler:
         }
 
 
+def _stream_threads() -> int:
+    """The driver's threads, less lakesight's own services' (``lakesight-*``: in a test session another
+    test's handler lanes come and go while the stream runs)."""
+    return sum(1 for thread in threading.enumerate() if not thread.name.startswith("lakesight-"))
+
+
 def _appender(into: list[float], figure: Callable[[Any], float]) -> Callable[[Any], None]:
     """An ``on_batch`` callback that appends one figure of every batch to ``into``."""
     return lambda result: into.append(figure(result))
@@ -307,7 +313,7 @@ def _latency_phase(
 
     runner = threading.Thread(target=run, daemon=True)
     live_heap_before = jvm_heap_after_gc_mb(get_spark(settings))
-    threads_before = set(threading.enumerate())
+    threads_before = _stream_threads()
     with rss:
         runner.start()
         writer_thread.join()
@@ -317,13 +323,7 @@ def _latency_phase(
         stop.set()
         runner.join(120)
     live_heap_after = jvm_heap_after_gc_mb(get_spark(settings))
-    # Threads the phase started and left running; lakesight's own services (another test's handler
-    # lanes, a server) are not the stream's and may come and go meanwhile.
-    left = [
-        t
-        for t in threading.enumerate()
-        if t not in threads_before and t not in (writer_thread, runner) and not t.name.startswith("lakesight-")
-    ]
+    threads_after = _stream_threads() - (writer_thread.is_alive() + runner.is_alive())
     report = result.get("report")
     return {
         "offered_per_s": offered_per_s,
@@ -338,7 +338,7 @@ def _latency_phase(
         "jvm_heap_after_gc_mb": {"before": live_heap_before, "after": live_heap_after},
         # Python threads in the driver before the stream and after it stopped: a query per fresh
         # checkpoint must not leave one behind (infra.spark.CallbackConnections).
-        "driver_python_threads": {"before": len(threads_before), "left_behind": [t.name for t in left]},
+        "driver_python_threads": {"before": threads_before, "after": threads_after},
         "merge_s_first_tenth": _median_of(merges.values[: max(1, len(merges) // 10)]),
         "merge_s_last_tenth": _median_of(merges.values[-max(1, len(merges) // 10) :]),
         "compact_every": settings.score_compact_every,
