@@ -177,7 +177,7 @@ def registered_on_the_server(tracking: TrackingServer, name: str, version: str, 
     """Version ``version`` of ``name`` is in the server's registry, its files in the server's store only."""
     from mlflow import MlflowClient
 
-    found = MlflowClient(tracking.uri).get_model_version(name, version)
+    found = MlflowClient(tracking.uri, registry_uri=tracking.uri).get_model_version(name, version)
     assert found.version == version
     assert list(tracking.artifacts_dir.rglob("MLmodel")), f"no MLmodel under {tracking.artifacts_dir}"
     assert not list(local_state.rglob("MLmodel")), "the run wrote model files on its own disk"
@@ -259,7 +259,7 @@ def test_the_retraining_job_trains_and_registers_through_the_tracking_server(dig
         trained = json.loads(done.stdout.strip().splitlines()[-1])
         assert trained["delta_version"] == delta_version
         name = Settings.model_fields["model_name"].default  # the job sets none
-        versions = MlflowClient(tracking.uri).search_model_versions(f"name='{name}'")
+        versions = MlflowClient(tracking.uri, registry_uri=tracking.uri).search_model_versions(f"name='{name}'")
         assert [v.version for v in versions] == [str(trained["model_version"])]
         registered_on_the_server(tracking, name, str(trained["model_version"]), tmp_path / "node")
         print(f"\nretraining job seconds: {seconds}", file=sys.stderr)
