@@ -18,9 +18,12 @@ def peak_in_subprocess(function: str, *args: object, timeout: float = 300.0) -> 
     thread allocates can crash the whole interpreter, and a test session keeps server threads alive.
     """
     module, name = function.split(":")
+    # The figure is printed, then the process ends at once: native threads (delta-rs, TensorFlow)
+    # torn down at interpreter exit have ended it with "terminate called without an active exception".
     code = (
-        "import importlib, json, sys; "
-        f"print(getattr(importlib.import_module({module!r}), {name!r})(*json.loads(sys.argv[1])))"
+        "import importlib, json, os, sys; "
+        f"print(getattr(importlib.import_module({module!r}), {name!r})(*json.loads(sys.argv[1])), flush=True); "
+        "os._exit(0)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps([str(a) if isinstance(a, Path) else a for a in args])],
