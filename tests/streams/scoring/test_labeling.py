@@ -34,7 +34,13 @@ def test_unsure_images_are_sent_once_within_the_daily_budget(
     spark, score_blob_settings: Settings, tmp_path: Path, engine: str
 ) -> None:
     # The threshold strategy: the most unsure first, nothing skipped (the others have unit tests).
-    update = {"labeling_daily_budget": 3, "confidence_threshold": 0.999, "labeling_strategy": "threshold"}
+    # No exploration share: its picks are drawn by a hash of the path, and tmp_path differs per run.
+    update = {
+        "labeling_daily_budget": 3,
+        "confidence_threshold": 0.999,
+        "labeling_strategy": "threshold",
+        "labeling_explore_share": 0.0,
+    }
     # Each engine's run has its own labeling container: the session's Azurite is shared.
     update.update(lake_engine=engine, labeling_container=f"labeling-{engine.replace('-', '')}")
     settings = score_blob_settings.model_copy(update=update)
