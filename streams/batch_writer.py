@@ -178,6 +178,12 @@ class ExactlyOnceWriter:
         finally:
             self.batch_done.set()
 
+    def note_query_thread(self) -> None:
+        """Call from the query listener's ``onQueryStarted``, which runs on the query's own thread: a
+        query stopped before its first batch never calls foreachBatch, and its connection (opened for
+        that event) was left open, one driver thread per such query."""
+        self._callbacks.record()
+
     def release(self, query: Any) -> None:
         """Once ``query`` has stopped: close the connections its foreachBatch calls came in on."""
         self._callbacks.release(query)

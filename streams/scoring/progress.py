@@ -16,7 +16,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -154,13 +154,17 @@ def progress_record(progress: Any) -> dict[str, Any]:
     }
 
 
-def make_listener(status: ScoreStatus, query_name: str) -> Any:
-    """A StreamingQueryListener writing ``query_name``'s progress to ``status`` and the log."""
+def make_listener(status: ScoreStatus, query_name: str, on_started: Callable[[], None] = lambda: None) -> Any:
+    """A StreamingQueryListener writing ``query_name``'s progress to ``status`` and the log.
+
+    ``on_started`` runs inside ``onQueryStarted``, which Spark delivers on the query's own thread
+    before its first batch (the other events come on the listener bus's thread)."""
     from pyspark.sql.streaming import StreamingQueryListener
 
     class ScoreListener(StreamingQueryListener):
         def onQueryStarted(self, event: Any) -> None:
             if event.name == query_name:
+                on_started()
                 status.update(state="running", query_id=str(event.id), run_id=str(event.runId))
 
         def onQueryProgress(self, event: Any) -> None:

@@ -294,7 +294,7 @@ class ScoringQuery:
 
     def run(self, stop: threading.Event, *, handle_signals: bool = True) -> ScoreReport:
         """Score until the input ends (``once``), ``stop`` is set, or SIGTERM/SIGINT; return the report."""
-        listener = make_listener(self.status, self.query_name)
+        listener = make_listener(self.status, self.query_name, on_started=self.writer.note_query_thread)
         self.spark.streams.addListener(listener)
         try:
             with _stop_on_signals(stop, handle_signals) as received, self.status.heartbeat():

@@ -153,6 +153,31 @@ def test_a_finished_query_leaves_no_py4j_thread_behind(spark, score_settings: Se
     assert run_scoring(score_settings, source=tmp_path / "incoming-0", once=True).rows == 0  # the session still works
 
 
+def _py4j_callback_threads() -> set[threading.Thread]:
+    """The driver's threads serving a connection the JVM opened to call Python (py4j's ``run``)."""
+    from py4j.clientserver import ClientServerConnection
+
+    return {
+        t
+        for t in threading.enumerate()
+        if isinstance(getattr(getattr(t, "_target", None), "__self__", None), ClientServerConnection)
+    }
+
+
+@pytest.mark.spark
+def test_a_query_stopped_before_its_first_batch_leaves_no_py4j_thread_behind(
+    spark, score_settings: Settings, tmp_path: Path
+) -> None:
+    # The listener's start event comes on the query's own thread, over a connection of its own; a
+    # query that ends before any batch never calls foreachBatch, and that connection used to stay.
+    (tmp_path / "empty").mkdir()
+    assert run_scoring(score_settings, source=tmp_path / "empty", once=True).batches == 0  # the listener bus's own
+    before = _py4j_callback_threads()
+    for _ in range(3):
+        assert run_scoring(score_settings, source=tmp_path / "empty", once=True).batches == 0
+    wait_until(lambda: len(_py4j_callback_threads()) <= len(before), what="no more callback threads than before")
+
+
 @pytest.mark.spark
 def test_missing_champion_or_folder_is_a_clear_error(spark, settings: Settings, tmp_path: Path) -> None:
     with pytest.raises(ScoreError, match=r"does not exist|not an existing folder"):
