@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from infra.blob_names import guess_content_type, validate_blob_name
 from infra.errors import LakesightError
@@ -102,7 +102,13 @@ def with_retries(call: Callable[[], T], *, budget_s: float, give_up: GiveUp | No
             delay = min(delay * 2, 5.0)
 
 
-def bounded_service_client(settings: Settings, **options: Any) -> Any:
+class BlobConnection(Protocol):
+    """Anything that yields the blob connection string: the settings, or an executor's view."""
+
+    def blob_connection(self) -> str: ...
+
+
+def bounded_service_client(settings: BlobConnection, **options: Any) -> Any:
     """A ``BlobServiceClient`` whose own retries and timeouts are short: the SDK's defaults (three
     retries from 15 s back-off, 20 s connect and 60 s read timeouts) kept a scoring batch waiting
     for almost ten minutes when storage was down; callers retry with :func:`with_retries`.

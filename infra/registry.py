@@ -61,6 +61,20 @@ REFUSED = "refused"  # beat it on the split, worse on live labels
 SUPERSEDED = "superseded"  # a waiting challenger replaced by a newer split winner, or whose champion moved
 
 
+class RegistryConfig(Protocol):
+    """What the registry reads of the configuration to find and load a model: the settings on the
+    driver, a narrow view on an executor (``streams.scoring.config.ScoringConfig``)."""
+
+    @property
+    def mlflow_tracking_uri(self) -> str: ...
+
+    @property
+    def mlflow_artifact_root(self) -> str: ...
+
+    @property
+    def model_name(self) -> str: ...
+
+
 class Classifier(Protocol):
     """What a registered model version is once loaded: raw image bytes in, predictions out.
 
@@ -109,7 +123,7 @@ def _is_unreachable(exc: BaseException) -> bool:
     return "API request to " in text and " failed with " in text
 
 
-def configure_mlflow(settings: Settings) -> None:
+def configure_mlflow(settings: RegistryConfig) -> None:
     """Point MLflow at the settings' tracking/registry URI; fail clearly if unreachable."""
     import mlflow
 
@@ -134,7 +148,7 @@ def configure_mlflow(settings: Settings) -> None:
         _configured.add(key)
 
 
-def client(settings: Settings) -> Any:
+def client(settings: RegistryConfig) -> Any:
     import mlflow
 
     configure_mlflow(settings)
@@ -158,7 +172,7 @@ def ensure_experiment(settings: Settings, name: str) -> str:
         return experiment.experiment_id
 
 
-def version_by_alias(settings: Settings, alias: str = CHAMPION) -> Any | None:
+def version_by_alias(settings: RegistryConfig, alias: str = CHAMPION) -> Any | None:
     """The model version holding ``alias`` (None when the model or alias does not exist).
 
     Raises :class:`RegistryUnreachable` when the tracking server does not answer: "no version" and
@@ -174,7 +188,7 @@ def version_by_alias(settings: Settings, alias: str = CHAMPION) -> Any | None:
         return None
 
 
-def champion_version(settings: Settings) -> Any | None:
+def champion_version(settings: RegistryConfig) -> Any | None:
     return version_by_alias(settings, CHAMPION)
 
 
@@ -191,13 +205,13 @@ def drop_alias(settings: Settings, alias: str, version: str | int) -> bool:
     return True
 
 
-def model_uri(settings: Settings, version: str | int | None = None) -> str:
+def model_uri(settings: RegistryConfig, version: str | int | None = None) -> str:
     if version is None:
         return f"models:/{settings.model_name}@{CHAMPION}"
     return f"models:/{settings.model_name}/{version}"
 
 
-def load_classifier(settings: Settings, version: str | int | None = None) -> tuple[Classifier, str]:
+def load_classifier(settings: RegistryConfig, version: str | int | None = None) -> tuple[Classifier, str]:
     """``(classifier, version)`` for ``version`` or the current champion.
 
     The classifier is the registered pyfunc's Python model: ``classify(list[bytes])``.
@@ -271,7 +285,7 @@ def model_baseline(settings: Settings, version: str | int) -> Baseline | None:
         return Baseline.load(Path(local))
 
 
-def registry_exists(settings: Settings) -> bool:
+def registry_exists(settings: RegistryConfig) -> bool:
     """False for a local SQLite registry not created yet (opening it would create and migrate one)."""
     uri = settings.mlflow_tracking_uri
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
@@ -323,7 +337,7 @@ class VersionRow:
         }
 
 
-def versions(settings: Settings) -> list[VersionRow]:
+def versions(settings: RegistryConfig) -> list[VersionRow]:
     """Every version of the registered model, newest first (empty when the model does not exist)."""
     from mlflow.exceptions import MlflowException
 

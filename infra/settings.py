@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -50,7 +51,7 @@ SECRET_FIELDS = (
 )
 DEFAULT_LABEL_STUDIO_PASSWORD = "local-label-studio"
 # Where an executor reads the blob connection string (the cluster sets it: a cluster secret, or
-# spark.executorEnv.*); the settings pickled into task closures carry no secret (for_executors).
+# spark.executorEnv.*); what task closures carry holds no secret (ScoringConfig, for_executors).
 BLOB_CONNECTION_ENV = "LAKESIGHT_BLOB_CONNECTION_STRING"
 # The same for delta-rs's storage options (a service principal's secret), as JSON.
 LAKE_STORAGE_OPTIONS_ENV = "LAKESIGHT_LAKE_STORAGE_OPTIONS"
@@ -62,6 +63,32 @@ def azurite_connection(port: int) -> str:
         f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
     )
+
+
+@dataclass(frozen=True)
+class ExecutorBlobAccess:
+    """How Spark executor code reaches blob storage with no secret in its task closure (a closure is
+    shipped with every task, and its bytes end up in task logs and dumps): local mode's Azurite
+    default, a public development key, is derived again from the port; any other connection string
+    is read from the executor's environment (:data:`BLOB_CONNECTION_ENV`)."""
+
+    azurite_port: int | None  # None: the connection string comes from the environment
+
+    @classmethod
+    def of(cls, settings: Settings) -> ExecutorBlobAccess:
+        conn = settings.blob_connection_string.get_secret_value()
+        return cls(settings.blob_port if conn == azurite_connection(settings.blob_port) else None)
+
+    def connection(self) -> str:
+        if self.azurite_port is not None:
+            return azurite_connection(self.azurite_port)
+        conn = os.environ.get(BLOB_CONNECTION_ENV, "")
+        if not conn:
+            raise SettingsError(
+                f"this Spark executor has no blob connection string: set {BLOB_CONNECTION_ENV} in the "
+                f"executors' environment (a cluster secret, or spark.executorEnv.{BLOB_CONNECTION_ENV})"
+            )
+        return conn
 
 
 def _config_file() -> Path | None:
@@ -78,9 +105,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LAKESIGHT_", extra="ignore", validate_default=True, populate_by_name=True
     )
-    # Set on the copy for executors (for_executors): "env" reads the blob connection string from the
-    # executor's environment, "azurite" derives local mode's default again; "" on the driver.
-    _executor_blob: str = PrivateAttr("")
+    # Set on the copy for executors (for_executors): how an executor reaches blob storage; None on the driver.
+    _executor_blob: ExecutorBlobAccess | None = PrivateAttr(None)
     # True on the copy for executors when the driver had storage options: they come from the environment.
     _executor_storage_env: bool = PrivateAttr(False)
 
@@ -533,16 +559,9 @@ class Settings(BaseSettings):
     # or the webhook starts in azure mode without them (docs/ARCHITECTURE.md, "Settings").
     def blob_connection(self) -> str:
         """The blob connection string; in azure mode an empty one is a :class:`SettingsError`."""
+        if self._executor_blob is not None:
+            return self._executor_blob.connection()
         conn = self.blob_connection_string.get_secret_value()
-        if not conn and self._executor_blob == "azurite":
-            conn = azurite_connection(self.blob_port)
-        elif not conn and self._executor_blob == "env":
-            conn = os.environ.get(BLOB_CONNECTION_ENV, "")
-            if not conn:
-                raise SettingsError(
-                    f"this Spark executor has no blob connection string: set {BLOB_CONNECTION_ENV} in the "
-                    f"executors' environment (a cluster secret, or spark.executorEnv.{BLOB_CONNECTION_ENV})"
-                )
         if not conn:
             raise SettingsError("mode=azure needs a real blob connection string (LAKESIGHT_BLOB_CONNECTION_STRING)")
         return conn
@@ -552,12 +571,11 @@ class Settings(BaseSettings):
         task, and its bytes end up in task logs and dumps. Executors read the blob connection string
         from their environment (:data:`BLOB_CONNECTION_ENV`); local mode's Azurite default, a public
         development key, is derived again from ``blob_port``."""
-        conn = self.blob_connection_string.get_secret_value()
         blanks: dict[str, Any] = {name: SecretStr("") for name in SECRET_FIELDS}
         # Storage options hold a service principal's secret and Spark confs account keys: neither
         # travels in a closure (executors read the options from LAKE_STORAGE_OPTIONS_ENV).
         view = self.model_copy(update={**blanks, "lake_storage_options": {}, "spark_conf": {}})
-        view._executor_blob = "azurite" if conn == azurite_connection(self.blob_port) else "env"
+        view._executor_blob = ExecutorBlobAccess.of(self)
         view._executor_storage_env = bool(self.lake_storage_options)
         return view
 

@@ -18,21 +18,28 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from infra.registry import (
     CHAMPION,
     TAG_CHAMPION_VERSION,
     Classifier,
+    RegistryConfig,
     RegistryError,
     RegistryUnreachable,
     load_classifier,
     version_by_alias,
     versions,
 )
-from infra.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class ModelCacheConfig(RegistryConfig, Protocol):
+    """What the cache reads: where the model is, and how often to ask which version an alias names."""
+
+    @property
+    def champion_check_s(self) -> float: ...
 
 
 @dataclass
@@ -51,7 +58,7 @@ _FALLBACK_TRIES = 3  # older versions tried when a fresh process cannot load the
 
 
 def current_classifier(
-    settings: Settings, *, alias: str = CHAMPION, now: float | None = None
+    settings: ModelCacheConfig, *, alias: str = CHAMPION, now: float | None = None
 ) -> tuple[Classifier, str]:
     """``(classifier, version)`` of the version holding ``alias``, loaded once and re-checked periodically."""
     key = (settings.mlflow_tracking_uri, settings.model_name, alias)
@@ -103,7 +110,7 @@ def _serve_through_outage(cached: _Cached, alias: str, exc: RegistryError, now: 
     return cached.classifier, cached.version
 
 
-def load_failure(settings: Settings, *, alias: str = CHAMPION) -> str | None:
+def load_failure(settings: ModelCacheConfig, *, alias: str = CHAMPION) -> str | None:
     """Why this process does not serve the version ``alias`` names (None when it does, or has loaded nothing)."""
     with _lock:
         cached = _models.get((settings.mlflow_tracking_uri, settings.model_name, alias))
@@ -115,7 +122,7 @@ def _one_line(exc: BaseException, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _first_load(settings: Settings, key: tuple[str, str, str], alias: str, latest: Any, now: float):
+def _first_load(settings: ModelCacheConfig, key: tuple[str, str, str], alias: str, latest: Any, now: float):
     if latest is None:
         raise RegistryError(f"model {settings.model_name!r} has no {alias!r} version yet: run 'lakesight train'")
     wanted = str(latest.version)
@@ -136,7 +143,7 @@ def _first_load(settings: Settings, key: tuple[str, str, str], alias: str, lates
     return _keep(key, classifier, version, now)
 
 
-def _previous_champion(settings: Settings, failed: Any, error: Exception) -> tuple[Classifier, str]:
+def _previous_champion(settings: ModelCacheConfig, failed: Any, error: Exception) -> tuple[Classifier, str]:
     """The version ``failed`` replaced (its promotion tag), else the newest older one that loads."""
     replaced = (failed.tags or {}).get(TAG_CHAMPION_VERSION, "")
     older = sorted(
@@ -171,7 +178,9 @@ class _Optional:
 _optional: dict[tuple[str, str, str], _Optional] = {}
 
 
-def optional_classifier(settings: Settings, *, alias: str, now: float | None = None) -> tuple[Classifier, str] | None:
+def optional_classifier(
+    settings: ModelCacheConfig, *, alias: str, now: float | None = None
+) -> tuple[Classifier, str] | None:
     """``(classifier, version)`` of the version holding ``alias``, or None while none does (or it fails to load).
 
     Checked at most every ``settings.champion_check_s``; unlike :func:`current_classifier`, a vanished
@@ -190,7 +199,7 @@ def optional_classifier(settings: Settings, *, alias: str, now: float | None = N
         return entry.loaded
 
 
-def _follow(settings: Settings, alias: str, entry: _Optional) -> tuple[Classifier, str] | None:
+def _follow(settings: ModelCacheConfig, alias: str, entry: _Optional) -> tuple[Classifier, str] | None:
     """What ``alias`` names now, loaded (the loaded one reused while the alias stays on it)."""
     try:
         latest = version_by_alias(settings, alias)
@@ -209,7 +218,7 @@ def _follow(settings: Settings, alias: str, entry: _Optional) -> tuple[Classifie
         return None
 
 
-def _warn_once(settings: Settings, alias: str, entry: _Optional, what: str, exc: Exception) -> None:
+def _warn_once(settings: ModelCacheConfig, alias: str, entry: _Optional, what: str, exc: Exception) -> None:
     # Once per version (or per lookup failure), not per check: an unloadable challenger is tried
     # again at every check, but must not flood the executors' logs.
     if what in entry.warned:

@@ -21,7 +21,8 @@ from infra.core import model_cache
 from infra.hashing import stable_fraction
 from infra.registry import CHALLENGER, TF_THREADS_ENV
 from infra.settings import Settings
-from streams.file_rows import ARRIVAL_DDL, FileChecks, arrival_rows, quarantine
+from streams.file_rows import ARRIVAL_DDL, arrival_rows, quarantine
+from streams.scoring.config import ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +45,32 @@ FETCH_ERROR = "fetch_error"
 
 
 def executor_mapper(body: Callable[..., Iterator[pd.DataFrame]], settings: Settings) -> Callable[[Any], Any]:
-    """The mapInPandas function ``body(batches, settings=...)`` for the executors: it closes over
-    ``settings.for_executors()``, never the driver's settings (their secrets would travel pickled
+    """The mapInPandas function ``body(batches, config=...)`` for the executors: it closes over the
+    narrow :class:`ScoringConfig`, never the driver's settings (their secrets would travel pickled
     with every task; executors read the blob connection string from their environment)."""
-    view = settings.for_executors()
-    return lambda batches: body(batches, settings=view)
+    config = ScoringConfig.of(settings)
+    return lambda batches: body(batches, config=config)
 
 
-def _prepare_worker(settings: Settings) -> None:
+def _prepare_worker(config: ScoringConfig) -> None:
     # Two Spark workers on two cores must not each start a full TensorFlow thread pool. The
     # setting wins over whatever the worker inherited: it is the one knob (docs/ARCHITECTURE.md).
-    os.environ[TF_THREADS_ENV] = str(settings.score_tf_threads)
+    os.environ[TF_THREADS_ENV] = str(config.score_tf_threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def worker_champion(settings: Settings, *, now: float | None = None) -> tuple[Any, str]:
+def worker_champion(config: ScoringConfig, *, now: float | None = None) -> tuple[Any, str]:
     """``(classifier, version)`` of the champion for this Python worker (``infra.core.model_cache``'s cache)."""
-    _prepare_worker(settings)
-    return model_cache.current_classifier(settings, now=now)
+    _prepare_worker(config)
+    return model_cache.current_classifier(config, now=now)
 
 
-def shadow_classifier(settings: Settings, *, now: float | None = None) -> tuple[Any, str] | None:
+def shadow_classifier(config: ScoringConfig, *, now: float | None = None) -> tuple[Any, str] | None:
     """``(classifier, version)`` of the challenger for this Python worker, or None while there is none."""
-    if settings.shadow_fraction <= 0:
+    if config.shadow_fraction <= 0:
         return None  # shadow scoring is off: not even the alias is looked up
-    _prepare_worker(settings)
-    return model_cache.optional_classifier(settings, alias=CHALLENGER, now=now)
+    _prepare_worker(config)
+    return model_cache.optional_classifier(config, alias=CHALLENGER, now=now)
 
 
 def shadowed(paths: Iterable[str], fraction: float) -> list[bool]:
@@ -107,20 +108,20 @@ def _empty(index: pd.Index, types: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(nulls, index=index)
 
 
-def _shadow(out: pd.DataFrame, frame: pd.DataFrame, ok: pd.Index, champion_version: str, settings: Settings) -> None:
+def _shadow(out: pd.DataFrame, frame: pd.DataFrame, ok: pd.Index, champion_version: str, config: ScoringConfig) -> None:
     """Fill the shadow columns of ``out`` for the picked rows of ``ok`` (scored by the champion)."""
-    shadow = shadow_classifier(settings)
+    shadow = shadow_classifier(config)
     if shadow is None or shadow[1] == champion_version or len(ok) == 0:
         return
-    picked = ok[shadowed(frame.loc[ok, "path"], settings.shadow_fraction)]
+    picked = ok[shadowed(frame.loc[ok, "path"], config.shadow_fraction)]
     if len(picked) == 0:
         return
     classifier, version = shadow
     try:
         labels, confidence, done = _labels_only(classifier, frame.loc[picked, "content"])
     except Exception as exc:  # noqa: BLE001 - the champion's scoring of this batch must not depend on it
-        if (settings.model_name, version) not in _failed_shadows:
-            _failed_shadows.add((settings.model_name, version))
+        if (config.model_name, version) not in _failed_shadows:
+            _failed_shadows.add((config.model_name, version))
             log.warning("challenger version %s failed; its batches get no shadow scores: %s", version, exc)
         return
     rows = picked[done]
@@ -147,7 +148,7 @@ def _labels_only(classifier: Any, contents: pd.Series) -> tuple[list[str], np.nd
     return [names[b] for b in best], probabilities[np.arange(len(best)), best].astype("float64"), done
 
 
-def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+def predictions(frame: pd.DataFrame, config: ScoringConfig) -> pd.DataFrame:
     """Prediction (and shadow) columns for arrival rows: only rows without ``error`` are classified.
 
     A row the model still cannot decode gets the model's error and no prediction.
@@ -156,7 +157,7 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     good = frame.index[frame["error"].isna() & frame["content"].notna()]
     if len(good) == 0:
         return out
-    classifier, version = worker_champion(settings)
+    classifier, version = worker_champion(config)
     result = classifier.classify([bytes(c) for c in frame.loc[good, "content"]])
     result.index = good
     ok = good[result["error"].isna().to_numpy()]
@@ -166,17 +167,17 @@ def predictions(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     out.loc[ok, "probabilities"] = pd.Series(list(result.loc[ok, "probabilities"]), index=ok, dtype=object)
     out.loc[ok, "embedding"] = pd.Series(list(result.loc[ok, "embedding"]), index=ok, dtype=object)
     out.loc[ok, "class_names"] = pd.Series([names] * len(ok), index=ok, dtype=object)
-    out.loc[ok, "model_name"] = settings.model_name
+    out.loc[ok, "model_name"] = config.model_name
     out.loc[ok, "model_version"] = version
     out.loc[ok, "scored_at"] = pd.Timestamp.now(tz="UTC")
     failed = good[result["error"].notna().to_numpy()]
     if len(failed):
         frame.loc[failed, "error"] = result.loc[failed, "error"]
-    _shadow(out, frame, ok, version, settings)
+    _shadow(out, frame, ok, version, config)
     return out
 
 
-def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterator[pd.DataFrame]:
+def score_rows(batches: Iterable[pd.DataFrame], *, config: ScoringConfig) -> Iterator[pd.DataFrame]:
     """mapInPandas body: file rows (path, modificationTime, length[, content][, fetch_error]) -> scored rows.
 
     Bad input (empty, over-size, undecodable, unsupported, vanished) keeps its row with ``error``
@@ -189,19 +190,19 @@ def score_rows(batches: Iterable[pd.DataFrame], *, settings: Settings) -> Iterat
         files = frame.drop(columns=[FETCH_ERROR], errors="ignore")
         # The model decodes every image and reports what it cannot decode (``predictions``):
         # a full decode here as well would be the same work twice on the hot path.
-        checks = FileChecks.of(settings)
+        checks = config.checks
         for rows in arrival_rows([files], checks=checks, decode=False):
             if fetch_errors is not None:
                 failed = fetch_errors.notna().to_numpy()
                 rows.loc[failed, "error"] = fetch_errors[failed].to_numpy()
                 rows.loc[failed, "content"] = None
                 rows.loc[failed, "content_hash"] = None
-            scored = predictions(rows, settings)  # may add the decoder's error to ``rows``
-            scored[MODEL_LOAD_ERROR] = model_cache.load_failure(settings)
+            scored = predictions(rows, config)  # may add the decoder's error to ``rows``
+            scored[MODEL_LOAD_ERROR] = model_cache.load_failure(config)
             yield pd.concat([quarantine(rows, checks), scored], axis=1)
 
 
-def _classified(contents: pd.Series, settings: Settings) -> tuple[list[int], pd.DataFrame | None]:
+def _classified(contents: pd.Series, config: ScoringConfig) -> tuple[list[int], pd.DataFrame | None]:
     """The positions of the non-empty rows and the champion's answer for them (None when there are none).
 
     What the SQL functions share: null and empty bytes never reach the model.
@@ -209,15 +210,15 @@ def _classified(contents: pd.Series, settings: Settings) -> tuple[list[int], pd.
     rows = [i for i, c in enumerate(contents) if c is not None and len(c) > 0]
     if not rows:
         return rows, None
-    classifier, _ = worker_champion(settings)
+    classifier, _ = worker_champion(config)
     return rows, classifier.classify([bytes(contents.iloc[i]) for i in rows])
 
 
-def classify_series(contents: pd.Series, settings: Settings) -> pd.DataFrame:
+def classify_series(contents: pd.Series, config: ScoringConfig) -> pd.DataFrame:
     """The SQL ``classify(content)`` body: label and confidence per row (nulls for bad images)."""
     n = len(contents)
     out = pd.DataFrame({"label": [None] * n, "confidence": [None] * n}, dtype=object)
-    rows, result = _classified(contents, settings)
+    rows, result = _classified(contents, config)
     if result is not None:
         out.loc[rows, "label"] = result["label"].to_numpy()
         out.loc[rows, "confidence"] = result["confidence"].to_numpy()
@@ -225,13 +226,13 @@ def classify_series(contents: pd.Series, settings: Settings) -> pd.DataFrame:
     return out
 
 
-def embed_series(contents: pd.Series, settings: Settings) -> pd.Series:
+def embed_series(contents: pd.Series, config: ScoringConfig) -> pd.Series:
     """The SQL ``embed(content)`` body: the champion's L2-normalised embedding per row.
 
     Null for bad images, and for every row when the champion has no embedding layer.
     """
     vectors: list[Any] = [None] * len(contents)
-    rows, result = _classified(contents, settings)
+    rows, result = _classified(contents, config)
     if result is not None:
         for row, vector in zip(rows, result["embedding"], strict=True):
             vectors[row] = vector
@@ -242,11 +243,11 @@ def register_classify(spark: Any, settings: Settings, name: str = "classify") ->
     """Register the champion as the Spark SQL function ``name(content)`` -> struct<label, confidence>."""
     from pyspark.sql.functions import pandas_udf
 
-    view = settings.for_executors()  # pickled with the function: no secrets (executor_mapper)
+    config = ScoringConfig.of(settings)  # pickled with the function: no secrets (executor_mapper)
 
     @pandas_udf(CLASSIFY_DDL)  # type: ignore[call-overload]
     def classify(contents: pd.Series) -> pd.DataFrame:
-        return classify_series(contents, view)
+        return classify_series(contents, config)
 
     return spark.udf.register(name, classify)
 
@@ -255,10 +256,10 @@ def register_embed(spark: Any, settings: Settings, name: str = "embed") -> Any:
     """Register the champion's embedding as the Spark SQL function ``name(content)`` -> array<float>."""
     from pyspark.sql.functions import pandas_udf
 
-    view = settings.for_executors()  # pickled with the function: no secrets (executor_mapper)
+    config = ScoringConfig.of(settings)  # pickled with the function: no secrets (executor_mapper)
 
     @pandas_udf(EMBED_DDL)  # type: ignore[call-overload]
     def embed(contents: pd.Series) -> pd.Series:
-        return embed_series(contents, view)
+        return embed_series(contents, config)
 
     return spark.udf.register(name, embed)

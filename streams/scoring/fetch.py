@@ -16,13 +16,12 @@ import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-from infra.blob import GiveUp, bounded_service_client, quiet_azure_sdk, with_retries
+from infra.blob import BlobConnection, GiveUp, bounded_service_client, quiet_azure_sdk, with_retries
 from infra.blob_names import BlobNameError, BlobRef, blob_ref
-from infra.settings import Settings
 from streams.file_rows import BINARY_FILE_DDL
 from streams.scoring.executor import FETCH_ERROR
 
@@ -34,13 +33,29 @@ REFUSED = "refused blob reference"
 _clients: dict[str, Any] = {}
 
 
-def _blob_service(settings: Settings) -> Any:
-    conn = settings.blob_connection()
+class FetchConfig(BlobConnection, Protocol):
+    """What a fetch reads: the settings on the driver, ``ScoringConfig`` on an executor."""
+
+    @property
+    def images_container(self) -> str: ...
+
+    @property
+    def max_image_bytes(self) -> int: ...
+
+    @property
+    def blob_retry_s(self) -> float: ...
+
+    @property
+    def blob_fetch_threads(self) -> int: ...
+
+
+def _blob_service(config: FetchConfig) -> Any:
+    conn = config.blob_connection()
     client = _clients.get(conn)
     if client is None:
         # A worker that logs (a cluster's own logging set-up) must not log every request's headers.
         quiet_azure_sdk(logging.getLogger().getEffectiveLevel())
-        client = _clients[conn] = bounded_service_client(settings)
+        client = _clients[conn] = bounded_service_client(config)
     return client
 
 
@@ -56,9 +71,9 @@ class Checked:
 class BlobFetcher:
     """Checks arrival records and downloads their blobs from the configured account's images container."""
 
-    def __init__(self, settings: Settings, service: Any | None = None):
-        self.settings = settings
-        self.service = service if service is not None else _blob_service(settings)
+    def __init__(self, config: FetchConfig, service: Any | None = None):
+        self.config = config
+        self.service = service if service is not None else _blob_service(config)
         self.account_url = str(self.service.url)
 
     def check(self, url: str, container: str | None, name: str | None) -> Checked:
@@ -67,7 +82,7 @@ class BlobFetcher:
             ref = blob_ref(url, account_url=self.account_url)
         except BlobNameError as exc:
             return Checked(url, None, f"{REFUSED}: {exc}")
-        if ref.container != self.settings.images_container:
+        if ref.container != self.config.images_container:
             return Checked(ref.url, None, f"{REFUSED}: container {ref.container!r} is not the images container")
         # The record's own fields must agree with its URL: the URL is the row key, so bytes fetched
         # from anywhere else would be stored under another blob's name.
@@ -81,11 +96,11 @@ class BlobFetcher:
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         client = self.service.get_blob_client(ref.container, ref.name)
-        cap = self.settings.max_image_bytes
+        cap = self.config.max_image_bytes
         try:
             # A ranged read of one byte past the cap: a blob of any size costs at most that much.
             data, size = with_retries(
-                lambda: _read_at_most(client, cap + 1), budget_s=self.settings.blob_retry_s, give_up=give_up
+                lambda: _read_at_most(client, cap + 1), budget_s=self.config.blob_retry_s, give_up=give_up
             )
         except ResourceNotFoundError:
             return None, VANISHED
@@ -138,7 +153,7 @@ def _fetched_rows(fetcher: BlobFetcher, pool: ThreadPoolExecutor, frame: pd.Data
     frame, checked = _latest_per_path(frame, checked)
     give_up = GiveUp()  # one request giving up fails the others of this batch at once
 
-    cap = fetcher.settings.max_image_bytes
+    cap = fetcher.config.max_image_bytes
     announced = [_announced_length(value) for value in frame["content_length"]] if "content_length" in frame else None
 
     def fetch(index: int, item: Checked) -> tuple[bytes | None, str | None]:
@@ -164,15 +179,15 @@ def _fetched_rows(fetcher: BlobFetcher, pool: ThreadPoolExecutor, frame: pd.Data
 
 
 def fetch_blobs(
-    batches: Iterable[pd.DataFrame], *, settings: Settings, service: Any | None = None
+    batches: Iterable[pd.DataFrame], *, config: FetchConfig, service: Any | None = None
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: arrival records -> file rows with the blob bytes, fetched in parallel.
 
     A blob named twice in one batch (under any variant of its URL) is fetched once, its latest
     event winning. ``service`` is a ``BlobServiceClient`` to use instead of the worker's own.
     """
-    fetcher = BlobFetcher(settings, service)
-    with ThreadPoolExecutor(max_workers=settings.blob_fetch_threads) as pool:
+    fetcher = BlobFetcher(config, service)
+    with ThreadPoolExecutor(max_workers=config.blob_fetch_threads) as pool:
         for frame in batches:
             # A record without a URL has no row key: nothing to score or to record.
             frame = frame[frame["url"].notna()] if not frame.empty else frame

@@ -157,6 +157,7 @@ def test_refusals_are_one_line_errors_and_write_nothing(
 
 def test_a_model_without_embeddings_is_refused_before_any_work(tmp_path: Path, plain_store: Path) -> None:
     from streams.featurize import featurize
+    from streams.scoring.config import ScoringConfig
     from streams.scoring.executor import embed_series
 
     settings = with_model(Settings(state_dir=tmp_path / "state"), plain_store)
@@ -166,7 +167,7 @@ def test_a_model_without_embeddings_is_refused_before_any_work(tmp_path: Path, p
         featurize(settings, str(tmp_path / "in"), "emb")
     assert not Lake(settings).exists("emb")
     # The SQL function's body answers null instead: it classifies on.
-    assert list(embed_series(pd.Series([solid_png(100), None]), settings)) == [None, None]
+    assert list(embed_series(pd.Series([solid_png(100), None]), ScoringConfig.of(settings))) == [None, None]
 
 
 def test_what_a_source_names(tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from infra.errors import SettingsError
 from infra.local.sample_data import png_bytes
 from infra.settings import Settings
 from infra.status_files import read_stream_status as read_status
+from streams.scoring.config import ScoringConfig
 from tests.helpers.images import solid_png
 from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, scoring_in_background, shapes, wait_for_rows
 from training.bench.toy_models import register_champion, tiny_cnn
@@ -164,7 +165,9 @@ def test_no_secret_travels_in_the_mappers_and_executors_read_the_blob_secret_fro
     for pickled in _pickled_mappers(settings):
         for secret in ("c2VjcmV0LWtleS12YWx1ZQ==", "-event-secret", "-model-secret"):
             assert secret.encode() not in pickled
-    view = cloudpickle.loads(cloudpickle.dumps(settings.for_executors()))
+        # The narrow view, not the settings: no field the executors never read travels either.
+        assert b"labeling_daily_budget" not in pickled and b"ScoringConfig" in pickled
+    view = cloudpickle.loads(cloudpickle.dumps(ScoringConfig.of(settings)))
     monkeypatch.delenv("LAKESIGHT_BLOB_CONNECTION_STRING", raising=False)
     with pytest.raises(SettingsError, match="LAKESIGHT_BLOB_CONNECTION_STRING in the executors' environment"):
         view.blob_connection()
@@ -180,8 +183,8 @@ def test_local_modes_azurite_default_is_derived_on_the_executor_not_shipped(tmp_
     settings = Settings(state_dir=tmp_path / "state", blob_port=10123)
     for pickled in _pickled_mappers(settings):
         assert AZURITE_KEY.encode() not in pickled
-    view = cloudpickle.loads(cloudpickle.dumps(settings.for_executors()))
-    assert view.blob_connection() == settings.blob_connection()
+    for view in (ScoringConfig.of(settings), settings.for_executors()):  # scoring's view, training's copy
+        assert cloudpickle.loads(cloudpickle.dumps(view)).blob_connection() == settings.blob_connection()
 
 
 def test_a_cluster_gets_the_blob_secret_in_its_executors_environment_redacted(tmp_path: Path) -> None:
@@ -230,5 +233,5 @@ def test_the_sql_functions_refuse_what_the_stream_refuses(champion_settings: Set
     from tests.helpers.images import chunk_flood_png, many_scan_jpeg, ppm_image
 
     contents = pd.Series([chunk_flood_png(50_000), many_scan_jpeg(300), ppm_image(), solid_png(5)])
-    out = classify_series(contents, champion_settings)
+    out = classify_series(contents, ScoringConfig.of(champion_settings))
     assert out["label"].isna().tolist() == [True, True, True, False]

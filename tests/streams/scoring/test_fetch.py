@@ -25,7 +25,7 @@ def _fetch(settings: Settings, records: list[dict]) -> tuple[dict[str, dict], li
     """``(rows by path, URLs of the requests made)``: the fetch through a real client on Azurite."""
     requests: list[str] = []
     service = bounded_service_client(settings, raw_request_hook=lambda r: requests.append(r.http_request.url))
-    frames = list(fetch_blobs([arrival_frame(records)], settings=settings, service=service))
+    frames = list(fetch_blobs([arrival_frame(records)], config=settings, service=service))
     rows = pd.concat(frames).to_dict("records") if frames else []
     return {row["path"]: row for row in rows}, [url.split("?")[0] for url in requests]
 
@@ -98,7 +98,7 @@ def test_unreachable_storage_fails_the_batch_quickly_instead_of_writing_error_ro
     records = [hand_written_record(f"{base}/img-{i}.png", None, None, at=NOW) for i in range(20)]
     began = time.monotonic()
     with pytest.raises(StorageUnavailable, match=STORAGE_UNAVAILABLE) as failed:
-        list(fetch_blobs([arrival_frame(records)], settings=settings))
+        list(fetch_blobs([arrival_frame(records)], config=settings))
     assert time.monotonic() - began < 15  # the SDK's own retries took minutes
     assert "ServiceRequestError" in str(failed.value)
 
@@ -120,9 +120,7 @@ def test_an_oversized_blob_is_an_error_row_and_at_most_one_byte_past_the_cap_is_
     records = [hand_written_record(url, None, None, at=NOW) for url in (big, exact)]
     rows = {
         row["path"]: row
-        for row in pd.concat(fetch_blobs([arrival_frame(records)], settings=settings, service=service)).to_dict(
-            "records"
-        )
+        for row in pd.concat(fetch_blobs([arrival_frame(records)], config=settings, service=service)).to_dict("records")
     }
 
     assert rows[big]["content"] is None

@@ -16,6 +16,7 @@ from infra.registry import CHALLENGER, load_classifier
 from infra.settings import Settings
 from infra.tables import IMAGES
 from streams.scoring import executor
+from streams.scoring.config import ScoringConfig
 from streams.scoring.executor import predictions, shadowed
 from streams.scoring.query import SCORE_UPDATE, SCORE_UPDATE_WHEN, run_scoring
 from tests.helpers.images import truncated_png
@@ -121,8 +122,8 @@ def test_a_failing_challenger_never_stops_the_champion(
     frame = pd.DataFrame({"path": [f"file:/in/{i}.png" for i in range(3)], "content": images, "error": [None] * 3})
 
     with caplog.at_level("WARNING", logger=executor.__name__):
-        out = predictions(frame, score_settings)
-        predictions(frame, score_settings)  # failing again: logged once
+        out = predictions(frame, ScoringConfig.of(score_settings))
+        predictions(frame, ScoringConfig.of(score_settings))  # failing again: logged once
 
     assert out["predicted_label"].isin(CLASSES).all() and (out["model_version"] == "1").all()
     assert out["shadow_label"].isna().all() and out["shadow_model_version"].isna().all()
@@ -131,7 +132,7 @@ def test_a_failing_challenger_never_stops_the_champion(
     ]
     # A challenger that is the champion itself is not scored twice; shadow scoring off looks nothing up.
     monkeypatch.setattr(model_cache, "optional_classifier", lambda settings, **_: (broken, "1"))
-    assert predictions(frame, score_settings)["shadow_label"].isna().all() and broken.calls == 2
+    assert predictions(frame, ScoringConfig.of(score_settings))["shadow_label"].isna().all() and broken.calls == 2
     off = score_settings.model_copy(update={"shadow_fraction": 0.0})
     monkeypatch.setattr(model_cache, "optional_classifier", lambda settings, **_: pytest.fail("looked up"))
-    assert predictions(frame, off)["shadow_label"].isna().all()
+    assert predictions(frame, ScoringConfig.of(off))["shadow_label"].isna().all()
