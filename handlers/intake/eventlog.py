@@ -17,6 +17,7 @@ by the running process; a redelivery of such an event takes it at once (:meth:`E
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import sqlite3
@@ -231,6 +232,21 @@ class EventLog:
             self._conn.executemany("UPDATE events SET lease_until = ? WHERE id = ? AND owner = ? AND status = ?", rows)
             return self._conn.total_changes - before
 
+    def confirm(self, event_ids: list[str]) -> set[str]:
+        """Of ``event_ids``, those this owner still holds (pending, its lease), their leases renewed:
+        work is about to start on them. The others were finished meanwhile or taken over by another
+        process while this one could not renew (paused, or the log was locked past the lease), and
+        must not run again here."""
+        if not event_ids:
+            return set()
+        with self._writing():
+            rows = self._conn.execute(
+                "UPDATE events SET lease_until = ? WHERE owner = ? AND status = ?"
+                " AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (time.time() + self.lease_s, self.owner, EventStatus.PENDING, json.dumps(event_ids)),
+            ).fetchall()
+        return {event_id for (event_id,) in rows}
+
     def take_due(self, limit: int) -> list[Event]:
         """Take up to ``limit`` pending events nobody holds whose retry time has come, oldest first."""
         now = time.time()
@@ -259,8 +275,9 @@ class EventLog:
         attempts: dict[str, int] = {}
         with self._writing():
             for event_id in event_ids:
-                row = self._conn.execute(
-                    "SELECT attempts FROM events WHERE id = ? AND status = ?", (event_id, EventStatus.PENDING)
+                row = self._conn.execute(  # only work this owner holds: another's lease is not ours to end
+                    "SELECT attempts FROM events WHERE id = ? AND status = ? AND owner = ?",
+                    (event_id, EventStatus.PENDING, self.owner),
                 ).fetchone()
                 if row is None:
                     continue

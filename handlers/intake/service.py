@@ -320,7 +320,18 @@ class HandlerService:
         return min(settings.handler_retry_max_s, settings.handler_retry_base_s * 2 ** min(attempts - 1, 30))
 
     # Fast lane: image arrivals ------------------------------------------------------------------
+    def _still_held(self, events: list[Event]) -> list[Event]:
+        """The events of ``events`` this process still holds, their leases renewed; the others are let
+        go unworked (another process took them over while this one could not renew, or they are done)."""
+        mine = self.events.confirm([e.id for e in events])
+        lost = [e for e in events if e.id not in mine]
+        if lost:
+            log.warning("%d event(s) were taken over or finished meanwhile; not worked again here", len(lost))
+            self._let_go(e.id for e in lost)
+        return [e for e in events if e.id in mine]
+
     def _blob_batch(self, batch: list[Event]) -> None:
+        batch = self._still_held(batch)
         outcomes: list[tuple[Event, EventStatus, str]] = []
         records = []
         exports: list[tuple[Event, BlobTarget]] = []
@@ -380,6 +391,8 @@ class HandlerService:
         """One slow-lane item; an error other than a refusal propagates, and the lane retries the event."""
         for item in items:
             event, target = item if isinstance(item, tuple) else (item, None)
+            if not self._still_held([event]):
+                continue
             try:
                 status, outcome = self._handle(event, target)
             except (Refused, labels.ExportError) as exc:
