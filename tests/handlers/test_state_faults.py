@@ -9,10 +9,11 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from handlers.intake.eventlog import EventStatus
 from infra.cli.local import _handler_rows
 from infra.core.status import snapshot
+from infra.deadletters import dead_letter_path, read_dead_letters
 from infra.processes import free_port
 from infra.settings import Settings
 from tests.helpers.handlers import arrival_lines, blob_event, event_grid_dict, logged_event, serve_process
@@ -230,3 +232,41 @@ def test_a_full_disk_answers_503_says_why_and_loses_nothing(tmp_path: Path) -> N
         _scenario(
             tmp_path, state, lambda _settings: filled(state), error="database or disk is full", status="unresponsive"
         )
+
+
+def test_work_acknowledged_before_the_log_was_locked_is_finished_once_after(tmp_path: Path) -> None:
+    """Events accepted while the fast lane was held up (a locked dead-letter database), whose work then
+    runs into the locked event log: they stay pending, /healthz says why, and once the lock is gone
+    they are retried and finished, each once."""
+    state = tmp_path / "state"
+    settings = Settings(state_dir=state)
+    env = {
+        "LAKESIGHT_HANDLER_LEASE_S": "3",
+        "LAKESIGHT_HANDLER_RETRY_BASE_S": "0.2",
+        "LAKESIGHT_HANDLER_RETRY_MAX_S": "0.5",
+    }
+    refused = blob_event(settings, "images", "a/../../etc/passwd")  # refused: needs a dead letter
+    good = [blob_event(settings, "images", f"cam/{i}.png") for i in range(3)]
+    letters = dead_letter_path(settings)
+    letters.parent.mkdir(parents=True)
+    port = free_port()
+    with (
+        serve_process(state, port, log=tmp_path / "serve.log", **env),
+        closing(sqlite3.connect(letters, timeout=1)) as letters_lock,
+    ):
+        letters_lock.execute("BEGIN EXCLUSIVE")
+        assert _deliver(port, [refused]).status_code == 200
+        wait_until(lambda: _health(port).json()["lanes"]["fast"]["busy_s"] is not None, "the fast lane to be held up")
+        assert _deliver(port, good).json()["accepted"] == 3
+        with write_locked(events_db(settings)):
+            letters_lock.rollback()  # the lane goes on, into the locked event log
+            wait_until(lambda: _problem_naming(port, "event log", "database is locked"), "/healthz to say why")
+            assert all(_status(settings, e.id) == EventStatus.PENDING for e in [refused, *good])
+        wait_until(
+            lambda: _all_done(settings, good) and _status(settings, refused.id) == EventStatus.REFUSED,
+            "the held-up work to be retried and finished",
+        )
+        wait_until(lambda: _health(port).status_code == 200, "/healthz to recover")
+    assert sorted(r["event_id"] for r in arrival_lines(settings)) == sorted(e.id for e in good)  # each once
+    recorded = read_dead_letters(settings)
+    assert recorded is not None and [r["event_id"] for r in recorded["recent"]] == [refused.id]
