@@ -47,7 +47,9 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        conn.execute("COMMIT")  # fails on a full or read-only disk: rolled back below, or the
+        # connection would stay inside this transaction and refuse every later one
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk, an I/O error)
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")

@@ -385,6 +385,12 @@ class Settings(BaseSettings):
     handler_max_queued: int = Field(
         50_000, ge=1, description="Events queued in a handler's lanes beyond which deliveries get 503 (retried)"
     )
+    handler_log_wait_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a handler waits for the event log's write lock (held by another process) before"
+        " a delivery is answered 503 and the work is retried",
+    )
     event_log_retention_days: float = Field(7.0, gt=0, description="Finished events older than this are pruned")
     event_log_max_rows: int = Field(1_000_000, ge=1, description="Finished events kept at most (oldest pruned first)")
     dead_letter_retention_days: float = Field(30.0, gt=0, description="Dead letters older than this are pruned")

@@ -67,7 +67,8 @@ def handler_states(settings: Settings, *, now: float | None = None) -> list[dict
     """The health of every live handler process (its pid alive, its heartbeat fresh); None when none runs.
 
     A process that died leaves its file behind: it is reported with ``state`` "stopped" and its
-    ``stale_reason``, so status shows the handlers that were there and are gone.
+    ``stale_reason``, so status shows the handlers that were there and are gone. One that runs but
+    has stopped rewriting its file (a read-only or full state folder) is "unresponsive".
     """
     now = time.time() if now is None else now
     states = []
@@ -76,8 +77,19 @@ def handler_states(settings: Settings, *, now: float | None = None) -> list[dict
         if status is None:
             continue
         reason = _why_not_live(status, now)
-        states.append({**status, "state": "stopped" if reason else status.get("status"), "stale_reason": reason})
+        state = status.get("status")
+        if reason is not None:
+            state = "unresponsive" if _pid_of(status) else "stopped"
+        if state == "unresponsive":
+            reason = f"{reason} while its process runs: can it write {handler_state_dir(settings)}?"
+        states.append({**status, "state": state, "stale_reason": reason})
     return states or None
+
+
+def _pid_of(status: dict[str, Any]) -> int | None:
+    """The ``pid`` a status file names, when that process is alive."""
+    pid = status.get("pid")
+    return pid if isinstance(pid, int) and pid > 0 and pid_alive(pid) else None
 
 
 def write_status_file(path: Path, state: dict[str, Any]) -> None:

@@ -17,18 +17,22 @@ by the running process; a redelivery of such an event takes it at once (:meth:`E
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from handlers.api.payloads import Event
-from handlers.sqlite import connect, now_iso, transaction
+from handlers.intake.lanes import describe
+from handlers.sqlite import BUSY_TIMEOUT_S, connect, now_iso, transaction
 from infra.processes import pid_alive
 from infra.web import one_line
 
@@ -67,6 +71,7 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_status ON events(status);
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (
     url TEXT NOT NULL,
     etag TEXT NOT NULL,
@@ -104,18 +109,57 @@ def _owner_dead_here(owner: str, host: str) -> bool:
 class EventLog:
     """Claims, leases, retries, outcomes and blob dedupe for delivered events."""
 
-    def __init__(self, path: Path, *, owner: str | None = None, lease_s: float = LEASE_S):
+    def __init__(
+        self, path: Path, *, owner: str | None = None, lease_s: float = LEASE_S, wait_s: float = BUSY_TIMEOUT_S
+    ):
+        """``wait_s``: how long a write waits for another connection's write lock before it fails."""
         self.path = path
         self.owner = owner or process_owner()
         self.lease_s = lease_s
+        self.write_error: str | None = None  # the last write's error, until a write succeeds again
         self._lock = threading.Lock()
-        self._conn = connect(path)
+        self._wait_ms = wait_s * 1000
+        self._conn = connect(path, timeout=wait_s)
         self._conn.executescript(_SCHEMA)
         self._add_lease_columns()
+        # Reads (the backlog /healthz shows, lookups) on a connection of their own: in WAL mode they
+        # never wait for a writer, so a probe answers even while a writer waits for the write lock.
+        self._read_lock = threading.Lock()
+        self._reader = connect(path, timeout=wait_s)
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection; its failure (a locked, read-only or full
+        log) is kept in :attr:`write_error` until a later write succeeds."""
+        try:
+            with self._lock, transaction(self._conn) as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            self.write_error = describe(exc)
+            raise
+        self.write_error = None
+
+    def probe(self) -> bool:
+        """After a failed write: whether the log takes a write again, without waiting for another
+        writer's lock (one committed row, so a read-only or full disk is found out too). Clears
+        :attr:`write_error` when it does."""
+        if self.write_error is None:
+            return True
+        with self._lock:
+            self._conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._conn.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)", (time.time(),))
+            except sqlite3.Error as exc:
+                self.write_error = describe(exc)
+                return False
+            finally:
+                self._conn.execute(f"PRAGMA busy_timeout = {self._wait_ms:.0f}")
+        self.write_error = None
+        return True
 
     def _add_lease_columns(self) -> None:
         """Bring a log written before leases up to date (idempotent; concurrent openers may race)."""
-        with self._lock, transaction(self._conn):
+        with self._writing():
             have = {row[1] for row in self._conn.execute("PRAGMA table_info(events)")}
             for name, declaration in _LEASE_COLUMNS:
                 if name not in have:
@@ -127,8 +171,9 @@ class EventLog:
         try:
             self.release()
         finally:
-            with self._lock:
+            with self._lock, self._read_lock:
                 self._conn.close()
+                self._reader.close()
 
     def claim(self, events: Iterable[Event]) -> Claim:
         """Record ``events`` under this owner's lease; return those to process now.
@@ -141,7 +186,7 @@ class EventLog:
         new: list[Event] = []
         duplicates = retriggered = 0
         stamp, now = now_iso(), time.time()
-        with self._lock, transaction(self._conn):
+        with self._writing():
             for event in events:
                 cursor = self._conn.execute(
                     "INSERT OR IGNORE INTO events (id, type, received_at, status, body, owner, lease_until)"
@@ -180,10 +225,27 @@ class EventLog:
         """Extend this owner's lease on ``event_ids`` (the work it still holds); return how many."""
         until = time.time() + self.lease_s
         rows = [(until, event_id, self.owner, EventStatus.PENDING) for event_id in event_ids]
-        with self._lock, transaction(self._conn):
+        if not rows:  # nothing held: no write lock to take
+            return 0
+        with self._writing():
             before = self._conn.total_changes
             self._conn.executemany("UPDATE events SET lease_until = ? WHERE id = ? AND owner = ? AND status = ?", rows)
             return self._conn.total_changes - before
+
+    def confirm(self, event_ids: list[str]) -> set[str]:
+        """Of ``event_ids``, those this owner still holds (pending, its lease), their leases renewed:
+        work is about to start on them. The others were finished meanwhile or taken over by another
+        process while this one could not renew (paused, or the log was locked past the lease), and
+        must not run again here."""
+        if not event_ids:
+            return set()
+        with self._writing():
+            rows = self._conn.execute(
+                "UPDATE events SET lease_until = ? WHERE owner = ? AND status = ?"
+                " AND id IN (SELECT value FROM json_each(?)) RETURNING id",
+                (time.time() + self.lease_s, self.owner, EventStatus.PENDING, json.dumps(event_ids)),
+            ).fetchall()
+        return {event_id for (event_id,) in rows}
 
     def take_due(self, limit: int) -> list[Event]:
         """Take up to ``limit`` pending events nobody holds whose retry time has come, oldest first."""
@@ -193,10 +255,10 @@ class EventLog:
             " AND (lease_until IS NULL OR lease_until < ?) ORDER BY received_at, rowid LIMIT ?"
         )
         args = (EventStatus.PENDING, now, now, limit)
-        with self._lock:  # a read first: most ticks find nothing and take no write lock
-            if self._conn.execute(due, args).fetchone() is None:
+        with self._read_lock:  # a read first: most ticks find nothing and take no write lock
+            if self._reader.execute(due, args).fetchone() is None:
                 return []
-        with self._lock, transaction(self._conn):
+        with self._writing():
             rows = self._conn.execute(due, args).fetchall()
             self._conn.executemany(
                 "UPDATE events SET owner = ?, lease_until = ? WHERE id = ?",
@@ -211,10 +273,11 @@ class EventLog:
         """
         now = time.time()
         attempts: dict[str, int] = {}
-        with self._lock, transaction(self._conn):
+        with self._writing():
             for event_id in event_ids:
-                row = self._conn.execute(
-                    "SELECT attempts FROM events WHERE id = ? AND status = ?", (event_id, EventStatus.PENDING)
+                row = self._conn.execute(  # only work this owner holds: another's lease is not ours to end
+                    "SELECT attempts FROM events WHERE id = ? AND status = ? AND owner = ?",
+                    (event_id, EventStatus.PENDING, self.owner),
                 ).fetchone()
                 if row is None:
                     continue
@@ -228,7 +291,7 @@ class EventLog:
 
     def release(self) -> int:
         """Hand back every lease this owner holds (a clean stop); return how many."""
-        with self._lock, transaction(self._conn):
+        with self._writing():
             return self._conn.execute(
                 "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner = ? AND status = ?",
                 (self.owner, EventStatus.PENDING),
@@ -238,17 +301,17 @@ class EventLog:
         """Hand back leases of handler processes of this host that are gone (a restart takes their
         work at once instead of after the lease); return how many events."""
         host = socket.gethostname()
-        with self._lock:
+        with self._read_lock:
             owners = [
                 owner
-                for (owner,) in self._conn.execute(
+                for (owner,) in self._reader.execute(
                     "SELECT DISTINCT owner FROM events WHERE status = ? AND owner IS NOT NULL", (EventStatus.PENDING,)
                 )
             ]
         released = 0
         for owner in owners:
             if owner != self.owner and _owner_dead_here(owner, host):
-                with self._lock, transaction(self._conn):
+                with self._writing():
                     released += self._conn.execute(
                         "UPDATE events SET owner = NULL, lease_until = NULL WHERE owner = ? AND status = ?",
                         (owner, EventStatus.PENDING),
@@ -260,7 +323,7 @@ class EventLog:
         dead letters: the running handler takes them); return how many."""
         stamp = now_iso()
         count = 0
-        with self._lock, transaction(self._conn):
+        with self._writing():
             for event in events:
                 self._conn.execute(
                     "INSERT OR IGNORE INTO events (id, type, received_at, status, body) VALUES (?, ?, ?, ?, ?)",
@@ -275,8 +338,8 @@ class EventLog:
 
     def backlog(self) -> dict[str, float | int | None]:
         """Pending events: how many, how many wait for a retry, and the oldest one's age in seconds."""
-        with self._lock:
-            pending, retrying, oldest = self._conn.execute(
+        with self._read_lock:
+            pending, retrying, oldest = self._reader.execute(
                 "SELECT COUNT(*), COALESCE(SUM(attempts > 0), 0), MIN(received_at) FROM events WHERE status = ?",
                 (EventStatus.PENDING,),
             ).fetchone()
@@ -287,7 +350,7 @@ class EventLog:
 
     def claim_blob(self, url: str, etag: str, event_id: str) -> str | None:
         """Claim one upload (url, eTag) for ``event_id``; return the id that claimed it first if not us."""
-        with self._lock:
+        with self._writing():
             self._conn.execute(
                 "INSERT OR IGNORE INTO blobs (url, etag, event_id) VALUES (?, ?, ?)", (url, etag, event_id)
             )
@@ -304,14 +367,14 @@ class EventLog:
         rows = [
             (EventStatus(status), one_line(outcome, 2000), stamp, event_id) for event_id, status, outcome in outcomes
         ]
-        with self._lock, transaction(self._conn):
+        with self._writing():
             self._conn.executemany("UPDATE events SET status = ?, outcome = ?, finished_at = ? WHERE id = ?", rows)
 
     def prune(self, older_than: dt.timedelta = RETENTION, *, keep: int | None = None) -> int:
         """Forget finished events (and their uploads) received before ``older_than`` ago, and beyond
         the newest ``keep`` finished ones; pending events are never forgotten. Return how many."""
         cutoff = (dt.datetime.now(dt.UTC) - older_than).isoformat()
-        with self._lock, transaction(self._conn):
+        with self._writing():
             if keep is not None:
                 row = self._conn.execute(
                     "SELECT received_at FROM events WHERE status != ? ORDER BY received_at DESC LIMIT 1 OFFSET ?",
@@ -331,15 +394,15 @@ class EventLog:
 
     def pending(self) -> list[Event]:
         """Events claimed but never finished (a previous process stopped first), oldest first."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._read_lock:
+            rows = self._reader.execute(
                 "SELECT body FROM events WHERE status = ? ORDER BY received_at, rowid", (EventStatus.PENDING,)
             ).fetchall()
         return [Event.from_json(body) for (body,) in rows]
 
     def get(self, event_id: str) -> dict[str, str] | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self._read_lock:
+            row = self._reader.execute(
                 "SELECT id, type, status, outcome, received_at, finished_at FROM events WHERE id = ?", (str(event_id),)
             ).fetchone()
         if row is None:
@@ -347,6 +410,6 @@ class EventLog:
         return dict(zip(["id", "type", "status", "outcome", "received_at", "finished_at"], row, strict=True))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall()
+        with self._read_lock:
+            rows = self._reader.execute("SELECT status, COUNT(*) FROM events GROUP BY status").fetchall()
         return {status: count for status, count in rows}

@@ -43,12 +43,14 @@ class LaneHealth:
     restarts: int
     last_error: str | None
     problem: str | None
+    worked: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "alive": self.alive,
             "queued": self.queued,
             "busy_s": self.busy_s,
+            "worked": self.worked,
             "errors": self.errors,
             "restarts": self.restarts,
             "last_error": self.last_error,
@@ -80,6 +82,7 @@ class Lane:
         self._last_error: str | None = None
         self.errors = 0
         self.restarts = 0
+        self.worked = 0  # items handed to ``work`` so far, whatever came of them
 
     @property
     def thread_name(self) -> str:
@@ -153,6 +156,7 @@ class Lane:
             except Exception as again:  # noqa: BLE001 - the lease runs out and the events are taken again
                 log.error("lane %s: cannot schedule the retry: %s", self.name, describe(again))
         finally:
+            self.worked += len(work)
             self._busy_since = None
 
     def health(self) -> LaneHealth:
@@ -167,5 +171,13 @@ class Lane:
         elif self._failing is not None:
             problem = f"{self.name} lane failing: {self._failing}"
         return LaneHealth(
-            self.name, alive, self.queue.qsize(), busy, self.errors, self.restarts, self._last_error, problem
+            self.name,
+            alive,
+            self.queue.qsize(),
+            busy,
+            self.errors,
+            self.restarts,
+            self._last_error,
+            problem,
+            self.worked,
         )

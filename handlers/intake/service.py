@@ -66,7 +66,11 @@ class HandlerService:
         """``backend`` runs retraining (default: the configured one); ``store`` reads labeling
         exports (default: the configured blob account, opened on first use)."""
         self.settings = settings
-        self.events = EventLog(settings.state_dir / "handlers" / "events.db", lease_s=settings.handler_lease_s)
+        self.events = EventLog(
+            settings.state_dir / "handlers" / "events.db",
+            lease_s=settings.handler_lease_s,
+            wait_s=settings.handler_log_wait_s,
+        )
         self.dead_letters = DeadLetterTable(settings)
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
@@ -219,8 +223,19 @@ class HandlerService:
 
     def _supervise_once(self, due: dict[str, float]) -> None:
         now = time.monotonic()
+        try:
+            self._tend(due, now)
+        finally:  # written whatever failed: the status file is how lakesight status learns of it
+            if now >= due["status"]:
+                write_status_file(handler_status_path(self.settings), self.health())
+                due["status"] = now + STATUS_EVERY_S
+
+    def _tend(self, due: dict[str, float], now: float) -> None:
+        """Revive dead lanes, renew this process's leases, take due retries and orphaned work."""
         for lane in self._lanes:
             lane.revive()
+        if not self.events.probe():  # the log still refuses writes (health says why): try next tick
+            return
         if now >= due["renew"]:
             with self._lock:
                 held = list(self._held)
@@ -232,9 +247,6 @@ class HandlerService:
             if taken:
                 log.info("retrying %d pending event(s) from the event log", len(taken))
                 self._route(taken)
-        if now >= due["status"]:
-            write_status_file(handler_status_path(self.settings), self.health())
-            due["status"] = now + STATUS_EVERY_S
 
     def _prune_loop(self) -> None:
         """Prune now and every PRUNE_EVERY_S, on a thread of its own: a locked dead-letter database
@@ -268,6 +280,8 @@ class HandlerService:
         problems = [h.problem for h in lanes.values() if h.problem]
         if self._supervisor_error:
             problems.append(f"supervisor failing: {self._supervisor_error}")
+        if self.events.write_error:
+            problems.append(f"event log refuses writes: {self.events.write_error}")
         try:
             backlog: dict[str, Any] | None = self.events.backlog()
         except Exception as exc:  # noqa: BLE001 - reported, not raised: a probe must get an answer
@@ -306,7 +320,18 @@ class HandlerService:
         return min(settings.handler_retry_max_s, settings.handler_retry_base_s * 2 ** min(attempts - 1, 30))
 
     # Fast lane: image arrivals ------------------------------------------------------------------
+    def _still_held(self, events: list[Event]) -> list[Event]:
+        """The events of ``events`` this process still holds, their leases renewed; the others are let
+        go unworked (another process took them over while this one could not renew, or they are done)."""
+        mine = self.events.confirm([e.id for e in events])
+        lost = [e for e in events if e.id not in mine]
+        if lost:
+            log.warning("%d event(s) were taken over or finished meanwhile; not worked again here", len(lost))
+            self._let_go(e.id for e in lost)
+        return [e for e in events if e.id in mine]
+
     def _blob_batch(self, batch: list[Event]) -> None:
+        batch = self._still_held(batch)
         outcomes: list[tuple[Event, EventStatus, str]] = []
         records = []
         exports: list[tuple[Event, BlobTarget]] = []
@@ -366,6 +391,8 @@ class HandlerService:
         """One slow-lane item; an error other than a refusal propagates, and the lane retries the event."""
         for item in items:
             event, target = item if isinstance(item, tuple) else (item, None)
+            if not self._still_held([event]):
+                continue
             try:
                 status, outcome = self._handle(event, target)
             except (Refused, labels.ExportError) as exc:
