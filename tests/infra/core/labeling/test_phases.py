@@ -126,7 +126,7 @@ def test_stratified_random_allots_picks_in_proportion_to_the_clusters() -> None:
 
 
 def test_a_cold_window_is_stratified_random_unless_the_labeled_images_separate() -> None:
-    vectors, margins, members, outliers = clusters_and_outliers()
+    vectors, margins, members, _ = clusters_and_outliers()
     window = candidates(vectors, margins)
     unlabeled = Known(embeddings=separating().embeddings)  # no label came back: nothing to measure
     scrambled = Known(embeddings=separating().embeddings, labels=("0", "1", "2") * 4)
