@@ -103,9 +103,9 @@ def images(source: str, count: int, seed: int, side: str, *, file_size: int, ima
         return Pool(keys, contents, np.asarray(labels, np.int64)).decoded(image_size)
     sources = _digit_sources(count, seed, holdout=prefix.startswith("holdout"))
     made = list(digit_variants(knobs, sources))
-    keys = [f"{prefix}-{seed}-{n:06d}.png" for n in range(count)]
-    labels = np.asarray([digit for digit, _ in made], np.int64)
-    return Pool(keys, [data for _, data in made], labels).decoded(image_size)
+    names = [f"{prefix}-{seed}-{n:06d}.png" for n in range(count)]
+    digits = np.asarray([digit for digit, _ in made], np.int64)
+    return Pool(names, [data for _, data in made], digits).decoded(image_size)
 
 
 def _digit_sources(count: int, seed: int, *, holdout: bool) -> np.ndarray:
