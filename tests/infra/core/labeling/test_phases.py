@@ -4,12 +4,14 @@ representative k-means; neither sends outliers first."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pytest
 
 from infra.core.labeling import phases, pixels
 from infra.core.labeling.strategies import MARGIN_DIVERSITY, Candidates, Known, select
 from infra.lake import Lake
 from infra.settings import Settings
-from infra.tables import LABELING_REQUESTS
+from infra.tables import IMAGES, LABELING_REQUESTS
 from tests.infra.core.labeling.test_handoff import at, batch, paced, scored, spread
 from tests.infra.core.labeling.test_pixels import shapes
 
@@ -150,3 +152,31 @@ def test_a_window_collapsed_into_one_class_goes_cold_uncapped(paced: Settings) -
     handed = scored(lake, batch(rows, when=at(9)), 0, settings, at(9))
     assert handed.sent == 8  # the cap (2 for "cat") would have stopped a warm window at 2
     assert set(lake.read(LABELING_REQUESTS, columns=["strategy"]).column("strategy").to_pylist()) == {phases.STRATIFIED}
+
+
+@pytest.mark.parametrize("returned", [True, False], ids=["labels back", "no labels back"])
+def test_a_cold_window_uses_typicality_once_returned_labels_show_the_embedding_separates(
+    paced: Settings, returned: bool
+) -> None:
+    settings = paced.model_copy(update={"labeling_window_s": 0, "labeling_daily_budget": 40})
+    lake = Lake(settings)
+    rng = np.random.default_rng(4)
+
+    def grouped(prefix: str) -> list[tuple[str, float, list[float]]]:
+        """Twelve unsure images in three tight groups of the embedding, all predicted "cat": cold."""
+        vectors = [np.eye(16)[g] + rng.normal(0, 0.05, 16) for g in range(3) for _ in range(4)]
+        return [
+            (f"{prefix}{n}", 0.6, (v / np.linalg.norm(v)).astype(np.float32).tolist()) for n, v in enumerate(vectors)
+        ]
+
+    first = scored(lake, batch(grouped("a"), when=at(9)), 0, settings, at(9))
+    assert first.sent == 12
+    if returned:  # humans label the first window's images by their group: 1-NN purity 1
+        paths = [f"file:/in/a{n}.png" for n in range(12)]
+        labels = [["cat", "dog", "cow"][n // 4] for n in range(12)]
+        table = pa.table({"path": paths, "load_date": pa.array([at(9).date()] * 12, pa.date32()), "label": labels})
+        lake.merge(IMAGES, IMAGES.conform(table), update={"label": "s.label"}, insert=False)
+    scored(lake, batch(grouped("b"), when=at(10)), 1, settings, at(10))
+    ledger = lake.read(LABELING_REQUESTS, columns=["path", "strategy"]).to_pylist()
+    second = {r["strategy"] for r in ledger if "/b" in r["path"]}
+    assert second == {phases.TYPICALITY if returned else phases.STRATIFIED}
