@@ -309,6 +309,8 @@ def labeling_config(
         raise UsageError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
     given = {"rounds": rounds, "labels": labels, "window": window, "seeds": seeds}
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if full:
+        overrides.update(scenarios=SCENARIOS, strategies=STRATEGIES, full=True)
     overrides["min_distance"] = settings.labeling_min_distance
     overrides["max_class_share"] = settings.labeling_max_class_share
     overrides["explore_share"] = settings.labeling_explore_share
@@ -318,10 +320,7 @@ def labeling_config(
         overrides["scenarios"] = tuple(name for name in SCENARIOS if name in scenarios)
     if strategies:
         overrides["strategies"] = tuple(name for name in STRATEGIES if name in strategies)
-    if quick:
-        config = BenchConfig.quick(**overrides)
-    else:
-        config = BenchConfig.full_grid(**overrides) if full else BenchConfig(**overrides)
+    config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
     if config.labels > config.window:
         raise UsageError(f"--window {config.window} is smaller than --labels {config.labels}")
     if config.seeds < 2:

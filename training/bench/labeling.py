@@ -36,7 +36,6 @@ from infra.core.labeling.strategies import (
     MARGIN,
     MARGIN_DIVERSITY,
     RANDOM,
-    STRATEGIES,
     Candidates,
     Known,
     select,
@@ -49,7 +48,6 @@ from training.bench.labeling_data import (
     DRIFT,
     DUPLICATES,
     KNOBS,
-    SCENARIOS,
     SHAPES,
     Pool,
     images,
@@ -108,10 +106,6 @@ class BenchConfig:
         """A tiny version for tests: seconds, not minutes; its accuracies mean little."""
         small = cls(rounds=2, labels=10, window=50, seeds=2, holdout=60, a_labeled=40, epochs=2)
         return replace(small, **overrides)
-
-    @classmethod
-    def full_grid(cls, **overrides: Any) -> BenchConfig:
-        return replace(cls(scenarios=SCENARIOS, strategies=STRATEGIES, full=True), **overrides)
 
     def strategies_of(self, name: str) -> tuple[str, ...]:
         if self.full or parse_scenario(name)[1] != DUPLICATES:
