@@ -183,15 +183,24 @@ def _pairs(table: pa.Table) -> list[tuple[str, str | None]]:
     return list(zip(table.column("path").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
 
 
-_KNOWN_COLUMNS = ["path", "content_hash", "embedding", "model_version", "thumbnail"]
+_KNOWN_COLUMNS = ["path", "content_hash", "embedding", "model_version", "thumbnail", "sent_at"]
+# A cold window's 1-NN purity needs tens of labeled images: the labels of this many of the newest
+# picks with embeddings are read (a keyed read of every path of 30 days would grow with the budget).
+LABELS_READ = 1000
 
 
 def _recent(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> list[dict[str, Any]]:
     """The images sent lately (what a new pick must not repeat), as ledger rows of ``_KNOWN_COLUMNS``
-    and each image's human ``label`` where it came back (a cold window measures its features by them)."""
+    and, for the newest ``LABELS_READ`` with embeddings, the human ``label`` where it came back (a
+    cold window measures its features by them)."""
     since = today - dt.timedelta(days=KNOWN_DAYS)
     rows = _ledger_rows(lake, _KNOWN_COLUMNS, pc.field("request_date") >= since, ignore=ignore).to_pylist()
-    found = lake.lookup(IMAGES, "path", [r["path"] for r in rows], ["path", "label"])
+    newest = sorted(
+        (r for r in rows if r.get("embedding")),
+        key=lambda r: (r["sent_at"] is not None, r["sent_at"] or 0),
+        reverse=True,
+    )[:LABELS_READ]
+    found = lake.lookup(IMAGES, "path", [r["path"] for r in newest], ["path", "label"])
     labels = dict(zip(found.column("path").to_pylist(), found.column("label").to_pylist(), strict=True))
     for row in rows:
         row["label"] = labels.get(row["path"])
