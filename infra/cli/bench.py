@@ -288,59 +288,88 @@ def labeling_config(
     *,
     rounds: int | None = None,
     labels: int | None = None,
+    window: int | None = None,
     seeds: int | None = None,
-    pool: int | None = None,
     quick: bool = False,
+    full: bool = False,
     scenarios: list[str] | None = None,
+    strategies: list[str] | None = None,
 ) -> Any:
-    """The label-efficiency benchmark's set-up: the defaults (or the quick ones), the options given, and
-    the stream's near-duplicate distance and class share from ``settings``."""
-    from training.bench.labeling import SCENARIOS, BenchConfig
+    """The label-efficiency benchmark's set-up: the headline (or the quick or full grid), the options
+    given, and the stream's labeling settings from ``settings``."""
+    from infra.core.labeling.strategies import STRATEGIES
+    from training.bench.labeling import BenchConfig
+    from training.bench.labeling_data import SCENARIOS
 
     unknown = sorted(set(scenarios or ()) - set(SCENARIOS))
     if unknown:
         raise UsageError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    given = {"rounds": rounds, "labels": labels, "seeds": seeds, "pool": pool}
+    unknown = sorted(set(strategies or ()) - set(STRATEGIES))
+    if unknown:
+        raise UsageError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
+    given = {"rounds": rounds, "labels": labels, "window": window, "seeds": seeds}
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    if full:
+        overrides.update(scenarios=SCENARIOS, strategies=STRATEGIES, full=True)
     overrides["min_distance"] = settings.labeling_min_distance
     overrides["max_class_share"] = settings.labeling_max_class_share
+    overrides["explore_share"] = settings.labeling_explore_share
+    overrides["duplicate_fraction"] = settings.labeling_duplicate_fraction
+    overrides["warm_floor"] = settings.labeling_warm_floor
     if scenarios:
         overrides["scenarios"] = tuple(name for name in SCENARIOS if name in scenarios)
+    if strategies:
+        overrides["strategies"] = tuple(name for name in STRATEGIES if name in strategies)
     config = BenchConfig.quick(**overrides) if quick else BenchConfig(**overrides)
-    if config.labels * config.rounds >= config.pool:
-        raise UsageError(f"--pool {config.pool} is too small for {config.rounds} rounds of {config.labels} labels")
+    if config.labels > config.window:
+        raise UsageError(f"--window {config.window} is smaller than --labels {config.labels}")
+    if config.seeds < 2:
+        raise UsageError("--seeds must be at least 2: the intervals resample seeds")
     return config
 
 
 def bench_labeling(
-    rounds: Annotated[int | None, typer.Option(min=1, help="Labeling rounds after v0 (default 5; quick 2)")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds (windows) after v0 (default 10; quick 2)")] = None,
     labels: Annotated[
-        int | None, typer.Option(min=1, help="Labels each strategy sends per round (default 100; quick 20)")
+        int | None, typer.Option(min=1, help="Labels each strategy sends per round (default 50; quick 10)")
     ] = None,
-    seeds: Annotated[int | None, typer.Option(min=1, help="Seeds (data and initial weights) (default 3; quick 1)")] = (
-        None
-    ),
-    pool: Annotated[
-        int | None, typer.Option(min=10, help="Drifted images in the stream's pool (default 1500; quick 160)")
+    window: Annotated[
+        int | None, typer.Option(min=1, help="Fresh images per round, seen once (default 250; quick 50)")
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(min=2, help="Paired seeds (data and initial weights) (default 8; quick 2)")
     ] = None,
     quick: Annotated[bool, typer.Option(help="A tiny version (tests): seconds, figures that mean little")] = False,
+    full: Annotated[
+        bool, typer.Option(help="The full grid: every strategy in every scenario (with the no-drift controls)")
+    ] = False,
     scenario: Annotated[
-        list[str] | None, typer.Option(help="Run only this scenario (drift, near_duplicates); repeatable")
+        list[str] | None,
+        typer.Option(help="Run only this scenario (shapes_drift, digits_duplicates, ...); repeatable"),
     ] = None,
+    strategy: Annotated[list[str] | None, typer.Option(help="Run only this strategy; repeatable")] = None,
 ) -> None:
-    """Label efficiency of the labeling strategies after drift; print JSON.
+    """Label efficiency of the default labeling strategy against random after drift; print JSON.
 
-    v0 is trained on synthetic shapes of distribution A; the pool is a drifted distribution B. Each
-    round every strategy picks --labels images with the stream's selection (infra.core.labeling.strategies),
-    their true labels are revealed, the model is retrained and scored on a fixed B holdout. Scenario
-    near_duplicates adds 30% near-duplicates to the pool and counts the pairs each strategy sends.
-    LAKESIGHT_LABELING_MIN_DISTANCE and LAKESIGHT_LABELING_MAX_CLASS_SHARE apply as in the stream.
+    Per seed, v0 is trained on distribution A of a source (shapes, digits); each round is a window of
+    fresh images (drifted B, or A in the control) of which each strategy labels --labels with the
+    stream's selection (infra.core.labeling: exploration share, pixel near-duplicates, the default's
+    cold/warm phase); the model is retrained and scored on a fixed holdout. The figures are paired by
+    seed with bootstrap 90 % intervals. LAKESIGHT_LABELING_* settings apply as in the stream.
     Progress goes to stderr; docs/LABELING.md explains the figures.
     """
     from training.bench.labeling import run_label_bench
 
     config = labeling_config(
-        get_settings(), rounds=rounds, labels=labels, seeds=seeds, pool=pool, quick=quick, scenarios=scenario
+        get_settings(),
+        rounds=rounds,
+        labels=labels,
+        window=window,
+        seeds=seeds,
+        quick=quick,
+        full=full,
+        scenarios=scenario,
+        strategies=strategy,
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with stdout_to_stderr():

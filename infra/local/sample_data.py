@@ -182,3 +182,27 @@ def write_images(
         if on_written is not None:
             on_written(name)
     return counts
+
+
+def digit_variants(knobs: ShapeKnobs, sources: np.ndarray) -> Iterator[tuple[int, bytes]]:
+    """scikit-learn's digits ``sources`` (indices) drawn with the shapes' knobs: ``(digit, png_bytes)``.
+
+    Each digit's ink is laid over ``knobs.background`` in ``knobs.colour``, rotated up to
+    ``knobs.rotation``, with ``knobs.noise``: the same drift knobs as the shapes, on real
+    handwriting. ``knobs.classes`` and ``knobs.weights`` do not apply (the sources decide).
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    rng = np.random.default_rng(knobs.seed)
+    for source in sources:
+        ink = Image.fromarray((digits.images[int(source)] / 16.0 * 255.0).astype(np.uint8), mode="L")
+        ink = ink.resize((knobs.size, knobs.size), Image.Resampling.BILINEAR)
+        if knobs.rotation:
+            ink = ink.rotate(float(rng.uniform(-knobs.rotation, knobs.rotation)), resample=Image.Resampling.BILINEAR)
+        alpha = np.asarray(ink, dtype=np.float32)[..., None] / 255.0
+        base = _background(rng, knobs)
+        pixels = base * (1 - alpha) + np.asarray(_colour(rng, knobs.colour), np.float32) * alpha
+        if knobs.noise:
+            pixels = pixels + rng.normal(0, knobs.noise, pixels.shape)
+        yield int(digits.target[int(source)]), png_bytes(np.clip(pixels, 0, 255))

@@ -183,13 +183,28 @@ def _pairs(table: pa.Table) -> list[tuple[str, str | None]]:
     return list(zip(table.column("path").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
 
 
-_KNOWN_COLUMNS = ["content_hash", "embedding", "model_version", "thumbnail"]
+_KNOWN_COLUMNS = ["path", "content_hash", "embedding", "model_version", "thumbnail", "sent_at"]
+# A cold window's 1-NN purity needs tens of labeled images: the labels of this many of the newest
+# picks with embeddings are read (a keyed read of every path of 30 days would grow with the budget).
+LABELS_READ = 1000
 
 
 def _recent(lake: Lake, today: dt.date, *, ignore: Batch | None = None) -> list[dict[str, Any]]:
-    """The images sent lately (what a new pick must not repeat), as ledger rows of ``_KNOWN_COLUMNS``."""
+    """The images sent lately (what a new pick must not repeat), as ledger rows of ``_KNOWN_COLUMNS``
+    and, for the newest ``LABELS_READ`` with embeddings, the human ``label`` where it came back (a
+    cold window measures its features by them)."""
     since = today - dt.timedelta(days=KNOWN_DAYS)
-    return _ledger_rows(lake, _KNOWN_COLUMNS, pc.field("request_date") >= since, ignore=ignore).to_pylist()
+    rows = _ledger_rows(lake, _KNOWN_COLUMNS, pc.field("request_date") >= since, ignore=ignore).to_pylist()
+    newest = sorted(
+        (r for r in rows if r.get("embedding")),
+        key=lambda r: (r["sent_at"] is not None, r["sent_at"] or 0),
+        reverse=True,
+    )[:LABELS_READ]
+    found = lake.lookup(IMAGES, "path", [r["path"] for r in newest], ["path", "label"])
+    labels = dict(zip(found.column("path").to_pylist(), found.column("label").to_pylist(), strict=True))
+    for row in rows:
+        row["label"] = labels.get(row["path"])
+    return rows
 
 
 def _known(sent: list[dict[str, Any]], version: str | None) -> strategies.Known:
@@ -197,10 +212,12 @@ def _known(sent: list[dict[str, Any]], version: str | None) -> strategies.Known:
     version, embeddings only of ``version``'s (another network's vectors are not comparable)."""
     hashes = frozenset(r["content_hash"] for r in sent if r.get("content_hash"))
     thumbnails = tuple(r["thumbnail"] for r in sent if r.get("thumbnail"))
-    vectors = [r["embedding"] for r in sent if r.get("embedding") and r.get("model_version") == version]
+    comparable = [r for r in sent if r.get("embedding") and r.get("model_version") == version]
+    vectors = [r["embedding"] for r in comparable]
     if version is None or len({len(v) for v in vectors}) != 1:  # none comparable: hashes and pixels only
         return strategies.Known(content_hashes=hashes, thumbnails=thumbnails)
-    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes, thumbnails)
+    labels = tuple(r.get("label") for r in comparable)
+    return strategies.Known(np.asarray(vectors, dtype=np.float32), hashes, thumbnails, labels)
 
 
 # Candidates ---------------------------------------------------------------------------------------
@@ -412,9 +429,10 @@ def _phase(
         classes,
         [r.get("predicted_label") or "" for r in rows],
         settings.labeling_warm_floor,
+        measured=settings.labeling_explore_share > 0,  # without the share no label will ever measure it
     )
     if state == phases.COLD:
-        log.info("labeling: cold window (%s): typicality", why)
+        log.info("labeling: cold window (%s): typicality or stratified random", why)
     return state
 
 

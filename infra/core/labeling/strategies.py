@@ -70,6 +70,9 @@ class Known:
     embeddings: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # one model version's
     content_hashes: frozenset[str] = frozenset()
     thumbnails: tuple[bytes, ...] = ()  # any model version's: pixels do not change with the model
+    # The human labels of the ``embeddings`` rows, where they came back (None: not yet): whether the
+    # features separate the classes (``phases.purity``) decides a cold window's way of choosing.
+    labels: tuple[str | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ def select(
     ``duplicate_fraction``) of a known image or of a better-ranked candidate.
 
     ``phase`` (:mod:`infra.core.labeling.phases`; the hand-off passes it for ``margin_diversity``):
-    ``cold`` chooses by typicality, uncapped; ``warm`` spreads ``margin_diversity``'s picks by
+    ``cold`` chooses by typicality when the embedding separates ``known``'s labeled images, else by
+    cluster-stratified random, uncapped; ``warm`` spreads ``margin_diversity``'s picks by
     representative k-means instead of farthest-first; ``None`` is farthest-first.
     ``margin_diversity`` also skips an image whose content hash is known or repeated, and, unless
     every candidate has a thumbnail, one whose embedding lies within ``min_distance``
@@ -236,16 +240,33 @@ def _features(candidates: Candidates, known: Known) -> tuple[np.ndarray | None, 
 
 
 def _typical(candidates: Candidates, order: list[int], values: np.ndarray, k: int, known: Known) -> Selection:
-    """A cold window: TypiClust over the features, uncapped; without features, the random order."""
-    selection = Selection(picks=[], strategy=phases.TYPICALITY)
+    """A cold window, uncapped: TypiClust over the features when they separate the labeled images
+    (1-NN purity), else cluster-stratified random; without features, the random order."""
+    selection = Selection(picks=[], strategy=phases.STRATIFIED)
     pool = _without_duplicates(candidates, order, np.zeros(len(candidates), dtype=bool), known, selection)
     features, references = _features(candidates, known)
+    shuffled = sorted(range(len(pool)), key=lambda j: stable_fraction(f"labeling:{candidates.keys[pool[j]]}"))
     if features is None:
-        chosen = sorted(pool, key=lambda i: stable_fraction(f"labeling:{candidates.keys[i]}"))[:k]
-    else:
+        chosen = [pool[j] for j in shuffled[:k]]
+    elif _separates(candidates, known):
+        selection.strategy = phases.TYPICALITY
         chosen = [pool[j] for j in phases.typical(features[pool], k, references)]
+    else:
+        chosen = [pool[j] for j in phases.stratified(features[pool], k, shuffled)]
     selection.picks = [Pick(index, float(values[index]), rank) for rank, index in enumerate(chosen, start=1)]
     return selection
+
+
+def _separates(candidates: Candidates, known: Known) -> bool:
+    """Whether the model's embedding separates the labeled known images (1-NN purity at the bar)."""
+    if not candidates.has_embeddings() or len(known.labels) != len(known.embeddings):
+        return False
+    assert candidates.embeddings is not None
+    rows = [i for i, label in enumerate(known.labels) if label is not None]
+    if not rows or known.embeddings.shape[1] != candidates.embeddings.shape[1]:
+        return False
+    measured = phases.purity(known.embeddings[rows], [str(known.labels[i]) for i in rows])
+    return measured is not None and measured >= phases.PURITY_BAR
 
 
 def _representative(

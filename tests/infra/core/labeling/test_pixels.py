@@ -16,13 +16,13 @@ from infra.local.sample_data import ShapeKnobs, digits_images, shape_images
 from infra.settings import Settings
 from infra.tables import IMAGES, LABELING_CANDIDATES, LABELING_REQUESTS
 from tests.infra.core.labeling.test_handoff import CLASSES, at, paced, spread
-from training.bench.labeling import KNOBS_B, near_duplicate
+from training.bench.labeling_data import KNOBS, SHAPES, near_duplicate
 
 __all__ = ["paced"]  # the fixture, shared with test_handoff
 
 
 def shapes(count: int, seed: int) -> list[bytes]:
-    knobs = ShapeKnobs(count=count, size=96, seed=seed, prefix="p", holdout_fraction=0.0, **KNOBS_B)
+    knobs = ShapeKnobs(count=count, size=96, seed=seed, prefix="p", holdout_fraction=0.0, **KNOBS[SHAPES]["B"])
     return [data for _, data in shape_images(knobs)]
 
 
@@ -136,3 +136,25 @@ def test_distinct_images_close_in_the_embedding_are_not_skipped_when_pixels_are_
     )
     chosen = select(window, 6, strategy=MARGIN_DIVERSITY, min_distance=0.05)
     assert chosen.near_duplicates == [] and len(chosen.picks) == 6
+
+
+def test_shift_residuals_equal_comparing_every_shifted_window_in_turn() -> None:
+    rng = np.random.default_rng(3)
+    images = rng.integers(-127, 128, (12, pixels.SIZE, pixels.SIZE, 3)).astype(np.float32)
+    images[1] = np.roll(images[0], (2, -1), axis=(0, 1))  # a shifted copy: residual 0 at that shift
+    index = np.asarray([[1, 2, 3, -1], [0, 4, 5, 6]])
+    found = pixels.shift_residuals(images[:2], images, index)
+    side, shift = pixels.SIZE - 2 * pixels.SHIFT, pixels.SHIFT
+    for row in range(2):
+        core = images[row][shift : shift + side, shift : shift + side]
+        for column, other in enumerate(index[row]):
+            if other < 0:
+                assert found[row, column] == np.inf
+                continue
+            expected = min(
+                float(np.sqrt(((images[other][dy : dy + side, dx : dx + side] - core) ** 2).mean()))
+                for dy in range(2 * shift + 1)
+                for dx in range(2 * shift + 1)
+            )
+            assert found[row, column] == pytest.approx(expected, abs=1e-4)
+    assert found[0, 0] == pytest.approx(0.0, abs=1e-4)
