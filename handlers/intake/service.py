@@ -27,12 +27,14 @@ from handlers.intake import blob_created
 from handlers.intake import label_exports as labels
 from handlers.intake.blob_created import BlobTarget, Refused, TargetKind
 from handlers.intake.eventlog import Claim, EventLog, EventStatus
+from handlers.intake.label_studio_sync import LabelStudioSync
 from handlers.intake.lanes import Lane, describe
 from handlers.retraining import policy, runs
 from handlers.retraining.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.retraining.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.core import promotion
+from infra.core.labeling.label_studio import LABEL_STUDIO, labeling_service
 from infra.deadletters import DeadLetter, DeadLetterTable
 from infra.lake import Lake
 from infra.settings import Settings
@@ -71,6 +73,7 @@ class HandlerService:
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
         self.scorer = ScorePass(settings) if settings.score_when_idle else None
+        self.label_studio = LabelStudioSync(settings) if labeling_service(settings) == LABEL_STUDIO else None
         self._duplicates = 0
         stuck = settings.handler_stuck_s
         self._fast = Lane("fast", self._blob_batch, self._retry_later, batch=FAST_BATCH, stuck_s=stuck)
@@ -108,6 +111,8 @@ class HandlerService:
             self.launcher.start()
             if self.scorer is not None:
                 self.scorer.start()
+            if self.label_studio is not None:
+                self.label_studio.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the supervisor and the lanes; events still queued are handed back to the log."""
@@ -122,6 +127,8 @@ class HandlerService:
         self.launcher.stop()
         if self.scorer is not None:
             self.scorer.stop()
+        if self.label_studio is not None:
+            self.label_studio.stop()
         try:
             self.events.release()
             with self._lock:
@@ -285,6 +292,7 @@ class HandlerService:
             "backlog": backlog,
             "sweeps": self.sweeps,
             "duplicates_suppressed": self.duplicates_suppressed,
+            "label_studio": dict(self.label_studio.stats) if self.label_studio is not None else None,
         }
 
     # Failures ------------------------------------------------------------------------------------

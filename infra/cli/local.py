@@ -38,14 +38,17 @@ WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Spark work
 
 
 def stack_start(spark_cluster: SparkClusterOption = False, workers: WorkersOption = 2) -> None:
-    """Start Azurite (from the project's npm install) and create the containers; --spark-cluster: a Spark
+    """Start Azurite (from the project's npm install) and create the containers, and Label Studio when it is
+    the labeling service (LAKESIGHT_LABELING_SERVICE); --spark-cluster: a Spark
     standalone cluster and an MLflow tracking server too, and print the environment that points commands at them."""
+    from infra.local import label_studio
     from infra.local.stack import Azurite, check_java
 
     settings = get_settings()
     check_java()
     pid = Azurite(settings).start()
     console.print(f"azurite running (pid {pid}) on port {settings.blob_port}")
+    console.print(label_studio.start_quietly(settings))
     if spark_cluster:
         _start_cluster(settings, workers)
 
@@ -66,11 +69,14 @@ def _start_cluster(settings: Any, workers: int) -> None:
 def stack_stop() -> None:
     """Stop the local services started by 'stack start' (the Spark cluster too, if it was started)."""
     from infra.local.cluster import running_local_cluster, stop_local_cluster
+    from infra.local.label_studio import LabelStudio
     from infra.local.stack import Azurite
 
     settings = get_settings()
     stopped = Azurite(settings).stop()
     console.print("azurite stopped" if stopped else "azurite was not running")
+    labeling = LabelStudio(settings).stop()
+    console.print("label studio stopped" if labeling else "label studio was not running")
     if running_local_cluster(settings) is not None:
         console.print("spark cluster stopped" if stop_local_cluster(settings) else "spark cluster was not running")
 
@@ -78,10 +84,11 @@ def stack_stop() -> None:
 def stack_status() -> None:
     """Show whether the local services are running (the Spark cluster's too, once started)."""
     from infra.local.cluster import cluster_status
+    from infra.local.label_studio import status_row
     from infra.local.stack import stack_status as services
 
     settings = get_settings()
-    render_rows("local stack", [*services(settings), *cluster_status(settings)])
+    render_rows("local stack", [*services(settings), status_row(settings), *cluster_status(settings)])
 
 
 def demo(
@@ -131,7 +138,7 @@ def _demo_rows(report: Any) -> list[dict[str, str]]:
 
 
 def up() -> None:
-    """Start every local service (Azurite, MLflow UI, handler, relay, scoring stream) under a supervisor."""
+    """Start every local service (Azurite, MLflow UI, Label Studio, handler, relay, scoring stream), supervised."""
     from infra.local.stack import check_java
     from infra.local.supervisor import up as start_supervisor
 

@@ -3,10 +3,7 @@ with the champion's pre-annotation, a labeler's annotations, and their labels me
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,8 +15,6 @@ from handlers.intake.label_studio import pull_labels
 from infra.core.labeling.label_studio import LabelStudioClient, choice_result
 from infra.lake import Lake
 from infra.local.label_studio import LabelStudio
-from infra.local.stack import StackError
-from infra.processes import free_port
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_HISTORY
 from tests.handlers.conftest import CLASSES
@@ -27,20 +22,6 @@ from tests.handlers.test_label_matching import labels_of, send, sources
 from tests.helpers.handlers import serving
 
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    state: Path = tmp_path_factory.mktemp("label-studio")
-    service = LabelStudio(Settings(state_dir=state, label_studio_port=free_port()))
-    try:
-        service.start(timeout=420)
-    except StackError as exc:
-        if "not installed" in str(exc) and os.environ.get("CI") != "true":
-            pytest.skip(str(exc))
-        raise
-    yield service
-    service.stop()
 
 
 def test_a_labeler_labels_in_label_studio_and_the_labels_merge(label_studio: LabelStudio, labeling: Settings) -> None:
