@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -261,11 +261,34 @@ def ledger_since(lake: Lake, since: dt.datetime | None) -> list[dict[str, Any]]:
     return [manifest_line_of(row) for row in table.to_pylist() if row["task_id"]]
 
 
-def push_tasks(client: LabelStudioClient, project: int, lines: list[dict[str, Any]]) -> int:
+def push_tasks(
+    client: LabelStudioClient, project: int, lines: list[dict[str, Any]], *, show: Callable[[str], str] | None = None
+) -> int:
     """Create the tasks of ``lines`` the project does not have yet (by the hand-off's task id): a
-    retry after a failure or a crash never makes one twice. The number created."""
+    retry after a failure or a crash never makes one twice. ``show`` turns a copy's URL into one the
+    labeler's browser can load (a signed URL). The number created."""
     if not lines:
         return 0
     have = client.task_ids(project)
     missing = list({line["task_id"]: line for line in lines if line["task_id"] not in have}.values())
+    if show is not None:
+        missing = [{**line, "image_url": show(line["image_url"])} for line in missing]
     return client.import_tasks(project, missing) if missing else 0
+
+
+# How long a task's signed image URL is valid: a task older than this shows no image.
+TASK_IMAGE_VALID = dt.timedelta(days=30)
+
+
+def image_signer(settings: Settings) -> Callable[[str], str]:
+    """Signs the copies in the labeling container for a browser (read-only, :data:`TASK_IMAGE_VALID`)."""
+    from infra.blob import BlobStore
+    from infra.blob_names import blob_ref
+
+    store = BlobStore(settings)
+
+    def show(url: str) -> str:
+        ref = blob_ref(url)
+        return store.signed_url(ref.container, ref.name, valid_for=TASK_IMAGE_VALID)
+
+    return show

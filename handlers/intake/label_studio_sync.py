@@ -26,7 +26,8 @@ import httpx
 import pyarrow.compute as pc
 
 from handlers.background import WakeableWorker
-from handlers.intake.label_studio import ledger_since, pull_labels, push_tasks
+from handlers.intake.label_studio import image_signer, ledger_since, pull_labels, push_tasks
+from infra.blob import BlobStore
 from infra.core.labeling.label_studio import (
     WEBHOOK_KEY_HEADER,
     LabelStudioClient,
@@ -70,6 +71,7 @@ class LabelStudioSync(WakeableWorker):
         self.stats: dict[str, Any] = {"tasks_created": 0, "annotations_pulled": 0, "last_sync": None, "error": None}
         self._busy = threading.Event()
         self._said: str | None = None
+        self._cors_done = False
 
     # The cursor: the newest ledger ``sent_at`` in Label Studio, and the task ids it has from the
     # overlap before it (a ledger row with an older or equal ``sent_at`` may still come).
@@ -101,9 +103,12 @@ class LabelStudioSync(WakeableWorker):
         try:
             project = client.project(settings.model_name, project_classes(settings, lake, lines))
             client.ensure_webhook(project, webhook_url(settings), {WEBHOOK_KEY_HEADER: settings.event_secret()})
+            if not self._cors_done:  # its page loads a task's image with a CORS request
+                BlobStore(settings).allow_browser_reads(label_studio_url(settings))
+                self._cors_done = True
             created = 0
             if any(line["task_id"] not in pushed for line in lines):
-                created = push_tasks(client, project, lines)
+                created = push_tasks(client, project, lines, show=image_signer(settings))
                 self._save_cursor(lines)
             report = pull_labels(settings, lake, client, project, classes=settings.label_classes)
         finally:

@@ -109,7 +109,8 @@ def demo(
     out.print(
         f"state: {report.state_dir}  ·  MLflow UI: mlflow ui --backend-store-uri "
         f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve-events, then http://127.0.0.1:"
-        f"{settings.handler_port}/"
+        f"{settings.handler_port}/  ·  label yourself: lakesight up, then Label Studio at http://127.0.0.1:"
+        f"{settings.label_studio_port}/"
     )
 
 
@@ -122,10 +123,18 @@ def _label_spend(report: Any) -> str:
     return f"{spent}: holdout {before:.3f} -> {after:.3f} ({after - before:+.3f})"
 
 
+def _labeling_service(report: Any) -> str:
+    """``label-studio: 41 labels received`` (by webhook or pull), or the service alone."""
+    if report.labeling_service == "label-studio":
+        return f"label-studio: {report.labels_received} labels received"
+    return f"{report.labeling_service or 'container'}: an export of the true labels"
+
+
 def _demo_rows(report: Any) -> list[dict[str, str]]:
     return [
         {"what": "images uploaded / scored", "value": f"{report.images_uploaded} / {report.images_scored}"},
         {"what": "sent to labeling / labels merged", "value": f"{report.sent_to_labeling} / {report.labels_merged}"},
+        {"what": "labeling service", "value": _labeling_service(report)},
         {"what": "labels spent for accuracy", "value": _label_spend(report)},
         {"what": "labeling candidates", "value": json.dumps(report.labeling_outcomes)},
         {"what": "v1 holdout accuracy", "value": f"{report.v1_holdout_accuracy} (version {report.v1})"},

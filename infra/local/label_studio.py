@@ -84,12 +84,14 @@ class LabelStudio(Service):
             return False
         return answer.status_code == 200 and answer.json().get("status") == "UP"
 
-    def start(self, timeout: float = 240.0) -> int:
-        """Start Label Studio unless it already answers; wait for its health check; return its pid."""
-        if self.healthy():
-            return self.pid() or 0
+    def launch(self) -> int:
+        """Spawn Label Studio without waiting for it (see :meth:`wait_healthy`); its pid."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        pid = self.spawn(self.argv(), env=self.env())
+        return self.spawn(self.argv(), env=self.env())
+
+    def wait_healthy(self, pid: int, timeout: float = 240.0) -> None:
+        """Wait for its health check; :class:`StackError` (and the process stopped) when it exits or
+        does not answer within ``timeout``."""
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if not pid_alive(pid):
@@ -98,6 +100,13 @@ class LabelStudio(Service):
                 self.stop()
                 raise StackError(f"Label Studio did not answer within {timeout:.0f}s; see {self.log_file}")
             time.sleep(1.0)
+
+    def start(self, timeout: float = 240.0) -> int:
+        """Start Label Studio unless it already answers; wait for its health check; return its pid."""
+        if self.healthy():
+            return self.pid() or 0
+        pid = self.launch()
+        self.wait_healthy(pid, timeout)
         return pid
 
 

@@ -4,6 +4,7 @@ with the champion's pre-annotation, a labeler's annotations, and their labels me
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 import pytest
@@ -28,8 +29,9 @@ def test_a_labeler_labels_in_label_studio_and_the_labels_merge(label_studio: Lab
     manifest = send(labeling, sources(labeling, 2))
     settings = label_studio.settings
     client = LabelStudioClient(label_studio.url, settings.label_studio_email, settings.label_studio_secret())
-    project = client.project("lakesight-classifier", CLASSES)
-    assert client.project("lakesight-classifier", CLASSES) == project  # one project per model
+    title = f"classifier-{uuid.uuid4().hex[:8]}"  # the session's Label Studio serves other tests too
+    project = client.project(title, CLASSES)
+    assert client.project(title, CLASSES) == project  # one project per model
     assert client.import_tasks(project, manifest) == len(manifest)
 
     tasks = client.tasks(project)
@@ -70,7 +72,7 @@ def test_annotations_come_back_by_webhook_once_each_and_only_with_the_key(
     manifest = send(labeling, sources(labeling, 1))
     settings = label_studio.settings
     client = LabelStudioClient(label_studio.url, settings.label_studio_email, settings.label_studio_secret())
-    project = client.project("lakesight-webhook", CLASSES)
+    project = client.project(f"webhook-{uuid.uuid4().hex[:8]}", CLASSES)
     client.import_tasks(project, manifest)
     lake = Lake(labeling)
     with serving(labeling) as (events_url, _service):

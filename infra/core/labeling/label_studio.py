@@ -146,13 +146,17 @@ class LabelStudioClient:
         return answer.json() if answer.content else None
 
     # Projects and tasks ---------------------------------------------------------------------------
-    def project(self, title: str, classes: list[str]) -> int:
-        """The id of the project titled ``title``, created with ``classes`` when there is none."""
+    def find_project(self, title: str) -> int | None:
+        """The id of the project titled ``title``, None when there is none."""
         found = self.api("GET", "/api/projects", params={"title": title})
         projects = found.get("results", []) if isinstance(found, dict) else found
-        for project in projects:
-            if project.get("title") == title:
-                return int(project["id"])
+        return next((int(p["id"]) for p in projects if p.get("title") == title), None)
+
+    def project(self, title: str, classes: list[str]) -> int:
+        """The id of the project titled ``title``, created with ``classes`` when there is none."""
+        found = self.find_project(title)
+        if found is not None:
+            return found
         created = self.api("POST", "/api/projects", json={"title": title, "label_config": label_config(classes)})
         return int(created["id"])
 
