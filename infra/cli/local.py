@@ -325,7 +325,25 @@ def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
         )
     if queue.get("fallback"):
         rows.append({"what": "labeling strategy", "value": str(queue["fallback"])})
+    if queue.get("service"):
+        rows.append({"what": "labeling service", "value": _service_line(queue["service"])})
     return rows
+
+
+def _service_line(service: dict[str, Any]) -> str:
+    """``label-studio: 3 tasks open, 12 annotations received (11 by webhook, 1 by pull); labels refused:
+    unknown class 2``."""
+    parts = []
+    if service.get("tasks_open") is not None:
+        parts.append(f"{service['tasks_open']} tasks open")
+    if service.get("name") == "label-studio" or service.get("annotations_received"):
+        parts.append(
+            f"{service['annotations_received']} annotations received "
+            f"({service['by_webhook']} by webhook, {service['by_pull']} by pull)"
+        )
+    rejects = service.get("rejects") or {}
+    refused = ", ".join(f"{reason} {count}" for reason, count in rejects.items()) or "none"
+    return f"{service.get('name')}: {', '.join(parts) + '; ' if parts else ''}labels refused: {refused}"
 
 
 def _handler_rows(handlers: list[dict[str, Any]] | None) -> list[dict[str, str]]:
@@ -337,9 +355,25 @@ def _handler_rows(handlers: list[dict[str, Any]] | None) -> list[dict[str, str]]
         state = handler.get("state")
         if handler.get("stale_reason"):
             problems = f"{state}: {handler['stale_reason']}"
-        value = f"{problems}; {backlog.get('pending')} pending, {backlog.get('retrying')} waiting for a retry"
+        pending, retrying = _count(backlog.get("pending")), _count(backlog.get("retrying"))
+        value = f"{problems}; {pending} pending, {retrying} waiting for a retry"
         rows.append({"what": f"event handler (pid {handler.get('pid')})", "value": value})
     return rows
+
+
+def _count(value: Any) -> str:
+    """A figure as printed: never a raw ``None``."""
+    return "–" if value is None else str(value)
+
+
+def _batch_line(progress: dict[str, Any]) -> str:
+    """``120 rows, 35.2 rows/s, backlog 0``; before the stream's first batch, that."""
+    if not progress or progress.get("input_rows") is None:
+        return "no batch yet"
+    return (
+        f"{progress['input_rows']} rows, {_count(progress.get('processed_rows_per_s'))} rows/s, "
+        f"backlog {_count(progress.get('backlog'))}"
+    )
 
 
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
@@ -348,18 +382,18 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     images = snap.get("images") or {}
     rows = [
         {"what": "scoring stream", "value": _stream_line(stream)},
-        {
-            "what": "last batch",
-            "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "
-            f"backlog {progress.get('backlog')}",
-        },
+        {"what": "last batch", "value": _batch_line(progress)},
         {
             "what": "images / scored / errors",
-            "value": f"{images.get('images')} / {images.get('scored')} / {images.get('errors')}",
+            "value": " / ".join(_count(images.get(k)) for k in ("images", "scored", "errors"))
+            if images
+            else "no images yet",
         },
         {
             "what": "pending labels / human labels",
-            "value": f"{images.get('pending_labels')} / {images.get('human_labels')}",
+            "value": f"{_count(images.get('pending_labels'))} / {_count(images.get('human_labels'))}"
+            if images
+            else "no images yet",
         },
         {"what": "champion", "value": _champion_line(snap)},
         *_labeling_rows(snap.get("labeling")),

@@ -15,6 +15,7 @@ from handlers.intake.label_studio_sync import LabelStudioSync
 from handlers.intake.service import HandlerService
 from handlers.server import running
 from infra.core.labeling.label_studio import LabelStudioClient, LabelStudioError, choice_result
+from infra.core.status import labeling_service_state
 from infra.lake import Lake
 from infra.local.label_studio import LabelStudio
 from infra.processes import free_port
@@ -94,6 +95,13 @@ def test_the_pull_applies_each_annotation_version_once_and_a_deletion_restores_t
     first = client.annotate(task["id"], "1")  # no handler listens: the webhook is missed
     assert sync.sync_once()["annotations_pulled"] == 1
     assert labels_of(lake)[path] == "1"
+    service = labeling_service_state(settings, lake)  # what the status shows
+    assert (service["name"], service["tasks_open"], service["annotations_received"]) == (
+        "label-studio",
+        len(manifest) - 1,
+        1,
+    )
+    assert (service["by_webhook"], service["by_pull"]) == (0, 1)
     version = lake.version(IMAGES)
     assert sync.sync_once()["annotations_pulled"] == 0  # the same version is never applied twice
     assert lake.version(IMAGES) == version
