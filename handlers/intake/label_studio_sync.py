@@ -68,7 +68,13 @@ class LabelStudioSync(WakeableWorker):
         super().__init__()
         self.settings = settings
         self.cursor_file = settings.state_dir / "handlers" / "label-studio-cursor.json"
-        self.stats: dict[str, Any] = {"tasks_created": 0, "annotations_pulled": 0, "last_sync": None, "error": None}
+        self.stats: dict[str, Any] = {
+            "tasks_created": 0,
+            "annotations_pulled": 0,
+            "last_sync": None,
+            "error": None,
+            "failed_rounds": 0,  # in a row
+        }
         self._busy = threading.Event()
         self._said: str | None = None
         self._cors_done = False
@@ -120,6 +126,7 @@ class LabelStudioSync(WakeableWorker):
             last_sync=dt.datetime.now(dt.UTC).isoformat(),
             project=project,
             error=None,
+            failed_rounds=0,
         )
         return {"project": project, "tasks_created": created, "annotations_pulled": pulled}
 
@@ -145,6 +152,7 @@ class LabelStudioSync(WakeableWorker):
         """One line per new kind of failure: Label Studio down for an hour is not 120 warnings."""
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         self.stats["error"] = message
+        self.stats["failed_rounds"] += 1
         if message != self._said:
             log.warning(
                 "Label Studio sync failed (picks stay queued, retried every %.0fs): %s",

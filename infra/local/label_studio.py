@@ -147,7 +147,7 @@ def status_row(settings: Settings) -> dict[str, object]:
     return {
         "service": "label-studio",
         "pid": service.pid(),
-        "healthy": service.healthy() if service.pid() is not None else False,
+        "healthy": service.healthy(),
         "address": service.url,
         "log": str(service.log_file),
     }
