@@ -20,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -64,9 +65,13 @@ class LabelStudioSync(WakeableWorker):
 
     thread_name = "lakesight-label-studio"
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, on_labels: Callable[[], None] | None = None):
+        """``on_labels`` runs on this worker's thread once after labels arrived (by webhook or pull),
+        however many: the retraining policy looks at them as it looks at an export's."""
         super().__init__()
         self.settings = settings
+        self.on_labels = on_labels
+        self._labels_arrived = threading.Event()
         self.cursor_file = settings.state_dir / "handlers" / "label-studio-cursor.json"
         self.stats: dict[str, Any] = {
             "tasks_created": 0,
@@ -120,6 +125,8 @@ class LabelStudioSync(WakeableWorker):
         finally:
             client.close()
         pulled = 0 if report.skipped_replay else report.entries
+        if pulled:
+            self._labels_arrived.set()
         self.stats.update(
             tasks_created=self.stats["tasks_created"] + created,
             annotations_pulled=self.stats["annotations_pulled"] + pulled,
@@ -144,6 +151,10 @@ class LabelStudioSync(WakeableWorker):
                 self._said = None
             except (LakesightError, httpx.HTTPError, OSError) as exc:
                 self._report(exc)
+            try:
+                self._after_labels()
+            except Exception as exc:  # noqa: BLE001 - the policy is asked again after the next labels
+                log.warning("retraining policy after Label Studio's labels failed: %s", exc)
             finally:
                 self._busy.clear()
             self._wake.wait(self.settings.label_studio_sync_s)
@@ -160,6 +171,16 @@ class LabelStudioSync(WakeableWorker):
                 message,
             )
             self._said = message
+
+    def labels_arrived(self) -> None:
+        """Labels came in (the webhook route calls this): the policy runs after this round."""
+        self._labels_arrived.set()
+        self._wake.set()
+
+    def _after_labels(self) -> None:
+        if self._labels_arrived.is_set() and self.on_labels is not None:
+            self._labels_arrived.clear()
+            self.on_labels()
 
     def wake(self) -> None:
         self._wake.set()

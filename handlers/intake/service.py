@@ -73,7 +73,11 @@ class HandlerService:
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
         self.scorer = ScorePass(settings) if settings.score_when_idle else None
-        self.label_studio = LabelStudioSync(settings) if labeling_service(settings) == LABEL_STUDIO else None
+        self.label_studio = (
+            LabelStudioSync(settings, on_labels=self._label_studio_labels)
+            if labeling_service(settings) == LABEL_STUDIO
+            else None
+        )
         self._duplicates = 0
         stuck = settings.handler_stuck_s
         self._fast = Lane("fast", self._blob_batch, self._retry_later, batch=FAST_BATCH, stuck_s=stuck)
@@ -419,6 +423,24 @@ class HandlerService:
             "psi": decision.metrics.psi,
             "champion_accuracy": decision.metrics.champion_accuracy,
         }
+
+    def _label_studio_labels(self) -> None:
+        """Labels came from Label Studio (webhooks, a pull): what an export's labels start, once per
+        round of the worker however many came: a waiting challenger is decided, then the policy."""
+        promotion.decide(self.settings, self.lake)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        policy.evaluate(
+            self.settings,
+            self.lake,
+            decision_id=f"label-studio-{stamp}",
+            trigger="label-studio",
+            request_launch=self.launcher.request,
+        )
+
+    def labels_arrived(self) -> None:
+        """Label Studio's webhook applied labels: the worker asks the policy after its round."""
+        if self.label_studio is not None:
+            self.label_studio.labels_arrived()
 
     def _export(self, event: Event, target: BlobTarget | None) -> dict[str, Any]:
         if target is None:  # the dispatcher sends only BlobCreated events with a target here

@@ -20,7 +20,7 @@ from infra.lake import Lake
 from infra.local.label_studio import LabelStudio
 from infra.processes import free_port
 from infra.settings import Settings
-from infra.tables import IMAGES, LABEL_HISTORY, LABEL_STUDIO_ANNOTATIONS
+from infra.tables import IMAGES, LABEL_HISTORY, LABEL_STUDIO_ANNOTATIONS, RETRAINING_DECISIONS
 from tests.handlers.test_label_matching import labels_of, send, sources
 from tests.helpers.waiting import wait_until
 
@@ -139,6 +139,8 @@ def test_the_handler_creates_tasks_and_takes_created_and_deleted_annotations_by_
         task = next(t for t in project_tasks(client, settings) if t["data"]["task_id"] == manifest[0]["task_id"])
         first = client.annotate(task["id"], "1")
         wait_until(lambda: labels_of(lake).get(path) == "1", "the created annotation's webhook")
+        # The labels start what an export's start: the retraining policy decides (once per round).
+        wait_until(lambda: "label-studio" in triggers(lake), "a retraining decision on Label Studio's labels")
         second = client.annotate(task["id"], "0")
         wait_until(lambda: labels_of(lake).get(path) == "0", "the second annotation's webhook")
         client.api("DELETE", f"/api/annotations/{second['id']}")
@@ -150,6 +152,12 @@ def test_the_handler_creates_tasks_and_takes_created_and_deleted_annotations_by_
         client.close()
     received = {r["annotation_id"]: r["via"] for r in lake.read(LABEL_STUDIO_ANNOTATIONS).to_pylist()}
     assert received == {first["id"]: "webhook", second["id"]: "webhook"}
+
+
+def triggers(lake: Lake) -> list[str]:
+    if not lake.exists(RETRAINING_DECISIONS):
+        return []
+    return lake.read(RETRAINING_DECISIONS, columns=["trigger"]).column("trigger").to_pylist()
 
 
 def key(settings: Settings) -> dict[str, str]:

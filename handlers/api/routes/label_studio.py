@@ -47,6 +47,8 @@ async def annotation_webhook(
     action = payload.get("action") if isinstance(payload, dict) else None
     if deleted is not None:
         restored = await run_in_threadpool(forget_annotations, service.lake, deleted)
+        if restored:
+            service.labels_arrived()
         return JSONResponse({"action": action, "applied": True, "deleted": len(deleted), "restored": restored})
     if annotation is None:
         log.info("Label Studio webhook %s ignored", action)
@@ -59,4 +61,6 @@ async def annotation_webhook(
         source=f"label-studio:{request.client.host if request.client else '?'}",
         classes=settings.label_classes,
     )
+    if report.merged and not report.skipped_replay:
+        service.labels_arrived()  # the retraining policy looks at them, as at an export's
     return JSONResponse({"action": action, "applied": True, "labels": report.as_dict()})
