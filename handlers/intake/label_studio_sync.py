@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 # Ledger rows this much older than the cursor are looked at again: a batch replayed after a crash
 # commits its rows with its first ``sent_at``, which may be before a later batch's.
 CURSOR_OVERLAP = dt.timedelta(hours=1)
+# The retraining policy looks at Label Studio's labels once none came for this many rounds (and at
+# least MIN_SETTLE_S): a labeler's session is weighed at once.
+SETTLE_ROUNDS = 3
+MIN_SETTLE_S = 10.0
 
 
 def project_classes(settings: Settings, lake: Lake, lines: list[dict[str, Any]]) -> list[str]:
@@ -72,6 +76,7 @@ class LabelStudioSync(WakeableWorker):
         self.settings = settings
         self.on_labels = on_labels
         self._labels_arrived = threading.Event()
+        self._last_label = 0.0  # time.monotonic() of the newest labels
         self.cursor_file = settings.state_dir / "handlers" / "label-studio-cursor.json"
         self.stats: dict[str, Any] = {
             "tasks_created": 0,
@@ -126,7 +131,7 @@ class LabelStudioSync(WakeableWorker):
             client.close()
         pulled = 0 if report.skipped_replay else report.entries
         if pulled:
-            self._labels_arrived.set()
+            self.labels_arrived()
         self.stats.update(
             tasks_created=self.stats["tasks_created"] + created,
             annotations_pulled=self.stats["annotations_pulled"] + pulled,
@@ -173,12 +178,19 @@ class LabelStudioSync(WakeableWorker):
             self._said = message
 
     def labels_arrived(self) -> None:
-        """Labels came in (the webhook route calls this): the policy runs after this round."""
+        """Labels came in (the webhook route calls this): the policy runs once they settle."""
+        self._last_label = time.monotonic()
         self._labels_arrived.set()
-        self._wake.set()
+
+    def settle_s(self) -> float:
+        """How long no labels must come before the policy looks at them: a labeling session's labels
+        are weighed together, not 25 at a time while the labeler is still at work (with a short
+        cooldown that retrained once per handful of labels)."""
+        return max(SETTLE_ROUNDS * self.settings.label_studio_sync_s, MIN_SETTLE_S)
 
     def _after_labels(self) -> None:
-        if self._labels_arrived.is_set() and self.on_labels is not None:
+        settled = time.monotonic() - self._last_label >= self.settle_s()
+        if self._labels_arrived.is_set() and settled and self.on_labels is not None:
             self._labels_arrived.clear()
             self.on_labels()
 

@@ -425,8 +425,8 @@ class HandlerService:
         }
 
     def _label_studio_labels(self) -> None:
-        """Labels came from Label Studio (webhooks, a pull): what an export's labels start, once per
-        round of the worker however many came: a waiting challenger is decided, then the policy."""
+        """Labels came from Label Studio (webhooks, a pull): what an export's labels start, once they
+        settled (:meth:`LabelStudioSync.settle_s`): a waiting challenger is decided, then the policy."""
         promotion.decide(self.settings, self.lake)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         policy.evaluate(
@@ -438,7 +438,7 @@ class HandlerService:
         )
 
     def labels_arrived(self) -> None:
-        """Label Studio's webhook applied labels: the worker asks the policy after its round."""
+        """Label Studio's webhook applied labels: the worker asks the policy once they settle."""
         if self.label_studio is not None:
             self.label_studio.labels_arrived()
 
