@@ -255,9 +255,9 @@ def ledger_since(lake: Lake, since: dt.datetime | None) -> list[dict[str, Any]]:
     """The ledger's rows sent at or after ``since`` (all when None), as manifest lines."""
     if not lake.exists(LABELING_REQUESTS):
         return []
-    table = lake.read(LABELING_REQUESTS, columns=LEDGER_COLUMNS)
-    if since is not None:
-        table = table.filter(pc.greater_equal(table.column("sent_at"), pa.scalar(since, TS)))
+    # Every round reads the ledger since the cursor only: files older than it are pruned by their statistics.
+    recent = None if since is None else pc.field("sent_at") >= pa.scalar(since, TS)
+    table = lake.read(LABELING_REQUESTS, columns=LEDGER_COLUMNS, filters=recent)
     return [manifest_line_of(row) for row in table.to_pylist() if row["task_id"]]
 
 
