@@ -4,6 +4,7 @@ and how a storage outage is told from a definite answer. Name and URL rules: :mo
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -155,6 +156,41 @@ class BlobStore:
         settings = ContentSettings(content_type=content_type) if content_type else None
         client.upload_blob(data, overwrite=True, content_settings=settings)
         return client.url
+
+    def signed_url(self, container: str, name: str, *, valid_for: dt.timedelta) -> str:
+        """The blob's URL with a read-only SAS for ``valid_for``, signed with the account key: what a
+        browser that is not signed in to the account may load (a labeler's page showing the image).
+        An account reached without a key (a token) gets the plain URL."""
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        client = self.service.get_blob_client(container, validate_blob_name(name))
+        key = getattr(self.service.credential, "account_key", None)
+        if not key:
+            return str(client.url)
+        token = generate_blob_sas(
+            account_name=self.service.account_name,
+            container_name=container,
+            blob_name=name,
+            account_key=key,
+            permission=BlobSasPermissions(read=True),
+            expiry=dt.datetime.now(dt.UTC) + valid_for,
+        )
+        return f"{client.url}?{token}"
+
+    def allow_browser_reads(self, origin: str) -> bool:
+        """Let pages from ``origin`` read blobs (a CORS rule for GET on the account's blob service,
+        added beside the rules there): Label Studio's page loads a task's image with a CORS request.
+        False when the rule was there already."""
+        from azure.storage.blob import CorsRule
+
+        cors = list(self.service.get_service_properties().get("cors") or [])
+        if any(origin in (rule.allowed_origins or "").split(",") for rule in cors):
+            return False
+        cors.append(
+            CorsRule([origin], ["GET", "HEAD"], allowed_headers=["*"], exposed_headers=["*"], max_age_in_seconds=3600)
+        )
+        self.service.set_service_properties(cors=cors)
+        return True
 
     def upload_file(self, container: str, name: str, path: Path) -> str:
         return self.upload(container, name, path.read_bytes(), content_type=guess_content_type(name))

@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     images_container: str = Field("images", description="Container where new images land")
     labeling_container: str = Field("labeling", description="Container for images sent to humans")
     exports_container: str = Field("labeling-exports", description="Container for labeling exports")
+    labeling_service: Literal["", "label-studio", "azureml", "container"] = Field(
+        "",
+        description="Where the hand-off's picks go to humans: label-studio (tasks in the embedded Label Studio), "
+        "azureml (the labeling container as an Azure ML labeling datastore) or container (copies and a JSONL "
+        "manifest only); default label-studio in local mode when it is installed, else container",
+    )
+    label_studio_sync_s: float = Field(
+        30.0,
+        gt=0,
+        description="How often the handler pushes new picks into Label Studio and pulls its annotations "
+        "(the pull reconciles what a missed webhook dropped)",
+    )
     label_studio_port: int = Field(8767, description="Port of the Label Studio that 'lakesight up' starts (loopback)")
     label_studio_email: str = Field(
         "admin@lakesight.local", description="Label Studio admin user lakesight creates and signs in as"

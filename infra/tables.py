@@ -195,6 +195,28 @@ LABEL_HISTORY = TableSpec(
     sort_by="recorded_at",
 )
 
+# Label Studio's annotations as lakesight received them (webhook or pull): one row per annotation,
+# its newest version (``updated_at`` as Label Studio wrote it) and ``deleted_at`` once it is deleted
+# there. A version recorded here is never applied again; a deletion restores the label before it.
+LABEL_STUDIO_ANNOTATIONS = TableSpec(
+    "label_studio_annotations",
+    pa.schema(
+        [
+            pa.field("annotation_id", pa.int64(), nullable=False),
+            pa.field("project", pa.int64()),
+            pa.field("task_id", pa.string()),
+            pa.field("label", pa.string()),
+            pa.field("updated_at", pa.string()),
+            pa.field("labeled_at", TS),
+            pa.field("via", pa.string()),
+            pa.field("received_at", TS),
+            pa.field("deleted_at", TS),
+        ]
+    ),
+    keys=("annotation_id",),
+    sort_by="received_at",
+)
+
 # One row per retraining decision, keyed by its trigger (so a replayed trigger adds nothing).
 RETRAINING_DECISIONS = TableSpec(
     "retraining_decisions",
@@ -317,6 +339,7 @@ TABLES = (
     LABELING_CANDIDATES,
     LABEL_REJECTS,
     LABEL_HISTORY,
+    LABEL_STUDIO_ANNOTATIONS,
     RETRAINING_DECISIONS,
     PROMOTION_DECISIONS,
     ONLINE_PREDICTIONS,

@@ -6,11 +6,15 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from infra.processes import free_port
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.local.label_studio import LabelStudio
 
 # The Spark standalone cluster and tracking server of the `cluster` tests (started only when one runs).
 pytest_plugins = ["tests.helpers.cluster"]
@@ -21,11 +25,40 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests that are not about pacing see unsure images sent from the batch that scored them; the
 # pacing tests (tests/infra/core/labeling/test_handoff.py) set the window themselves.
 os.environ.setdefault("LAKESIGHT_LABELING_WINDOW_S", "0")
+# A test that wants Label Studio says so (the session starts one, slowly): a handler elsewhere must not
+# sync with a Label Studio on the default port of this machine.
+os.environ.setdefault("LAKESIGHT_LABELING_SERVICE", "container")
 
 
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("lakesight-session")
+
+
+@pytest.fixture(scope="session")
+def label_studio(session_dir: Path) -> Iterator[LabelStudio]:
+    """One real Label Studio for the whole session (it takes a minute or more to start): each test
+    uses a project of its own (the model name). Skipped where it is not installed, outside CI.
+    ``LAKESIGHT_TEST_LABEL_STUDIO_PORT`` reuses one already running there (default admin), for
+    working on these tests without a start per run; it is left running."""
+    from infra.local.label_studio import LabelStudio
+    from infra.local.stack import StackError
+
+    running = os.environ.get("LAKESIGHT_TEST_LABEL_STUDIO_PORT")
+    port = int(running) if running else free_port()
+    service = LabelStudio(Settings(state_dir=session_dir / "label-studio-state", label_studio_port=port))
+    if running:
+        assert service.healthy(), f"no Label Studio answers on port {port} (LAKESIGHT_TEST_LABEL_STUDIO_PORT)"
+        yield service
+        return
+    try:
+        service.start(timeout=420)
+    except StackError as exc:
+        if "not installed" in str(exc) and os.environ.get("CI") != "true":
+            pytest.skip(str(exc))
+        raise
+    yield service
+    service.stop()
 
 
 @pytest.fixture(scope="session")

@@ -27,12 +27,14 @@ from handlers.intake import blob_created
 from handlers.intake import label_exports as labels
 from handlers.intake.blob_created import BlobTarget, Refused, TargetKind
 from handlers.intake.eventlog import Claim, EventLog, EventStatus
+from handlers.intake.label_studio_sync import LabelStudioSync
 from handlers.intake.lanes import Lane, describe
 from handlers.retraining import policy, runs
 from handlers.retraining.launcher import Backend, Launcher, LaunchStatus, make_backend
 from handlers.retraining.score_pass import ScorePass
 from infra.arrivals import write_arrival_records
 from infra.core import promotion
+from infra.core.labeling.label_studio import LABEL_STUDIO, labeling_service
 from infra.deadletters import DeadLetter, DeadLetterTable
 from infra.lake import Lake
 from infra.settings import Settings
@@ -75,6 +77,11 @@ class HandlerService:
         self.base_url = blob_created.account_url(settings)
         self.launcher = Launcher(settings, backend or make_backend(settings))
         self.scorer = ScorePass(settings) if settings.score_when_idle else None
+        self.label_studio = (
+            LabelStudioSync(settings, on_labels=self._label_studio_labels)
+            if labeling_service(settings) == LABEL_STUDIO
+            else None
+        )
         self._duplicates = 0
         stuck = settings.handler_stuck_s
         self._fast = Lane("fast", self._blob_batch, self._retry_later, batch=FAST_BATCH, stuck_s=stuck)
@@ -112,6 +119,8 @@ class HandlerService:
             self.launcher.start()
             if self.scorer is not None:
                 self.scorer.start()
+            if self.label_studio is not None:
+                self.label_studio.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the supervisor and the lanes; events still queued are handed back to the log."""
@@ -126,6 +135,8 @@ class HandlerService:
         self.launcher.stop()
         if self.scorer is not None:
             self.scorer.stop()
+        if self.label_studio is not None:
+            self.label_studio.stop()
         try:
             self.events.release()
             with self._lock:
@@ -299,6 +310,7 @@ class HandlerService:
             "backlog": backlog,
             "sweeps": self.sweeps,
             "duplicates_suppressed": self.duplicates_suppressed,
+            "label_studio": dict(self.label_studio.stats) if self.label_studio is not None else None,
         }
 
     # Failures ------------------------------------------------------------------------------------
@@ -438,6 +450,24 @@ class HandlerService:
             "psi": decision.metrics.psi,
             "champion_accuracy": decision.metrics.champion_accuracy,
         }
+
+    def _label_studio_labels(self) -> None:
+        """Labels came from Label Studio (webhooks, a pull): what an export's labels start, once they
+        settled (:meth:`LabelStudioSync.settle_s`): a waiting challenger is decided, then the policy."""
+        promotion.decide(self.settings, self.lake)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        policy.evaluate(
+            self.settings,
+            self.lake,
+            decision_id=f"label-studio-{stamp}",
+            trigger="label-studio",
+            request_launch=self.launcher.request,
+        )
+
+    def labels_arrived(self) -> None:
+        """Label Studio's webhook applied labels: the worker asks the policy once they settle."""
+        if self.label_studio is not None:
+            self.label_studio.labels_arrived()
 
     def _export(self, event: Event, target: BlobTarget | None) -> dict[str, Any]:
         if target is None:  # the dispatcher sends only BlobCreated events with a target here

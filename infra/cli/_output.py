@@ -119,7 +119,7 @@ def render_rows(title: str, rows: list[dict[str, Any]]) -> None:
     for column in rows[0]:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+        table.add_row(*("–" if v is None else str(v) for v in row.values()))  # a person reads "–", not None
     out.print(table)
 
 

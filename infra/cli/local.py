@@ -38,14 +38,17 @@ WorkersOption = Annotated[int, typer.Option("--workers", min=1, help="Spark work
 
 
 def stack_start(spark_cluster: SparkClusterOption = False, workers: WorkersOption = 2) -> None:
-    """Start Azurite (from the project's npm install) and create the containers; --spark-cluster: a Spark
+    """Start Azurite (from the project's npm install) and create the containers, and Label Studio when it is
+    the labeling service (LAKESIGHT_LABELING_SERVICE); --spark-cluster: a Spark
     standalone cluster and an MLflow tracking server too, and print the environment that points commands at them."""
+    from infra.local import label_studio
     from infra.local.stack import Azurite, check_java
 
     settings = get_settings()
     check_java()
     pid = Azurite(settings).start()
     console.print(f"azurite running (pid {pid}) on port {settings.blob_port}")
+    console.print(label_studio.start_quietly(settings))
     if spark_cluster:
         _start_cluster(settings, workers)
 
@@ -66,11 +69,14 @@ def _start_cluster(settings: Any, workers: int) -> None:
 def stack_stop() -> None:
     """Stop the local services started by 'stack start' (the Spark cluster too, if it was started)."""
     from infra.local.cluster import running_local_cluster, stop_local_cluster
+    from infra.local.label_studio import LabelStudio
     from infra.local.stack import Azurite
 
     settings = get_settings()
     stopped = Azurite(settings).stop()
     console.print("azurite stopped" if stopped else "azurite was not running")
+    labeling = LabelStudio(settings).stop()
+    console.print("label studio stopped" if labeling else "label studio was not running")
     if running_local_cluster(settings) is not None:
         console.print("spark cluster stopped" if stop_local_cluster(settings) else "spark cluster was not running")
 
@@ -78,10 +84,11 @@ def stack_stop() -> None:
 def stack_status() -> None:
     """Show whether the local services are running (the Spark cluster's too, once started)."""
     from infra.local.cluster import cluster_status
+    from infra.local.label_studio import status_row
     from infra.local.stack import stack_status as services
 
     settings = get_settings()
-    render_rows("local stack", [*services(settings), *cluster_status(settings)])
+    render_rows("local stack", [*services(settings), status_row(settings), *cluster_status(settings)])
 
 
 def demo(
@@ -102,7 +109,8 @@ def demo(
     out.print(
         f"state: {report.state_dir}  ·  MLflow UI: mlflow ui --backend-store-uri "
         f"sqlite:///{report.state_dir}/mlflow.db  ·  status page: lakesight serve-events, then http://127.0.0.1:"
-        f"{settings.handler_port}/"
+        f"{settings.handler_port}/  ·  label yourself: lakesight up, then Label Studio at http://127.0.0.1:"
+        f"{settings.label_studio_port}/"
     )
 
 
@@ -115,10 +123,18 @@ def _label_spend(report: Any) -> str:
     return f"{spent}: holdout {before:.3f} -> {after:.3f} ({after - before:+.3f})"
 
 
+def _labeling_service(report: Any) -> str:
+    """``label-studio: 41 labels received`` (by webhook or pull), or the service alone."""
+    if report.labeling_service == "label-studio":
+        return f"label-studio: {report.labels_received} labels received"
+    return f"{report.labeling_service or 'container'}: an export of the true labels"
+
+
 def _demo_rows(report: Any) -> list[dict[str, str]]:
     return [
         {"what": "images uploaded / scored", "value": f"{report.images_uploaded} / {report.images_scored}"},
         {"what": "sent to labeling / labels merged", "value": f"{report.sent_to_labeling} / {report.labels_merged}"},
+        {"what": "labeling service", "value": _labeling_service(report)},
         {"what": "labels spent for accuracy", "value": _label_spend(report)},
         {"what": "labeling candidates", "value": json.dumps(report.labeling_outcomes)},
         {"what": "v1 holdout accuracy", "value": f"{report.v1_holdout_accuracy} (version {report.v1})"},
@@ -131,7 +147,7 @@ def _demo_rows(report: Any) -> list[dict[str, str]]:
 
 
 def up() -> None:
-    """Start every local service (Azurite, MLflow UI, handler, relay, scoring stream) under a supervisor."""
+    """Start every local service (Azurite, MLflow UI, Label Studio, handler, relay, scoring stream), supervised."""
     from infra.local.stack import check_java
     from infra.local.supervisor import up as start_supervisor
 
@@ -309,7 +325,25 @@ def _labeling_rows(queue: dict[str, Any] | None) -> list[dict[str, str]]:
         )
     if queue.get("fallback"):
         rows.append({"what": "labeling strategy", "value": str(queue["fallback"])})
+    if queue.get("service"):
+        rows.append({"what": "labeling service", "value": _service_line(queue["service"])})
     return rows
+
+
+def _service_line(service: dict[str, Any]) -> str:
+    """``label-studio: 3 tasks open, 12 annotations received (11 by webhook, 1 by pull); labels refused:
+    unknown class 2``."""
+    parts = []
+    if service.get("tasks_open") is not None:
+        parts.append(f"{service['tasks_open']} tasks open")
+    if service.get("name") == "label-studio" or service.get("annotations_received"):
+        parts.append(
+            f"{service['annotations_received']} annotations received "
+            f"({service['by_webhook']} by webhook, {service['by_pull']} by pull)"
+        )
+    rejects = service.get("rejects") or {}
+    refused = ", ".join(f"{reason} {count}" for reason, count in rejects.items()) or "none"
+    return f"{service.get('name')}: {', '.join(parts) + '; ' if parts else ''}labels refused: {refused}"
 
 
 def _handler_rows(handlers: list[dict[str, Any]] | None) -> list[dict[str, str]]:
@@ -321,9 +355,25 @@ def _handler_rows(handlers: list[dict[str, Any]] | None) -> list[dict[str, str]]
         state = handler.get("state")
         if handler.get("stale_reason"):
             problems = f"{state}: {handler['stale_reason']}"
-        value = f"{problems}; {backlog.get('pending')} pending, {backlog.get('retrying')} waiting for a retry"
+        pending, retrying = _count(backlog.get("pending")), _count(backlog.get("retrying"))
+        value = f"{problems}; {pending} pending, {retrying} waiting for a retry"
         rows.append({"what": f"event handler (pid {handler.get('pid')})", "value": value})
     return rows
+
+
+def _count(value: Any) -> str:
+    """A figure as printed: never a raw ``None``."""
+    return "–" if value is None else str(value)
+
+
+def _batch_line(progress: dict[str, Any]) -> str:
+    """``120 rows, 35.2 rows/s, backlog 0``; before the stream's first batch, that."""
+    if not progress or progress.get("input_rows") is None:
+        return "no batch yet"
+    return (
+        f"{progress['input_rows']} rows, {_count(progress.get('processed_rows_per_s'))} rows/s, "
+        f"backlog {_count(progress.get('backlog'))}"
+    )
 
 
 def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
@@ -332,18 +382,18 @@ def _pipeline_rows(snap: dict[str, Any]) -> list[dict[str, str]]:
     images = snap.get("images") or {}
     rows = [
         {"what": "scoring stream", "value": _stream_line(stream)},
-        {
-            "what": "last batch",
-            "value": f"{progress.get('input_rows')} rows, {progress.get('processed_rows_per_s')} rows/s, "
-            f"backlog {progress.get('backlog')}",
-        },
+        {"what": "last batch", "value": _batch_line(progress)},
         {
             "what": "images / scored / errors",
-            "value": f"{images.get('images')} / {images.get('scored')} / {images.get('errors')}",
+            "value": " / ".join(_count(images.get(k)) for k in ("images", "scored", "errors"))
+            if images
+            else "no images yet",
         },
         {
             "what": "pending labels / human labels",
-            "value": f"{images.get('pending_labels')} / {images.get('human_labels')}",
+            "value": f"{_count(images.get('pending_labels'))} / {_count(images.get('human_labels'))}"
+            if images
+            else "no images yet",
         },
         {"what": "champion", "value": _champion_line(snap)},
         *_labeling_rows(snap.get("labeling")),

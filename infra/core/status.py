@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from infra import registry
 from infra.core import promotion
 from infra.core.labeling import queue_state
+from infra.core.labeling.label_studio import LABEL_STUDIO, labeling_service
 from infra.deadletters import read_dead_letters
 from infra.lake import Lake
 from infra.locations import local_path
@@ -32,7 +33,15 @@ from infra.status_files import (
     read_supervisor_state,
     stream_state,
 )
-from infra.tables import DRIFT_REPORTS, IMAGES, LABEL_SOURCE_HUMAN, LABELING_REQUESTS, RETRAINING_DECISIONS
+from infra.tables import (
+    DRIFT_REPORTS,
+    IMAGES,
+    LABEL_REJECTS,
+    LABEL_SOURCE_HUMAN,
+    LABEL_STUDIO_ANNOTATIONS,
+    LABELING_REQUESTS,
+    RETRAINING_DECISIONS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +134,28 @@ def _labeling(settings: Settings) -> dict[str, Any] | None:
     stream = read_stream_status(settings) or {}
     state["fallback"] = stream.get("labeling_fallback")
     state["spend_vs_accuracy"] = _spend_vs_accuracy(settings, lake)
+    state["service"] = labeling_service_state(settings, lake)
+    return state
+
+
+def labeling_service_state(settings: Settings, lake: Any) -> dict[str, Any]:
+    """The labeling service, as the lake knows it: ``tasks_open`` (Label Studio: picks sent with no
+    annotation received; else null, the images' pending labels say it), the annotations received
+    (``by_webhook``, ``by_pull``, not counting deleted ones), and the labels refused, by reason."""
+    service = labeling_service(settings)
+    state: dict[str, Any] = {"name": service, "tasks_open": None, "annotations_received": 0}
+    state.update(by_webhook=0, by_pull=0, rejects={})
+    received = lake.read(LABEL_STUDIO_ANNOTATIONS) if lake.exists(LABEL_STUDIO_ANNOTATIONS) else None
+    live = [r for r in received.to_pylist() if r["deleted_at"] is None] if received is not None else []
+    state["annotations_received"] = len(live)
+    state["by_webhook"] = sum(1 for r in live if r["via"] == "webhook")
+    state["by_pull"] = sum(1 for r in live if r["via"] == "pull")
+    if service == LABEL_STUDIO and lake.exists(LABELING_REQUESTS):
+        sent = {t for t in lake.read(LABELING_REQUESTS, columns=["task_id"]).column("task_id").to_pylist() if t}
+        state["tasks_open"] = len(sent - {r["task_id"] for r in live})
+    if lake.exists(LABEL_REJECTS):
+        reasons = lake.read(LABEL_REJECTS, columns=["reason"]).column("reason").to_pylist()
+        state["rejects"] = dict(Counter(str(r) for r in reasons).most_common())
     return state
 
 

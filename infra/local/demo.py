@@ -1,10 +1,12 @@
 """``lakesight demo``: the whole story on the digits data, unattended, on one machine.
 
-1. start Azurite, the webhook handler, the relay and the scoring stream (child processes);
+1. start Azurite (and Label Studio), the webhook handler, the relay and the scoring stream (child processes);
 2. ingest a small labeled seed set and train v1, which becomes champion;
 3. upload the other training images to the images container: blob events drive scoring;
-4. unsure images land in the labeling container; the demo plays the labeling service and
-   writes an export with their true labels;
+4. unsure images land in the labeling container. With Label Studio (the labeling service where it
+   is installed) the handler makes them tasks there, and a scripted labeler submits their true
+   labels through Label Studio's HTTP API as its page does; they come back by webhook. Otherwise
+   the demo plays the labeling service and writes an export with their true labels;
 5. labels merge, the retraining policy fires, v2 trains and is promoted if better, and the
    running stream scores later images with it;
 6. print a summary.
@@ -31,7 +33,9 @@ from typing import Any
 
 from rich.console import Console
 
+from infra.core.labeling.label_studio import LABEL_STUDIO, LabelStudioClient, label_studio_url, labeling_service
 from infra.errors import LakesightError
+from infra.local.label_studio import LabelStudio
 from infra.processes import SCORING_SERVICE, Service, free_port, lakesight_argv, port_open
 from infra.settings import Settings
 
@@ -49,6 +53,8 @@ class DemoPlan:
     confidence_threshold: float = 0.9
     # The labels humans are asked for: the strategy spends them on the images that teach most.
     labeling_budget: int = 200
+    # Where the labels come from: label-studio or container (an export); "" as LAKESIGHT_LABELING_SERVICE says.
+    labeling_service: str = ""
 
 
 class DemoError(LakesightError, RuntimeError):
@@ -62,6 +68,8 @@ class DemoReport:
     images_scored: int = 0
     sent_to_labeling: int = 0
     labels_merged: int = 0
+    labeling_service: str = ""
+    labels_received: int = 0  # Label Studio's annotations received by webhook or pull
     v1: str | None = None
     v2: str | None = None
     champion: str | None = None
@@ -106,6 +114,10 @@ class Demo:
         self.root = base.state_dir / "demo"
         self.blob_port = free_port()
         self.handler_port = free_port()
+        self.label_studio_port = free_port()
+        self.labeling_service = plan.labeling_service or labeling_service(base)
+        self.label_studio: LabelStudio | None = None
+        self.label_studio_pid = 0
         self.env = {
             "LAKESIGHT_STATE_DIR": str(self.root),
             "LAKESIGHT_BLOB_PORT": str(self.blob_port),
@@ -124,6 +136,9 @@ class Demo:
             # second round on images v2 shadow-scored (docs/PROMOTION.md).
             "LAKESIGHT_PROMOTION_MIN_PAIRS": "0",
             "LAKESIGHT_LABEL_CLASSES": json.dumps([str(i) for i in range(10)]),
+            "LAKESIGHT_LABELING_SERVICE": self.labeling_service,
+            "LAKESIGHT_LABEL_STUDIO_PORT": str(self.label_studio_port),
+            "LAKESIGHT_LABEL_STUDIO_SYNC_S": "1",
             "LAKESIGHT_RETRAIN_COMMAND": shlex.join(
                 lakesight_argv("train", "--version", "{version}", "--epochs", str(plan.v2_epochs), "--json")
             ),
@@ -134,6 +149,9 @@ class Demo:
             handler_port=self.handler_port,
             spark_master="local[2]",
             model_name=base.model_name,
+            labeling_service=self.labeling_service,
+            label_studio_port=self.label_studio_port,
+            label_studio_venv=base.label_studio_venv,
         )
         self.services: list[Service] = []
         self.report = DemoReport(state_dir=str(self.root))
@@ -218,7 +236,6 @@ class Demo:
         return self.report
 
     def _story(self) -> None:
-        from infra.blob import BlobStore
         from infra.local.sample_data import digits_images, write_images
         from infra.local.stack import Azurite, check_java
 
@@ -226,6 +243,11 @@ class Demo:
         with self.step("start Azurite and create the containers"):
             self.services.append(Azurite(self.settings))
             Azurite(self.settings).start()
+        if self.labeling_service == LABEL_STUDIO:
+            with self.step("launch Label Studio (it answers in a minute or two; the story goes on meanwhile)"):
+                self.label_studio = LabelStudio(self.settings)
+                self.label_studio_pid = self.label_studio.launch()
+                self.services.append(self.label_studio)
         data = self.root / "data"
         with self.step("write scikit-learn digits (train / holdout)"):
             write_images(digits_images(), out_dir=data)
@@ -262,16 +284,99 @@ class Demo:
                 raise DemoError(f"v1 was not promoted: {v1}")
         with self.step("start the scoring stream on blob arrivals"):
             self.spawn(SCORING_SERVICE, "score", "--source", "arrivals")
-        store = BlobStore(self.settings)
         final_wave = incoming[-self.plan.final_wave :]
         first_wave = incoming[: -self.plan.final_wave]
         with self.step(f"upload {len(first_wave)} unlabeled images: blob events drive scoring"):
-            for path in first_wave:
-                store.upload(
-                    self.settings.images_container, f"incoming/{path.name}", path.read_bytes(), content_type="image/png"
-                )
-            self.report.images_uploaded += len(first_wave)
+            self._upload(first_wave)
             self.wait_for_count("scored", self._scored, len(first_wave), timeout=300)
+        labeled = self._label_in_label_studio() if self.labeling_service == LABEL_STUDIO else self._label_by_export()
+        with self.step("labels merge, the policy fires, v2 trains and is promoted if better"):
+            wait_until(
+                "human labels in the images table",
+                lambda: self._human_labels() >= labeled > 0,
+                timeout=120,
+                on_wait=self.check_children,
+            )
+            self.report.labels_merged = self._human_labels()
+            self.report.labels_received = self._annotations_received()
+            self.report.v2 = wait_until(
+                "a retrained model version", self._newer_version, timeout=420, every=2.0, on_wait=self.check_children
+            )
+            wait_until("the promotion decision", lambda: self._alias_settled(self.report.v2), timeout=120)
+        self._final_wave(final_wave)
+        self.report.labeling_service = self.labeling_service
+        self.report.labeling_strategy = self.settings.labeling_strategy
+        self.report.labeling_outcomes = self._labeling_outcomes()
+        self.report.images_scored = self._scored()
+        self.report.champion = self._champion()
+        self.report.decisions = self._decisions()
+
+    def _upload(self, paths: list[Path]) -> None:
+        from infra.blob import BlobStore
+
+        store = BlobStore(self.settings)
+        for path in paths:
+            store.upload(
+                self.settings.images_container, f"incoming/{path.name}", path.read_bytes(), content_type="image/png"
+            )
+        self.report.images_uploaded += len(paths)
+
+    def _final_wave(self, final_wave: list[Path]) -> None:
+        with self.step(f"upload {len(final_wave)} more images: scored by the current champion"):
+            self._upload(final_wave)
+            self.wait_for_count("scored", self._scored, self.report.images_uploaded, timeout=240)
+            self.report.final_wave_versions = self._versions_of([f"incoming/{p.name}" for p in final_wave])
+        with self.step("evaluate v1 and v2 on the holdout images"):
+            holdout = sorted((self.root / "data" / "holdout").rglob("*.png"))
+            self.report.v1_holdout_accuracy = self._accuracy(self.report.v1, holdout)
+            self.report.v2_holdout_accuracy = self._accuracy(self.report.v2, holdout)
+
+    def _truth_of(self, line: dict[str, Any]) -> str | None:
+        return self.truth.get(line["source_url"].rsplit("/", 1)[-1])
+
+    def _label_in_label_studio(self) -> int:
+        """A scripted labeler in Label Studio: the handler made the picks its tasks (with v1's answer
+        as the pre-annotation); the labeler submits each true label through the HTTP API, as the
+        labeling page does, and Label Studio's webhooks bring them back. The labels submitted."""
+        with self.step("label the unsure images in Label Studio: a scripted labeler submits them over its API"):
+            requested = wait_until("labeling manifests", self._manifest_lines, timeout=60)
+            self.report.sent_to_labeling = len(requested)
+            if self.label_studio is None:
+                raise DemoError("Label Studio was not launched")
+            self.label_studio.wait_healthy(self.label_studio_pid, timeout=420)
+            settings = self.settings
+            client = LabelStudioClient(
+                label_studio_url(settings), settings.label_studio_email, settings.label_studio_secret()
+            )
+            try:
+                project = wait_until(
+                    "the model's Label Studio project",
+                    lambda: client.find_project(settings.model_name),
+                    timeout=120,
+                    on_wait=self.check_children,
+                )
+
+                def all_tasks() -> list[dict[str, Any]] | None:
+                    found = client.tasks(project)
+                    return found if len(found) >= len(requested) else None
+
+                tasks = wait_until(
+                    f"{len(requested)} Label Studio tasks", all_tasks, timeout=120, on_wait=self.check_children
+                )
+                submitted = 0
+                for task in tasks:
+                    truth = self._truth_of({"source_url": task["data"]["source_url"]})
+                    if truth is not None:
+                        client.annotate(task["id"], truth)
+                        submitted += 1
+            finally:
+                client.close()
+        return submitted
+
+    def _label_by_export(self) -> int:
+        """The labeling service played by the demo: an export of the true labels (the labels in it)."""
+        from infra.blob import BlobStore
+
         with self.step("play the labeling service: export true labels of the unsure images"):
             # What a labeling service has: the manifests' copies in the labeling container.
             requested = wait_until("labeling manifests", self._manifest_lines, timeout=60)
@@ -282,48 +387,20 @@ class Demo:
                     {
                         "image_url": line["image_url"],
                         "task_id": line["task_id"],
-                        "label": self.truth[line["source_url"].rsplit("/", 1)[-1]],
+                        "label": self._truth_of(line),
                         "labeled_at": labeled_at,
                     }
                 )
                 for line in requested
-                if line["source_url"].rsplit("/", 1)[-1] in self.truth
+                if self._truth_of(line) is not None
             ]
-            store.upload(
+            BlobStore(self.settings).upload(
                 self.settings.exports_container,
                 "exports/round-1.jsonl",
                 ("\n".join(lines) + "\n").encode(),
                 content_type="application/x-ndjson",
             )
-        with self.step("labels merge, the policy fires, v2 trains and is promoted if better"):
-            wait_until(
-                "human labels in the images table",
-                lambda: self._human_labels() >= len(lines) > 0,
-                timeout=120,
-                on_wait=self.check_children,
-            )
-            self.report.labels_merged = self._human_labels()
-            self.report.v2 = wait_until(
-                "a retrained model version", self._newer_version, timeout=420, every=2.0, on_wait=self.check_children
-            )
-            wait_until("the promotion decision", lambda: self._alias_settled(self.report.v2), timeout=120)
-        with self.step(f"upload {len(final_wave)} more images: scored by the current champion"):
-            for path in final_wave:
-                store.upload(
-                    self.settings.images_container, f"incoming/{path.name}", path.read_bytes(), content_type="image/png"
-                )
-            self.report.images_uploaded += len(final_wave)
-            self.wait_for_count("scored", self._scored, self.report.images_uploaded, timeout=240)
-            self.report.final_wave_versions = self._versions_of([f"incoming/{p.name}" for p in final_wave])
-        with self.step("evaluate v1 and v2 on the holdout images"):
-            holdout = sorted((data / "holdout").rglob("*.png"))
-            self.report.v1_holdout_accuracy = self._accuracy(self.report.v1, holdout)
-            self.report.v2_holdout_accuracy = self._accuracy(self.report.v2, holdout)
-        self.report.labeling_strategy = self.settings.labeling_strategy
-        self.report.labeling_outcomes = self._labeling_outcomes()
-        self.report.images_scored = self._scored()
-        self.report.champion = self._champion()
-        self.report.decisions = self._decisions()
+        return len(lines)
 
     # observations --------------------------------------------------------------------------------
     def _images(self, columns: list[str]) -> Any:
@@ -352,6 +429,13 @@ class Demo:
             return {}
         outcomes = lake.read(LABELING_CANDIDATES, columns=["outcome"]).column("outcome").to_pylist()
         return dict(sorted(Counter(o for o in outcomes if o).items()))
+
+    def _annotations_received(self) -> int:
+        from infra.lake import Lake
+        from infra.tables import LABEL_STUDIO_ANNOTATIONS
+
+        lake = Lake(self.settings)
+        return lake.read(LABEL_STUDIO_ANNOTATIONS).num_rows if lake.exists(LABEL_STUDIO_ANNOTATIONS) else 0
 
     def _human_labels(self) -> int:
         import pyarrow.compute as pc

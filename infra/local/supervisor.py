@@ -1,9 +1,10 @@
 """The always-on local deployment: one supervisor process keeping every service running.
 
-``lakesight up`` starts the supervisor detached; it starts each child (Azurite, MLflow UI,
-webhook handler, relay, scoring stream) with its log under the state dir, restarts a child that
-exits (with back-off), and records what it sees in ``run/supervisor.json`` for ``lakesight status``.
-``lakesight down`` stops the supervisor, which stops its children first.
+``lakesight up`` starts the supervisor detached; it starts each child (Azurite, MLflow UI, Label
+Studio when it is the labeling service, webhook handler, relay, scoring stream) with its log under
+the state dir, restarts a child that exits (with back-off), and records what it sees in
+``run/supervisor.json`` for ``lakesight status``. ``lakesight down`` stops the supervisor, which
+stops its children first.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.local import label_studio
 from infra.local.stack import azurite_argv, mlflow_server_env
 from infra.processes import SCORING_SERVICE, Service, lakesight_argv
 from infra.settings import Settings
@@ -47,9 +49,12 @@ def default_children(settings: Settings) -> list[Child]:
     that URI and its artifact root that server's proxy, which ``mlflow server`` cannot serve.
     """
     tracking = [] if settings.mlflow_tracking_uri.startswith(("http://", "https://")) else [_mlflow_ui(settings)]
+    labeling = label_studio.supervised_argv(settings)
     return [
         Child("azurite", azurite_argv(settings)),
         *tracking,
+        # Label Studio before the handler, whose worker pushes the picks into it (and waits while it starts).
+        *([Child("label-studio", labeling[0], env=labeling[1])] if labeling else []),
         Child("handler", lakesight_argv("serve-events")),
         Child("relay", lakesight_argv("relay")),
         # The stream's executors size TensorFlow from the settings (score_tf_threads), which the

@@ -3,10 +3,8 @@ with the champion's pre-annotation, a labeler's annotations, and their labels me
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
+import uuid
 
 import httpx
 import pytest
@@ -18,8 +16,6 @@ from handlers.intake.label_studio import pull_labels
 from infra.core.labeling.label_studio import LabelStudioClient, choice_result
 from infra.lake import Lake
 from infra.local.label_studio import LabelStudio
-from infra.local.stack import StackError
-from infra.processes import free_port
 from infra.settings import Settings
 from infra.tables import IMAGES, LABEL_HISTORY
 from tests.handlers.conftest import CLASSES
@@ -29,26 +25,13 @@ from tests.helpers.handlers import serving
 pytestmark = [pytest.mark.azurite, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    state: Path = tmp_path_factory.mktemp("label-studio")
-    service = LabelStudio(Settings(state_dir=state, label_studio_port=free_port()))
-    try:
-        service.start(timeout=420)
-    except StackError as exc:
-        if "not installed" in str(exc) and os.environ.get("CI") != "true":
-            pytest.skip(str(exc))
-        raise
-    yield service
-    service.stop()
-
-
 def test_a_labeler_labels_in_label_studio_and_the_labels_merge(label_studio: LabelStudio, labeling: Settings) -> None:
     manifest = send(labeling, sources(labeling, 2))
     settings = label_studio.settings
     client = LabelStudioClient(label_studio.url, settings.label_studio_email, settings.label_studio_secret())
-    project = client.project("lakesight-classifier", CLASSES)
-    assert client.project("lakesight-classifier", CLASSES) == project  # one project per model
+    title = f"classifier-{uuid.uuid4().hex[:8]}"  # the session's Label Studio serves other tests too
+    project = client.project(title, CLASSES)
+    assert client.project(title, CLASSES) == project  # one project per model
     assert client.import_tasks(project, manifest) == len(manifest)
 
     tasks = client.tasks(project)
@@ -89,7 +72,7 @@ def test_annotations_come_back_by_webhook_once_each_and_only_with_the_key(
     manifest = send(labeling, sources(labeling, 1))
     settings = label_studio.settings
     client = LabelStudioClient(label_studio.url, settings.label_studio_email, settings.label_studio_secret())
-    project = client.project("lakesight-webhook", CLASSES)
+    project = client.project(f"webhook-{uuid.uuid4().hex[:8]}", CLASSES)
     client.import_tasks(project, manifest)
     lake = Lake(labeling)
     with serving(labeling) as (events_url, _service):

@@ -193,11 +193,21 @@ def test_a_missing_npm_install_is_a_clear_404(tmp_path: Path) -> None:
 
 
 # What the page shows, read from the live DOM and the chart objects once its script drew them.
-PAGE_FIGURES = """(() => {
+PAGE_FIGURES = r"""(() => {
   if (typeof charts !== "object" || Object.keys(charts).length < 3) return null;
   const kpi = id => { const n = document.querySelector(`[data-kpi=${id}]`);
     return {value: n.querySelector("b").textContent, detail: n.querySelector("small")?.textContent ?? ""}; };
-  const rows = id => [...document.querySelectorAll(`#${id} tr`)].map(tr => [...tr.children].map(c => c.textContent));
+  // A heading cell reads as its column's key (th data-key), so the rows below compare by key.
+  const rows = id => [...document.querySelectorAll(`#${id} tr`)].map(tr =>
+    [...tr.children].map(c => c.dataset.key ?? c.textContent));
+  // Every word (hyphenated parts apart) of a heading or short cell on one line: none broken inside.
+  const broken = [...document.querySelectorAll("th, td:not(.long)")].flatMap(cell => {
+    const text = cell.firstChild; if (!text || text.nodeType !== Node.TEXT_NODE) return [];
+    const found = [], word = /[^\s-]+/g; let m;
+    while ((m = word.exec(text.data))) { const r = document.createRange();
+      r.setStart(text, m.index); r.setEnd(text, m.index + m[0].length);
+      if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) found.push(m[0]); }
+    return found; });
   return {
     champion: kpi("champion"), stream: kpi("stream"), images: kpi("images"), challenger: kpi("challenger"),
     models: rows("models"), decisions: rows("decisions"), labeling: rows("labeling"), spend: rows("label-spend"),
@@ -209,6 +219,7 @@ PAGE_FIGURES = """(() => {
     overflowing: [...document.querySelectorAll("td, th, .card")].filter(n => n.scrollWidth > n.clientWidth + 1)
       .map(n => n.textContent.slice(0, 80)),
     page: [document.documentElement.scrollWidth, innerWidth],
+    headings: [...document.querySelectorAll("th")].map(th => th.textContent), broken,
   };
 })()"""
 
@@ -289,6 +300,10 @@ def test_page_shows_the_registry_champion_and_the_stream_as_the_process_table_ha
     assert dict(zip(header, decision, strict=True))["psi"] == "0.123"
     assert dict(zip(header, decision, strict=True))["decided_at"] == "2026-11-22 10:00:00 UTC"
     assert dead["overflowing"] == [] and dead["page"][0] <= dead["page"][1]
+    # Headings in words a person reads, and no word broken inside, at this narrow width too.
+    assert "near-duplicates skipped today" in dead["headings"] and "annotations received" in dead["headings"]
+    assert not [h for h in dead["headings"] if "_" in h], dead["headings"]
+    assert dead["broken"] == [], dead["broken"]
     # Every chart is uPlot's, with labelled axes (units), and the throughput over commit time.
     assert dead["charts"] == {
         "throughput": {"axes": ["commit time (UTC)", "rows/s", "MERGE (s)"], "time": True, "points": 1},

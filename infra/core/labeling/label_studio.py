@@ -10,12 +10,15 @@ token can only be made by a signed-in user anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import httpx
 
 from infra.errors import LakesightError
+from infra.processes import PROJECT_ROOT
+from infra.settings import Settings
 
 # The names the label config gives its tags: predictions and annotations refer to them.
 IMAGE_TAG = "image"
@@ -25,6 +28,35 @@ TASK_PAGE = 100  # tasks per page of /api/tasks
 
 class LabelStudioError(LakesightError, RuntimeError):
     """Label Studio refused a request or could not be reached (the message says which)."""
+
+
+LABEL_STUDIO, AZUREML, CONTAINER = "label-studio", "azureml", "container"
+WEBHOOK_PATH = "/api/label-studio"  # the handler's route for Label Studio's webhooks
+WEBHOOK_KEY_HEADER = "aeg-sas-key"  # the event key's header: the route admits Label Studio like Event Grid
+
+
+def label_studio_venv(settings: Settings) -> Path:
+    """Label Studio's own virtualenv (``make labelstudio``)."""
+    return Path(settings.label_studio_venv) if settings.label_studio_venv else PROJECT_ROOT / ".venv-labelstudio"
+
+
+def labeling_service(settings: Settings) -> str:
+    """Where the hand-off's picks go (``LAKESIGHT_LABELING_SERVICE``, docs/LABELING.md): the setting,
+    else Label Studio in local mode when its virtualenv is installed, else the container alone."""
+    if settings.labeling_service:
+        return settings.labeling_service
+    installed = (label_studio_venv(settings) / "bin" / "label-studio").exists()
+    return LABEL_STUDIO if settings.mode == "local" and installed else CONTAINER
+
+
+def label_studio_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.label_studio_port}"
+
+
+def webhook_url(settings: Settings) -> str:
+    """The handler's webhook route as Label Studio on this machine reaches it (loopback)."""
+    host = settings.handler_host if settings.handler_host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{settings.handler_port}{WEBHOOK_PATH}"
 
 
 def label_config(classes: list[str]) -> str:
@@ -42,6 +74,11 @@ def label_config(classes: list[str]) -> str:
 def choice_result(label: str) -> list[dict[str, Any]]:
     """The ``result`` of a prediction or annotation that picks ``label``."""
     return [{"from_name": CHOICES_TAG, "to_name": IMAGE_TAG, "type": "choices", "value": {"choices": [label]}}]
+
+
+def manifest_line_of(ledger_row: dict[str, Any]) -> dict[str, Any]:
+    """The manifest line of a ``labeling_requests`` row (the ledger keeps what the line said)."""
+    return {**ledger_row, "source_url": ledger_row["path"]}
 
 
 def task_from_manifest(line: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +105,7 @@ class Annotation:
     task_id: str | None  # the hand-off's task id (the task's data), None for a task lakesight did not make
     image: str | None
     label: str | None  # None: no single choice (an empty or malformed result)
+    project: int | None = None
 
 
 class LabelStudioClient:
@@ -108,13 +146,17 @@ class LabelStudioClient:
         return answer.json() if answer.content else None
 
     # Projects and tasks ---------------------------------------------------------------------------
-    def project(self, title: str, classes: list[str]) -> int:
-        """The id of the project titled ``title``, created with ``classes`` when there is none."""
+    def find_project(self, title: str) -> int | None:
+        """The id of the project titled ``title``, None when there is none."""
         found = self.api("GET", "/api/projects", params={"title": title})
         projects = found.get("results", []) if isinstance(found, dict) else found
-        for project in projects:
-            if project.get("title") == title:
-                return int(project["id"])
+        return next((int(p["id"]) for p in projects if p.get("title") == title), None)
+
+    def project(self, title: str, classes: list[str]) -> int:
+        """The id of the project titled ``title``, created with ``classes`` when there is none."""
+        found = self.find_project(title)
+        if found is not None:
+            return found
         created = self.api("POST", "/api/projects", json={"title": title, "label_config": label_config(classes)})
         return int(created["id"])
 
@@ -137,6 +179,29 @@ class LabelStudioClient:
                 return found
             page += 1
 
+    def task_ids(self, project: int) -> set[str]:
+        """The hand-off task ids the project's tasks carry (tasks lakesight did not make have none)."""
+        return {str(t["data"]["task_id"]) for t in self.tasks(project) if (t.get("data") or {}).get("task_id")}
+
+    def ensure_webhook(self, project: int, url: str, headers: dict[str, str]) -> int:
+        """The project's webhook to ``url`` for annotations created, updated and deleted (made once;
+        its headers set again, so a rotated event key reaches it)."""
+        body = {
+            "project": project,
+            "url": url,
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "actions": [*ANNOTATION_ACTIONS, DELETED_ACTION],
+            "headers": headers,
+            "is_active": True,
+        }
+        found = self.api("GET", "/api/webhooks", params={"project": project}) or []
+        for hook in found:
+            if hook.get("url") == url and hook.get("project") == project:
+                self.api("PATCH", f"/api/webhooks/{hook['id']}", json=body)
+                return int(hook["id"])
+        return int(self.api("POST", "/api/webhooks", json=body)["id"])
+
     def annotate(self, task: int, label: str) -> dict[str, Any]:
         """Submit ``label`` for Label Studio task ``task``, as the labeling page does."""
         return dict(self.api("POST", f"/api/tasks/{task}/annotations", json={"result": choice_result(label)}))
@@ -156,6 +221,7 @@ class LabelStudioClient:
                         task_id=data.get("task_id"),
                         image=data.get("image"),
                         label=_single_choice(item.get("result") or []),
+                        project=project,
                     )
                 )
         return found
@@ -163,6 +229,25 @@ class LabelStudioClient:
 
 # The webhook actions that carry one annotation's new version (docs/LABELING.md).
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DELETED_ACTION = "ANNOTATIONS_DELETED"
+
+
+def _project_id(payload: dict[str, Any]) -> int | None:
+    project = payload.get("project")
+    return int(project["id"]) if isinstance(project, dict) and "id" in project else None
+
+
+def deleted_from_webhook(payload: object) -> list[int] | None:
+    """The ids of the annotations an ``ANNOTATIONS_DELETED`` payload names, else None.
+
+    Label Studio sends only their ids (``{"annotations": [{"id": 7}], "project": {...}}``).
+    """
+    if not isinstance(payload, dict) or payload.get("action") != DELETED_ACTION:
+        return None
+    items = payload.get("annotations")
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "id" in i for i in items):
+        raise LabelStudioError(f"{DELETED_ACTION} payload without its annotation ids")
+    return [int(item["id"]) for item in items]
 
 
 def annotation_from_webhook(payload: object) -> Annotation | None:
@@ -184,6 +269,7 @@ def annotation_from_webhook(payload: object) -> Annotation | None:
         task_id=data.get("task_id"),
         image=data.get("image"),
         label=_single_choice(result),
+        project=_project_id(payload),
     )
 
 

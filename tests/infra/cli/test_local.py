@@ -13,6 +13,16 @@ from tests.helpers.cli import lakesight
 from tests.helpers.status import promote_versions, shadow_scored, status_left_by_a_killed_stream, stream_process
 
 LAST_BATCH = dt.datetime(2026, 11, 22, 9, 58, 30, tzinfo=dt.UTC)
+# The labeling queue as the status snapshot has it (infra.core.labeling.handoff.queue_state).
+QUEUE = {
+    "waiting": 0,
+    "sent_today": 4,
+    "daily_budget": 100,
+    "budget_left_now": 96,
+    "strategy": "margin_diversity",
+    "window_s": 0,
+    "near_duplicates_skipped_today": 0,
+}
 
 
 def test_status_names_the_registry_champion_and_a_killed_stream_as_stopped(tmp_path: Path) -> None:
@@ -112,3 +122,32 @@ def test_status_shows_the_challenger_s_live_tally_and_why_it_waits(tmp_path: Pat
     assert "recent promotion decisions (live labels)" in result.stdout
     decided = [line for line in result.stdout.splitlines() if "waiting for live evidence: 7 of 20" in line]
     assert len(decided) == 2, result.stdout  # the pipeline line and the recorded decision
+
+
+def test_status_before_the_first_batch_says_so_and_never_prints_none(tmp_path: Path) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    result = lakesight("status", state=settings.state_dir, COLUMNS="240")
+    assert result.returncode == 0, result.stderr
+    assert "None" not in result.stdout, result.stdout
+    lines = result.stdout.splitlines()
+    assert any("last batch" in line and "no batch yet" in line for line in lines), result.stdout
+    assert any("images / scored / errors" in line and "no images yet" in line for line in lines), result.stdout
+
+
+def test_the_labeling_service_line_counts_open_tasks_annotations_and_refused_labels() -> None:
+    service = {
+        "name": "label-studio",
+        "tasks_open": 3,
+        "annotations_received": 12,
+        "by_webhook": 11,
+        "by_pull": 1,
+        "rejects": {"unknown class": 2, "unknown image": 1},
+    }
+    rows = {r["what"]: r["value"] for r in _pipeline_rows({"labeling": {**QUEUE, "service": service}})}
+    assert rows["labeling service"] == (
+        "label-studio: 3 tasks open, 12 annotations received (11 by webhook, 1 by pull); "
+        "labels refused: unknown class 2, unknown image 1"
+    )
+    folder = {"name": "container", "tasks_open": None, "annotations_received": 0, "by_webhook": 0, "by_pull": 0}
+    rows = {r["what"]: r["value"] for r in _pipeline_rows({"labeling": {**QUEUE, "service": folder}})}
+    assert rows["labeling service"] == "container: labels refused: none"
