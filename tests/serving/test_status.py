@@ -50,7 +50,11 @@ def test_a_file_left_by_a_killed_server_reads_as_stopped(settings: Settings) -> 
 
 @pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian chromium is not installed")
 def test_the_status_page_shows_the_model_server(champion_settings: Settings, tmp_path: Path) -> None:
-    rows = "[...document.querySelectorAll('#model-server tr')].map(r => [...r.children].map(c => c.textContent))"
+    # Headings are words a person reads; each keeps its field's name in data-key.
+    rows = (
+        "[...document.querySelectorAll('#model-server tr')]"
+        ".map(r => [...r.children].map(c => c.dataset.key ?? c.textContent))"
+    )
     with running(webhook_app(champion_settings)) as events_url, Browser(tmp_path / "chromium") as browser:
         with model_server(champion_settings, inference_table=False) as client:
             post_image(client, solid_png(1))
