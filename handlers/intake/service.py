@@ -334,7 +334,10 @@ class HandlerService:
     # Fast lane: image arrivals ------------------------------------------------------------------
     def _still_held(self, events: list[Event]) -> list[Event]:
         """The events of ``events`` this process still holds, their leases renewed; the others are let
-        go unworked (another process took them over while this one could not renew, or they are done)."""
+        go unworked (another process took them over while this one could not renew, or they are done).
+        Each event once: a redelivery that lands between a lock's release and the lease's renewal
+        queues the same event again, and both copies can reach one fast-lane batch."""
+        events = list({e.id: e for e in events}.values())
         mine = self.events.confirm([e.id for e in events])
         lost = [e for e in events if e.id not in mine]
         if lost:

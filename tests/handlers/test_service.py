@@ -97,6 +97,17 @@ def test_a_replayed_event_id_is_a_duplicate(settings: Settings, service: Handler
     assert [r["event_id"] for r in arrival_lines(settings)] == [event.id]
 
 
+def test_an_event_queued_twice_in_one_batch_is_worked_once(settings: Settings, store: FakeStore) -> None:
+    # A redelivery between a locked log's release and the lease's renewal queues the event again;
+    # both copies in one fast-lane batch used to write two arrival records.
+    service = HandlerService(settings, store=store)  # not started: the batch is worked here, once
+    event = blob_created_event(settings, settings.images_container, "cam/twice.png")
+    assert [e.id for e in service.events.claim([event]).new] == [event.id]
+    service._blob_batch([event, event])
+    assert [r["event_id"] for r in arrival_lines(settings)] == [event.id]
+    assert service.events.get(event.id)["status"] == EventStatus.DONE
+
+
 def test_the_same_upload_under_a_new_id_is_a_duplicate(settings: Settings, service: HandlerService) -> None:
     first = blob_created_event(settings, settings.images_container, "cam/3.png", etag="0x8D3")
     again = blob_created_event(settings, settings.images_container, "cam/3.png", etag="0x8D3")
