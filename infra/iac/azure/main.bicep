@@ -174,6 +174,7 @@ module ml 'modules/ml.bicep' = {
     gpuVmSize: gpuVmSize
     gpuMaxNodes: gpuMaxNodes
     lakeStorageAccountName: storage.outputs.name
+    labelingContainer: labelingContainer
     tags: tags
   }
 }
@@ -202,4 +203,5 @@ output topicName string = blobEvents.outputs.name
 output mlTopicName string = mlEvents.outputs.name
 output workspaceName string = ml.outputs.workspaceName
 output gpuClusterName string = ml.outputs.gpuClusterName
+output labelingDatastoreName string = ml.outputs.labelingDatastoreName
 output lakeRoot string = 'abfss://${lakeContainer}@${storage.outputs.name}.dfs.core.windows.net/tables'

@@ -491,6 +491,17 @@ def test_ml_workspace_has_its_dependencies_and_a_gpu_cluster_that_scales_to_zero
     assert _default(MAIN, "gpuVmSize") == "Standard_NC4as_T4_v3"
 
 
+def test_the_labeling_container_is_registered_as_the_azure_ml_labeling_datastore() -> None:
+    from infra.settings import Settings
+
+    assert ML.resources["labelingDatastore"].startswith("Microsoft.MachineLearningServices/workspaces/datastores@")
+    assert "containerName: labelingContainer" in ML.text and "datastoreType: 'AzureBlob'" in ML.text
+    assert "credentialsType: 'None'" in ML.text  # identity-based: no account key in the workspace
+    # The name exports use in azureml:// paths is the one the label matching expects.
+    assert _default(ML, "labelingDatastoreName") == Settings.model_fields["labeling_datastore"].default
+    assert "labelingContainer: labelingContainer" in MAIN.text and "labelingDatastoreName" in MAIN.outputs
+
+
 def test_outputs_name_the_deployed_resources() -> None:
     assert {"storageAccountName", "topicName", "workspaceName"} <= set(MAIN.outputs)
 

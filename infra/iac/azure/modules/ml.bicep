@@ -19,6 +19,12 @@ param gpuMaxNodes int
 @description('Lake storage account the GPU cluster reads the Delta table from.')
 param lakeStorageAccountName string
 
+@description('Container of the lake storage account holding the copies handed to labelers.')
+param labelingContainer string
+
+@description('The Azure ML datastore on that container: exports name images as azureml://…/datastores/<name>/paths/… (LAKESIGHT_LABELING_DATASTORE).')
+param labelingDatastoreName string = 'lakesight_labeling'
+
 param tags object = {}
 
 // Storage Blob Data Reader: training only reads the images table.
@@ -136,6 +142,38 @@ resource clusterReadsLake 'Microsoft.Authorization/roleAssignments@2022-04-01' =
   }
 }
 
+// The labeling container as a datastore, so an Azure ML data labeling project can take its images
+// from the hand-off's copies, and its exports name them by datastore path (docs/LABELING.md).
+resource labelingDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-04-01' = {
+  parent: workspace
+  name: labelingDatastoreName
+  properties: {
+    datastoreType: 'AzureBlob'
+    accountName: lakeStorageAccountName
+    containerName: labelingContainer
+    endpoint: environment().suffixes.storage
+    protocol: 'https'
+    // Identity-based access: no account key is stored in the workspace.
+    credentials: {
+      credentialsType: 'None'
+    }
+    serviceDataAccessAuthIdentity: 'WorkspaceSystemAssignedIdentity'
+    description: 'Copies of the images lakesight hands to labelers'
+  }
+}
+
+// The workspace's identity reads the copies for the labeling project (reader: labels come back as exports).
+resource workspaceReadsLabeling 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(lakeStorage.id, workspace.id, blobDataReaderRoleId)
+  scope: lakeStorage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', blobDataReaderRoleId)
+    principalId: workspace.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 output workspaceName string = workspace.name
 output workspaceId string = workspace.id
 output gpuClusterName string = gpuCluster.name
+output labelingDatastoreName string = labelingDatastore.name
