@@ -268,7 +268,9 @@ def split_at_embedding(network: Any) -> tuple[Any | None, Any | None]:
         return None, None
     if not isinstance(head, keras.layers.Dense) or len(network.outputs) != 1 or network.outputs[0] is not head.output:
         return None, None
-    return keras.Model(network.inputs, head.input, name=f"{network.name}_features"), head
+    # ``network.input``, not ``.inputs``: a one-element list as the inputs made every call with an
+    # array warn "The structure of `inputs` doesn't match the expected structure" on the console.
+    return keras.Model(network.input, head.input, name=f"{network.name}_features"), head
 
 
 def _projection(width: int) -> Any | None:
