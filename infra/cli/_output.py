@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -142,3 +144,47 @@ def stdout_to_stderr() -> Iterator[None]:
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+
+
+# Start-up chatter that native libraries write straight to file descriptor 2, before any logging
+# is set up and whatever TF_CPP_MIN_LOG_LEVEL says: absl's pre-initialisation notice, TensorFlow's
+# CPU-feature and oneDNN notes (glog-style I/W lines), and XLA's "failed call to cuInit" on a
+# machine without a GPU. Any other line, an error included, passes.
+_NATIVE_NOISE = re.compile(
+    rb"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] "
+    rb"|E\d{4} [^\]]*cuda_\w+\.cc:\d+\] failed call to cuInit"
+    rb"|WARNING: All log messages before absl::InitializeLog"
+    rb"|To enable the following instructions: .* rebuild TensorFlow"
+    rb"|This TensorFlow binary is optimized to use available CPU instructions)"
+)
+
+
+@contextlib.contextmanager
+def native_noise_filtered() -> Iterator[None]:
+    """Within the block, what is written to file descriptor 2 (by native code, or by child processes
+    that inherit it) goes through a filter that drops native start-up chatter; Python's own
+    ``sys.stderr`` writes straight to the terminal, so progress lines are not held back."""
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    python_stderr = sys.stderr
+    sys.stderr = os.fdopen(os.dup(original), "w", buffering=1, encoding="utf-8", errors="replace")
+    forwarder = threading.Thread(
+        target=_forward_lines, args=(read_end, original), name="lakesight-stderr-filter", daemon=True
+    )
+    forwarder.start()
+    try:
+        yield
+    finally:
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.dup2(original, 2)  # the pipe's last writer here: the forwarder sees its end
+        forwarder.join(timeout=5)  # a child still holding the pipe keeps it open; not waited for
+
+
+def _forward_lines(read_end: int, target: int) -> None:
+    with os.fdopen(read_end, "rb") as lines:
+        for line in lines:
+            if not _NATIVE_NOISE.match(line):
+                os.write(target, line)

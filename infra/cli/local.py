@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from infra.cli._output import console, fail, out, print_json, render_rows, sub_app
+from infra.cli._output import console, fail, native_noise_filtered, out, print_json, render_rows, sub_app
 from infra.settings import get_settings
 
 
@@ -99,7 +99,8 @@ def demo(
 
     settings = get_settings()
     try:
-        report = run_demo(settings, console)
+        with native_noise_filtered():  # TensorFlow's start-up lines are not the demo's story
+            report = run_demo(settings, console)
     except KeyboardInterrupt:
         fail("interrupted; every demo process was stopped", code=130)
     if as_json:

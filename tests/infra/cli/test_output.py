@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.blob import AZURE_LOGGERS
 from infra.cli._output import configure_logging
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
@@ -126,3 +131,30 @@ def test_the_whole_message_of_an_executor_error_is_kept() -> None:
     found = project_error_in(text)
     assert found is not None and found.name == "infra.blob.StorageUnavailable"
     assert found.detail == "first\nsecond"
+
+
+def test_native_start_up_chatter_is_dropped_and_everything_else_reaches_the_terminal() -> None:
+    # Native code and child processes write to file descriptor 2 directly; a child is one here.
+    script = """
+import os, subprocess, sys
+from infra.cli._output import native_noise_filtered
+with native_noise_filtered():
+    os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n")
+    os.write(2, b"I0000 00:00:1796608465.605330    8247 port.cc:153] oneDNN custom operations are on.\\n")
+    os.write(2, b"E0000 00:00:1796608467.551857    8247 cuda_platform.cc:52] failed call to cuInit: INTERNAL\\n")
+    os.write(2, b"E0000 00:00:1796608467.551857    8247 other.cc:9] a real native error\\n")
+    subprocess.run([sys.executable, "-c", "import os; os.write(2, b'child problem\\\\n')"], check=True)
+    print("python line", file=sys.stderr)
+print("after the block", file=sys.stderr)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert sorted(lines) == sorted(
+        [
+            "E0000 00:00:1796608467.551857    8247 other.cc:9] a real native error",
+            "child problem",
+            "python line",
+            "after the block",
+        ]
+    )
