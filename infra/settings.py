@@ -65,6 +65,17 @@ def azurite_connection(port: int) -> str:
     )
 
 
+def executor_environment(name: str, what: str) -> str:
+    """A secret a Spark executor reads from its environment (never from its task closure)."""
+    value = os.environ.get(name, "")
+    if not value:
+        raise SettingsError(
+            f"this Spark executor has no {what}: set {name} in the executors' environment "
+            f"(a cluster secret, or spark.executorEnv.{name})"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class ExecutorBlobAccess:
     """How Spark executor code reaches blob storage with no secret in its task closure (a closure is
@@ -82,13 +93,7 @@ class ExecutorBlobAccess:
     def connection(self) -> str:
         if self.azurite_port is not None:
             return azurite_connection(self.azurite_port)
-        conn = os.environ.get(BLOB_CONNECTION_ENV, "")
-        if not conn:
-            raise SettingsError(
-                f"this Spark executor has no blob connection string: set {BLOB_CONNECTION_ENV} in the "
-                f"executors' environment (a cluster secret, or spark.executorEnv.{BLOB_CONNECTION_ENV})"
-            )
-        return conn
+        return executor_environment(BLOB_CONNECTION_ENV, "blob connection string")
 
 
 def _config_file() -> Path | None:
@@ -601,12 +606,7 @@ class Settings(BaseSettings):
         """delta-rs's storage options: the setting on the driver, the environment on an executor."""
         if not self._executor_storage_env:
             return dict(self.lake_storage_options)
-        raw = os.environ.get(LAKE_STORAGE_OPTIONS_ENV, "")
-        if not raw:
-            raise SettingsError(
-                f"this Spark executor has no lake storage options: set {LAKE_STORAGE_OPTIONS_ENV} in the executors' "
-                f"environment (a cluster secret, or spark.executorEnv.{LAKE_STORAGE_OPTIONS_ENV})"
-            )
+        raw = executor_environment(LAKE_STORAGE_OPTIONS_ENV, "lake storage options")
         return {str(k): str(v) for k, v in json.loads(raw).items()}
 
     def events_url(self) -> str:
