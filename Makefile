@@ -13,6 +13,7 @@ FAST := not spark and not azurite and not slow and not e2e
 LABELSTUDIO_VENV ?= .venv-labelstudio
 LABELSTUDIO_STAMP := $(LABELSTUDIO_VENV)/.installed
 LABELSTUDIO_VERSION := 1.23.2
+LABELSTUDIO_LOCK := infra/local/label-studio-constraints.txt
 
 # make test-repeat: the tests matching K (pytest -k), or in T (paths), run N times in a row; stops at the first failure.
 N ?= 10
@@ -44,10 +45,10 @@ jars: $(JARS_STAMP) ## Resolve the spark engine's JVM packages into .jars (part 
 
 install: $(STAMP) $(JARS_STAMP) $(LABELSTUDIO_STAMP) browser ## Install Python packages (venv), the JVM jars (Maven), Azurite (npm), Label Studio and, where allowed, Chromium
 
-$(LABELSTUDIO_STAMP):
+$(LABELSTUDIO_STAMP): $(LABELSTUDIO_LOCK)
 	python3.11 -m venv $(LABELSTUDIO_VENV) 2>/dev/null || python3 -m venv $(LABELSTUDIO_VENV)
 	$(LABELSTUDIO_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LABELSTUDIO_VENV)/bin/python -m pip install --quiet label-studio==$(LABELSTUDIO_VERSION)
+	$(LABELSTUDIO_VENV)/bin/python -m pip install --quiet -c $(LABELSTUDIO_LOCK) label-studio==$(LABELSTUDIO_VERSION)
 	touch $(LABELSTUDIO_STAMP)
 
 labelstudio: $(LABELSTUDIO_STAMP) ## Build .venv-labelstudio (label-studio from PyPI; part of install)

@@ -23,6 +23,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The supervisor's name for the continuous scoring stream; the handlers look for its pid file
 # to decide whether an idle-time scoring pass is needed.
 SCORING_SERVICE = "score"
+# How much of a log an error message quotes: enough for a traceback's last frames and its message.
+LOG_TAIL_BYTES = 2000
 
 
 def lakesight_argv(*args: str) -> list[str]:
@@ -62,6 +64,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
+    """The last ``limit`` bytes of the log at ``path``, from a line start when it was cut."""
+    try:
+        with open(path, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - limit))
+            data = file.read()
+    except OSError as exc:
+        return f"(no log: {exc.strerror or exc})"
+    if size > limit and b"\n" in data:
+        data = data.split(b"\n", 1)[1]
+    return data.decode(errors="replace")
+
+
 @dataclass
 class Service:
     """One detached local process with a pid file and a log file."""
@@ -76,6 +92,13 @@ class Service:
     @property
     def log_file(self) -> Path:
         return self.settings.logs_dir / f"{self.name}.log"
+
+    def exited(self, when: str) -> str:
+        """Why a command failed when this service stopped ``when``: a first line with the last line
+        of its log (most often the error), then the end of that log."""
+        tail = log_tail(self.log_file)
+        last = next((line.strip() for line in reversed(tail.splitlines()) if line.strip()), "(its log is empty)")
+        return f"{self.name} exited {when}: {last}\nthe end of {self.log_file}:\n{tail}"
 
     def pid(self) -> int | None:
         try:

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from handlers.background import WakeableWorker
 from handlers.sqlite import connect, now_iso, transaction
-from infra.processes import lakesight_argv, pid_alive
+from infra.processes import lakesight_argv, log_tail, pid_alive
 from infra.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class LocalBackend:
                 return LaunchResult(
                     LaunchStatus.FAILED, {"error": f"cannot start {argv[0]}: {exc}", "log": str(log_path)}
                 )
-        tail = _tail(log_path)
+        tail = log_tail(log_path)
         if proc.returncode != 0:
             return LaunchResult(
                 LaunchStatus.FAILED,
@@ -138,11 +138,6 @@ class LocalBackend:
                 {"error": "training printed no JSON result line", "stderr_tail": tail, "log": str(log_path)},
             )
         return LaunchResult(LaunchStatus.SUCCEEDED, result, external_id=str(result.get("run_id") or "") or None)
-
-
-def _tail(path: Path, limit: int = 1500) -> str:
-    data = path.read_bytes()
-    return data[-limit:].decode("utf-8", "replace")
 
 
 def _last_json_line(text: str) -> dict[str, Any] | None:

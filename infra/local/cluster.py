@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.stack import StackError, check_java, mlflow_server_env
-from infra.processes import Service, free_port, pid_alive
+from infra.processes import Service, free_port, log_tail, pid_alive
 from infra.settings import Settings
 
 LOOPBACK = "127.0.0.1"
@@ -34,7 +34,6 @@ LOOPBACK = "127.0.0.1"
 CLUSTER_FILE = "spark-cluster.json"
 MASTER_SERVICE = "spark-master"
 TRACKING_SERVICE = "mlflow-tracking"
-LOG_TAIL_CHARS = 2000
 
 
 def spark_home() -> Path:
@@ -52,20 +51,13 @@ def worker_service(index: int) -> str:
     return f"spark-worker-{index}"
 
 
-def log_tail(path: Path, chars: int = LOG_TAIL_CHARS) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
 def wait_for(what: str, ready: Callable[[], bool], services: list[Service], timeout: float) -> None:
     """Poll ``ready`` until true; a service that exits or a timeout is a :class:`StackError` with its log's tail."""
     deadline = time.monotonic() + timeout
     while not ready():
         for service in services:
             if service.pid() is None:
-                raise StackError(f"{service.name} exited while waiting for {what}; log:\n{log_tail(service.log_file)}")
+                raise StackError(service.exited(f"while waiting for {what}"))
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {s.name} ({s.log_file}):\n{log_tail(s.log_file)}" for s in services)
             raise StackError(f"{what} not ready within {timeout:.0f}s\n{tails}")

@@ -190,7 +190,7 @@ class Demo:
     def check_children(self) -> None:
         for service in self.services:
             if service.pid() is None:
-                raise DemoError(f"{service.name} exited unexpectedly; see {service.log_file}")
+                raise DemoError(service.exited("unexpectedly"))
 
     def stop_all(self) -> None:
         for service in reversed(self.services):

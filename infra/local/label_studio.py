@@ -95,7 +95,7 @@ class LabelStudio(Service):
         deadline = time.monotonic() + timeout
         while not self.healthy():
             if not pid_alive(pid):
-                raise StackError(f"Label Studio exited during start-up; see {self.log_file}")
+                raise StackError(self.exited("during start-up"))
             if time.monotonic() > deadline:
                 self.stop()
                 raise StackError(f"Label Studio did not answer within {timeout:.0f}s; see {self.log_file}")
@@ -138,7 +138,10 @@ def start_quietly(settings: Settings, timeout: float = 240.0) -> str:
     try:
         pid = service.start(timeout=timeout)
     except StackError as exc:
-        return f"Label Studio not started (the stream scores; picks stay queued until it runs): {exc}"
+        # The first line names the error; the log file holds the rest.
+        first = str(exc).splitlines()[0]
+        where = f"; log: {service.log_file}" if service.log_file.exists() else ""
+        return f"Label Studio not started (the stream scores; picks stay queued until it runs): {first}{where}"
     return f"label studio running (pid {pid}) at {service.url} ({time.monotonic() - started:.0f}s to start)"
 
 

@@ -94,7 +94,7 @@ class Azurite(Service):
             deadline = time.monotonic() + timeout
             while not self.healthy():
                 if not pid_alive(pid):
-                    raise StackError(f"Azurite exited during start-up; see {self.log_file}")
+                    raise StackError(self.exited("during start-up"))
                 if time.monotonic() > deadline:
                     self.stop()
                     raise StackError(f"Azurite did not answer within {timeout:.0f}s; see {self.log_file}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +17,6 @@ from training.run.worker import (
     ERROR_TAIL_BYTES,
     WorkerError,
     WorkerJob,
-    log_tail,
     relay_log,
     run_in_subprocess,
     threads_per_task,
@@ -44,13 +42,6 @@ def test_threads_are_capped_to_the_task_cores_on_any_master() -> None:
     assert threads_per_task(_context("yarn", 8, **{"spark.task.cpus": "2"}), 8) == 2
     assert threads_per_task(_context("local[8]", 8), 2) == 4  # one machine's cores, shared
     assert threads_per_task(_context("local[2]", 2), 5) == 1
-
-
-def test_the_end_of_a_log_starts_at_a_line(tmp_path: Path) -> None:
-    path = tmp_path / "w.log"
-    path.write_text("".join(f"line {i}\n" for i in range(1000)))
-    tail = log_tail(path, 100)
-    assert tail.startswith("line ") and tail.endswith("line 999\n") and len(tail) <= 100
 
 
 def test_relayed_log_lines_reach_the_drivers_log(caplog: pytest.LogCaptureFixture) -> None:

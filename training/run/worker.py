@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.errors import LakesightError
+from infra.processes import log_tail
 from infra.registry import TF_THREADS_ENV
 from infra.settings import Settings
 from training.run.loop import EpochMetrics, HyperParams
@@ -248,18 +249,6 @@ def run_in_subprocess(
         outcome: WorkerOutcome = pickle.loads(result_path.read_bytes())
         outcome.log = log_tail(log_path, LOG_TAIL_BYTES)
         return outcome
-
-
-def log_tail(path: Path, limit: int) -> str:
-    """The last ``limit`` bytes of the log at ``path``, from a line start when it was cut."""
-    with open(path, "rb") as file:
-        file.seek(0, os.SEEK_END)
-        size = file.tell()
-        file.seek(max(0, size - limit))
-        data = file.read()
-    if size > limit and b"\n" in data:
-        data = data.split(b"\n", 1)[1]
-    return data.decode(errors="replace")
 
 
 def relay_log(name: str, text: str, *, level: int = logging.INFO) -> None:

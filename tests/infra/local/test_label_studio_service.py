@@ -25,6 +25,32 @@ def test_stack_start_says_in_one_line_why_label_studio_did_not_start(tmp_path: P
     assert start_quietly(folder) == "Label Studio not started (labeling service: container)"
 
 
+def test_a_label_studio_install_that_dies_at_start_is_named_with_its_error(tmp_path: Path) -> None:
+    # A broken install, as a fresh venv with sentry-sdk 3.0 was: the executable exits at once.
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    executable = venv / "bin" / "label-studio"
+    executable.write_text(
+        "#!/bin/sh\n"
+        "echo 'Traceback (most recent call last):'\n"
+        "echo \"TypeError: Unknown option 'send_default_pii'\"\n"
+        "exit 1\n"
+    )
+    executable.chmod(0o755)
+    settings = Settings(
+        state_dir=tmp_path / "state",
+        labeling_service="label-studio",
+        label_studio_venv=str(venv),
+        label_studio_port=free_port(),
+    )
+
+    line = start_quietly(settings, timeout=60)
+
+    assert "\n" not in line
+    assert "label-studio exited during start-up: TypeError: Unknown option 'send_default_pii'" in line
+    assert line.endswith(f"log: {LabelStudio(settings).log_file}")
+
+
 @pytest.mark.slow
 def test_stack_start_finds_a_running_label_studio_and_status_shows_it(label_studio: LabelStudio) -> None:
     settings = label_studio.settings.model_copy(update={"labeling_service": "label-studio"})
