@@ -108,8 +108,20 @@ def bench_score(
         ),
     ] = None,
     master: Annotated[str | None, typer.Option(help="Spark master URL (default: the configured one)")] = None,
+    photos: Annotated[
+        int, typer.Option(min=0, help="JPEGs of 640x480 for the photo profile, where decode dominates; 0 skips it")
+    ] = 2000,
+    lull_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Idle seconds before the last image of the lull phase (Spark reaps idle workers "
+            "after 60 s); 0 skips it",
+        ),
+    ] = 90.0,
 ) -> None:
-    """Benchmark the scoring stream (throughput, latency, MERGE cost, memory; shadow on vs off); print JSON."""
+    """Benchmark the scoring stream (throughput and steady state against the physical limit on PNGs and
+    photos, latency, the first batch after a lull, MERGE cost, memory; shadow on vs off); print JSON."""
     if clean_source not in CLEAN_SOURCES:
         raise UsageError(f"--clean-source must be one of {', '.join(CLEAN_SOURCES)}")
     unknown = sorted(set(engine or ()) - set(LAKE_ENGINES))
@@ -130,6 +142,8 @@ def bench_score(
         latency_s=latency_seconds,
         seed_rows=seed_rows,
         clean_source=clean_source,
+        photos=photos,
+        lull_s=lull_seconds,
         log=say,
     )
     print_json(figures)

@@ -206,3 +206,38 @@ def digit_variants(knobs: ShapeKnobs, sources: np.ndarray) -> Iterator[tuple[int
         if knobs.noise:
             pixels = pixels + rng.normal(0, knobs.noise, pixels.shape)
         yield int(digits.target[int(source)]), png_bytes(np.clip(pixels, 0, 255))
+
+
+# The photo profile's frame, landscape; portraits are the same frame turned.
+PHOTO_SIZE = (640, 480)
+PHOTO_MODES = ("RGB", "RGB", "RGB", "RGB", "RGB", "RGB", "RGB", "RGB", "L", "CMYK")  # a few grey and print scans
+
+
+def photo_images(count: int, *, seed: int = 0, prefix: str = "photo") -> Iterator[tuple[str, bytes]]:
+    """``count`` photo-sized JPEGs (640×480 or 480×640) cut from the two photos scikit-learn ships.
+
+    Each is a random crop scaled to the frame, landscape or portrait, at quality 80-95; one in ten
+    greyscale and one in ten CMYK: where decode and resize cost more than the model (``bench score``'s
+    photo profile). Named ``photo/<source>/<name>.jpg``; deterministic for a given seed.
+    """
+    from sklearn.datasets import load_sample_images
+
+    sources = load_sample_images()
+    names = [Path(file).stem for file in sources.filenames]
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        which = int(rng.integers(len(sources.images)))
+        picture = sources.images[which]
+        height, width = picture.shape[:2]
+        crop_w = int(rng.integers(width // 2, width + 1))
+        crop_h = min(height, int(crop_w * 3 / 4))
+        left, top = int(rng.integers(width - crop_w + 1)), int(rng.integers(height - crop_h + 1))
+        image = Image.fromarray(picture[top : top + crop_h, left : left + crop_w]).resize(
+            PHOTO_SIZE, Image.Resampling.BILINEAR
+        )
+        if rng.random() < 0.3:
+            image = image.transpose(Image.Transpose.ROTATE_90)
+        image = image.convert(PHOTO_MODES[int(rng.integers(len(PHOTO_MODES)))])
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(rng.integers(80, 96)))
+        yield f"photo/{names[which]}/{prefix}-{seed}-{index:06d}.jpg", buffer.getvalue()

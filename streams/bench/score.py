@@ -10,7 +10,12 @@ Phases, all in one process and one SparkSession (so the Python workers stay warm
    with ``--latency-seconds`` for a soak);
 4. MERGE cost: the same batches into an empty ``images`` and into one seeded with many rows
    spread over load-date partitions;
-5. raw model: ``classifier.probabilities`` on the same images decoded in memory.
+5. the physical limit on the same images (``streams.bench.limits``): R1, forward only, and R3,
+   read + decode + forward in one single-threaded process per core; the stream's steady state
+   (after its first commit, from the per-batch records) is reported as a ratio to R3;
+6. first batch after a lull: the continuous query idles ``lull_s`` (Spark reaps Python workers idle
+   for a minute), then one image arrives; arrival to commit;
+7. the photo profile: phases 2 and 5 again on 640×480 JPEGs, where decode and resize dominate.
 
 With a challenger to register (``bench score --shadow``), the throughput pass is run again right
 after phase 2, with shadow scoring off and on in turn (docs/PROMOTION.md): images/s off and on,
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from infra.settings import Settings
+from streams.bench.limits import forward_only, read_decode_forward
 
 CLASSES = ["circle", "square", "triangle", "cross"]
 IMAGE_SIZE = 64
@@ -40,6 +46,8 @@ MEMORY_ROLES = ("driver", "jvm", "workers", "tree")
 # Shadow scoring at fraction 1.0 scores every image twice; the stream should keep at least this
 # share of its throughput (issue 17's target).
 SHADOW_TARGET = 0.55
+# How long the lull phase waits for one image's commit before it gives up.
+LULL_TIMEOUT_S = 300.0
 
 
 class Recorder:
@@ -144,6 +152,13 @@ def _write_shapes(folder: Path, count: int, seed: int) -> list[Path]:
 
     write_images(shape_images(ShapeKnobs(count=count, size=IMAGE_SIZE, seed=seed, holdout_fraction=0)), out_dir=folder)
     return sorted(folder.rglob("*.png"))
+
+
+def _write_photos(folder: Path, count: int) -> list[Path]:
+    from infra.local.sample_data import photo_images, write_images
+
+    write_images(photo_images(count, seed=0), out_dir=folder)
+    return sorted(folder.rglob("*.jpg"))
 
 
 def _variant(base: Settings, name: str) -> Settings:
@@ -388,20 +403,6 @@ def _merge_phase(base: Settings, images: list[Path], root: Path, seed_rows: int)
     return figures
 
 
-def _raw_model(settings: Settings, images: list[Path], sample: int) -> dict[str, Any]:
-    from infra.registry import load_classifier
-
-    classifier, version = load_classifier(settings)
-    chosen = images[:sample]
-    decoded, errors = classifier.decode([p.read_bytes() for p in chosen])
-    assert not any(errors)
-    classifier.probabilities(decoded[:256])  # trace once, as the workers did during warm-up
-    started = time.perf_counter()
-    classifier.probabilities(decoded)
-    seconds = time.perf_counter() - started
-    return {"images_per_s": round(len(chosen) / seconds, 1), "images": len(chosen), "model_version": version}
-
-
 def shadow_phase(
     base: Settings,
     source: Path,
@@ -463,6 +464,132 @@ def _shadow_figures(passes: dict[str, list[Any]], version: str, fraction: float)
         "target": SHADOW_TARGET,
         "meets_target": ratio >= SHADOW_TARGET,
     }
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process and its children alive now: driver, JVM, workers."""
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+            total += sum(child.cpu_times()[:2])
+    return total
+
+
+def steady_state(records: list[Any]) -> dict[str, Any]:
+    """Images/s after the first commit, from the per-batch records: the rows of every later batch over
+    the time from the first commit to the last, and where a batch's time went on average."""
+    if len(records) < 2:  # one batch: no steady state to speak of
+        return {"batches": 0, "images_per_s": None}
+    later = records[1:]
+    span = later[-1].committed_at - records[0].committed_at
+    return {
+        "batches": len(later),
+        "images_per_s": round(sum(r.rows for r in later) / span, 1),
+        "seconds_per_batch": round(span / len(later), 3),
+        "executors_s_per_batch": round(statistics.mean(r.executors_s for r in later), 3),
+        "driver_s_per_batch": round(statistics.mean(r.driver_s for r in later), 3),
+        "merge_s_per_batch": round(statistics.mean(r.merge_s for r in later), 3),
+    }
+
+
+def throughput_pass(settings: Settings, source: Path, on_batch: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """One ``availableNow`` pass over ``source``: launch to last commit, the steady state, CPU per image."""
+    from streams.scoring.query import run_scoring
+
+    records: list[Any] = []
+    cpu_before = _cpu_seconds()
+    report = run_scoring(
+        settings,
+        source=source,
+        once=True,
+        handle_signals=False,
+        on_batch=_both(_appender(records, lambda result: result.record), *([on_batch] if on_batch else [])),
+    )
+    cpu = _cpu_seconds() - cpu_before
+    return {
+        "report": report,
+        "images": report.rows,
+        "images_per_s": round(report.rows / report.seconds, 1),
+        "steady": steady_state(records),
+        "cpu_s_per_1000_images": round(cpu / max(report.rows, 1) * 1000, 2),
+    }
+
+
+def profile_figures(stream: dict[str, Any], r1: dict[str, Any], r3: dict[str, Any]) -> dict[str, Any]:
+    """One image profile's figures: the stream against R1 and R3 on the same images."""
+    steady = stream["steady"]["images_per_s"]
+    return {
+        "images": stream["images"],
+        "images_per_s": stream["images_per_s"],
+        "steady_images_per_s": steady,
+        "r1_images_per_s": r1["images_per_s"],
+        "r3_images_per_s": r3["images_per_s"],
+        "ratio_to_r3": round(steady / r3["images_per_s"], 3) if steady else None,
+        "ratio_to_r3_launch_to_last": round(stream["images_per_s"] / r3["images_per_s"], 3),
+        "ratio_to_r1": round(stream["images_per_s"] / r1["images_per_s"], 3),
+        "steady": stream["steady"],
+        "cpu_s_per_1000_images": stream["cpu_s_per_1000_images"],
+        "r3": r3,
+    }
+
+
+def _lull_phase(settings: Settings, root: Path, *, lull_s: float) -> dict[str, Any]:
+    """The continuous query scores one image, idles ``lull_s``, then gets one more: its arrival to commit."""
+    from infra.local.sample_data import ShapeKnobs, shape_images
+    from streams.scoring.query import run_scoring
+
+    incoming, staging = root / "lull", root / "lull-staging"
+    incoming.mkdir(parents=True)
+    staging.mkdir(parents=True)
+    payloads = list(shape_images(ShapeKnobs(count=2, size=IMAGE_SIZE, seed=13, holdout_fraction=0, prefix="lull")))
+    committed: list[float] = []
+    arrived = threading.Condition()
+    started = threading.Event()
+    stop = threading.Event()
+
+    def on_batch(result: Any) -> None:
+        with arrived:
+            committed.extend(
+                result.committed_at - m.timestamp() for m in result.table.column("modified_at").to_pylist()
+            )
+            arrived.notify_all()
+
+    def drop(index: int) -> None:
+        name, data = payloads[index]
+        temp = staging / Path(name).name
+        temp.write_bytes(data)
+        os.replace(temp, incoming / Path(name).name)
+        with arrived:
+            if not arrived.wait_for(lambda: len(committed) > index, timeout=LULL_TIMEOUT_S):
+                raise RuntimeError(
+                    f"image {index + 1} of the lull phase was not committed within {LULL_TIMEOUT_S:.0f}s"
+                )
+
+    runner = threading.Thread(
+        target=run_scoring,
+        kwargs={
+            "settings": settings,
+            "source": incoming,
+            "stop_event": stop,
+            "on_batch": on_batch,
+            "on_start": lambda _q: started.set(),
+            "handle_signals": False,
+        },
+        daemon=True,
+    )
+    runner.start()
+    try:
+        started.wait(LULL_TIMEOUT_S)
+        drop(0)
+        time.sleep(lull_s)  # the lull itself is what is measured against
+        drop(1)
+    finally:
+        stop.set()
+        runner.join(LULL_TIMEOUT_S)
+    return {"lull_s": lull_s, "warm_s": round(committed[0], 3), "after_lull_s": round(committed[1], 3)}
 
 
 # The spark engine on local[2] should keep at least this share of delta-rs's images/s (issue 15).
@@ -551,6 +678,8 @@ def bench_score(
     add_challenger: Callable[[Settings], str] | None = None,
     shadow_fraction: float = 1.0,
     shadow_rounds: int = 3,
+    photos: int = 2000,
+    lull_s: float = 90.0,
 ) -> dict[str, Any]:
     """Run every phase in ``base`` (from :func:`bench_state`, champion registered); return the figures.
 
@@ -576,16 +705,15 @@ def bench_score(
     collected: list[float] = []  # Arrow bytes the driver held per micro-batch
     image_bytes: list[float] = []  # of which image content
     with RssSampler() as rss:
-        report = run_scoring(
+        png_stream = throughput_pass(
             throughput,
-            source=root / "images",
-            once=True,
-            handle_signals=False,
-            on_batch=_both(
+            root / "images",
+            _both(
                 _appender(collected, lambda result: result.table.nbytes / 2**20),
                 _appender(image_bytes, lambda result: _content_bytes(result.table) / 2**20),
             ),
         )
+    report = png_stream["report"]
     rows = Lake(throughput).read(IMAGES, columns=["path", "content", "model_version"])
     stored = sum(1 for c in rows.column("content").to_pylist() if c)
     shadow = None
@@ -605,8 +733,20 @@ def bench_score(
     )
     log("merge phase")
     merge = _merge_phase(base, files[:merge_images], root, seed_rows)
-    log("raw model")
-    raw = _raw_model(base, files, sample=min(len(files), 4000))
+    log("the physical limit: R1 (forward only) and R3 (read + decode + forward, a process per core)")
+    raw = forward_only(base, files, sample=min(len(files), 4000))
+    png = profile_figures(png_stream, raw, read_decode_forward(base, files))
+    photo = None
+    if photos:
+        log(f"photo profile: {photos} JPEGs of 640x480")
+        photo_files = _write_photos(root / "photos", photos)
+        photo_stream = throughput_pass(_variant(base, "photos"), root / "photos")
+        photo_raw = forward_only(base, photo_files, sample=min(len(photo_files), 4000))
+        photo = profile_figures(photo_stream, photo_raw, read_decode_forward(base, photo_files))
+    lull = None
+    if lull_s > 0:
+        log(f"lull phase: the continuous query idles {lull_s:.0f}s, then one image arrives")
+        lull = _lull_phase(_variant(base, "lull"), root, lull_s=lull_s)
     images_per_s = report.rows / report.seconds
     return {
         "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -623,6 +763,12 @@ def bench_score(
         "raw_model_images_per_s": raw["images_per_s"],
         "raw_model_sample": raw["images"],
         "ratio": round(images_per_s / raw["images_per_s"], 3),
+        "png": png,
+        "photo": photo,
+        "latency_p95_s": latency["p95_s"],
+        "latency_offered_per_s": offered_per_s,
+        "first_batch_after_lull_s": lull["after_lull_s"] if lull else None,
+        "lull": lull,
         "merge_seconds_per_batch_throughput_run": report.merge_seconds_mean,
         "lake_engine": base.lake_engine,
         "spark_master": base.spark_master,

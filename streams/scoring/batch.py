@@ -71,6 +71,7 @@ class BatchResult:
     outcome: MergeOutcome
     committed_at: float  # time.time() right after the MERGE committed
     sent_to_labeling: int = 0
+    record: BatchRecord | None = None  # where the batch's time went (executors, driver, MERGE)
 
 
 @dataclass(kw_only=True)
@@ -227,11 +228,14 @@ class ScoringBatch(BatchSteps):
             log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
             self.storage_down_since = None
             self.status.update(storage=None, storage_error=None)
-        self.status.batch(_batch_record(batch, sent=handed.sent, compacted=compacted))
+        record = _batch_record(batch, sent=handed.sent, compacted=compacted)
+        self.status.batch(record)
         if self.folder is not None:
             self.note_folder(self.folder.after_batch(batch.table))
         if self.on_batch is not None:
-            self.on_batch(BatchResult(batch.batch_id, batch.table, batch.outcome, batch.committed_at, handed.sent))
+            self.on_batch(
+                BatchResult(batch.batch_id, batch.table, batch.outcome, batch.committed_at, handed.sent, record)
+            )
 
     def note_folder(self, found: FolderCheck | None) -> None:
         """What a look at the watched folder found: skipped files, error files read again."""

@@ -4,6 +4,7 @@ figures."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,6 +21,7 @@ from streams.bench.score import (
     bench_state,
     memory_growth,
     shadow_phase,
+    steady_state,
 )
 from training.bench.toy_models import register_champion, register_version, tiny_cnn
 
@@ -59,6 +61,17 @@ def test_recorder_keeps_values_in_order_and_drops_what_exceeds_its_capacity() ->
     assert len(recorder) == 3 and recorder.values == [0.5, 1.5, 2.5]
 
 
+def test_the_steady_state_counts_the_batches_after_the_first_commit() -> None:
+    records = [
+        SimpleNamespace(rows=rows, committed_at=at, executors_s=1.0, driver_s=0.2, merge_s=0.1)
+        for rows, at in ((500, 10.0), (1000, 11.0), (1000, 12.5), (400, 13.0))
+    ]
+    steady = steady_state(records)
+    assert steady["batches"] == 3 and steady["images_per_s"] == 800.0  # 2,400 rows from t=10 to t=13
+    assert steady["seconds_per_batch"] == 1.0 and steady["merge_s_per_batch"] == 0.1
+    assert steady_state(records[:1]) == {"batches": 0, "images_per_s": None}
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings) -> None:
@@ -73,6 +86,8 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
         latency_s=3,
         seed_rows=3000,
         merge_images=80,
+        photos=24,
+        lull_s=2,
         log=lambda _message: None,
     )
     assert figures["model"]["version"] == version and figures["model"]["kind"] == "tiny"
@@ -96,6 +111,24 @@ def test_bench_score_runs_every_phase_on_a_small_load(spark, settings: Settings)
     assert merge["seeded_today_over_empty"] > 0
     assert latency["merge_s_first_tenth"] > 0 and latency["merge_s_last_tenth"] > 0
     assert figures["rss"]["peak_tree_mb"] >= figures["rss"]["peak_driver_mb"] > 0
+    for name, images in (("png", 120), ("photo", 24)):
+        profile = figures[name]
+        assert profile["images"] == images and profile["r3"]["images"] == images and profile["r3"]["processes"] >= 1
+        assert profile["r1_images_per_s"] > 0 and profile["r3_images_per_s"] > 0
+        assert profile["ratio_to_r3_launch_to_last"] == pytest.approx(
+            profile["images_per_s"] / profile["r3_images_per_s"], abs=1e-3
+        )
+        assert profile["cpu_s_per_1000_images"] > 0
+        if profile["steady"]["batches"]:  # more than one batch: a steady state to report
+            assert profile["ratio_to_r3"] == pytest.approx(
+                profile["steady_images_per_s"] / profile["r3_images_per_s"], abs=1e-3
+            )
+    assert figures["png"]["images_per_s"] == figures["images_per_s"]
+    assert figures["latency_p95_s"] == latency["p95_s"] and figures["latency_offered_per_s"] == 30
+    lull = figures["lull"]
+    assert (
+        lull["lull_s"] == 2 and lull["warm_s"] > 0 and 0 < lull["after_lull_s"] == figures["first_batch_after_lull_s"]
+    )
     # A query stopped before its first batch used to leave its py4j connection's thread behind.
     assert latency["driver_python_threads"]["after"] <= latency["driver_python_threads"]["before"]
 
@@ -144,6 +177,8 @@ def test_both_engines_run_side_by_side_and_only_delta_rs_collects_image_bytes(sp
         latency_s=2,
         seed_rows=2000,
         merge_images=40,
+        photos=0,
+        lull_s=0,
         log=lambda _message: None,
     )
     runs = figures["engines"]
