@@ -329,6 +329,13 @@ class Settings(BaseSettings):
     )
     champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
     score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")
+    score_keep_warm_s: float = Field(
+        40.0,
+        ge=0,
+        lt=60,
+        description="A continuous scoring stream idle this long runs a small job on its Python workers, so Spark "
+        "(which ends workers idle for 60 s) keeps them and their loaded model (0: never)",
+    )
     blob_fetch_threads: int = Field(8, ge=1, description="Parallel blob downloads per scoring task")
     blob_retry_s: float = Field(
         10.0,

@@ -33,6 +33,7 @@ from streams.scoring.batch import SCORE_UPDATE, SCORE_UPDATE_WHEN, BatchResult, 
 from streams.scoring.executor import SCORED_DDL, executor_mapper, score_rows
 from streams.scoring.progress import ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
+from streams.scoring.warm import WorkerWarmer
 from streams.watched_folder import WatchedFolder
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class ScoringQuery:
             on_batch=on_batch,
         )
         self.writer = ExactlyOnceWriter(self.lake, self.batch, checkpoint=self.checkpoint, totals=self.report)
+        self.warmer = WorkerWarmer(self.spark, settings, enabled=not once)
+        self._batches_seen = 0
         self._stream = self._stream_writer(trigger_s)
         self._warn_if_unbounded()
 
@@ -242,11 +245,20 @@ class ScoringQuery:
         try:
             while query.isActive and not stop.is_set() and not self._rotate_now():
                 query.awaitTermination(0.5)  # raises if the query failed
+                self._keep_warm(query)
             if query.isActive:
                 _stop_gracefully(query, self.grace_s, self.writer.batch_done)
             query.awaitTermination()
         finally:
             self.writer.release(query)
+
+    def _keep_warm(self, query: Any) -> None:
+        """Between batches: the workers' idle clock restarts at each batch; a long lull gets the warm-up job."""
+        if self.report.batches != self._batches_seen:
+            self._batches_seen = self.report.batches
+            self.warmer.note_batch()
+        elif self.warmer.due() and not query.status["isTriggerActive"]:
+            self.warmer.warm()
 
     def _wait_for_storage(self, outage: str, stop: threading.Event) -> None:
         """Record the outage in the status file, then wait before the failed batch is run again.
