@@ -25,3 +25,15 @@ def test_batch_decode_matches_single_decode_and_reports_bad_rows() -> None:
     assert np.array_equal(batch[3], decode_image(contents[3], 32))  # RGBA converted, 48 -> 32 resized
     assert np.allclose(batch[0], 200 / 255) and not batch[1].any() and not batch[2].any()
     assert batch.min() >= 0.0 and batch.max() <= 1.0
+
+
+def test_a_photo_decoded_at_reduced_scale_stays_close_to_a_full_decode() -> None:
+    # JPEGs decode at 1/2-1/8 scale (Pillow's draft), never below the model's input size.
+    from infra.local.sample_data import photo_images
+
+    for _, data in photo_images(6, seed=3):  # landscape and portrait, RGB, grey and CMYK among them
+        with Image.open(io.BytesIO(data)) as image:
+            full = np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float32)
+        reduced = decode_image(data, 64) * 255
+        assert reduced.shape == (64, 64, 3)
+        assert np.abs(reduced - full).mean() < 2.0
