@@ -5,8 +5,8 @@ configurable), and with it the process-wide champion cache: the first batch afte
 pays a Python start, the TensorFlow import and the model load, seconds instead of a fraction of
 one (``bench score``'s lull phase). A continuous stream idle for ``score_keep_warm_s`` therefore runs
 a job of one tiny task per core whose body loads (or re-checks) the champion, which hands every
-worker back to Spark's idle pool with a fresh idle clock. The same job at query start loads the
-model while the first micro-batch is still being planned.
+worker back to Spark's idle pool with a fresh idle clock. It waits while a trigger is active, so it
+never competes with a micro-batch for the cores (docs/STREAMING.md, "Warm workers through lulls").
 """
 
 from __future__ import annotations
