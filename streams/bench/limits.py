@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import time
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,30 @@ def _score_files(classifier: Any, paths: list[str]) -> tuple[int, float, float]:
     return scored, started, time.time()
 
 
+def _gather(results: Any, workers: list[Any]) -> list[tuple[int, float, float]]:
+    """Each R3 process's answer; a process that dies first (a model it cannot load) stops the rest
+    and fails the benchmark at once, with its exit code, instead of leaving the others at the barrier."""
+    outcomes: list[tuple[int, float, float]] = []
+    deadline = time.monotonic() + R3_TIMEOUT_S
+    try:
+        while len(outcomes) < len(workers):
+            try:
+                outcomes.append(results.get(timeout=1.0))
+                continue
+            except queue.Empty:
+                pass
+            failed = [worker.exitcode for worker in workers if worker.exitcode not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                reason = f"exit codes {failed}" if failed else f"no answer within {R3_TIMEOUT_S:.0f}s"
+                raise RuntimeError(f"R3 (read + decode + forward) failed: {reason}; its processes print why above")
+    finally:
+        for worker in workers:
+            if worker.is_alive() and len(outcomes) < len(workers):
+                worker.terminate()
+            worker.join(R3_TIMEOUT_S)
+    return outcomes
+
+
 def read_decode_forward(settings: Settings, files: list[Path], processes: int | None = None) -> dict[str, Any]:
     """R3: ``processes`` (default: the cores) processes of one TensorFlow thread each score ``files``."""
     processes = processes or os.cpu_count() or 1
@@ -82,9 +107,7 @@ def read_decode_forward(settings: Settings, files: list[Path], processes: int | 
         ]
         for worker in workers:
             worker.start()
-        outcomes = [results.get(timeout=R3_TIMEOUT_S) for _ in workers]
-        for worker in workers:
-            worker.join(R3_TIMEOUT_S)
+        outcomes = _gather(results, workers)
     finally:
         if previous is None:
             os.environ.pop(TF_THREADS_ENV, None)
