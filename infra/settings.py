@@ -328,7 +328,13 @@ class Settings(BaseSettings):
         50, ge=0, description="Scoring stream compacts the images partitions it wrote every N batches (0: never)"
     )
     champion_check_s: float = Field(5.0, ge=0, description="Seconds between checks of the champion alias")
-    score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per Spark Python worker")
+    score_tf_threads: int = Field(1, ge=1, description="TensorFlow threads per scoring worker process")
+    score_workers: Literal["auto", "pool", "spark"] = Field(
+        "auto",
+        description="Where a local folder's images are scored: pool (long-lived processes of the stream's own, "
+        "one per core; needs a local master and the delta-rs engine), spark (Spark's Python workers), "
+        "auto (pool where it can run, else spark)",
+    )
     score_keep_warm_s: float = Field(
         40.0,
         ge=0,

@@ -6,7 +6,7 @@ after a crash changes nothing. Read top-down, one batch is (:meth:`ExactlyOnceWr
 
 1. skip it if this query committed it already;
 2. the lake engine holds it (:meth:`infra.lake.Lake.micro_batch`: on the driver for delta-rs, on
-   the executors for delta-spark);
+   the executors for delta-spark), and the job completes its rows (:meth:`BatchSteps.complete`);
 3. rows for the files Spark listed but did not read; one row per path;
 4. the job's :meth:`BatchSteps.stage` (the scoring stream's labeling hand-off);
 5. the MERGE with the transaction;
@@ -53,10 +53,11 @@ class Committed:
     staged: Any  # what the job's ``stage`` step returned
     outcome: MergeOutcome
     began: float  # time.perf_counter() before the micro-batch's Spark job ran
-    collected: float  # time.perf_counter() once its rows were on the driver
+    collected: float  # time.perf_counter() once its rows were on the driver, completed (``BatchSteps.complete``)
     committed_at: float  # time.time() right after the MERGE committed
     notes: dict[str, str | None] = field(default_factory=dict)  # the ``note_columns``: first value of each
     app_id: str = ""  # the transaction's app id (the query's)
+    completing_s: float = 0.0  # of began → collected, what ``BatchSteps.complete`` took
 
     @cached_property
     def errors(self) -> int:
@@ -134,6 +135,11 @@ class BatchSteps:
         """The spark engine's rows whose image bytes the driver needs (a Column), or None for none."""
         return None
 
+    def complete(self, table: pa.Table) -> pa.Table:
+        """Right after collection: the rows the job MERGEs (the scoring stream's own processes score
+        the listed files here, ``streams.scoring.pool``); by default the collected rows."""
+        return table
+
     def stage(self, table: pa.Table, txn: Transaction) -> Staged:
         """Before the MERGE: what to MERGE instead of ``table``."""
         return Unstaged(table)
@@ -197,6 +203,8 @@ class ExactlyOnceWriter:
         began = time.perf_counter()
         rows = self.lake.micro_batch(batch, driver_content=steps.driver_content)
         try:
+            fetched = time.perf_counter()
+            rows.extend_to(steps.complete(rows.table))
             collected = time.perf_counter()
             notes = _notes(rows.table, steps.note_columns)
             rows.extend_to(self._with_listed_files(rows.table, batch_id))
@@ -214,7 +222,17 @@ class ExactlyOnceWriter:
                 staged_columns=steps.staged_columns,
             )
             committed = Committed(
-                batch_id, rows.table, staged.table, staged, outcome, began, collected, time.time(), notes, txn.app_id
+                batch_id,
+                rows.table,
+                staged.table,
+                staged,
+                outcome,
+                began,
+                collected,
+                time.time(),
+                notes,
+                txn.app_id,
+                completing_s=collected - fetched,
             )
         finally:
             rows.close()

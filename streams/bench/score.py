@@ -478,6 +478,11 @@ def _cpu_seconds() -> float:
     return total
 
 
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.mean(known), 3) if known else None
+
+
 def steady_state(records: list[Any]) -> dict[str, Any]:
     """Images/s after the first commit, from the per-batch records: the rows of every later batch over
     the time from the first commit to the last, and where a batch's time went on average."""
@@ -490,6 +495,7 @@ def steady_state(records: list[Any]) -> dict[str, Any]:
         "images_per_s": round(sum(r.rows for r in later) / span, 1),
         "seconds_per_batch": round(span / len(later), 3),
         "executors_s_per_batch": round(statistics.mean(r.executors_s for r in later), 3),
+        "pool_s_per_batch": _mean_or_none([r.pool_s for r in later]),
         "driver_s_per_batch": round(statistics.mean(r.driver_s for r in later), 3),
         "merge_s_per_batch": round(statistics.mean(r.merge_s for r in later), 3),
     }

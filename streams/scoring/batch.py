@@ -29,6 +29,7 @@ from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
 from streams.scoring.drift import DriftMonitor
 from streams.scoring.executor import MODEL_LOAD_ERROR
+from streams.scoring.pool import PooledScoring
 from streams.scoring.progress import BatchRecord, ScoreStatus
 from streams.watched_folder import FolderCheck, WatchedFolder
 
@@ -109,7 +110,7 @@ def _model_version(table: pa.Table) -> str | None:
     return max(versions, key=lambda v: (len(v), v)) if versions else None
 
 
-def _batch_record(batch: Committed, *, sent: int, compacted: dict[str, Any] | None) -> BatchRecord:
+def _batch_record(batch: Committed, *, sent: int, compacted: dict[str, Any] | None, pooled: bool) -> BatchRecord:
     now = time.perf_counter()
     rows = batch.table.num_rows
     return BatchRecord(
@@ -121,6 +122,7 @@ def _batch_record(batch: Committed, *, sent: int, compacted: dict[str, Any] | No
         sent_to_labeling=sent,
         model_version=_model_version(batch.table),
         executors_s=round(batch.collected - batch.began, 4),
+        pool_s=round(batch.completing_s, 4) if pooled else None,
         driver_s=round(now - batch.collected, 4),
         merge_s=round(batch.outcome.seconds, 4),
         compact_s=compacted.get("seconds") if compacted else None,
@@ -167,8 +169,10 @@ class ScoringBatch(BatchSteps):
         counts_listed: bool,
         folder: WatchedFolder | None,
         on_batch: Callable[[BatchResult], None] | None,
+        pool: PooledScoring | None = None,
     ):
         self.settings = settings
+        self.pool = pool  # scores the listed files on the driver (None: the executors scored them)
         self.lake = lake
         self.report = report
         self.status = status
@@ -187,6 +191,9 @@ class ScoringBatch(BatchSteps):
 
     def driver_content(self, frame: Any) -> Any:
         return labeling_content(self.settings, frame)
+
+    def complete(self, table: pa.Table) -> pa.Table:
+        return table if self.pool is None else self.pool.score(table)
 
     def stage(self, table: pa.Table, txn: Transaction) -> HandOff:
         """Each path under the load_date its row already has (one row per path, whatever the day),
@@ -228,7 +235,7 @@ class ScoringBatch(BatchSteps):
             log.info("blob storage is reachable again (unreachable since %s)", self.storage_down_since)
             self.storage_down_since = None
             self.status.update(storage=None, storage_error=None)
-        record = _batch_record(batch, sent=handed.sent, compacted=compacted)
+        record = _batch_record(batch, sent=handed.sent, compacted=compacted, pooled=self.pool is not None)
         self.status.batch(record)
         if self.folder is not None:
             self.note_folder(self.folder.after_batch(batch.table))

@@ -42,7 +42,8 @@ class BatchRecord:
     updated: int
     sent_to_labeling: int
     model_version: str | None
-    executors_s: float  # the micro-batch's Spark job: read, check, score
+    executors_s: float  # the micro-batch's Spark job: read, check, score (with ``pool_s``)
+    pool_s: float | None  # of executors_s, the scoring in the stream's own processes (None: Spark's workers scored)
     driver_s: float  # from the rows on the driver to this record: hand-off, MERGE, compaction
     merge_s: float
     compact_s: float | None  # None: no compaction after this batch

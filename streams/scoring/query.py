@@ -31,6 +31,7 @@ from streams.checkpoint.rotation import remembers_every_file, remove_retired, re
 from streams.checkpoint.source_log import seen_file_count
 from streams.scoring.batch import SCORE_UPDATE, SCORE_UPDATE_WHEN, BatchResult, ScoreReport, ScoringBatch
 from streams.scoring.executor import SCORED_DDL, executor_mapper, score_rows
+from streams.scoring.pool import PooledScoring, ScoringPoolError, uses_pool
 from streams.scoring.progress import ScoreStatus, make_listener
 from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
 from streams.scoring.warm import WorkerWarmer
@@ -150,6 +151,7 @@ class ScoringQuery:
         self.report = ScoreReport(source=f"{source.kind}:{source.location}")
         self.status = ScoreStatus(settings, source=self.report.source, query_name=self.query_name)
         self.rotates = rotation_enabled(settings, source, self.checkpoint)
+        self.pooled = self._pool_wanted()
         self.batch = ScoringBatch(
             settings,
             self.lake,
@@ -161,17 +163,37 @@ class ScoringQuery:
             on_batch=on_batch,
         )
         self.writer = ExactlyOnceWriter(self.lake, self.batch, checkpoint=self.checkpoint, totals=self.report)
-        self.warmer = WorkerWarmer(self.spark, settings, enabled=not once)
+        # The pool's processes never idle out; Spark's Python workers do, after a minute.
+        self.warmer = WorkerWarmer(self.spark, settings, enabled=not once and not self.pooled)
         self._batches_seen = 0
         self._stream = self._stream_writer(trigger_s)
         self._warn_if_unbounded()
+        # Last, so that nothing above can fail with its processes started.
+        self.pool = self._scoring_pool() if self.pooled else None
+        self.batch.pool = self.pool
+
+    def _pool_wanted(self) -> bool:
+        """Whether ``score_workers`` puts the scoring in the stream's own processes (``streams.scoring.pool``)."""
+        try:
+            return uses_pool(self.settings, self.source.kind, self.source.location)
+        except ScoringPoolError as exc:
+            raise ScoreError(str(exc)) from exc
+
+    def _scoring_pool(self) -> PooledScoring:
+        scoring = PooledScoring.start(self.settings, self.spark)
+        log.info(
+            "scoring in %d processes of the stream's own (score_workers=%s)",
+            scoring.pool.processes,
+            self.settings.score_workers,
+        )
+        return scoring
 
     def _stream_writer(self, trigger_s: float | None) -> Any:
         settings = self.settings
-        # The mapper is pickled for the executors: it holds neither ``self`` nor the secrets.
-        scored = file_rows(self.spark, settings, self.source).mapInPandas(
-            executor_mapper(score_rows, settings), SCORED_DDL
-        )
+        scored = file_rows(self.spark, settings, self.source)
+        if not self.pooled:
+            # The mapper is pickled for the executors: it holds neither ``self`` nor the secrets.
+            scored = scored.mapInPandas(executor_mapper(score_rows, settings), SCORED_DDL)
         stream = (
             scored.writeStream.foreachBatch(self.writer)
             .option("checkpointLocation", self.checkpoint)

@@ -32,6 +32,7 @@ def batch_fields(batch_id: int = 0, *, rows: int = 10, errors: int = 0, sent: in
         "sent_to_labeling": sent,
         "model_version": "1",
         "executors_s": 0.5,
+        "pool_s": None,
         "driver_s": 0.1,
         "merge_s": 0.05,
         "compact_s": None,

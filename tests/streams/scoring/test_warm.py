@@ -35,7 +35,7 @@ def python_workers() -> set[int]:
 def test_the_workers_that_scored_a_batch_outlive_a_lull_longer_than_sparks_idle_limit(
     spark, score_settings: Settings, tmp_path: Path
 ) -> None:
-    settings = score_settings.model_copy(update={"score_keep_warm_s": 5.0})
+    settings = score_settings.model_copy(update={"score_keep_warm_s": 5.0, "score_workers": "spark"})
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     with scoring_in_background(settings, source=incoming):
