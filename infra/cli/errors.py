@@ -27,6 +27,7 @@ from infra.registry import RegistryError, RegistryUnreachable
 from infra.web import RequestRefused
 from streams.checkpoint.names import CheckpointError
 from streams.ingest import IngestError
+from streams.scoring.pool import ScoringPoolError
 from streams.scoring.query import ScoreError
 from streams.scoring.sources import SourceError
 from training.data.feed import TrainingDataError
@@ -64,6 +65,7 @@ __all__ = [
     "RegistryUnreachable",
     "RequestRefused",
     "ScoreError",
+    "ScoringPoolError",
     "SearchError",
     "SettingsError",
     "SourceError",

@@ -91,21 +91,25 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        self._sample()
+        while not self._stop.wait(self._every):
+            self._sample()
+
+    def _sample(self) -> None:
         import psutil
 
-        while not self._stop.wait(self._every):
-            roles = {"driver": 0, "jvm": 0, "workers": 0}
-            try:
-                roles["driver"] = self._me.memory_info().rss
-                for child in self._me.children(recursive=True):
-                    with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
-                        roles["jvm" if child.name() == "java" else "workers"] += child.memory_info().rss
-            except psutil.Error:
-                continue
-            roles["tree"] = sum(roles.values())
-            self.latest = {role: value / 2**20 for role, value in roles.items()}
-            self.driver.append(self.latest["driver"])
-            self.tree.append(self.latest["tree"])
+        roles = {"driver": 0, "jvm": 0, "workers": 0}
+        try:
+            roles["driver"] = self._me.memory_info().rss
+            for child in self._me.children(recursive=True):
+                with contextlib.suppress(psutil.Error):  # a worker may exit meanwhile
+                    roles["jvm" if child.name() == "java" else "workers"] += child.memory_info().rss
+        except psutil.Error:
+            return
+        roles["tree"] = sum(roles.values())
+        self.latest = {role: value / 2**20 for role, value in roles.items()}
+        self.driver.append(self.latest["driver"])
+        self.tree.append(self.latest["tree"])
 
     def __enter__(self) -> RssSampler:
         self._thread.start()
@@ -114,6 +118,7 @@ class RssSampler:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # a phase shorter than one interval still gets a sample at each end
 
     def summary(self) -> dict[str, Any]:
         if not self.tree:

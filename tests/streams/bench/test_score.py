@@ -14,6 +14,7 @@ from streams.bench.score import (
     IMAGE_SIZE,
     SHADOW_TARGET,
     Recorder,
+    RssSampler,
     _variant,
     _write_shapes,
     bench_engines,
@@ -24,6 +25,13 @@ from streams.bench.score import (
     steady_state,
 )
 from training.bench.toy_models import register_champion, register_version, tiny_cnn
+
+
+def test_a_phase_shorter_than_one_sampling_interval_still_has_its_memory_measured() -> None:
+    # With the pool a small pass ends within one interval: the summary used to be empty.
+    with RssSampler(every=3600) as sampler:
+        pass
+    assert sampler.summary()["peak_tree_mb"] >= sampler.summary()["peak_driver_mb"] > 0
 
 
 def _samples(driver: list[float], workers: list[float]) -> dict[str, list[float]]:
@@ -63,7 +71,7 @@ def test_recorder_keeps_values_in_order_and_drops_what_exceeds_its_capacity() ->
 
 def test_the_steady_state_counts_the_batches_after_the_first_commit() -> None:
     records = [
-        SimpleNamespace(rows=rows, committed_at=at, executors_s=1.0, driver_s=0.2, merge_s=0.1)
+        SimpleNamespace(rows=rows, committed_at=at, executors_s=1.0, pool_s=None, driver_s=0.2, merge_s=0.1)
         for rows, at in ((500, 10.0), (1000, 11.0), (1000, 12.5), (400, 13.0))
     ]
     steady = steady_state(records)

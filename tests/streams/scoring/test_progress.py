@@ -21,6 +21,7 @@ BATCH_KEYS = [
     "sent_to_labeling",
     "model_version",
     "executors_s",
+    "pool_s",
     "driver_s",
     "merge_s",
     "compact_s",
