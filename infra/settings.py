@@ -299,7 +299,11 @@ class Settings(BaseSettings):
         description="A submitted retraining run that has not ended after this is failed (the launcher is freed)",
     )
 
-    score_trigger_s: float = Field(1.0, gt=0, description="Scoring stream processing-time trigger interval")
+    score_trigger_s: float = Field(
+        0.5,
+        gt=0,
+        description="Scoring stream processing-time trigger interval (each idle trigger lists the source folder)",
+    )
     score_max_bytes_per_trigger: int = Field(
         64 * 1024 * 1024,
         ge=0,

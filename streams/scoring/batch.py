@@ -29,7 +29,7 @@ from streams.file_rows import ARRIVAL_CHANGED
 from streams.scoring.compaction import Compactor
 from streams.scoring.drift import DriftMonitor
 from streams.scoring.executor import MODEL_LOAD_ERROR
-from streams.scoring.pool import PooledScoring
+from streams.scoring.pooled import PooledScoring
 from streams.scoring.progress import BatchRecord, ScoreStatus
 from streams.watched_folder import FolderCheck, WatchedFolder
 
@@ -85,6 +85,8 @@ class ScoreReport(BatchTotals):
     model_versions: Counter[str] = field(default_factory=Counter)
     merge_seconds_total: float = 0.0  # a sum, not a list: an always-on stream runs ~86,000 batches a day
     storage_retries: int = 0  # batches that failed on unreachable blob storage and were run again
+    read_ahead_rows: int = 0  # rows the pool scored ahead of their batch (streams.scoring.read_ahead)
+    read_ahead_hits: int = 0  # of those, rows a batch then listed and took
     stopped_by: str = "end of input"
 
     def count(self, batch: Committed, *, sent: int) -> None:

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -109,6 +108,7 @@ class ScoringPool:
     def __init__(self, processes: int):
         self.processes = max(1, processes)
         self.restarts = 0
+        self._scored = False  # whether any batch was scored: a pool that never did died starting
         self._executor = self._start()
 
     def _start(self) -> ProcessPoolExecutor:
@@ -133,12 +133,28 @@ class ScoringPool:
         try:
             return self._score(rows, config, schema)
         except BrokenProcessPool as exc:
-            raise ScoringPoolError(f"the scoring processes died twice on one batch of {rows.num_rows} files") from exc
+            raise ScoringPoolError(self._died_twice(rows.num_rows)) from exc
 
     def _score(self, rows: pa.Table, config: ScoringConfig, schema: pa.Schema) -> pa.Table:
         futures = [self._executor.submit(score_chunk, chunk, config, schema) for chunk in _chunks(rows, self.processes)]
         parts = [future.result() for future in futures]
+        self._scored = True
         return pa.concat_tables(parts) if parts else schema.empty_table()
+
+    def _died_twice(self, files: int) -> str:
+        if self._scored:
+            return f"the scoring processes died twice on one batch of {files} files"
+        # Spawned processes import the program's main module again: a script that starts the
+        # stream at import time starts it again in each of them, and they exit.
+        return (
+            "the scoring processes exit while starting (their error is above). A script that runs the "
+            'stream must start it under `if __name__ == "__main__":`, as any program using '
+            "multiprocessing; or set score_workers=spark (docs/STREAMING.md, Where images are scored)"
+        )
+
+    def submit(self, fn: Callable[..., pa.Table], *args: Any) -> Future[pa.Table]:
+        """Run ``fn(*args)`` in a scoring process (work that may be dropped: a read-ahead)."""
+        return self._executor.submit(fn, *args)
 
     def pids(self) -> list[int]:
         """The process ids of the live scoring processes (for a status, or a test that kills one)."""
@@ -159,23 +175,3 @@ def shared_pool(processes: int) -> ScoringPool:
             _shared.close()
         _shared = ScoringPool(processes)
     return _shared
-
-
-@dataclass(frozen=True)
-class PooledScoring:
-    """One query's scoring in the shared pool: its configuration and the schema its MERGE expects."""
-
-    pool: ScoringPool
-    config: ScoringConfig
-    schema: pa.Schema
-
-    @classmethod
-    def start(cls, settings: Settings, spark: Any) -> PooledScoring:
-        """The query's scoring, with the pool's processes loading its champion from now."""
-        pool = shared_pool(int(spark.sparkContext.defaultParallelism))
-        scoring = cls(pool, ScoringConfig.of(settings), scored_schema(spark))
-        pool.warm(scoring.config)
-        return scoring
-
-    def score(self, rows: pa.Table) -> pa.Table:
-        return self.pool.score(rows, self.config, self.schema)

@@ -22,6 +22,7 @@ from typing import Any
 from infra.blob import STORAGE_UNAVAILABLE
 from infra.errors import LakesightError
 from infra.lake import open_lake
+from infra.locations import local_path
 from infra.settings import Settings
 from infra.spark import get_spark
 from infra.status_files import WAITING_FOR_STORAGE
@@ -31,11 +32,12 @@ from streams.checkpoint.rotation import remembers_every_file, remove_retired, re
 from streams.checkpoint.source_log import seen_file_count
 from streams.scoring.batch import SCORE_UPDATE, SCORE_UPDATE_WHEN, BatchResult, ScoreReport, ScoringBatch
 from streams.scoring.executor import SCORED_DDL, executor_mapper, score_rows
-from streams.scoring.pool import PooledScoring, ScoringPoolError, uses_pool
+from streams.scoring.pool import ScoringPoolError, uses_pool
+from streams.scoring.pooled import PooledScoring
 from streams.scoring.progress import ScoreStatus, make_listener
-from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_rows
+from streams.scoring.sources import IMAGE_GLOB, Source, arrivals_source, directory_source, file_count_limit, file_rows
 from streams.scoring.warm import WorkerWarmer
-from streams.watched_folder import WatchedFolder
+from streams.watched_folder import WatchedFolder, typical_file_bytes
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +182,9 @@ class ScoringQuery:
             raise ScoreError(str(exc)) from exc
 
     def _scoring_pool(self) -> PooledScoring:
-        scoring = PooledScoring.start(self.settings, self.spark)
+        folder = str(local_path(self.source.location))
+        limit = file_count_limit(self.settings, typical_file_bytes(folder, self.source.glob))
+        scoring = PooledScoring.start(self.settings, self.spark, folder=folder, glob=self.source.glob, file_limit=limit)
         log.info(
             "scoring in %d processes of the stream's own (score_workers=%s)",
             scoring.pool.processes,
@@ -337,6 +341,10 @@ class ScoringQuery:
             # Events are delivered asynchronously: let the last ones arrive before the callback goes away.
             self.status.terminated.wait(5)
             self.spark.streams.removeListener(listener)
+            if self.pool is not None:
+                self.pool.close()
+                self.report.read_ahead_hits = self.pool.cache.hits
+                self.report.read_ahead_rows = self.pool.read_ahead_rows
         self.report.seconds = time.perf_counter() - self.started
         self.report.table_version = self.lake.version(IMAGES)
         self.status.update(state="stopped", stopped_by=self.report.stopped_by, report=self.report.as_dict())

@@ -8,11 +8,14 @@ import signal
 from pathlib import Path
 
 import psutil
+import pyarrow as pa
 import pytest
 
+from infra.images import IMAGE_GLOB
 from infra.settings import Settings
 from streams.scoring import pool as pool_module
 from streams.scoring.pool import ScoringPoolError, uses_pool
+from streams.scoring.pooled import PooledScoring
 from streams.scoring.query import ScoreError, run_scoring
 from tests.helpers.images import solid_png, truncated_png
 from tests.helpers.streams import rows_by_name, scoring_in_background, shapes, wait_for_rows
@@ -43,12 +46,15 @@ def test_the_pool_stores_what_sparks_workers_store(spark, score_settings: Settin
             update={
                 "score_workers": workers,
                 "max_image_bytes": 5000,
+                "score_max_files_per_trigger": 4,  # several batches: the pool reads each next one ahead
                 "lake_root": str(state / "lake"),
                 "checkpoint_root": str(state / "checkpoints"),
             }
         )
         report = run_scoring(settings, source=incoming, once=True)
-        assert report.rows == 13
+        assert report.rows == 13 and report.batches == 4
+        if workers == "pool":
+            assert report.read_ahead_hits > 0
         stored[workers] = rows_by_name(settings)
 
     assert stored["pool"].keys() == stored["spark"].keys()
@@ -61,6 +67,48 @@ def test_the_pool_stores_what_sparks_workers_store(spark, score_settings: Settin
             assert pool_row["probabilities"] == pytest.approx(spark_row["probabilities"], abs=1e-6)
             assert pool_row["embedding"] == pytest.approx(spark_row["embedding"], abs=1e-6)
     assert sum(row["error"] is not None for row in stored["pool"].values()) == 4
+
+
+def _listed(paths: list[Path]) -> pa.Table:
+    """Rows as Spark's file source lists these files (path, modificationTime, length)."""
+    stats = [path.stat() for path in paths]
+    return pa.table(
+        {
+            "path": [f"file:{path}" for path in paths],
+            "modificationTime": pa.array([s.st_mtime_ns // 1000 for s in stats], pa.timestamp("us", tz="UTC")),
+            "length": pa.array([s.st_size for s in stats], pa.int64()),
+        }
+    )
+
+
+@pytest.mark.spark
+def test_files_read_ahead_are_taken_only_while_unchanged(spark, score_settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "incoming"
+    paths = shapes(folder, 8)
+    for i, path in enumerate(paths):  # Spark's order: oldest first
+        os.utime(path, (1_800_000_000 + i, 1_800_000_000 + i))
+    scoring = PooledScoring.start(score_settings, spark, folder=str(folder), glob=IMAGE_GLOB, file_limit=4)
+    try:
+        scoring.score(_listed(paths[:4]))  # then the next four are read ahead
+        scoring.collect_read_ahead()
+        assert scoring.read_ahead_rows == 4 and scoring.cache.hits == 0
+        rewritten = paths[5]
+        new_bytes = solid_png(2, size=24)
+        rewritten.write_bytes(new_bytes)  # changed after it was read ahead: its guess must not be used
+        os.utime(rewritten, (1_800_000_100, 1_800_000_100))
+        listed = _listed(paths[4:])
+        table = scoring.score(listed)
+        fresh = scoring.pool.score(listed, scoring.config, scoring.schema)  # the same rows, nothing read ahead
+    finally:
+        scoring.close()
+    assert scoring.cache.hits == 3
+    assert table.column("path").to_pylist() == listed.column("path").to_pylist()
+    rows = {Path(r["path"]).name: r for r in table.to_pylist()}
+    assert rows[rewritten.name]["content"] == new_bytes
+    for path in paths[4:]:
+        assert rows[path.name]["content"] == path.read_bytes()
+    for column in ("content_hash", "predicted_label", "size_bytes", "modified_at", "error"):
+        assert table.column(column).to_pylist() == fresh.column(column).to_pylist(), column
 
 
 def _scoring_processes() -> list[psutil.Process]:
