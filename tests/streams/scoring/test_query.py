@@ -263,7 +263,7 @@ def test_the_score_report_adds_each_batch_and_reports_every_figure() -> None:
     assert set(figures) == {
         "source", "batches", "rows", "inserted", "updated", "errors", "skipped_batches", "sent_to_labeling",
         "checkpoints_retired", "model_versions", "merge_seconds_total", "storage_retries", "seconds", "stopped_by",
-        "table_version", "merge_seconds_mean", "reread_files",
+        "table_version", "merge_seconds_mean", "reread_files", "read_ahead_rows", "read_ahead_hits",
     }  # fmt: skip
     assert type(figures["model_versions"]) is dict and figures["stopped_by"] == "end of input"
     assert ScoreReport(source="x").as_dict()["merge_seconds_mean"] is None
