@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from handlers.api.payloads import BLOB_CREATED
-from handlers.sqlite import connect, now_iso
 from infra.blob import BlobStore
 from infra.settings import Settings
+from infra.sqlite import connect, now_iso
 
 log = logging.getLogger(__name__)
 

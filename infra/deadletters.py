@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from infra.settings import Settings
+from infra.sqlite import BUSY_TIMEOUT_S
 from infra.web import one_line
 
 MAX_EVENT_CHARS = 16_384  # the raw event kept; Event Grid events are a few hundred bytes
 MAX_REASON_CHARS = 2_000
-BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS dead_letters (

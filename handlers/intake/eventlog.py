@@ -32,8 +32,8 @@ from pathlib import Path
 
 from handlers.api.payloads import Event
 from handlers.intake.lanes import describe
-from handlers.sqlite import BUSY_TIMEOUT_S, connect, now_iso, transaction
 from infra.processes import pid_alive
+from infra.sqlite import BUSY_TIMEOUT_S, connect, now_iso, transaction
 from infra.web import one_line
 
 

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from handlers.background import WakeableWorker
-from handlers.sqlite import connect, now_iso, transaction
 from infra.processes import lakesight_argv, log_tail, pid_alive
 from infra.settings import Settings
+from infra.sqlite import connect, now_iso, transaction
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from handlers.retraining.launcher import (
     LocalBackend,
     train_command,
 )
-from handlers.sqlite import connect
 from infra.iac import RETRAINING_TAG
 from infra.settings import Settings
+from infra.sqlite import connect
 from tests.helpers.handlers import fake_train_command, serving
 
 

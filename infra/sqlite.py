@@ -1,8 +1,9 @@
-"""SQLite as the handlers use it: one connection setup, one transaction shape, one timestamp format.
+"""SQLite as lakesight uses it: one connection setup, one transaction shape, one timestamp format.
 
-The event log, the launcher and the relay each keep a small database under ``state_dir``, shared
+The handlers' event log, launcher and relay each keep a small database under ``state_dir``, shared
 by threads of one process and by several processes. They all open it with :func:`connect` and
-write multi-statement changes inside :func:`transaction`.
+write multi-statement changes inside :func:`transaction`. The dead-letter table
+(``infra.deadletters``) waits for a lock as long (:data:`BUSY_TIMEOUT_S`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SQLite helpers of the handler databases: connection setup, one transaction shape, timestamps."""
+"""The SQLite helpers (infra.sqlite) of the handler databases: connection setup, one transaction shape, timestamps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.sqlite import connect, now_iso, transaction
+from infra.sqlite import connect, now_iso, transaction
 
 
 def _db(tmp_path: Path, **options: float) -> sqlite3.Connection:
