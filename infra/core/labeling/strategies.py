@@ -1,10 +1,10 @@
 """Which unsure images go to humans: the selection strategies, pure functions over arrays.
 
 A strategy ranks candidates by how much a label would teach the model (their *score*, higher
-first) and chooses up to ``k``. ``margin_diversity``, the default, spreads its picks: it keeps
-the best-ranked candidates by margin and chooses among them by greedy k-center on the embeddings
-(each next pick the one farthest from the picks so far and from what humans already have),
-skipping near-duplicates of what humans already have or will have. docs/LABELING.md explains the
+first) and chooses up to ``k``, skipping pixel near-duplicates of what humans already have or
+will have. ``margin_diversity``, the default, spreads its picks over the best-ranked candidates by
+margin: by weighted k-means in a warm window, by typicality or cluster-stratified random in a cold
+one (:mod:`infra.core.labeling.phases`), by greedy k-center when given no phase. docs/LABELING.md explains the
 strategies and the benchmark behind the default. The hand-off (``infra.core.labeling.handoff``) and
 ``lakesight bench labeling`` both call :func:`select`, so the benchmark measures exactly what the
 stream does.
