@@ -304,6 +304,7 @@ def labeling_config(
     labels: int | None = None,
     window: int | None = None,
     seeds: int | None = None,
+    steps: int | None = None,
     quick: bool = False,
     full: bool = False,
     scenarios: list[str] | None = None,
@@ -321,7 +322,7 @@ def labeling_config(
     unknown = sorted(set(strategies or ()) - set(STRATEGIES))
     if unknown:
         raise UsageError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
-    given = {"rounds": rounds, "labels": labels, "window": window, "seeds": seeds}
+    given = {"rounds": rounds, "labels": labels, "window": window, "seeds": seeds, "steps": steps}
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if full:
         overrides.update(scenarios=SCENARIOS, strategies=STRATEGIES, full=True)
@@ -353,6 +354,12 @@ def bench_labeling(
     seeds: Annotated[
         int | None, typer.Option(min=2, help="Paired seeds (data and initial weights) (default 8; quick 2)")
     ] = None,
+    steps: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Optimizer steps per training, whatever the labeled set's size (default 240; quick 2)"
+        ),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="A tiny version (tests): seconds, figures that mean little")] = False,
     full: Annotated[
         bool, typer.Option(help="The full grid: every strategy in every scenario (with the no-drift controls)")
@@ -380,6 +387,7 @@ def bench_labeling(
         labels=labels,
         window=window,
         seeds=seeds,
+        steps=steps,
         quick=quick,
         full=full,
         scenarios=scenario,

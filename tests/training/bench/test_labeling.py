@@ -11,7 +11,14 @@ import pytest
 
 from infra.core.labeling.strategies import MARGIN_DIVERSITY, RANDOM
 from tests.helpers.cli import lakesight
-from training.bench.labeling import HEADLINE_SCENARIOS, HEADLINE_STRATEGIES, duplicates_sent
+from training.bench.labeling import (
+    HEADLINE_SCENARIOS,
+    HEADLINE_STRATEGIES,
+    BenchConfig,
+    Learner,
+    duplicates_sent,
+    step_batches,
+)
 from training.bench.labeling_data import with_duplicates
 from training.bench.labeling_stats import label_ratio, labels_to_reach, paired_gaps, ratio_interval
 
@@ -108,3 +115,21 @@ def test_duplicate_windows_copy_images_of_this_window_or_earlier_ones() -> None:
         # A copy's original arrived in this window or an earlier one, never later.
         assert all(pool.groups[i] < start + 20 and pool.groups[pool.groups[i]] == pool.groups[i] for i in copies)
         assert all(pool.labels[i] == pool.labels[pool.groups[i]] for i in copies)
+
+
+def test_every_training_takes_the_same_number_of_steps_whatever_the_labeled_set() -> None:
+    """v0's 120 images got 12 optimizer steps when training ran a fixed number of epochs."""
+    learner = Learner(BenchConfig.quick(steps=7), classes=3)
+    rng = np.random.default_rng(0)
+    for size in (40, 300):
+        x = rng.random((size, 16, 16, 3), dtype=np.float32)
+        learner.train(seed=1, x=x, y=rng.integers(0, 3, size))
+        assert int(learner.optimizer.iterations) == 7
+
+
+def test_training_batches_are_whole_shuffled_passes() -> None:
+    batches = list(step_batches(np.random.default_rng(0), 120, 64, 5))
+    assert [len(b) for b in batches] == [64, 56, 64, 56, 64]
+    for first, second in ((0, 1), (2, 3)):
+        assert sorted(np.concatenate([batches[first], batches[second]])) == list(range(120))
+    assert list(step_batches(np.random.default_rng(0), 0, 64, 5)) == []
