@@ -603,8 +603,9 @@ def _lull_phase(settings: Settings, root: Path, *, lull_s: float) -> dict[str, A
     return {"lull_s": lull_s, "warm_s": round(committed[0], 3), "after_lull_s": round(committed[1], 3)}
 
 
-# The spark engine on local[2] should keep at least this share of delta-rs's images/s (issue 15).
-ENGINE_TARGET = 0.5
+# The shares of delta-rs's images/s the spark engine on local[2] should keep: issue 15's, then
+# issue 32's (docs/DEPLOY.md, "The lake engine"); each is reported.
+ENGINE_TARGETS = (0.5, 0.7)
 # MERGE cost from an empty table to one of 200k rows, on either engine.
 MERGE_GROWTH_TARGET = 1.5
 
@@ -626,7 +627,7 @@ def bench_engines(base: Settings, engines: list[str], **options: Any) -> dict[st
 
 
 def engine_comparison(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The headline figures of each engine's run, and whether they meet issue 15's targets."""
+    """The headline figures of each engine's run, and whether they meet the targets."""
     rows = {
         engine: {
             "images_per_s": run["images_per_s"],
@@ -649,7 +650,8 @@ def engine_comparison(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if {"spark", "delta-rs"} <= rows.keys():
         ratio = rows["spark"]["images_per_s"] / rows["delta-rs"]["images_per_s"]
         targets["spark_over_delta_rs_images_per_s"] = round(ratio, 3)
-        targets[f"spark_at_least_{ENGINE_TARGET}x"] = ratio >= ENGINE_TARGET
+        for share in ENGINE_TARGETS:
+            targets[f"spark_at_least_{share}x"] = ratio >= share
     return {"engines": rows, "targets": targets}
 
 

@@ -203,3 +203,4 @@ def test_both_engines_run_side_by_side_and_only_delta_rs_collects_image_bytes(sp
     ratio = side["targets"]["spark_over_delta_rs_images_per_s"]
     assert ratio == pytest.approx(runs["spark"]["images_per_s"] / runs["delta-rs"]["images_per_s"], abs=1e-3)
     assert side["targets"]["spark_at_least_0.5x"] == (ratio >= 0.5)
+    assert side["targets"]["spark_at_least_0.7x"] == (ratio >= 0.7)
