@@ -334,6 +334,10 @@ class Lake:
             return [IMAGES.name]
         return sorted(p.name for p in root.iterdir() if (p / "_delta_log").is_dir())
 
+    def prepare(self, spec: TableSpec) -> None:
+        """Make the next MERGE into ``spec`` cheaper where the engine can do so ahead of time (the
+        spark engine builds the table's snapshot; delta-rs has nothing to prepare)."""
+
     def micro_batch(self, frame: Any, *, driver_content: Any = None) -> MicroBatch:
         """A foreachBatch micro-batch ready to MERGE: collected to the driver (``driver_content`` is
         the spark engine's: which rows' image bytes the driver needs; here it has them all)."""

@@ -148,6 +148,7 @@ class ScoringQuery:
         self.lake = open_lake(settings, reuse_tables=True)  # only foreachBatch's thread writes through it
         self.lake.images()
         self.spark = get_spark(settings, "lakesight-score")
+        self.lake.prepare(IMAGES)  # while the query starts (the spark engine's first MERGE)
         self.checkpoint = settings.checkpoint_uri(source.checkpoint)
         self.query_name = source.checkpoint.replace("-", "_")
         self.report = ScoreReport(source=f"{source.kind}:{source.location}")

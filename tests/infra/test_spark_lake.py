@@ -149,3 +149,27 @@ def test_spark_append_and_compaction(engines) -> None:
     # the three files of DAY become one; OTHER_DAY's is left alone
     assert (files_before, figures["files_removed"], figures["files_added"]) == (4, 3, 1)
     assert sorted(by_path(delta_rs)) == ["p0", "p1", "p2", "q"]
+
+
+def jobs_to_list_files(lake: SparkLake, group: str) -> list[int]:
+    """The Spark jobs that listing ``images``' files (what a MERGE reads first) starts."""
+    from delta.tables import DeltaTable
+
+    context = lake.spark.sparkContext
+    context.setJobGroup(group, "listing the table's files")
+    try:
+        DeltaTable.forPath(lake.spark, lake.uri(IMAGES)).toDF().inputFiles()
+    finally:
+        context.setLocalProperty("spark.jobGroup.id", None)
+    return list(context.statusTracker().getJobIdsForGroup(group))
+
+
+def test_a_merge_builds_the_next_merges_snapshot_ahead(engines) -> None:
+    delta_rs, spark_lake = engines
+    delta_rs.merge(IMAGES, rows(["a"]))  # a version delta-spark has never read: its snapshot is built on use
+    unprepared = jobs_to_list_files(spark_lake, "unprepared")
+    spark_lake.merge(IMAGES, on_executors(spark_lake, rows(["b"])), txn=Transaction("q", 0))
+    assert spark_lake.wait_prepared(IMAGES, timeout=120)
+    prepared = jobs_to_list_files(spark_lake, "prepared")
+    # Built: one job reads the cached file list; unbuilt, the log is read and reduced first.
+    assert len(prepared) == 1 < len(unprepared)
