@@ -171,5 +171,6 @@ def test_a_merge_builds_the_next_merges_snapshot_ahead(engines) -> None:
     spark_lake.merge(IMAGES, on_executors(spark_lake, rows(["b"])), txn=Transaction("q", 0))
     assert spark_lake.wait_prepared(IMAGES, timeout=120)
     prepared = jobs_to_list_files(spark_lake, "prepared")
-    # Built: one job reads the cached file list; unbuilt, the log is read and reduced first.
-    assert len(prepared) == 1 < len(unprepared)
+    # Built: at most one job, reading the cached file list; unbuilt, the log is read and reduced
+    # first (4 jobs after the MERGE without prepare, 5 for the version delta-rs wrote).
+    assert len(prepared) <= 1 < len(unprepared)
