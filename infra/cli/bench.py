@@ -305,6 +305,7 @@ def labeling_config(
     window: int | None = None,
     seeds: int | None = None,
     steps: int | None = None,
+    processes: int | None = None,
     quick: bool = False,
     full: bool = False,
     scenarios: list[str] | None = None,
@@ -322,7 +323,14 @@ def labeling_config(
     unknown = sorted(set(strategies or ()) - set(STRATEGIES))
     if unknown:
         raise UsageError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(STRATEGIES)}")
-    given = {"rounds": rounds, "labels": labels, "window": window, "seeds": seeds, "steps": steps}
+    given = {
+        "rounds": rounds,
+        "labels": labels,
+        "window": window,
+        "seeds": seeds,
+        "steps": steps,
+        "processes": processes,
+    }
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     if full:
         overrides.update(scenarios=SCENARIOS, strategies=STRATEGIES, full=True)
@@ -360,6 +368,14 @@ def bench_labeling(
             min=1, help="Optimizer steps per training, whatever the labeled set's size (default 240; quick 2)"
         ),
     ] = None,
+    processes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Worker processes of one TensorFlow thread each, a source and seed at a time "
+            "(default: one per core; 0: all in this process)",
+        ),
+    ] = None,
     quick: Annotated[bool, typer.Option(help="A tiny version (tests): seconds, figures that mean little")] = False,
     full: Annotated[
         bool, typer.Option(help="The full grid: every strategy in every scenario (with the no-drift controls)")
@@ -388,6 +404,7 @@ def bench_labeling(
         window=window,
         seeds=seeds,
         steps=steps,
+        processes=processes,
         quick=quick,
         full=full,
         scenarios=scenario,

@@ -21,6 +21,7 @@ set another strategy already trained on.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +57,7 @@ from training.bench.labeling_data import (
     with_duplicates,
 )
 from training.bench.labeling_stats import label_ratio, labels_to_reach, paired_gaps, ratio_interval
+from training.bench.processes import in_processes
 
 __all__ = ["labels_to_reach"]
 
@@ -103,6 +105,9 @@ class BenchConfig:
     scenarios: tuple[str, ...] = HEADLINE_SCENARIOS
     strategies: tuple[str, ...] = HEADLINE_STRATEGIES
     full: bool = False  # every strategy in every scenario (else the duplicates run DUPLICATE_STRATEGIES)
+    # Worker processes of one TensorFlow thread each, a (source, seed) at a time; 0: in this process.
+    # One per core: the network trains faster so than with every thread in one process (training.bench.processes).
+    processes: int = os.cpu_count() or 1
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -171,10 +176,20 @@ class Learner:
             vectors = features(x, training=False) - self.center
             return self.network(x, training=False), tf.math.l2_normalize(vectors, axis=1)
 
-        self._step = tf.function(step, input_signature=[spec, tf.TensorSpec([None], tf.int64)])
+        self._step_function, self._step_signature = step, [spec, tf.TensorSpec([None], tf.int64)]
+        self.fresh_draws(0)
         self._forward = tf.function(forward, input_signature=[spec])
         self._features = tf.function(lambda x: features(x, training=False), input_signature=[spec])
         self.trainings = 0
+
+    def fresh_draws(self, seed: int) -> None:
+        """Restart the augmentation's random draws from ``seed``: a traced step's random ops keep their
+        state across calls, so without this a training's draws depend on every training this process
+        ran before (and so on how seeds were spread over processes). Costs one trace."""
+        import tensorflow as tf
+
+        tf.random.set_seed(seed)
+        self._step = tf.function(self._step_function, input_signature=self._step_signature)
 
     def _restart(self, seed: int) -> None:
         from training.bench.toy_models import small_cnn
@@ -189,10 +204,7 @@ class Learner:
 
     def train(self, seed: int, x: np.ndarray, y: np.ndarray) -> None:
         """Train from ``seed``'s initial state: ``steps`` batches, cosine learning rate, seeded shuffles."""
-        import tensorflow as tf
-
         self._restart(seed)
-        tf.random.set_seed(seed)  # the augmentation's draws
         config = self.config
         for step, batch in enumerate(
             step_batches(np.random.default_rng(seed), len(y), config.batch_size, config.steps)
@@ -246,7 +258,7 @@ class Bench:
             for source in self.sources
             for side in ("A", "B")
         }
-        self.v0_on_a: dict[str, list[float]] = {source: [] for source in self.sources}
+        self.v0_on_a: dict[tuple[str, int], float] = {}  # v0's accuracy on A's holdout, per (source, seed)
         self.data: dict[tuple[str, int], SeedData] = {}
         self._outcomes: dict[tuple[Any, ...], Outcome] = {}
         self._v0: dict[tuple[str, int], list[np.ndarray]] = {}
@@ -312,6 +324,16 @@ class Bench:
         self._outcomes[key] = result
         return result
 
+    def trainings(self) -> int:
+        return sum(learner.trainings for learner in self.learners.values())
+
+    def forget(self, source: str, seed: int) -> None:
+        """Drop what only ``seed``'s runs of ``source`` use (its images, v0, outputs): bounded memory."""
+        self.data.pop((source, seed), None)
+        self._v0.pop((source, seed), None)
+        for key in [key for key in self._outcomes if key[1] == seed and parse_scenario(key[0])[0] == source]:
+            del self._outcomes[key]
+
     def window(self, round_: int) -> np.ndarray:
         return np.arange(round_ * self.config.window, (round_ + 1) * self.config.window)
 
@@ -323,7 +345,8 @@ class Bench:
             learner.train(seed, data.labeled_a.images, data.labeled_a.labels)
             self._v0[(source, seed)] = [np.array(v) for v in variables]
             held = self.holdouts[(source, "A")]
-            self.v0_on_a[source].append(float(np.mean(np.argmax(learner.outputs(held.images)[0], 1) == held.labels)))
+            accuracy = np.mean(np.argmax(learner.outputs(held.images)[0], axis=1) == held.labels)
+            self.v0_on_a[(source, seed)] = float(accuracy)
         for variable, value in zip(variables, self._v0[(source, seed)], strict=True):
             variable.assign(value)
 
@@ -507,6 +530,19 @@ class Curve:
     chosen_by: list[str] = field(default_factory=list)
 
 
+@dataclass
+class SeedRun:
+    """One source's curves under one seed (scenario -> strategy -> curve), and what they cost."""
+
+    source: str
+    seed: int
+    curves: dict[str, dict[str, Curve]]
+    v0_on_a: float
+    trainings: int = 0
+    shared: int = 0
+    messages: list[str] = field(default_factory=list)  # progress said in a worker process
+
+
 def run_curve(bench: Bench, name: str, seed: int, strategy: str) -> Curve:
     config = bench.config
     source, kind = parse_scenario(name)
@@ -534,23 +570,83 @@ def run_curve(bench: Bench, name: str, seed: int, strategy: str) -> Curve:
     return curve
 
 
+def run_seed(bench: Bench, source: str, seed: int) -> SeedRun:
+    """Every scenario × strategy of ``source`` under ``seed``: the unit of work of a process."""
+    trainings, shared = bench.trainings(), bench.shared
+    bench.learners[source].fresh_draws(seed)  # the figures of a (source, seed) depend on nothing else
+    curves = {
+        name: {strategy: run_curve(bench, name, seed, strategy) for strategy in bench.config.strategies_of(name)}
+        for name in bench.config.scenarios
+        if parse_scenario(name)[0] == source
+    }
+    run = SeedRun(source, seed, curves, bench.v0_on_a[(source, seed)])
+    run.trainings, run.shared = bench.trainings() - trainings, bench.shared - shared
+    bench.forget(source, seed)
+    return run
+
+
+def seed_units(config: BenchConfig) -> list[tuple[str, int]]:
+    """(source, seed) pairs, the source with the most curves per seed first (processes end together)."""
+    curves = Counter(parse_scenario(name)[0] for name in config.scenarios for _ in config.strategies_of(name))
+    return [(source, seed) for source in sorted(curves, key=lambda s: (-curves[s], s)) for seed in range(config.seeds)]
+
+
+_WORKER: dict[str, Bench] = {}  # a worker process's bench: its learners and holdouts, built once
+
+
+def _start_worker(config: BenchConfig) -> None:
+    _WORKER["bench"] = Bench(config, lambda _message: None)
+
+
+def _work(unit: tuple[str, int]) -> SeedRun:
+    bench = _WORKER["bench"]
+    messages: list[str] = []
+    bench.progress = messages.append
+    run = run_seed(bench, *unit)
+    run.messages = messages
+    return run
+
+
+def run_units(config: BenchConfig, units: list[tuple[str, int]], log: Progress) -> Iterator[SeedRun]:
+    """Each unit's run as it finishes: in ``config.processes`` worker processes, or here when 0."""
+    if config.processes == 0:
+        bench = Bench(config, log)
+        yield from (run_seed(bench, *unit) for unit in units)
+        return
+    runs = in_processes(_work, units, processes=config.processes, start=_start_worker, start_args=(config,))
+    for run in runs:
+        for message in run.messages:
+            log(message)
+        yield run
+
+
 def run_label_bench(config: BenchConfig | None = None, *, progress: Progress | None = None) -> dict[str, Any]:
     """Run every scenario × strategy × seed; the figures as a JSON-ready dict."""
     config = config or BenchConfig()
     log = progress or (lambda _message: None)
     started = time.perf_counter()
-    bench = Bench(config, log)
-    curves: dict[str, dict[str, list[Curve]]] = {
-        name: {s: [] for s in config.strategies_of(name)} for name in config.scenarios
-    }
-    for seed in range(config.seeds):
-        for name in config.scenarios:
-            for strategy in config.strategies_of(name):
-                curves[name][strategy].append(run_curve(bench, name, seed, strategy))
-        bench.data.clear()  # a seed's images are not needed again: bounded memory
+    units = seed_units(config)
+    runs: dict[tuple[str, int], SeedRun] = {}
+    for run in run_units(config, units, log):
+        runs[(run.source, run.seed)] = run
+        log(f"{run.source} seed {run.seed} done: {len(runs)} of {len(units)}, {time.perf_counter() - started:.0f} s")
     seconds = time.perf_counter() - started
-    trainings = sum(learner.trainings for learner in bench.learners.values())
-    return report(config, curves, seconds=seconds, trainings=trainings, shared=bench.shared, v0=bench.v0_on_a)
+    curves = {
+        name: {
+            strategy: [runs[(parse_scenario(name)[0], seed)].curves[name][strategy] for seed in range(config.seeds)]
+            for strategy in config.strategies_of(name)
+        }
+        for name in config.scenarios
+    }
+    sources = sorted({source for source, _ in units})
+    return report(
+        config,
+        curves,
+        seconds=seconds,
+        trainings=sum(run.trainings for run in runs.values()),
+        shared=sum(run.shared for run in runs.values()),
+        v0={source: [runs[(source, seed)].v0_on_a for seed in range(config.seeds)] for source in sources},
+    )
 
 
 def report(

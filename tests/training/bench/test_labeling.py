@@ -4,6 +4,7 @@ and the figures' arithmetic on curves whose answer is known."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ from training.bench.labeling import (
     BenchConfig,
     Learner,
     duplicates_sent,
+    run_label_bench,
+    seed_units,
     step_batches,
 )
 from training.bench.labeling_data import with_duplicates
@@ -65,6 +68,23 @@ def test_quick_benchmark_spends_every_label_in_fresh_windows_and_sends_no_near_d
         # The default reports the phase it chose in, every round and seed.
         chosen = scenario["strategies"][MARGIN_DIVERSITY]["chosen_by_per_round"]
         assert all(key.split(":")[0] in ("cold", "warm") for row in chosen for key in row)
+
+
+@pytest.mark.slow
+def test_the_figures_do_not_depend_on_how_many_processes_ran_the_seeds() -> None:
+    """Each (source, seed) restarts the augmentation's draws: before, a seed's trainings drew what the
+    process's earlier trainings left, so two processes gave other figures than one."""
+    config = BenchConfig.quick(seeds=2)
+    one, two = (run_label_bench(replace(config, processes=count)) for count in (1, 2))
+    assert one["scenarios"] == two["scenarios"]
+    assert one["v0_accuracy_on_A_per_seed"] == two["v0_accuracy_on_A_per_seed"]
+    assert one["trainings"] == two["trainings"] > 0
+
+
+def test_seeds_of_the_source_with_more_curves_go_first() -> None:
+    """Shapes runs two scenarios in the headline, digits one: its seeds start first so both processes
+    end together."""
+    assert seed_units(BenchConfig(seeds=2)) == [("shapes", 0), ("shapes", 1), ("digits", 0), ("digits", 1)]
 
 
 def test_a_copy_counts_once_its_source_or_another_copy_was_sent() -> None:
