@@ -147,9 +147,19 @@ def test_every_training_takes_the_same_number_of_steps_whatever_the_labeled_set(
         assert int(learner.optimizer.iterations) == 7
 
 
-def test_training_batches_are_whole_shuffled_passes() -> None:
-    batches = list(step_batches(np.random.default_rng(0), 120, 64, 5))
-    assert [len(b) for b in batches] == [64, 56, 64, 56, 64]
-    for first, second in ((0, 1), (2, 3)):
-        assert sorted(np.concatenate([batches[first], batches[second]])) == list(range(120))
+def test_training_batches_are_cut_from_whole_shuffled_passes() -> None:
+    batches = list(step_batches(np.random.default_rng(0), 120, 64, 15))
+    assert [len(b) for b in batches] == [64] * 15
+    stream = np.concatenate(batches)
+    for start in range(0, len(stream) - 120, 120):  # every example once in each pass, in a new order
+        assert sorted(stream[start : start + 120]) == list(range(120))
+    assert list(stream[:120]) != list(stream[120:240])
+    assert [len(b) for b in step_batches(np.random.default_rng(0), 40, 64, 3)] == [40, 40, 40]
     assert list(step_batches(np.random.default_rng(0), 0, 64, 5)) == []
+
+
+@pytest.mark.parametrize("size", [40, 470, 520, 770])
+def test_no_training_batch_is_a_remainder_of_a_few_images(size: int) -> None:
+    """470 labeled images made 7 batches of 64 and one of 6 (and 770 one of 2): the curves dipped there."""
+    sizes = {len(b) for b in step_batches(np.random.default_rng(0), size, 64, 40)}
+    assert sizes == {min(size, 64)}
