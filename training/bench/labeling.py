@@ -106,7 +106,7 @@ class BenchConfig:
     strategies: tuple[str, ...] = HEADLINE_STRATEGIES
     full: bool = False  # every strategy in every scenario (else the duplicates run DUPLICATE_STRATEGIES)
     # Worker processes of one TensorFlow thread each, a (source, seed) at a time; 0: in this process.
-    # One per core: the network trains faster so than with every thread in one process (training.bench.processes).
+    # One per core: two one-thread processes train faster than one with both threads (training.bench.processes).
     processes: int = os.cpu_count() or 1
 
     @classmethod
@@ -606,6 +606,7 @@ def _start_worker(config: BenchConfig) -> None:
 
 
 def _work(unit: tuple[str, int]) -> SeedRun:
+    """In a worker process: one (source, seed), its progress lines carried back with its curves."""
     bench = _WORKER["bench"]
     messages: list[str] = []
     bench.progress = messages.append

@@ -12,13 +12,19 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from infra.errors import LakesightError
 from infra.registry import TF_THREADS_ENV
 from training.run.tf_runtime import limit_tensorflow_threads
 
 Unit = TypeVar("Unit")
 Result = TypeVar("Result")
+
+
+class WorkerDiedError(LakesightError, RuntimeError):
+    """A worker process ended without an answer (killed, out of memory)."""
 
 
 def _one_thread_then(start: Callable[..., None], *args: Any) -> None:
@@ -39,7 +45,8 @@ def in_processes(
 
     Each process runs ``start(*start_args)`` once, after capping TensorFlow to one thread. ``work``
     and ``start`` must be module-level functions (they are pickled by name). A unit that raises
-    raises here, and the units not yet begun are cancelled.
+    raises here, and the units not yet begun are cancelled; a process that dies raises
+    :class:`WorkerDiedError`.
     """
     units = list(units)
     context = multiprocessing.get_context("spawn")  # a clean interpreter: no TensorFlow state inherited
@@ -53,6 +60,11 @@ def in_processes(
         try:
             for future in as_completed(futures):
                 yield future.result()
+        except BrokenProcessPool as exc:
+            raise WorkerDiedError(
+                f"a worker process died before its work was done ({processes} processes of one "
+                "TensorFlow thread); was it killed or out of memory? Fewer processes use less memory"
+            ) from exc
         finally:
             for future in futures:
                 future.cancel()
