@@ -30,6 +30,7 @@ from streams.ingest import IngestError
 from streams.scoring.pool import ScoringPoolError
 from streams.scoring.query import ScoreError
 from streams.scoring.sources import SourceError
+from training.bench.processes import WorkerDiedError
 from training.data.feed import TrainingDataError
 from training.model.models import ModelError
 from training.packaging import PackagingError
@@ -75,5 +76,6 @@ __all__ = [
     "TrainingDataError",
     "UntrustedJSONError",
     "UsageError",
+    "WorkerDiedError",
     "WorkerError",
 ]
