@@ -162,7 +162,7 @@ class Learner:
         self.network = small_cnn(config.image_size, classes, dense_units=config.dense_units)
         # Cosine-decayed to 0 over a training's steps; restarting the optimizer's variables (its
         # iteration counter among them) restarts the schedule.
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, config.steps)
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, max(1, config.steps))
         self.optimizer = keras.optimizers.Adam(schedule)
         self.optimizer.build(self.network.trainable_variables)
         self._optimizer_start = [np.array(v) for v in self.optimizer.variables]
@@ -201,8 +201,8 @@ class Learner:
         self.trainings = 0
 
     def fresh_draws(self, seed: int) -> None:
-        """Restart the augmentation's random draws from ``seed``: a traced step's random ops keep their
-        state across calls, so without this a training's draws depend on every training this process
+        """Restart the augmentation's random draws from ``seed``: a traced training's random ops keep
+        their state across calls, so without this a training's draws depend on every training this process
         ran before (and so on how seeds were spread over processes). Costs one trace."""
         import tensorflow as tf
 

@@ -4,6 +4,7 @@ and the figures' arithmetic on curves whose answer is known."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -145,6 +146,16 @@ def test_every_training_takes_the_same_number_of_steps_whatever_the_labeled_set(
         x = rng.random((size, 16, 16, 3), dtype=np.float32)
         learner.train(seed=1, x=x, y=rng.integers(0, 3, size))
         assert int(learner.optimizer.iterations) == 7
+
+
+def test_the_learning_rate_follows_the_cosine_from_the_top_to_zero_over_a_training() -> None:
+    """The schedule reads the optimizer's step counter, which every training restarts from 0."""
+    config = BenchConfig.quick(steps=8)
+    learner = Learner(config, classes=3)
+    for step in (0, 2, 4, 7):
+        learner.optimizer.iterations.assign(step)
+        expected = config.learning_rate * 0.5 * (1 + math.cos(math.pi * step / config.steps))
+        assert float(learner.optimizer.learning_rate) == pytest.approx(expected, rel=1e-5)
 
 
 def test_training_batches_are_cut_from_whole_shuffled_passes() -> None:
