@@ -338,9 +338,10 @@ class Lake:
         """Make the next MERGE into ``spec`` cheaper where the engine can do so ahead of time (the
         spark engine builds the table's snapshot; delta-rs has nothing to prepare)."""
 
-    def micro_batch(self, frame: Any, *, driver_content: Any = None) -> MicroBatch:
-        """A foreachBatch micro-batch ready to MERGE: collected to the driver (``driver_content`` is
-        the spark engine's: which rows' image bytes the driver needs; here it has them all)."""
+    def micro_batch(self, frame: Any, *, driver_content: Any = None, completed_on_driver: bool = False) -> MicroBatch:
+        """A foreachBatch micro-batch ready to MERGE: collected to the driver. ``driver_content`` and
+        ``completed_on_driver`` (the job builds the rows to MERGE on the driver) are the spark engine's
+        concern: here the driver has every row and MERGEs it."""
         return ArrowBatch(self, frame)
 
     # Writes -------------------------------------------------------------------------------------

@@ -336,7 +336,7 @@ class Settings(BaseSettings):
     score_workers: Literal["auto", "pool", "spark"] = Field(
         "auto",
         description="Where a local folder's images are scored: pool (long-lived processes of the stream's own, "
-        "one per core; needs a local master and the delta-rs engine), spark (Spark's Python workers), "
+        "one per core; needs a local master), spark (Spark's Python workers), "
         "auto (pool where it can run, else spark)",
     )
     score_keep_warm_s: float = Field(

@@ -28,14 +28,23 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from infra.lake import Lake, MergeOutcome, MicroBatch, TableRef, Transaction, partition_values, pruned_predicate
+from infra.lake import (
+    ArrowBatch,
+    Lake,
+    MergeOutcome,
+    MicroBatch,
+    TableRef,
+    Transaction,
+    partition_values,
+    pruned_predicate,
+)
 from infra.settings import Settings
 from infra.tables import TableSpec, latest_per_path
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-__all__ = ["FrameBatch", "SparkLake", "conform_frame"]
+__all__ = ["DriverRowsBatch", "FrameBatch", "SparkLake", "conform_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +130,11 @@ class SparkLake(Lake):
             return
         log.debug("snapshot of %s built ahead of its MERGE in %.2f s", spec.name, time.perf_counter() - started)
 
-    def micro_batch(self, frame: Any, *, driver_content: Any = None) -> MicroBatch:
-        """A foreachBatch micro-batch kept on the executors (see :class:`FrameBatch`)."""
+    def micro_batch(self, frame: Any, *, driver_content: Any = None, completed_on_driver: bool = False) -> MicroBatch:
+        """A foreachBatch micro-batch kept on the executors (see :class:`FrameBatch`), or, where the job
+        builds the rows to MERGE on the driver, MERGEd from those rows (:class:`DriverRowsBatch`)."""
+        if completed_on_driver:
+            return DriverRowsBatch(self, frame)
         return FrameBatch(self, frame, driver_content)
 
     def merge(
@@ -289,6 +301,34 @@ class FrameBatch:
 
     def close(self) -> None:
         self.frame.unpersist()
+
+
+class DriverRowsBatch(ArrowBatch):
+    """A micro-batch whose rows the driver completed, MERGEd by delta-spark from those rows.
+
+    The scoring stream's own processes (``streams.scoring.pool``, a local master only) read and
+    score the listed files next to the driver, so the scored rows, image bytes included, are on the
+    driver already; they go to the session once, as the MERGE's source. The MERGE stays
+    delta-spark's, with the batch's transaction, as for :class:`FrameBatch`.
+    """
+
+    lake: SparkLake
+
+    def merge(
+        self,
+        spec: TableSpec,
+        merged: pa.Table,
+        *,
+        update: dict[str, str] | None,
+        when: str | None,
+        txn: Transaction,
+        staged_columns: tuple[str, ...] = (),
+    ) -> MergeOutcome:
+        """MERGE ``merged`` (every column the job's steps set is in it) through delta-spark."""
+        source = self.lake.frame(spec, merged)
+        return self.lake.merge(
+            spec, source, update=update, when=when, txn=txn, partitions=partition_values(spec, merged)
+        )
 
 
 def _without_content(frame: DataFrame, driver_content: Any) -> DataFrame:

@@ -135,6 +135,12 @@ class BatchSteps:
         """The spark engine's rows whose image bytes the driver needs (a Column), or None for none."""
         return None
 
+    @property
+    def completes_on_driver(self) -> bool:
+        """Whether :meth:`complete` builds the rows to MERGE on the driver (the spark engine then
+        MERGEs those instead of the executors' rows)."""
+        return False
+
     def complete(self, table: pa.Table) -> pa.Table:
         """Right after collection: the rows the job MERGEs (the scoring stream's own processes score
         the listed files here, ``streams.scoring.pool``); by default the collected rows."""
@@ -201,7 +207,9 @@ class ExactlyOnceWriter:
             self.totals.skipped_batches += 1  # replayed after a crash: already in the table
             return
         began = time.perf_counter()
-        rows = self.lake.micro_batch(batch, driver_content=steps.driver_content)
+        rows = self.lake.micro_batch(
+            batch, driver_content=steps.driver_content, completed_on_driver=steps.completes_on_driver
+        )
         try:
             fetched = time.perf_counter()
             rows.extend_to(steps.complete(rows.table))

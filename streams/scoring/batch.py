@@ -194,6 +194,10 @@ class ScoringBatch(BatchSteps):
     def driver_content(self, frame: Any) -> Any:
         return labeling_content(self.settings, frame)
 
+    @property
+    def completes_on_driver(self) -> bool:
+        return self.pool is not None
+
     def complete(self, table: pa.Table) -> pa.Table:
         return table if self.pool is None else self.pool.score(table)
 

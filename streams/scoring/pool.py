@@ -1,13 +1,14 @@
 """The stream's own scoring processes: a local folder scored without the image bytes crossing the JVM.
 
 With Spark's Python workers, every image went file → Python worker → Arrow → JVM → Arrow → driver
-before delta-rs MERGEd it, and Spark's JVM spent about as much CPU on those bytes as the model
-spent scoring them (docs/BENCHMARKS.md, "The physical limit"). On one machine (a local master, the
-delta-rs engine, a local folder) Spark needs only to list the files and keep the checkpoint:
-foreachBatch collects the listed rows (path, time, size; no bytes) and this pool, one long-lived
-process per core, reads, checks and scores them with the executors' own
-:func:`streams.scoring.executor.score_rows`. Exactly-once is unchanged (the MERGE and its
-transaction stay in foreachBatch), so are the error rows and the champion that follows its alias;
+before the MERGE, and Spark's JVM spent about as much CPU on those bytes as the model spent
+scoring them (docs/BENCHMARKS.md, "The physical limit"). On one machine (a local master, a local
+folder) Spark needs only to list the files and keep the checkpoint: foreachBatch collects the
+listed rows (path, time, size; no bytes) and this pool, one long-lived process per core, reads,
+checks and scores them with the executors' own :func:`streams.scoring.executor.score_rows`. Either
+lake engine MERGEs the scored rows from the driver (the spark engine through delta-spark,
+``infra.spark_lake.DriverRowsBatch``). Exactly-once is unchanged (the MERGE and its transaction
+stay in foreachBatch), so are the error rows and the champion that follows its alias;
 the processes outlive lulls, and they load the champion while Spark starts the query
 (docs/STREAMING.md, "Where images are scored").
 """
@@ -45,8 +46,6 @@ def pool_eligible(settings: Settings, source_kind: str, location: str) -> str | 
     """Why the pool cannot score this source (None when it can)."""
     if not settings.spark_master.startswith("local"):
         return f"the master is {settings.spark_master}, not local: the executors score"
-    if settings.lake_engine != "delta-rs":
-        return f"the lake engine is {settings.lake_engine}: the executors score and MERGE"
     if source_kind != "directory" or local_path(location) is None:
         return "the source is not a local folder: the executors fetch and score"
     return None

@@ -152,21 +152,18 @@ def test_score_workers_pool_is_refused_where_the_pool_cannot_run(tmp_path: Path)
     local = Settings(state_dir=tmp_path, spark_master="local[2]", score_workers="pool")
     assert uses_pool(local, "directory", str(tmp_path))
     assert not uses_pool(local.model_copy(update={"score_workers": "spark"}), "directory", str(tmp_path))
-    cluster = local.model_copy(update={"lake_engine": "spark"})
-    with pytest.raises(ScoringPoolError, match="lake engine is spark"):
-        uses_pool(cluster, "directory", str(tmp_path))
+    assert uses_pool(local.model_copy(update={"lake_engine": "spark"}), "directory", str(tmp_path))
     with pytest.raises(ScoringPoolError, match="not a local folder"):
         uses_pool(local, "arrivals", str(tmp_path))
     with pytest.raises(ScoringPoolError, match="not local"):
         uses_pool(local.model_copy(update={"spark_master": "spark://host:7077"}), "directory", "/data")
     auto = local.model_copy(update={"score_workers": "auto"})
-    assert not uses_pool(auto.model_copy(update={"lake_engine": "spark"}), "directory", str(tmp_path))
+    assert uses_pool(auto.model_copy(update={"lake_engine": "spark"}), "directory", str(tmp_path))
+    assert not uses_pool(auto, "arrivals", str(tmp_path))
 
 
 @pytest.mark.spark
 def test_run_scoring_says_why_the_pool_cannot_run(spark, score_settings: Settings, tmp_path: Path) -> None:
-    settings = score_settings.model_copy(update={"score_workers": "pool", "lake_engine": "spark"})
-    incoming = tmp_path / "incoming"
-    incoming.mkdir()
-    with pytest.raises(ScoreError, match=r"score_workers=pool cannot score .*lake engine is spark"):
-        run_scoring(settings, source=incoming, once=True)
+    settings = score_settings.model_copy(update={"score_workers": "pool"})
+    with pytest.raises(ScoreError, match=r"score_workers=pool cannot score .*not a local folder"):
+        run_scoring(settings, source=None, once=True)  # the arrival records: blobs the executors fetch
