@@ -2,7 +2,8 @@
 
 Same tables, keys, column ownership and partition-pruned MERGE predicate as the delta-rs engine
 (:class:`infra.lake.Lake`), which it extends. A DataFrame source (a micro-batch of ingest or the
-scoring stream, image bytes included) is written by delta-spark and never reaches the driver; rows
+scoring stream, image bytes included) is written by delta-spark and never reaches the driver (with a
+local master the stream's own processes score next to the driver: :class:`DriverRowsBatch`); rows
 the driver built itself (an Arrow source: the labeling ledger and candidates, drift and promotion
 records, the sent marks of earlier batches) are written by delta-rs, because they are already on
 the driver and a delta-spark statement costs seconds where delta-rs takes tens of milliseconds
