@@ -173,7 +173,7 @@ def test_the_shadow_phase_reports_images_per_s_with_shadow_off_and_on(spark, set
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_both_engines_run_side_by_side_and_only_delta_rs_collects_image_bytes(spark, settings: Settings) -> None:
+def test_both_engines_run_side_by_side_and_score_next_to_the_driver(spark, settings: Settings) -> None:
     base = bench_state(settings)
     version = register_champion(base, tiny_cnn(IMAGE_SIZE, len(CLASSES)), class_names=CLASSES, image_size=IMAGE_SIZE)
     figures = bench_engines(
@@ -195,11 +195,10 @@ def test_both_engines_run_side_by_side_and_only_delta_rs_collects_image_bytes(sp
         assert run["images"] == run["rows_in_delta"] == run["rows_with_bytes"] == 100
         assert run["latency"]["committed"] == run["latency"]["images"] == 40
     side = figures["side_by_side"]
-    # delta-rs holds every batch's PNGs on the driver, the spark engine none (labeling is off here).
-    assert side["engines"]["spark"]["driver_image_mb_per_batch_max"] == 0
-    assert side["engines"]["delta-rs"]["driver_image_mb_per_batch_max"] > 0.01
-    spark_rows, delta_rs_rows = (side["engines"][e]["driver_collected_mb_per_batch_max"] for e in ("spark", "delta-rs"))
-    assert spark_rows < delta_rs_rows
+    # A local master and a local folder: with either engine the stream's own processes score, so the
+    # driver holds each batch's PNGs (the executors' path, which holds none, is test_query's).
+    for engine in ("spark", "delta-rs"):
+        assert side["engines"][engine]["driver_image_mb_per_batch_max"] > 0.01
     ratio = side["targets"]["spark_over_delta_rs_images_per_s"]
     assert ratio == pytest.approx(runs["spark"]["images_per_s"] / runs["delta-rs"]["images_per_s"], abs=1e-3)
     assert side["targets"]["spark_at_least_0.5x"] == (ratio >= 0.5)

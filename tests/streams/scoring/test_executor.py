@@ -17,6 +17,7 @@ from infra.status_files import read_stream_status as read_status
 from streams.scoring.config import ScoringConfig
 from tests.helpers.images import solid_png
 from tests.helpers.streams import CLASSES, IMAGE_SIZE, rows_by_name, scoring_in_background, shapes, wait_for_rows
+from tests.helpers.waiting import wait_until
 from training.bench.toy_models import register_champion, tiny_cnn
 
 
@@ -122,19 +123,24 @@ def test_a_champion_that_fails_to_load_is_shown_until_resolved(spark, score_sett
         time.sleep(score_settings.champion_check_s + 0.5)
         during = shapes(incoming / "b", 2, seed=2, prefix="during")
         wait_for_rows(score_settings, len(first) + len(during))
-        failing = read_status(score_settings)
+        # The status file is written after the batch's commit: a moment after its rows are readable.
+        message = wait_until(lambda: _load_error(score_settings), "the status to name the champion's load failure")
         registry.set_alias(score_settings, registry.CHAMPION, "1")  # resolved: the alias names a good version
         time.sleep(score_settings.champion_check_s + 0.5)
         after = shapes(incoming / "c", 2, seed=3, prefix="after")
         wait_for_rows(score_settings, len(first) + len(during) + len(after))
-        resolved = read_status(score_settings)
+        wait_until(lambda: _load_error(score_settings) is None, "the status to clear the champion's load failure")
     rows = rows_by_name(score_settings)
     # The previous version kept serving, and status named the failure until it was resolved.
     assert {rows[p.name]["model_version"] for p in first + during + after} == {"1"}
     # A reused worker keeps version 1 loaded, a fresh one loads it instead: both say so.
-    message = (failing or {}).get("champion_load_error") or ""
     assert "champion version 2 failed to load;" in message and "serving version 1" in message
-    assert resolved is not None and resolved.get("champion_load_error") is None
+
+
+def _load_error(settings: Settings) -> str | None:
+    """The running stream's status: the champion load error it shows ("" before its first status)."""
+    status = read_status(settings)
+    return "" if status is None else status.get("champion_load_error")
 
 
 # What the executors are sent ------------------------------------------------------------------
